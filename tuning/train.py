@@ -1,0 +1,182 @@
+"""Training and evaluation as plain functions. Knows nothing of Optuna.
+
+Losses and accuracies are accumulated on the device and read once per epoch: `.item()` in the
+step loop would force a CPU-GPU sync per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuning.data import DeviceData, Split, augment, batches
+from tuning.device import Runtime
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("none", "cosine", "onecycle")
+EVAL_BATCH_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one network is trained: optimizer, regularization and augmentation."""
+
+    optimizer: str = "adam"
+    """adam, adamw, sgd (with momentum) or rmsprop."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """Momentum for sgd and rmsprop (Adam's beta1 stays 0.9)."""
+    nesterov: bool = False
+    """Nesterov momentum (sgd only)."""
+    weight_decay: float = 0.0
+    """L2 penalty (decoupled for adamw)."""
+    l1: float = 0.0
+    """L1 penalty on conv and linear weights, added to the loss."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss."""
+    batch_size: int = 100
+    """Training batch size."""
+    crop_padding: int = 4
+    """Random crop with this padding (0: no crop); the tutorial used 4."""
+    hflip: bool = False
+    """Random horizontal flip (only for data where a flip keeps the label)."""
+    lr_schedule: str = "none"
+    """none, cosine (annealed to 0 over the epochs) or onecycle."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer=}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr=}")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum=}")
+        if self.weight_decay < 0 or self.l1 < 0:
+            problems.append(f"penalties must be >= 0, got {self.weight_decay=}, {self.l1=}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing=}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be positive, got {self.batch_size=}")
+        if self.crop_padding < 0:
+            problems.append(f"crop_padding must be >= 0, got {self.crop_padding=}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, "
+                            f"got {self.lr_schedule=}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed weight init (global RNG) and return the generator for shuffling and augmentation."""
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-step schedule over the whole planned run (pruning may cut it short)."""
+    total = max(1, epochs * steps_per_epoch)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    return None
+
+
+def training_batches(
+    data: DeviceData, cfg: TrainConfig, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented training batches, all on the device."""
+    hflip = cfg.hflip and data.hflip_allowed
+    for x, y in batches(data.train, cfg.batch_size, generator):
+        yield augment(x, cfg.crop_padding, hflip, data.pad_value, generator), y
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    # Weights only (ndim > 1): penalizing biases and norm scales is not what L1 is for.
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)  # type: ignore[return-value]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """One pass over `batches`; returns mean training loss and accuracy (of the seen batches)."""
+    model.train()
+    device = runtime.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if cfg.l1 > 0:
+            loss = loss + cfg.l1 * l1_penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    # The one host sync of the epoch.
+    return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    runtime: Runtime,
+    return_predictions: bool = False,
+) -> dict:
+    """Mean cross-entropy and accuracy on `split` (no label smoothing, no augmentation).
+
+    With `return_predictions`, also the predicted class per example (a CPU tensor).
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=runtime.device)
+    predictions = []
+    for x, y in batches(split, EVAL_BATCH_SIZE):
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        predictions.append(logits.argmax(1))
+    predicted = torch.cat(predictions)
+    result = {
+        "loss": loss_sum.item() / len(split),
+        "accuracy": (predicted == split.y).float().mean().item(),
+    }
+    if return_predictions:
+        result["predictions"] = predicted.cpu()
+    return result
