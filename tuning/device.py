@@ -42,7 +42,9 @@ def resolve_device(requested: str = "auto") -> Runtime:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise UsageError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N")
+        raise UsageError(
+            f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {requested!r}: no CUDA device is available here")

@@ -25,12 +25,12 @@ from tuning.train import (
 )
 
 
-class TrialFailed(Exception):
-    """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialFailed(Exception):
+    """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
 
 
 @dataclass

@@ -268,6 +268,17 @@ def load_study_file(path: Path) -> StudyFile:
     return parse_study(raw, str(path))
 
 
+def space_from_dict(stored: dict) -> dict[str, Param]:
+    """The inverse of StudyFile.space_dict: a study's stored space, as Params again."""
+    space = {}
+    for name, fields in stored.items():
+        fields = dict(fields)
+        if "choices" in fields:
+            fields["choices"] = tuple(fields["choices"])
+        space[name] = Param(**fields)
+    return space
+
+
 def applies(name: str, params: dict) -> bool:
     """Whether parameter `name` has any effect given the parameters sampled before it."""
     optimizers = APPLIES_TO_OPTIMIZERS.get(name)

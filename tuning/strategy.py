@@ -28,12 +28,12 @@ def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.sample
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    # Never prune before a trial has reported 2 epochs, nor before 5 trials have finished:
+    # Never prune on epoch 1 (steps are epochs, from 1), nor before 5 trials have finished:
     # the first epoch says more about the learning rate than about the final loss.
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "percentile":
-        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
     if name == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":

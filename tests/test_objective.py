@@ -1,0 +1,124 @@
+"""Tier 1: objective and pruning semantics through ask/tell, on a few hundred real digits."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tuning.device import resolve_device
+from tuning.objective import Objective
+from tuning.space import PRUNERS, SAMPLERS, parse_study
+from tuning.strategy import make_pruner, make_sampler
+
+SMALL_SPACE = parse_study({"space": {
+    "optimizer": {"choices": ["adam", "sgd"]},
+    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    "channels": 8,
+    "activation": "relu",
+    "batch_size": 128,
+}}).space
+
+
+def make_objective(data, space=SMALL_SPACE, epochs=3) -> Objective:
+    return Objective(data=data, runtime=resolve_device("cpu"), space=space, epochs=epochs,
+                     seed=0)
+
+
+def test_objective_returns_best_validation_loss_and_records_attributes(tiny_data):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    value = make_objective(tiny_data)(trial)
+    study.tell(trial, value)
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.COMPLETE
+    assert value == pytest.approx(min(frozen.intermediate_values.values()))
+    assert sorted(frozen.intermediate_values) == [1, 2, 3]  # reported every epoch
+    attrs = frozen.user_attrs
+    assert attrs["epochs_run"] == 3 and attrs["device"] == "cpu" and ":" in attrs["worker"]
+    assert 0.0 <= attrs["val_accuracy"] <= 1.0 and math.isfinite(attrs["train_loss"])
+    assert attrs["train_seconds"] > 0 and attrs["samples_per_second"] > 0
+    assert attrs["seed"] == 0
+
+
+def test_same_trial_number_and_params_give_the_same_result(tiny_data):
+    values = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+        trial = study.ask()
+        values.append(make_objective(tiny_data, epochs=1)(trial))
+    assert values[0] == values[1]
+
+
+def test_pruned_trial_stops_early_and_says_why(tiny_data):
+    # A threshold no loss can meet: the pruner stops every trial after its first report.
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1e-9))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        make_objective(tiny_data)(trial)
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.PRUNED
+    assert frozen.user_attrs["epochs_run"] == 1
+    assert "pruner" in frozen.user_attrs["prune_reason"]
+
+
+def test_median_pruner_prunes_a_trial_worse_than_the_median(tiny_data):
+    study = optuna.create_study(pruner=make_pruner("median", epochs=3))
+    for value in [0.5, 0.4, 0.45, 0.5, 0.42]:  # five finished trials, a loss per epoch
+        study.add_trial(optuna.create_trial(
+            value=value, intermediate_values={1: value + 0.2, 2: value + 0.1, 3: value}))
+    trial = study.ask()
+    trial.report(5.0, 1)  # warm-up: the first epoch is never judged
+    assert not trial.should_prune()
+    trial.report(5.0, 2)
+    assert trial.should_prune()
+
+
+def test_diverging_trial_is_pruned_with_its_reason(tiny_data):
+    space = parse_study({"space": {"optimizer": "sgd", "lr": 1e12, "momentum": 0.9,
+                                   "batch_size": 128}}).space
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        make_objective(tiny_data, space=space)(trial)
+    study.tell(trial, state=TrialState.PRUNED)
+    assert "not finite" in study.trials[0].user_attrs["prune_reason"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_drives_the_space(name):
+    sampler = make_sampler(name, seed=0, space=SMALL_SPACE)
+    study = optuna.create_study(sampler=sampler)
+    from tuning.space import sample
+    for i in range(4):
+        trial = study.ask()
+        params = sample(trial, SMALL_SPACE)
+        assert params["optimizer"] in {"adam", "sgd"} and 1e-3 <= params["lr"] <= 1e-1
+        study.tell(trial, float(i))
+
+
+@pytest.mark.parametrize("name", PRUNERS)
+def test_every_pruner_can_be_built_and_consulted(name):
+    study = optuna.create_study(pruner=make_pruner(name, epochs=4))
+    trial = study.ask()
+    trial.report(1.0, 1)
+    assert trial.should_prune() in (True, False)
+
+
+def test_out_of_memory_is_a_recorded_failure(tiny_data, monkeypatch):
+    import tuning.objective as objective_module
+    from tuning.objective import TrialFailed
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(objective_module, "train_epoch", boom)
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(TrialFailed):
+        make_objective(tiny_data)(trial)
+    assert "out of memory" in study.trials[0].user_attrs["fail_reason"]

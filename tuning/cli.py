@@ -1,0 +1,90 @@
+"""Pieces every command line of tuning shares: argument types, one-line errors, progress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class Progress:
+    """One line per finished trial: n/N, state, value, best so far, elapsed, ETA."""
+
+    def __init__(self, target: int, stream=sys.stderr):
+        self.target = target
+        self.stream = stream
+        self.start = time.monotonic()
+        self.finished_here = 0
+        self.done_at_start: int | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = count_finished(study)
+        if self.done_at_start is None:
+            self.done_at_start = done - (trial.state in FINISHED)
+        self.finished_here = done - self.done_at_start
+        elapsed = time.monotonic() - self.start
+        rate = elapsed / self.finished_here if self.finished_here > 0 else None
+        eta = _clock(rate * max(self.target - done, 0)) if rate else "?"
+        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        reason = trial.user_attrs.get("fail_reason", "")
+        try:
+            best = f"{study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "-"
+        print(f"[{done:>4}/{self.target}] trial {trial.number:>4} {trial.state.name:<8} "
+              f"val_loss {value:<7} best {best}  elapsed {_clock(elapsed)}  ETA {eta} {reason}",
+              file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # The progress line reports every trial, failures with their reason; Optuna's own warnings
+    # would repeat each failure with a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Heartbeats, several samplers and the retry callback are marked experimental: noise here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Our worker loop (tuning.worker.run_trials) keeps the heartbeats itself.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

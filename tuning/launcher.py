@@ -1,0 +1,171 @@
+"""Start a host's worker processes on one study, watch them, restart the ones that die.
+
+One worker per visible GPU times --workers-per-gpu, each pinned with CUDA_VISIBLE_DEVICES; or
+--workers N on the CPU, with the cores split between them. The study already exists (the
+search command created it); the workers only load it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+MAX_RESTARTS_PER_WORKER = 3
+POLL_S = 1.0
+STOP_GRACE_S = 60
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to start one worker process."""
+
+    index: int
+    """Worker number on this host (offsets its sampler seed)."""
+    device: str
+    """--device for the worker: 'cpu' or 'cuda' (it sees only its pinned GPU)."""
+    gpu: int | None
+    """The GPU it is pinned to (CUDA_VISIBLE_DEVICES), or None on the CPU."""
+    threads: int
+    """torch CPU threads."""
+
+
+def plan_workers(n_gpus: int, workers_per_gpu: int, cpu_workers: int | None,
+                 cores: int) -> list[WorkerSpec]:
+    """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else CPU."""
+    if n_gpus > 0 and cpu_workers is None:
+        count = n_gpus * workers_per_gpu
+        threads = max(1, cores // count)
+        return [WorkerSpec(i, "cuda", i % n_gpus, threads) for i in range(count)]
+    count = cpu_workers or 1
+    threads = max(1, cores // count)
+    return [WorkerSpec(i, "cpu", None, threads) for i in range(count)]
+
+
+class Launcher:
+    def __init__(self, study: optuna.Study, storage: str, specs: list[WorkerSpec],
+                 data_dir: Path | None, timeout: float | None, on_trial, stream=sys.stderr):
+        self.study = study
+        self.storage = storage
+        self.specs = specs
+        self.data_dir = data_dir
+        self.timeout = timeout
+        self.on_trial = on_trial
+        self.stream = stream
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.restarts = {spec.index: 0 for spec in specs}
+        self.seen: set[int] = set()
+        self.stopping_signal: int | None = None
+
+    def _command(self, spec: WorkerSpec) -> list[str]:
+        cmd = [sys.executable, "-m", "tuning.worker", "--study", self.study.study_name,
+               "--storage", self.storage, "--worker-index", str(spec.index), "--device",
+               spec.device, "--threads", str(spec.threads), "--quiet"]
+        if self.data_dir is not None:
+            cmd += ["--data-dir", str(self.data_dir)]
+        if self.timeout is not None:
+            cmd += ["--timeout", str(self.timeout)]
+        return cmd
+
+    def _start(self, spec: WorkerSpec) -> None:
+        env = dict(os.environ)
+        if spec.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
+        # Keep each worker's BLAS pools to its share of the cores as well.
+        env["OMP_NUM_THREADS"] = str(spec.threads)
+        self.procs[spec.index] = subprocess.Popen(self._command(spec), env=env)
+
+    def _report_new_trials(self) -> None:
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.number in self.seen or trial.state in (TrialState.RUNNING,
+                                                            TrialState.WAITING):
+                continue
+            self.seen.add(trial.number)
+            self.on_trial(self.study, trial)
+
+    def _target_met(self) -> bool:
+        target = self.study.user_attrs["target_trials"]
+        finished = self.study.get_trials(deepcopy=False,
+                                         states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return len(finished) >= target
+
+    def _handle_signal(self, signum, frame) -> None:
+        self.stopping_signal = signum
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Run until every worker has exited; returns the exit status for the command."""
+        self.seen = {t.number for t in self.study.get_trials(deepcopy=False)
+                     if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
+        previous = {s: signal.signal(s, self._handle_signal)
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for spec in self.specs:
+                self._start(spec)
+            print(f"started {len(self.specs)} workers: " + ", ".join(
+                f"#{s.index} pid {self.procs[s.index].pid} "
+                f"{'gpu ' + str(s.gpu) if s.gpu is not None else 'cpu'}" for s in self.specs),
+                file=self.stream, flush=True)
+            return self._watch()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _watch(self) -> int:
+        specs = {spec.index: spec for spec in self.specs}
+        status = 0
+        while self.procs:
+            time.sleep(POLL_S)
+            self._report_new_trials()
+            for index, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del self.procs[index]
+                if self.stopping_signal is not None or code == 0:
+                    continue
+                if code == 2:  # the worker's own one-line error is already on stderr
+                    status = 2
+                    continue
+                if code == 1:
+                    print(f"worker #{index} stopped: its trials kept failing", file=self.stream)
+                    status = 1
+                    continue
+                how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                if self._target_met():
+                    print(f"worker #{index} (pid {proc.pid}) {how}; target already met",
+                          file=self.stream)
+                elif self.restarts[index] < MAX_RESTARTS_PER_WORKER:
+                    self.restarts[index] += 1
+                    print(f"worker #{index} (pid {proc.pid}) {how}; its trial will be retried; "
+                          f"restarting it ({self.restarts[index]}/{MAX_RESTARTS_PER_WORKER})",
+                          file=self.stream, flush=True)
+                    self._start(specs[index])
+                else:
+                    print(f"worker #{index} (pid {proc.pid}) {how}; not restarting it again, "
+                          "the other workers go on", file=self.stream)
+            if self.stopping_signal is not None:
+                self._wait_for_stop()
+                break
+        self._report_new_trials()
+        if self.stopping_signal is not None:
+            return 128 + self.stopping_signal
+        return status
+
+    def _wait_for_stop(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()

@@ -1,0 +1,120 @@
+"""The study as a record: created once with what it is made of, checked by everyone who joins.
+
+A study's user attributes hold its definition (search space, settings, epochs), its data's
+fingerprint, the target number of finished trials and the package versions, so a worker on
+another host needs nothing but the study's name and storage URL, and a run on other data is
+refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+
+import optuna
+
+from tuning.errors import UsageError
+from tuning.space import StudyFile, StudySettings, space_from_dict
+from tuning.storage import mask_url, open_storage
+from tuning.strategy import make_pruner, make_sampler
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything resolved from the command line and the study file, before anything runs."""
+
+    study: str
+    """Study name."""
+    storage: str
+    """Storage URL as the user gave it (may hold a password; show it masked)."""
+    study_file: StudyFile
+    """The parsed study file."""
+    settings: StudySettings
+    """The study file's settings with the CLI's overrides."""
+
+
+def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
+    """Create the study, recording what it is made from, or load it and check it matches.
+
+    This is the one place a study is created; workers only load it (`load_existing`).
+    """
+    storage = open_storage(plan.storage)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if plan.study in names:
+        study = optuna.load_study(storage=storage, study_name=plan.study)
+        check_data_matches(study, data_fingerprint)
+        check_definition_matches(study, plan)
+    else:
+        study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
+                                    load_if_exists=True)
+    if "data" not in study.user_attrs:
+        study.set_user_attr("data", data_fingerprint)
+        study.set_user_attr("space", plan.study_file.space_dict())
+        study.set_user_attr("epochs", plan.settings.epochs)
+        study.set_user_attr("settings", dataclasses.asdict(plan.settings))
+        study.set_user_attr("config_path", plan.study_file.path)
+        study.set_user_attr("versions", _versions())
+    study.set_user_attr("target_trials", target)
+    use_strategy(study, plan.settings, plan.study_file.space)
+    return study
+
+
+def check_data_matches(study: optuna.Study, data_fingerprint: dict) -> None:
+    stored = study.user_attrs.get("data")
+    if stored is not None and stored != data_fingerprint:
+        raise UsageError(
+            f"study {study.study_name!r} was run on data {stored.get('name')} "
+            f"({stored.get('n_train')}/{stored.get('n_val')}/{stored.get('n_test')}, "
+            f"sha256 {str(stored.get('sha256'))[:12]}) but this run has "
+            f"{data_fingerprint['name']} ({data_fingerprint['n_train']}/"
+            f"{data_fingerprint['n_val']}/{data_fingerprint['n_test']}, sha256 "
+            f"{data_fingerprint['sha256'][:12]}); use another --study name")
+
+
+def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
+    attrs = study.user_attrs
+    if "space" in attrs and attrs["space"] != plan.study_file.space_dict():
+        raise UsageError(f"study {plan.study!r} was created with a different search space than "
+                         f"{plan.study_file.path}; use another --study name")
+    if "epochs" in attrs and attrs["epochs"] != plan.settings.epochs:
+        raise UsageError(f"study {plan.study!r} runs {attrs['epochs']} epochs per trial, not "
+                         f"--epochs {plan.settings.epochs}; use another --study name")
+
+
+def _versions() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "optuna": optuna.__version__}
+
+
+def load_existing(study_name: str, storage_url: str) -> optuna.Study:
+    """Load a study made by tuning.search; UsageError if there is none or it is foreign."""
+    storage = open_storage(storage_url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if study_name not in names:
+        raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
+                         "create it with python -m tuning.search")
+    study = optuna.load_study(storage=storage, study_name=study_name)
+    if not {"settings", "space", "data", "target_trials"} <= set(study.user_attrs):
+        raise UsageError(f"study {study_name!r} was not created by tuning.search "
+                         "(its definition is missing)")
+    return study
+
+
+def stored_definition(study: optuna.Study) -> tuple[StudySettings, dict]:
+    """The settings and search space a study was created with."""
+    attrs = study.user_attrs
+    return StudySettings(**attrs["settings"]), space_from_dict(attrs["space"])
+
+
+def use_strategy(study: optuna.Study, settings: StudySettings, space: dict,
+                 seed_offset: int = 0) -> None:
+    """Give this process's handle on the study its sampler and pruner.
+
+    Each worker gets its own sampler seed: with one seed, parallel workers would all sample
+    the same first points.
+    """
+    study.sampler = make_sampler(settings.sampler, settings.seed + seed_offset, space)
+    study.pruner = make_pruner(settings.pruner, settings.epochs)

@@ -1,0 +1,270 @@
+"""A worker: runs trials of an existing study until the study has its target of finished trials.
+
+`python -m tuning.worker --study NAME --storage URL` joins a study that `tuning.search`
+created, on this host or any other. Everything it needs (search space, data set, epochs,
+sampler, pruner, target) is read from the study itself, so a worker needs no study file.
+
+The target is exact across any number of workers: taking a new trial happens under a lock
+shared by all workers of the study (a file lock beside a SQLite database, a PostgreSQL advisory
+lock otherwise), and only while finished plus running trials are below the target. A worker
+that finds the target reserved waits while trials run, since one may still fail and be retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+
+from tuning.cli import (
+    FINISHED,
+    OneLineParser,
+    Progress,
+    configure_logging,
+    positive_float,
+    positive_int,
+)
+from tuning.errors import UsageError
+from tuning.objective import TrialFailed
+from tuning.storage import default_storage, mask_url, resolve_url, sqlite_path
+
+log = logging.getLogger("tuning")
+
+# A worker whose trials all fail (a bug, a broken GPU) stops instead of spinning forever.
+MAX_CONSECUTIVE_FAILURES = 5
+WAIT_POLL_S = 1.0
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the running trial is marked FAIL and the process exits 143."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+class StudyLock:
+    """A lock shared by every worker of one study, wherever they run: a file lock beside a
+    SQLite database (one host), a PostgreSQL advisory lock otherwise (any host)."""
+
+    def __init__(self, storage_url: str, study_name: str):
+        resolved = resolve_url(storage_url)
+        path = sqlite_path(resolved)
+        self._file_lock = FileLock(f"{path}.lock") if path is not None else None
+        # Its own single connection, so holding the lock never starves the storage's pool.
+        self._engine = None if path is not None else create_engine(
+            resolved, pool_size=1, max_overflow=0, pool_pre_ping=True)
+        self._key = zlib.crc32(f"tuning:{study_name}".encode())
+
+    @contextlib.contextmanager
+    def hold(self):
+        if self._file_lock is not None:
+            with self._file_lock:
+                yield
+            return
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                conn.commit()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
+    """Record the trial's heartbeat every interval while it runs (what study.optimize does)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+    trial_id = trial._trial_id  # Optuna offers no public id; its own optimize loop uses this
+
+    def beat():
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | None | bool:
+    """A new trial if the target leaves room; None to wait; False when the target is met."""
+    with lock.hold():
+        finished, running = _counts(study)
+        if finished >= target:
+            return False
+        if finished + running >= target:
+            return None
+        trial = study.ask()
+        # A first heartbeat at once: a worker killed before its heartbeat thread starts must
+        # still leave a trial that is recognised as stale.
+        if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+            study._storage.record_heartbeat(trial._trial_id)
+        return trial
+
+
+@dataclass
+class RunStats:
+    """What one worker did."""
+
+    finished: int = 0
+    """Trials this worker finished (complete or pruned)."""
+    failed: int = 0
+    """Trials that failed in this worker."""
+    stopped_by_failures: bool = False
+    """Stopped because MAX_CONSECUTIVE_FAILURES trials failed in a row."""
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    target: int,
+    lock: StudyLock,
+    timeout: float | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> RunStats:
+    """Run trials until `study` has `target` finished trials (or `timeout` passes).
+
+    A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
+    exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
+    """
+    stats = RunStats()
+    consecutive_failures = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # stale trials are found again next time
+            optuna.storages.fail_stale_trials(study)
+        trial = take_trial(study, target, lock)
+        if trial is False:
+            break
+        if trial is None:
+            time.sleep(WAIT_POLL_S)
+            continue
+        with heartbeat(study._storage, trial):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except TrialFailed:
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                frozen = study.tell(trial, value)
+        if frozen.state == TrialState.FAIL:
+            stats.failed += 1
+            consecutive_failures += 1
+        else:
+            stats.finished += 1
+            consecutive_failures = 0
+        if on_trial is not None:
+            on_trial(study, frozen)
+        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            stats.stopped_by_failures = True
+            break
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m tuning.worker",
+                           description="Join an existing study and run trials until it has its "
+                                       "target number of finished trials.")
+    parser.add_argument("--study", required=True, help="name of an existing study")
+    parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch CPU threads (default: all cores)")
+    parser.add_argument("--worker-index", type=int, default=0,
+                        help="distinct per worker: offsets the sampler's seed")
+    parser.add_argument("--timeout", type=positive_float,
+                        help="stop starting trials after this many seconds")
+    parser.add_argument("--quiet", action="store_true", help="no line per trial")
+    return parser
+
+
+def prepare(args: argparse.Namespace, storage_url: str):
+    """Load the study and build this worker's objective: (study, objective, target).
+
+    UsageError when the study does not exist, was not made by tuning.search, or this host's
+    data differ from the study's.
+    """
+    import torch
+
+    from tuning.data import check_data_dir, load_arrays, to_device
+    from tuning.device import resolve_device
+    from tuning.objective import Objective
+    from tuning.study import check_data_matches, load_existing, stored_definition, use_strategy
+
+    check_data_dir(args.data_dir)
+    runtime = resolve_device(args.device)
+    study = load_existing(args.study, storage_url)
+    settings, space = stored_definition(study)
+    if runtime.device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    arrays = load_arrays(settings.dataset, args.data_dir, settings.seed)
+    check_data_matches(study, arrays.fingerprint())
+    use_strategy(study, settings, space, seed_offset=args.worker_index)
+    objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
+                          epochs=settings.epochs, seed=settings.seed)
+    return study, objective, int(study.user_attrs["target_trials"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    storage_url = args.storage or default_storage(args.study)
+    try:
+        resolve_url(storage_url)
+        study, objective, target = prepare(args, storage_url)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
+             mask_url(storage_url), target)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        stats = run_trials(study, objective, target, StudyLock(storage_url, args.study),
+                           args.timeout, None if args.quiet else Progress(target))
+    except KeyboardInterrupt:
+        return 130
+    except Terminated:
+        return 143
+    return 1 if stats.stopped_by_failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
