@@ -116,7 +116,7 @@ def test_out_of_memory_is_a_recorded_failure(tiny_data, monkeypatch):
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(objective_module, "train_epoch", boom)
+    monkeypatch.setattr(objective_module, "fit", boom)
     study = optuna.create_study()
     trial = study.ask()
     with pytest.raises(TrialFailed):

@@ -103,3 +103,10 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("[space\nlr = ")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_study_file(broken)
+
+
+def test_space_survives_the_roundtrip_through_study_attributes():
+    from tuning.space import space_from_dict
+
+    study = load_study_file(ROOT / "studies" / "mnist.toml")
+    assert space_from_dict(study.space_dict()) == study.space

@@ -51,11 +51,13 @@ def plan_workers(n_gpus: int, workers_per_gpu: int, cpu_workers: int | None,
 
 class Launcher:
     def __init__(self, study: optuna.Study, storage: str, specs: list[WorkerSpec],
-                 data_dir: Path | None, timeout: float | None, on_trial, stream=sys.stderr):
+                 data_dir: Path | None, artifacts: Path | None, timeout: float | None, on_trial,
+                 stream=sys.stderr):
         self.study = study
         self.storage = storage
         self.specs = specs
         self.data_dir = data_dir
+        self.artifacts = artifacts
         self.timeout = timeout
         self.on_trial = on_trial
         self.stream = stream
@@ -70,6 +72,8 @@ class Launcher:
                spec.device, "--threads", str(spec.threads), "--quiet"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
+        if self.artifacts is not None:
+            cmd += ["--artifacts", str(self.artifacts)]
         if self.timeout is not None:
             cmd += ["--timeout", str(self.timeout)]
         return cmd

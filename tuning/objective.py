@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
-import time
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import torch
@@ -14,23 +16,32 @@ import torch
 from tuning.data import DeviceData
 from tuning.device import Runtime
 from tuning.model import build_model
-from tuning.space import Param, build_configs, sample
-from tuning.train import (
-    evaluate,
-    make_optimizer,
-    make_scheduler,
-    seed_everything,
-    train_epoch,
-    training_batches,
-)
+from tuning.space import REPEAT, Param, build_configs, sample
+from tuning.train import fit, seed_everything
+
+
+class TrialFailed(Exception):
+    """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class TrialFailed(Exception):
-    """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
+def fixed_params(space: dict[str, Param]) -> dict:
+    return {name: p.value for name, p in space.items() if p.kind == "fixed"}
+
+
+def build_trial_model(params: dict, space: dict[str, Param], data: DeviceData, runtime: Runtime,
+                      seed: int):
+    """The network, its training config and RNG for a trial's parameters: the same every time
+    for the same parameters and seed, so any trial can be retrained exactly."""
+    arch, cfg = build_configs({**fixed_params(space), **params})
+    generator = seed_everything(seed, runtime.device)
+    model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg, generator
 
 
 @dataclass
@@ -46,63 +57,91 @@ class Objective:
     epochs: int
     """Maximum epochs per trial."""
     seed: int
-    """Base seed; trial n is seeded with seed + n, so any trial can be retrained exactly."""
+    """Base seed; trial n is seeded with seed + n."""
+    artifacts: object | None = None
+    """Artifact store for the checkpoint of each new best trial (None: keep none)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", self.runtime.name)
         params = sample(trial, self.space)
         # A trial retried after its worker died inherits the dead trial's user attributes,
-        # its seed among them, so the retry repeats the same run.
-        trial_seed = trial.user_attrs.get("seed", self.seed + trial.number)
+        # its seed among them, so the retry repeats the same run. A `repeat` parameter fixes
+        # the seed instead, so that repeats are paired across configurations.
+        all_params = {**fixed_params(self.space), **params}
+        default_seed = self.seed + all_params.get(REPEAT, trial.number)
+        trial_seed = trial.user_attrs.get("seed", default_seed)
         trial.set_user_attr("seed", trial_seed)
-        arch, cfg = build_configs({**self.fixed_params(), **params})
-
-        generator = seed_everything(trial_seed, self.runtime.device)
-        model = build_model(arch, self.data.input_shape, self.data.num_classes)
-        model = model.to(self.runtime.device)
-        if self.runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg)
-        steps_per_epoch = math.ceil(len(self.data.train) / cfg.batch_size)
-        scheduler = make_scheduler(optimizer, cfg, self.epochs, steps_per_epoch)
-
-        best_loss, best_acc, train_loss, epochs_run = math.inf, 0.0, math.nan, 0
-        train_seconds = 0.0
+        model, cfg, generator = build_trial_model(params, self.space, self.data, self.runtime,
+                                                  trial_seed)
+        best_loss, best_state, curves = math.inf, None, []
         try:
-            for epoch in range(1, self.epochs + 1):
-                start = time.perf_counter()
-                stats = train_epoch(model, training_batches(self.data, cfg, generator),
-                                    optimizer, cfg, self.runtime, scheduler)
-                train_seconds += time.perf_counter() - start  # train_epoch synced already
-                val = evaluate(model, self.data.val, self.runtime)
-                train_loss, epochs_run = stats["loss"], epoch
-                if not (math.isfinite(stats["loss"]) and math.isfinite(val["loss"])):
-                    self._record(trial, best_acc, train_loss, epochs_run, train_seconds)
-                    trial.set_user_attr("prune_reason", f"loss diverged (not finite) at {epoch=}")
-                    raise optuna.TrialPruned(f"loss not finite at epoch {epoch}")
-                if val["loss"] < best_loss:
-                    best_loss, best_acc = val["loss"], val["accuracy"]
-                trial.report(val["loss"], epoch)
+            for result in fit(model, self.data, cfg, self.runtime, generator, self.epochs):
+                curves.append({"epoch": result.epoch, "train_loss": result.train["loss"],
+                               "train_accuracy": result.train["accuracy"],
+                               "val_loss": result.val["loss"],
+                               "val_accuracy": result.val["accuracy"],
+                               "seconds": result.seconds})
+                if not (math.isfinite(result.train["loss"]) and math.isfinite(result.val["loss"])):
+                    self._record(trial, curves)
+                    trial.set_user_attr("prune_reason",
+                                        f"loss diverged (not finite) at epoch {result.epoch}")
+                    raise optuna.TrialPruned(f"loss not finite at epoch {result.epoch}")
+                if result.val["loss"] < best_loss:
+                    best_loss = result.val["loss"]
+                    if self.artifacts is not None:
+                        best_state = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in model.state_dict().items()}
+                trial.report(result.val["loss"], result.epoch)
                 if trial.should_prune():
-                    self._record(trial, best_acc, train_loss, epochs_run, train_seconds)
-                    trial.set_user_attr("prune_reason", f"pruner stopped it after {epoch=}")
+                    self._record(trial, curves)
+                    trial.set_user_attr("prune_reason",
+                                        f"pruner stopped it after epoch {result.epoch}")
                     raise optuna.TrialPruned()
         except torch.OutOfMemoryError as exc:
             trial.set_user_attr("fail_reason", f"out of memory: {str(exc).splitlines()[0]}")
             raise TrialFailed("out of memory") from exc
-        self._record(trial, best_acc, train_loss, epochs_run, train_seconds)
+        self._record(trial, curves)
+        if best_state is not None and self._is_new_best(trial, best_loss):
+            self._save_checkpoint(trial, best_state, curves)
         return best_loss
 
-    def fixed_params(self) -> dict:
-        return {name: p.value for name, p in self.space.items() if p.kind == "fixed"}
-
-    def _record(self, trial: optuna.Trial, val_accuracy: float, train_loss: float,
-                epochs_run: int, train_seconds: float) -> None:
-        samples = epochs_run * len(self.data.train)
-        trial.set_user_attr("val_accuracy", val_accuracy)
+    def _record(self, trial: optuna.Trial, curves: list[dict]) -> None:
+        best = min(curves, key=lambda c: c["val_loss"] if math.isfinite(c["val_loss"])
+                   else math.inf)
+        train_loss = curves[-1]["train_loss"]
+        seconds = sum(c["seconds"] for c in curves)
+        trial.set_user_attr("val_accuracy", best["val_accuracy"])
         trial.set_user_attr("train_loss", train_loss if math.isfinite(train_loss) else None)
-        trial.set_user_attr("epochs_run", epochs_run)
-        trial.set_user_attr("train_seconds", round(train_seconds, 4))
+        trial.set_user_attr("epochs_run", len(curves))
+        # Per-epoch training loss: with the reported validation losses, the generalization gap.
+        trial.set_user_attr("train_losses", [round(c["train_loss"], 6)
+                                             if math.isfinite(c["train_loss"]) else None
+                                             for c in curves])
+        trial.set_user_attr("train_seconds", round(seconds, 4))
+        samples = len(curves) * len(self.data.train)
         trial.set_user_attr("samples_per_second",
-                            round(samples / train_seconds, 1) if train_seconds > 0 else None)
+                            round(samples / seconds, 1) if seconds > 0 else None)
+
+    @staticmethod
+    def _is_new_best(trial: optuna.Trial, value: float) -> bool:
+        try:
+            return value < trial.study.best_value
+        except ValueError:  # no completed trial yet
+            return True
+
+    def _save_checkpoint(self, trial: optuna.Trial, state: dict, curves: list[dict]) -> None:
+        """The best epoch's weights (a plain state_dict: loads with weights_only=True) and the
+        learning curves, as artifacts of the trial."""
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / f"trial-{trial.number}.pt"
+            torch.save(state, weights)
+            curve_file = Path(tmp) / f"trial-{trial.number}-curves.json"
+            curve_file.write_text(json.dumps(curves, indent=1))
+            weights_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts, file_path=str(weights), study_or_trial=trial)
+            curves_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts, file_path=str(curve_file), study_or_trial=trial,
+                mimetype="application/json")
+        trial.set_user_attr("checkpoint_artifact", weights_id)
+        trial.set_user_attr("curves_artifact", curves_id)

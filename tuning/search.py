@@ -33,7 +33,7 @@ from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers
 from tuning.objective import Objective
 from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
-from tuning.storage import default_storage, mask_url, resolve_url
+from tuning.storage import artifact_store, default_storage, mask_url, resolve_url
 from tuning.study import Plan, open_study
 from tuning.worker import StudyLock, Terminated, raise_terminated, run_trials
 
@@ -58,6 +58,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float,
                         help="stop starting trials after this many seconds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--artifacts", type=Path,
+                        help="where best trials' checkpoints go (default ./artifacts)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes on the CPU (default 1; on a GPU machine this "
                              "runs CPU workers instead of GPU ones)")
+    parser.add_argument("--create-only", action="store_true",
+                        help="create the study (definition, data, target) and exit: workers "
+                             "started elsewhere with python -m tuning.worker run it")
     parser.add_argument("--workers-per-gpu", type=positive_int, default=DEFAULT_WORKERS_PER_GPU,
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             set_cpu_threads()
         arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
         study = open_study(plan, arrays.fingerprint(), args.trials)
+        artifacts = None if len(specs) > 1 else artifact_store(args.artifacts)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -149,18 +155,23 @@ def main(argv: list[str] | None = None) -> int:
              count_finished(study), args.trials, arrays.name, len(arrays.train_y),
              len(arrays.val_y), f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
              plan.settings.sampler, plan.settings.pruner, plan.settings.epochs)
+    if args.create_only:
+        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}); "
+              f"start workers with: python -m tuning.worker --study {plan.study} "
+              f"--storage '{mask_url(plan.storage)}'")
+        return 0
     progress = Progress(args.trials)
     if len(specs) > 1:
         # Extra processes; this one only watches (and restarts the ones that die).
-        status = Launcher(study, plan.storage, specs, args.data_dir, args.timeout,
-                          progress).run()
+        status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
+                          args.timeout, progress).run()
         if status in (130, 143):
             print("stopped: running trials are marked failed", file=sys.stderr)
             return status
     else:
         objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
                               space=plan.study_file.space, epochs=plan.settings.epochs,
-                              seed=plan.settings.seed)
+                              seed=plan.settings.seed, artifacts=artifacts)
         signal.signal(signal.SIGTERM, raise_terminated)
         try:
             lock = StudyLock(plan.storage, plan.study)

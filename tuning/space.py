@@ -49,6 +49,10 @@ PARAM_TYPES: dict[str, type] = {
     for cls in (TrainConfig, ArchConfig)
     for f in dataclasses.fields(cls)
 }
+# `repeat` trains nothing differently: it picks the trial's seed (study seed + repeat), so a
+# grid over optimizer x lr x repeat gives every optimizer the same seeds: a paired comparison.
+REPEAT = "repeat"
+PARAM_TYPES[REPEAT] = int
 # Parameters that only mean something for some optimizers; elsewhere they are not sampled, so
 # that importance and plots are not muddied by values that had no effect.
 APPLIES_TO_OPTIMIZERS = {"momentum": {"sgd", "rmsprop"}, "nesterov": {"sgd"}}
@@ -107,8 +111,13 @@ class Param:
 
     def to_dict(self) -> dict:
         """Plain form, for the study's user attributes (JSON)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if v not in (None, (), False) or k == "value" and self.kind == "fixed"}
+        if self.kind == "fixed":
+            return {"name": self.name, "kind": self.kind, "value": self.value}
+        if self.kind == "categorical":
+            return {"name": self.name, "kind": self.kind, "choices": list(self.choices)}
+        plain = {"name": self.name, "kind": self.kind, "low": self.low, "high": self.high,
+                 "log": self.log}
+        return plain if self.step is None else {**plain, "step": self.step}
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,8 @@ def _value_problem(name: str, value: Any) -> str | None:
     expected = PARAM_TYPES[name]
     if not _type_ok(value, expected):
         return f"space.{name}: expected {expected.__name__}, got {value!r}"
+    if name == REPEAT:
+        return None if value >= 0 else f"space.{name}: must be >= 0, got {value!r}"
     cls = TrainConfig if name in {f.name for f in dataclasses.fields(TrainConfig)} else ArchConfig
     try:
         cls(**{name: value})
@@ -297,7 +308,8 @@ def sample(trial, space: dict[str, Param]) -> dict:
 def build_configs(params: dict) -> tuple[ArchConfig, TrainConfig]:
     arch_fields = {f.name for f in dataclasses.fields(ArchConfig)}
     arch = ArchConfig(**{k: v for k, v in params.items() if k in arch_fields})
-    train = TrainConfig(**{k: v for k, v in params.items() if k not in arch_fields})
+    train = TrainConfig(**{k: v for k, v in params.items()
+                           if k not in arch_fields and k != REPEAT})
     return arch, train
 
 

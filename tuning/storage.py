@@ -137,3 +137,17 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+
+
+def artifact_store(directory: Path | None = None):
+    """Where trials' checkpoints and curves are kept: a directory every worker can reach
+    (--artifacts, else $TUNING_ARTIFACTS, else ./artifacts)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "artifacts"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"artifact directory {str(path)!r} cannot be created: "
+                         f"{exc.strerror}") from None
+    return FileSystemArtifactStore(str(path))

@@ -6,6 +6,7 @@ step loop would force a CPU-GPU sync per step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -149,6 +150,40 @@ def train_epoch(
         seen += len(y)
     # The one host sync of the epoch.
     return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1)}
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch of `fit` produced."""
+
+    epoch: int
+    """Epoch number, from 1."""
+    train: dict
+    """train_epoch's result: loss, accuracy."""
+    val: dict
+    """evaluate's result on the validation split: loss, accuracy."""
+    seconds: float
+    """Wall time of the training pass (the device is synced by then)."""
+
+
+def fit(
+    model: nn.Module,
+    data: DeviceData,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator,
+    epochs: int,
+) -> Iterator[EpochResult]:
+    """Train `model` for up to `epochs`, yielding after each epoch; the caller may stop early."""
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = -(-len(data.train) // cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, epochs, steps_per_epoch)
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        stats = train_epoch(model, training_batches(data, cfg, generator), optimizer, cfg,
+                            runtime, scheduler)
+        seconds = time.perf_counter() - start  # train_epoch ended with a host sync
+        yield EpochResult(epoch, stats, evaluate(model, data.val, runtime), seconds)
 
 
 @torch.no_grad()

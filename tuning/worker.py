@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="distinct per worker: offsets the sampler's seed")
     parser.add_argument("--timeout", type=positive_float,
                         help="stop starting trials after this many seconds")
+    parser.add_argument("--artifacts", type=Path,
+                        help="where best trials' checkpoints go (default ./artifacts or "
+                             "$TUNING_ARTIFACTS; share it between hosts)")
     parser.add_argument("--quiet", action="store_true", help="no line per trial")
     return parser
 
@@ -227,6 +230,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.data import check_data_dir, load_arrays, to_device
     from tuning.device import resolve_device
     from tuning.objective import Objective
+    from tuning.storage import artifact_store
     from tuning.study import check_data_matches, load_existing, stored_definition, use_strategy
 
     check_data_dir(args.data_dir)
@@ -239,7 +243,8 @@ def prepare(args: argparse.Namespace, storage_url: str):
     check_data_matches(study, arrays.fingerprint())
     use_strategy(study, settings, space, seed_offset=args.worker_index)
     objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
-                          epochs=settings.epochs, seed=settings.seed)
+                          epochs=settings.epochs, seed=settings.seed,
+                          artifacts=artifact_store(args.artifacts))
     return study, objective, int(study.user_attrs["target_trials"])
 
 

@@ -1,0 +1,190 @@
+"""The report on a real small study: every section, honest numbers, a page that renders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+STUDY_FILE = """
+[study]
+dataset = "mnist-sample"
+epochs = 2
+sampler = "grid"
+pruner = "median"
+seed = 0
+
+[space]
+optimizer = { choices = ["adam", "sgd", "rmsprop", "adamw"] }
+lr = { choices = [0.001, 0.01] }
+weight_decay = { choices = [0.00001, 0.001] }
+dropout = 0.1
+crop_padding = 1
+channels = 8
+activation = "relu"
+batch_size = 128
+"""
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """A real 8-trial study (grid over 4 optimizers x 2 learning rates ...), then its report."""
+    workdir = tmp_path_factory.mktemp("report")
+    (workdir / "studies").mkdir()
+    (workdir / "studies" / "small.toml").write_text(STUDY_FILE)
+    shutil.copy(ROOT / "studies" / "seed.toml", workdir / "studies" / "seed.toml")
+    result = run_cli("--study", "small", "--trials", "8", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    report = run_cli("--study", "small", module="tuning.report", cwd=workdir)
+    assert report.returncode == 0, report.stderr
+    return workdir
+
+
+def _load(workdir):
+    return optuna.load_study(study_name="small",
+                             storage=f"sqlite:///{workdir}/studies/small.db")
+
+
+@pytest.mark.slow
+def test_report_has_every_section_and_every_optimizer(small_study):
+    out = small_study / "reports" / "small"
+    page = (out / "index.html").read_text()
+    summary = (out / "summary.md").read_text()
+    for section in ["Overview", "Optimizers", "Learning rate", "Regularization",
+                    "Importance and history", "Held-out test"]:
+        assert f"## {section}" in summary
+        assert f">{section}</h2>" in page
+    tried = {t.params["optimizer"] for t in _load(small_study).trials}
+    assert tried == {"adam", "sgd", "rmsprop", "adamw"}
+    optimizer_table = summary.split("### Per optimizer")[1].split("###")[0]
+    for name in tried:
+        assert f"| {name} |" in optimizer_table
+    assert "fANOVA" in summary and "compute saved by pruning" in summary
+    # Self-contained: no script, stylesheet or font fetched from anywhere.
+    assert "<script src=" not in page and "<link" not in page and "@import" not in page
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8
+
+
+@pytest.mark.slow
+def test_test_metrics_agree_with_an_independent_confusion_matrix(small_study):
+    from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
+
+    from tuning.data import load_arrays, to_device
+    from tuning.device import resolve_device
+    from tuning.evaluate import model_for_trial
+    from tuning.storage import artifact_store
+    from tuning.study import stored_definition
+    from tuning.train import evaluate
+
+    metrics = json.loads((small_study / "reports" / "small" / "test_metrics.json").read_text())
+    for config in ("best", "tutorial"):
+        for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+            assert 0.0 <= metrics[config][key] <= 1.0
+    study = _load(small_study)
+    settings, space = stored_definition(study)
+    runtime = resolve_device("cpu")
+    data = to_device(load_arrays("mnist-sample"), runtime.device)
+    model, how = model_for_trial(study.best_trial, space, data, runtime, 2,
+                                 artifact_store(small_study / "artifacts"))
+    assert "checkpoint" in how  # the best trial's weights were saved as an artifact
+    y_pred = evaluate(model, data.test, runtime, return_predictions=True)["predictions"].numpy()
+    y_true = data.test.y.numpy()
+    assert metrics["best"]["confusion_matrix"] == confusion_matrix(y_true, y_pred).tolist()
+    assert metrics["best"]["accuracy"] == pytest.approx(float(np.mean(y_true == y_pred)))
+    assert metrics["best"]["macro_precision"] == pytest.approx(
+        precision_score(y_true, y_pred, average="macro", zero_division=0))
+    assert metrics["best"]["macro_recall"] == pytest.approx(
+        recall_score(y_true, y_pred, average="macro"))
+    assert metrics["best"]["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    state = torch.load(small_study / "artifacts" / study.best_trial.user_attrs[
+        "checkpoint_artifact"], weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
+def test_report_page_renders_offline_in_headless_chromium(small_study, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+         "--virtual-time-budget=5000", f"--screenshot={shot}",
+         f"file://{small_study / 'reports' / 'small' / 'index.html'}"],
+        check=True, capture_output=True, timeout=120)
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.std() > 5  # not a blank page
+    assert len(np.unique(image)) > 20  # text, tables and plot lines, not a flat colour
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning.dashboard", "--study", "small", "--port", str(port)],
+        cwd=small_study, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        studies = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["studies"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, proc.stderr.read() if proc.poll() is not None else ""
+        assert [s["study_name"] for s in studies] == ["small"]
+        study_id = studies[0]["study_id"]
+        with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=10) as r:
+            detail = json.load(r)
+        artifacts = [a for t in detail["trials"] for a in t.get("artifacts", [])]
+        assert any(a["filename"].endswith(".pt") for a in artifacts)
+        assert any(a["filename"].endswith("-curves.json") for a in artifacts)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_report_bad_input_exits_2(small_study, tmp_path):
+    (tmp_path / "studies").mkdir()
+    cases = [
+        (["--study", "nope", "--storage", f"sqlite:///{small_study}/studies/small.db"],
+         "does not exist"),
+        (["--study", "small", "--storage", f"sqlite:///{tmp_path}/missing.db"], "no study"),
+        (["--study", "small", "--out", "/proc/forbidden"], "cannot be written"),
+    ]
+    for args, expected in cases:
+        result = run_cli(*args, module="tuning.report", cwd=small_study)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    created = run_cli("--create-only", "--study", "empty", "--config", "studies/small.toml",
+                      "--storage", empty, cwd=small_study)
+    assert created.returncode == 0, created.stderr
+    result = run_cli("--study", "empty", "--storage", empty, module="tuning.report",
+                     cwd=small_study)
+    assert result.returncode == 2 and "no finished trials" in result.stderr

@@ -1,0 +1,249 @@
+"""Parallel workers on one study: exact targets, no lost trials, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import POSTGRES_URL, ROOT, postgres_available, run_cli
+from tuning.storage import mask_url, open_storage, resolve_url
+from tuning.worker import StudyLock, run_trials
+
+FAST = ("--dataset", "mnist-sample", "--epochs", "1")
+needs_postgres = pytest.mark.skipif(not postgres_available(),
+                                    reason="no PostgreSQL on 127.0.0.1:5432")
+
+
+def finished(study):
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def load(url, name):
+    storage = optuna.storages.RDBStorage(resolve_url(url), skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# --- stress: 8 processes, one SQLite file, an objective that does no training ---------------
+
+def _quadratic(trial):
+    x = trial.suggest_float("x", -10, 10)
+    trial.report(x * x, 1)
+    return x * x
+
+
+def _stress_worker(url: str, name: str, target: int, index: int, errors) -> None:
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url),
+                                  sampler=optuna.samplers.RandomSampler(seed=index))
+        run_trials(study, _quadratic, target, StudyLock(url, name))
+    except Exception as exc:  # reported to the parent, which fails the test
+        errors.put(f"worker {index}: {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.slow
+def test_eight_workers_on_one_sqlite_file_lose_nothing(tmp_path):
+    url, name, target = f"sqlite:///{tmp_path}/stress.db", "stress", 400
+    optuna.create_study(study_name=name, storage=open_storage(url))
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_stress_worker, args=(url, name, target, i, errors))
+             for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == []  # no 'database is locked', no other error
+    assert all(p.exitcode == 0 for p in procs)
+    study = load(url, name)
+    states = Counter(t.state for t in study.trials)
+    assert states == {TrialState.COMPLETE: target}  # none failed, none lost, none extra
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(target))  # no duplicates, no gaps
+
+
+# --- the real CLI with several workers -------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir):
+    result = run_cli("--trials", "6", "--workers", "2", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(f"sqlite:///{workdir}/studies/mnist.db", "mnist")
+    assert len(finished(study)) == 6 and len(study.trials) == 6
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert "started 2 workers" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning.search", "--trials", "6", "--workers", "2",
+         "--dataset", "mnist-sample", "--epochs", "4"],
+        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            running = [t for t in load(url, "mnist").trials
+                       if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        except Exception:
+            continue
+        if running:
+            victim = running[0]
+    assert victim is not None, "no trial started"
+    time.sleep(1.0)  # well inside the trial
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert "killed by signal 9" in err
+    study = load(url, "mnist")
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[victim.number].state == TrialState.FAIL
+    assert len(finished(study)) == 6
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retries and retries[0].params == victim.params
+    assert retries[0].user_attrs["seed"] == victim.user_attrs["seed"]
+
+
+# --- PostgreSQL: the real server ------------------------------------------------------------
+
+@pytest.fixture
+def pg_study():
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=resolve_url(POSTGRES_URL))
+    except KeyError:
+        pass
+
+
+@needs_postgres
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_worker_processes_share_a_postgres_study(workdir, pg_study):
+    created = run_cli("--create-only", "--study", pg_study, "--config", "studies/mnist.toml",
+                      "--storage", POSTGRES_URL, "--trials", "4", *FAST, cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    assert "python -m tuning.worker" in created.stdout
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "tuning.worker", "--study", pg_study, "--storage", POSTGRES_URL,
+         "--worker-index", str(i), "--threads", "1"],
+        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    study = load(POSTGRES_URL, pg_study)
+    assert len(finished(study)) == 4 and len(study.trials) == 4
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+
+@needs_postgres
+@pytest.mark.postgres
+def test_postgres_url_is_mapped_to_the_installed_driver_and_masked():
+    assert resolve_url("postgresql://u@h:5432/db").startswith("postgresql+psycopg://")
+    assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    os.environ["PGPASSWORD"] = "from-env"
+    try:
+        assert ":from-env@" in resolve_url("postgresql://u@h:5432/db")
+    finally:
+        del os.environ["PGPASSWORD"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=[
+    needs_postgres, pytest.mark.postgres])])
+def test_storage_roundtrip_on_every_backend(backend, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else POSTGRES_URL
+    name = f"roundtrip-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    try:
+        study.set_user_attr("data", {"n_train": 3})
+        lock = StudyLock(url, name)
+        run_trials(study, _quadratic, 3, lock)
+        lock.close()
+        again = load(url, name)
+        assert len(finished(again)) == 3 and again.user_attrs["data"] == {"n_train": 3}
+    finally:
+        optuna.delete_study(study_name=name, storage=resolve_url(url))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--workers-per-gpu", "0"]])
+def test_zero_workers_is_rejected(args, workdir):
+    result = run_cli(*args, cwd=workdir)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert list(workdir.rglob("*.db")) == []
+
+
+def test_worker_for_a_missing_study_exits_2(workdir):
+    result = run_cli("--study", "nothing-here", module="tuning.worker", cwd=workdir)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_worker_whose_data_differ_exits_2(workdir, sample_arrays):
+    import numpy as np
+    import struct
+
+    def write_idx(folder, n_train):
+        folder.mkdir()
+        a = sample_arrays
+        for name, array in [("train-images-idx3-ubyte", a.train_x[:n_train]),
+                            ("train-labels-idx1-ubyte", np.tile(np.arange(10), n_train // 10)),
+                            ("t10k-images-idx3-ubyte", a.test_x[:50]),
+                            ("t10k-labels-idx1-ubyte", a.test_y[:50])]:
+            header = struct.pack(">HBB", 0, 8, array.ndim)
+            header += struct.pack(f">{array.ndim}I", *array.shape)
+            (folder / name).write_bytes(header + array.astype(np.uint8).tobytes())
+
+    write_idx(workdir / "a", 200)
+    write_idx(workdir / "b", 300)
+    created = run_cli("--create-only", "--dataset", "mnist", "--data-dir", "a", cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    result = run_cli("--study", "mnist", "--data-dir", "b", module="tuning.worker", cwd=workdir)
+    assert result.returncode == 2
+    assert "was run on data" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- docker-compose.yml: parsed and checked, since no Docker engine runs here --------------
+
+def test_compose_file_structure():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "create-study", "worker", "dashboard"} <= set(services)
+    pg = services["postgres"]
+    assert pg["healthcheck"]["test"] and any("/var/lib/postgresql/data" in v
+                                             for v in pg["volumes"])
+    assert "POSTGRES_PASSWORD" not in pg["environment"]  # only the _FILE form
+    assert pg["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
+    worker = services["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert worker["depends_on"]["create-study"]["condition"] == "service_completed_successfully"
+    assert services["create-study"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "--create-only" in services["create-study"]["command"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "password:" not in text.lower().replace("pgpassword:", "")
+    assert (ROOT / "Dockerfile").is_file()
