@@ -151,14 +151,14 @@ def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as r:
-                    studies = json.load(r)["studies"]
+                    studies = json.load(r)["study_summaries"]
                 break
             except OSError:
                 time.sleep(0.5)
         assert studies is not None, proc.stderr.read() if proc.poll() is not None else ""
         assert [s["study_name"] for s in studies] == ["small"]
         study_id = studies[0]["study_id"]
-        with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=10) as r:
+        with urllib.request.urlopen(f"{base}/api/studies/{study_id}?after=0", timeout=10) as r:
             detail = json.load(r)
         artifacts = [a for t in detail["trials"] for a in t.get("artifacts", [])]
         assert any(a["filename"].endswith(".pt") for a in artifacts)

@@ -271,8 +271,8 @@ def regularization(view: StudyView) -> Section:
     s = Section("Regularization")
     tuned = [n for n in REGULARIZERS if n in view.space and view.space[n].kind != "fixed"]
     table = Table(["regularizer", "trials", "best trial's value",
-                   "rank corr. with val loss", "rank corr. with generalization gap",
-                   "reading"])
+                   "rank corr. with val loss", "rank corr. with val accuracy",
+                   "rank corr. with generalization gap", "reading"])
     if not tuned:
         s.paragraphs.append("No regularization parameter was tuned in this study.")
         return s
@@ -283,10 +283,14 @@ def regularization(view: StudyView) -> Section:
                if view.param(t, name) is not None and view.final_loss(t) is not None]
         xs = [float(p[0]) for p in pts]
         corr_loss = spearman(xs, [p[1] for p in pts])
+        with_acc = [(float(view.param(t, name)), t.user_attrs["val_accuracy"])
+                    for t in view.trials if view.param(t, name) is not None
+                    and t.user_attrs.get("val_accuracy") is not None]
+        corr_acc = spearman([p[0] for p in with_acc], [p[1] for p in with_acc])
         with_gap = [(float(p[0]), p[2]) for p in pts if p[2] is not None]
         corr_gap = spearman([p[0] for p in with_gap], [p[1] for p in with_gap])
         table.rows.append([name, len(pts), view.param(best, name) if best else None,
-                           corr_loss, corr_gap, _reading(corr_loss, corr_gap)])
+                           corr_loss, corr_acc, corr_gap, _reading(corr_loss, corr_gap)])
         fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
                                  showlegend=False), row=1, col=col)
         fig.add_trace(go.Scatter(x=[p[0] for p in with_gap], y=[p[1] for p in with_gap],
@@ -304,7 +308,9 @@ def regularization(view: StudyView) -> Section:
     s.paragraphs.append(
         "Rank correlation (Spearman) across trials: negative means more of it went with lower "
         "loss or a smaller gap. The generalization gap is the last epoch's validation loss "
-        "minus its training loss; a large gap is how overfitting shows. Correlations across an "
+        "minus its training loss; a large gap is how overfitting shows. Label smoothing raises "
+        "validation cross-entropy by design (its predictions are less confident), so judge it "
+        "by accuracy as well. Correlations across an "
         "adaptive search are evidence, not proof: parameters were not varied one at a time.")
     return s
 

@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             print("terminated: the running trial is marked failed", file=sys.stderr)
             return 143
         status = 1 if stats.stopped_by_failures else 0
+        total = stats.objective_seconds + stats.optuna_seconds
+        if total > 0:
+            log.info("time in Optuna (sampler and storage): %.1f s of %.1f s (%.1f%%)",
+                     stats.optuna_seconds, total, 100 * stats.optuna_seconds / total)
         if stats.stopped_by_failures:
             print("stopped: trials kept failing (see fail_reason above)", file=sys.stderr)
     summarize(study, plan)

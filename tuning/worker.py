@@ -145,6 +145,11 @@ class RunStats:
     """Trials that failed in this worker."""
     stopped_by_failures: bool = False
     """Stopped because MAX_CONSECUTIVE_FAILURES trials failed in a row."""
+    objective_seconds: float = 0.0
+    """Wall time inside the objective (training, and the sampler's per-parameter calls)."""
+    optuna_seconds: float = 0.0
+    """Wall time in Optuna around trials: stale checks, taking a trial (the relative sampler
+    runs there), telling the result. Waiting for other workers' trials is not counted."""
 
 
 def run_trials(
@@ -164,6 +169,7 @@ def run_trials(
     consecutive_failures = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
+        started = time.perf_counter()
         with contextlib.suppress(Exception):  # stale trials are found again next time
             optuna.storages.fail_stale_trials(study)
         trial = take_trial(study, target, lock)
@@ -172,18 +178,23 @@ def run_trials(
         if trial is None:
             time.sleep(WAIT_POLL_S)
             continue
+        stats.optuna_seconds += time.perf_counter() - started
         with heartbeat(study._storage, trial):
+            started = time.perf_counter()
+            value, state = None, None
             try:
                 value = objective(trial)
             except optuna.TrialPruned:
-                frozen = study.tell(trial, state=TrialState.PRUNED)
+                state = TrialState.PRUNED
             except TrialFailed:
-                frozen = study.tell(trial, state=TrialState.FAIL)
+                state = TrialState.FAIL
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
-            else:
-                frozen = study.tell(trial, value)
+            stats.objective_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            frozen = study.tell(trial, value, state=state)
+            stats.optuna_seconds += time.perf_counter() - started
         if frozen.state == TrialState.FAIL:
             stats.failed += 1
             consecutive_failures += 1
