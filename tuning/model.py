@@ -59,6 +59,15 @@ SEED = ArchConfig(blocks=1, channels=32, kernel=3, activation="none", batch_norm
 ARCHITECTURES = {"seed": SEED}
 
 
+class FlattenChannelsLast(nn.Module):
+    """Flatten (N, C, H, W) in H, W, C order: a free view for a channels_last tensor, where
+    nn.Flatten's C, H, W order forces a copy forward and a slow max-pool backward (half of a
+    seed training step on the CPU). The linear layer after it learns the same function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+
 class CNN(nn.Module):
     def __init__(self, arch: ArchConfig, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -78,7 +87,7 @@ class CNN(nn.Module):
             raise ValueError(f"{arch.blocks} blocks shrink a {input_shape} input to nothing")
         self.features = nn.Sequential(*layers)
         features = in_channels * height * width
-        head: list[nn.Module] = [nn.Flatten()]
+        head: list[nn.Module] = [FlattenChannelsLast()]
         if arch.dropout > 0:
             head.append(nn.Dropout(arch.dropout))
         if arch.hidden > 0:
