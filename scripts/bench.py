@@ -1,0 +1,209 @@
+"""One benchmark command for the whole service, on whatever device it finds.
+
+    python scripts/bench.py [--dataset mnist-sample] [--trials 12] [--epochs 3] [--out bench.json]
+
+Measures, in one run:
+1. per-epoch training throughput of studies/seed.toml against the tutorial's own pipeline;
+2. trials per hour of one fixed search (same seed, same budget) with 1, 2, 4 workers (on a GPU:
+   1..8 workers per GPU) and the GPU's utilization while it runs;
+3. Optuna's share of wall time (sampler and storage) per trial, for SQLite and PostgreSQL;
+4. pruning: epochs run, wall time and best validation loss with no pruner, median, successive
+   halving and hyperband, at the same number of trials;
+5. time to quality: wall time until the search first reaches --target-accuracy.
+
+Warm-up is excluded where it can be (throughput: first epoch); every search starts from a
+fresh process, so its figures include start-up, as a user's would. Clocks are read after the
+device is synchronized (train_epoch ends with a host sync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+import bench_throughput  # noqa: E402
+import tutorial_pipeline  # noqa: E402
+from tuning.data import load_arrays, to_device  # noqa: E402
+from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
+from tuning.objective import Objective  # noqa: E402
+from tuning.space import load_study_file  # noqa: E402
+from tuning.storage import open_storage, resolve_url  # noqa: E402
+from tuning.strategy import make_pruner, make_sampler  # noqa: E402
+from tuning.worker import StudyLock, run_trials  # noqa: E402
+
+POSTGRES_URL = os.environ.get("TUNING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class GpuSampler:
+    """Samples nvidia-smi's utilization every 0.5 s while a search runs."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits"], capture_output=True,
+                                     text=True, timeout=5).stdout
+                self.samples.append(statistics.fmean(float(v) for v in out.split()))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                return
+
+    def __enter__(self):
+        if shutil.which("nvidia-smi") and torch.cuda.is_available():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        busy = sum(s >= 50 for s in self.samples) / len(self.samples)
+        return {"gpu_util_mean": round(statistics.fmean(self.samples), 1),
+                "gpu_busy_share": round(busy, 3)}
+
+
+def throughput(dataset: str, device: str, epochs: int = 6) -> dict:
+    runtime = resolve_device(device)
+    arrays = load_arrays(dataset)
+    n = len(arrays.train_y)
+    ours = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)[1:]
+    theirs = tutorial_pipeline.epoch_seconds(arrays.train_x, arrays.train_y, runtime.device,
+                                             epochs)[1:]
+    result = {"tuning_images_per_s": round(n / statistics.median(ours)),
+              "tutorial_images_per_s": round(n / statistics.median(theirs))}
+    result["speedup"] = round(result["tuning_images_per_s"] / result["tutorial_images_per_s"], 2)
+    return result
+
+
+def search_with_workers(workers: int, args, tmp: Path, gpu: bool) -> dict:
+    """A fresh process running the fixed search with this many workers; trials per hour."""
+    name = f"bench-w{workers}"
+    flag = ["--workers-per-gpu", str(workers)] if gpu else ["--workers", str(workers)]
+    cmd = [sys.executable, "-m", "tuning.search", "--study", name, "--config",
+           str(ROOT / "studies" / "mnist.toml"), "--storage", f"sqlite:///{tmp}/{name}.db",
+           "--trials", str(args.trials), "--epochs", str(args.epochs), "--dataset",
+           args.dataset, "--seed", "0", "--artifacts", str(tmp / "artifacts"), *flag]
+    with GpuSampler() as gpu_sampler:
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wall = time.perf_counter() - start
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/{name}.db")
+    return {"workers": workers, "wall_s": round(wall, 1),
+            "trials_per_hour": round(args.trials * 3600 / wall),
+            "best_val_loss": round(study.best_value, 4), **gpu_sampler.summary()}
+
+
+def in_process_search(url: str, pruner: str, args, data, runtime, space) -> dict:
+    """The same search in this process, with per-part timings from the worker loop."""
+    name = f"bench-{pruner}-{uuid.uuid4().hex[:6]}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url),
+                                sampler=make_sampler("tpe", 0, space),
+                                pruner=make_pruner(pruner, args.epochs))
+    objective = Objective(data=data, runtime=runtime, space=space, epochs=args.epochs, seed=0)
+    start = time.perf_counter()
+    stats = run_trials(study, objective, args.trials, StudyLock(url, name))
+    wall = time.perf_counter() - start
+    trials = study.get_trials(deepcopy=False)
+    first = min(t.datetime_start for t in trials)
+    reached = sorted((t.datetime_complete - first).total_seconds() for t in trials
+                     if t.user_attrs.get("val_accuracy", 0) >= args.target_accuracy
+                     and t.datetime_complete is not None)
+    result = {
+        "pruner": pruner, "wall_s": round(wall, 1),
+        "epochs_run": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+        "best_val_loss": round(study.best_value, 4),
+        "best_val_accuracy": max(t.user_attrs.get("val_accuracy", 0) for t in trials),
+        "optuna_share": round(stats.optuna_seconds / (stats.optuna_seconds
+                                                      + stats.objective_seconds), 4),
+        "time_to_target_s": round(reached[0], 1) if reached else None,
+    }
+    optuna.delete_study(study_name=name, storage=resolve_url(url))
+    return result
+
+
+def postgres_reachable() -> bool:
+    try:
+        open_storage(POSTGRES_URL, heartbeat=False)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist-sample")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--target-accuracy", type=float, default=0.97)
+    parser.add_argument("--workers", default=None,
+                        help="comma-separated worker counts (default 1,2,4; GPU 1,2,4,8)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    runtime = resolve_device(args.device)
+    gpu = runtime.device.type == "cuda"
+    if not gpu:
+        set_cpu_threads()
+    counts = [int(c) for c in (args.workers or ("1,2,4,8" if gpu else "1,2,4")).split(",")]
+    results: dict = {"device": runtime.name, "date": time.strftime("%Y-%m-%d"),
+                     "dataset": args.dataset, "trials": args.trials, "epochs": args.epochs,
+                     "torch": torch.__version__, "optuna": optuna.__version__}
+    print(f"device {runtime.name}; {args.trials} trials x up to {args.epochs} epochs on "
+          f"{args.dataset}", flush=True)
+
+    results["throughput"] = throughput(args.dataset, args.device)
+    print("1. throughput:", results["throughput"], flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "studies").mkdir()
+        results["workers"] = [search_with_workers(n, args, tmp, gpu) for n in counts]
+        for row in results["workers"]:
+            print("2. workers:", row, flush=True)
+
+        space = load_study_file(ROOT / "studies" / "mnist.toml").space
+        data = to_device(load_arrays(args.dataset), runtime.device)
+        backends = {"sqlite": f"sqlite:///{tmp}/inproc.db"}
+        if postgres_reachable():
+            backends["postgresql"] = POSTGRES_URL
+        results["optuna_share"] = {}
+        for backend, url in backends.items():
+            row = in_process_search(url, "median", args, data, runtime, space)
+            results["optuna_share"][backend] = row["optuna_share"]
+            print(f"3. optuna share ({backend}):", row["optuna_share"], flush=True)
+        results["pruning"] = [in_process_search(backends["sqlite"], p, args, data, runtime, space)
+                              for p in ("none", "median", "successive-halving", "hyperband")]
+        for row in results["pruning"]:
+            print("4/5. pruning:", row, flush=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
