@@ -122,3 +122,19 @@ def test_out_of_memory_is_a_recorded_failure(tiny_data, monkeypatch):
     with pytest.raises(TrialFailed):
         make_objective(tiny_data)(trial)
     assert "out of memory" in study.trials[0].user_attrs["fail_reason"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_same_objective_trains_on_cuda_with_bf16_and_channels_last(tiny_arrays):
+    from tuning.data import to_device
+
+    runtime = resolve_device("cuda")
+    assert runtime.autocast_dtype == torch.bfloat16 and runtime.channels_last
+    data = to_device(tiny_arrays, runtime.device)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    objective = Objective(data=data, runtime=runtime, space=SMALL_SPACE, epochs=2, seed=0)
+    value = objective(trial)
+    study.tell(trial, value)
+    assert math.isfinite(value) and study.trials[0].user_attrs["device"].startswith("cuda:0")

@@ -122,6 +122,32 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
     assert retries[0].user_attrs["seed"] == victim.user_attrs["seed"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, sig, code):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning.search", "--trials", "40", "--workers", "2",
+         "--dataset", "mnist-sample", "--epochs", "20"],
+        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            running = [t for t in load(url, "mnist").trials if t.state == TrialState.RUNNING]
+        except Exception:
+            continue
+        if len(running) == 2:
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    states = Counter(t.state for t in load(url, "mnist").trials)
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.FAIL] == 2
+    assert "Traceback" not in err
+
+
 # --- PostgreSQL: the real server ------------------------------------------------------------
 
 @pytest.fixture

@@ -84,7 +84,10 @@ class Launcher:
             env["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
         # Keep each worker's BLAS pools to its share of the cores as well.
         env["OMP_NUM_THREADS"] = str(spec.threads)
-        self.procs[spec.index] = subprocess.Popen(self._command(spec), env=env)
+        # Its own session: a Ctrl-C in the terminal reaches only this launcher, which passes
+        # one SIGTERM on; a worker hit by both could be interrupted while recording its trial.
+        self.procs[spec.index] = subprocess.Popen(self._command(spec), env=env,
+                                                  start_new_session=True)
 
     def _report_new_trials(self) -> None:
         for trial in self.study.get_trials(deepcopy=False):
