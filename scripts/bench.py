@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_throughput  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
-
-import bench_throughput  # noqa: E402
 import tutorial_pipeline  # noqa: E402
+
 from tuning.cli import configure_logging  # noqa: E402
 from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import resolve_device, set_cpu_threads  # noqa: E402

@@ -143,7 +143,8 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["non-numeric trials", "invalid study file", "unwritable storage"])
+@pytest.mark.parametrize("case",
+                         ["non-numeric trials", "invalid study file", "unwritable storage"])
 def test_bad_input_in_a_real_process(case, workdir):
     args, expected = BAD_INPUTS[case]
     (workdir / "studies" / "inverted.toml").write_text("[space]\nlr = {low = 1.0, high = 0.1}\n")

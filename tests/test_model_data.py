@@ -95,7 +95,7 @@ def test_flip_mirrors_some_images_and_keeps_others():
     out = augment(x, 0, True, 0.0, torch.Generator().manual_seed(1))
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(64)]
     kept = [torch.equal(out[i], x[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept))
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
     assert 10 < sum(flipped) < 54
 
 
@@ -116,7 +116,8 @@ def test_idx_reader_roundtrip(tmp_path):
 
 def test_mnist_reads_idx_files_from_data_dir(tmp_path, sample_arrays):
     def write(name, array):
-        header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        header = struct.pack(">HBB", 0, 8, array.ndim)
+        header += struct.pack(f">{array.ndim}I", *array.shape)
         (tmp_path / name).write_bytes(header + array.astype(np.uint8).tobytes())
     a = sample_arrays
     write("train-images-idx3-ubyte", a.train_x[:200])

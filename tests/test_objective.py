@@ -138,3 +138,20 @@ def test_the_same_objective_trains_on_cuda_with_bf16_and_channels_last(tiny_arra
     value = objective(trial)
     study.tell(trial, value)
     assert math.isfinite(value) and study.trials[0].user_attrs["device"].startswith("cuda:0")
+
+
+def test_repeat_parameter_pairs_seeds_across_configurations(tiny_data):
+    """compare-optimizers.toml relies on this: repeat r trains with seed + r whatever else the
+    trial's configuration is, so each optimizer sees the same seeds."""
+    space = parse_study({"space": {"optimizer": {"choices": ["adam", "sgd"]},
+                                   "repeat": {"choices": [0, 1]}, "batch_size": 256,
+                                   "channels": 8}}).space
+    study = optuna.create_study(sampler=make_sampler("grid", seed=0, space=space))
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=space, epochs=1,
+                          seed=10)
+    for _ in range(4):
+        trial = study.ask()
+        study.tell(trial, objective(trial))
+    seeds = {(t.params["optimizer"], t.params["repeat"]): t.user_attrs["seed"]
+             for t in study.trials}
+    assert seeds == {("adam", 0): 10, ("sgd", 0): 10, ("adam", 1): 11, ("sgd", 1): 11}

@@ -14,9 +14,9 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
+from conftest import POSTGRES_URL, ROOT, postgres_available, run_cli
 from optuna.trial import TrialState
 
-from conftest import POSTGRES_URL, ROOT, postgres_available, run_cli
 from tuning.storage import mask_url, open_storage, resolve_url
 from tuning.worker import StudyLock, run_trials
 
@@ -107,19 +107,20 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
         if running:
             victim = running[0]
     assert victim is not None, "no trial started"
-    time.sleep(1.0)  # well inside the trial
+    time.sleep(2.0)  # well inside the trial: its parameters are sampled, it is training
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     assert "killed by signal 9" in err
     study = load(url, "mnist")
     by_number = {t.number: t for t in study.trials}
-    assert by_number[victim.number].state == TrialState.FAIL
+    killed = by_number[victim.number]  # as it is now: it had sampled its parameters by then
+    assert killed.state == TrialState.FAIL
     assert len(finished(study)) == 6
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert retries and retries[0].params == victim.params
-    assert retries[0].user_attrs["seed"] == victim.user_attrs["seed"]
+    assert retries and retries[0].params == killed.params
+    assert retries[0].user_attrs["seed"] == killed.user_attrs["seed"]
 
 
 @pytest.mark.slow
@@ -227,8 +228,9 @@ def test_worker_for_a_missing_study_exits_2(workdir):
 
 @pytest.mark.slow
 def test_worker_whose_data_differ_exits_2(workdir, sample_arrays):
-    import numpy as np
     import struct
+
+    import numpy as np
 
     def write_idx(folder, n_train):
         folder.mkdir()

@@ -76,7 +76,8 @@ class Arrays:
     def fingerprint(self) -> dict:
         """What a study records about its data, so a run on different data is refused."""
         digest = hashlib.sha256()
-        for array in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
+        splits = (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
+        for array in splits:
             digest.update(np.ascontiguousarray(array).tobytes())
         return {
             "name": self.name,

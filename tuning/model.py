@@ -43,7 +43,8 @@ class ArchConfig:
         if self.kernel < 1 or self.kernel % 2 == 0:
             problems.append(f"kernel must be odd and positive, got {self.kernel=}")
         if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation=}")
+            problems.append(
+                f"activation must be one of {list(ACTIVATIONS)}, got {self.activation=}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout=}")
         if self.hidden < 0:

@@ -7,7 +7,7 @@ import math
 import os
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -16,6 +16,7 @@ import torch
 from tuning.data import DeviceData
 from tuning.device import Runtime
 from tuning.model import build_model
+from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample
 from tuning.train import fit, seed_everything
 
@@ -60,6 +61,8 @@ class Objective:
     """Base seed; trial n is seeded with seed + n."""
     artifacts: object | None = None
     """Artifact store for the checkpoint of each new best trial (None: keep none)."""
+    stop: GracefulStop = field(default_factory=NoStop)
+    """Where Ctrl-C and SIGTERM may interrupt: between storage calls, not inside them."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -76,7 +79,8 @@ class Objective:
                                                   trial_seed)
         best_loss, best_state, curves = math.inf, None, []
         try:
-            for result in fit(model, self.data, cfg, self.runtime, generator, self.epochs):
+            epochs = fit(model, self.data, cfg, self.runtime, generator, self.epochs)
+            for result in self.stop.interruptible(epochs):
                 curves.append({"epoch": result.epoch, "train_loss": result.train["loss"],
                                "train_accuracy": result.train["accuracy"],
                                "val_loss": result.val["loss"],

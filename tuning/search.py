@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,10 +31,11 @@ from tuning.device import resolve_device, set_cpu_threads
 from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers
 from tuning.objective import Objective
+from tuning.signals import GracefulStop, Interrupted
 from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
 from tuning.storage import artifact_store, default_storage, mask_url, resolve_url
 from tuning.study import Plan, open_study
-from tuning.worker import StudyLock, Terminated, raise_terminated, run_trials
+from tuning.worker import StudyLock, run_trials
 
 log = logging.getLogger("tuning")
 # Small CNNs leave a big GPU mostly idle: several workers per GPU keep it busy. 2 is a guess
@@ -169,19 +169,17 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped: running trials are marked failed", file=sys.stderr)
             return status
     else:
+        stop = GracefulStop().install()
         objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
                               space=plan.study_file.space, epochs=plan.settings.epochs,
-                              seed=plan.settings.seed, artifacts=artifacts)
-        signal.signal(signal.SIGTERM, raise_terminated)
+                              seed=plan.settings.seed, artifacts=artifacts, stop=stop)
         try:
             lock = StudyLock(plan.storage, plan.study)
-            stats = run_trials(study, objective, args.trials, lock, args.timeout, progress)
-        except KeyboardInterrupt:
-            print("interrupted: the running trial is marked failed", file=sys.stderr)
-            return 130
-        except Terminated:
-            print("terminated: the running trial is marked failed", file=sys.stderr)
-            return 143
+            stats = run_trials(study, objective, args.trials, lock, args.timeout, progress,
+                               stop)
+        except Interrupted as stopped:
+            print(f"stopped by {stopped}: the running trial is marked failed", file=sys.stderr)
+            return stopped.exit_status
         status = 1 if stats.stopped_by_failures else 0
         total = stats.objective_seconds + stats.optuna_seconds
         if total > 0:

@@ -191,7 +191,8 @@ def _value_problem(name: str, value: Any) -> str | None:
 
 def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     if name not in PARAM_TYPES:
-        return None, [f"space: unknown parameter {name!r}; known: {', '.join(sorted(PARAM_TYPES))}"]
+        known = ", ".join(sorted(PARAM_TYPES))
+        return None, [f"space: unknown parameter {name!r}; known: {known}"]
     if not isinstance(spec, dict):
         problem = _value_problem(name, spec)
         return (None, [problem]) if problem else (Param(name, "fixed", value=spec), [])
@@ -203,13 +204,16 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     if "choices" in spec:
         choices = spec["choices"]
         if set(spec) != {"choices"}:
-            return None, [f"space.{name}: 'choices' cannot be combined with {sorted(set(spec) - {'choices'})}"]
+            others = sorted(set(spec) - {"choices"})
+            return None, [f"space.{name}: 'choices' cannot be combined with {others}"]
         if not isinstance(choices, list) or not choices:
             return None, [f"space.{name}: choices must be a non-empty list, got {choices!r}"]
         problems = [p for c in choices if (p := _value_problem(name, c))]
         if len(set(map(repr, choices))) != len(choices):
             problems.append(f"space.{name}: choices repeat a value: {choices!r}")
-        return (None, problems) if problems else (Param(name, "categorical", choices=tuple(choices)), [])
+        if problems:
+            return None, problems
+        return Param(name, "categorical", choices=tuple(choices)), []
 
     expected = PARAM_TYPES[name]
     if expected not in (int, float):

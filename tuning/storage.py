@@ -75,8 +75,9 @@ def resolve_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise UsageError(f"--storage {mask_url(url)!r} is not a database URL "
-                         "(expected sqlite:///path.db or postgresql://user@host:port/db)") from None
+        raise UsageError(
+            f"--storage {mask_url(url)!r} is not a database URL "
+            "(expected sqlite:///path.db or postgresql://user@host:port/db)") from None
     backend = parsed.drivername.split("+")[0]
     if backend == "sqlite":
         path = sqlite_path(url)
@@ -98,7 +99,8 @@ def resolve_url(url: str) -> str:
             elif importlib.util.find_spec("psycopg2") is not None:
                 parsed = parsed.set(drivername="postgresql+psycopg2")
             else:
-                raise UsageError("PostgreSQL storage needs a driver: pip install 'tuning[postgres]'")
+                raise UsageError(
+                    "PostgreSQL storage needs a driver: pip install 'tuning[postgres]'")
         return _password_from_env(parsed).render_as_string(hide_password=False)
     raise UsageError(f"--storage {mask_url(url)!r}: unsupported backend {backend!r}; "
                      "use sqlite:/// or postgresql://")

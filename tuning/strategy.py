@@ -7,6 +7,17 @@ import optuna
 from tuning.space import Param, grid_space
 
 
+class TargetGridSampler(optuna.samplers.GridSampler):
+    """GridSampler that leaves stopping to the study's target of finished trials.
+
+    GridSampler.after_trial calls study.stop() once the grid is covered, which Optuna allows
+    only inside study.optimize; our worker loop (tuning.worker.run_trials) stops at the target.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate TPE models parameter interactions (lr x optimizer, lr x batch size);
@@ -16,7 +27,7 @@ def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.sample
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_space(space), seed=seed)
+        return TargetGridSampler(grid_space(space), seed=seed)
     if name == "cmaes":
         # CMA-ES handles only numbers; categoricals go to its independent (random) sampler.
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

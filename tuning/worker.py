@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from tuning.cli import (
 )
 from tuning.errors import UsageError
 from tuning.objective import TrialFailed
+from tuning.signals import GracefulStop, Interrupted, NoStop
 from tuning.storage import default_storage, mask_url, resolve_url, sqlite_path
 
 log = logging.getLogger("tuning")
@@ -46,14 +46,6 @@ log = logging.getLogger("tuning")
 # A worker whose trials all fail (a bug, a broken GPU) stops instead of spinning forever.
 MAX_CONSECUTIVE_FAILURES = 5
 WAIT_POLL_S = 1.0
-
-
-class Terminated(Exception):
-    """SIGTERM arrived: the running trial is marked FAIL and the process exits 143."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
 
 
 class StudyLock:
@@ -159,16 +151,19 @@ def run_trials(
     lock: StudyLock,
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    stop: GracefulStop | None = None,
 ) -> RunStats:
     """Run trials until `study` has `target` finished trials (or `timeout` passes).
 
     A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
     exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
     """
+    stop = stop or NoStop()
     stats = RunStats()
     consecutive_failures = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
+        stop.check()
         started = time.perf_counter()
         with contextlib.suppress(Exception):  # stale trials are found again next time
             optuna.storages.fail_stale_trials(study)
@@ -255,7 +250,8 @@ def prepare(args: argparse.Namespace, storage_url: str):
     use_strategy(study, settings, space, seed_offset=args.worker_index)
     objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
-                          artifacts=artifact_store(args.artifacts))
+                          artifacts=artifact_store(args.artifacts),
+                          stop=GracefulStop().install())
     return study, objective, int(study.user_attrs["target_trials"])
 
 
@@ -271,14 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
              mask_url(storage_url), target)
-    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         stats = run_trials(study, objective, target, StudyLock(storage_url, args.study),
-                           args.timeout, None if args.quiet else Progress(target))
-    except KeyboardInterrupt:
-        return 130
-    except Terminated:
-        return 143
+                           args.timeout, None if args.quiet else Progress(target),
+                           objective.stop)
+    except Interrupted as stopped:
+        return stopped.exit_status
     return 1 if stats.stopped_by_failures else 0
 
 
