@@ -79,8 +79,8 @@ class Objective:
                                                   trial_seed)
         best_loss, best_state, curves = math.inf, None, []
         try:
-            epochs = fit(model, self.data, cfg, self.runtime, generator, self.epochs)
-            for result in self.stop.interruptible(epochs):
+            for result in fit(model, self.data, cfg, self.runtime, generator, self.epochs,
+                              on_step=self.stop.check):
                 curves.append({"epoch": result.epoch, "train_loss": result.train["loss"],
                                "train_accuracy": result.train["accuracy"],
                                "val_loss": result.val["loss"],

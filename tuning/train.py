@@ -7,7 +7,7 @@ step loop would force a CPU-GPU sync per step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -125,8 +125,12 @@ def train_epoch(
     cfg: TrainConfig,
     runtime: Runtime,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over `batches`; returns mean training loss and accuracy (of the seen batches)."""
+    """One pass over `batches`; returns mean training loss and accuracy (of the seen batches).
+
+    `on_step` runs after every optimizer step (a place where it is safe to raise and stop).
+    """
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), device=device)
@@ -148,6 +152,8 @@ def train_epoch(
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if on_step is not None:
+            on_step()
     # The one host sync of the epoch.
     return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1)}
 
@@ -173,6 +179,7 @@ def fit(
     runtime: Runtime,
     generator: torch.Generator,
     epochs: int,
+    on_step: Callable[[], None] | None = None,
 ) -> Iterator[EpochResult]:
     """Train `model` for up to `epochs`, yielding after each epoch; the caller may stop early."""
     optimizer = make_optimizer(model, cfg)
@@ -181,7 +188,7 @@ def fit(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         stats = train_epoch(model, training_batches(data, cfg, generator), optimizer, cfg,
-                            runtime, scheduler)
+                            runtime, scheduler, on_step)
         seconds = time.perf_counter() - start  # train_epoch ended with a host sync
         yield EpochResult(epoch, stats, evaluate(model, data.val, runtime), seconds)
 
