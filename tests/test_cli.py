@@ -36,7 +36,8 @@ def test_search_runs_and_a_rerun_continues_to_the_new_target(workdir):
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4 and len(study.trials) == 4
     assert "[   4/4]" in first.stderr and "ETA" in first.stderr
-    assert "best trial #" in first.stdout and "optuna-dashboard" in first.stdout
+    assert "best trial #" in first.stdout
+    assert "python -m tuning.dashboard --study mnist" in first.stdout
     assert "python -m tuning.report --study mnist" in first.stdout
     data = study.user_attrs["data"]
     assert data["name"] == "mnist-sample" and data["n_val"] == 400 and len(data["sha256"]) == 64

@@ -124,7 +124,7 @@ def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
             print(f"  {name} = {shown}", file=stream)
     storage_arg = "" if plan.storage == default_storage(plan.study) else \
         f" --storage '{mask_url(plan.storage)}'"
-    print(f"dashboard: optuna-dashboard '{mask_url(plan.storage)}'", file=stream)
+    print(f"dashboard: python -m tuning.dashboard --study {plan.study}{storage_arg}", file=stream)
     print(f"report:    python -m tuning.report --study {plan.study}{storage_arg}", file=stream)
 
 
