@@ -4,6 +4,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,43 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_search(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m tuning.search ARGS` in the background, from `cwd`."""
+    return subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load_study(url: str, name: str):
+    """Read a study without creating tables: reading must never race the process creating
+    them."""
+    import optuna
+
+    from tuning.storage import resolve_url
+
+    storage = optuna.storages.RDBStorage(resolve_url(url), skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def wait_for_running_trials(url: str, name: str, proc: subprocess.Popen, count: int = 1,
+                            timeout: float = 120) -> list:
+    """Poll until `count` trials of the study run and have recorded their worker."""
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            running = [t for t in load_study(url, name).trials
+                       if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        except Exception:  # the study or its tables are not there yet
+            running = []
+        if len(running) >= count:
+            return running
+        time.sleep(0.3)
+    raise AssertionError(f"{count} running trial(s) never appeared")
 
 
 @pytest.fixture

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 
-import optuna
 import pytest
-from conftest import ROOT, run_cli
+from conftest import load_study, run_cli, start_search, wait_for_running_trials
 from optuna.trial import TrialState
 
 from tuning.search import main
@@ -22,10 +18,7 @@ def db_files(folder) -> list:
 
 
 def load(workdir, name="mnist"):
-    # skip_table_creation: reading must never race the CLI that is creating the tables.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/studies/{name}.db",
-                                         skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_study(f"sqlite:///{workdir}/studies/{name}.db", name)
 
 
 @pytest.mark.slow
@@ -73,28 +66,12 @@ def test_data_that_differ_from_the_study_are_refused(workdir):
     assert (workdir / "studies" / "mnist.db").read_bytes() == before
 
 
-def _wait_for_running_trial(workdir, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        if (workdir / "studies" / "mnist.db").exists():
-            try:
-                if any(t.state == TrialState.RUNNING for t in load(workdir).trials):
-                    return
-            except Exception:
-                pass  # study not created yet
-        time.sleep(0.3)
-    raise AssertionError("no trial started")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_marks_the_running_trial_failed(workdir, sig, code):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuning.search", "--trials", "50", "--dataset", "mnist-sample",
-         "--epochs", "50"], cwd=workdir, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_running_trial(workdir, proc)
+    proc = start_search("--trials", "50", "--dataset", "mnist-sample", "--epochs", "50",
+                        cwd=workdir)
+    wait_for_running_trials(f"sqlite:///{workdir}/studies/mnist.db", "mnist", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

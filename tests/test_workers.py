@@ -14,7 +14,15 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
-from conftest import POSTGRES_URL, ROOT, postgres_available, run_cli
+from conftest import (
+    POSTGRES_URL,
+    ROOT,
+    load_study,
+    postgres_available,
+    run_cli,
+    start_search,
+    wait_for_running_trials,
+)
 from optuna.trial import TrialState
 
 from tuning.storage import mask_url, open_storage, resolve_url
@@ -30,8 +38,7 @@ def finished(study):
 
 
 def load(url, name):
-    storage = optuna.storages.RDBStorage(resolve_url(url), skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_study(url, name)
 
 
 # --- stress: 8 processes, one SQLite file, an objective that does no training ---------------
@@ -89,24 +96,10 @@ def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir):
 
 @pytest.mark.slow
 def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuning.search", "--trials", "6", "--workers", "2",
-         "--dataset", "mnist-sample", "--epochs", "4"],
-        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_search("--trials", "6", "--workers", "2", "--dataset", "mnist-sample",
+                        "--epochs", "4", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
-    victim = None
-    deadline = time.monotonic() + 120
-    while victim is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            running = [t for t in load(url, "mnist").trials
-                       if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-        except Exception:
-            continue
-        if running:
-            victim = running[0]
-    assert victim is not None, "no trial started"
+    victim = wait_for_running_trials(url, "mnist", proc)[0]
     time.sleep(2.0)  # well inside the trial: its parameters are sampled, it is training
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     out, err = proc.communicate(timeout=400)
@@ -126,21 +119,10 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, sig, code):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuning.search", "--trials", "40", "--workers", "2",
-         "--dataset", "mnist-sample", "--epochs", "20"],
-        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_search("--trials", "40", "--workers", "2", "--dataset", "mnist-sample",
+                        "--epochs", "20", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            running = [t for t in load(url, "mnist").trials if t.state == TrialState.RUNNING]
-        except Exception:
-            continue
-        if len(running) == 2:
-            break
+    wait_for_running_trials(url, "mnist", proc, count=2)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err

@@ -60,9 +60,15 @@ def resolve_device(requested: str = "auto") -> Runtime:
     return Runtime(device, None, channels_last=True)
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def set_cpu_threads(workers_on_host: int = 1) -> int:
     """Split this host's cores between its worker processes; returns the threads taken."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // max(1, workers_on_host))
+    threads = max(1, cpu_cores() // max(1, workers_on_host))
     torch.set_num_threads(threads)
     return threads

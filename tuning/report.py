@@ -24,7 +24,14 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning.cli import OneLineParser, configure_logging
 from tuning.errors import UsageError
 from tuning.space import REPEAT, Param, StudySettings, load_study_file
-from tuning.storage import artifact_store, default_storage, mask_url, open_storage
+from tuning.storage import (
+    artifact_store,
+    default_storage,
+    mask_url,
+    open_storage,
+    resolve_url,
+    sqlite_path,
+)
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
@@ -535,8 +542,6 @@ def main(argv: list[str] | None = None) -> int:
     url = args.storage or default_storage(args.study)
     out = args.out or Path("reports") / args.study
     try:
-        from tuning.storage import resolve_url, sqlite_path
-
         resolve_url(url)
         path = sqlite_path(url)
         if path is not None and not path.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from tuning.cli import (
     positive_int,
 )
 from tuning.data import check_data_dir, load_arrays, to_device
-from tuning.device import resolve_device, set_cpu_threads
+from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers
 from tuning.objective import Objective
@@ -140,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = make_plan(args)
         runtime = resolve_device(args.device)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        specs = plan_workers(_gpu_count(args.device), args.workers_per_gpu, args.workers, cores)
+        specs = plan_workers(_gpu_count(args.device), args.workers_per_gpu, args.workers,
+                             cpu_cores())
         if len(specs) == 1 and runtime.device.type == "cpu":
             set_cpu_threads()
         arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
