@@ -66,14 +66,13 @@ def start_search(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def load_study(url: str, name: str):
-    """Read a study without creating tables: reading must never race the process creating
-    them."""
+    """Read a study, opening the storage the way tuning does (under its init lock), so that
+    polling never races the process that is creating the file."""
     import optuna
 
-    from tuning.storage import resolve_url
+    from tuning.storage import open_storage
 
-    storage = optuna.storages.RDBStorage(resolve_url(url), skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
 
 
 def wait_for_running_trials(url: str, name: str, proc: subprocess.Popen, count: int = 1,

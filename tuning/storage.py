@@ -6,6 +6,7 @@ masked wherever a URL is shown.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -14,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -118,9 +120,13 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     """Open (creating tables if needed) the storage behind a URL checked by `resolve_url`."""
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
+    init_lock = contextlib.nullcontext()
     if path is not None:
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        # Opening a storage writes its schema version; two processes opening a new file at
+        # once both write it and one fails ('UNIQUE constraint failed: alembic_version').
+        init_lock = FileLock(f"{path}.init.lock")
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
@@ -134,8 +140,9 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
             _STALE_CALLBACK_ARG: retry,
         }
     try:
-        return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs,
-                                          **heartbeat_kwargs)
+        with init_lock:
+            return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs,
+                                              **heartbeat_kwargs)
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
