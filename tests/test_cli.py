@@ -130,3 +130,12 @@ def test_bad_input_in_a_real_process(case, workdir):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
     assert db_files(workdir) == []
+
+
+@pytest.mark.slow
+def test_timeout_stops_starting_trials(workdir):
+    result = run_cli("--trials", "100", "--timeout", "1", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir)
+    assert 1 <= len(study.trials) < 100  # the running trial finishes; no new one starts
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
