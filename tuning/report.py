@@ -37,6 +37,10 @@ REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothin
 IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
                         "4.x used it by default, 5.x defaults to PED-ANOVA")
 SEED_STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "seed.toml"
+# Range ends nothing can go past: the family's 1-3 conv blocks, and zero for a regularizer.
+HARD_LIMITS = {"blocks": {"lower": 1, "upper": 3}, "dropout": {"lower": 0},
+               "label_smoothing": {"lower": 0}, "crop_padding": {"lower": 0},
+               "momentum": {"lower": 0}}
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -311,7 +315,8 @@ def regularization(view: StudyView) -> Section:
         if view.space[name].log:
             fig.update_xaxes(type="log", row=1, col=col)
             fig.update_xaxes(type="log", row=2, col=col)
-    fig.update_yaxes(title_text="val loss", type="log", row=1, col=1)
+        fig.update_yaxes(type="log", row=1, col=col)
+    fig.update_yaxes(title_text="val loss", row=1, col=1)
     fig.update_yaxes(title_text="val − train loss", row=2, col=1)
     fig.update_layout(title="Regularization: validation loss (top) and generalization gap "
                             "(bottom)", height=600)
@@ -389,9 +394,13 @@ def edge_warnings(view: StudyView) -> list[str]:
         position = (v - low) / (high - low)
         if position <= 0.05 or position >= 0.95:
             edge = "lower" if position <= 0.05 else "upper"
-            found.append(f"Warning: the best {name} ({_fmt(float(value))}) sits at the {edge} "
-                         f"edge of its range {p.low} .. {p.high}; widen the range to see "
-                         "whether better values lie beyond it.")
+            advice = "widen the range to see whether better values lie beyond it"
+            if HARD_LIMITS.get(name, {}).get(edge) == (p.low if edge == "lower" else p.high):
+                advice = ("the range cannot be widened there" + (
+                    ": going further needs a new architecture" if name == "blocks"
+                    else ": this says the search preferred (almost) none of it"))
+            found.append(f"Warning: the best {name} ({_fmt(value)}) sits at the {edge} edge of "
+                         f"its range {p.low} .. {p.high}; {advice}.")
     return found
 
 
