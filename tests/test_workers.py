@@ -257,3 +257,15 @@ def test_compose_file_structure():
     text = (ROOT / "docker-compose.yml").read_text()
     assert "password:" not in text.lower().replace("pgpassword:", "")
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
+    from tuning.launcher import plan_workers
+
+    specs = plan_workers(n_gpus=2, workers_per_gpu=3, cpu_workers=None, cores=12)
+    assert [s.gpu for s in specs] == [0, 1, 0, 1, 0, 1]
+    assert {s.device for s in specs} == {"cuda"} and {s.threads for s in specs} == {2}
+    assert [s.index for s in specs] == list(range(6))  # distinct sampler seeds
+    cpu = plan_workers(n_gpus=2, workers_per_gpu=3, cpu_workers=4, cores=2)
+    assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
+    assert len(plan_workers(n_gpus=0, workers_per_gpu=2, cpu_workers=None, cores=2)) == 1
