@@ -52,16 +52,15 @@ class Progress:
         self.target = target
         self.stream = stream
         self.start = time.monotonic()
-        self.finished_here = 0
         self.done_at_start: int | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = count_finished(study)
         if self.done_at_start is None:
             self.done_at_start = done - (trial.state in FINISHED)
-        self.finished_here = done - self.done_at_start
+        finished_here = done - self.done_at_start
         elapsed = time.monotonic() - self.start
-        rate = elapsed / self.finished_here if self.finished_here > 0 else None
+        rate = elapsed / finished_here if finished_here > 0 else None
         eta = _clock(rate * max(self.target - done, 0)) if rate else "?"
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         reason = trial.user_attrs.get("fail_reason", "")

@@ -18,6 +18,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tuning.cli import count_finished
+
 MAX_RESTARTS_PER_WORKER = 3
 POLL_S = 1.0
 STOP_GRACE_S = 60
@@ -98,10 +100,7 @@ class Launcher:
             self.on_trial(self.study, trial)
 
     def _target_met(self) -> bool:
-        target = self.study.user_attrs["target_trials"]
-        finished = self.study.get_trials(deepcopy=False,
-                                         states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return len(finished) >= target
+        return count_finished(self.study) >= self.study.user_attrs["target_trials"]
 
     def _handle_signal(self, signum, frame) -> None:
         self.stopping_signal = signum

@@ -21,17 +21,16 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import OneLineParser, configure_logging
+from tuning.cli import OneLineParser, configure_logging, count_finished
 from tuning.errors import UsageError
 from tuning.space import REPEAT, Param, StudySettings, load_study_file
 from tuning.storage import (
     artifact_store,
     default_storage,
-    mask_url,
-    open_storage,
     resolve_url,
     sqlite_path,
 )
+from tuning.study import load_existing, stored_definition
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
@@ -512,8 +511,6 @@ def write_csv(view: StudyView, path: Path) -> None:
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
                  with_test: bool = True, seed_file: Path = SEED_STUDY_FILE) -> dict:
     """Write the report files for `study` into `out`; returns the held-out test metrics."""
-    from tuning.study import stored_definition
-
     settings, space = stored_definition(study)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
     sections = [overview(view), optimizers(view), learning_rate(view), regularization(view),
@@ -555,13 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         path = sqlite_path(url)
         if path is not None and not path.exists():
             raise UsageError(f"no study storage at {path}: run python -m tuning.search first")
-        storage = open_storage(url, heartbeat=False)
-        if args.study not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-            raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}")
-        study = optuna.load_study(study_name=args.study, storage=storage)
-        if "space" not in study.user_attrs:
-            raise UsageError(f"study {args.study!r} was not created by tuning.search")
-        if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials):
+        study = load_existing(args.study, url, heartbeat=False)
+        if count_finished(study) == 0:
             raise UsageError(f"study {args.study!r} has no finished trials yet")
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     This is the one place a study is created; workers only load it (`load_existing`).
     """
     storage = open_storage(plan.storage)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if plan.study in names:
+    if _exists(storage, plan.study):
         study = optuna.load_study(storage=storage, study_name=plan.study)
         check_data_matches(study, data_fingerprint)
         check_definition_matches(study, plan)
@@ -89,11 +88,17 @@ def _versions() -> dict:
             "optuna": optuna.__version__}
 
 
-def load_existing(study_name: str, storage_url: str) -> optuna.Study:
-    """Load a study made by tuning.search; UsageError if there is none or it is foreign."""
-    storage = open_storage(storage_url)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if study_name not in names:
+def _exists(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
+    return study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+
+
+def load_existing(study_name: str, storage_url: str, heartbeat: bool = True) -> optuna.Study:
+    """Load a study made by tuning.search; UsageError if there is none or it is foreign.
+
+    `heartbeat=False` for readers (report, dashboard) that run no trials.
+    """
+    storage = open_storage(storage_url, heartbeat=heartbeat)
+    if not _exists(storage, study_name):
         raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
                          "create it with python -m tuning.search")
     study = optuna.load_study(storage=storage, study_name=study_name)
