@@ -9,7 +9,12 @@ Measures, in one run:
 3. Optuna's share of wall time (sampler and storage) per trial, for SQLite and PostgreSQL;
 4. pruning: epochs run, wall time and best validation loss with no pruner, median, successive
    halving and hyperband, at the same number of trials;
-5. time to quality: wall time until the search first reaches --target-accuracy.
+5. time to quality: wall time until the search first reaches --target-accuracy;
+6. torch.compile against eager for the seed network: compile time, steady throughput, and the
+   first epoch of a second network of the same architecture (compiled code reused);
+7. several trials trained at once in one process (vmap, scripts/bench_grouped.py) against the
+   same trials one after another;
+8. evaluation throughput by evaluation batch size (what Runtime.eval_batch_size is set from).
 
 Warm-up is excluded where it can be (throughput: first epoch); every search starts from a
 fresh process, so its figures include start-up, as a user's would. Clocks are read after the
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_grouped  # noqa: E402
 import bench_throughput  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
@@ -47,6 +53,7 @@ from tuning.objective import Objective  # noqa: E402
 from tuning.space import load_study_file  # noqa: E402
 from tuning.storage import open_storage, resolve_url  # noqa: E402
 from tuning.strategy import make_pruner, make_sampler  # noqa: E402
+from tuning.train import TrainConfig  # noqa: E402
 from tuning.worker import StudyLock, run_trials  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -97,6 +104,62 @@ def throughput(dataset: str, device: str, epochs: int = 6) -> dict:
               "tutorial_images_per_s": round(n / statistics.median(theirs))}
     result["speedup"] = round(result["tuning_images_per_s"] / result["tutorial_images_per_s"], 2)
     return result
+
+
+def compiled_vs_eager(dataset: str, device: str, epochs: int = 4) -> list[dict]:
+    """Seed network per compile mode: first epoch (compiling), steady images/s, and the first
+    epoch of a second network of the same architecture in the same process."""
+    arrays = load_arrays(dataset)
+    n = len(arrays.train_y)
+    gpu = resolve_device(device).device.type == "cuda"
+    rows = []
+    for mode in ("off", "default", "reduce-overhead") if gpu else ("off", "default"):
+        runtime = resolve_device(device, mode)
+        first = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)
+        second = bench_throughput.tuning_epoch_seconds(arrays, runtime, 1)
+        rows.append({"compile": mode, "first_epoch_s": round(first[0], 2),
+                     "images_per_s": round(n / statistics.median(first[1:])),
+                     "same_architecture_again_first_epoch_s": round(second[0], 2)})
+    return rows
+
+
+def grouped_vs_one_by_one(dataset: str, device: str, gpu: bool) -> list[dict]:
+    runtime = resolve_device(device)
+    data = to_device(load_arrays(dataset), runtime.device)
+    cfg = TrainConfig(batch_size=100, crop_padding=4)
+    rows = []
+    for name in ("seed", "small"):
+        arch = bench_grouped.ARCHITECTURES[name]
+        for k in (1, 2, 4, 8) if gpu else (1, 2, 4):
+            rows.append({"architecture": name,
+                         **bench_grouped.measure(arch, data, runtime, cfg, k, epochs=3)})
+    return rows
+
+
+def eval_batch_sweep(dataset: str, device: str) -> list[dict]:
+    """Images/s of `evaluate` on the test split per batch size, seed and a 3-block network."""
+    from dataclasses import replace
+
+    from tuning.model import SEED, ArchConfig, build_model
+    from tuning.train import evaluate
+
+    runtime = resolve_device(device)
+    data = to_device(load_arrays(dataset), runtime.device)
+    deep = ArchConfig(blocks=3, channels=32, activation="relu", batch_norm=True, hidden=128)
+    rows = []
+    for name, arch in (("seed", SEED), ("3 blocks", deep)):
+        model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
+        model = model.to(memory_format=torch.channels_last)
+        for size in (64, 128, 256, 512, 2048, 8192):
+            sized = replace(runtime, eval_batch_size=size)
+            times = []
+            for _ in range(4):
+                start = time.perf_counter()
+                evaluate(model, data.test, sized)  # ends with a host sync (.item())
+                times.append(time.perf_counter() - start)
+            rows.append({"architecture": name, "eval_batch_size": size,
+                         "images_per_s": round(len(data.test) / statistics.median(times[1:]))})
+    return rows
 
 
 def search_with_workers(workers: int, args, tmp: Path, gpu: bool) -> dict:
@@ -202,6 +265,15 @@ def main() -> None:
                               for p in ("none", "median", "successive-halving", "hyperband")]
         for row in results["pruning"]:
             print("4/5. pruning:", row, flush=True)
+    results["compile"] = compiled_vs_eager(args.dataset, args.device)
+    for row in results["compile"]:
+        print("6. compile:", row, flush=True)
+    results["grouped"] = grouped_vs_one_by_one(args.dataset, args.device, gpu)
+    for row in results["grouped"]:
+        print("7. grouped:", row, flush=True)
+    results["eval_batch"] = eval_batch_sweep(args.dataset, args.device)
+    for row in results["eval_batch"]:
+        print("8. eval batch:", row, flush=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"written to {args.out}")
 

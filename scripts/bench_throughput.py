@@ -40,10 +40,11 @@ def tuning_epoch_seconds(arrays, runtime, epochs: int) -> list[float]:
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
+    network = runtime.compiled(model)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        train_epoch(model, training_batches(data, cfg, generator), optimizer, cfg, runtime)
+        train_epoch(network, training_batches(data, cfg, generator), optimizer, cfg, runtime)
         times.append(time.perf_counter() - start)  # train_epoch ends with a host sync
     return times
 
@@ -53,10 +54,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--epochs", type=int, default=6, help="epochs each, the first is warm-up")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="off", help="torch.compile mode for tuning's side")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    runtime = resolve_device(args.device)
+    runtime = resolve_device(args.device, args.compile)
     threads = set_cpu_threads() if runtime.device.type == "cpu" else torch.get_num_threads()
     arrays = load_arrays(args.dataset)
     n = len(arrays.train_y)
@@ -65,6 +67,7 @@ def main() -> None:
                                              args.epochs)[1:]
     result = {
         "device": runtime.name,
+        "compile": runtime.compile_mode,
         "torch_threads": threads,
         "dataset": arrays.name,
         "train_images": n,

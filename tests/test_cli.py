@@ -99,6 +99,7 @@ BAD_INPUTS = {
     "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
     "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),
     "bad device": (["--device", "tpu"], "--device"),
+    "unknown compile mode": (["--compile", "fast"], "'fast'"),
 }
 
 

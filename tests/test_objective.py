@@ -155,3 +155,39 @@ def test_repeat_parameter_pairs_seeds_across_configurations(tiny_data):
     seeds = {(t.params["optimizer"], t.params["repeat"]): t.user_attrs["seed"]
              for t in study.trials}
     assert seeds == {("adam", 0): 10, ("sgd", 0): 10, ("adam", 1): 11, ("sgd", 1): 11}
+
+
+def test_cpu_evaluates_in_cache_sized_batches_and_cuda_in_large_ones():
+    # Measured (docs/benchmarks.md): on the CPU, batches of 2,048 evaluated 2-4x slower than 128.
+    assert resolve_device("cpu").eval_batch_size == 128
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").eval_batch_size == 2048
+
+
+def test_compiled_trials_match_eager_and_reuse_compiled_code_per_architecture(tiny_data):
+    """--compile: the same losses as eager (same seed, same batches), a checkpointable plain
+    model, and the second trial of an architecture compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    from tuning.model import ArchConfig, build_model
+    from tuning.train import TrainConfig, fit, seed_everything
+
+    arch = ArchConfig(blocks=1, channels=4, activation="relu")
+    cfg = TrainConfig(batch_size=256)
+
+    def train(compile_mode: str, seed: int) -> tuple[list[float], torch.nn.Module]:
+        runtime = resolve_device("cpu", compile_mode)
+        generator = seed_everything(seed, runtime.device)
+        model = build_model(arch, tiny_data.input_shape, tiny_data.num_classes)
+        model = model.to(memory_format=torch.channels_last)
+        losses = [r.val["loss"] for r in fit(model, tiny_data, cfg, runtime, generator, 2)]
+        return losses, model
+
+    eager, _ = train("off", 0)
+    compiled, model = train("default", 0)
+    assert compiled == pytest.approx(eager, rel=1e-3)
+    assert not any(key.startswith("_orig_mod") for key in model.state_dict())
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # it did compile
+    train("default", 1)  # another trial, same architecture
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -271,7 +271,7 @@ def to_device(arrays: Arrays, device: torch.device) -> DeviceData:
     mean, std = NORMALIZATION[arrays.name]
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
-        images = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        images = torch.from_numpy(np.array(x, copy=True)).to(device)  # IDX arrays are read-only
         images = (images.float().div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
         return Split(images.contiguous(), torch.from_numpy(y).to(device))
 

@@ -54,7 +54,7 @@ def plan_workers(n_gpus: int, workers_per_gpu: int, cpu_workers: int | None,
 class Launcher:
     def __init__(self, study: optuna.Study, storage: str, specs: list[WorkerSpec],
                  data_dir: Path | None, artifacts: Path | None, timeout: float | None, on_trial,
-                 stream=sys.stderr):
+                 stream=sys.stderr, compile_mode: str = "off"):
         self.study = study
         self.storage = storage
         self.specs = specs
@@ -63,6 +63,7 @@ class Launcher:
         self.timeout = timeout
         self.on_trial = on_trial
         self.stream = stream
+        self.compile_mode = compile_mode
         self.procs: dict[int, subprocess.Popen] = {}
         self.restarts = {spec.index: 0 for spec in specs}
         self.seen: set[int] = set()
@@ -71,7 +72,8 @@ class Launcher:
     def _command(self, spec: WorkerSpec) -> list[str]:
         cmd = [sys.executable, "-m", "tuning.worker", "--study", self.study.study_name,
                "--storage", self.storage, "--worker-index", str(spec.index), "--device",
-               spec.device, "--threads", str(spec.threads), "--quiet"]
+               spec.device, "--threads", str(spec.threads), "--compile", self.compile_mode,
+               "--quiet"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         if self.artifacts is not None:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from tuning.cli import (
     OneLineParser,
     Progress,
+    add_compile_argument,
     configure_logging,
     count_finished,
     positive_float,
@@ -57,6 +58,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float,
                         help="stop starting trials after this many seconds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_compile_argument(parser)
     parser.add_argument("--artifacts", type=Path,
                         help="where best trials' checkpoints go (default ./artifacts)")
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         plan = make_plan(args)
-        runtime = resolve_device(args.device)
+        runtime = resolve_device(args.device, args.compile)
         specs = plan_workers(_gpu_count(args.device), args.workers_per_gpu, args.workers,
                              cpu_cores())
         if len(specs) == 1 and runtime.device.type == "cpu":
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(specs) > 1:
         # Extra processes; this one only watches (and restarts the ones that die).
         status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
-                          args.timeout, progress).run()
+                          args.timeout, progress, compile_mode=args.compile).run()
         if status in (130, 143):
             print("stopped: running trials are marked failed", file=sys.stderr)
             return status

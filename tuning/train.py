@@ -19,7 +19,6 @@ from tuning.device import Runtime
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("none", "cosine", "onecycle")
-EVAL_BATCH_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,7 @@ def train_epoch(
     for x, y in batches:
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        runtime.step_begins()
         with runtime.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -181,16 +181,20 @@ def fit(
     epochs: int,
     on_step: Callable[[], None] | None = None,
 ) -> Iterator[EpochResult]:
-    """Train `model` for up to `epochs`, yielding after each epoch; the caller may stop early."""
+    """Train `model` for up to `epochs`, yielding after each epoch; the caller may stop early.
+
+    With a compiling runtime, steps run through a compiled callable that shares `model`'s
+    parameters: `model` itself stays a plain module (its state_dict keys unchanged)."""
+    network = runtime.compiled(model)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = -(-len(data.train) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, epochs, steps_per_epoch)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        stats = train_epoch(model, training_batches(data, cfg, generator), optimizer, cfg,
+        stats = train_epoch(network, training_batches(data, cfg, generator), optimizer, cfg,
                             runtime, scheduler, on_step)
         seconds = time.perf_counter() - start  # train_epoch ended with a host sync
-        yield EpochResult(epoch, stats, evaluate(model, data.val, runtime), seconds)
+        yield EpochResult(epoch, stats, evaluate(network, data.val, runtime), seconds)
 
 
 @torch.no_grad()
@@ -207,7 +211,7 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions = []
-    for x, y in batches(split, EVAL_BATCH_SIZE):
+    for x, y in batches(split, runtime.eval_batch_size):
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():

@@ -32,6 +32,7 @@ from tuning.cli import (
     FINISHED,
     OneLineParser,
     Progress,
+    add_compile_argument,
     configure_logging,
     positive_float,
     positive_int,
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
     parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_compile_argument(parser)
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--worker-index", type=int, default=0,
@@ -240,7 +242,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.study import check_data_matches, load_existing, stored_definition, use_strategy
 
     check_data_dir(args.data_dir)
-    runtime = resolve_device(args.device)
+    runtime = resolve_device(args.device, args.compile)
     study = load_existing(args.study, storage_url)
     settings, space = stored_definition(study)
     if runtime.device.type == "cpu" and args.threads:
