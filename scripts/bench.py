@@ -14,7 +14,10 @@ Measures, in one run:
    first epoch of a second network of the same architecture (compiled code reused);
 7. several trials trained at once in one process (vmap, scripts/bench_grouped.py) against the
    same trials one after another;
-8. evaluation throughput by evaluation batch size (what Runtime.eval_batch_size is set from).
+8. evaluation throughput by evaluation batch size (what Runtime.eval_batch_size is set from);
+9. the target search (on a GPU by default, --target-search elsewhere):
+   `python -m tuning.search --study fashion-mnist --trials 100` in a fresh process, its wall
+   time and GPU utilization, then `python -m tuning.report` for the best trial's test accuracy.
 
 Warm-up is excluded where it can be (throughput: first epoch); every search starts from a
 fresh process, so its figures include start-up, as a user's would. Clocks are read after the
@@ -209,6 +212,30 @@ def in_process_search(url: str, pruner: str, args, data, runtime, space) -> dict
     return result
 
 
+def target_search(tmp: Path, trials: int) -> dict:
+    """The issue-5 target: the Fashion-MNIST study end to end, as a user runs it."""
+    storage = f"sqlite:///{tmp}/fashion-mnist.db"
+    cmd = [sys.executable, "-m", "tuning.search", "--study", "fashion-mnist", "--config",
+           str(ROOT / "studies" / "fashion-mnist.toml"), "--storage", storage, "--trials",
+           str(trials), "--artifacts", str(tmp / "artifacts")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with GpuSampler() as gpu_sampler:
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env=env)
+        wall = time.perf_counter() - start
+    subprocess.run([sys.executable, "-m", "tuning.report", "--study", "fashion-mnist",
+                    "--storage", storage, "--artifacts", str(tmp / "artifacts"), "--out",
+                    str(tmp / "report")], cwd=tmp, check=True, capture_output=True, env=env)
+    metrics = json.loads((tmp / "report" / "test_metrics.json").read_text())
+    study = optuna.load_study(study_name="fashion-mnist", storage=storage)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    return {"trials": trials, "wall_s": round(wall, 1), **gpu_sampler.summary(),
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+            "best_val_accuracy": study.best_trial.user_attrs.get("val_accuracy"),
+            "best_test_accuracy": metrics["best"]["accuracy"],
+            "tutorial_test_accuracy": metrics["tutorial"]["accuracy"]}
+
+
 def postgres_reachable() -> bool:
     try:
         open_storage(POSTGRES_URL, heartbeat=False)
@@ -225,6 +252,10 @@ def main() -> None:
     parser.add_argument("--target-accuracy", type=float, default=0.95)
     parser.add_argument("--workers", default=None,
                         help="comma-separated worker counts (default 1,2,4; GPU 1,2,4,8)")
+    parser.add_argument("--target-search", action=argparse.BooleanOptionalAction,
+                        help="run section 9, the 100-trial Fashion-MNIST search (default: on a "
+                             "GPU only; it takes hours on a 2-core CPU)")
+    parser.add_argument("--target-trials", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
@@ -274,6 +305,11 @@ def main() -> None:
     results["eval_batch"] = eval_batch_sweep(args.dataset, args.device)
     for row in results["eval_batch"]:
         print("8. eval batch:", row, flush=True)
+    if args.target_search if args.target_search is not None else gpu:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            (Path(tmp_name) / "studies").mkdir()
+            results["target_search"] = target_search(Path(tmp_name), args.target_trials)
+        print("9. target search:", results["target_search"], flush=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"written to {args.out}")
 
