@@ -1,0 +1,43 @@
+"""Tier 1: the benchmark scripts stay runnable, and the grouped-trials experiment is measuring
+the same training as one-by-one trials (else its speed comparison would mean nothing)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuning.device import resolve_device
+from tuning.train import TrainConfig
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_grouped  # noqa: E402
+
+
+def test_grouped_training_computes_what_one_by_one_training_does(tiny_data):
+    # Three networks, each with its own lr, weight decay, init, shuffle and crops.
+    difference = bench_grouped.check_same(bench_grouped.ARCHITECTURES["small"], tiny_data,
+                                          resolve_device("cpu"),
+                                          TrainConfig(batch_size=64, crop_padding=2))
+    assert difference < 1e-4
+
+
+def test_grouped_measurement_reports_both_paths(tiny_data):
+    row = bench_grouped.measure(bench_grouped.ARCHITECTURES["small"], tiny_data,
+                                resolve_device("cpu"), TrainConfig(batch_size=64), k=2, epochs=2)
+    assert row["k"] == 2
+    assert row["one_by_one_images_per_s"] > 0 and row["grouped_images_per_s"] > 0
+    assert row["speedup"] == pytest.approx(
+        row["grouped_images_per_s"] / row["one_by_one_images_per_s"], rel=0.01)
+
+
+@pytest.mark.parametrize("script", ["bench.py", "bench_grouped.py", "bench_throughput.py"])
+def test_benchmark_commands_start(script):
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
