@@ -269,3 +269,20 @@ def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
     cpu = plan_workers(n_gpus=2, workers_per_gpu=3, cpu_workers=4, cores=2)
     assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
     assert len(plan_workers(n_gpus=0, workers_per_gpu=2, cpu_workers=None, cores=2)) == 1
+
+
+def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():
+    """The launcher's worker command line is one the worker's own parser accepts."""
+    from types import SimpleNamespace
+
+    from tuning.launcher import Launcher, plan_workers
+    from tuning.worker import build_parser
+
+    spec = plan_workers(n_gpus=2, workers_per_gpu=1, cpu_workers=None, cores=8)[1]
+    launcher = Launcher(SimpleNamespace(study_name="s"), "sqlite:///s.db", [spec], None, None,
+                        None, on_trial=None, compile_mode="reduce-overhead")
+    command = launcher._command(spec)
+    assert command[1:3] == ["-m", "tuning.worker"]
+    args = build_parser().parse_args(command[3:])
+    assert (args.study, args.device, args.threads, args.compile, args.worker_index) == \
+        ("s", "cuda", 4, "reduce-overhead", 1)
