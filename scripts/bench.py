@@ -19,9 +19,10 @@ Measures, in one run:
    `python -m tuning.search --study fashion-mnist --trials 100` in a fresh process, its wall
    time and GPU utilization, then `python -m tuning.report` for the best trial's test accuracy.
 
-Warm-up is excluded where it can be (throughput: first epoch); every search starts from a
-fresh process, so its figures include start-up, as a user's would. Clocks are read after the
-device is synchronized (train_epoch ends with a host sync).
+Warm-up is excluded where it can be (throughput: first epoch); every search of section 2
+starts from a fresh process, so its figures include start-up, as a user's would; sections 2-5
+report the median of --repeats runs (default 3) and keep each run's wall time. Clocks are
+read after the device is synchronized (train_epoch ends with a host sync).
 """
 
 from __future__ import annotations
@@ -165,9 +166,22 @@ def eval_batch_sweep(dataset: str, device: str) -> list[dict]:
     return rows
 
 
-def search_with_workers(workers: int, args, tmp: Path, gpu: bool) -> dict:
+def median_row(rows: list[dict]) -> dict:
+    """One row from repeated runs: the median of each number, and every run's wall time."""
+    merged = {}
+    for key, first in rows[0].items():
+        values = [row[key] for row in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            merged[key] = round(statistics.median(values), 4)
+        else:  # e.g. a time to target that some runs never reached: show them all
+            merged[key] = first if all(v == first for v in values) else values
+    return {**merged, "runs": len(rows), "wall_s_each": [row["wall_s"] for row in rows]}
+
+
+def search_with_workers(workers: int, args, tmp: Path, gpu: bool, run: int = 0) -> dict:
     """A fresh process running the fixed search with this many workers; trials per hour."""
-    name = f"bench-w{workers}"
+    name = f"bench-w{workers}-r{run}"
     flag = ["--workers-per-gpu", str(workers)] if gpu else ["--workers", str(workers)]
     cmd = [sys.executable, "-m", "tuning.search", "--study", name, "--config",
            str(ROOT / "studies" / "mnist.toml"), "--storage", f"sqlite:///{tmp}/{name}.db",
@@ -256,6 +270,8 @@ def main() -> None:
                         help="run section 9, the 100-trial Fashion-MNIST search (default: on a "
                              "GPU only; it takes hours on a 2-core CPU)")
     parser.add_argument("--target-trials", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each search in sections 2-5; medians are reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
@@ -268,6 +284,7 @@ def main() -> None:
     counts = [int(c) for c in (args.workers or ("1,2,4,8" if gpu else "1,2,4")).split(",")]
     results: dict = {"device": runtime.name, "date": time.strftime("%Y-%m-%d"),
                      "dataset": args.dataset, "trials": args.trials, "epochs": args.epochs,
+                     "repeats": args.repeats,
                      "torch": torch.__version__, "optuna": optuna.__version__}
     print(f"device {runtime.name}; {args.trials} trials x up to {args.epochs} epochs on "
           f"{args.dataset}", flush=True)
@@ -278,7 +295,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "studies").mkdir()
-        results["workers"] = [search_with_workers(n, args, tmp, gpu) for n in counts]
+        results["workers"] = [
+            median_row([search_with_workers(n, args, tmp, gpu, r) for r in range(args.repeats)])
+            for n in counts]
         for row in results["workers"]:
             print("2. workers:", row, flush=True)
 
@@ -289,11 +308,14 @@ def main() -> None:
             backends["postgresql"] = POSTGRES_URL
         results["optuna_share"] = {}
         for backend, url in backends.items():
-            row = in_process_search(url, "median", args, data, runtime, space)
+            row = median_row([in_process_search(url, "median", args, data, runtime, space)
+                              for _ in range(args.repeats)])
             results["optuna_share"][backend] = row["optuna_share"]
             print(f"3. optuna share ({backend}):", row["optuna_share"], flush=True)
-        results["pruning"] = [in_process_search(backends["sqlite"], p, args, data, runtime, space)
-                              for p in ("none", "median", "successive-halving", "hyperband")]
+        results["pruning"] = [
+            median_row([in_process_search(backends["sqlite"], p, args, data, runtime, space)
+                        for _ in range(args.repeats)])
+            for p in ("none", "median", "successive-halving", "hyperband")]
         for row in results["pruning"]:
             print("4/5. pruning:", row, flush=True)
     results["compile"] = compiled_vs_eager(args.dataset, args.device)
