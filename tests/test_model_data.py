@@ -43,9 +43,22 @@ def test_family_derives_every_size_from_the_input(blocks, kernel, batch_norm, hi
         assert model(torch.randn(4, *shape)).shape == (4, 7)
 
 
+def test_convs_stack_layers_inside_a_block_at_the_block_width():
+    arch = ArchConfig(blocks=2, convs=2, channels=8, activation="relu", batch_norm=True)
+    model = build_model(arch, (1, 28, 28), 10)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 8), (8, 8), (8, 16),
+                                                                 (16, 16)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 2
+    assert model.head[-1].in_features == 16 * 7 * 7
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_bad_architecture_is_rejected():
     with pytest.raises(ValueError, match="kernel must be odd"):
         ArchConfig(kernel=4)
+    with pytest.raises(ValueError, match="convs must be 1-3"):
+        ArchConfig(convs=0)
 
 
 def test_validation_and_test_never_overlap(sample_arrays):

@@ -1,7 +1,7 @@
 """The tutorial's CNN as the named architecture `seed`, and the family of CNNs around it.
 
-A network is 1-3 conv blocks (conv -> [batch norm] -> activation -> max-pool 2), then
-dropout, an optional hidden linear layer, and a linear head. Every size is derived from the
+A network is 1-3 conv blocks (1-3 x [conv -> [batch norm] -> activation], then max-pool 2),
+then dropout, an optional hidden linear layer, and a linear head. Every size is derived from the
 input shape: the tutorial hard-coded `32 * 6 * 6`, which is wrong for 28x28 inputs.
 """
 
@@ -23,6 +23,9 @@ class ArchConfig:
     """Number of conv blocks, 1-3; each halves the spatial size."""
     channels: int = 32
     """Channels of the first block; each further block doubles them."""
+    convs: int = 1
+    """Conv layers per block, 1-3 (the tutorial's network has one); all but the first keep the
+    block's channels. Two per block is the usual step up for Fashion-MNIST-sized problems."""
     kernel: int = 3
     """Conv kernel size (odd: padding kernel // 2 keeps the spatial size)."""
     activation: str = "none"
@@ -38,6 +41,8 @@ class ArchConfig:
         problems = []
         if not 1 <= self.blocks <= 3:
             problems.append(f"blocks must be 1-3, got {self.blocks=}")
+        if not 1 <= self.convs <= 3:
+            problems.append(f"convs must be 1-3, got {self.convs=}")
         if self.channels < 1:
             problems.append(f"channels must be positive, got {self.channels=}")
         if self.kernel < 1 or self.kernel % 2 == 0:
@@ -55,7 +60,7 @@ class ArchConfig:
 
 # The tutorial's network: Conv2d(1, 32, 3, padding=1) -> MaxPool(2) -> Linear(32*14*14, 10),
 # with no activation at all (as written there).
-SEED = ArchConfig(blocks=1, channels=32, kernel=3, activation="none", batch_norm=False,
+SEED = ArchConfig(blocks=1, convs=1, channels=32, kernel=3, activation="none", batch_norm=False,
                   dropout=0.0, hidden=0)
 ARCHITECTURES = {"seed": SEED}
 
@@ -76,13 +81,15 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         channels = arch.channels
         for _ in range(arch.blocks):
-            layers.append(nn.Conv2d(in_channels, channels, arch.kernel, padding=arch.kernel // 2,
-                                    bias=not arch.batch_norm))
-            if arch.batch_norm:
-                layers.append(nn.BatchNorm2d(channels))
-            layers.append(ACTIVATIONS[arch.activation]())
+            for _ in range(arch.convs):
+                layers.append(nn.Conv2d(in_channels, channels, arch.kernel,
+                                        padding=arch.kernel // 2, bias=not arch.batch_norm))
+                if arch.batch_norm:
+                    layers.append(nn.BatchNorm2d(channels))
+                layers.append(ACTIVATIONS[arch.activation]())
+                in_channels = channels
             layers.append(nn.MaxPool2d(2))
-            in_channels, height, width = channels, height // 2, width // 2
+            height, width = height // 2, width // 2
             channels *= 2
         if height < 1 or width < 1:
             raise ValueError(f"{arch.blocks} blocks shrink a {input_shape} input to nothing")

@@ -36,8 +36,10 @@ REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothin
 IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
                         "4.x used it by default, 5.x defaults to PED-ANOVA")
 SEED_STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "seed.toml"
-# Range ends nothing can go past: the family's 1-3 conv blocks, and zero for a regularizer.
-HARD_LIMITS = {"blocks": {"lower": 1, "upper": 3}, "dropout": {"lower": 0},
+# Range ends nothing can go past: the family's 1-3 conv blocks of 1-3 convs, and zero for a
+# regularizer.
+HARD_LIMITS = {"blocks": {"lower": 1, "upper": 3}, "convs": {"lower": 1, "upper": 3},
+               "dropout": {"lower": 0},
                "label_smoothing": {"lower": 0}, "crop_padding": {"lower": 0},
                "momentum": {"lower": 0}}
 
@@ -396,7 +398,7 @@ def edge_warnings(view: StudyView) -> list[str]:
             advice = "widen the range to see whether better values lie beyond it"
             if HARD_LIMITS.get(name, {}).get(edge) == (p.low if edge == "lower" else p.high):
                 advice = ("the range cannot be widened there" + (
-                    ": going further needs a new architecture" if name == "blocks"
+                    ": going further needs a new architecture" if name in ("blocks", "convs")
                     else ": this says the search preferred (almost) none of it"))
             found.append(f"Warning: the best {name} ({_fmt(value)}) sits at the {edge} edge of "
                          f"its range {p.low} .. {p.high}; {advice}.")
