@@ -144,13 +144,15 @@ def train_epoch(
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if cfg.l1 > 0:
             loss = loss + cfg.l1 * l1_penalty(model)
+        # Read the logits before backward: under CUDA graphs (--compile reduce-overhead) a
+        # graph's outputs live only until the next replay.
+        correct += (logits.argmax(1) == y).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None:
             on_step()
