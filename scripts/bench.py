@@ -97,9 +97,7 @@ class GpuSampler:
                 "gpu_busy_share": round(busy, 3)}
 
 
-def throughput(dataset: str, device: str, epochs: int = 6) -> dict:
-    runtime = resolve_device(device)
-    arrays = load_arrays(dataset)
+def throughput(arrays, runtime, epochs: int = 6) -> dict:
     n = len(arrays.train_y)
     ours = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)[1:]
     theirs = tutorial_pipeline.epoch_seconds(arrays.train_x, arrays.train_y, runtime.device,
@@ -110,12 +108,10 @@ def throughput(dataset: str, device: str, epochs: int = 6) -> dict:
     return result
 
 
-def compiled_vs_eager(dataset: str, device: str, epochs: int = 4) -> list[dict]:
+def compiled_vs_eager(arrays, device: str, gpu: bool, epochs: int = 4) -> list[dict]:
     """Seed network per compile mode: first epoch (compiling), steady images/s, and the first
     epoch of a second network of the same architecture in the same process."""
-    arrays = load_arrays(dataset)
     n = len(arrays.train_y)
-    gpu = resolve_device(device).device.type == "cuda"
     rows = []
     for mode in ("off", "default", "reduce-overhead") if gpu else ("off", "default"):
         runtime = resolve_device(device, mode)
@@ -127,9 +123,7 @@ def compiled_vs_eager(dataset: str, device: str, epochs: int = 4) -> list[dict]:
     return rows
 
 
-def grouped_vs_one_by_one(dataset: str, device: str, gpu: bool) -> list[dict]:
-    runtime = resolve_device(device)
-    data = to_device(load_arrays(dataset), runtime.device)
+def grouped_vs_one_by_one(data, runtime, gpu: bool) -> list[dict]:
     cfg = TrainConfig(batch_size=100, crop_padding=4)
     rows = []
     for name in ("seed", "small"):
@@ -140,20 +134,17 @@ def grouped_vs_one_by_one(dataset: str, device: str, gpu: bool) -> list[dict]:
     return rows
 
 
-def eval_batch_sweep(dataset: str, device: str) -> list[dict]:
+def eval_batch_sweep(data, runtime) -> list[dict]:
     """Images/s of `evaluate` on the test split per batch size, seed and a 3-block network."""
     from dataclasses import replace
 
     from tuning.model import SEED, ArchConfig, build_model
     from tuning.train import evaluate
 
-    runtime = resolve_device(device)
-    data = to_device(load_arrays(dataset), runtime.device)
     deep = ArchConfig(blocks=3, channels=32, activation="relu", batch_norm=True, hidden=128)
     rows = []
     for name, arch in (("seed", SEED), ("3 blocks", deep)):
-        model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
-        model = model.to(memory_format=torch.channels_last)
+        model = runtime.place(build_model(arch, data.input_shape, data.num_classes))
         for size in (64, 128, 256, 512, 2048, 8192):
             sized = replace(runtime, eval_batch_size=size)
             times = []
@@ -289,7 +280,10 @@ def main() -> None:
     print(f"device {runtime.name}; {args.trials} trials x up to {args.epochs} epochs on "
           f"{args.dataset}", flush=True)
 
-    results["throughput"] = throughput(args.dataset, args.device)
+    # Loaded once: every section trains and evaluates on the same splits.
+    arrays = load_arrays(args.dataset)
+    data = to_device(arrays, runtime.device)
+    results["throughput"] = throughput(arrays, runtime)
     print("1. throughput:", results["throughput"], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -302,7 +296,6 @@ def main() -> None:
             print("2. workers:", row, flush=True)
 
         space = load_study_file(ROOT / "studies" / "mnist.toml").space
-        data = to_device(load_arrays(args.dataset), runtime.device)
         backends = {"sqlite": f"sqlite:///{tmp}/inproc.db"}
         if postgres_reachable():
             backends["postgresql"] = POSTGRES_URL
@@ -318,16 +311,17 @@ def main() -> None:
             for p in ("none", "median", "successive-halving", "hyperband")]
         for row in results["pruning"]:
             print("4/5. pruning:", row, flush=True)
-    results["compile"] = compiled_vs_eager(args.dataset, args.device)
+    results["compile"] = compiled_vs_eager(arrays, args.device, gpu)
     for row in results["compile"]:
         print("6. compile:", row, flush=True)
-    results["grouped"] = grouped_vs_one_by_one(args.dataset, args.device, gpu)
+    results["grouped"] = grouped_vs_one_by_one(data, runtime, gpu)
     for row in results["grouped"]:
         print("7. grouped:", row, flush=True)
-    results["eval_batch"] = eval_batch_sweep(args.dataset, args.device)
+    results["eval_batch"] = eval_batch_sweep(data, runtime)
     for row in results["eval_batch"]:
         print("8. eval batch:", row, flush=True)
-    if args.target_search if args.target_search is not None else gpu:
+    run_target_search = gpu if args.target_search is None else args.target_search
+    if run_target_search:
         with tempfile.TemporaryDirectory() as tmp_name:
             (Path(tmp_name) / "studies").mkdir()
             results["target_search"] = target_search(Path(tmp_name), args.target_trials)

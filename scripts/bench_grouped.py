@@ -29,10 +29,10 @@ from torch.func import functional_call, stack_module_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuning.data import augment, load_arrays, to_device  # noqa: E402
+from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
 from tuning.model import ArchConfig, build_model  # noqa: E402
-from tuning.train import TrainConfig, train_epoch  # noqa: E402
+from tuning.train import TrainConfig, train_epoch, training_batches  # noqa: E402
 
 ARCHITECTURES = {
     # The tutorial's network (studies/seed.toml).
@@ -73,15 +73,10 @@ class StackedAdam:
 
 
 def epoch_batches(data, cfg: TrainConfig, generators):
-    """Per network: its own permutation and augmentation, as the one-by-one path draws them."""
-    n = len(data.train)
-    orders = [torch.randperm(n, device=data.train.x.device, generator=g) for g in generators]
-    for start in range(0, n, cfg.batch_size):
-        xs, ys = [], []
-        for order, g in zip(orders, generators, strict=True):
-            idx = order[start: start + cfg.batch_size]
-            xs.append(augment(data.train.x[idx], cfg.crop_padding, False, data.pad_value, g))
-            ys.append(data.train.y[idx])
+    """Each network's own training batches, exactly as a worker draws them, stacked (K, B, ...)."""
+    streams = [training_batches(data, cfg, g) for g in generators]
+    for per_network in zip(*streams, strict=True):
+        xs, ys = zip(*per_network, strict=True)
         yield torch.stack(xs), torch.stack(ys)
 
 
@@ -123,10 +118,7 @@ def make_models(arch, data, runtime, k):
     models = []
     for i in range(k):
         torch.manual_seed(i)
-        model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
-        if runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        models.append(model)
+        models.append(runtime.place(build_model(arch, data.input_shape, data.num_classes)))
     return models
 
 
@@ -149,8 +141,7 @@ def check_same(arch, data, runtime, cfg) -> float:
     single = []
     for i, (model, g) in enumerate(zip(models, generators(k, runtime.device), strict=True)):
         optimizer = torch.optim.Adam(model.parameters(), lr=lrs[i], weight_decay=wds[i])
-        batches = epoch_batches(data, cfg, [g])
-        single.append(train_epoch(model, ((x[0], y[0]) for x, y in batches), optimizer, cfg,
+        single.append(train_epoch(model, training_batches(data, cfg, g), optimizer, cfg,
                                   runtime)["loss"])
     return max(abs(a - b) for a, b in zip(grouped.tolist(), single, strict=True))
 
@@ -173,8 +164,7 @@ def measure(arch, data, runtime, cfg, k: int, epochs: int) -> dict:
 
     def one_by_one():
         for model, optimizer, g in zip(models, optimizers, gens, strict=True):
-            batches = ((x[0], y[0]) for x, y in epoch_batches(data, cfg, [g]))
-            train_epoch(model, batches, optimizer, cfg, runtime)
+            train_epoch(model, training_batches(data, cfg, g), optimizer, cfg, runtime)
 
     sequential = time_epochs(one_by_one, epochs)
     group = Group(make_models(arch, data, runtime, k), lrs, wds, runtime)
@@ -200,7 +190,7 @@ def main() -> None:
     if runtime.device.type == "cpu":
         set_cpu_threads()
     data = to_device(load_arrays(args.dataset), runtime.device)
-    # Both paths draw batches and crops in epoch_batches; train_epoch only uses the loss config.
+    # Both paths draw batches and crops with training_batches, each network from its own RNG.
     cfg = TrainConfig(batch_size=100, crop_padding=4)
     results = {"device": runtime.name, "dataset": data.name, "train_images": len(data.train),
                "torch": torch.__version__, "architectures": {}}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tutorial_pipeline  # noqa: E402
 
 from tuning.data import load_arrays, to_device  # noqa: E402
-from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
+from tuning.device import COMPILE_MODES, resolve_device, set_cpu_threads  # noqa: E402
 from tuning.model import build_model  # noqa: E402
 from tuning.space import build_configs, load_study_file  # noqa: E402
 from tuning.train import make_optimizer, seed_everything, train_epoch, training_batches  # noqa: E402
@@ -36,9 +36,7 @@ def tuning_epoch_seconds(arrays, runtime, epochs: int) -> list[float]:
     arch, cfg = build_configs({name: p.value for name, p in study.space.items()})
     data = to_device(arrays, runtime.device)
     generator = seed_everything(0, runtime.device)
-    model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = runtime.place(build_model(arch, data.input_shape, data.num_classes))
     optimizer = make_optimizer(model, cfg)
     network = runtime.compiled(model)
     times = []
@@ -54,7 +52,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--epochs", type=int, default=6, help="epochs each, the first is warm-up")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", default="off", help="torch.compile mode for tuning's side")
+    parser.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                        help="torch.compile mode for tuning's side")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 

@@ -178,8 +178,7 @@ def test_compiled_trials_match_eager_and_reuse_compiled_code_per_architecture(ti
     def train(compile_mode: str, seed: int) -> tuple[list[float], torch.nn.Module]:
         runtime = resolve_device("cpu", compile_mode)
         generator = seed_everything(seed, runtime.device)
-        model = build_model(arch, tiny_data.input_shape, tiny_data.num_classes)
-        model = model.to(memory_format=torch.channels_last)
+        model = runtime.place(build_model(arch, tiny_data.input_shape, tiny_data.num_classes))
         losses = [r.val["loss"] for r in fit(model, tiny_data, cfg, runtime, generator, 2)]
         return losses, model
 

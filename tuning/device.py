@@ -34,6 +34,13 @@ class Runtime:
     """torch.compile mode for trial networks ('off': eager). Compiled code is cached per
     architecture inside a worker: the next trial of the same architecture reuses it."""
 
+    def place(self, model: nn.Module) -> nn.Module:
+        """`model` on this device, in this runtime's memory format."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
     def compiled(self, model: nn.Module) -> nn.Module:
         """`model` itself (eager), or a compiled callable sharing its parameters."""
         if self.compile_mode == "off":

@@ -39,9 +39,7 @@ def build_trial_model(params: dict, space: dict[str, Param], data: DeviceData, r
     for the same parameters and seed, so any trial can be retrained exactly."""
     arch, cfg = build_configs({**fixed_params(space), **params})
     generator = seed_everything(seed, runtime.device)
-    model = build_model(arch, data.input_shape, data.num_classes).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = runtime.place(build_model(arch, data.input_shape, data.num_classes))
     return model, cfg, generator
 
 
