@@ -192,7 +192,7 @@ def search_with_workers(workers: int, args, tmp: Path, gpu: bool, run: int = 0) 
 def in_process_search(url: str, pruner: str, args, data, runtime, space) -> dict:
     """The same search in this process, with per-part timings from the worker loop."""
     name = f"bench-{pruner}-{uuid.uuid4().hex[:6]}"
-    study = optuna.create_study(study_name=name, storage=open_storage(url),
+    study = optuna.create_study(study_name=name, storage=open_storage(url, create=True),
                                 sampler=make_sampler("tpe", 0, space),
                                 pruner=make_pruner(pruner, args.epochs))
     objective = Objective(data=data, runtime=runtime, space=space, epochs=args.epochs, seed=0)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_cli
 
 from tuning.errors import UsageError
 from tuning.model import SEED
-from tuning.space import build_configs, grid_space, load_study_file, parse_study, sample
+from tuning.space import (
+    BOUNDS,
+    MESSAGE_CHARS,
+    StudySettings,
+    build_configs,
+    grid_space,
+    load_study_file,
+    parse_study,
+    sample,
+)
 from tuning.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +38,18 @@ def test_inverted_range_is_rejected_naming_key_and_values():
     [
         ({"space": {"lr": {"low": 0.1, "high": 0.1}}}, "empty or inverted range"),
         ({"space": {"learning_rate": {"low": 1e-4, "high": 1e-1}}},
-         "unknown parameter 'learning_rate'"),
-        ({"space": {"lr": {"low": "a", "high": 0.1}}}, "expected float, got 'a'"),
-        ({"space": {"blocks": {"low": 1.5, "high": 3}}}, "expected int, got 1.5"),
+         "unknown parameter(s) ['learning_rate']"),
+        ({"space": {"lr": {"low": "a", "high": 0.1}}},
+         "space.lr: expected a finite number > 0, got low='a'"),
+        ({"space": {"blocks": {"low": 1.5, "high": 3}}},
+         "space.blocks: expected an integer from 1 to 3, got low=1.5"),
         ({"space": {"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}},
          "log range needs low > 0"),
         ({"space": {"optimizer": {"choices": ["adam", "lion"]}}}, "'lion' is not allowed"),
         ({"space": {"optimizer": {"choices": []}}}, "non-empty list"),
         ({"space": {"lr": {"low": 1e-4, "hi": 0.1}}}, "unknown key(s) ['hi']"),
         ({"space": {"batch_norm": {"low": 0, "high": 1}}}, "not a range"),
-        ({"study": {"epochs": 0}}, "epochs must be a positive integer, got 0"),
+        ({"study": {"epochs": 0}}, "epochs must be an integer from 1 to 10000, got 0"),
         ({"study": {"sampler": "bayes"}}, "unknown sampler 'bayes'"),
         ({"study": {"colour": "red"}}, "unknown key(s) ['colour']"),
         ({"extra": {}}, "unknown top-level key(s) ['extra']"),
@@ -112,3 +125,151 @@ def test_space_survives_the_roundtrip_through_study_attributes():
 
     study = load_study_file(ROOT / "studies" / "mnist.toml")
     assert space_from_dict(study.space_dict()) == study.space
+
+
+# Issue 9, defect 6: values that reached the allocator, ran for ever or flooded the terminal.
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"channels": 10**9},
+         "space.channels: got 1000000000; accepted: an integer from 1 to 1024"),
+        ({"hidden": {"low": 0, "high": 10**12}},
+         "space.hidden: got high=1000000000000; accepted: an integer from 0 to 8192"),
+        ({"channels": {"choices": [16, 10**9]}}, "space.channels: got 1000000000;"),
+        ({"channels": {"low": -4, "high": 8}}, "space.channels: got low=-4;"),
+        ({"batch_size": {"choices": [64, 10**7]}}, "an integer from 1 to 65536"),
+        ({"kernel": 1001}, "space.kernel: got 1001; accepted: an integer from 1 to 15"),
+        ({"crop_padding": 10**6}, "space.crop_padding: got 1000000;"),
+        ({"repeat": {"choices": [0, 10**12]}}, "space.repeat: got 1000000000000;"),
+        ({"lr": 10**400}, "space.lr: got 1000000000"),  # no float holds it
+    ],
+)
+def test_sizes_out_of_bounds_are_rejected_as_value_range_or_choice(space, expected):
+    with pytest.raises(UsageError) as err:
+        parse_study({"space": space})
+    assert expected in str(err.value)
+
+
+def test_the_ends_of_every_bound_are_accepted():
+    for name, bounds in BOUNDS.items():
+        if name in ("epochs", "seed"):
+            settings = StudySettings(**{name: bounds.low}), StudySettings(**{name: bounds.high})
+            assert not any(s.problems() for s in settings)
+        elif isinstance(bounds.high, int) and not (name == "kernel" and bounds.high % 2 == 0):
+            parse_study({"space": {name: {"choices": [bounds.low, bounds.high]}}})
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("lr = { low = nan, high = 1 }", "space.lr: got low=nan; accepted: a finite number > 0"),
+        ("lr = inf", "space.lr: got inf; accepted: a finite number > 0"),
+        ("weight_decay = nan", "space.weight_decay: got nan; accepted: a finite number >= 0"),
+        ("l1 = { low = 0.0, high = inf }", "space.l1: got high=inf"),
+        ("dropout = { choices = [0.1, -nan] }", "space.dropout: got nan"),
+        ("lr = { low = 0.001, high = 0.1, step = inf }", "step must be a finite positive float"),
+    ],
+)
+def test_nan_and_infinity_are_rejected(tmp_path, toml, expected):
+    path = tmp_path / "study.toml"
+    path.write_text(f"[space]\n{toml}\n")
+    with pytest.raises(UsageError) as err:
+        load_study_file(path)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"epochs": 1_000_000}, "epochs must be an integer from 1 to 10000, got 1000000"),
+        ({"seed": -1}, "seed must be an integer from 0 to 2147483647, got -1"),
+        ({"seed": 2**40}, "seed must be an integer from 0 to 2147483647, got 1099511627776"),
+        # seed + trial number must stay below 2**32, numpy's limit
+        ({"seed": 2**31}, "seed must be an integer from 0 to 2147483647, got 2147483648"),
+        ({"seed": 1.5}, "seed must be an integer from 0 to 2147483647, got 1.5"),
+    ],
+)
+def test_epochs_and_seed_are_bounded_in_the_file_and_on_the_command_line(settings, expected):
+    # The command line's overrides reach the same StudySettings.problems().
+    assert expected in StudySettings(**settings).problems()
+    with pytest.raises(UsageError) as err:
+        parse_study({"study": settings})
+    assert f"study: {expected}" in str(err.value)
+
+
+def _unknown_keys(count: int, width: int) -> str:
+    return "".join(f"{'k' * width}{i} = {i}\n" for i in range(count))
+
+
+@pytest.mark.parametrize("megabytes", [0.9, 6.5])
+def test_a_huge_study_file_of_unknown_keys_gets_a_short_error(tmp_path, megabytes):
+    count = int(megabytes * 1e6 / 3 / 40)
+    path = tmp_path / "huge.toml"
+    path.write_text(_unknown_keys(count, 30) + "[study]\n" + _unknown_keys(count, 30)
+                    + "[space]\n" + _unknown_keys(count, 30))
+    with pytest.raises(UsageError) as err:
+        load_study_file(path)
+    message = str(err.value)
+    assert len(message) <= MESSAGE_CHARS and "\n" not in message
+    assert f"and {count - 5} more" in message or "larger than 1 MiB" in message
+
+
+def test_many_problems_are_capped_and_counted():
+    choices = list(range(10**5, 2 * 10**5))
+    with pytest.raises(UsageError) as err:
+        parse_study({"space": {"channels": {"choices": choices}, "x" * 10**6: 1},
+                     "study": {"dataset": "y" * 10**6}})
+    message = str(err.value)
+    assert len(message) <= MESSAGE_CHARS
+    assert f"{len(choices) + 2} problems, the first" in message
+    assert "unknown dataset 'yyyyy" in message and "space.channels: got 100000;" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (bytes(range(256)) * 64, "is not UTF-8 text (byte 128)"),
+        (b"\x00\x01garbage\xff", "is not UTF-8 text (byte 9)"),
+        (b"x = " + b"[" * 5000 + b"]" * 5000, "is not valid TOML"),
+        (b"[study]\nseed = 1" + b"0" * 5000, "is not valid TOML"),
+        (b"x" * (2**20 + 1), "larger than 1 MiB"),
+    ],
+    ids=["binary", "binary-short", "deep-nesting", "huge-integer", "over-1-mib"],
+)
+def test_garbage_study_files_are_one_line_usage_errors(tmp_path, content, expected):
+    path = tmp_path / "garbage.toml"
+    path.write_bytes(content)
+    with pytest.raises(UsageError) as err:
+        load_study_file(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert len(str(err.value)) <= MESSAGE_CHARS
+
+
+def test_a_directory_or_an_unopenable_path_is_named_as_such(tmp_path):
+    with pytest.raises(UsageError, match="is a directory"):
+        load_study_file(tmp_path)
+    with pytest.raises(UsageError, match="cannot be read: File name too long"):
+        load_study_file(tmp_path / ("x" * 300 + ".toml"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_study_file_is_a_usage_error(tmp_path):
+    locked = tmp_path / "locked.toml"
+    locked.write_text("[study]\n")
+    locked.chmod(0)
+    with pytest.raises(UsageError, match="cannot be read: Permission denied"):
+        load_study_file(locked)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--seed", "-1"], "seed must be an integer from 0 to 2147483647, got -1"),
+    (["--epochs", "1000000"], "epochs must be an integer from 1 to 10000, got 1000000"),
+], ids=["seed", "epochs"])
+def test_out_of_bounds_flags_exit_2_before_a_study_is_stored(workdir, args, expected):
+    result = run_cli(*args, "--trials", "1", "--dataset", "mnist-sample", cwd=workdir,
+                     timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+    assert sorted(workdir.rglob("*.db*")) == []

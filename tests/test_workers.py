@@ -61,7 +61,7 @@ def _stress_worker(url: str, name: str, target: int, index: int, errors) -> None
 @pytest.mark.slow
 def test_eight_workers_on_one_sqlite_file_lose_nothing(tmp_path):
     url, name, target = f"sqlite:///{tmp_path}/stress.db", "stress", 400
-    optuna.create_study(study_name=name, storage=open_storage(url))
+    optuna.create_study(study_name=name, storage=open_storage(url, create=True))
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.Queue()
     procs = [ctx.Process(target=_stress_worker, args=(url, name, target, i, errors))
@@ -181,7 +181,7 @@ def test_postgres_url_is_mapped_to_the_installed_driver_and_masked():
 def test_storage_roundtrip_on_every_backend(backend, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else POSTGRES_URL
     name = f"roundtrip-{uuid.uuid4().hex[:8]}"
-    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    study = optuna.create_study(study_name=name, storage=open_storage(url, create=True))
     try:
         study.set_user_attr("data", {"n_train": 3})
         lock = StudyLock(url, name)
@@ -205,7 +205,8 @@ def test_zero_workers_is_rejected(args, workdir):
 def test_worker_for_a_missing_study_exits_2(workdir):
     result = run_cli("--study", "nothing-here", module="tuning.worker", cwd=workdir)
     assert result.returncode == 2
-    assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "no study database" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(workdir.rglob("*.db")) == []
 
 
 @pytest.mark.slow
@@ -231,7 +232,8 @@ def test_worker_whose_data_differ_exits_2(workdir, sample_arrays):
     assert created.returncode == 0, created.stderr
     result = run_cli("--study", "mnist", "--data-dir", "b", module="tuning.worker", cwd=workdir)
     assert result.returncode == 2
-    assert "was run on data" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "was run on other data" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # --- docker-compose.yml: parsed and checked, since no Docker engine runs here --------------
@@ -262,13 +264,13 @@ def test_compose_file_structure():
 def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
     from tuning.launcher import plan_workers
 
-    specs = plan_workers(n_gpus=2, workers_per_gpu=3, cpu_workers=None, cores=12)
-    assert [s.gpu for s in specs] == [0, 1, 0, 1, 0, 1]
+    specs = plan_workers(["0", "1"], workers_per_gpu=3, cpu_workers=None, cores=12)
+    assert [s.gpu for s in specs] == ["0", "1", "0", "1", "0", "1"]
     assert {s.device for s in specs} == {"cuda"} and {s.threads for s in specs} == {2}
-    assert [s.index for s in specs] == list(range(6))  # distinct sampler seeds
-    cpu = plan_workers(n_gpus=2, workers_per_gpu=3, cpu_workers=4, cores=2)
+    assert [s.index for s in specs] == list(range(6))
+    cpu = plan_workers(["0", "1"], workers_per_gpu=3, cpu_workers=4, cores=2)
     assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
-    assert len(plan_workers(n_gpus=0, workers_per_gpu=2, cpu_workers=None, cores=2)) == 1
+    assert len(plan_workers([], workers_per_gpu=2, cpu_workers=None, cores=2)) == 1
 
 
 def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():
@@ -278,7 +280,7 @@ def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():
     from tuning.launcher import Launcher, plan_workers
     from tuning.worker import build_parser
 
-    spec = plan_workers(n_gpus=2, workers_per_gpu=1, cpu_workers=None, cores=8)[1]
+    spec = plan_workers(["0", "1"], workers_per_gpu=1, cpu_workers=None, cores=8)[1]
     launcher = Launcher(SimpleNamespace(study_name="s"), "sqlite:///s.db", [spec], None, None,
                         None, on_trial=None, compile_mode="reduce-overhead")
     command = launcher._command(spec)

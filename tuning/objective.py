@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import socket
@@ -19,6 +21,8 @@ from tuning.model import build_model
 from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample
 from tuning.train import fit, seed_everything
+
+log = logging.getLogger("tuning")
 
 
 class TrialFailed(Exception):
@@ -134,16 +138,70 @@ class Objective:
 
     def _save_checkpoint(self, trial: optuna.Trial, state: dict, curves: list[dict]) -> None:
         """The best epoch's weights (a plain state_dict: loads with weights_only=True) and the
-        learning curves, as artifacts of the trial."""
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / f"trial-{trial.number}.pt"
-            torch.save(state, weights)
-            curve_file = Path(tmp) / f"trial-{trial.number}-curves.json"
-            curve_file.write_text(json.dumps(curves, indent=1))
-            weights_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts, file_path=str(weights), study_or_trial=trial)
-            curves_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts, file_path=str(curve_file), study_or_trial=trial,
-                mimetype="application/json")
+        learning curves, as artifacts of the trial.
+
+        A checkpoint is a convenience (evaluate retrains without one), so failing to write it,
+        on a full disk here or in the temporary directory, is a warning and the trial keeps
+        its result. Nothing half-written is left in the store.
+        """
+        store = _RecordingStore(self.artifacts)
+        where = f"temporary directory {tempfile.gettempdir()}{os.sep}: "
+        try:
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
+                weights = Path(tmp) / f"trial-{trial.number}.pt"
+                # Serialized in memory first: torch.save into a file on a full disk fails in
+                # its zip writer with a RuntimeError that does not say why, not an OSError.
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                weights.write_bytes(buffer.getbuffer())
+                curve_file = Path(tmp) / f"trial-{trial.number}-curves.json"
+                curve_file.write_text(json.dumps(curves, indent=1))
+                where = ""
+                weights_id = optuna.artifacts.upload_artifact(
+                    artifact_store=store, file_path=str(weights), study_or_trial=trial)
+                curves_id = optuna.artifacts.upload_artifact(
+                    artifact_store=store, file_path=str(curve_file), study_or_trial=trial,
+                    mimetype="application/json")
+        except OSError as exc:
+            # All or nothing: the weights are the bulk of what a full disk is short of (other
+            # workers and maybe the study's database need it more), and weights without their
+            # curves are not the record the report expects; the trial's losses stay in the
+            # study either way.
+            store.remove_written()
+            log.warning("trial %d: checkpoint not saved to %s: %s%s; the trial keeps its result",
+                        trial.number, _location(self.artifacts), where, exc.strerror or exc)
+            return
+        # Only now: upload_artifact records an artifact's id on the trial (a system attribute)
+        # before writing the file, and Optuna cannot delete an attribute, so after a failure
+        # those ids name no file. The user attributes, which evaluate and the report read,
+        # name a checkpoint only when both files are there.
         trial.set_user_attr("checkpoint_artifact", weights_id)
         trial.set_user_attr("curves_artifact", curves_id)
+
+
+class _RecordingStore:
+    """An artifact store that remembers what it was asked to write, so that a failed upload
+    can be taken back: upload_artifact returns an artifact's id only when it succeeds."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.written: list[str] = []
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self.written.append(artifact_id)
+        self.store.write(artifact_id, content_body)
+
+    def remove_written(self) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        for artifact_id in self.written:
+            try:
+                self.store.remove(artifact_id)  # a file cut short by the full disk
+            except (ArtifactNotFound, OSError):  # never created, or cannot go: nothing to add
+                pass
+
+
+def _location(store) -> str:
+    # FileSystemArtifactStore keeps its directory in a private attribute; name others by type.
+    base = getattr(store, "_base_path", None)
+    return f"{base}{os.sep}" if base is not None else type(store).__name__

@@ -21,16 +21,16 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import OneLineParser, configure_logging, count_finished
+from tuning.cli import OneLineParser, configure_logging, count_finished, fail, study_name
+from tuning.data import Arrays, check_data_dir, load_arrays
 from tuning.errors import UsageError
 from tuning.space import REPEAT, Param, StudySettings, load_study_file
 from tuning.storage import (
     artifact_store,
     default_storage,
     resolve_url,
-    sqlite_path,
 )
-from tuning.study import load_existing, stored_definition
+from tuning.study import check_data_matches, load_existing, stored_definition
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
@@ -405,22 +405,37 @@ def edge_warnings(view: StudyView) -> list[str]:
     return found
 
 
-def held_out_test(view: StudyView, device: str, artifacts, seed_file: Path) -> Section:
+def study_arrays(study: optuna.Study, settings: StudySettings,
+                 data_dir: Path | None) -> Arrays:
+    """The study's data, read from `data_dir` (default ./data) and checked to be the study's.
+
+    A report only reads: nothing is downloaded or created, and data not found or not the
+    study's are a UsageError (with --no-test as the way round), never a stand-in.
+    """
+    stored = study.user_attrs.get("data", {})
+    try:
+        arrays = load_arrays(stored.get("name", settings.dataset), data_dir, settings.seed,
+                             download=False)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; or skip the held-out test with --no-test") from None
+    check_data_matches(study, arrays.fingerprint(),
+                       remedy="point --data-dir at the data it was run on, or skip the held-out "
+                              "test with --no-test")
+    return arrays
+
+
+def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts,
+                  seed_file: Path) -> Section:
     """The best configuration, once, on the test set; beside it the tutorial's."""
-    from tuning.data import load_arrays, to_device
+    from tuning.data import to_device
     from tuning.device import resolve_device
     from tuning.evaluate import held_out_metrics, model_for_trial, retrain
 
     s = Section("Held-out test")
-    if not view.completed:
+    if not view.completed or arrays is None:
         s.paragraphs.append("No complete trial: nothing to evaluate.")
         return s
     runtime = resolve_device(device)
-    data_attr = view.study.user_attrs.get("data", {})
-    arrays = load_arrays(data_attr.get("name", view.settings.dataset), None, view.settings.seed)
-    if data_attr and arrays.fingerprint()["sha256"] != data_attr.get("sha256"):
-        raise UsageError(f"the data found here differ from study {view.study.study_name!r}'s; "
-                         "cannot evaluate on its test set")
     data = to_device(arrays, runtime.device)
     best = view.study.best_trial
     model, how = model_for_trial(best, view.space, data, runtime,
@@ -511,15 +526,21 @@ def write_csv(view: StudyView, path: Path) -> None:
 
 
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
-                 with_test: bool = True, seed_file: Path = SEED_STUDY_FILE) -> dict:
-    """Write the report files for `study` into `out`; returns the held-out test metrics."""
+                 with_test: bool = True, seed_file: Path = SEED_STUDY_FILE,
+                 data_dir: Path | None = None) -> dict:
+    """Write the report files for `study` into `out`; returns the held-out test metrics.
+
+    The test set is read from `data_dir` (default ./data) before anything else, so that data
+    not found stop the report before it spends time on the rest.
+    """
     settings, space = stored_definition(study)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
+    arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     sections = [overview(view), optimizers(view), learning_rate(view), regularization(view),
                 importance(view)]
     metrics = {}
     if with_test:
-        test = held_out_test(view, device, artifacts, seed_file)
+        test = held_out_test(view, arrays, device, artifacts, seed_file)
         sections.append(test)
         metrics = getattr(test, "metrics", {})
     title = f"Study {study.study_name}"
@@ -533,11 +554,15 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m tuning.report",
                            description="Write the report of a study.")
-    parser.add_argument("--study", default="mnist", help="study name (default mnist)")
+    parser.add_argument("--study", default="mnist", type=study_name,
+                        help="study name (default mnist)")
     parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
     parser.add_argument("--artifacts", type=Path,
                         help="artifact directory with checkpoints (default ./artifacts)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="directory with the study's IDX files (default ./data); only read: "
+                             "the report downloads and creates nothing there")
     parser.add_argument("--device", default="auto", help="device for the test evaluation")
     parser.add_argument("--no-test", action="store_true",
                         help="skip the held-out test evaluation")
@@ -551,9 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("reports") / args.study
     try:
         resolve_url(url)
-        path = sqlite_path(url)
-        if path is not None and not path.exists():
-            raise UsageError(f"no study storage at {path}: run python -m tuning.search first")
+        check_data_dir(args.data_dir)
         study = load_existing(args.study, url, heartbeat=False)
         if count_finished(study) == 0:
             raise UsageError(f"study {args.study!r} has no finished trials yet")
@@ -566,10 +589,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
         artifacts = artifact_store(args.artifacts) if (args.artifacts or Path(
             "artifacts").is_dir()) else None
-        metrics = build_report(study, out, args.device, artifacts, not args.no_test)
+        metrics = build_report(study, out, args.device, artifacts, not args.no_test,
+                               data_dir=args.data_dir)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     print(f"report written to {out}/index.html (and summary.md, trials.csv)")
     if metrics:
         b, t = metrics["best"], metrics["tutorial"]

@@ -23,17 +23,27 @@ from tuning.cli import (
     add_compile_argument,
     configure_logging,
     count_finished,
+    fail,
     positive_float,
     positive_int,
+    study_name,
 )
 from tuning.data import check_data_dir, load_arrays, to_device
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
-from tuning.errors import UsageError
-from tuning.launcher import Launcher, plan_workers
+from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
+from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective
+from tuning.outage import StorageFull, outages_of
 from tuning.signals import GracefulStop, Interrupted
 from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
-from tuning.storage import artifact_store, default_storage, mask_url, resolve_url
+from tuning.storage import (
+    artifact_store,
+    default_storage,
+    full_disk_message,
+    mask_url,
+    resolve_url,
+    storage_location,
+)
 from tuning.study import Plan, open_study
 from tuning.worker import StudyLock, run_trials
 
@@ -45,7 +55,8 @@ DEFAULT_WORKERS_PER_GPU = 2
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by the search and the worker entry points."""
-    parser.add_argument("--study", help="study name (default: the study file's name, else mnist)")
+    parser.add_argument("--study", type=study_name,
+                        help="study name (default: the study file's name, else mnist)")
     parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
     parser.add_argument("--config", type=Path,
                         help="study file (default: studies/<study>.toml)")
@@ -91,6 +102,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     else:
         config = args.config
         name = args.study or config.stem
+        try:
+            study_name(name)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
+                             "give --study") from None
     study_file = load_study_file(config)
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
@@ -129,28 +145,32 @@ def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
     print(f"report:    python -m tuning.report --study {plan.study}{storage_arg}", file=stream)
 
 
-def _gpu_count(device: str) -> int:
-    if device == "cpu" or not torch.cuda.is_available():
-        return 0
-    return torch.cuda.device_count() if device in ("auto", "cuda") else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
-        plan = make_plan(args)
-        runtime = resolve_device(args.device, args.compile)
-        specs = plan_workers(_gpu_count(args.device), args.workers_per_gpu, args.workers,
-                             cpu_cores())
-        if len(specs) == 1 and runtime.device.type == "cpu":
-            set_cpu_threads()
-        arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
-        study = open_study(plan, arrays.fingerprint(), args.trials)
-        artifacts = None if len(specs) > 1 else artifact_store(args.artifacts)
+        return _run(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    except StorageFull:
+        return fail(full_disk_message(storage_location(
+            args.storage or default_storage(args.study or "mnist"))))
+
+
+def _run(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    runtime = resolve_device(args.device, args.compile)
+    gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
+                        else 0)
+    specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
+    if len(specs) == 1 and runtime.device.type == "cpu":
+        set_cpu_threads()
+    arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
+    try:
+        study = open_study(plan, arrays.fingerprint(), args.trials)
+    except StorageFull:
+        raise UsageError(full_disk_message(storage_location(plan.storage))) from None
+    artifacts = None if len(specs) > 1 else artifact_store(args.artifacts)
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val); %s; "
              "sampler %s, pruner %s, %d epochs", plan.study, mask_url(plan.storage),
              count_finished(study), args.trials, arrays.name, len(arrays.train_y),
@@ -160,36 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}); "
               f"start workers with: python -m tuning.worker --study {plan.study} "
               f"--storage '{mask_url(plan.storage)}'")
-        return 0
+        return EXIT_OK
     progress = Progress(args.trials)
-    if len(specs) > 1:
-        # Extra processes; this one only watches (and restarts the ones that die).
-        status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
-                          args.timeout, progress, compile_mode=args.compile).run()
-        if status in (130, 143):
-            print("stopped: running trials are marked failed", file=sys.stderr)
-            return status
-    else:
-        stop = GracefulStop().install()
-        objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
-                              space=plan.study_file.space, epochs=plan.settings.epochs,
-                              seed=plan.settings.seed, artifacts=artifacts, stop=stop)
-        try:
-            lock = StudyLock(plan.storage, plan.study)
-            stats = run_trials(study, objective, args.trials, lock, args.timeout, progress,
-                               stop)
-        except Interrupted as stopped:
-            print(f"stopped by {stopped}: the running trial is marked failed", file=sys.stderr)
-            return stopped.exit_status
-        status = 1 if stats.stopped_by_failures else 0
-        total = stats.objective_seconds + stats.optuna_seconds
-        if total > 0:
-            log.info("time in Optuna (sampler and storage): %.1f s of %.1f s (%.1f%%)",
-                     stats.optuna_seconds, total, 100 * stats.optuna_seconds / total)
-        if stats.stopped_by_failures:
-            print("stopped: trials kept failing (see fail_reason above)", file=sys.stderr)
-    summarize(study, plan)
+    try:
+        if len(specs) > 1:
+            # Extra processes; this one only watches (and restarts the ones that crash).
+            status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
+                              args.timeout, progress, compile_mode=args.compile).run()
+            if status > 128:
+                print("stopped: running trials are marked failed", file=sys.stderr)
+                return status
+        else:
+            status = _run_here(study, plan, arrays, runtime, artifacts, args, progress)
+        summarize(study, plan)
+    except StorageFull:
+        raise UsageError(full_disk_message(storage_location(plan.storage))) from None
+    except Interrupted as stopped:
+        print(f"stopped by {stopped}: the running trial is marked failed", file=sys.stderr)
+        return stopped.exit_status
     return status
+
+
+def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> int:
+    """Run the trials in this process (one worker)."""
+    stop = GracefulStop().install()
+    objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
+                          space=plan.study_file.space, epochs=plan.settings.epochs,
+                          seed=plan.settings.seed, artifacts=artifacts, stop=stop)
+    lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
+    stats = run_trials(study, objective, args.trials, lock, args.timeout, progress, stop)
+    total = stats.objective_seconds + stats.optuna_seconds
+    if total > 0:
+        log.info("time in Optuna (sampler and storage): %.1f s of %.1f s (%.1f%%)",
+                 stats.optuna_seconds, total, 100 * stats.optuna_seconds / total)
+    if stats.stopped_by_failures:
+        print("stopped: trials kept failing (see fail_reason above)", file=sys.stderr)
+        return EXIT_TRIALS_FAILING
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM without corrupting the study.
+"""Ctrl-C, SIGTERM and SIGHUP without corrupting the study.
 
 A signal that raises in the middle of a storage write can leave a SQLite transaction open, and
 the write that marks the trial failed then waits on that lock; raised inside a garbage
@@ -28,14 +28,15 @@ class Interrupted(BaseException):
 
 
 class GracefulStop:
-    """SIGINT and SIGTERM handlers that make `check()` raise Interrupted at the next safe point."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) handlers that make `check()` raise
+    Interrupted at the next safe point."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def install(self) -> GracefulStop:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:

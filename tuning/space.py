@@ -16,8 +16,9 @@ A study file has two tables:
     activation = "relu"                              # fixed value
 
 Parameters are the fields of `TrainConfig` and `ArchConfig`; one not named keeps its default,
-which is the tutorial's configuration. Every problem in a file is collected and reported at
-once, naming the key and the value given.
+which is the tutorial's configuration. Every number must lie within its entry of `BOUNDS`.
+Every problem in a file is collected and reported at once, naming the key and the value given,
+in one message of bounded length however large the file.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.data import DATASETS
-from tuning.errors import UsageError
+from tuning.errors import MESSAGE_CHARS, UsageError, shorten
 from tuning.model import ArchConfig
 from tuning.train import TrainConfig
 
@@ -58,6 +59,76 @@ PARAM_TYPES[REPEAT] = int
 APPLIES_TO_OPTIMIZERS = {"momentum": {"sgd", "rmsprop"}, "nesterov": {"sgd"}}
 # Sampled in this order: `optimizer` first, since other parameters depend on it.
 PARAM_ORDER = tuple(sorted(PARAM_TYPES, key=lambda name: name != "optimizer"))
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # TOML integers are unbounded; past a float's range is not finite
+        return False
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a parameter or setting accepts; int bounds for an int, float for a float."""
+
+    low: float
+    """Smallest value accepted (excluded if low_open)."""
+    high: float = math.inf
+    """Largest value accepted (excluded if high_open); inf: any finite value."""
+    low_open: bool = False
+    """Exclude `low` itself (a learning rate must be > 0)."""
+    high_open: bool = False
+    """Exclude `high` itself (dropout must stay below 1)."""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return _finite(value) and above and below
+
+    def __str__(self) -> str:
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return f"an integer from {self.low} to {self.high}"
+        if self.high == math.inf:
+            return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        return (f"a number in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+# What every number may be, checked for a fixed value, both ends of a range and each choice.
+# Sizes are bounded so that no value on its own exhausts memory or time (issue 9: `channels = 1e9`
+# reached the allocator, `--epochs 1000000` was accepted), yet each bound is several times the
+# largest a study of 28x28 to 256x256 images would use. Rates only need to be finite and in
+# their domain. The dataclasses still check what is not a bound (an odd kernel, known names).
+BOUNDS: dict[str, Bounds] = {
+    # ArchConfig
+    "blocks": Bounds(1, 3),  # the model's own limit
+    "convs": Bounds(1, 3),
+    "channels": Bounds(1, 1024),  # of the first block; the third block has 4x
+    "kernel": Bounds(1, 15),
+    "hidden": Bounds(0, 8192),  # 0: no hidden layer
+    "dropout": Bounds(0.0, 1.0, high_open=True),
+    # TrainConfig
+    "lr": Bounds(0.0, low_open=True),
+    "momentum": Bounds(0.0, 1.0, high_open=True),
+    "weight_decay": Bounds(0.0),
+    "l1": Bounds(0.0),
+    "label_smoothing": Bounds(0.0, 1.0, high_open=True),
+    "batch_size": Bounds(1, 65536),  # past the whole of MNIST's 54,000 training images
+    "crop_padding": Bounds(0, 32),
+    REPEAT: Bounds(0, 10_000),
+    # StudySettings
+    "epochs": Bounds(1, 10_000),
+    # numpy seeds (the data split, the samplers) must be below 2**32, and trial and sampler
+    # seeds are this seed plus the trial number or the repeat: leave 2**31 of headroom.
+    "seed": Bounds(0, 2**31 - 1),
+}
+
+# Error messages echo what they were given, but a 6.5 MB study file of unknown keys once made a
+# 96 MB error line (issue 9): values are cut to SHOWN_CHARS, lists of names to SHOWN_NAMES,
+# and a whole message to MESSAGE_CHARS.
+SHOWN_CHARS = 60
+SHOWN_NAMES = 5
 
 
 @dataclass(frozen=True)
@@ -138,15 +209,18 @@ class StudySettings:
     def problems(self) -> list[str]:
         found = []
         if self.dataset not in DATASETS:
-            found.append(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            found.append(f"epochs must be a positive integer, got {self.epochs!r}")
+            found.append(f"unknown dataset {_show(self.dataset)}; "
+                         f"choose one of {', '.join(DATASETS)}")
+        for name in ("epochs", "seed"):
+            value = getattr(self, name)
+            if not _type_ok(value, int) or value not in BOUNDS[name]:
+                found.append(f"{name} must be {BOUNDS[name]}, got {_show(value)}")
         if self.sampler not in SAMPLERS:
-            found.append(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+            found.append(f"unknown sampler {_show(self.sampler)}; "
+                         f"choose one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
-            found.append(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            found.append(f"seed must be an integer, got {self.seed!r}")
+            found.append(f"unknown pruner {_show(self.pruner)}; "
+                         f"choose one of {', '.join(PRUNERS)}")
         return found
 
 
@@ -166,6 +240,37 @@ class StudyFile:
         return json.loads(json.dumps({name: p.to_dict() for name, p in self.space.items()}))
 
 
+def _show(value: Any) -> str:
+    """repr(value), cut: how every message echoes a value."""
+    return shorten(repr(value))
+
+
+def _show_names(names: list[str]) -> str:
+    """The first SHOWN_NAMES of `names`, then how many more."""
+    shown = "[" + ", ".join(_show(n) for n in names[:SHOWN_NAMES]) + "]"
+    more = len(names) - SHOWN_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _message(subject: str, problems: list[str]) -> str:
+    """One message of at most MESSAGE_CHARS: as many problems as fit, and how many there are
+    (said first, so that the count survives a further cut)."""
+    if len(problems) == 1:
+        return shorten(f"{subject}: {problems[0]}", MESSAGE_CHARS)
+    budget = MESSAGE_CHARS - len(subject) - 40
+    shown: list[str] = []
+    for problem in problems:
+        if sum(len(p) + 2 for p in shown) + len(problem) > budget:
+            break
+        shown.append(problem)
+    if len(shown) == len(problems):
+        return f"{subject}: {len(problems)} problems: " + "; ".join(shown)
+    if not shown:  # not expected: each problem is short already
+        shown = [shorten(problems[0], budget)]
+    return (f"{subject}: {len(problems)} problems, the first {len(shown)} shown: "
+            + "; ".join(shown))
+
+
 def _type_ok(value: Any, expected: type) -> bool:
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -174,25 +279,26 @@ def _type_ok(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def _value_problem(name: str, value: Any) -> str | None:
-    """Check one candidate value against its parameter's type and its config's own validation."""
+def _value_problem(name: str, value: Any, role: str = "") -> str | None:
+    """Check one candidate value against its parameter's type, its BOUNDS and its config's own
+    validation. `role` says which value of the entry it is ("low=", "high=")."""
     expected = PARAM_TYPES[name]
+    given = f"{role}{_show(value)}"
     if not _type_ok(value, expected):
-        return f"space.{name}: expected {expected.__name__}, got {value!r}"
+        return f"space.{name}: expected {BOUNDS.get(name, expected.__name__)}, got {given}"
+    if name in BOUNDS and value not in BOUNDS[name]:
+        return f"space.{name}: got {given}; accepted: {BOUNDS[name]}"
     if name == REPEAT:
-        return None if value >= 0 else f"space.{name}: must be >= 0, got {value!r}"
+        return None
     cls = TrainConfig if name in {f.name for f in dataclasses.fields(TrainConfig)} else ArchConfig
     try:
         cls(**{name: value})
     except ValueError as exc:
-        return f"space.{name}: {value!r} is not allowed ({exc})"
+        return f"space.{name}: {given} is not allowed ({shorten(str(exc), 200)})"
     return None
 
 
 def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
-    if name not in PARAM_TYPES:
-        known = ", ".join(sorted(PARAM_TYPES))
-        return None, [f"space: unknown parameter {name!r}; known: {known}"]
     if not isinstance(spec, dict):
         problem = _value_problem(name, spec)
         return (None, [problem]) if problem else (Param(name, "fixed", value=spec), [])
@@ -200,17 +306,19 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     allowed = {"choices", "low", "high", "log", "step"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        return None, [f"space.{name}: unknown key(s) {unknown}; allowed: {sorted(allowed)}"]
+        return None, [f"space.{name}: unknown key(s) {_show_names(unknown)}; "
+                      f"allowed: {sorted(allowed)}"]
     if "choices" in spec:
         choices = spec["choices"]
         if set(spec) != {"choices"}:
             others = sorted(set(spec) - {"choices"})
             return None, [f"space.{name}: 'choices' cannot be combined with {others}"]
         if not isinstance(choices, list) or not choices:
-            return None, [f"space.{name}: choices must be a non-empty list, got {choices!r}"]
+            return None, [f"space.{name}: choices must be a non-empty list, "
+                          f"got {_show(choices)}"]
         problems = [p for c in choices if (p := _value_problem(name, c))]
         if len(set(map(repr, choices))) != len(choices):
-            problems.append(f"space.{name}: choices repeat a value: {choices!r}")
+            problems.append(f"space.{name}: choices repeat a value: {_show(choices)}")
         if problems:
             return None, problems
         return Param(name, "categorical", choices=tuple(choices)), []
@@ -218,24 +326,27 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     expected = PARAM_TYPES[name]
     if expected not in (int, float):
         return None, [f"space.{name}: a {expected.__name__} parameter takes a value or "
-                      f"choices, not a range; got {spec!r}"]
+                      f"choices, not a range; got {_show(spec)}"]
     if "low" not in spec or "high" not in spec:
-        return None, [f"space.{name}: a range needs both 'low' and 'high', got {spec!r}"]
+        return None, [f"space.{name}: a range needs both 'low' and 'high', got {_show(spec)}"]
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    problems = [p for v in (low, high) if (p := _value_problem(name, v))]
+    problems = [p for role, v in (("low=", low), ("high=", high))
+                if (p := _value_problem(name, v, role))]
     if not isinstance(log, bool):
-        problems.append(f"space.{name}: log must be true or false, got {log!r}")
-    if step is not None and (not _type_ok(step, expected) or not step > 0):
-        problems.append(f"space.{name}: step must be a positive {expected.__name__}, got {step!r}")
+        problems.append(f"space.{name}: log must be true or false, got {_show(log)}")
+    if step is not None and (not _type_ok(step, expected) or not _finite(step) or step <= 0):
+        problems.append(f"space.{name}: step must be a finite positive {expected.__name__}, "
+                        f"got {_show(step)}")
     if problems:
         return None, problems
     if not low < high:
-        problems.append(f"space.{name}: empty or inverted range low={low!r} high={high!r} "
-                        f"(need low < high; for a fixed value write {name} = {low!r})")
+        problems.append(f"space.{name}: empty or inverted range low={_show(low)} "
+                        f"high={_show(high)} (need low < high; for a fixed value write "
+                        f"{name} = {_show(low)})")
     if log and low <= 0:
-        problems.append(f"space.{name}: a log range needs low > 0, got low={low!r}")
+        problems.append(f"space.{name}: a log range needs low > 0, got low={_show(low)}")
     if log and step is not None:
-        problems.append(f"space.{name}: log and step cannot be combined, got {spec!r}")
+        problems.append(f"space.{name}: log and step cannot be combined, got {_show(spec)}")
     if problems:
         return None, problems
     kind = "int" if expected is int else "float"
@@ -246,40 +357,70 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
     problems: list[str] = []
     unknown = sorted(set(raw) - {"study", "space"})
     if unknown:
-        problems.append(f"unknown top-level key(s) {unknown}; allowed: ['space', 'study']")
+        problems.append(f"unknown top-level key(s) {_show_names(unknown)}; "
+                        "allowed: ['space', 'study']")
     study = raw.get("study", {})
     space_raw = raw.get("space", {})
     settings = StudySettings()
     if not isinstance(study, dict):
-        problems.append(f"[study] must be a table, got {study!r}")
+        problems.append(f"[study] must be a table, got {_show(study)}")
     else:
         fields = {f.name for f in dataclasses.fields(StudySettings)}
         bad = sorted(set(study) - fields)
         if bad:
-            problems.append(f"study: unknown key(s) {bad}; allowed: {sorted(fields)}")
+            problems.append(f"study: unknown key(s) {_show_names(bad)}; "
+                            f"allowed: {sorted(fields)}")
         settings = StudySettings(**{k: v for k, v in study.items() if k in fields})
         problems += [f"study: {p}" for p in settings.problems()]
     space: dict[str, Param] = {}
     if not isinstance(space_raw, dict):
-        problems.append(f"[space] must be a table, got {space_raw!r}")
+        problems.append(f"[space] must be a table, got {_show(space_raw)}")
     else:
+        unknown = sorted(set(space_raw) - set(PARAM_TYPES))
+        if unknown:
+            problems.append(f"space: unknown parameter(s) {_show_names(unknown)}; "
+                            f"known: {', '.join(sorted(PARAM_TYPES))}")
         for name, spec in space_raw.items():
-            param, found = _parse_param(name, spec)
-            problems += found
-            if param is not None:
-                space[name] = param
+            if name in PARAM_TYPES:
+                param, found = _parse_param(name, spec)
+                problems += found
+                if param is not None:
+                    space[name] = param
     if problems:
-        raise UsageError(f"study file {path}: " + "; ".join(problems))
+        raise UsageError(_message(f"study file {_show(path)}", problems))
     return StudyFile(path=path, settings=settings, space=space)
 
 
+# Study files are a few KB. Reading no more than this bounds the memory and the time of the TOML
+# parser (which is quadratic in the parts of a dotted key) and of the error message.
+MAX_STUDY_FILE_BYTES = 1 << 20
+
+
 def load_study_file(path: Path) -> StudyFile:
-    if not path.is_file():
-        raise UsageError(f"study file {str(path)!r} not found")
+    shown = f"study file {_show(str(path))}"
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"study file {path} is not valid TOML: {exc}") from None
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{shown} not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"{shown} is a directory; give a .toml file") from None
+    except OSError as exc:
+        raise UsageError(f"{shown} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_STUDY_FILE_BYTES:
+        raise UsageError(f"{shown} is larger than {MAX_STUDY_FILE_BYTES // 2**20} MiB; "
+                         "a study file is a few KB of TOML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{shown} is not UTF-8 text (byte {exc.start}); "
+                         "a study file is TOML, which is UTF-8") from None
+    try:
+        raw = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4,300 digits
+        raise UsageError(f"{shown} is not valid TOML: {shorten(str(exc), 200)}") from None
+    except RecursionError:
+        raise UsageError(f"{shown} is not valid TOML: nested too deeply") from None
     return parse_study(raw, str(path))
 
 

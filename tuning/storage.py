@@ -20,12 +20,43 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
+from tuning.outage import ResilientStorage, disk_full, no_space_left
 
-# Seconds between a running trial's heartbeats, and how long without one before the trial is
-# declared dead (its worker was killed) and failed; the retry callback re-enqueues it.
-HEARTBEAT_INTERVAL = int(os.environ.get("TUNING_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD = int(os.environ.get("TUNING_GRACE_PERIOD", "30"))
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    if not text.strip().isdigit() or not 1 <= int(text) <= 86_400:
+        raise UsageError(f"{name} must be a whole number of seconds from 1 to 86400, "
+                         f"got {text[:40]!r}")
+    return int(text)
+
+
+def heartbeat_interval() -> int:
+    """Seconds between a running trial's heartbeats (TUNING_HEARTBEAT_INTERVAL, default 10)."""
+    return _seconds_from_env("TUNING_HEARTBEAT_INTERVAL", 10)
+
+
+def grace_period() -> int:
+    """Seconds without a heartbeat before a trial is declared dead (its worker was killed),
+    failed and re-enqueued by the retry callback (TUNING_GRACE_PERIOD, default 30)."""
+    return _seconds_from_env("TUNING_GRACE_PERIOD", 30)
+
+
 SQLITE_TIMEOUT_S = 120
+# A partitioned host's connections do not fail, they hang: a query waits on a socket whose
+# peer is gone until TCP gives up, about 15 minutes. Keepalives and a TCP user timeout make
+# such a connection fail within about 30 s, on both ends: here the error starts the worker's
+# retries (tuning.outage), and on the server it ends the session, releasing the study lock
+# (an advisory lock) that a cut-off worker may hold.
+_DEAD_PEER = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    **_DEAD_PEER,
+    "tcp_user_timeout": 30_000,
+    "options": " ".join(f"-c tcp_{key}={value}" for key, value in _DEAD_PEER.items())
+    + " -c tcp_user_timeout=30000",
+}
 # Optuna 4.9 renamed failed_trial_callback and RetryFailedTrialCallback (both removed in 6.0).
 _RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
                          optuna.storages.RetryFailedTrialCallback)
@@ -42,8 +73,24 @@ def default_storage(study: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with any password (user:password@ or ?password=) replaced by ***.
+
+    Greedy up to the last '@', so that a password with a raw '@' in it is hidden whole.
+    """
+    masked = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", masked)
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password: a password goes to another process
+    in PGPASSWORD, never on its command line, where `ps` shows it to everyone."""
+    parsed = make_url(url)
+    password = parsed.password or parsed.query.get("password")
+    if password is None:
+        return url, None
+    # URL.set() reads None as "unchanged"; the URL is a named tuple, so replace the field.
+    parsed = parsed._replace(password=None).difference_update_query(["password"])
+    return parsed.render_as_string(hide_password=False), str(password)
 
 
 def _password_from_env(url) -> object:
@@ -103,26 +150,72 @@ def resolve_url(url: str) -> str:
             else:
                 raise UsageError(
                     "PostgreSQL storage needs a driver: pip install 'tuning[postgres]'")
+        if parsed.host and "@" in parsed.host:
+            raise UsageError(f"--storage {mask_url(url)!r}: a password containing '@' must be "
+                             "written %40 in a URL (or given in PGPASSWORD)")
         return _password_from_env(parsed).render_as_string(hide_password=False)
     raise UsageError(f"--storage {mask_url(url)!r}: unsupported backend {backend!r}; "
                      "use sqlite:/// or postgresql://")
 
 
-def _prepare_sqlite(path: Path) -> None:
+def _prepare_sqlite(path: Path, create: bool) -> None:
+    if not create and not path.exists():
+        raise UsageError(f"no study database at {str(path)!r}; create the study with "
+                         "python -m tuning.search (or give --storage)")
     # WAL lets readers proceed while one process writes; it is a property of the file, so set
     # it once before Optuna opens it. Together with a long busy timeout this is what keeps a
     # host's parallel workers free of 'database is locked'.
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # A truncated or damaged file may still open: read its schema to be sure.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if disk_full(exc) or no_space_left(str(path.absolute().parent)):
+            raise UsageError(full_disk_message(str(path))) from None
+        raise UsageError(f"--storage {str(path)!r} is not a usable SQLite database "
+                         f"({exc})") from None
 
 
-def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the storage behind a URL checked by `resolve_url`."""
+def storage_location(url: str) -> str:
+    """Where a storage keeps its data, for messages: the SQLite file, else the masked URL."""
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:
+        path = None
+    return str(path) if path is not None else mask_url(url)
+
+
+def full_disk_message(where: str) -> str:
+    """One line for a database (a file, or a masked URL) whose file system is full."""
+    mount = _mount_point(Path(where)) if "://" not in where else None
+    on = f" (file system {mount})" if mount else ""
+    return (f"the file system of the study database {where}{on} is full; free some space "
+            "and run the same command again: the study is intact")
+
+
+def _mount_point(path: Path) -> str | None:
+    try:
+        path = path.resolve()
+        while not os.path.ismount(path):
+            path = path.parent
+        return str(path)
+    except OSError:
+        return None
+
+
+def open_storage(url: str, heartbeat: bool = True,
+                 create: bool = False) -> optuna.storages.RDBStorage:
+    """Open the storage behind a URL checked by `resolve_url` (tables are created as needed).
+
+    A SQLite file must exist unless `create`: only the command that creates a study makes
+    one, so a mistyped --study never leaves an empty database behind.
+    """
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
     init_lock = contextlib.nullcontext()
     if path is not None:
-        _prepare_sqlite(path)
+        _prepare_sqlite(path, create)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         # Opening a storage writes its schema version; two processes opening a new file at
         # once both write it and one fails ('UNIQUE constraint failed: alembic_version').
@@ -130,20 +223,23 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
-                         "pool_recycle": 1800, "connect_args": {"connect_timeout": 10}}
+                         "pool_recycle": 1800, "connect_args": POSTGRES_CONNECT_ARGS}
     heartbeat_kwargs = {}
     if heartbeat:
         retry = _RetryCallback(max_retry=3)
         heartbeat_kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
+            "heartbeat_interval": heartbeat_interval(),
+            "grace_period": grace_period(),
             _STALE_CALLBACK_ARG: retry,
         }
     try:
         with init_lock:
-            return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs,
-                                              **heartbeat_kwargs)
+            return ResilientStorage(resolved, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+    except UsageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
+        if disk_full(exc):
+            raise UsageError(full_disk_message(storage_location(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 

@@ -18,7 +18,56 @@ class TargetGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler seeded afresh for every trial with the study seed plus the trial's number.
+
+    Workers that share a seed would otherwise propose the same points: three workers started
+    by hand ran three identical triples of trials. Trial numbers are unique across workers,
+    so every trial draws its own numbers, and a study run by one process is reproducible.
+    These samplers keep their state in the study (TPE and GP read the trials, CMA-ES its
+    system attributes, QMC its point index), so a fresh instance per trial loses nothing.
+    """
+
+    def __init__(self, make, seed: int):
+        self._make = make
+        self._seed = seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._by_trial:
+            self._by_trial[trial.number] = self._make(self._seed + trial.number)
+        return self._by_trial[trial.number]
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        for sampler in self._by_trial.values():
+            sampler.reseed_rng()
+
+
 def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
+    if name == "grid":
+        # One seed for all: it orders the grid, and workers take grid points by number from
+        # the study, so they never share one.
+        return TargetGridSampler(grid_space(space), seed=seed)
+    return TrialSeededSampler(lambda trial_seed: _base_sampler(name, trial_seed, space), seed)
+
+
+def _base_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate TPE models parameter interactions (lr x optimizer, lr x batch size);
         # constant_liar keeps parallel workers from all sampling the same promising point.
@@ -26,13 +75,15 @@ def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.sample
                                           constant_liar=True, n_startup_trials=10)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return TargetGridSampler(grid_space(space), seed=seed)
     if name == "cmaes":
         # CMA-ES handles only numbers; categoricals go to its independent (random) sampler.
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        # Unscrambled, so that its seed only draws the categoricals: the point index is
+        # counted in the study, and the sequence is the same whatever the trial's seed.
+        return optuna.samplers.QMCSampler(scramble=False, seed=seed,
+                                          warn_independent_sampling=False,
+                                          warn_asynchronous_seeding=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")

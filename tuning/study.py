@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from tuning.data import DATA_KEYS
 from tuning.errors import UsageError
 from tuning.space import StudyFile, StudySettings, space_from_dict
 from tuning.storage import mask_url, open_storage
@@ -39,7 +40,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
 
     This is the one place a study is created; workers only load it (`load_existing`).
     """
-    storage = open_storage(plan.storage)
+    storage = open_storage(plan.storage, create=True)
     if _exists(storage, plan.study):
         study = optuna.load_study(storage=storage, study_name=plan.study)
         check_data_matches(study, data_fingerprint)
@@ -59,16 +60,30 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     return study
 
 
-def check_data_matches(study: optuna.Study, data_fingerprint: dict) -> None:
+def check_data_matches(study: optuna.Study, data_fingerprint: dict,
+                       remedy: str = "point --data-dir at the data it was run on, or use "
+                                     "another --study name") -> None:
+    """Refuse data other than the study's; `remedy` ends the message.
+
+    Compared on what the data are (tuning.data.DATA_KEYS), never on `source`, where they were
+    read from: the same files in another directory, spelled relatively or gzipped are the same
+    data (issue 9, defect 4), and studies stored before this fix resume on them too.
+    """
     stored = study.user_attrs.get("data")
-    if stored is not None and stored != data_fingerprint:
+    if stored is None:
+        return
+
+    def shown(fingerprint: dict, key: str) -> object:
+        value = fingerprint.get(key)
+        return str(value)[:12] if key == "sha256" and value is not None else value
+
+    differences = [f"{key} {shown(stored, key)} in the study, {shown(data_fingerprint, key)} here"
+                   for key in DATA_KEYS if stored.get(key) != data_fingerprint.get(key)]
+    if differences:
         raise UsageError(
-            f"study {study.study_name!r} was run on data {stored.get('name')} "
-            f"({stored.get('n_train')}/{stored.get('n_val')}/{stored.get('n_test')}, "
-            f"sha256 {str(stored.get('sha256'))[:12]}) but this run has "
-            f"{data_fingerprint['name']} ({data_fingerprint['n_train']}/"
-            f"{data_fingerprint['n_val']}/{data_fingerprint['n_test']}, sha256 "
-            f"{data_fingerprint['sha256'][:12]}); use another --study name")
+            f"study {study.study_name!r} was run on other data than found here "
+            f"({'; '.join(differences)}); its data came from "
+            f"{stored.get('source', 'an unrecorded place')}: {remedy}")
 
 
 def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
@@ -114,12 +129,8 @@ def stored_definition(study: optuna.Study) -> tuple[StudySettings, dict]:
     return StudySettings(**attrs["settings"]), space_from_dict(attrs["space"])
 
 
-def use_strategy(study: optuna.Study, settings: StudySettings, space: dict,
-                 seed_offset: int = 0) -> None:
-    """Give this process's handle on the study its sampler and pruner.
-
-    Each worker gets its own sampler seed: with one seed, parallel workers would all sample
-    the same first points.
-    """
-    study.sampler = make_sampler(settings.sampler, settings.seed + seed_offset, space)
+def use_strategy(study: optuna.Study, settings: StudySettings, space: dict) -> None:
+    """Give this process's handle on the study its sampler and pruner (the sampler draws
+    each trial with its own seed, so parallel workers never propose the same points)."""
+    study.sampler = make_sampler(settings.sampler, settings.seed, space)
     study.pruner = make_pruner(settings.pruner, settings.epochs)

@@ -34,13 +34,32 @@ from tuning.cli import (
     Progress,
     add_compile_argument,
     configure_logging,
+    fail,
     positive_float,
     positive_int,
+    study_name,
 )
-from tuning.errors import UsageError
+from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
 from tuning.objective import TrialFailed
+from tuning.outage import (
+    Outages,
+    StorageFull,
+    call_with_retry,
+    outages_of,
+    retry_seconds,
+    transient,
+)
 from tuning.signals import GracefulStop, Interrupted, NoStop
-from tuning.storage import default_storage, mask_url, resolve_url, sqlite_path
+from tuning.storage import (
+    POSTGRES_CONNECT_ARGS,
+    default_storage,
+    full_disk_message,
+    grace_period,
+    mask_url,
+    resolve_url,
+    sqlite_path,
+    storage_location,
+)
 
 log = logging.getLogger("tuning")
 
@@ -53,14 +72,25 @@ class StudyLock:
     """A lock shared by every worker of one study, wherever they run: a file lock beside a
     SQLite database (one host), a PostgreSQL advisory lock otherwise (any host)."""
 
-    def __init__(self, storage_url: str, study_name: str):
+    def __init__(self, storage_url: str, study_name: str, outages: Outages | None = None):
         resolved = resolve_url(storage_url)
         path = sqlite_path(resolved)
         self._file_lock = FileLock(f"{path}.lock") if path is not None else None
         # Its own single connection, so holding the lock never starves the storage's pool.
         self._engine = None if path is not None else create_engine(
-            resolved, pool_size=1, max_overflow=0, pool_pre_ping=True)
+            resolved, pool_size=1, max_overflow=0, pool_pre_ping=True,
+            connect_args=POSTGRES_CONNECT_ARGS)
         self._key = zlib.crc32(f"tuning:{study_name}".encode())
+        self._outages = outages or Outages()
+
+    def _acquire(self):
+        conn = self._engine.connect()
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextlib.contextmanager
     def hold(self):
@@ -68,13 +98,16 @@ class StudyLock:
             with self._file_lock:
                 yield
             return
-        with self._engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
-            try:
-                yield
-            finally:
+        conn = call_with_retry(self._outages, retry_seconds(), self._acquire)
+        try:
+            yield
+        finally:
+            # If the database restarted meanwhile, the lock went with the session.
+            with contextlib.suppress(Exception):
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
                 conn.commit()
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -83,7 +116,12 @@ class StudyLock:
 
 @contextlib.contextmanager
 def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
-    """Record the trial's heartbeat every interval while it runs (what study.optimize does)."""
+    """Record the trial's heartbeat every interval while it runs (what study.optimize does).
+
+    A beat that fails (the database is down) is tried again one interval later; once the
+    outage outlasts the grace period the other workers take the trial over, and this worker
+    drops its result (see `run_trials`).
+    """
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if not interval:
         yield
@@ -93,7 +131,10 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
 
     def beat():
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - any failure: beat again next interval
+                log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
             if stop.wait(interval):
                 return
 
@@ -121,11 +162,34 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
         if finished + running >= target:
             return None
         trial = study.ask()
-        # A first heartbeat at once: a worker killed before its heartbeat thread starts must
-        # still leave a trial that is recognised as stale.
+        # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
+        # thread starts is soon seen as stale. Should this beat fail, the trial is failed as
+        # stale all the same once it is older than the grace period (tuning.outage).
         if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
-            study._storage.record_heartbeat(trial._trial_id)
+            with contextlib.suppress(Exception):
+                study._storage.record_heartbeat(trial._trial_id)
         return trial
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and re-enqueue) the trials of workers that stopped beating.
+
+    Not within a grace period of a database outage seen by this worker: the other workers'
+    heartbeats could not be recorded during it either, and they are alive.
+    """
+    if outages_of(study._storage).recent(grace_period()):
+        return
+    try:
+        optuna.storages.fail_stale_trials(study)
+    except Exception as exc:  # the database is down: stale trials are found again next time
+        if not transient(exc):
+            raise
+
+
+def _taken_over(trial: optuna.Trial) -> None:
+    log.warning("trial %d was failed by another worker while this one was cut off or paused "
+                "(no heartbeat for over the grace period) and is retried there; this worker "
+                "drops its result and goes on", trial.number)
 
 
 @dataclass
@@ -166,8 +230,7 @@ def run_trials(
     while deadline is None or time.monotonic() < deadline:
         stop.check()
         started = time.perf_counter()
-        with contextlib.suppress(Exception):  # stale trials are found again next time
-            optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
         trial = take_trial(study, target, lock)
         if trial is False:
             break
@@ -184,13 +247,24 @@ def run_trials(
                 state = TrialState.PRUNED
             except TrialFailed:
                 state = TrialState.FAIL
+            except optuna.exceptions.UpdateFinishedTrialError:
+                _taken_over(trial)
+                continue
             except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
+                # Record the failure if the database lets us; the original error is the news.
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            frozen = study.tell(trial, value, state=state)
+            try:
+                frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed between check and write
+                frozen = None
             stats.optuna_seconds += time.perf_counter() - started
+        if frozen is None or frozen.state != (state or TrialState.COMPLETE):
+            _taken_over(trial)
+            continue
         if frozen.state == TrialState.FAIL:
             stats.failed += 1
             consecutive_failures += 1
@@ -209,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m tuning.worker",
                            description="Join an existing study and run trials until it has its "
                                        "target number of finished trials.")
-    parser.add_argument("--study", required=True, help="name of an existing study")
+    parser.add_argument("--study", required=True, type=study_name,
+                        help="name of an existing study")
     parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
     parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -217,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--worker-index", type=int, default=0,
-                        help="distinct per worker: offsets the sampler's seed")
+                        help="a label for this worker in log lines (the launcher numbers its "
+                             "workers; seeds differ per trial without it)")
     parser.add_argument("--timeout", type=positive_float,
                         help="stop starting trials after this many seconds")
     parser.add_argument("--artifacts", type=Path,
@@ -249,7 +325,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
         torch.set_num_threads(args.threads)
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed)
     check_data_matches(study, arrays.fingerprint())
-    use_strategy(study, settings, space, seed_offset=args.worker_index)
+    use_strategy(study, settings, space)
     objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
                           artifacts=artifact_store(args.artifacts),
@@ -264,18 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolve_url(storage_url)
         study, objective, target = prepare(args, storage_url)
+        log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
+                 mask_url(storage_url), target)
+        lock = StudyLock(storage_url, args.study, outages_of(study._storage))
+        stats = run_trials(study, objective, target, lock, args.timeout,
+                           None if args.quiet else Progress(target), objective.stop)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
-             mask_url(storage_url), target)
-    try:
-        stats = run_trials(study, objective, target, StudyLock(storage_url, args.study),
-                           args.timeout, None if args.quiet else Progress(target),
-                           objective.stop)
+        return fail(str(exc))
+    except StorageFull:
+        return fail(full_disk_message(storage_location(storage_url)))
     except Interrupted as stopped:
         return stopped.exit_status
-    return 1 if stats.stopped_by_failures else 0
+    return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
 
 if __name__ == "__main__":

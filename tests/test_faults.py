@@ -1,0 +1,422 @@
+"""Faults of real clusters: lost heartbeats, taken-over trials, duplicated seeds, restarts of the
+database, full disks, leaked passwords, stray files, GPU pinning and closed terminals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import (
+    POSTGRES_URL,
+    load_study,
+    postgres_available,
+    run_cli,
+    start_search,
+    wait_for_running_trials,
+)
+from optuna.trial import TrialState
+
+from tuning.launcher import Launcher, plan_workers, visible_gpus
+from tuning.space import Param
+from tuning.storage import grace_period, mask_url, open_storage
+from tuning.strategy import make_sampler
+from tuning.worker import StudyLock, fail_stale_trials, run_trials
+
+needs_postgres = pytest.mark.skipif(not postgres_available(),
+                                    reason="no PostgreSQL on 127.0.0.1:5432")
+FAST = ("--dataset", "mnist-sample", "--epochs", "1")
+
+
+def finished(study):
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def _sqlite_study(tmp_path, name="s"):
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    study = optuna.create_study(study_name=name, storage=open_storage(url, create=True))
+    return url, study
+
+
+# --- 1. a trial must never stay RUNNING without a heartbeat ---------------------------------
+
+def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_path):
+    url, study = _sqlite_study(tmp_path)
+    orphan = study.ask()  # created, then its worker lost the database before any heartbeat
+    orphan.suggest_float("x", 0, 1)
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING  # younger than the grace period
+    time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
+    fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+
+
+def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):
+    """During an outage nobody's heartbeat was recorded; the others are alive."""
+    from tuning.outage import outages_of
+
+    url, study = _sqlite_study(tmp_path)
+    trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
+    outages = outages_of(study._storage)
+    outages.failed(RuntimeError("connection refused"), 10)
+    outages.succeeded()
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING
+    outages.last_recovery -= grace_period() + 1
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL
+
+
+# --- 2. a worker whose trial was taken over drops its result and goes on ---------------------
+
+def _fail_as_another_worker_would(trial):
+    storage = trial.study._storage
+    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+@pytest.mark.parametrize("when", ["before its last report", "before telling its result"])
+def test_a_worker_whose_trial_was_failed_by_others_drops_it_and_goes_on(tmp_path, caplog, when):
+    url, study = _sqlite_study(tmp_path)
+    victims = []
+
+    def objective(trial):
+        x = trial.suggest_float("x", -1, 1)
+        if trial.number == 1:
+            victims.append(trial.number)
+            _fail_as_another_worker_would(trial)
+            if when == "before its last report":
+                trial.report(x * x, 1)  # raises: the trial is no longer ours
+        return x * x
+
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        stats = run_trials(study, objective, 4, StudyLock(url, "s"))
+    assert victims == [1]
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 4 and states[1] == TrialState.FAIL
+    assert stats.finished == 4 and stats.failed == 0 and not stats.stopped_by_failures
+    assert sum("was failed by another worker" in r.message for r in caplog.records) == 1
+
+
+# --- 3. workers started by hand do not duplicate each other's work ---------------------------
+
+SPACE = {"lr": Param("lr", "float", low=1e-4, high=1.0, log=True),
+         "optimizer": Param("optimizer", "categorical", choices=("adam", "sgd", "rmsprop")),
+         "blocks": Param("blocks", "int", low=1, high=3)}
+
+
+def _suggest(trial):
+    return (trial.suggest_float("lr", 1e-4, 1.0, log=True),
+            trial.suggest_categorical("optimizer", ["adam", "sgd", "rmsprop"]),
+            trial.suggest_int("blocks", 1, 3))
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])
+def test_workers_with_the_same_study_seed_propose_different_points(tmp_path, sampler):
+    url, _ = _sqlite_study(tmp_path)
+    workers = [optuna.load_study(study_name="s", storage=open_storage(url),
+                                 sampler=make_sampler(sampler, 0, SPACE)) for _ in range(3)]
+    asked = []
+    for _ in range(3):  # three workers each take a trial, as three processes started at once
+        for study in workers:
+            asked.append((study, study.ask()))
+    points = [_suggest(trial) for _, trial in asked]
+    assert len(set(points)) == len(points), points
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid"])
+def test_one_process_study_is_reproducible(tmp_path, sampler):
+    runs = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler(sampler, 7, SPACE))
+        study.optimize(lambda t: _suggest(t)[0], n_trials=12)
+        runs.append([t.params for t in study.trials])
+    assert runs[0] == runs[1]
+
+
+# --- 1. PostgreSQL restarted under a running search -----------------------------------------
+
+def _pg_ctl(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+                   check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.pg_restart
+@needs_postgres
+@pytest.mark.skipif(not Path("/etc/postgresql").is_dir() or os.geteuid() != 0,
+                    reason="restarting the server needs root and pg_ctlcluster")
+def test_postgres_restart_mid_search_is_ridden_out(workdir):
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    proc = start_search("--study", name, "--config", "studies/mnist.toml", "--storage",
+                        POSTGRES_URL, "--trials", "8", "--workers", "2", "--dataset",
+                        "mnist-sample", "--epochs", "3", cwd=workdir)
+    try:
+        wait_for_running_trials(POSTGRES_URL, name, proc, count=2)
+        # Down for longer than the grace period: nobody's heartbeat is recorded meanwhile, and
+        # no worker may take that for death once the server is back.
+        _pg_ctl("stop")
+        try:
+            time.sleep(grace_period() + 5)
+        finally:
+            _pg_ctl("start")
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert "database unreachable" in err and "database reachable again" in err
+        study = load_study(POSTGRES_URL, name)
+        assert len(finished(study)) == 8
+        assert not [t for t in study.trials if t.state == TrialState.FAIL]
+        assert not [t for t in study.trials if t.state in (TrialState.RUNNING,
+                                                            TrialState.WAITING)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
+
+
+# --- 2, end to end: a paused worker comes back after its trial was taken over ----------------
+
+@pytest.mark.slow
+def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0(workdir):
+    proc = start_search("--trials", "8", "--workers", "2", "--dataset", "mnist-sample",
+                        "--epochs", "4", cwd=workdir)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    victim = wait_for_running_trials(url, "mnist", proc)[0]
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60
+        while load_study(url, "mnist").trials[victim.number].state != TrialState.FAIL:
+            assert time.monotonic() < deadline, "the paused worker's trial was never failed"
+            time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert "was failed by another worker" in err and "kept failing" not in err
+    assert "Traceback" not in err
+    study = load_study(url, "mnist")
+    assert len(finished(study)) == 8
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retries and retries[0].params == study.trials[victim.number].params
+
+
+# --- 5. a full disk under the database -------------------------------------------------------
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    # Room for SQLite's write-ahead log, which grows to about 4 MB between checkpoints.
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_database_disk_is_one_line_and_the_study_resumes(workdir, tiny_fs):
+    url = f"sqlite:///{tiny_fs}/study.db"
+    created = run_cli("--storage", url, "--trials", "1", *FAST, "--create-only", cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    filler = tiny_fs / "filler"
+    free = os.statvfs(tiny_fs).f_bavail * os.statvfs(tiny_fs).f_frsize
+    filler.write_bytes(b"\0" * (free - 700 * 1024))  # room for a few trials, not for 40
+    full = run_cli("--storage", url, "--trials", "40", *FAST, cwd=workdir)
+    assert full.returncode == 2, full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert "Traceback" not in full.stderr
+    assert lines[-1].startswith("error: the file system of the study database")
+    assert str(tiny_fs) in lines[-1] and "is full" in lines[-1]
+    assert len([line for line in lines if line.startswith("error")]) == 1
+    ran = len(finished(load_study(url, "mnist")))
+    assert 0 < ran < 40
+    filler.unlink()
+    resumed = run_cli("--storage", url, "--trials", str(ran + 2), *FAST, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(finished(load_study(url, "mnist"))) == ran + 2
+
+
+# --- 6. bad input: one line, exit 2, nothing created -----------------------------------------
+
+@pytest.mark.parametrize("bad", ["random", "truncated"])
+@pytest.mark.parametrize("module", ["tuning.search", "tuning.worker", "tuning.report"])
+def test_a_storage_file_that_is_not_a_database_is_one_line(workdir, module, bad):
+    path = workdir / "studies" / "mnist.db"
+    if bad == "random":
+        path.write_bytes(random.Random(0).randbytes(50_000))
+    else:
+        assert run_cli("--trials", "1", *FAST, "--create-only", cwd=workdir).returncode == 0
+        path.write_bytes(path.read_bytes()[:3000])
+    before = path.read_bytes()
+    args = ["--study", "mnist"] + (["--trials", "1", *FAST] if module == "tuning.search" else [])
+    result = run_cli(*args, cwd=workdir, module=module, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["../evil", "\udcff", "q?mode=ro", "p%2Fq", "", "a" * 65])
+def test_study_names_are_validated_before_anything_is_created(workdir, name):
+    for module in ("tuning.search", "tuning.worker", "tuning.report", "tuning.dashboard"):
+        args = ["--study", name] + (["--create-only", *FAST] if module == "tuning.search" else [])
+        env = {"PYTHONIOENCODING": "utf-8:surrogateescape"}
+        result = run_cli(*args, cwd=workdir, module=module, timeout=60, env=env)
+        assert result.returncode == 2, (module, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "not a study name" in result.stderr
+    assert sorted(p.name for p in workdir.rglob("*") if p.suffix != ".toml") == ["studies"]
+    assert not (workdir.parent / "evil.db").exists()
+
+
+def test_empty_study_name_does_not_reset_the_default_study(workdir):
+    assert run_cli("--trials", "3", *FAST, "--create-only", cwd=workdir).returncode == 0
+    result = run_cli("--study", "", "--trials", "1", *FAST, "--create-only", cwd=workdir)
+    assert result.returncode == 2
+    assert load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").user_attrs[
+        "target_trials"] == 3
+
+
+# --- 7. secrets -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", [
+    "postgresql://tuner:s3cret@db:5432/test",
+    "postgresql://tuner:s3cret@with@db:5432/test",
+    "postgresql://tuner@db:5432/test?password=s3cret&sslmode=require",
+])
+def test_passwords_are_masked_and_never_on_a_worker_command_line(url):
+    assert "s3cret" not in mask_url(url) and "***" in mask_url(url)
+    spec = plan_workers([], 1, 2, 2)[0]
+    study = optuna.create_study(study_name="s")
+    launcher = Launcher(study, url.replace("s3cret@with", "s3cret%40with"), [spec], None, None,
+                        None, on_trial=None)
+    command = " ".join(launcher._command(spec))
+    assert "s3cret" not in command and "password" not in command
+    assert launcher.password in ("s3cret", "s3cret@with")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@needs_postgres
+def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
+    name = f"secret-{uuid.uuid4().hex[:8]}"
+    url = POSTGRES_URL.replace("postgres@", "postgres:Very-Secret-1@")  # trust auth ignores it
+    proc = start_search("--study", name, "--config", "studies/mnist.toml", "--storage", url,
+                        "--trials", "2", "--workers", "2", *FAST, cwd=workdir)
+    try:
+        running = wait_for_running_trials(POSTGRES_URL, name, proc)
+        pid = running[0].user_attrs["worker"].rsplit(":", 1)[1]
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "tuning.worker" in ps and "Very-Secret-1" not in ps
+        assert b"Very-Secret-1" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "Very-Secret-1" not in out + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
+
+
+# --- 8. commands that only read create nothing -----------------------------------------------
+
+@pytest.mark.parametrize("module", ["tuning.worker", "tuning.dashboard", "tuning.report"])
+def test_read_only_commands_on_a_missing_study_create_no_database(workdir, module):
+    result = run_cli("--study", "typo", cwd=workdir, module=module, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no study database" in result.stderr
+    assert sorted(p.name for p in (workdir / "studies").iterdir() if p.suffix != ".toml") == []
+
+
+# --- 9. GPU pinning and a closed terminal ----------------------------------------------------
+
+def test_workers_are_pinned_to_the_real_gpu_ids_the_scheduler_gave():
+    env = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert visible_gpus("auto", 2, env) == ["2", "3"]
+    assert visible_gpus("cuda:1", 2, env) == ["3"]
+    assert visible_gpus("cuda", 2, {}) == ["0", "1"]
+    assert visible_gpus("cuda:1", 2, {}) == ["1"]
+    assert visible_gpus("cpu", 2, env) == []
+    uuids = {"CUDA_VISIBLE_DEVICES": "GPU-aaa,GPU-bbb"}
+    assert [s.gpu for s in plan_workers(visible_gpus("auto", 2, uuids), 2, None, 8)] == \
+        ["GPU-aaa", "GPU-bbb", "GPU-aaa", "GPU-bbb"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _worker_pids(launcher_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(launcher_pid), "-f", "tuning.worker"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _wait_dead(pids, timeout=90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"workers {pids} still running"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGHUP", "SIGKILL"])
+def test_no_worker_outlives_its_launcher(workdir, how):
+    proc = start_search("--trials", "20", "--workers", "2", "--dataset", "mnist-sample",
+                        "--epochs", "4", cwd=workdir)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    wait_for_running_trials(url, "mnist", proc, count=2)
+    workers = _worker_pids(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, how))
+    proc.communicate(timeout=120)
+    assert proc.returncode == (128 + signal.SIGHUP if how == "SIGHUP" else -signal.SIGKILL)
+    _wait_dead(workers)
+    study = load_study(url, "mnist")
+    # Stopped by SIGTERM from the launcher or from the kernel: trials are marked failed.
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_the_launchers_exit_statuses_mean_one_thing_each(tmp_path):
+    """1 (a crash) restarts the worker; 3 (trials kept failing) and 2 (usage) do not."""
+    study = optuna.create_study(study_name="s",
+                                storage=open_storage(f"sqlite:///{tmp_path}/s.db", create=True))
+    study.set_user_attr("target_trials", 5)
+    for code, restarted in ((1, True), (3, False), (2, False)):
+        spec = plan_workers([], 1, 1, 1)[0]
+        launcher = Launcher(study, f"sqlite:///{tmp_path}/s.db", [spec], None, None, None,
+                            on_trial=lambda s, t: None)
+        starts = []
+
+        def fake_start(spec, code=code, starts=starts, launcher=launcher):
+            starts.append(spec.index)
+            launcher.procs[spec.index] = subprocess.Popen(
+                [sys.executable, "-c", f"raise SystemExit({code if len(starts) == 1 else 0})"])
+
+        launcher._start = fake_start
+        status = launcher.run()
+        assert (len(starts) > 1) == restarted, code
+        assert status == (0 if restarted else code)
+

@@ -1,0 +1,253 @@
+"""Riding out database faults: a restart or a lost link is waited for, a full disk is one line.
+
+Every storage call of a worker, the launcher and the report goes through `ResilientStorage`.
+A connection error (PostgreSQL restarting, a partitioned host, SQLite busy) is retried with
+backoff for up to `TUNING_DB_RETRY_S` seconds (default 300), with one log line when the outage
+starts and one when it ends; a full disk is raised as `StorageFull`, which the command line
+turns into one line and exit status 2.
+
+Retrying is safe for reads and for the writes a worker makes: a write that failed was rolled
+back. The one ambiguous case, a commit that reached the server just before the link broke,
+can at worst create a trial nobody runs; such a trial has no heartbeat and is failed (and
+retried) like a dead worker's, see `ResilientStorage._get_stale_trial_ids`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+from optuna.trial import TrialState
+
+from tuning.errors import UsageError
+
+log = logging.getLogger("tuning")
+
+BACKOFF_S = (0.5, 1, 2, 4, 8, 10)
+
+
+def retry_seconds() -> float:
+    """How long a database outage is waited out: TUNING_DB_RETRY_S, default 300 s."""
+    text = os.environ.get("TUNING_DB_RETRY_S", "300")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86_400:
+        raise UsageError(f"TUNING_DB_RETRY_S must be a number of seconds from 0 to 86400, "
+                         f"got {text[:40]!r}")
+    return value
+
+
+class StorageFull(Exception):
+    """The database's file system is full: nothing more can be stored until space is freed."""
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an error from the database (any layer of it) means its disk is full."""
+    for link in _chain(exc):
+        text = str(link).lower()
+        if ("disk is full" in text or "no space left" in text
+                or getattr(link, "sqlstate", None) == "53100" or getattr(link, "errno", 0) == 28):
+            return True
+    return False
+
+
+def no_space_left(directory: str) -> bool:
+    """Whether the file system holding `directory` has (nearly) no space left for a user."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached right now (worth retrying)."""
+    for link in _chain(exc):
+        if isinstance(link, sqlalchemy.exc.DBAPIError) and link.connection_invalidated:
+            return True
+        if isinstance(link, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                             sqlalchemy.exc.DisconnectionError)):
+            return True
+    return False
+
+
+class Outages:
+    """When the database was last unreachable, as seen by this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.last_recovery: float = -float("inf")
+
+    def failed(self, exc: BaseException, retry_s: float) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
+                log.warning("database unreachable (%s); retrying for up to %.0f s", reason,
+                            retry_s)
+
+    def succeeded(self) -> None:
+        if self.down_since is None:
+            return
+        with self._lock:
+            if self.down_since is not None:
+                log.warning("database reachable again after %.1f s",
+                            time.monotonic() - self.down_since)
+                self.down_since = None
+                self.last_recovery = time.monotonic()
+
+    def recent(self, seconds: float) -> bool:
+        """Whether the database was down within the last `seconds` (or is down now)."""
+        return self.down_since is not None or time.monotonic() - self.last_recovery < seconds
+
+
+def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_full, **kwargs):
+    """`fn(*args, **kwargs)`, retried for up to `retry_s` seconds while the database is
+    unreachable; StorageFull when its disk is full (`is_full` tells from the error)."""
+    deadline = time.monotonic() + retry_s
+    for attempt in range(1_000_000):
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if is_full(exc):
+                raise StorageFull(str(exc.__cause__ or exc).strip().splitlines()[0]) from exc
+            if not transient(exc) or time.monotonic() >= deadline:
+                raise
+            outages.failed(exc, retry_s)
+            time.sleep(min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)],
+                           max(0.0, deadline - time.monotonic())))
+            continue
+        outages.succeeded()
+        return result
+    raise AssertionError("unreachable")
+
+
+_depth = threading.local()
+
+
+def _retrying(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        # Only the outermost call retries: a storage method that calls another one would
+        # otherwise multiply the waiting time.
+        if getattr(_depth, "inside", False):
+            return method(self, *args, **kwargs)
+        _depth.inside = True
+        try:
+            return call_with_retry(self.outages, self.retry_s, method, self, *args,
+                                   is_full=self.disk_full, **kwargs)
+        finally:
+            _depth.inside = False
+
+    return wrapper
+
+
+class ResilientStorage(RDBStorage):
+    """Optuna's RDBStorage that rides out outages and fails trials that never got a heartbeat."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.outages = Outages()
+        super().__init__(*args, **kwargs)
+        # SQLite has no server to come back: its errors (other than 'locked', which its busy
+        # timeout already waits out) do not go away by waiting.
+        patience = retry_seconds()  # checked for every backend: a bad value is an error anywhere
+        self.retry_s = 0.0 if self.engine.dialect.name == "sqlite" else patience
+
+    def disk_full(self, exc: BaseException) -> bool:
+        """Whether `exc` means the database's disk is full. SQLite in WAL mode may say only
+        'disk I/O error' when it cannot grow its log, so its file system is looked at too."""
+        if disk_full(exc):
+            return True
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database:
+            return False
+        return no_space_left(os.path.dirname(os.path.abspath(database)))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna fails a running trial only once its heartbeat is stale; a trial whose worker
+        # died (or lost the database) between creating it and its first heartbeat has none,
+        # and would stay RUNNING forever, holding the study below its target. Such a trial is
+        # failed once it is older than the grace period. Its start time is the creating
+        # worker's clock; hosts' clocks agree to well under a grace period.
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+        with _create_scoped_session(self.scoped_session) as session:
+            unbeaten = (session.query(models.TrialModel)
+                        .outerjoin(models.TrialHeartbeatModel)
+                        .filter(models.TrialModel.study_id == study_id,
+                                models.TrialModel.state == TrialState.RUNNING,
+                                models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                        .all())
+            # datetime_start is local time whatever Optuna stores (a property in Optuna 5).
+            orphans = [t.trial_id for t in unbeaten if t.datetime_start is not None
+                       and t.datetime_start < cutoff]
+        return stale + orphans
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Not retried here: the heartbeat thread beats again one interval later, and must not
+        # hold up the end of its trial. A failed beat still marks the outage.
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if transient(exc) and self.retry_s:
+                self.outages.failed(exc, self.retry_s)
+            raise
+        self.outages.succeeded()
+
+
+def _resilient(storage: optuna.storages.BaseStorage) -> ResilientStorage | None:
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    return backend if isinstance(backend, ResilientStorage) else None
+
+
+def outages_of(storage: optuna.storages.BaseStorage) -> Outages:
+    """The outage record of a study's storage."""
+    backend = _resilient(storage)
+    return backend.outages if backend is not None else Outages()
+
+
+@contextlib.contextmanager
+def without_retry(storage: optuna.storages.BaseStorage):
+    """Calls that raise at once while the database is down, for a caller with other duties."""
+    backend = _resilient(storage)
+    if backend is None:
+        yield
+        return
+    patience, backend.retry_s = backend.retry_s, 0.0
+    try:
+        yield
+    finally:
+        backend.retry_s = patience
+
+
+# Every method that reaches the database: BaseStorage's public ones and the private ones that
+# Optuna's trial cache (_CachedStorage, which wraps every loaded study's RDBStorage) calls.
+_RETRIED = [name for name, _ in inspect.getmembers(optuna.storages.BaseStorage,
+                                                    inspect.isfunction)
+            if not name.startswith("_") and name != "remove_session"]
+_RETRIED += ["_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_get_best_trial_id",
+             "_set_trial_param"]
+for _name in _RETRIED:
+    setattr(ResilientStorage, _name, _retrying(getattr(ResilientStorage, _name)))
