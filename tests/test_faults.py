@@ -420,3 +420,23 @@ def test_the_launchers_exit_statuses_mean_one_thing_each(tmp_path):
         assert (len(starts) > 1) == restarted, code
         assert status == (0 if restarted else code)
 
+
+
+def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():
+    """A scheduler signals every process of a job and the launcher passes the same signal on;
+    only a second, later or different signal stops at once."""
+    from tuning.signals import GracefulStop, Interrupted
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        stop = GracefulStop().install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the same request again: no exception here
+        with pytest.raises(Interrupted) as stopped:
+            stop.check()
+        assert stopped.value.exit_status == 143
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)  # another signal: stop now
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

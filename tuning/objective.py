@@ -158,7 +158,8 @@ class Objective:
                 curve_file.write_text(json.dumps(curves, indent=1))
                 where = ""
                 weights_id = optuna.artifacts.upload_artifact(
-                    artifact_store=store, file_path=str(weights), study_or_trial=trial)
+                    artifact_store=store, file_path=str(weights), study_or_trial=trial,
+                    mimetype="application/octet-stream")
                 curves_id = optuna.artifacts.upload_artifact(
                     artifact_store=store, file_path=str(curve_file), study_or_trial=trial,
                     mimetype="application/json")

@@ -10,6 +10,11 @@ before every trial; a second signal raises wherever the process is.
 from __future__ import annotations
 
 import signal
+import time
+
+# A scheduler stopping a job signals every process of it, and the launcher passes the same
+# signal on: a repeat this soon is one request delivered twice, not a second Ctrl-C.
+REPEAT_WINDOW_S = 2.0
 
 
 class Interrupted(BaseException):
@@ -33,6 +38,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.first_at = 0.0
 
     def install(self) -> GracefulStop:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -40,9 +46,10 @@ class GracefulStop:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum, self.first_at = signum, time.monotonic()
+        elif signum != self.signum or time.monotonic() - self.first_at > REPEAT_WINDOW_S:
             raise Interrupted(self.signum)  # asked twice: stop now
-        self.signum = signum
 
     def check(self) -> None:
         """A safe point: raise if a stop was asked for."""
