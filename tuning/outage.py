@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import functools
 import inspect
+import itertools
 import logging
 import os
 import threading
@@ -126,7 +127,7 @@ def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_fu
     """`fn(*args, **kwargs)`, retried for up to `retry_s` seconds while the database is
     unreachable; StorageFull when its disk is full (`is_full` tells from the error)."""
     deadline = time.monotonic() + retry_s
-    for attempt in range(1_000_000):
+    for attempt in itertools.count():
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -140,7 +141,6 @@ def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_fu
             continue
         outages.succeeded()
         return result
-    raise AssertionError("unreachable")
 
 
 _depth = threading.local()
