@@ -6,6 +6,5 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tuning ./tuning
-COPY studies ./studies
 RUN pip install --no-cache-dir ".[postgres]"
-CMD ["python", "-m", "tuning.search", "--help"]
+CMD ["tuning", "--help"]

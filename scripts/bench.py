@@ -175,7 +175,7 @@ def search_with_workers(workers: int, args, tmp: Path, gpu: bool, run: int = 0) 
     name = f"bench-w{workers}-r{run}"
     flag = ["--workers-per-gpu", str(workers)] if gpu else ["--workers", str(workers)]
     cmd = [sys.executable, "-m", "tuning.search", "--study", name, "--config",
-           str(ROOT / "studies" / "mnist.toml"), "--storage", f"sqlite:///{tmp}/{name}.db",
+           str(ROOT / "tuning" / "studies" / "mnist.toml"), "--storage", f"sqlite:///{tmp}/{name}.db",
            "--trials", str(args.trials), "--epochs", str(args.epochs), "--dataset",
            args.dataset, "--seed", "0", "--artifacts", str(tmp / "artifacts"), *flag]
     with GpuSampler() as gpu_sampler:
@@ -221,8 +221,8 @@ def target_search(tmp: Path, trials: int) -> dict:
     """The issue-5 target: the Fashion-MNIST study end to end, as a user runs it."""
     storage = f"sqlite:///{tmp}/fashion-mnist.db"
     cmd = [sys.executable, "-m", "tuning.search", "--study", "fashion-mnist", "--config",
-           str(ROOT / "studies" / "fashion-mnist.toml"), "--storage", storage, "--trials",
-           str(trials), "--artifacts", str(tmp / "artifacts")]
+           str(ROOT / "tuning" / "studies" / "fashion-mnist.toml"), "--storage", storage,
+           "--trials", str(trials), "--artifacts", str(tmp / "artifacts")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with GpuSampler() as gpu_sampler:
         start = time.perf_counter()
@@ -295,7 +295,7 @@ def main() -> None:
         for row in results["workers"]:
             print("2. workers:", row, flush=True)
 
-        space = load_study_file(ROOT / "studies" / "mnist.toml").space
+        space = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml").space
         backends = {"sqlite": f"sqlite:///{tmp}/inproc.db"}
         if postgres_reachable():
             backends["postgresql"] = POSTGRES_URL

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tuning_epoch_seconds(arrays, runtime, epochs: int) -> list[float]:
-    study = load_study_file(ROOT / "studies" / "seed.toml")
+    study = load_study_file(ROOT / "tuning" / "studies" / "seed.toml")
     arch, cfg = build_configs({name: p.value for name, p in study.space.items()})
     data = to_device(arrays, runtime.device)
     generator = seed_everything(0, runtime.device)

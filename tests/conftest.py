@@ -98,6 +98,6 @@ def wait_for_running_trials(url: str, name: str, proc: subprocess.Popen, count: 
 def workdir(tmp_path: Path) -> Path:
     """An empty working directory with the project's study files, as a user's checkout has."""
     (tmp_path / "studies").mkdir()
-    for toml in (ROOT / "studies").glob("*.toml"):
+    for toml in (ROOT / "tuning" / "studies").glob("*.toml"):
         (tmp_path / "studies" / toml.name).write_text(toml.read_text())
     return tmp_path

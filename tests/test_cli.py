@@ -30,8 +30,8 @@ def test_search_runs_and_a_rerun_continues_to_the_new_target(workdir):
     assert len(finished) == 4 and len(study.trials) == 4
     assert "[   4/4]" in first.stderr and "ETA" in first.stderr
     assert "best trial #" in first.stdout
-    assert "python -m tuning.dashboard --study mnist" in first.stdout
-    assert "python -m tuning.report --study mnist" in first.stdout
+    assert "tuning dashboard --study mnist" in first.stdout
+    assert "tuning report --study mnist" in first.stdout
     data = study.user_attrs["data"]
     assert data["name"] == "mnist-sample" and data["n_val"] == 400 and len(data["sha256"]) == 64
     for t in study.trials:

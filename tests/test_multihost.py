@@ -1,4 +1,4 @@
-"""Two hosts on one PostgreSQL study, one of them cut off past the grace period (issue 9).
+"""Two hosts on one PostgreSQL study, one of them cut off past the grace period.
 
 The second "host" is a network namespace joined to this one by a veth pair. PostgreSQL listens
 on 127.0.0.1 only, so a small TCP relay in this process forwards the veth's host address to

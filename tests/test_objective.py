@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 
 import optuna
 import pytest
@@ -10,9 +12,11 @@ import torch
 from optuna.trial import TrialState
 
 from tuning.device import resolve_device
+from tuning.errors import UsageError
 from tuning.objective import Objective
-from tuning.space import PRUNERS, SAMPLERS, parse_study
-from tuning.strategy import make_pruner, make_sampler
+from tuning.space import StudySettings, parse_study
+from tuning.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from tuning.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
 
 SMALL_SPACE = parse_study({"space": {
     "optimizer": {"choices": ["adam", "sgd"]},
@@ -107,6 +111,88 @@ def test_every_pruner_can_be_built_and_consulted(name):
     trial = study.ask()
     trial.report(1.0, 1)
     assert trial.should_prune() in (True, False)
+
+
+def _listed(message: str) -> list[str]:
+    """The names a message offers after 'choose one of'."""
+    return message.split("choose one of ", 1)[1].split(", ")
+
+
+@pytest.mark.parametrize(
+    ("kind", "registry", "make"),
+    [("sampler", SAMPLERS, lambda name: make_sampler(name, seed=0, space=SMALL_SPACE)),
+     ("pruner", PRUNERS, lambda name: make_pruner(name, epochs=4))],
+)
+def test_an_unknown_sampler_or_pruner_is_refused_listing_exactly_the_registered_names(
+        kind, registry, make):
+    with pytest.raises(ValueError, match=f"unknown {kind} 'bayes'") as err:
+        make("bayes")
+    assert _listed(str(err.value)) == list(registry)
+    # A study file says the same.
+    [problem] = StudySettings(**{kind: "bayes"}).problems()
+    assert problem.startswith(f"unknown {kind} 'bayes'")
+    assert _listed(problem) == list(registry)
+
+
+def test_a_sampler_or_pruner_registered_in_one_place_is_accepted_everywhere(monkeypatch):
+    monkeypatch.setitem(SAMPLERS, "sobol", SAMPLERS["qmc"])
+    monkeypatch.setitem(PRUNERS, "patient",
+                        lambda epochs: optuna.pruners.PatientPruner(None, patience=1))
+    settings = parse_study({"study": {"sampler": "sobol", "pruner": "patient"}}).settings
+    assert isinstance(make_sampler(settings.sampler, 0, SMALL_SPACE), optuna.samplers.BaseSampler)
+    assert isinstance(make_pruner(settings.pruner, 4), optuna.pruners.PatientPruner)
+    with pytest.raises(ValueError) as err:
+        make_sampler("bayes", 0, SMALL_SPACE)
+    assert "sobol" in _listed(str(err.value))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_builds_and_steps(name):
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(model, TrainConfig(optimizer=name, lr=0.1))
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    before = model.weight.detach().clone()
+    model(torch.ones(4, 3)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(model.weight, before)
+
+
+@pytest.mark.parametrize("name", LR_SCHEDULES)
+def test_every_lr_schedule_builds_and_runs_over_the_planned_steps(name):
+    model = torch.nn.Linear(3, 2)
+    cfg = TrainConfig(lr_schedule=name, lr=0.1)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, epochs=2, steps_per_epoch=5)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    # "none" keeps the rate constant; every schedule changes it.
+    assert (scheduler is None) == (name == "none") == (len(set(rates)) == 1)
+
+
+@pytest.mark.parametrize(("field", "registry"),
+                         [("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)])
+def test_an_unknown_optimizer_or_schedule_is_refused_listing_exactly_the_registered_names(
+        field, registry):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**{field: "lion"})
+    listed = re.search(rf"{field} must be one of (\[.*?\]), got", str(err.value))
+    assert listed and ast.literal_eval(listed.group(1)) == list(registry)
+    with pytest.raises(UsageError) as err:  # a study file says the same
+        parse_study({"space": {field: {"choices": ["lion"]}}})
+    assert f"must be one of {list(registry)}" in str(err.value)
+
+
+def test_an_optimizer_registered_in_one_place_is_accepted_everywhere(monkeypatch):
+    monkeypatch.setitem(OPTIMIZERS, "adagrad",
+                        lambda params, cfg: torch.optim.Adagrad(params, lr=cfg.lr))
+    space = parse_study({"space": {"optimizer": {"choices": ["adam", "adagrad"]}}}).space
+    assert space["optimizer"].choices == ("adam", "adagrad")
+    optimizer = make_optimizer(torch.nn.Linear(3, 2), TrainConfig(optimizer="adagrad"))
+    assert isinstance(optimizer, torch.optim.Adagrad)
 
 
 def test_out_of_memory_is_a_recorded_failure(tiny_data, monkeypatch):

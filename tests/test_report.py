@@ -42,7 +42,6 @@ def small_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("report")
     (workdir / "studies").mkdir()
     (workdir / "studies" / "small.toml").write_text(STUDY_FILE)
-    shutil.copy(ROOT / "studies" / "seed.toml", workdir / "studies" / "seed.toml")
     result = run_cli("--study", "small", "--trials", "8", cwd=workdir)
     assert result.returncode == 0, result.stderr
     report = run_cli("--study", "small", module="tuning.report", cwd=workdir)
@@ -110,6 +109,25 @@ def test_test_metrics_agree_with_an_independent_confusion_matrix(small_study):
     state = torch.load(small_study / "artifacts" / study.best_trial.user_attrs[
         "checkpoint_artifact"], weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+@pytest.mark.slow
+def test_a_second_report_does_not_train_the_tutorial_again(small_study, tmp_path, monkeypatch):
+    import tuning.evaluate
+    from tuning.report import build_report
+    from tuning.storage import artifact_store
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tutorial was trained again")
+
+    monkeypatch.setattr(tuning.evaluate, "retrain", no_training)
+    monkeypatch.chdir(small_study)
+    metrics = build_report(_load(small_study), tmp_path, "cpu",
+                           artifact_store(small_study / "artifacts"))
+    first = json.loads((small_study / "reports" / "small" / "test_metrics.json").read_text())
+    assert metrics["tutorial"] == first["tutorial"]
+    assert "The tutorial's result was reused from a report of" in (
+        tmp_path / "summary.md").read_text()
 
 
 @pytest.mark.slow

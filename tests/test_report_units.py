@@ -1,15 +1,24 @@
-"""Tier 1: the report's arithmetic and warnings, on hand-made studies (no training)."""
+"""Tier 1: the report's arithmetic and warnings, on hand-made studies (no training), and the
+tutorial baseline's test result kept in the study (its training replaced by an untrained net)."""
 
 from __future__ import annotations
+
+import dataclasses
+import random
 
 import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
+import tuning.evaluate
+from tuning.data import load_arrays
 from tuning.evaluate import classification_metrics, confusion_matrix
-from tuning.report import StudyView, edge_warnings, mean_and_ci, spearman
-from tuning.space import StudySettings, parse_study
+from tuning.objective import build_trial_model
+from tuning.report import build_report
+from tuning.report_heldout import BASELINE_ATTR
+from tuning.report_stats import StudyView, edge_warnings, hard_limit, mean_and_ci, spearman
+from tuning.space import BOUNDS, StudySettings, parse_study
 
 
 def _view(best_params: dict) -> StudyView:
@@ -56,3 +65,94 @@ def test_interval_uses_student_t_and_rank_correlation_is_monotone():
     assert half == pytest.approx(4.302653 / 3**0.5, rel=1e-5)  # t(0.975, 2), not 1.96
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) is None  # too few points to say anything
+
+
+def test_rank_correlation_averages_ties_whatever_the_order_of_the_trials():
+    rng = random.Random(0)
+    x = [rng.choice([0.0, 0.1, 0.2, 0.3]) for _ in range(100)]  # a grid: many ties
+    y = [v + rng.gauss(0, 0.2) for v in x]
+    first = spearman(x, y)
+    for _ in range(5):
+        order = rng.sample(range(100), 100)
+        assert spearman([x[i] for i in order], [y[i] for i in order]) == pytest.approx(first)
+    # Tied values share their average rank (1.5, 1.5, 3.5, 3.5), not 1, 2, 3, 4 by position.
+    assert spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(0.894427, rel=1e-5)
+
+
+def test_hard_limits_are_the_search_spaces_own():
+    assert (hard_limit("blocks", "lower"), hard_limit("blocks", "upper")) == (
+        BOUNDS["blocks"].low, BOUNDS["blocks"].high)
+    assert hard_limit("dropout", "lower") == 0 and hard_limit("dropout", "upper") is None
+    assert hard_limit("lr", "lower") is None  # > 0: a range never reaches it
+    warnings = edge_warnings(_view({"lr": 1e-2, "blocks": 2, "dropout": 0.0}))
+    assert len(warnings) == 1 and "preferred (almost) none of it" in warnings[0]
+
+
+BASELINE_FILE = """
+[space]
+channels = 4
+batch_size = 256
+"""
+
+
+@pytest.fixture()
+def reportable(tmp_path, monkeypatch):
+    """A hand-made study on mnist-sample with two complete trials, a tutorial file, and
+    `retrain` replaced by an untrained network that counts the baseline's trainings."""
+    settings = StudySettings(dataset="mnist-sample", epochs=1)
+    space = {"lr": {"low": 1e-3, "high": 1e-1, "log": True}, "channels": 4, "batch_size": 256}
+    study_file = parse_study({"space": space})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    study.set_user_attr("settings", dataclasses.asdict(settings))
+    study.set_user_attr("space", study_file.space_dict())
+    study.set_user_attr("data", load_arrays("mnist-sample", download=False).fingerprint())
+    for lr, value in ((1e-2, 0.3), (3e-2, 0.4)):
+        study.add_trial(optuna.create_trial(
+            value=value, params={"lr": lr}, user_attrs={"val_accuracy": 1 - value},
+            distributions={"lr": FloatDistribution(1e-3, 1e-1, log=True)}))
+    seed_file = tmp_path / "seed.toml"
+    seed_file.write_text(BASELINE_FILE)
+    trained = []
+
+    def untrained(params, space, data, runtime, seed, epochs):
+        trained.append(params)
+        return build_trial_model(params, space, data, runtime, seed)[0]
+
+    monkeypatch.setattr(tuning.evaluate, "retrain", untrained)
+    baselines = lambda: sum(p == {} for p in trained)  # noqa: E731 - the best trial's are not
+    return study, seed_file, baselines
+
+
+def _report(study, tmp_path, seed_file) -> tuple[dict, str]:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    metrics = build_report(study, out, "cpu", seed_file=seed_file)
+    return metrics, (out / "summary.md").read_text()
+
+
+def test_a_second_report_reuses_the_baseline_kept_in_the_study(reportable, tmp_path):
+    study, seed_file, baselines = reportable
+    first, summary = _report(study, tmp_path, seed_file)
+    assert baselines() == 1 and "kept in the study for later reports" in summary
+    entry, = study.user_attrs[BASELINE_ATTR].values()
+    assert entry["key"]["device_type"] == "cpu" and entry["key"]["epochs"] == 1
+    again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    second, summary = _report(again, tmp_path, seed_file)
+    assert baselines() == 1  # not trained again
+    assert f"reused from a report of {entry['computed_at']}" in summary
+    assert second["tutorial"] == first["tutorial"]
+    # Another tutorial configuration is another key: trained, and kept beside the first.
+    seed_file.write_text(BASELINE_FILE.replace("channels = 4", "channels = 2"))
+    _report(again, tmp_path, seed_file)
+    assert baselines() == 2 and len(again.user_attrs[BASELINE_ATTR]) == 2
+
+
+def test_a_read_only_storage_retrains_the_baseline_without_failing(reportable, tmp_path):
+    study, seed_file, baselines = reportable
+    read_only = optuna.load_study(study_name="s",
+                                  storage=f"sqlite:///file:{tmp_path}/s.db?mode=ro&uri=true")
+    for expected in (1, 2):
+        metrics, summary = _report(read_only, tmp_path, seed_file)
+        assert baselines() == expected and "could not be kept in the study" in summary
+        assert 0 <= metrics["tutorial"]["accuracy"] <= 1
+    assert BASELINE_ATTR not in study.user_attrs

@@ -16,11 +16,11 @@ from tuning.space import (
     MESSAGE_CHARS,
     StudySettings,
     build_configs,
-    grid_space,
     load_study_file,
     parse_study,
     sample,
 )
+from tuning.strategy import grid_space
 from tuning.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_seed_study_is_the_tutorial_configuration():
-    study = load_study_file(ROOT / "studies" / "seed.toml")
+    study = load_study_file(ROOT / "tuning" / "studies" / "seed.toml")
     assert all(p.kind == "fixed" for p in study.space.values())
     arch, train = build_configs({n: p.value for n, p in study.space.items()})
     assert arch == SEED
@@ -77,13 +77,14 @@ def test_seed_study_is_the_tutorial_configuration():
     assert train == TrainConfig()  # the dataclass defaults are the tutorial's too
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "tuning" / "studies").glob("*.toml")),
+                         ids=lambda p: p.name)
 def test_every_shipped_study_file_parses(path):
     load_study_file(path)
 
 
 def test_conditional_parameters_are_sampled_only_where_they_apply():
-    space = load_study_file(ROOT / "studies" / "mnist.toml").space
+    space = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml").space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(40):
@@ -123,11 +124,11 @@ def test_missing_and_broken_files(tmp_path):
 def test_space_survives_the_roundtrip_through_study_attributes():
     from tuning.space import space_from_dict
 
-    study = load_study_file(ROOT / "studies" / "mnist.toml")
+    study = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
     assert space_from_dict(study.space_dict()) == study.space
 
 
-# Issue 9, defect 6: values that reached the allocator, ran for ever or flooded the terminal.
+# Values that would reach the allocator, run for ever or flood the terminal.
 
 @pytest.mark.parametrize(
     ("space", "expected"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -64,6 +65,24 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def add_storage_arguments(parser: argparse.ArgumentParser, study_help: str,
+                          study_default: str | None = None, required: bool = False) -> None:
+    """--study and --storage, the same flags for every command."""
+    parser.add_argument("--study", type=study_name, default=study_default, required=required,
+                        help=study_help)
+    parser.add_argument("--storage",
+                        help="storage URL (default: $TUNING_STORAGE, else "
+                             "sqlite:///studies/<study>.db)")
+
+
+def storage_url(storage: str | None, study: str) -> str:
+    """The one place a study's storage is decided: --storage, else $TUNING_STORAGE, else the
+    study's own SQLite file under ./studies."""
+    from tuning.storage import default_storage  # noqa: PLC0415 - keeps `cli` light to import
+
+    return storage or os.environ.get("TUNING_STORAGE") or default_storage(study)
+
+
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -101,11 +120,40 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    # The progress line reports every trial, failures with their reason; Optuna's own warnings
-    # would repeat each failure with a traceback.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+# Optuna messages that say again what the progress line or our own log already says.
+OPTUNA_NOISE = (
+    "failed with value None",  # a failed trial: the progress line gives its reason
+    "Skipped telling trial",  # a trial taken over by another worker: logged by the worker
+)
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in OPTUNA_NOISE)
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help="only warnings and errors (no line per trial)")
+    group.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False,
+                      label: str | None = None) -> None:
+    """Log lines with time, level and, where several processes share a terminal or a log,
+    which one wrote it (`label`: the worker's host:pid)."""
+    prefix = f"[{label}] " if label else ""
+    logging.basicConfig(format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr, force=True)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("tuning").setLevel(level)
+    # Optuna's own warnings go through the same handler, less the known repetitions.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("optuna").addFilter(_DropKnownNoise())
     # Heartbeats, several samplers and the retry callback are marked experimental: noise here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Our worker loop (tuning.worker.run_trials) keeps the heartbeats itself.

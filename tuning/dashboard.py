@@ -8,28 +8,36 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tuning.cli import OneLineParser, configure_logging, fail, positive_int, study_name
+from tuning.cli import (
+    OneLineParser,
+    add_storage_arguments,
+    add_verbosity_arguments,
+    configure_logging,
+    fail,
+    positive_int,
+    storage_url,
+)
 from tuning.errors import UsageError
-from tuning.storage import artifact_store, default_storage, mask_url, open_storage
+from tuning.storage import artifact_store, mask_url, open_storage
 
 
-def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m tuning.dashboard",
+def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
+    parser = OneLineParser(prog=prog,
                            description="Browse studies live in optuna-dashboard.")
-    parser.add_argument("--study", default="mnist", type=study_name,
-                        help="study whose default storage to open (default mnist)")
-    parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    add_storage_arguments(parser, "study whose default storage to open (default mnist)",
+                          study_default="mnist")
     parser.add_argument("--artifacts", type=Path,
                         help="artifact directory (default: ./artifacts or $TUNING_ARTIFACTS)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    add_verbosity_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    url = args.storage or default_storage(args.study)
+def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard") -> int:
+    args = build_parser(prog).parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
+    url = storage_url(args.storage, args.study)
     try:
         storage = open_storage(url, heartbeat=False)
         store = artifact_store(args.artifacts)

@@ -46,7 +46,7 @@ VAL_FRACTION = 0.1
 SAMPLE_TEST_FRACTION = 0.2
 # What identifies the data in a fingerprint. Where they were read from (`source`) is recorded
 # beside these for people but never compared: the same bytes in another directory, spelled
-# relatively or gzipped are the same data (issue 9, defect 4).
+# relatively or gzipped are the same data.
 DATA_KEYS = ("name", "n_train", "n_val", "n_test", "sha256")
 
 

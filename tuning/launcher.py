@@ -108,7 +108,7 @@ class Launcher:
         cmd = [sys.executable, "-m", "tuning.worker", "--study", self.study.study_name,
                "--storage", self.storage_without_password, "--worker-index", str(spec.index),
                "--device", spec.device, "--threads", str(spec.threads), "--compile",
-               self.compile_mode, "--quiet"]
+               self.compile_mode, "--no-progress"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         if self.artifacts is not None:

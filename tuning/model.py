@@ -1,8 +1,9 @@
 """The tutorial's CNN as the named architecture `seed`, and the family of CNNs around it.
 
-A network is 1-3 conv blocks (1-3 x [conv -> [batch norm] -> activation], then max-pool 2),
-then dropout, an optional hidden linear layer, and a linear head. Every size is derived from the
-input shape: the tutorial hard-coded `32 * 6 * 6`, which is wrong for 28x28 inputs.
+A network is 1 to MAX_BLOCKS conv blocks (each 1 to MAX_CONVS x [conv -> [batch norm] ->
+activation], then max-pool 2), then dropout, an optional hidden linear layer, and a linear head.
+Every size is derived from the input shape: the tutorial hard-coded `32 * 6 * 6`, which is wrong
+for 28x28 inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+# The family's limits, also the bounds of the study files' ranges (tuning.space.BOUNDS).
+MAX_BLOCKS = 3
+MAX_CONVS = 3
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,13 @@ class ArchConfig:
     """The architecture of one network of the family."""
 
     blocks: int = 1
-    """Number of conv blocks, 1-3; each halves the spatial size."""
+    """Number of conv blocks, 1 to MAX_BLOCKS; each halves the spatial size."""
     channels: int = 32
     """Channels of the first block; each further block doubles them."""
     convs: int = 1
-    """Conv layers per block, 1-3 (the tutorial's network has one); all but the first keep the
-    block's channels. Two per block is the usual step up for Fashion-MNIST-sized problems."""
+    """Conv layers per block, 1 to MAX_CONVS (the tutorial's network has one); all but the first
+    keep the block's channels. Two per block is the usual step up for Fashion-MNIST-sized
+    problems."""
     kernel: int = 3
     """Conv kernel size (odd: padding kernel // 2 keeps the spatial size)."""
     activation: str = "none"
@@ -39,10 +44,10 @@ class ArchConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not 1 <= self.blocks <= 3:
-            problems.append(f"blocks must be 1-3, got {self.blocks=}")
-        if not 1 <= self.convs <= 3:
-            problems.append(f"convs must be 1-3, got {self.convs=}")
+        if not 1 <= self.blocks <= MAX_BLOCKS:
+            problems.append(f"blocks must be 1-{MAX_BLOCKS}, got {self.blocks=}")
+        if not 1 <= self.convs <= MAX_CONVS:
+            problems.append(f"convs must be 1-{MAX_CONVS}, got {self.convs=}")
         if self.channels < 1:
             problems.append(f"channels must be positive, got {self.channels=}")
         if self.kernel < 1 or self.kernel % 2 == 0:
@@ -62,7 +67,6 @@ class ArchConfig:
 # with no activation at all (as written there).
 SEED = ArchConfig(blocks=1, convs=1, channels=32, kernel=3, activation="none", batch_norm=False,
                   dropout=0.0, hidden=0)
-ARCHITECTURES = {"seed": SEED}
 
 
 class FlattenChannelsLast(nn.Module):

@@ -17,22 +17,26 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from tuning import catalog
 from tuning.cli import (
     OneLineParser,
     Progress,
     add_compile_argument,
+    add_storage_arguments,
+    add_verbosity_arguments,
     configure_logging,
     count_finished,
     fail,
     positive_float,
     positive_int,
+    storage_url,
     study_name,
 )
 from tuning.data import check_data_dir, load_arrays, to_device
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.launcher import Launcher, plan_workers, visible_gpus
-from tuning.objective import Objective
+from tuning.objective import Objective, worker_id
 from tuning.outage import StorageFull, outages_of
 from tuning.signals import GracefulStop, Interrupted
 from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
@@ -44,7 +48,7 @@ from tuning.storage import (
     resolve_url,
     storage_location,
 )
-from tuning.study import Plan, open_study
+from tuning.study import Plan, open_study, record_worker
 from tuning.worker import StudyLock, run_trials
 
 log = logging.getLogger("tuning")
@@ -55,11 +59,10 @@ DEFAULT_WORKERS_PER_GPU = 2
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by the search and the worker entry points."""
-    parser.add_argument("--study", type=study_name,
-                        help="study name (default: the study file's name, else mnist)")
-    parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    add_storage_arguments(parser, "study name (default: the study file's name, else mnist)")
     parser.add_argument("--config", type=Path,
-                        help="study file (default: studies/<study>.toml)")
+                        help="study file (default: ./studies/<study>.toml, else the built-in "
+                             "one; `tuning studies` lists them)")
     parser.add_argument("--dataset", help="mnist, mnist-sample or fashion-mnist")
     parser.add_argument("--data-dir", type=Path, help="directory with the IDX files")
     parser.add_argument("--epochs", type=positive_int, help="maximum epochs per trial")
@@ -74,9 +77,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where best trials' checkpoints go (default ./artifacts)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m tuning.search",
+        prog=prog,
         description="Create or resume a study and run it until it has --trials finished trials.",
     )
     parser.add_argument("--trials", type=positive_int, default=100,
@@ -88,17 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "runs CPU workers instead of GPU ones)")
     parser.add_argument("--create-only", action="store_true",
                         help="create the study (definition, data, target) and exit: workers "
-                             "started elsewhere with python -m tuning.worker run it")
+                             "started elsewhere with tuning worker run it")
     parser.add_argument("--workers-per-gpu", type=positive_int, default=DEFAULT_WORKERS_PER_GPU,
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
+    add_verbosity_arguments(parser)
     return parser
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.config is None:
         name = args.study or "mnist"
-        config = Path("studies") / f"{name}.toml"
+        config = catalog.study_file(name)
     else:
         config = args.config
         name = args.study or config.stem
@@ -118,8 +122,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"grid sampler: the grid of {config} has {grid_size(study_file.space)} "
                          "points; narrow the space or use another sampler")
     check_data_dir(args.data_dir)
-    storage = args.storage or default_storage(name)
-    if args.storage is None:
+    storage = storage_url(args.storage, name)
+    if storage == default_storage(name):
         Path("studies").mkdir(exist_ok=True)
     resolve_url(storage)
     return Plan(study=name, storage=storage, study_file=study_file, settings=settings)
@@ -141,20 +145,20 @@ def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
             print(f"  {name} = {shown}", file=stream)
     storage_arg = "" if plan.storage == default_storage(plan.study) else \
         f" --storage '{mask_url(plan.storage)}'"
-    print(f"dashboard: python -m tuning.dashboard --study {plan.study}{storage_arg}", file=stream)
-    print(f"report:    python -m tuning.report --study {plan.study}{storage_arg}", file=stream)
+    print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
+    print(f"report:    tuning report --study {plan.study}{storage_arg}", file=stream)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
+def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -> int:
+    args = build_parser(prog).parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
     try:
         return _run(args)
     except UsageError as exc:
         return fail(str(exc))
     except StorageFull:
         return fail(full_disk_message(storage_location(
-            args.storage or default_storage(args.study or "mnist"))))
+            storage_url(args.storage, args.study or "mnist"))))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -178,10 +182,10 @@ def _run(args: argparse.Namespace) -> int:
              plan.settings.sampler, plan.settings.pruner, plan.settings.epochs)
     if args.create_only:
         print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}); "
-              f"start workers with: python -m tuning.worker --study {plan.study} "
+              f"start workers with: tuning worker --study {plan.study} "
               f"--storage '{mask_url(plan.storage)}'")
         return EXIT_OK
-    progress = Progress(args.trials)
+    progress = (lambda study, trial: None) if args.quiet else Progress(args.trials)
     try:
         if len(specs) > 1:
             # Extra processes; this one only watches (and restarts the ones that crash).
@@ -207,6 +211,7 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> 
     objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
                           space=plan.study_file.space, epochs=plan.settings.epochs,
                           seed=plan.settings.seed, artifacts=artifacts, stop=stop)
+    record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
     stats = run_trials(study, objective, args.trials, lock, args.timeout, progress, stop)
     total = stats.objective_seconds + stats.optuna_seconds

@@ -33,16 +33,15 @@ from typing import Any
 
 from tuning.data import DATASETS
 from tuning.errors import MESSAGE_CHARS, UsageError, shorten
-from tuning.model import ArchConfig
+from tuning.model import MAX_BLOCKS, MAX_CONVS, ArchConfig
+from tuning.strategy import PRUNERS, SAMPLERS
+from tuning.strategy import grid_size as grid_size  # re-exported: tuning.search imports it here
 from tuning.train import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
-PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "wilcoxon", "none")
 
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 PARAM_TYPES: dict[str, type] = {
@@ -96,14 +95,14 @@ class Bounds:
 
 
 # What every number may be, checked for a fixed value, both ends of a range and each choice.
-# Sizes are bounded so that no value on its own exhausts memory or time (issue 9: `channels = 1e9`
-# reached the allocator, `--epochs 1000000` was accepted), yet each bound is several times the
+# Sizes are bounded so that no value on its own exhausts memory or time (`channels = 1e9` would
+# reach the allocator, `--epochs 1000000` would run for ever), yet each bound is several times the
 # largest a study of 28x28 to 256x256 images would use. Rates only need to be finite and in
 # their domain. The dataclasses still check what is not a bound (an odd kernel, known names).
 BOUNDS: dict[str, Bounds] = {
     # ArchConfig
-    "blocks": Bounds(1, 3),  # the model's own limit
-    "convs": Bounds(1, 3),
+    "blocks": Bounds(1, MAX_BLOCKS),  # the model's own limits
+    "convs": Bounds(1, MAX_CONVS),
     "channels": Bounds(1, 1024),  # of the first block; the third block has 4x
     "kernel": Bounds(1, 15),
     "hidden": Bounds(0, 8192),  # 0: no hidden layer
@@ -124,8 +123,8 @@ BOUNDS: dict[str, Bounds] = {
     "seed": Bounds(0, 2**31 - 1),
 }
 
-# Error messages echo what they were given, but a 6.5 MB study file of unknown keys once made a
-# 96 MB error line (issue 9): values are cut to SHOWN_CHARS, lists of names to SHOWN_NAMES,
+# Error messages echo what they were given, and a 6.5 MB study file of unknown keys must not
+# make a 96 MB error line: values are cut to SHOWN_CHARS, lists of names to SHOWN_NAMES,
 # and a whole message to MESSAGE_CHARS.
 SHOWN_CHARS = 60
 SHOWN_NAMES = 5
@@ -200,9 +199,9 @@ class StudySettings:
     epochs: int = 8
     """Maximum epochs per trial (pruning may stop earlier)."""
     sampler: str = "tpe"
-    """Sampler name, one of SAMPLERS."""
+    """Sampler name, a key of tuning.strategy.SAMPLERS."""
     pruner: str = "median"
-    """Pruner name, one of PRUNERS."""
+    """Pruner name, a key of tuning.strategy.PRUNERS."""
     seed: int = 0
     """Base seed: sampler seed, data split seed, and trial seeds (seed + trial number)."""
 
@@ -456,12 +455,3 @@ def build_configs(params: dict) -> tuple[ArchConfig, TrainConfig]:
     train = TrainConfig(**{k: v for k, v in params.items()
                            if k not in arch_fields and k != REPEAT})
     return arch, train
-
-
-def grid_space(space: dict[str, Param]) -> dict[str, list]:
-    """The grid sampler's search space: every sampled (non-fixed) parameter."""
-    return {name: p.grid() for name, p in space.items() if p.kind != "fixed"}
-
-
-def grid_size(space: dict[str, Param]) -> int:
-    return math.prod(len(values) for values in grid_space(space).values())

@@ -161,7 +161,7 @@ def resolve_url(url: str) -> str:
 def _prepare_sqlite(path: Path, create: bool) -> None:
     if not create and not path.exists():
         raise UsageError(f"no study database at {str(path)!r}; create the study with "
-                         "python -m tuning.search (or give --storage)")
+                         "tuning search (or give --storage)")
     # WAL lets readers proceed while one process writes; it is a property of the file, so set
     # it once before Optuna opens it. Together with a long busy timeout this is what keeps a
     # host's parallel workers free of 'database is locked'.

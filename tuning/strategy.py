@@ -1,10 +1,21 @@
-"""Samplers and pruners by name: how the study chooses trials and which ones it stops early."""
+"""Samplers and pruners by name: how the study chooses trials and which ones it stops early.
+
+SAMPLERS and PRUNERS are the registries: a name is defined once, in its entry below, and every
+list of valid names (study files, --sampler and --pruner, error messages) is read from them.
+The dependency runs one way: tuning.space checks study files against these registries, and this
+module takes its Params only as arguments (imported for type checking alone).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import optuna
 
-from tuning.space import Param, grid_space
+if TYPE_CHECKING:
+    from tuning.space import Param
 
 
 class TargetGridSampler(optuna.samplers.GridSampler):
@@ -59,51 +70,71 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
             sampler.reseed_rng()
 
 
+def grid_space(space: dict[str, Param]) -> dict[str, list]:
+    """The grid sampler's search space: every sampled (non-fixed) parameter."""
+    return {name: p.grid() for name, p in space.items() if p.kind != "fixed"}
+
+
+def grid_size(space: dict[str, Param]) -> int:
+    """How many points the grid sampler would visit."""
+    return math.prod(len(values) for values in grid_space(space).values())
+
+
+def _seeded_per_trial(
+    build: Callable[[int, dict[str, Param]], optuna.samplers.BaseSampler],
+) -> Callable[[int, dict[str, Param]], optuna.samplers.BaseSampler]:
+    """`build` as a TrialSeededSampler: called afresh for every trial with its own seed."""
+    return lambda seed, space: TrialSeededSampler(lambda trial_seed: build(trial_seed, space),
+                                                  seed)
+
+
+# (study seed, search space) -> the study's sampler.
+SAMPLERS: dict[str, Callable[[int, dict[str, Param]], optuna.samplers.BaseSampler]] = {
+    # multivariate TPE models parameter interactions (lr x optimizer, lr x batch size);
+    # constant_liar keeps parallel workers from all sampling the same promising point.
+    "tpe": _seeded_per_trial(lambda seed, space: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10)),
+    "random": _seeded_per_trial(lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
+    # One seed for all: it orders the grid, and workers take grid points by number from the
+    # study, so they never share one.
+    "grid": lambda seed, space: TargetGridSampler(grid_space(space), seed=seed),
+    # CMA-ES handles only numbers; categoricals go to its independent (random) sampler.
+    "cmaes": _seeded_per_trial(lambda seed, space: optuna.samplers.CmaEsSampler(
+        seed=seed, warn_independent_sampling=False)),
+    # Unscrambled, so that its seed only draws the categoricals: the point index is counted in
+    # the study, and the sequence is the same whatever the trial's seed.
+    "qmc": _seeded_per_trial(lambda seed, space: optuna.samplers.QMCSampler(
+        scramble=False, seed=seed, warn_independent_sampling=False,
+        warn_asynchronous_seeding=False)),
+    "gp": _seeded_per_trial(lambda seed, space: optuna.samplers.GPSampler(seed=seed)),
+}
+
+# (maximum epochs per trial) -> the study's pruner.
+PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    # Never prune on epoch 1 (steps are epochs, from 1), nor before 5 trials have finished:
+    # the first epoch says more about the learning rate than about the final loss.
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+    "percentile": lambda epochs: optuna.pruners.PercentilePruner(
+        25.0, n_startup_trials=5, n_warmup_steps=2),
+    "successive-halving": lambda epochs: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=1, reduction_factor=3),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=epochs, reduction_factor=3),
+    # Compares a trial's per-epoch losses with the best trial's, epoch by epoch.
+    "wilcoxon": lambda epochs: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+
+
 def make_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
-    if name == "grid":
-        # One seed for all: it orders the grid, and workers take grid points by number from
-        # the study, so they never share one.
-        return TargetGridSampler(grid_space(space), seed=seed)
-    return TrialSeededSampler(lambda trial_seed: _base_sampler(name, trial_seed, space), seed)
-
-
-def _base_sampler(name: str, seed: int, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        # multivariate TPE models parameter interactions (lr x optimizer, lr x batch size);
-        # constant_liar keeps parallel workers from all sampling the same promising point.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=True, n_startup_trials=10)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        # CMA-ES handles only numbers; categoricals go to its independent (random) sampler.
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "qmc":
-        # Unscrambled, so that its seed only draws the categoricals: the point index is
-        # counted in the study, and the sequence is the same whatever the trial's seed.
-        return optuna.samplers.QMCSampler(scramble=False, seed=seed,
-                                          warn_independent_sampling=False,
-                                          warn_asynchronous_seeding=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+    return _lookup(SAMPLERS, "sampler", name)(seed, space)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    # Never prune on epoch 1 (steps are epochs, from 1), nor before 5 trials have finished:
-    # the first epoch says more about the learning rate than about the final loss.
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
-    if name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                              reduction_factor=3)
-    if name == "wilcoxon":
-        # Compares a trial's per-epoch losses with the best trial's, epoch by epoch.
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}")
+    return _lookup(PRUNERS, "pruner", name)(epochs)
+
+
+def _lookup(registry: dict, kind: str, name: str):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]

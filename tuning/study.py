@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shlex
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 
+from tuning import __version__
 from tuning.data import DATA_KEYS
 from tuning.errors import UsageError
 from tuning.space import StudyFile, StudySettings, space_from_dict
@@ -54,7 +60,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
         study.set_user_attr("epochs", plan.settings.epochs)
         study.set_user_attr("settings", dataclasses.asdict(plan.settings))
         study.set_user_attr("config_path", plan.study_file.path)
-        study.set_user_attr("versions", _versions())
+        study.set_user_attr("versions", environment())
     study.set_user_attr("target_trials", target)
     use_strategy(study, plan.settings, plan.study_file.space)
     return study
@@ -67,7 +73,7 @@ def check_data_matches(study: optuna.Study, data_fingerprint: dict,
 
     Compared on what the data are (tuning.data.DATA_KEYS), never on `source`, where they were
     read from: the same files in another directory, spelled relatively or gzipped are the same
-    data (issue 9, defect 4), and studies stored before this fix resume on them too.
+    data, and studies that recorded `source` in their fingerprint resume on them too.
     """
     stored = study.user_attrs.get("data")
     if stored is None:
@@ -96,11 +102,48 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
                          f"--epochs {plan.settings.epochs}; use another --study name")
 
 
-def _versions() -> dict:
+def environment() -> dict:
+    """What this process runs with, so that a result can be traced and reproduced: the
+    package's version and git commit, the command line (passwords masked) and the versions of
+    the libraries, CUDA and the GPU. Workers on other hosts may differ: each records its own."""
+    import numpy
     import torch
+    import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "optuna": optuna.__version__}
+    return {
+        "tuning": __version__,
+        "git_commit": _git_commit(),
+        "command": shlex.join(mask_url(arg) for arg in sys.orig_argv),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with '+dirty' for uncommitted changes), or None when the package
+    is installed from a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], text=True,
+                                capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "tuning"],
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def record_worker(study: optuna.Study, worker: str) -> None:
+    """Record this worker's environment in the study, under `worker:<host:pid>`."""
+    study.set_user_attr(f"worker:{worker}", environment())
 
 
 def _exists(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
@@ -115,7 +158,7 @@ def load_existing(study_name: str, storage_url: str, heartbeat: bool = True) -> 
     storage = open_storage(storage_url, heartbeat=heartbeat)
     if not _exists(storage, study_name):
         raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
-                         "create it with python -m tuning.search")
+                         "create it with tuning search")
     study = optuna.load_study(storage=storage, study_name=study_name)
     if not {"settings", "space", "data", "target_trials"} <= set(study.user_attrs):
         raise UsageError(f"study {study_name!r} was not created by tuning.search "

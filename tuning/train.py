@@ -17,16 +17,13 @@ from torch import nn
 from tuning.data import DeviceData, Split, augment, batches
 from tuning.device import Runtime
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-LR_SCHEDULES = ("none", "cosine", "onecycle")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How one network is trained: optimizer, regularization and augmentation."""
 
     optimizer: str = "adam"
-    """adam, adamw, sgd (with momentum) or rmsprop."""
+    """Optimizer, a key of OPTIMIZERS."""
     lr: float = 1e-3
     """Peak learning rate."""
     momentum: float = 0.9
@@ -46,7 +43,7 @@ class TrainConfig:
     hflip: bool = False
     """Random horizontal flip (only for data where a flip keeps the label)."""
     lr_schedule: str = "none"
-    """none, cosine (annealed to 0 over the epochs) or onecycle."""
+    """Learning-rate schedule over the planned epochs, a key of LR_SCHEDULES."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,30 +74,41 @@ def seed_everything(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+# (model parameters, config) -> optimizer.
+OPTIMIZERS: dict[str, Callable[[Iterator[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
+    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr,
+                                                 weight_decay=cfg.weight_decay),
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr,
+                                                   weight_decay=cfg.weight_decay),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                               nesterov=cfg.nesterov and cfg.momentum > 0,
+                                               weight_decay=cfg.weight_decay),
+    "rmsprop": lambda params, cfg: torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                       weight_decay=cfg.weight_decay),
+}
+
+# (optimizer, config, total steps) -> a scheduler stepped once per step, or None for a constant
+# learning rate.
+LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainConfig, int],
+                                 torch.optim.lr_scheduler.LRScheduler | None]] = {
+    "none": lambda optimizer, cfg, total: None,
+    # Annealed to 0 at the end of the planned epochs.
+    "cosine": lambda optimizer, cfg, total: torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total),
+    "onecycle": lambda optimizer, cfg, total: torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total),
+}
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
 
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-step schedule over the whole planned run (pruning may cut it short)."""
-    total = max(1, epochs * steps_per_epoch)
-    if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
-    return None
+    return LR_SCHEDULES[cfg.lr_schedule](optimizer, cfg, max(1, epochs * steps_per_epoch))
 
 
 def training_batches(

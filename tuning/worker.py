@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import logging
 import sys
 import threading
@@ -33,14 +34,16 @@ from tuning.cli import (
     OneLineParser,
     Progress,
     add_compile_argument,
+    add_storage_arguments,
+    add_verbosity_arguments,
     configure_logging,
     fail,
     positive_float,
     positive_int,
-    study_name,
+    storage_url,
 )
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
-from tuning.objective import TrialFailed
+from tuning.objective import TrialFailed, worker_id
 from tuning.outage import (
     Outages,
     StorageFull,
@@ -52,7 +55,6 @@ from tuning.outage import (
 from tuning.signals import GracefulStop, Interrupted, NoStop
 from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
-    default_storage,
     full_disk_message,
     grace_period,
     mask_url,
@@ -153,14 +155,21 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - running, running
 
 
-def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | None | bool:
-    """A new trial if the target leaves room; None to wait; False when the target is met."""
+class NoTrial(enum.Enum):
+    """Why `take_trial` gave no trial."""
+
+    WAIT = "running trials reserve the rest of the target: wait, one may fail and be retried"
+    TARGET_MET = "the study has its target of finished trials"
+
+
+def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | NoTrial:
+    """A new trial if the target leaves room for one, else why not."""
     with lock.hold():
         finished, running = _counts(study)
         if finished >= target:
-            return False
+            return NoTrial.TARGET_MET
         if finished + running >= target:
-            return None
+            return NoTrial.WAIT
         trial = study.ask()
         # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
         # thread starts is soon seen as stale. Should this beat fail, the trial is failed as
@@ -232,9 +241,9 @@ def run_trials(
         started = time.perf_counter()
         fail_stale_trials(study)
         trial = take_trial(study, target, lock)
-        if trial is False:
+        if trial is NoTrial.TARGET_MET:
             break
-        if trial is None:
+        if trial is NoTrial.WAIT:
             time.sleep(WAIT_POLL_S)
             continue
         stats.optuna_seconds += time.perf_counter() - started
@@ -279,13 +288,11 @@ def run_trials(
     return stats
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m tuning.worker",
+def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog,
                            description="Join an existing study and run trials until it has its "
                                        "target number of finished trials.")
-    parser.add_argument("--study", required=True, type=study_name,
-                        help="name of an existing study")
-    parser.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    add_storage_arguments(parser, "name of an existing study", required=True)
     parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_compile_argument(parser)
@@ -299,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", type=Path,
                         help="where best trials' checkpoints go (default ./artifacts or "
                              "$TUNING_ARTIFACTS; share it between hosts)")
-    parser.add_argument("--quiet", action="store_true", help="no line per trial")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no line per trial (a launcher that prints them passes this)")
+    add_verbosity_arguments(parser)
     return parser
 
 
@@ -315,7 +324,13 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.device import resolve_device
     from tuning.objective import Objective
     from tuning.storage import artifact_store
-    from tuning.study import check_data_matches, load_existing, stored_definition, use_strategy
+    from tuning.study import (
+        check_data_matches,
+        load_existing,
+        record_worker,
+        stored_definition,
+        use_strategy,
+    )
 
     check_data_dir(args.data_dir)
     runtime = resolve_device(args.device, args.compile)
@@ -326,6 +341,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed)
     check_data_matches(study, arrays.fingerprint())
     use_strategy(study, settings, space)
+    record_worker(study, worker_id())
     objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
                           artifacts=artifact_store(args.artifacts),
@@ -333,22 +349,23 @@ def prepare(args: argparse.Namespace, storage_url: str):
     return study, objective, int(study.user_attrs["target_trials"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    storage_url = args.storage or default_storage(args.study)
+def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -> int:
+    args = build_parser(prog).parse_args(argv)
+    configure_logging(args.quiet, args.verbose, label=worker_id())
+    url = storage_url(args.storage, args.study)
     try:
-        resolve_url(storage_url)
-        study, objective, target = prepare(args, storage_url)
+        resolve_url(url)
+        study, objective, target = prepare(args, url)
         log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
-                 mask_url(storage_url), target)
-        lock = StudyLock(storage_url, args.study, outages_of(study._storage))
-        stats = run_trials(study, objective, target, lock, args.timeout,
-                           None if args.quiet else Progress(target), objective.stop)
+                 mask_url(url), target)
+        lock = StudyLock(url, args.study, outages_of(study._storage))
+        progress = None if args.quiet or args.no_progress else Progress(target)
+        stats = run_trials(study, objective, target, lock, args.timeout, progress,
+                           objective.stop)
     except UsageError as exc:
         return fail(str(exc))
     except StorageFull:
-        return fail(full_disk_message(storage_location(storage_url)))
+        return fail(full_disk_message(storage_location(url)))
     except Interrupted as stopped:
         return stopped.exit_status
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK

@@ -1,0 +1,122 @@
+"""The `tuning` command: one entry point with subcommands, installable anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tuning(*args: str, cwd: Path, env: dict | None = None,
+           pythonpath: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m tuning ARGS`: what the `tuning` console script runs."""
+    full_env = {**os.environ, "PYTHONPATH": str(pythonpath), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tuning", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_version_and_help(tmp_path):
+    version = tuning("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("tuning ")
+    helped = tuning("--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    for sub in ("search", "worker", "report", "dashboard", "studies"):
+        assert f"  {sub} " in helped.stdout
+    for bad in ([], ["nosuch"]):
+        result = tuning(*bad, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sub", ["search", "worker", "report", "dashboard"])
+def test_every_subcommand_runs_its_module_under_its_own_name(tmp_path, sub):
+    result = tuning(sub, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: tuning {sub}")
+    assert "--study" in result.stdout and "--storage" in result.stdout
+
+
+def test_studies_lists_built_ins_and_a_local_file_overrides_one(tmp_path):
+    listed = tuning("studies", cwd=tmp_path)
+    assert listed.returncode == 0
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()}
+    assert {"mnist", "seed", "fashion-mnist", "compare-optimizers"} <= set(rows)
+    assert rows["mnist"][1] == "built-in"
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mnist.toml").write_text(
+        '[study]\ndataset = "mnist-sample"\nepochs = 1\n[space]\nlr = { low = 0.001, high = 0.1, '
+        'log = true }\n')
+    (tmp_path / "studies" / "mine.toml").write_text("[study]\nepochs = 2\n")
+    listed = tuning("studies", cwd=tmp_path)
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()}
+    assert rows["mnist"][1] == "local" and rows["mine"][1] == "local"
+    assert rows["seed"][1] == "built-in"
+
+
+@pytest.mark.slow
+def test_a_local_study_file_overrides_the_built_in_one(tmp_path):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mnist.toml").write_text(
+        '[study]\ndataset = "mnist-sample"\nepochs = 1\nsampler = "random"\n'
+        '[space]\nlr = { low = 0.001, high = 0.1, log = true }\n')
+    result = tuning("search", "--trials", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path}/studies/mnist.db")
+    assert set(study.trials[0].params) == {"lr"}
+    assert study.user_attrs["settings"]["sampler"] == "random"
+
+
+@pytest.mark.slow
+def test_a_plain_install_runs_from_any_directory(tmp_path):
+    """Not editable: the built-in studies and the tutorial baseline come from the package."""
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    assert (target / "tuning" / "studies" / "seed.toml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = tuning("studies", cwd=elsewhere, pythonpath=target)
+    assert listed.returncode == 0, listed.stderr
+    assert str(target) in listed.stdout
+    version = tuning("--version", cwd=elsewhere, pythonpath=target)
+    assert version.stdout.strip() == "tuning 0.1.0"
+    created = tuning("search", "--study", "seed", "--trials", "1", "--dataset", "mnist-sample",
+                     "--epochs", "1", "--create-only", cwd=elsewhere, pythonpath=target)
+    assert created.returncode == 0, created.stderr
+    study = optuna.load_study(study_name="seed", storage=f"sqlite:///{elsewhere}/studies/seed.db")
+    assert study.user_attrs["versions"]["tuning"] == "0.1.0"
+    assert study.user_attrs["config_path"].startswith(str(target))
+
+
+@pytest.mark.parametrize("setting", ["TUNING_HEARTBEAT_INTERVAL=abc", "TUNING_GRACE_PERIOD=0",
+                                     "TUNING_DB_RETRY_S=-1", "TUNING_HEARTBEAT_INTERVAL=1e9"])
+def test_a_bad_environment_variable_is_one_line_and_exit_2(tmp_path, setting):
+    name, value = setting.split("=", 1)
+    result = tuning("search", "--trials", "1", "--dataset", "mnist-sample", "--epochs", "1",
+                    cwd=tmp_path, env={name: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_study_records_each_workers_environment(tmp_path):
+    result = tuning("search", "--trials", "2", "--workers", "2", "--dataset", "mnist-sample",
+                    "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path}/studies/mnist.db")
+    creator = study.user_attrs["versions"]
+    assert {"tuning", "git_commit", "command", "torch", "torchvision", "optuna", "numpy",
+            "cuda"} <= set(creator)
+    assert "search" in creator["command"]
+    workers = {k: v for k, v in study.user_attrs.items() if k.startswith("worker:")}
+    assert len(workers) == 2
+    assert all("tuning.worker" in env["command"] for env in workers.values())
+    # Log lines say when, how bad and, from workers, which one.
+    assert " INFO [" in result.stderr and "] worker 0 joined" in result.stderr

@@ -1,0 +1,74 @@
+"""`tuning`: one command with a subcommand per job.
+
+    tuning search --trials 100      create (or resume) a study and run it to its target
+    tuning worker --study NAME      join an existing study from any host
+    tuning report --study NAME      the study's report and its held-out test
+    tuning dashboard --study NAME   optuna-dashboard on the study, with its checkpoints
+    tuning studies                  the study files --study can name, and where each is
+
+`python -m tuning.search` and the others keep working: each subcommand is that module's main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tuning import __version__, catalog
+from tuning.cli import OneLineParser, fail
+from tuning.errors import EXIT_OK, UsageError
+
+SUBCOMMANDS = {
+    "search": ("tuning.search", "create (or resume) a study and run it to its target"),
+    "worker": ("tuning.worker", "join an existing study and run trials until its target"),
+    "report": ("tuning.report", "write the study's report and evaluate its best trial"),
+    "dashboard": ("tuning.dashboard", "browse the study live in optuna-dashboard"),
+    "studies": (None, "list the study files --study can name, and where each comes from"),
+}
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="tuning", description="Hyperparameter search for PyTorch image classifiers.",
+        epilog="subcommands:\n" + "\n".join(f"  {name:<10} {summary}"
+                                            for name, (_, summary) in SUBCOMMANDS.items())
+        + "\n\n`tuning SUBCOMMAND --help` shows a subcommand's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tuning {__version__}")
+    parser.add_argument("subcommand", choices=SUBCOMMANDS, metavar="SUBCOMMAND",
+                        help="one of: " + ", ".join(SUBCOMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the subcommand's flags")
+    return parser
+
+
+def list_studies(argv: list[str]) -> int:
+    if argv:
+        return fail(f"tuning studies takes no arguments, got {' '.join(argv)[:60]!r}")
+    from tuning.space import load_study_file  # noqa: PLC0415 - imports torch: only when needed
+
+    for entry in catalog.available():
+        try:
+            settings = load_study_file(entry.path).settings
+            what = (f"{settings.dataset}, {settings.epochs} epochs, {settings.sampler} / "
+                    f"{settings.pruner}")
+        except UsageError as exc:
+            what = f"invalid: {str(exc)[:120]}"
+        print(f"{entry.name:<20} {entry.origin:<9} {what:<48} {entry.path}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        parser.error("give a subcommand: " + ", ".join(SUBCOMMANDS) + " (tuning --help)")
+    args = parser.parse_args(argv)
+    module, _ = SUBCOMMANDS[args.subcommand]
+    if module is None:
+        return list_studies(args.args)
+    return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The report's output formats: a `Section` of prose, `Table`s and plotly figures, written as a
+self-contained HTML page (plotly.js inlined, nothing fetched), as Markdown (the same prose and
+tables, no figures), and the trials as CSV.
+
+Nothing here computes anything about a study; the sections are built in tuning.report_sections
+and tuning.report_heldout.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the statistics format their numbers with `fmt`: no import cycle at runtime
+    from tuning.report_stats import StudyView
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A table cell: '-' for nothing or not finite, 4 significant digits for a float."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else \
+            f"{value:.{digits}f}"
+    return str(value)
+
+
+@dataclass
+class Table:
+    """A table rendered both as HTML and as Markdown."""
+
+    columns: list[str]
+    rows: list[list] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
+                       + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass
+class Section:
+    """One section of the report: prose, tables and figures."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, Table]] = field(default_factory=list)
+    figures: list = field(default_factory=list)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;
+padding:.25em .6em;text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #ddd;
+margin-top:2em}.warn{color:#a40}"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    """One page that opens offline: plotly.js is inlined once, each figure refers to it."""
+    from plotly.offline import get_plotlyjs
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2 id='{section.title.lower().replace(' ', '-')}'>"
+                     f"{html.escape(section.title)}</h2>")
+        for p in section.paragraphs:
+            cls = " class='warn'" if p.startswith("Warning") else ""
+            parts.append(f"<p{cls}>{html.escape(p)}</p>")
+        for caption, table in section.tables:
+            parts.append(f"<h3>{html.escape(caption)}</h3>{table.html()}")
+        for fig in section.figures:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        out += [p + "\n" for p in section.paragraphs]
+        for caption, table in section.tables:
+            out += [f"### {caption}", "", table.markdown(), ""]
+    return "\n".join(out)
+
+
+def write_csv(view: StudyView, path: Path) -> None:
+    """One row per trial: its state, value, every parameter (fixed ones too) and what the
+    worker recorded about it."""
+    names = sorted({n for t in view.trials for n in t.params} | set(view.space))
+    attrs = ["val_accuracy", "train_loss", "epochs_run", "train_seconds", "samples_per_second",
+             "seed", "worker", "device", "prune_reason", "fail_reason"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["number", "state", "value", *names, *attrs])
+        for t in view.trials:
+            writer.writerow([t.number, t.state.name, t.value,
+                             *[view.param(t, n) for n in names],
+                             *[t.user_attrs.get(a) for a in attrs]])

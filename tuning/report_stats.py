@@ -1,0 +1,135 @@
+"""What the report's numbers say: a study's trials seen the way the report reads them
+(`StudyView`), rank correlation and confidence intervals, the words a correlation earns in the
+regularization table, and the warning for a best value on the edge of its range.
+
+No tables or figures here: tuning.report_sections lays these out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuning.report_render import fmt
+from tuning.space import BOUNDS, Param, StudySettings
+
+# Parameters whose hard limit is the model's own: past it lies another architecture.
+ARCHITECTURE_LIMITED = ("blocks", "convs")
+
+
+@dataclass
+class StudyView:
+    """A study's trials with everything the sections need."""
+
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    settings: StudySettings
+    space: dict[str, Param]
+
+    @property
+    def completed(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    def param(self, trial: FrozenTrial, name: str):
+        """A trial's value for a parameter, sampled or fixed by the study."""
+        if name in trial.params:
+            return trial.params[name]
+        p = self.space.get(name)
+        return p.value if p is not None and p.kind == "fixed" else None
+
+    def final_loss(self, trial: FrozenTrial) -> float | None:
+        """Best validation loss seen: the value of a complete trial, the best report of a
+        pruned one."""
+        if trial.value is not None and trial.state == TrialState.COMPLETE:
+            return trial.value
+        values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+        return min(values) if values else None
+
+    def gap(self, trial: FrozenTrial) -> float | None:
+        """Generalization gap at the last epoch: validation loss minus training loss."""
+        train = trial.user_attrs.get("train_loss")
+        if train is None or not trial.intermediate_values:
+            return None
+        last = trial.intermediate_values[max(trial.intermediate_values)]
+        return last - train if math.isfinite(last) else None
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation, tied values sharing their average rank (so the order the
+    trials come in cannot change it); None with fewer than 4 points or no spread."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 4 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def mean_and_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean, standard deviation and the half-width of the 95% interval of the mean (Student's
+    t: with 3 repeats the normal 1.96 would claim an interval half as wide as it is)."""
+    from scipy.stats import t as student_t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0, 0.0
+    sd = statistics.stdev(values)
+    return mean, sd, float(student_t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+
+
+def reading(corr_loss: float | None, corr_gap: float | None) -> str:
+    """A regularizer's correlations with validation loss and with the gap, in words."""
+    if corr_loss is None:
+        return "too few trials"
+    strength = abs(corr_loss)
+    if strength < 0.2:
+        effect = "little effect on validation loss"
+    else:
+        effect = ("more helped" if corr_loss < 0 else "more hurt") + \
+            (" (strongly)" if strength >= 0.5 else "")
+    if corr_gap is not None and corr_gap <= -0.2:
+        effect += "; narrows the gap"
+    return effect
+
+
+def hard_limit(name: str, edge: str) -> float | None:
+    """The `edge` ('lower' or 'upper') of what `name` accepts (tuning.space.BOUNDS), where a
+    range can reach it; None where there is none or the value itself is excluded."""
+    bounds = BOUNDS.get(name)
+    if bounds is None:
+        return None
+    if edge == "lower":
+        return None if bounds.low_open else bounds.low
+    return None if bounds.high_open or math.isinf(bounds.high) else bounds.high
+
+
+def edge_warnings(view: StudyView) -> list[str]:
+    """Google's tuning playbook: a best value on the edge of its range means the range may be
+    too narrow."""
+    if not view.completed:
+        return []
+    best = view.study.best_trial
+    found = []
+    for name, p in view.space.items():
+        if p.kind not in ("float", "int") or name not in best.params:
+            continue
+        value = best.params[name]
+        low, high, v = (math.log(p.low), math.log(p.high), math.log(value)) if p.log else \
+            (p.low, p.high, value)
+        position = (v - low) / (high - low)
+        if position <= 0.05 or position >= 0.95:
+            edge = "lower" if position <= 0.05 else "upper"
+            end = p.low if edge == "lower" else p.high
+            advice = "widen the range to see whether better values lie beyond it"
+            if hard_limit(name, edge) == end:
+                advice = "the range cannot be widened there"
+                if name in ARCHITECTURE_LIMITED:
+                    advice += ": going further needs a new architecture"
+                elif edge == "lower" and end == 0:
+                    advice += ": this says the search preferred (almost) none of it"
+            found.append(f"Warning: the best {name} ({fmt(value)}) sits at the {edge} edge of "
+                         f"its range {p.low} .. {p.high}; {advice}.")
+    return found
