@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT, load_script
 
 from tuning.device import resolve_device
 from tuning.train import TrainConfig
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import bench_grouped  # noqa: E402
+SCRIPTS = ROOT / "scripts"
+bench_grouped = load_script("bench_grouped")
 
 
 def test_grouped_training_computes_what_one_by_one_training_does(tiny_data):
@@ -31,8 +29,9 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
                                 resolve_device("cpu"), TrainConfig(batch_size=64), k=2, epochs=2)
     assert row["k"] == 2
     assert row["one_by_one_images_per_s"] > 0 and row["grouped_images_per_s"] > 0
+    # The speedup is rounded to two decimals: on a loaded machine it can be 0.06 for 0.057.
     assert row["speedup"] == pytest.approx(
-        row["grouped_images_per_s"] / row["one_by_one_images_per_s"], rel=0.01)
+        row["grouped_images_per_s"] / row["one_by_one_images_per_s"], rel=0.01, abs=0.005)
 
 
 @pytest.mark.parametrize("script", ["bench.py", "bench_grouped.py", "bench_throughput.py"])

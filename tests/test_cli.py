@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from conftest import load_study, run_cli, start_search, wait_for_running_trials
+from helpers import load_study, run_cli, start_search, wait_for_running_trials
 from optuna.trial import TrialState
 
 from tuning.search import main

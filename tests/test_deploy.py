@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, load_study, wait_for_running_trials
+from helpers import ROOT, load_study, wait_for_running_trials
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 

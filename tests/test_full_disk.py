@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import load_study, run_cli
+from helpers import load_study, run_cli
 from optuna.trial import TrialState
 
 from tuning.device import resolve_device

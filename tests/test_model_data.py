@@ -27,7 +27,7 @@ def test_seed_model_accepts_a_28x28_batch():
     out = model(torch.randn(100, 1, 28, 28))
     assert out.shape == (100, 10)
     linear = model.head[-1]
-    assert linear.in_features == 32 * 14 * 14  # the tutorial's 32*6*6 was a bug
+    assert linear.in_features == 32 * 14 * 14  # 28x28, padded conv, one 2x2 pool
     assert count_parameters(model) == 32 * 9 + 32 + 32 * 14 * 14 * 10 + 10
 
 

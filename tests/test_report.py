@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 STUDY_FILE = """
 [study]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from tuning.errors import UsageError
 from tuning.model import SEED

@@ -14,11 +14,10 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     POSTGRES_URL,
     ROOT,
     load_study,
-    postgres_available,
     run_cli,
     start_search,
     wait_for_running_trials,
@@ -29,8 +28,6 @@ from tuning.storage import mask_url, open_storage, resolve_url
 from tuning.worker import StudyLock, run_trials
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
-needs_postgres = pytest.mark.skipif(not postgres_available(),
-                                    reason="no PostgreSQL on 127.0.0.1:5432")
 
 
 def finished(study):
@@ -143,7 +140,6 @@ def pg_study():
         pass
 
 
-@needs_postgres
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_worker_processes_share_a_postgres_study(workdir, pg_study):
@@ -164,7 +160,6 @@ def test_two_worker_processes_share_a_postgres_study(workdir, pg_study):
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
 
 
-@needs_postgres
 @pytest.mark.postgres
 def test_postgres_url_is_mapped_to_the_installed_driver_and_masked():
     assert resolve_url("postgresql://u@h:5432/db").startswith("postgresql+psycopg://")
@@ -176,8 +171,8 @@ def test_postgres_url_is_mapped_to_the_installed_driver_and_masked():
         del os.environ["PGPASSWORD"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=[
-    needs_postgres, pytest.mark.postgres])])
+@pytest.mark.parametrize("backend", ["sqlite",
+                                     pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_storage_roundtrip_on_every_backend(backend, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else POSTGRES_URL
     name = f"roundtrip-{uuid.uuid4().hex[:8]}"

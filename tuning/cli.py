@@ -9,6 +9,8 @@ import re
 import sys
 import time
 import warnings
+from pathlib import Path
+from typing import NoReturn
 
 import optuna
 from optuna.trial import TrialState
@@ -21,7 +23,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -73,6 +75,18 @@ def add_storage_arguments(parser: argparse.ArgumentParser, study_help: str,
     parser.add_argument("--storage",
                         help="storage URL (default: $TUNING_STORAGE, else "
                              "sqlite:///studies/<study>.db)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How this process runs trials: the same flags for `search` and `worker`."""
+    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_compile_argument(parser)
+    parser.add_argument("--timeout", type=positive_float,
+                        help="stop starting trials after this many seconds")
+    parser.add_argument("--artifacts", type=Path,
+                        help="where best trials' checkpoints go (default ./artifacts or "
+                             "$TUNING_ARTIFACTS; share it between hosts)")
 
 
 def storage_url(storage: str | None, study: str) -> str:

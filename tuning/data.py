@@ -146,8 +146,9 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 def _read_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
     """The four IDX files of `directory`, checked to fit together; None if any is missing."""
-    paths = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
-    if any(p is None for p in paths.values()):
+    found = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
+    paths = {key: p for key, p in found.items() if p is not None}
+    if len(paths) < len(found):
         return None
     # Images are (count, height, width), labels (count,).
     raw = {key: read_idx(p, ndim=3 if key.endswith("_x") else 1) for key, p in paths.items()}

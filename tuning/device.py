@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -50,7 +51,8 @@ class Runtime:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
                                                     COMPILED_GRAPHS_PER_WORKER)
         mode = None if self.compile_mode == "default" else self.compile_mode
-        return torch.compile(model, mode=mode)
+        # torch.compile of a module returns an OptimizedModule; its overloads say Callable.
+        return cast(nn.Module, torch.compile(model, mode=mode))
 
     def step_begins(self) -> None:
         """Mark a new training step for CUDA graphs (reduce-overhead), so a graph's outputs

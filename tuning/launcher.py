@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,8 @@ class WorkerSpec:
     """torch CPU threads."""
 
 
-def visible_gpus(device: str, count: int, environ: dict | None = None) -> list[str]:
+def visible_gpus(device: str, count: int,
+                 environ: Mapping[str, str] | None = None) -> list[str]:
     """The GPUs workers may use, named as CUDA_VISIBLE_DEVICES names them.
 
     `count` GPUs are visible to this process. Under a scheduler that set

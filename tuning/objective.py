@@ -11,6 +11,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
 import torch
@@ -188,9 +189,16 @@ class _RecordingStore:
         self.store = store
         self.written: list[str] = []
 
-    def write(self, artifact_id: str, content_body) -> None:
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         self.written.append(artifact_id)
         self.store.write(artifact_id, content_body)
+
+    # The rest of Optuna's ArtifactStore protocol, passed through (upload_artifact only writes).
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.store.open_reader(artifact_id)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(artifact_id)
 
     def remove_written(self) -> None:
         from optuna.artifacts.exceptions import ArtifactNotFound

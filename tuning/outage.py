@@ -23,6 +23,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from typing import cast
 
 import optuna
 import sqlalchemy.exc
@@ -54,7 +56,7 @@ class StorageFull(Exception):
     """The database's file system is full: nothing more can be stored until space is freed."""
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -201,7 +203,8 @@ class ResilientStorage(RDBStorage):
                                 models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
                         .all())
             # datetime_start is local time whatever Optuna stores (a property in Optuna 5).
-            orphans = [t.trial_id for t in unbeaten if t.datetime_start is not None
+            # Optuna's models declare plain Column attributes, which read as ints on a row.
+            orphans = [cast(int, t.trial_id) for t in unbeaten if t.datetime_start is not None
                        and t.datetime_start < cutoff]
         return stale + orphans
 

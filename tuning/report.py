@@ -63,7 +63,7 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     sections = [overview(view), optimizers(view), learning_rate(view), regularization(view),
                 importance(view)]
-    metrics = {}
+    metrics: dict = {}
     if with_test:
         test = held_out_test(view, arrays, device, artifacts, seed_file)
         sections.append(test)

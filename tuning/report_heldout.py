@@ -65,7 +65,9 @@ def code_identity() -> str:
 
     digest = hashlib.sha256(torch.__version__.encode())
     for name in TRAINING_MODULES:
-        digest.update(Path(importlib.import_module(f"tuning.{name}").__file__).read_bytes())
+        source = importlib.import_module(f"tuning.{name}").__file__
+        assert source is not None  # a module of a regular package always has a file
+        digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:16]
 
 

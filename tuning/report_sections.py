@@ -16,7 +16,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.report_render import Section, Table
-from tuning.report_stats import StudyView, edge_warnings, mean_and_ci, reading, spearman
+from tuning.report_stats import (
+    StudyView,
+    edge_warnings,
+    mean_and_ci,
+    objective_values,
+    reading,
+    spearman,
+)
 from tuning.space import REPEAT
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
@@ -76,14 +83,13 @@ def optimizers(view: StudyView) -> Section:
                    "mean ± 95% CI (complete)", "best val acc", "median val acc", "best lr"])
     fig = go.Figure()
     for name, trials in sorted(groups.items()):
-        losses = [view.final_loss(t) for t in trials if view.final_loss(t) is not None]
+        losses = [loss for t in trials if (loss := view.final_loss(t)) is not None]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        accs = [t.user_attrs.get("val_accuracy") for t in trials
-                if t.user_attrs.get("val_accuracy") is not None]
-        best = min(trials, key=lambda t: view.final_loss(t) or math.inf)
+        accs = [acc for t in trials if (acc := t.user_attrs.get("val_accuracy")) is not None]
+        best = min(trials, key=lambda t: _or_inf(view.final_loss(t)))
         ci = "-"
         if len(complete) > 1:
-            mean, sd, half = mean_and_ci([t.value for t in complete])
+            mean, sd, half = mean_and_ci(objective_values(complete))
             ci = f"{mean:.4f} ± {half:.4f} (sd {sd:.4f}, n={len(complete)})"
         table.rows.append([name, len(trials), sum(t.state == TrialState.PRUNED for t in trials),
                            min(losses) if losses else None,
@@ -120,7 +126,7 @@ def _repeat_table(view: StudyView, trials: list[FrozenTrial]) -> Table:
     table = Table(["optimizer", "lr", "repeats", "mean val loss", "sd", "95% CI",
                    "mean val acc"])
     for (opt, lr), group in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        mean, sd, half = mean_and_ci([t.value for t in group])
+        mean, sd, half = mean_and_ci(objective_values(group))
         acc = statistics.fmean(t.user_attrs.get("val_accuracy", 0.0) for t in group)
         table.rows.append([opt, lr, len(group), mean, sd,
                            f"{mean - half:.4f} .. {mean + half:.4f}", acc])
@@ -175,8 +181,9 @@ def regularization(view: StudyView) -> Section:
     fig = make_subplots(rows=2, cols=len(tuned), subplot_titles=tuned * 2, vertical_spacing=0.15)
     best = view.study.best_trial if view.completed else None
     for col, name in enumerate(tuned, start=1):
-        pts = [(view.param(t, name), view.final_loss(t), view.gap(t)) for t in view.trials
-               if view.param(t, name) is not None and view.final_loss(t) is not None]
+        pts = [(x, loss, view.gap(t)) for t in view.trials
+               if (x := view.param(t, name)) is not None
+               and (loss := view.final_loss(t)) is not None]
         xs = [float(p[0]) for p in pts]
         corr_loss = spearman(xs, [p[1] for p in pts])
         with_acc = [(float(view.param(t, name)), t.user_attrs["val_accuracy"])
@@ -242,3 +249,8 @@ def importance(view: StudyView) -> Section:
                         "pruned ones stop early.")
     s.paragraphs += edge_warnings(view)
     return s
+
+
+def _or_inf(loss: float | None) -> float:
+    """A missing loss sorts last; a loss of 0.0 is the best there is, not a missing one."""
+    return math.inf if loss is None else loss

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -68,6 +69,12 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
+def objective_values(trials: list[FrozenTrial]) -> list[float]:
+    """The values of complete trials (every complete trial of a single-objective study has
+    one; FrozenTrial.value is typed Optional for the others)."""
+    return [cast(float, t.value) for t in trials]
+
+
 def mean_and_ci(values: list[float]) -> tuple[float, float, float]:
     """Mean, standard deviation and the half-width of the 95% interval of the mean (Student's
     t: with 3 repeats the normal 1.96 would claim an interval half as wide as it is)."""
@@ -117,12 +124,13 @@ def edge_warnings(view: StudyView) -> list[str]:
         if p.kind not in ("float", "int") or name not in best.params:
             continue
         value = best.params[name]
-        low, high, v = (math.log(p.low), math.log(p.high), math.log(value)) if p.log else \
-            (p.low, p.high, value)
+        p_low, p_high = p.bounds()
+        low, high, v = (math.log(p_low), math.log(p_high), math.log(value)) if p.log else \
+            (p_low, p_high, value)
         position = (v - low) / (high - low)
         if position <= 0.05 or position >= 0.95:
             edge = "lower" if position <= 0.05 else "upper"
-            end = p.low if edge == "lower" else p.high
+            end = p_low if edge == "lower" else p_high
             advice = "widen the range to see whether better values lie beyond it"
             if hard_limit(name, edge) == end:
                 advice = "the range cannot be widened there"

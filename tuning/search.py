@@ -21,13 +21,12 @@ from tuning import catalog
 from tuning.cli import (
     OneLineParser,
     Progress,
-    add_compile_argument,
+    add_run_arguments,
     add_storage_arguments,
     add_verbosity_arguments,
     configure_logging,
     count_finished,
     fail,
-    positive_float,
     positive_int,
     storage_url,
     study_name,
@@ -58,23 +57,17 @@ DEFAULT_WORKERS_PER_GPU = 2
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the search and the worker entry points."""
+    """The study's definition: its file and the settings the command line overrides."""
     add_storage_arguments(parser, "study name (default: the study file's name, else mnist)")
     parser.add_argument("--config", type=Path,
                         help="study file (default: ./studies/<study>.toml, else the built-in "
                              "one; `tuning studies` lists them)")
     parser.add_argument("--dataset", help="mnist, mnist-sample or fashion-mnist")
-    parser.add_argument("--data-dir", type=Path, help="directory with the IDX files")
     parser.add_argument("--epochs", type=positive_int, help="maximum epochs per trial")
     parser.add_argument("--sampler", choices=SAMPLERS, help="default: from the study file")
     parser.add_argument("--pruner", choices=PRUNERS, help="default: from the study file")
     parser.add_argument("--seed", type=int, help="base seed (default: from the study file)")
-    parser.add_argument("--timeout", type=positive_float,
-                        help="stop starting trials after this many seconds")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_compile_argument(parser)
-    parser.add_argument("--artifacts", type=Path,
-                        help="where best trials' checkpoints go (default ./artifacts)")
+    add_run_arguments(parser)
 
 
 def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentParser:

@@ -156,10 +156,17 @@ class Param:
             return self.value
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
+        low, high = self.bounds()
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high),
+            return trial.suggest_int(self.name, int(low), int(high),
                                      step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(self.name, low, high, step=self.step, log=self.log)
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range: a 'float' or 'int' parameter."""
+        # Every 'float' and 'int' parameter has both bounds (_parse_param requires them).
+        assert self.low is not None and self.high is not None, self
+        return self.low, self.high
 
     def grid(self, points: int = 3) -> list:
         """Values for the grid sampler: every choice, every int of a short range, else
@@ -168,15 +175,16 @@ class Param:
             return [self.value]
         if self.kind == "categorical":
             return list(self.choices)
+        low, high = self.bounds()
         step = self.step or (1 if self.kind == "int" else None)
-        if step is not None and (self.high - self.low) / step + 1 <= 8:
-            n = int(round((self.high - self.low) / step)) + 1
-            values = [self.low + i * step for i in range(n)]
+        if step is not None and (high - low) / step + 1 <= 8:
+            n = int(round((high - low) / step)) + 1
+            values = [low + i * step for i in range(n)]
         elif self.log:
-            ratio = (self.high / self.low) ** (1 / (points - 1))
-            values = [self.low * ratio**i for i in range(points)]
+            ratio = (high / low) ** (1 / (points - 1))
+            values = [low * ratio**i for i in range(points)]
         else:
-            values = [self.low + (self.high - self.low) * i / (points - 1) for i in range(points)]
+            values = [low + (high - low) * i / (points - 1) for i in range(points)]
         return [int(round(v)) for v in values] if self.kind == "int" else values
 
     def to_dict(self) -> dict:

@@ -13,10 +13,11 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import optuna
 from filelock import FileLock
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
@@ -93,7 +94,7 @@ def split_password(url: str) -> tuple[str, str | None]:
     return parsed.render_as_string(hide_password=False), str(password)
 
 
-def _password_from_env(url) -> object:
+def _password_from_env(url: URL) -> URL:
     """Fill in a missing PostgreSQL password from PGPASSWORD or the file in PGPASSWORD_FILE."""
     if url.password:
         return url
@@ -213,10 +214,10 @@ def open_storage(url: str, heartbeat: bool = True,
     """
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
-    init_lock = contextlib.nullcontext()
+    init_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if path is not None:
         _prepare_sqlite(path, create)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         # Opening a storage writes its schema version; two processes opening a new file at
         # once both write it and one fails ('UNIQUE constraint failed: alembic_version').
         init_lock = FileLock(f"{path}.init.lock")
@@ -224,7 +225,7 @@ def open_storage(url: str, heartbeat: bool = True,
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
                          "pool_recycle": 1800, "connect_args": POSTGRES_CONNECT_ARGS}
-    heartbeat_kwargs = {}
+    heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat:
         retry = _RetryCallback(max_retry=3)
         heartbeat_kwargs = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -229,7 +230,7 @@ def evaluate(
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         predictions.append(logits.argmax(1))
     predicted = torch.cat(predictions)
-    result = {
+    result: dict[str, Any] = {
         "loss": loss_sum.item() / len(split),
         "accuracy": (predicted == split.y).float().mean().item(),
     }

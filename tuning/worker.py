@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import optuna
 from filelock import FileLock
@@ -33,12 +33,11 @@ from tuning.cli import (
     FINISHED,
     OneLineParser,
     Progress,
-    add_compile_argument,
+    add_run_arguments,
     add_storage_arguments,
     add_verbosity_arguments,
     configure_logging,
     fail,
-    positive_float,
     positive_int,
     storage_url,
 )
@@ -63,6 +62,9 @@ from tuning.storage import (
     storage_location,
 )
 
+if TYPE_CHECKING:
+    from optuna.storages._heartbeat import BaseHeartbeat
+
 log = logging.getLogger("tuning")
 
 # A worker whose trials all fail (a bug, a broken GPU) stops instead of spinning forever.
@@ -86,6 +88,7 @@ class StudyLock:
         self._outages = outages or Outages()
 
     def _acquire(self):
+        assert self._engine is not None  # only without a file lock, i.e. with an engine
         conn = self._engine.connect()
         try:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
@@ -128,13 +131,14 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
     if not interval:
         yield
         return
+    beating = cast("BaseHeartbeat", storage)  # it has a heartbeat interval
     stop = threading.Event()
     trial_id = trial._trial_id  # Optuna offers no public id; its own optimize loop uses this
 
     def beat():
         while True:
             try:
-                storage.record_heartbeat(trial_id)
+                beating.record_heartbeat(trial_id)
             except Exception as exc:  # noqa: BLE001 - any failure: beat again next interval
                 log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
             if stop.wait(interval):
@@ -176,7 +180,7 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
         # stale all the same once it is older than the grace period (tuning.outage).
         if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
             with contextlib.suppress(Exception):
-                study._storage.record_heartbeat(trial._trial_id)
+                cast("BaseHeartbeat", study._storage).record_heartbeat(trial._trial_id)
         return trial
 
 
@@ -293,19 +297,12 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
                            description="Join an existing study and run trials until it has its "
                                        "target number of finished trials.")
     add_storage_arguments(parser, "name of an existing study", required=True)
-    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_compile_argument(parser)
+    add_run_arguments(parser)
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--worker-index", type=int, default=0,
                         help="a label for this worker in log lines (the launcher numbers its "
                              "workers; seeds differ per trial without it)")
-    parser.add_argument("--timeout", type=positive_float,
-                        help="stop starting trials after this many seconds")
-    parser.add_argument("--artifacts", type=Path,
-                        help="where best trials' checkpoints go (default ./artifacts or "
-                             "$TUNING_ARTIFACTS; share it between hosts)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no line per trial (a launcher that prints them passes this)")
     add_verbosity_arguments(parser)
