@@ -19,10 +19,10 @@ from helpers import POSTGRES_URL, load_study, run_cli, start_search, wait_for_ru
 from optuna.trial import TrialState
 
 from tuning.launcher import Launcher, plan_workers, visible_gpus
+from tuning.runner import StudyLock, fail_stale_trials, run_trials
 from tuning.space import Param
 from tuning.storage import grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
-from tuning.worker import StudyLock, fail_stale_trials, run_trials
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
 

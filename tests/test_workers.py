@@ -24,8 +24,8 @@ from helpers import (
 )
 from optuna.trial import TrialState
 
+from tuning.runner import StudyLock, run_trials
 from tuning.storage import mask_url, open_storage, resolve_url
-from tuning.worker import StudyLock, run_trials
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
 

@@ -170,7 +170,7 @@ def configure_logging(quiet: bool = False, verbose: bool = False,
     logging.getLogger("optuna").addFilter(_DropKnownNoise())
     # Heartbeats, several samplers and the retry callback are marked experimental: noise here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Our worker loop (tuning.worker.run_trials) keeps the heartbeats itself.
+    # Our worker loop (tuning.runner.run_trials) keeps the heartbeats itself.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 

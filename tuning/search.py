@@ -37,6 +37,7 @@ from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, worker_id
 from tuning.outage import StorageFull, outages_of
+from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
 from tuning.storage import (
@@ -48,7 +49,6 @@ from tuning.storage import (
     storage_location,
 )
 from tuning.study import Plan, open_study, record_worker
-from tuning.worker import StudyLock, run_trials
 
 log = logging.getLogger("tuning")
 # Small CNNs leave a big GPU mostly idle: several workers per GPU keep it busy. 2 is a guess

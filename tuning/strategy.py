@@ -22,7 +22,7 @@ class TargetGridSampler(optuna.samplers.GridSampler):
     """GridSampler that leaves stopping to the study's target of finished trials.
 
     GridSampler.after_trial calls study.stop() once the grid is covered, which Optuna allows
-    only inside study.optimize; our worker loop (tuning.worker.run_trials) stops at the target.
+    only inside study.optimize; our worker loop (tuning.runner.run_trials) stops at the target.
     """
 
     def after_trial(self, study, trial, state, values) -> None:

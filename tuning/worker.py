@@ -1,36 +1,18 @@
-"""A worker: runs trials of an existing study until the study has its target of finished trials.
+"""`tuning worker`: join an existing study and run its trials until it has its target.
 
-`python -m tuning.worker --study NAME --storage URL` joins a study that `tuning.search`
-created, on this host or any other. Everything it needs (search space, data set, epochs,
-sampler, pruner, target) is read from the study itself, so a worker needs no study file.
-
-The target is exact across any number of workers: taking a new trial happens under a lock
-shared by all workers of the study (a file lock beside a SQLite database, a PostgreSQL advisory
-lock otherwise), and only while finished plus running trials are below the target. A worker
-that finds the target reserved waits while trials run, since one may still fail and be retried.
+`tuning worker --study NAME --storage URL` joins a study that `tuning search` created, on this
+host or any other. Everything it needs (search space, data set, epochs, sampler, pruner,
+target) is read from the study itself, so a worker needs no study file. The trial loop itself
+is tuning.runner.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import enum
 import logging
 import sys
-import threading
-import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
-
-import optuna
-from filelock import FileLock
-from optuna.trial import TrialState
-from sqlalchemy import create_engine, text
 
 from tuning.cli import (
-    FINISHED,
     OneLineParser,
     Progress,
     add_run_arguments,
@@ -42,254 +24,13 @@ from tuning.cli import (
     storage_url,
 )
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
-from tuning.objective import TrialFailed, worker_id
-from tuning.outage import (
-    Outages,
-    StorageFull,
-    call_with_retry,
-    outages_of,
-    retry_seconds,
-    transient,
-)
-from tuning.signals import GracefulStop, Interrupted, NoStop
-from tuning.storage import (
-    POSTGRES_CONNECT_ARGS,
-    full_disk_message,
-    grace_period,
-    mask_url,
-    resolve_url,
-    sqlite_path,
-    storage_location,
-)
-
-if TYPE_CHECKING:
-    from optuna.storages._heartbeat import BaseHeartbeat
+from tuning.objective import worker_id
+from tuning.outage import StorageFull, outages_of
+from tuning.runner import StudyLock, run_trials
+from tuning.signals import GracefulStop, Interrupted
+from tuning.storage import full_disk_message, mask_url, resolve_url, storage_location
 
 log = logging.getLogger("tuning")
-
-# A worker whose trials all fail (a bug, a broken GPU) stops instead of spinning forever.
-MAX_CONSECUTIVE_FAILURES = 5
-WAIT_POLL_S = 1.0
-
-
-class StudyLock:
-    """A lock shared by every worker of one study, wherever they run: a file lock beside a
-    SQLite database (one host), a PostgreSQL advisory lock otherwise (any host)."""
-
-    def __init__(self, storage_url: str, study_name: str, outages: Outages | None = None):
-        resolved = resolve_url(storage_url)
-        path = sqlite_path(resolved)
-        self._file_lock = FileLock(f"{path}.lock") if path is not None else None
-        # Its own single connection, so holding the lock never starves the storage's pool.
-        self._engine = None if path is not None else create_engine(
-            resolved, pool_size=1, max_overflow=0, pool_pre_ping=True,
-            connect_args=POSTGRES_CONNECT_ARGS)
-        self._key = zlib.crc32(f"tuning:{study_name}".encode())
-        self._outages = outages or Outages()
-
-    def _acquire(self):
-        assert self._engine is not None  # only without a file lock, i.e. with an engine
-        conn = self._engine.connect()
-        try:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @contextlib.contextmanager
-    def hold(self):
-        if self._file_lock is not None:
-            with self._file_lock:
-                yield
-            return
-        conn = call_with_retry(self._outages, retry_seconds(), self._acquire)
-        try:
-            yield
-        finally:
-            # If the database restarted meanwhile, the lock went with the session.
-            with contextlib.suppress(Exception):
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
-                conn.commit()
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-
-
-@contextlib.contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
-    """Record the trial's heartbeat every interval while it runs (what study.optimize does).
-
-    A beat that fails (the database is down) is tried again one interval later; once the
-    outage outlasts the grace period the other workers take the trial over, and this worker
-    drops its result (see `run_trials`).
-    """
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if not interval:
-        yield
-        return
-    beating = cast("BaseHeartbeat", storage)  # it has a heartbeat interval
-    stop = threading.Event()
-    trial_id = trial._trial_id  # Optuna offers no public id; its own optimize loop uses this
-
-    def beat():
-        while True:
-            try:
-                beating.record_heartbeat(trial_id)
-            except Exception as exc:  # noqa: BLE001 - any failure: beat again next interval
-                log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
-
-
-class NoTrial(enum.Enum):
-    """Why `take_trial` gave no trial."""
-
-    WAIT = "running trials reserve the rest of the target: wait, one may fail and be retried"
-    TARGET_MET = "the study has its target of finished trials"
-
-
-def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | NoTrial:
-    """A new trial if the target leaves room for one, else why not."""
-    with lock.hold():
-        finished, running = _counts(study)
-        if finished >= target:
-            return NoTrial.TARGET_MET
-        if finished + running >= target:
-            return NoTrial.WAIT
-        trial = study.ask()
-        # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
-        # thread starts is soon seen as stale. Should this beat fail, the trial is failed as
-        # stale all the same once it is older than the grace period (tuning.outage).
-        if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
-            with contextlib.suppress(Exception):
-                cast("BaseHeartbeat", study._storage).record_heartbeat(trial._trial_id)
-        return trial
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and re-enqueue) the trials of workers that stopped beating.
-
-    Not within a grace period of a database outage seen by this worker: the other workers'
-    heartbeats could not be recorded during it either, and they are alive.
-    """
-    if outages_of(study._storage).recent(grace_period()):
-        return
-    try:
-        optuna.storages.fail_stale_trials(study)
-    except Exception as exc:  # the database is down: stale trials are found again next time
-        if not transient(exc):
-            raise
-
-
-def _taken_over(trial: optuna.Trial) -> None:
-    log.warning("trial %d was failed by another worker while this one was cut off or paused "
-                "(no heartbeat for over the grace period) and is retried there; this worker "
-                "drops its result and goes on", trial.number)
-
-
-@dataclass
-class RunStats:
-    """What one worker did."""
-
-    finished: int = 0
-    """Trials this worker finished (complete or pruned)."""
-    failed: int = 0
-    """Trials that failed in this worker."""
-    stopped_by_failures: bool = False
-    """Stopped because MAX_CONSECUTIVE_FAILURES trials failed in a row."""
-    objective_seconds: float = 0.0
-    """Wall time inside the objective (training, and the sampler's per-parameter calls)."""
-    optuna_seconds: float = 0.0
-    """Wall time in Optuna around trials: stale checks, taking a trial (the relative sampler
-    runs there), telling the result. Waiting for other workers' trials is not counted."""
-
-
-def run_trials(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    target: int,
-    lock: StudyLock,
-    timeout: float | None = None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    stop: GracefulStop | None = None,
-) -> RunStats:
-    """Run trials until `study` has `target` finished trials (or `timeout` passes).
-
-    A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
-    exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
-    """
-    stop = stop or NoStop()
-    stats = RunStats()
-    consecutive_failures = 0
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while deadline is None or time.monotonic() < deadline:
-        stop.check()
-        started = time.perf_counter()
-        fail_stale_trials(study)
-        trial = take_trial(study, target, lock)
-        if trial is NoTrial.TARGET_MET:
-            break
-        if trial is NoTrial.WAIT:
-            time.sleep(WAIT_POLL_S)
-            continue
-        stats.optuna_seconds += time.perf_counter() - started
-        with heartbeat(study._storage, trial):
-            started = time.perf_counter()
-            value, state = None, None
-            try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except TrialFailed:
-                state = TrialState.FAIL
-            except optuna.exceptions.UpdateFinishedTrialError:
-                _taken_over(trial)
-                continue
-            except BaseException:
-                # Record the failure if the database lets us; the original error is the news.
-                with contextlib.suppress(Exception):
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                raise
-            stats.objective_seconds += time.perf_counter() - started
-            started = time.perf_counter()
-            try:
-                frozen = study.tell(trial, value, state=state, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:  # failed between check and write
-                frozen = None
-            stats.optuna_seconds += time.perf_counter() - started
-        if frozen is None or frozen.state != (state or TrialState.COMPLETE):
-            _taken_over(trial)
-            continue
-        if frozen.state == TrialState.FAIL:
-            stats.failed += 1
-            consecutive_failures += 1
-        else:
-            stats.finished += 1
-            consecutive_failures = 0
-        if on_trial is not None:
-            on_trial(study, frozen)
-        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            stats.stopped_by_failures = True
-            break
-    return stats
 
 
 def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentParser:
