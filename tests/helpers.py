@@ -89,3 +89,15 @@ def wait_for_running_trials(url: str, name: str, proc: subprocess.Popen, count: 
             return running
         time.sleep(0.3)
     raise AssertionError(f"{count} running trial(s) never appeared")
+
+
+def finished(study) -> list:
+    """The study's finished trials: complete or pruned."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def worker_pid(trial) -> int:
+    """The pid of the worker running `trial` (its 'worker' attribute is host:pid)."""
+    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])

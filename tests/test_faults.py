@@ -15,7 +15,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import POSTGRES_URL, load_study, run_cli, start_search, wait_for_running_trials
+from helpers import (
+    POSTGRES_URL,
+    finished,
+    load_study,
+    run_cli,
+    start_search,
+    wait_for_running_trials,
+    worker_pid,
+)
 from optuna.trial import TrialState
 
 from tuning.launcher import Launcher, plan_workers, visible_gpus
@@ -25,10 +33,6 @@ from tuning.storage import grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
-
-
-def finished(study):
-    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
 def _sqlite_study(tmp_path, name="s"):
@@ -187,7 +191,7 @@ def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0
                         "--epochs", "4", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
     victim = wait_for_running_trials(url, "mnist", proc)[0]
-    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    pid = worker_pid(victim)
     os.kill(pid, signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 60
@@ -311,7 +315,7 @@ def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
                         "--trials", "2", "--workers", "2", *FAST, cwd=workdir)
     try:
         running = wait_for_running_trials(POSTGRES_URL, name, proc)
-        pid = running[0].user_attrs["worker"].rsplit(":", 1)[1]
+        pid = worker_pid(running[0])
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert "tuning.worker" in ps and "Very-Secret-1" not in ps
         assert b"Very-Secret-1" not in Path(f"/proc/{pid}/cmdline").read_bytes()

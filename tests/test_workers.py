@@ -17,10 +17,12 @@ import yaml
 from helpers import (
     POSTGRES_URL,
     ROOT,
+    finished,
     load_study,
     run_cli,
     start_search,
     wait_for_running_trials,
+    worker_pid,
 )
 from optuna.trial import TrialState
 
@@ -28,10 +30,6 @@ from tuning.runner import StudyLock, run_trials
 from tuning.storage import mask_url, open_storage, resolve_url
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
-
-
-def finished(study):
-    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
 def load(url, name):
@@ -98,7 +96,7 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
     url = f"sqlite:///{workdir}/studies/mnist.db"
     victim = wait_for_running_trials(url, "mnist", proc)[0]
     time.sleep(2.0)  # well inside the trial: its parameters are sampled, it is training
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    os.kill(worker_pid(victim), signal.SIGKILL)
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     assert "killed by signal 9" in err

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 EXIT_OK = 0
 """The command did what it was asked (a search: its target is met)."""
-EXIT_CRASHED = 1
-"""An unexpected error (Python's own status for an uncaught exception)."""
 EXIT_USAGE = 2
 """Bad input, or a condition the user must fix (a full disk): one line says which."""
 EXIT_TRIALS_FAILING = 3
 """A worker stopped because its trials kept failing (see their fail_reason)."""
+# 1 is a crash (Python's own status for an uncaught exception): the launcher restarts the worker.
 # Stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 
 MESSAGE_CHARS = 1000

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import optuna
@@ -53,7 +54,26 @@ def retry_seconds() -> float:
 
 
 class StorageFull(Exception):
-    """The database's file system is full: nothing more can be stored until space is freed."""
+    """The database's file system is full: nothing more can be stored until space is freed.
+    Its message is the one line a command prints (`full_disk_message`)."""
+
+
+def full_disk_message(where: str) -> str:
+    """One line for a database (a file, or a masked URL) whose file system is full."""
+    mount = _mount_point(Path(where)) if "://" not in where else None
+    on = f" (file system {mount})" if mount else ""
+    return (f"the file system of the study database {where}{on} is full; free some space "
+            "and run the same command again: the study is intact")
+
+
+def _mount_point(path: Path) -> str | None:
+    try:
+        path = path.resolve()
+        while not os.path.ismount(path):
+            path = path.parent
+        return str(path)
+    except OSError:
+        return None
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
@@ -64,14 +84,19 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def disk_full(exc: BaseException) -> bool:
-    """Whether an error from the database (any layer of it) means its disk is full."""
+def disk_full(exc: BaseException, sqlite_file: str | None = None) -> bool:
+    """Whether an error from the database (any layer of it) means its disk is full.
+
+    SQLite in WAL mode may say only 'disk I/O error' when it cannot grow its log, so the file
+    system of a SQLite database (`sqlite_file`) is looked at too.
+    """
     for link in _chain(exc):
         text = str(link).lower()
         if ("disk is full" in text or "no space left" in text
                 or getattr(link, "sqlstate", None) == "53100" or getattr(link, "errno", 0) == 28):
             return True
-    return False
+    return sqlite_file is not None and no_space_left(
+        os.path.dirname(os.path.abspath(sqlite_file)))
 
 
 def no_space_left(directory: str) -> bool:
@@ -125,16 +150,18 @@ class Outages:
         return self.down_since is not None or time.monotonic() - self.last_recovery < seconds
 
 
-def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_full, **kwargs):
+def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_full,
+                    where: str = "the database", **kwargs):
     """`fn(*args, **kwargs)`, retried for up to `retry_s` seconds while the database is
-    unreachable; StorageFull when its disk is full (`is_full` tells from the error)."""
+    unreachable; StorageFull when the disk of the database `where` is full (`is_full` tells
+    from the error)."""
     deadline = time.monotonic() + retry_s
     for attempt in itertools.count():
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             if is_full(exc):
-                raise StorageFull(str(exc.__cause__ or exc).strip().splitlines()[0]) from exc
+                raise StorageFull(full_disk_message(where)) from exc
             if not transient(exc) or time.monotonic() >= deadline:
                 raise
             outages.failed(exc, retry_s)
@@ -158,7 +185,7 @@ def _retrying(method):
         _depth.inside = True
         try:
             return call_with_retry(self.outages, self.retry_s, method, self, *args,
-                                   is_full=self.disk_full, **kwargs)
+                                   is_full=self.disk_full, where=self.location, **kwargs)
         finally:
             _depth.inside = False
 
@@ -176,15 +203,17 @@ class ResilientStorage(RDBStorage):
         patience = retry_seconds()  # checked for every backend: a bad value is an error anywhere
         self.retry_s = 0.0 if self.engine.dialect.name == "sqlite" else patience
 
+    @property
+    def location(self) -> str:
+        """Where the study's data are, for messages: the SQLite file, else the URL (masked)."""
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            return self.engine.url.database
+        return self.engine.url.render_as_string(hide_password=True)
+
     def disk_full(self, exc: BaseException) -> bool:
-        """Whether `exc` means the database's disk is full. SQLite in WAL mode may say only
-        'disk I/O error' when it cannot grow its log, so its file system is looked at too."""
-        if disk_full(exc):
-            return True
+        """Whether `exc` means the database's disk is full."""
         database = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not database:
-            return False
-        return no_space_left(os.path.dirname(os.path.abspath(database)))
+        return disk_full(exc, database if self.engine.dialect.name == "sqlite" else None)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # Optuna fails a running trial only once its heartbeat is stale; a trial whose worker

@@ -39,15 +39,14 @@ from tuning.objective import Objective, worker_id
 from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
-from tuning.space import PRUNERS, SAMPLERS, grid_size, load_study_file
+from tuning.space import load_study_file
 from tuning.storage import (
     artifact_store,
     default_storage,
-    full_disk_message,
     mask_url,
     resolve_url,
-    storage_location,
 )
+from tuning.strategy import PRUNERS, SAMPLERS, grid_size
 from tuning.study import Plan, open_study, record_worker
 
 log = logging.getLogger("tuning")
@@ -147,11 +146,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
     configure_logging(args.quiet, args.verbose)
     try:
         return _run(args)
-    except UsageError as exc:
+    except (UsageError, StorageFull) as exc:
         return fail(str(exc))
-    except StorageFull:
-        return fail(full_disk_message(storage_location(
-            storage_url(args.storage, args.study or "mnist"))))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -163,10 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     if len(specs) == 1 and runtime.device.type == "cpu":
         set_cpu_threads()
     arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
-    try:
-        study = open_study(plan, arrays.fingerprint(), args.trials)
-    except StorageFull:
-        raise UsageError(full_disk_message(storage_location(plan.storage))) from None
+    study = open_study(plan, arrays.fingerprint(), args.trials)
     artifacts = None if len(specs) > 1 else artifact_store(args.artifacts)
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val); %s; "
              "sampler %s, pruner %s, %d epochs", plan.study, mask_url(plan.storage),
@@ -190,8 +183,6 @@ def _run(args: argparse.Namespace) -> int:
         else:
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress)
         summarize(study, plan)
-    except StorageFull:
-        raise UsageError(full_disk_message(storage_location(plan.storage))) from None
     except Interrupted as stopped:
         print(f"stopped by {stopped}: the running trial is marked failed", file=sys.stderr)
         return stopped.exit_status

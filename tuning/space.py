@@ -35,7 +35,6 @@ from tuning.data import DATASETS
 from tuning.errors import MESSAGE_CHARS, UsageError, shorten
 from tuning.model import MAX_BLOCKS, MAX_CONVS, ArchConfig
 from tuning.strategy import PRUNERS, SAMPLERS
-from tuning.strategy import grid_size as grid_size  # re-exported: tuning.search imports it here
 from tuning.train import TrainConfig
 
 if sys.version_info >= (3, 11):

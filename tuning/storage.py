@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
-from tuning.outage import ResilientStorage, disk_full, no_space_left
+from tuning.outage import ResilientStorage, disk_full, full_disk_message
 
 
 def _seconds_from_env(name: str, default: int) -> int:
@@ -172,37 +172,10 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
             # A truncated or damaged file may still open: read its schema to be sure.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        if disk_full(exc) or no_space_left(str(path.absolute().parent)):
+        if disk_full(exc, str(path)):
             raise UsageError(full_disk_message(str(path))) from None
         raise UsageError(f"--storage {str(path)!r} is not a usable SQLite database "
                          f"({exc})") from None
-
-
-def storage_location(url: str) -> str:
-    """Where a storage keeps its data, for messages: the SQLite file, else the masked URL."""
-    try:
-        path = sqlite_path(url)
-    except ArgumentError:
-        path = None
-    return str(path) if path is not None else mask_url(url)
-
-
-def full_disk_message(where: str) -> str:
-    """One line for a database (a file, or a masked URL) whose file system is full."""
-    mount = _mount_point(Path(where)) if "://" not in where else None
-    on = f" (file system {mount})" if mount else ""
-    return (f"the file system of the study database {where}{on} is full; free some space "
-            "and run the same command again: the study is intact")
-
-
-def _mount_point(path: Path) -> str | None:
-    try:
-        path = path.resolve()
-        while not os.path.ismount(path):
-            path = path.parent
-        return str(path)
-    except OSError:
-        return None
 
 
 def open_storage(url: str, heartbeat: bool = True,
@@ -240,7 +213,7 @@ def open_storage(url: str, heartbeat: bool = True,
         raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
         if disk_full(exc):
-            raise UsageError(full_disk_message(storage_location(url))) from None
+            raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 

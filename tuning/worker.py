@@ -28,7 +28,7 @@ from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
-from tuning.storage import full_disk_message, mask_url, resolve_url, storage_location
+from tuning.storage import mask_url, resolve_url
 
 log = logging.getLogger("tuning")
 
@@ -100,10 +100,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         progress = None if args.quiet or args.no_progress else Progress(target)
         stats = run_trials(study, objective, target, lock, args.timeout, progress,
                            objective.stop)
-    except UsageError as exc:
+    except (UsageError, StorageFull) as exc:
         return fail(str(exc))
-    except StorageFull:
-        return fail(full_disk_message(storage_location(url)))
     except Interrupted as stopped:
         return stopped.exit_status
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
