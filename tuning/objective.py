@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -66,6 +67,9 @@ class Objective:
     """Artifact store for the checkpoint of each new best trial (None: keep none)."""
     stop: GracefulStop = field(default_factory=NoStop)
     """Where Ctrl-C and SIGTERM may interrupt: between storage calls, not inside them."""
+    on_epoch: Callable[[optuna.Trial, dict], None] | None = None
+    """Called after each epoch is reported, with the trial and that epoch's entry of the
+    learning curves (epoch, losses, accuracies, seconds): live progress within a trial."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -100,6 +104,8 @@ class Objective:
                         best_state = {k: v.detach().to("cpu", copy=True)
                                       for k, v in model.state_dict().items()}
                 trial.report(result.val["loss"], result.epoch)
+                if self.on_epoch is not None:
+                    self.on_epoch(trial, curves[-1])
                 if trial.should_prune():
                     self._record(trial, curves)
                     trial.set_user_attr("prune_reason",
