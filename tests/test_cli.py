@@ -35,7 +35,7 @@ def test_search_runs_and_a_rerun_continues_to_the_new_target(workdir):
     data = study.user_attrs["data"]
     assert data["name"] == "mnist-sample" and data["n_val"] == 400 and len(data["sha256"]) == 64
     for t in study.trials:
-        assert {"val_accuracy", "train_loss", "epochs_run", "train_seconds",
+        assert {"val_accuracy", "train_eval_loss", "epochs_run", "train_seconds",
                 "samples_per_second", "device", "worker"} <= set(t.user_attrs)
 
     second = run_cli("--trials", "6", *FAST, cwd=workdir)

@@ -43,7 +43,8 @@ def test_objective_returns_best_validation_loss_and_records_attributes(tiny_data
     assert sorted(frozen.intermediate_values) == [1, 2, 3]  # reported every epoch
     attrs = frozen.user_attrs
     assert attrs["epochs_run"] == 3 and attrs["device"] == "cpu" and ":" in attrs["worker"]
-    assert 0.0 <= attrs["val_accuracy"] <= 1.0 and math.isfinite(attrs["train_loss"])
+    assert 0.0 <= attrs["val_accuracy"] <= 1.0 and math.isfinite(attrs["train_eval_loss"])
+    assert len(attrs["train_eval_losses"]) == len(attrs["train_objectives"]) == 3
     assert attrs["train_seconds"] > 0 and attrs["samples_per_second"] > 0
     assert attrs["seed"] == 0
 

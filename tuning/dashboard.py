@@ -18,14 +18,14 @@ from tuning.cli import (
     storage_url,
 )
 from tuning.errors import UsageError
-from tuning.storage import artifact_store, mask_url, open_storage
+from tuning.storage import existing_artifact_store, mask_url, open_storage
 
 
 def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
     parser = OneLineParser(prog=prog,
                            description="Browse studies live in optuna-dashboard.")
-    add_storage_arguments(parser, "study whose default storage to open (default mnist)",
-                          study_default="mnist")
+    add_storage_arguments(parser, "study whose default storage to open (default mnist); "
+                                  "with --storage, a study that must exist there")
     parser.add_argument("--artifacts", type=Path,
                         help="artifact directory (default: ./artifacts or $TUNING_ARTIFACTS)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -37,10 +37,14 @@ def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard") -> int:
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose)
-    url = storage_url(args.storage, args.study)
+    url = storage_url(args.storage, args.study or "mnist")
     try:
         storage = open_storage(url, heartbeat=False)
-        store = artifact_store(args.artifacts)
+        names = [s.study_name for s in storage.get_all_studies()]
+        if args.study is not None and args.study not in names:
+            raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}"
+                             + (f" (it has: {', '.join(sorted(names))})" if names else ""))
+        store = existing_artifact_store(args.artifacts)
     except UsageError as exc:
         return fail(str(exc))
     from optuna_dashboard import run_server

@@ -88,8 +88,10 @@ class Objective:
         try:
             for result in fit(model, self.data, cfg, self.runtime, generator, self.epochs,
                               on_step=self.stop.check):
-                curves.append({"epoch": result.epoch, "train_loss": result.train["loss"],
-                               "train_accuracy": result.train["accuracy"],
+                curves.append({"epoch": result.epoch,
+                               "train_objective": result.train["loss"],
+                               "train_loss": result.train_eval["loss"],
+                               "train_accuracy": result.train_eval["accuracy"],
                                "val_loss": result.val["loss"],
                                "val_accuracy": result.val["accuracy"],
                                "seconds": result.seconds})
@@ -122,15 +124,16 @@ class Objective:
     def _record(self, trial: optuna.Trial, curves: list[dict]) -> None:
         best = min(curves, key=lambda c: c["val_loss"] if math.isfinite(c["val_loss"])
                    else math.inf)
-        train_loss = curves[-1]["train_loss"]
         seconds = sum(c["seconds"] for c in curves)
         trial.set_user_attr("val_accuracy", best["val_accuracy"])
-        trial.set_user_attr("train_loss", train_loss if math.isfinite(train_loss) else None)
+        # The training loss measured as the validation loss is (eval mode, plain cross-entropy,
+        # on a fixed subset of training images): validation minus it is the generalization gap.
+        trial.set_user_attr("train_eval_loss", _finite(curves[-1]["train_loss"]))
+        trial.set_user_attr("train_eval_losses", [_finite(c["train_loss"]) for c in curves])
+        # What the optimizer minimized (label smoothing, L1, dropout and augmentation included),
+        # averaged over the epoch: not comparable with the validation loss.
+        trial.set_user_attr("train_objectives", [_finite(c["train_objective"]) for c in curves])
         trial.set_user_attr("epochs_run", len(curves))
-        # Per-epoch training loss: with the reported validation losses, the generalization gap.
-        trial.set_user_attr("train_losses", [round(c["train_loss"], 6)
-                                             if math.isfinite(c["train_loss"]) else None
-                                             for c in curves])
         trial.set_user_attr("train_seconds", round(seconds, 4))
         samples = len(curves) * len(self.data.train)
         trial.set_user_attr("samples_per_second",
@@ -185,6 +188,11 @@ class Objective:
         # name a checkpoint only when both files are there.
         trial.set_user_attr("checkpoint_artifact", weights_id)
         trial.set_user_attr("curves_artifact", curves_id)
+
+
+def _finite(value: float) -> float | None:
+    """A loss as stored in the study: rounded, None where it diverged (JSON has no NaN)."""
+    return round(value, 6) if math.isfinite(value) else None
 
 
 class _RecordingStore:

@@ -6,7 +6,7 @@ with the same tables, `trials.csv`, and `test_metrics.json`.
 
 This module is the command and `build_report`, which puts the report together from:
 report_stats (what the numbers say), report_sections (one section per question),
-report_heldout (the test set, and the tutorial baseline kept in the study) and report_render
+report_history (importance, history, curves), report_figures (the plots), report_heldout (the test set, and the tutorial baseline kept in the study) and report_render
 (HTML, Markdown, CSV).
 """
 
@@ -32,18 +32,10 @@ from tuning.data import check_data_dir
 from tuning.errors import UsageError
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_render import render_html, render_markdown, write_csv
-from tuning.report_sections import (
-    importance,
-    learning_rate,
-    optimizers,
-    overview,
-    regularization,
-)
+from tuning.report_history import importance
+from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import StudyView
-from tuning.storage import (
-    artifact_store,
-    resolve_url,
-)
+from tuning.storage import existing_artifact_store, resolve_url
 from tuning.study import load_existing, stored_definition
 
 # The tutorial's configuration, trained beside the best trial as the baseline of the test.
@@ -61,8 +53,11 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     settings, space = stored_definition(study)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
-    sections = [overview(view), optimizers(view), learning_rate(view), regularization(view),
-                importance(view)]
+    # Repeats of one fixed configuration answer no question about optimizers, learning rates
+    # or regularization: their overview gives the mean and spread.
+    sections = [overview(view)] if view.fixed_configuration else [
+        overview(view), optimizers(view), learning_rate(view), regularization(view),
+        importance(view)]
     metrics: dict = {}
     if with_test:
         test = held_out_test(view, arrays, device, artifacts, seed_file)
@@ -110,8 +105,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
             probe.unlink()
         except OSError as exc:
             raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
-        artifacts = artifact_store(args.artifacts) if (args.artifacts or Path(
-            "artifacts").is_dir()) else None
+        artifacts = existing_artifact_store(args.artifacts)
         metrics = build_report(study, out, args.device, artifacts, not args.no_test,
                                data_dir=args.data_dir)
     except UsageError as exc:

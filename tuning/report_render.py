@@ -35,18 +35,23 @@ class Table:
 
     columns: list[str]
     rows: list[list] = field(default_factory=list)
+    note: str = ""
+    """Printed under the table: which trials it counts, what its columns mean."""
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", f"*{self.note}*"]
         return "\n".join(lines)
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
                        + "</tr>" for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 @dataclass
@@ -62,7 +67,7 @@ class Section:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;
 padding:.25em .6em;text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #ddd;
-margin-top:2em}.warn{color:#a40}"""
+margin-top:2em}.warn{color:#a40}.note{font-size:.9em;color:#555;margin-top:-1em}"""
 
 
 def render_html(title: str, sections: list[Section]) -> str:
@@ -100,7 +105,7 @@ def write_csv(view: StudyView, path: Path) -> None:
     """One row per trial: its state, value, every parameter (fixed ones too) and what the
     worker recorded about it."""
     names = sorted({n for t in view.trials for n in t.params} | set(view.space))
-    attrs = ["val_accuracy", "train_loss", "epochs_run", "train_seconds", "samples_per_second",
+    attrs = ["val_accuracy", "train_eval_loss", "epochs_run", "train_seconds", "samples_per_second",
              "seed", "worker", "device", "prune_reason", "fail_reason"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -1,34 +1,34 @@
-"""The report's analysis, one section per question: an overview of the study, which
-optimizer, which learning rate, how much regularization, and what mattered (importance,
-history, learning curves, best values on the edge of their range).
+"""The report's analysis, one section per question: an overview of the study, which optimizer,
+which learning rate and how much regularization. What mattered (importance, history, learning
+curves) is in tuning.report_history, the held-out test in tuning.report_heldout.
 
-Each function takes a StudyView and returns a Section of prose, tables and plotly figures;
-the held-out test section is in tuning.report_heldout.
+Each function takes a StudyView and returns a Section of prose, tables and plotly figures.
+Every table and plot counts the same trials (StudyView.population says which, under each
+table): complete trials for losses, pruned ones counted apart, failed ones nowhere.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import warnings
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuning import report_figures as figures
 from tuning.report_render import Section, Table
 from tuning.report_stats import (
+    ADAPTIVE_SAMPLERS,
     StudyView,
-    edge_warnings,
     mean_and_ci,
+    objective_value,
     objective_values,
     reading,
     spearman,
 )
-from tuning.space import REPEAT
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
-IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
-                        "4.x used it by default, 5.x defaults to PED-ANOVA")
+# A good range drawn from fewer trials than this would be one trial's learning rate.
+MIN_TRIALS_FOR_RANGE = 4
 
 
 def overview(view: StudyView) -> Section:
@@ -37,9 +37,8 @@ def overview(view: StudyView) -> Section:
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
     saved = sum(view.settings.epochs - t.user_attrs.get("epochs_run", view.settings.epochs)
-                for t in pruned)
+                for t in view.pruned)
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
@@ -53,57 +52,94 @@ def overview(view: StudyView) -> Section:
          "budget)"],
     ])
     s.tables.append(("Study", table))
-    if view.completed:
-        best = view.study.best_trial
+    coverage = view.grid_coverage()
+    if coverage is not None and coverage[0] < coverage[1]:
+        done, size = coverage
+        s.paragraphs.append(
+            f"Warning: the grid ran {done} of its {size} points ({done / size:.0%}); the "
+            "comparisons below cover only those, so an optimizer or learning rate may be missing "
+            f"or have fewer repeats. Run the study to --trials {size} to complete it.")
+    if view.fixed_configuration:
+        s.paragraphs.append(_repeats_summary(view))
+        s.tables.append(("Configuration (every parameter fixed)", Table(
+            ["parameter", "value"], [[k, v] for k, v in view.configuration(
+                view.trials[0]).items()] if view.trials else [])))
+        return s
+    best = view.best()
+    if best is not None:
         s.paragraphs.append(
             f"Best trial #{best.number}: validation loss {best.value:.4f}, validation accuracy "
             f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}.")
-        params = Table(["parameter", "best value"],
-                       [[k, v] for k, v in {**{n: p.value for n, p in view.space.items()
-                                                if p.kind == "fixed"},
-                                             **best.params}.items()])
-        s.tables.append(("Best configuration", params))
-    space = Table(["parameter", "search range"], [
+        if view.has_repeats:
+            s.paragraphs.append(
+                "The study repeats each configuration with paired seeds (`repeat`): one best "
+                "run is partly luck; the per-optimizer means below are the comparison.")
+        s.tables.append(("Best configuration", Table(
+            ["parameter", "best value"], [[k, v] for k, v in view.configuration(best).items()])))
+    s.tables.append(("Search space", Table(["parameter", "search range"], [
         [n, (f"{p.low} .. {p.high}" + (" (log)" if p.log else "")) if p.kind in ("float", "int")
          else (", ".join(map(str, p.choices)) if p.kind == "categorical" else f"fixed {p.value}")]
-        for n, p in view.space.items()])
-    s.tables.append(("Search space", space))
+        for n, p in view.space.items()])))
     return s
 
 
-def optimizers(view: StudyView) -> Section:
-    import plotly.graph_objects as go
+def _repeats_summary(view: StudyView) -> str:
+    """A study of one fixed configuration run with several seeds: its mean and spread."""
+    complete = view.completed
+    if not complete:
+        return "Every parameter is fixed; no repeat has completed yet."
+    mean, sd, half = mean_and_ci(objective_values(complete))
+    accs = [a for t in complete if (a := t.user_attrs.get("val_accuracy")) is not None]
+    text = (f"Every parameter is fixed: the {len(complete)} complete trials are repeats of one "
+            f"configuration with different seeds. Validation loss {mean:.4f}")
+    if sd is not None and half is not None:
+        text += f" ± {sd:.4f} (sd; 95% interval of the mean {mean - half:.4f} .. {mean + half:.4f})"
+    if accs:
+        acc_mean = statistics.fmean(accs)
+        acc_sd = f" ± {statistics.stdev(accs):.4f} (sd)" if len(accs) > 1 else ""
+        text += f", validation accuracy {acc_mean:.4f}{acc_sd}"
+    return text + ". No trial is 'best' here: they differ only by seed."
 
+
+def optimizers(view: StudyView) -> Section:
     s = Section("Optimizers")
-    groups: dict[str, list[FrozenTrial]] = {}
-    for t in view.trials:
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            groups.setdefault(str(view.param(t, "optimizer")), []).append(t)
-    table = Table(["optimizer", "trials", "pruned", "best val loss", "median val loss",
-                   "mean ± 95% CI (complete)", "best val acc", "median val acc", "best lr"])
-    fig = go.Figure()
-    for name, trials in sorted(groups.items()):
-        losses = [loss for t in trials if (loss := view.final_loss(t)) is not None]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    groups = _by_optimizer(view, view.completed)
+    pruned = _by_optimizer(view, view.pruned)
+    table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
+                   "mean ± 95% CI", "best val acc", "median val acc", "lr of the best"])
+    for name in sorted(groups.keys() | pruned.keys()):
+        trials = groups.get(name, [])
+        losses = objective_values(trials)
         accs = [acc for t in trials if (acc := t.user_attrs.get("val_accuracy")) is not None]
-        best = min(trials, key=lambda t: _or_inf(view.final_loss(t)))
         ci = "-"
-        if len(complete) > 1:
-            mean, sd, half = mean_and_ci(objective_values(complete))
-            ci = f"{mean:.4f} ± {half:.4f} (sd {sd:.4f}, n={len(complete)})"
-        table.rows.append([name, len(trials), sum(t.state == TrialState.PRUNED for t in trials),
+        if len(trials) > 1:
+            mean, sd, half = mean_and_ci(losses)
+            ci = f"{mean:.4f} ± {half:.4f} (sd {sd:.4f}, n={len(trials)})"
+        best = min(trials, key=objective_value) if trials else None
+        table.rows.append([name, len(trials), len(pruned.get(name, [])),
                            min(losses) if losses else None,
                            statistics.median(losses) if losses else None, ci,
                            max(accs) if accs else None,
                            statistics.median(accs) if accs else None,
-                           view.param(best, "lr")])
-        fig.add_trace(go.Box(y=losses, name=name, boxpoints="all", jitter=0.4))
-    fig.update_layout(title="Validation loss by optimizer (complete and pruned trials)",
-                      yaxis_title="best validation loss", yaxis_type="log")
+                           view.param(best, "lr") if best else None])
+    table.note = view.population()
     s.tables.append(("Per optimizer", table))
-    s.figures.append(fig)
+    if view.has_repeats or view.is_grid:
+        cells = _repeat_cells(view)
+        s.figures.append(figures.optimizer_lr_means(
+            {opt: [figures.Cell(lr, mean, half, n) for (o, lr), (mean, _, half, n, _)
+                   in cells.items() if o == opt] for opt in {o for o, _ in cells}}))
+        caption = ("Optimizer x learning rate over repeats (the same seeds for each)"
+                   if view.has_repeats else "Optimizer x learning rate")
+        repeat_table = _repeat_table(cells)
+        repeat_table.note = view.population()
+        s.tables.append((caption, repeat_table))
+    else:
+        s.figures.append(figures.optimizer_boxes(
+            {name: objective_values(trials) for name, trials in groups.items()}))
     counts = [len(v) for v in groups.values()]
-    if len(counts) > 1 and max(counts) > 1.5 * min(counts):
+    if len(counts) > 1 and max(counts) > 1.5 * min(counts) and \
+            view.settings.sampler in ADAPTIVE_SAMPLERS:
         s.paragraphs.append(
             "The comparison is unequal: the sampler gave some optimizers more trials than others "
             f"({', '.join(f'{k}: {len(v)}' for k, v in sorted(groups.items()))}). An adaptive "
@@ -111,58 +147,69 @@ def optimizers(view: StudyView) -> Section:
             "optimizer's best value benefits from more tries. For an equal budget with the same "
             "seeds, run studies/compare-optimizers.toml.")
     elif len(counts) == 1:
-        s.paragraphs.append("Only one optimizer was tried.")
-    repeats = [t for t in view.completed if REPEAT in t.params]
-    if repeats:
-        s.tables.append(("Optimizer x learning rate over repeats (same seeds for each)",
-                         _repeat_table(view, repeats)))
+        s.paragraphs.append("Only one optimizer completed a trial.")
     return s
 
 
-def _repeat_table(view: StudyView, trials: list[FrozenTrial]) -> Table:
-    cells: dict[tuple, list[FrozenTrial]] = {}
+def _by_optimizer(view: StudyView, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
+    groups: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        cells.setdefault((view.param(t, "optimizer"), view.param(t, "lr")), []).append(t)
+        groups.setdefault(str(view.param(t, "optimizer")), []).append(t)
+    return groups
+
+
+def _repeat_cells(view: StudyView) -> dict[tuple[str, float], tuple]:
+    """(optimizer, lr) -> (mean loss, sd, CI half-width, repeats, mean accuracy) over the
+    complete trials; accuracy None where no trial of the cell recorded one."""
+    grouped: dict[tuple[str, float], list[FrozenTrial]] = {}
+    for t in view.completed:
+        lr = view.param(t, "lr")
+        if lr is not None:
+            grouped.setdefault((str(view.param(t, "optimizer")), float(lr)), []).append(t)
+    cells = {}
+    for key, group in sorted(grouped.items()):
+        mean, sd, half = mean_and_ci(objective_values(group))
+        accs = [a for t in group if (a := t.user_attrs.get("val_accuracy")) is not None]
+        cells[key] = (mean, sd, half, len(group), statistics.fmean(accs) if accs else None)
+    return cells
+
+
+def _repeat_table(cells: dict[tuple[str, float], tuple]) -> Table:
     table = Table(["optimizer", "lr", "repeats", "mean val loss", "sd", "95% CI",
                    "mean val acc"])
-    for (opt, lr), group in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        mean, sd, half = mean_and_ci(objective_values(group))
-        acc = statistics.fmean(t.user_attrs.get("val_accuracy", 0.0) for t in group)
-        table.rows.append([opt, lr, len(group), mean, sd,
-                           f"{mean - half:.4f} .. {mean + half:.4f}", acc])
+    for (opt, lr), (mean, sd, half, n, acc) in cells.items():
+        interval = "-" if half is None else f"{mean - half:.4f} .. {mean + half:.4f}"
+        table.rows.append([opt, lr, n, mean, sd, interval, acc])
     return table
 
 
 def learning_rate(view: StudyView) -> Section:
-    import plotly.graph_objects as go
-
     s = Section("Learning rate")
-    fig = go.Figure()
-    table = Table(["optimizer", "trials", "best lr", "good lr range (best quarter)",
+    table = Table(["optimizer", "complete trials", "best lr", "good lr range (best quarter)",
                    "best val loss"])
-    groups: dict[str, list] = {}
-    for t in view.trials:
-        loss = view.final_loss(t)
+    groups: dict[str, list[figures.Point]] = {}
+    for t in view.completed:
         lr = view.param(t, "lr")
-        if loss is not None and lr is not None:
-            groups.setdefault(str(view.param(t, "optimizer")), []).append((lr, loss, t))
+        if lr is not None and t.value is not None:
+            groups.setdefault(str(view.param(t, "optimizer")), []).append(
+                figures.Point(float(lr), t.value, f"trial {t.number}"))
+    pruned = [figures.Point(float(lr), loss, f"trial {t.number} (pruned)") for t in view.pruned
+              if (lr := view.param(t, "lr")) is not None
+              and (loss := view.final_loss(t)) is not None]
+    good: dict[str, tuple[float, float]] = {}
     for name, points in sorted(groups.items()):
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
-                                 mode="markers", name=name,
-                                 text=[f"trial {p[2].number} ({p[2].state.name.lower()})"
-                                       for p in points]))
-        ranked = sorted(points, key=lambda p: p[1])
-        top = ranked[:max(1, len(ranked) // 4)]
-        table.rows.append([name, len(points), ranked[0][0],
-                           f"{min(p[0] for p in top):.2g} .. {max(p[0] for p in top):.2g}",
-                           ranked[0][1]])
-    fig.update_layout(title="Validation loss against learning rate", xaxis_type="log",
-                      yaxis_type="log", xaxis_title="learning rate",
-                      yaxis_title="best validation loss")
-    s.figures.append(fig)
+        ranked = sorted(points, key=lambda p: p.y)
+        span = "-"
+        if len(ranked) >= MIN_TRIALS_FOR_RANGE:
+            top = ranked[:max(2, math.ceil(len(ranked) / 4))]
+            good[name] = (min(p.x for p in top), max(p.x for p in top))
+            span = f"{good[name][0]:.2g} .. {good[name][1]:.2g}"
+        table.rows.append([name, len(points), ranked[0].x, span, ranked[0].y])
+    s.figures.append(figures.lr_scatter(groups, pruned, good))
+    table.note = (f"{view.population()} The good range is the span of learning rates among "
+                  "each optimizer's best quarter of complete trials (shaded in the plot), given "
+                  f"from {MIN_TRIALS_FOR_RANGE} trials on.")
     s.tables.append(("Best learning rates per optimizer", table))
-    s.paragraphs.append("The good range is the span of learning rates among each optimizer's "
-                        "best quarter of trials.")
     return s
 
 
@@ -171,86 +218,56 @@ def regularization(view: StudyView) -> Section:
     from plotly.subplots import make_subplots
 
     s = Section("Regularization")
-    tuned = [n for n in REGULARIZERS if n in view.space and view.space[n].kind != "fixed"]
-    table = Table(["regularizer", "trials", "best trial's value",
+    tuned = [n for n in REGULARIZERS if n in view.tuned]
+    table = Table(["regularizer", "complete trials", "best trial's value",
                    "rank corr. with val loss", "rank corr. with val accuracy",
                    "rank corr. with generalization gap", "reading"])
     if not tuned:
         s.paragraphs.append("No regularization parameter was tuned in this study.")
         return s
-    fig = make_subplots(rows=2, cols=len(tuned), subplot_titles=tuned * 2, vertical_spacing=0.15)
-    best = view.study.best_trial if view.completed else None
+    fig = make_subplots(rows=2, cols=len(tuned), vertical_spacing=0.18,
+                        horizontal_spacing=0.25 / len(tuned))
+    best = view.best()
     for col, name in enumerate(tuned, start=1):
-        pts = [(x, loss, view.gap(t)) for t in view.trials
-               if (x := view.param(t, name)) is not None
-               and (loss := view.final_loss(t)) is not None]
-        xs = [float(p[0]) for p in pts]
+        pts = [(float(x), objective_value(t), view.gap(t), t.user_attrs.get("val_accuracy"))
+               for t in view.completed if (x := view.param(t, name)) is not None]
+        xs = [p[0] for p in pts]
         corr_loss = spearman(xs, [p[1] for p in pts])
-        with_acc = [(float(view.param(t, name)), t.user_attrs["val_accuracy"])
-                    for t in view.trials if view.param(t, name) is not None
-                    and t.user_attrs.get("val_accuracy") is not None]
+        with_acc = [(p[0], p[3]) for p in pts if p[3] is not None]
         corr_acc = spearman([p[0] for p in with_acc], [p[1] for p in with_acc])
-        with_gap = [(float(p[0]), p[2]) for p in pts if p[2] is not None]
+        with_gap = [(p[0], p[2]) for p in pts if p[2] is not None]
         corr_gap = spearman([p[0] for p in with_gap], [p[1] for p in with_gap])
         table.rows.append([name, len(pts), view.param(best, name) if best else None,
                            corr_loss, corr_acc, corr_gap, reading(corr_loss, corr_gap)])
         fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
-                                 showlegend=False), row=1, col=col)
+                                 marker_color=figures.colour(0), showlegend=False),
+                      row=1, col=col)
         fig.add_trace(go.Scatter(x=[p[0] for p in with_gap], y=[p[1] for p in with_gap],
                                  mode="markers", marker_color="indianred", showlegend=False),
                       row=2, col=col)
-        if view.space[name].log:
-            fig.update_xaxes(type="log", row=1, col=col)
-            fig.update_xaxes(type="log", row=2, col=col)
+        axis_type = "log" if view.space[name].log else "linear"
+        fig.update_xaxes(type=axis_type, title_text=name.replace("_", " "), row=1, col=col)
+        fig.update_xaxes(type=axis_type, title_text=name.replace("_", " "), row=2, col=col)
         fig.update_yaxes(type="log", row=1, col=col)
-    fig.update_yaxes(title_text="val loss", row=1, col=1)
-    fig.update_yaxes(title_text="val − train loss", row=2, col=1)
-    fig.update_layout(title="Regularization: validation loss (top) and generalization gap "
-                            "(bottom)", height=600)
-    s.figures.append(fig)
+        fig.update_yaxes(title_text=figures.VAL_LOSS if col == 1 else "", row=1, col=col)
+        fig.update_yaxes(title_text="generalization gap (val − train loss)" if col == 1 else "",
+                         row=2, col=col)
+    s.figures.append(figures.finish(fig, "Regularization: validation loss (top) and "
+                                         "generalization gap (bottom)", height=650))
+    table.note = view.population()
     s.tables.append(("Effect of each regularizer", table))
+    without_gap = sum(view.gap(t) is None for t in view.completed)
     s.paragraphs.append(
         "Rank correlation (Spearman) across trials: negative means more of it went with lower "
         "loss or a smaller gap. The generalization gap is the last epoch's validation loss "
-        "minus its training loss; a large gap is how overfitting shows. Label smoothing raises "
-        "validation cross-entropy by design (its predictions are less confident), so judge it "
-        "by accuracy as well. Correlations across an "
-        "adaptive search are evidence, not proof: parameters were not varied one at a time.")
+        "minus the training loss measured the same way (eval mode, plain cross-entropy, on a "
+        "fixed subset of training images as large as the validation split); the training "
+        "objective (with dropout, augmentation, smoothing and L1) is kept in trials.csv but is "
+        "not comparable. Label smoothing raises validation cross-entropy by design (its "
+        "predictions are less confident), so judge it by accuracy as well. Correlations across "
+        "an adaptive search are evidence, not proof: parameters were not varied one at a time.")
+    if without_gap:
+        s.paragraphs.append(
+            f"{without_gap} complete trials were recorded before the training loss was measured "
+            "in eval mode: they have no generalization gap.")
     return s
-
-
-def importance(view: StudyView) -> Section:
-    s = Section("Importance and history")
-    from optuna import visualization as vis
-
-    if len(view.completed) >= 2:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scores = optuna.importance.get_param_importances(
-                    view.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-            s.tables.append(("Hyperparameter importance",
-                             Table(["parameter", "importance"], [[k, v] for k, v in
-                                                                 scores.items()])))
-            s.paragraphs.append(f"Importance evaluator: {IMPORTANCE_EVALUATOR}. Parameters "
-                                "sampled only for some trials (momentum, nesterov) are left "
-                                "out.")
-        except Exception as exc:  # noqa: BLE001 - e.g. no parameter varies
-            s.paragraphs.append(f"Importance could not be computed: {exc}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if view.trials:
-            s.figures.append(vis.plot_optimization_history(view.study))
-        if any(t.intermediate_values for t in view.trials):
-            s.figures.append(vis.plot_intermediate_values(view.study))
-        if len(view.completed) >= 2 and any(view.space[n].kind != "fixed" for n in view.space):
-            s.figures.append(vis.plot_parallel_coordinate(view.study))
-    s.paragraphs.append("Learning curves show every trial's validation loss per epoch; the "
-                        "pruned ones stop early.")
-    s.paragraphs += edge_warnings(view)
-    return s
-
-
-def _or_inf(loss: float | None) -> float:
-    """A missing loss sorts last; a loss of 0.0 is the best there is, not a missing one."""
-    return math.inf if loss is None else loss

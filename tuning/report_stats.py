@@ -16,15 +16,25 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.report_render import fmt
-from tuning.space import BOUNDS, Param, StudySettings
+from tuning.space import BOUNDS, REPEAT, Param, StudySettings
 
 # Parameters whose hard limit is the model's own: past it lies another architecture.
 ARCHITECTURE_LIMITED = ("blocks", "convs")
 
 
+# Samplers that spend more trials where they already found good results: their per-optimizer
+# trial counts are unequal by design, which flatters the favoured optimizer's best value.
+ADAPTIVE_SAMPLERS = ("tpe", "cmaes", "gp")
+
+
 @dataclass
 class StudyView:
-    """A study's trials with everything the sections need."""
+    """A study's trials with everything the sections need.
+
+    Which trials answer a question is decided here, once: the loss comparisons use complete
+    trials only (each ran every epoch, so their losses are comparable); pruned trials are
+    counted beside them; failed and running trials are in no table or plot.
+    """
 
     study: optuna.Study
     trials: list[FrozenTrial]
@@ -35,12 +45,67 @@ class StudyView:
     def completed(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
 
+    @property
+    def pruned(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.PRUNED]
+
+    def population(self) -> str:
+        """The sentence under each table that says which trials it counts."""
+        left_out = [f"{n} {state.name.lower()}" for state in (TrialState.FAIL, TrialState.RUNNING,
+                                                              TrialState.WAITING)
+                    if (n := sum(t.state == state for t in self.trials))]
+        epochs = self.settings.epochs
+        text = (f"Counted: the {len(self.completed)} complete trials, each trained for the full "
+                f"{epochs} epoch{'s' if epochs != 1 else ''}, so their losses compare.")
+        if self.pruned:
+            text += (f" The {len(self.pruned)} pruned trials stopped early: they are counted "
+                     "apart and their losses are left out.")
+        if left_out:
+            text += f" Left out: {', '.join(left_out)}."
+        return text
+
+    @property
+    def tuned(self) -> list[str]:
+        """The hyperparameters the search varied: not fixed, and not `repeat` (a seed index)."""
+        return [n for n, p in self.space.items() if p.kind != "fixed" and n != REPEAT]
+
+    @property
+    def has_repeats(self) -> bool:
+        return REPEAT in self.space and self.space[REPEAT].kind != "fixed"
+
+    @property
+    def fixed_configuration(self) -> bool:
+        """Every hyperparameter fixed: the trials are repeats of one configuration."""
+        return not self.tuned
+
+    @property
+    def is_grid(self) -> bool:
+        return self.settings.sampler == "grid"
+
+    def grid_coverage(self) -> tuple[int, int] | None:
+        """(distinct grid points finished, points in the grid) for a grid study, else None."""
+        if not self.is_grid:
+            return None
+        from tuning.strategy import grid_size
+
+        done = {tuple(sorted(t.params.items())) for t in self.trials
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        return len(done), grid_size(self.space)
+
+    def best(self) -> FrozenTrial | None:
+        return self.study.best_trial if self.completed else None
+
     def param(self, trial: FrozenTrial, name: str):
         """A trial's value for a parameter, sampled or fixed by the study."""
         if name in trial.params:
             return trial.params[name]
         p = self.space.get(name)
         return p.value if p is not None and p.kind == "fixed" else None
+
+    def configuration(self, trial: FrozenTrial) -> dict:
+        """A trial's hyperparameters, fixed ones included, without the seed index `repeat`."""
+        fixed = {n: p.value for n, p in self.space.items() if p.kind == "fixed"}
+        return {k: v for k, v in {**fixed, **trial.params}.items() if k != REPEAT}
 
     def final_loss(self, trial: FrozenTrial) -> float | None:
         """Best validation loss seen: the value of a complete trial, the best report of a
@@ -51,8 +116,11 @@ class StudyView:
         return min(values) if values else None
 
     def gap(self, trial: FrozenTrial) -> float | None:
-        """Generalization gap at the last epoch: validation loss minus training loss."""
-        train = trial.user_attrs.get("train_loss")
+        """Generalization gap at the last epoch: validation loss minus the training loss
+        measured the same way (eval mode, plain cross-entropy). None for trials recorded
+        before that measurement existed: their training loss was the training objective
+        (dropout, augmentation, smoothing, L1), which makes a gap meaningless."""
+        train = trial.user_attrs.get("train_eval_loss")
         if train is None or not trial.intermediate_values:
             return None
         last = trial.intermediate_values[max(trial.intermediate_values)]
@@ -69,20 +137,25 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
-def objective_values(trials: list[FrozenTrial]) -> list[float]:
-    """The values of complete trials (every complete trial of a single-objective study has
+def objective_value(trial: FrozenTrial) -> float:
+    """The value of a complete trial (every complete trial of a single-objective study has
     one; FrozenTrial.value is typed Optional for the others)."""
-    return [cast(float, t.value) for t in trials]
+    return cast(float, trial.value)
 
 
-def mean_and_ci(values: list[float]) -> tuple[float, float, float]:
+def objective_values(trials: list[FrozenTrial]) -> list[float]:
+    return [objective_value(t) for t in trials]
+
+
+def mean_and_ci(values: list[float]) -> tuple[float, float | None, float | None]:
     """Mean, standard deviation and the half-width of the 95% interval of the mean (Student's
-    t: with 3 repeats the normal 1.96 would claim an interval half as wide as it is)."""
+    t: with 3 repeats the normal 1.96 would claim an interval half as wide as it is). One value
+    has no spread: sd and interval are None, not a zero-width interval."""
     from scipy.stats import t as student_t
 
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, 0.0, 0.0
+        return mean, None, None
     sd = statistics.stdev(values)
     return mean, sd, float(student_t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
 

@@ -191,9 +191,11 @@ def open_storage(url: str, heartbeat: bool = True,
     if path is not None:
         _prepare_sqlite(path, create)
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        # Opening a storage writes its schema version; two processes opening a new file at
-        # once both write it and one fails ('UNIQUE constraint failed: alembic_version').
-        init_lock = FileLock(f"{path}.init.lock")
+        if create:
+            # Opening a new file writes its schema version; two processes doing it at once
+            # both write it and one fails ('UNIQUE constraint failed: alembic_version'). An
+            # existing file has its schema: readers leave no lock file beside it.
+            init_lock = FileLock(f"{path}.init.lock")
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
@@ -216,6 +218,18 @@ def open_storage(url: str, heartbeat: bool = True,
             raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+
+
+def existing_artifact_store(directory: Path | None = None):
+    """The artifact store for commands that only read (report, dashboard): the directory
+    `artifact_store` would use, if it exists; None where the default one does not (no trial
+    saved a checkpoint here). A directory named explicitly must exist: nothing is created."""
+    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "artifacts"))
+    if not path.is_dir():
+        if directory is not None:
+            raise UsageError(f"--artifacts {str(path)!r} does not exist or is not a directory")
+        return None
+    return artifact_store(path)
 
 
 def artifact_store(directory: Path | None = None):

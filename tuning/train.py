@@ -176,11 +176,27 @@ class EpochResult:
     epoch: int
     """Epoch number, from 1."""
     train: dict
-    """train_epoch's result: loss, accuracy."""
+    """train_epoch's result: the training objective (with label smoothing and the L1
+    penalty, in train mode with dropout and augmentation) and accuracy, averaged while the
+    weights changed. Not comparable with the validation loss."""
+    train_eval: dict
+    """evaluate's result on `training_probe`: the training loss measured exactly as the
+    validation loss is, so that validation minus this is the generalization gap."""
     val: dict
     """evaluate's result on the validation split: loss, accuracy."""
     seconds: float
     """Wall time of the training pass (the device is synced by then)."""
+
+
+def training_probe(data: DeviceData) -> Split:
+    """A fixed subset of the training images, as many as the validation split has.
+
+    The training split is a seeded permutation, so its first images are a random sample; a
+    slice is a view, so this costs no memory, and one evaluation of it per epoch costs about as
+    much as the validation pass.
+    """
+    n = min(len(data.val), len(data.train))
+    return Split(data.train.x[:n], data.train.y[:n])
 
 
 def fit(
@@ -200,12 +216,14 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = -(-len(data.train) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, epochs, steps_per_epoch)
+    probe = training_probe(data)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         stats = train_epoch(network, training_batches(data, cfg, generator), optimizer, cfg,
                             runtime, scheduler, on_step)
         seconds = time.perf_counter() - start  # train_epoch ended with a host sync
-        yield EpochResult(epoch, stats, evaluate(network, data.val, runtime), seconds)
+        yield EpochResult(epoch, stats, evaluate(network, probe, runtime),
+                          evaluate(network, data.val, runtime), seconds)
 
 
 @torch.no_grad()

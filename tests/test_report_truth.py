@@ -1,0 +1,195 @@
+"""Tier 1 (plus one short training): the report counts one population per question, measures
+the generalization gap honestly, reads fair-comparison studies as such, and titles every axis."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from tuning.report_history import importance
+from tuning.report_sections import learning_rate, optimizers, overview, regularization
+from tuning.report_stats import StudyView
+from tuning.space import parse_study
+
+SPACE = {"optimizer": {"choices": ["adam", "sgd"]},
+         "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+         "dropout": {"low": 0.0, "high": 0.5}}
+DISTS = {"optimizer": CategoricalDistribution(["adam", "sgd"]),
+         "lr": FloatDistribution(1e-4, 1e-1, log=True), "dropout": FloatDistribution(0.0, 0.5)}
+
+
+def _view(study: optuna.Study, space: dict, sampler: str = "tpe") -> StudyView:
+    parsed = parse_study({"study": {"sampler": sampler, "epochs": 3}, "space": space})
+    return StudyView(study, study.get_trials(), parsed.settings, parsed.space)
+
+
+def _mixed_study() -> optuna.Study:
+    """8 complete, 2 pruned and 2 failed trials (the failed ones with reported losses, as a
+    trial stopped by a crash at epoch 2 has)."""
+    study = optuna.create_study()
+    for i in range(8):
+        params = {"optimizer": ["adam", "sgd"][i % 2], "lr": 10 ** (-4 + i * 0.4),
+                  "dropout": 0.05 * i}
+        loss = 0.1 + 0.02 * i
+        study.add_trial(optuna.create_trial(
+            value=loss, params=params, distributions=DISTS,
+            intermediate_values={1: loss * 2, 2: loss * 1.5, 3: loss},
+            user_attrs={"val_accuracy": 0.9, "train_eval_loss": loss * 0.8,
+                        "train_eval_losses": [loss * 1.8, loss * 1.2, loss * 0.8]}))
+    for state, lr in ((TrialState.PRUNED, 2e-4), (TrialState.PRUNED, 3e-4),
+                      (TrialState.FAIL, 5e-2), (TrialState.FAIL, 6e-2)):
+        study.add_trial(optuna.create_trial(
+            state=state, params={"optimizer": "adam", "lr": lr, "dropout": 0.1},
+            distributions=DISTS, intermediate_values={1: 0.01, 2: 0.005}))
+    return study
+
+
+def _figure_points(section) -> list[float]:
+    """Every x value plotted in a section's figures."""
+    return [x for fig in section.figures for trace in fig.data
+            for x in (getattr(trace, "x", None) or ())]
+
+
+def test_every_section_counts_the_same_complete_trials_and_no_failed_one():
+    view = _view(_mixed_study(), SPACE)
+    per_optimizer = optimizers(view).tables[0][1]
+    assert sum(row[1] for row in per_optimizer.rows) == 8  # complete trials
+    assert sum(row[2] for row in per_optimizer.rows) == 2  # pruned, counted apart
+    lr = learning_rate(view)
+    assert sum(row[1] for row in lr.tables[0][1].rows) == 8
+    # The failed trials' losses (0.005) are lower than any other: they would be "best".
+    assert min(row[4] for row in lr.tables[0][1].rows) == pytest.approx(0.1)
+    assert not {5e-2, 6e-2} & set(_figure_points(lr))
+    regular = regularization(view).tables[0][1]
+    assert [row[1] for row in regular.rows] == [8]
+    for section in (optimizers(view), learning_rate(view), regularization(view)):
+        notes = [t.note for _, t in section.tables if t.note]
+        assert notes and all("8 complete" in n and "2 pruned" in n and "2 fail" in n
+                             for n in notes)
+    curves = importance(view)
+    plotted = {trace.name for fig in curves.figures for trace in fig.data if trace.name}
+    assert not {"trial 10", "trial 11"} & plotted  # the failed trials
+
+
+def test_gap_uses_the_eval_mode_training_loss_and_old_trials_have_none():
+    study = _mixed_study()
+    study.add_trial(optuna.create_trial(
+        value=0.3, params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1},
+        distributions=DISTS, intermediate_values={1: 0.3},
+        user_attrs={"train_loss": 0.9}))  # an old trial: the training objective only
+    view = _view(study, SPACE)
+    gaps = [view.gap(t) for t in view.completed]
+    assert gaps[:8] == pytest.approx([(0.1 + 0.02 * i) * 0.2 for i in range(8)])
+    assert gaps[8] is None
+    assert any("no generalization gap" in p for p in regularization(view).paragraphs)
+
+
+def _grid_study(repeats: int, trials: int) -> tuple[optuna.Study, dict]:
+    space = {"optimizer": {"choices": ["adam", "sgd"]}, "lr": {"choices": [0.001, 0.01]},
+             "repeat": {"choices": list(range(repeats))}}
+    dists = {"optimizer": CategoricalDistribution(["adam", "sgd"]),
+             "lr": CategoricalDistribution([0.001, 0.01]),
+             "repeat": CategoricalDistribution(list(range(repeats)))}
+    study = optuna.create_study()
+    cells = [(o, lr, r) for o in ("adam", "sgd") for lr in (0.001, 0.01) for r in range(repeats)]
+    for i, (opt, lr, r) in enumerate(cells[:trials]):
+        study.add_trial(optuna.create_trial(
+            value=0.2 + 0.01 * i, params={"optimizer": opt, "lr": lr, "repeat": r},
+            distributions=dists, intermediate_values={1: 0.2 + 0.01 * i},
+            user_attrs={"val_accuracy": 0.9}))
+    return study, space
+
+
+def test_a_partial_grid_is_flagged_and_repeat_is_no_hyperparameter():
+    study, space = _grid_study(repeats=3, trials=9)
+    view = _view(study, space, sampler="grid")
+    first = overview(view)
+    assert any("the grid ran 9 of its 12 points" in p for p in first.paragraphs)
+    best_config = dict(first.tables[1][1].rows)
+    assert "repeat" not in best_config and "optimizer" in best_config
+    what_mattered = importance(view)
+    scores = dict(what_mattered.tables[0][1].rows)
+    assert "repeat" not in scores and set(scores) <= {"optimizer", "lr"}
+    parallel = what_mattered.figures[-1]
+    assert parallel.layout.title.text.startswith("Parallel coordinates")
+    assert set(parallel.layout.xaxis.ticktext) == {"validation loss", "optimizer", "lr"}
+    # A grid spends its budget evenly by construction: no adaptive-sampler warning.
+    assert not any("adaptive" in p for p in optimizers(view).paragraphs)
+    complete_grid = _view(_grid_study(repeats=3, trials=12)[0], space, sampler="grid")
+    assert not any("grid ran" in p for p in overview(complete_grid).paragraphs)
+
+
+def test_a_grid_shows_means_against_learning_rate_and_one_repeat_has_no_interval():
+    study, space = _grid_study(repeats=1, trials=4)
+    section = optimizers(_view(study, space, sampler="grid"))
+    figure = section.figures[0]
+    assert all(trace.type == "scatter" for trace in figure.data)  # not a box mixing lrs
+    assert figure.layout.xaxis.title.text == "learning rate"
+    assert all(not trace.error_y.visible for trace in figure.data)
+    cells = section.tables[1][1]
+    assert [row[2] for row in cells.rows] == [1, 1, 1, 1]
+    assert all(row[4] is None and row[5] == "-" for row in cells.rows)  # no sd, no interval
+    study, space = _grid_study(repeats=3, trials=12)
+    figure = optimizers(_view(study, space, sampler="grid")).figures[0]
+    assert all(trace.error_y.visible for trace in figure.data)
+
+
+def test_repeats_of_one_fixed_configuration_report_mean_and_spread_not_a_best_trial():
+    study = optuna.create_study()
+    for i, loss in enumerate((0.30, 0.32, 0.34)):
+        study.add_trial(optuna.create_trial(value=loss, params={}, distributions={},
+                                            user_attrs={"val_accuracy": 0.9 + 0.01 * i}))
+    view = _view(study, {"optimizer": "adam", "lr": 0.001})
+    assert view.fixed_configuration
+    text = " ".join(overview(view).paragraphs)
+    assert "0.3200 ± 0.0200 (sd" in text and "Best trial" not in text
+
+
+def test_every_plot_titles_its_axes_in_words():
+    sections = [s(_view(_mixed_study(), SPACE))
+                for s in (optimizers, learning_rate, regularization, importance)]
+    figures = [fig for s in sections for fig in s.figures]
+    assert len(figures) >= 6
+    for fig in figures:
+        layout = fig.to_plotly_json()["layout"]
+        axes = {k: v for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))}
+        if layout["title"]["text"].startswith("Parallel coordinates"):
+            # Its axes are the parameters, named along the x axis.
+            assert layout["xaxis"]["ticktext"][0] == "validation loss"
+            assert {"lr", "optimizer", "dropout"} <= set(layout["xaxis"]["ticktext"])
+            continue
+        titled = [a for a in axes.values() if a.get("title", {}).get("text")]
+        assert len(titled) >= 2, layout.get("title")
+        assert all(a.get("exponentformat") == "e" for a in axes.values())
+
+
+def test_eval_mode_gap_is_not_negative_on_an_overfitting_configuration():
+    """Trained without regularization on 200 images, a network fits its training images
+    better than unseen ones. The training objective with heavy dropout, smoothing and
+    augmentation sits above the validation loss (the old, biased gap was negative); the
+    training loss measured in eval mode does not."""
+    import dataclasses
+
+    import torch
+
+    from tuning.data import load_arrays, to_device
+    from tuning.device import resolve_device
+    from tuning.model import ArchConfig, build_model
+    from tuning.train import TrainConfig, fit, seed_everything
+
+    runtime = resolve_device("cpu")
+    arrays = load_arrays("mnist-sample")
+    small = dataclasses.replace(arrays, train_x=arrays.train_x[:200],
+                                train_y=arrays.train_y[:200])
+    data = to_device(small, runtime.device)
+    generator = seed_everything(0, runtime.device)
+    model = build_model(ArchConfig(blocks=1, channels=16, dropout=0.5), data.input_shape,
+                        data.num_classes)
+    cfg = TrainConfig(lr=3e-3, batch_size=32, label_smoothing=0.3, crop_padding=4)
+    results = list(fit(model, data, cfg, runtime, generator, epochs=12))
+    last = results[-1]
+    assert last.train["loss"] > last.val["loss"]  # the objective: a negative "gap"
+    assert last.val["loss"] - last.train_eval["loss"] > 0
+    assert torch.isfinite(torch.tensor(last.train_eval["loss"]))

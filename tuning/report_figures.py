@@ -1,0 +1,166 @@
+"""The report's plots, made to be read: every axis titled in words, losses on a log axis, numbers
+written 1e-4 (not plotly's SI 100µ), complete trials in colour and pruned ones in grey, failed
+trials nowhere.
+
+Each function takes plain numbers (the sections in tuning.report_sections choose the trials)
+and returns a plotly figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+VAL_LOSS = "validation loss (cross-entropy)"
+BEST_VAL_LOSS = "best validation loss (cross-entropy)"
+LEARNING_RATE = "learning rate"
+EPOCH = "epoch"
+PRUNED_COLOUR = "#b0b0b0"
+COLOURS = qualitative.Plotly
+
+
+def colour(index: int) -> str:
+    return COLOURS[index % len(COLOURS)]
+
+
+def finish(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
+    """The settings every figure shares: a title, white background, numbers as 1e-4."""
+    fig.update_layout(title=title, template="plotly_white", height=height,
+                      legend={"title": {"text": ""}})
+    fig.update_xaxes(exponentformat="e", showexponent="all")
+    fig.update_yaxes(exponentformat="e", showexponent="all")
+    return fig
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trial on a scatter plot."""
+
+    x: float
+    y: float
+    label: str
+
+
+def lr_scatter(groups: dict[str, list[Point]], pruned: list[Point],
+               good_ranges: dict[str, tuple[float, float]]) -> go.Figure:
+    """Best validation loss against learning rate, one colour per optimizer, each optimizer's
+    good range shaded in its colour; pruned trials in grey (their best before they stopped)."""
+    fig = go.Figure()
+    for i, (name, points) in enumerate(sorted(groups.items())):
+        fig.add_trace(go.Scatter(x=[p.x for p in points], y=[p.y for p in points],
+                                 mode="markers", name=name, marker_color=colour(i),
+                                 text=[p.label for p in points]))
+        if name in good_ranges:
+            low, high = good_ranges[name]
+            # A single learning rate still gets a visible band: ±5% on the log axis.
+            fig.add_vrect(x0=low / 1.05, x1=high * 1.05, fillcolor=colour(i), opacity=0.12,
+                          line_width=0, layer="below")
+    if pruned:
+        fig.add_trace(go.Scatter(x=[p.x for p in pruned], y=[p.y for p in pruned],
+                                 mode="markers", name="pruned (best before stopping)",
+                                 marker={"color": PRUNED_COLOUR, "symbol": "circle-open"},
+                                 text=[p.label for p in pruned]))
+    fig.update_xaxes(type="log", title_text=LEARNING_RATE)
+    fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
+    return finish(fig, "Validation loss against learning rate (shaded: each optimizer's good "
+                       "range)")
+
+
+def optimizer_boxes(groups: dict[str, list[float]]) -> go.Figure:
+    """The distribution of complete trials' validation loss per optimizer."""
+    fig = go.Figure()
+    for i, (name, losses) in enumerate(sorted(groups.items())):
+        fig.add_trace(go.Box(y=losses, name=name, boxpoints="all", jitter=0.4,
+                             marker_color=colour(i)))
+    fig.update_xaxes(title_text="optimizer")
+    fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
+    return finish(fig, "Validation loss by optimizer (complete trials)")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and 95% interval of repeats at one learning rate (half None: a single repeat)."""
+
+    lr: float
+    mean: float
+    half: float | None
+    n: int
+
+
+def optimizer_lr_means(groups: dict[str, list[Cell]]) -> go.Figure:
+    """A fair comparison: each optimizer's mean validation loss over repeats against the
+    learning rate, with its 95% interval (none drawn for a single repeat)."""
+    fig = go.Figure()
+    for i, (name, cells) in enumerate(sorted(groups.items())):
+        cells = sorted(cells, key=lambda c: c.lr)
+        halves = [c.half if c.half is not None else 0.0 for c in cells]
+        fig.add_trace(go.Scatter(
+            x=[c.lr for c in cells], y=[c.mean for c in cells], mode="lines+markers",
+            name=name, marker_color=colour(i),
+            error_y={"type": "data", "array": halves,
+                     "visible": any(c.half is not None for c in cells)},
+            text=[f"{name}, lr {c.lr:g}: mean of {c.n} repeats" for c in cells]))
+    fig.update_xaxes(type="log", title_text=LEARNING_RATE)
+    fig.update_yaxes(type="log", title_text=f"mean {VAL_LOSS}")
+    return finish(fig, "Mean validation loss over repeats, with 95% interval, per optimizer")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's losses per epoch (None where a loss was not finite or not recorded)."""
+
+    label: str
+    epochs: list[int]
+    losses: list[float | None]
+    pruned: bool = False
+
+
+def learning_curves(curves: list[Curve]) -> go.Figure:
+    """Validation loss per epoch of every complete (coloured) and pruned (grey) trial."""
+    fig = go.Figure()
+    for i, curve in enumerate(curves):
+        fig.add_trace(go.Scatter(
+            x=curve.epochs, y=curve.losses, mode="lines+markers", name=curve.label,
+            line={"color": PRUNED_COLOUR if curve.pruned else colour(i), "width": 1},
+            marker={"size": 4}, showlegend=len(curves) <= 20))
+    fig.update_xaxes(title_text=EPOCH, dtick=1 if _epochs(curves) <= 20 else None)
+    fig.update_yaxes(type="log", title_text=VAL_LOSS)
+    return finish(fig, "Learning curves: validation loss per epoch (pruned trials grey)")
+
+
+def train_and_val_curves(pairs: list[tuple[Curve, Curve]]) -> go.Figure:
+    """For the best trials: training loss (dashed) and validation loss (solid) per epoch, both
+    measured the same way, so the space between them is the generalization gap."""
+    fig = go.Figure()
+    for i, (train, val) in enumerate(pairs):
+        fig.add_trace(go.Scatter(x=val.epochs, y=val.losses, mode="lines+markers",
+                                 name=f"{val.label}: validation", line_color=colour(i)))
+        fig.add_trace(go.Scatter(x=train.epochs, y=train.losses, mode="lines+markers",
+                                 name=f"{train.label}: training", line_color=colour(i),
+                                 line_dash="dash"))
+    fig.update_xaxes(title_text=EPOCH,
+                     dtick=1 if _epochs([c for p in pairs for c in p]) <= 20 else None)
+    fig.update_yaxes(type="log", title_text="loss (cross-entropy, eval mode)")
+    return finish(fig, "Best trials: training (dashed) and validation (solid) loss per epoch")
+
+
+def history(numbers: list[int], values: list[float]) -> go.Figure:
+    """Each complete trial's value in the order trials were started, and the best so far."""
+    best, running = [], math.inf
+    for v in values:
+        running = min(running, v)
+        best.append(running)
+    fig = go.Figure([
+        go.Scatter(x=numbers, y=values, mode="markers", name="trial", marker_color=colour(0)),
+        go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line_color=colour(1)),
+    ])
+    fig.update_xaxes(title_text="trial number")
+    fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
+    return finish(fig, "Search history (complete trials)")
+
+
+def _epochs(curves: list[Curve]) -> int:
+    return max((max(c.epochs) for c in curves if c.epochs), default=0)

@@ -1,0 +1,103 @@
+"""The report's section on what mattered: hyperparameter importance (and how far to trust it),
+the search history, learning curves, training against validation loss for the best trials,
+parallel coordinates of the most important parameters, and best values on the edge of their
+range.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from tuning import report_figures as figures
+from tuning.report_render import Section, Table
+from tuning.report_stats import StudyView, edge_warnings, objective_value, objective_values
+
+IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0); Optuna "
+                        "4.x used it by default, 5.x defaults to PED-ANOVA")
+# fANOVA fits a random forest to the trials: with fewer, its ranking changes from seed to seed.
+MIN_TRIALS_FOR_IMPORTANCE = 20
+# Parallel coordinates with more axes than this are a tangle nobody reads.
+PARALLEL_AXES = 5
+BEST_CURVES = 3
+
+
+def importance(view: StudyView) -> Section:
+    s = Section("Importance and history")
+    scores = _importance(view, s)
+    complete = view.completed
+    if complete:
+        s.figures.append(figures.history([t.number for t in complete],
+                                         objective_values(complete)))
+    curves = [_curve(t, pruned=t.state == TrialState.PRUNED)
+              for t in complete + view.pruned if t.intermediate_values]
+    if curves:
+        s.figures.append(figures.learning_curves(curves))
+    best = sorted(complete, key=objective_value)[:BEST_CURVES]
+    pairs = [(figures.Curve(f"trial {t.number}", list(range(1, len(losses) + 1)), losses),
+              _curve(t)) for t in best if (losses := t.user_attrs.get("train_eval_losses"))]
+    if pairs:
+        s.figures.append(figures.train_and_val_curves(pairs))
+    if len(complete) >= 2 and view.tuned:
+        s.figures.append(_parallel(view, scores))
+    s.paragraphs.append("Learning curves show every complete trial's validation loss per epoch "
+                        "and, in grey, the pruned ones, which stop early. Failed trials are left "
+                        "out of every plot.")
+    s.paragraphs += edge_warnings(view)
+    return s
+
+
+def _importance(view: StudyView, s: Section) -> dict[str, float]:
+    """fANOVA importance of the tuned parameters (never `repeat`, a seed index), with a warning
+    when there are too few trials to trust it."""
+    complete = view.completed
+    # Parameters sampled only for some trials (momentum, nesterov) cannot be scored.
+    always = [n for n in view.tuned if all(n in t.params for t in complete)]
+    if len(complete) < 2 or not always:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = optuna.importance.get_param_importances(
+                view.study, params=always,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception as exc:  # noqa: BLE001 - e.g. no parameter varies
+        s.paragraphs.append(f"Importance could not be computed: {exc}")
+        return {}
+    s.tables.append(("Hyperparameter importance",
+                     Table(["parameter", "importance"], [[k, v] for k, v in scores.items()])))
+    s.paragraphs.append(f"Importance evaluator: {IMPORTANCE_EVALUATOR}. Parameters sampled only "
+                        "for some trials (momentum, nesterov) and the seed index `repeat` are "
+                        "left out.")
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        s.paragraphs.append(
+            f"Warning: importance from {len(complete)} complete trials is a rough hint, not a "
+            f"ranking: fANOVA needs about {MIN_TRIALS_FOR_IMPORTANCE} or more to be stable.")
+    return scores
+
+
+def _curve(trial: optuna.trial.FrozenTrial, pruned: bool = False) -> figures.Curve:
+    epochs = sorted(trial.intermediate_values)
+    losses: list[float | None] = [trial.intermediate_values[e] for e in epochs]
+    return figures.Curve(f"trial {trial.number}", epochs,
+                         [v if v is not None and math.isfinite(v) else None for v in losses],
+                         pruned)
+
+
+def _parallel(view: StudyView, scores: dict[str, float]):
+    """Parallel coordinates of the most important tuned parameters (complete trials only)."""
+    from optuna import visualization as vis
+
+    ranked = list(scores) or view.tuned
+    shown = ranked[:PARALLEL_AXES]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = vis.plot_parallel_coordinate(view.study, params=shown,
+                                           target_name="validation loss")
+    title = "Parallel coordinates (complete trials)"
+    if len(ranked) > len(shown):
+        title += f": the {len(shown)} most important of {len(ranked)} parameters"
+    return figures.finish(fig, title)
