@@ -146,6 +146,30 @@ def test_report_page_renders_offline_in_headless_chromium(small_study, tmp_path)
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.std() > 5  # not a blank page
     assert len(np.unique(image)) > 20  # text, tables and plot lines, not a flat colour
+    figures = _page_figures((small_study / "reports" / "small" / "index.html").read_text())
+    assert len(figures) >= 8
+    for data, layout in figures:
+        title = layout["title"]["text"]
+        axes = {k: v for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))}
+        if title.startswith("Parallel coordinates"):  # its x axis names the parameters
+            assert layout["xaxis"]["ticktext"][0] == "validation loss"
+            continue
+        titled = {k for k, a in axes.items() if a.get("title", {}).get("text")}
+        # Every x axis says what it is; subplots in a row share the first one's y title.
+        assert {k for k in axes if k.startswith("xaxis")} <= titled, title
+        assert any(k.startswith("yaxis") for k in titled), title
+
+
+def _page_figures(page: str) -> list[tuple[list, dict]]:
+    """(data, layout) of every plotly figure on the page, read from its Plotly.newPlot call."""
+    decoder = json.JSONDecoder()
+    figures = []
+    for call in page.split("Plotly.newPlot(")[1:]:
+        rest = call.split(",", 1)[1].lstrip()  # after the element id
+        data, end = decoder.raw_decode(rest)
+        layout, _ = decoder.raw_decode(rest[end:].lstrip(", \n"))
+        figures.append((data, layout))
+    return figures
 
 
 def _free_port() -> int:
@@ -177,6 +201,8 @@ def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
         study_id = studies[0]["study_id"]
         with urllib.request.urlopen(f"{base}/api/studies/{study_id}?after=0", timeout=10) as r:
             detail = json.load(r)
+        # The objective is named, not "Objective 0".
+        assert detail["objective_names"] == ["val_loss"]
         artifacts = [a for t in detail["trials"] for a in t.get("artifacts", [])]
         assert any(a["filename"].endswith(".pt") for a in artifacts)
         assert any(a["filename"].endswith("-curves.json") for a in artifacts)

@@ -1,0 +1,61 @@
+"""Commands that only read (report, dashboard, worker) never create a database, a study or a
+directory: a mistyped study name is one line and exit 2, with nothing left on disk."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import run_cli
+
+from tuning.catalog import builtin_study_file
+
+READERS = ["tuning.report", "tuning.dashboard", "tuning.worker"]
+
+
+def _files(root) -> set[str]:
+    """Every file under `root` but SQLite's write-ahead log and its index, which come and go
+    with connections to the database."""
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+            if not f.endswith(("-wal", "-shm"))}
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("module", READERS)
+def test_unknown_study_in_an_empty_directory_leaves_nothing(tmp_path, module):
+    result = run_cli("--study", "typo", "--port", "1", module=module, cwd=tmp_path) \
+        if module == "tuning.dashboard" else run_cli("--study", "typo", module=module,
+                                                     cwd=tmp_path)
+    assert "typo" in _one_line_error(result)
+    assert _files(tmp_path) == set() and os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory):
+    """A directory with one real study, created the way a user creates one."""
+    workdir = tmp_path_factory.mktemp("existing")
+    created = run_cli("--create-only", "--study", "real", "--config", str(builtin_study_file("mnist")),
+                      "--dataset", "mnist-sample", cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    return workdir
+
+
+@pytest.mark.parametrize("module", READERS)
+def test_unknown_study_beside_a_real_one_changes_nothing(existing, module):
+    before = {f: (existing / f).read_bytes() for f in _files(existing)}
+    extra = ["--port", "1"] if module == "tuning.dashboard" else []
+    result = run_cli("--study", "typo", "--storage", "sqlite:///studies/real.db", *extra,
+                     module=module, cwd=existing)
+    line = _one_line_error(result)
+    assert "'typo' does not exist" in line
+    after = {f: (existing / f).read_bytes() for f in _files(existing)}
+    assert after.keys() == before.keys()  # no artifacts/, no lock file, no new database
+    import optuna
+
+    names = optuna.get_all_study_names(f"sqlite:///{existing}/studies/real.db")
+    assert names == ["real"]
