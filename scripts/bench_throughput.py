@@ -26,12 +26,21 @@ from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import COMPILE_MODES, resolve_device, set_cpu_threads  # noqa: E402
 from tuning.model import build_model  # noqa: E402
 from tuning.space import build_configs, load_study_file  # noqa: E402
-from tuning.train import make_optimizer, seed_everything, train_epoch, training_batches  # noqa: E402
+from tuning.train import (  # noqa: E402
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    train_epoch,
+    training_batches,
+    training_probe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tuning_epoch_seconds(arrays, runtime, epochs: int) -> list[float]:
+def tuning_epoch_seconds(arrays, runtime, epochs: int) -> tuple[list[float], list[float]]:
+    """Seconds per training pass, and per evaluation of the training-loss probe (the
+    eval-mode training loss every epoch records for the generalization gap)."""
     study = load_study_file(ROOT / "tuning" / "studies" / "seed.toml")
     arch, cfg = build_configs({name: p.value for name, p in study.space.items()})
     data = to_device(arrays, runtime.device)
@@ -39,12 +48,16 @@ def tuning_epoch_seconds(arrays, runtime, epochs: int) -> list[float]:
     model = runtime.place(build_model(arch, data.input_shape, data.num_classes))
     optimizer = make_optimizer(model, cfg)
     network = runtime.compiled(model)
-    times = []
+    times, probe_times = [], []
+    probe = training_probe(data)
     for _ in range(epochs):
         start = time.perf_counter()
         train_epoch(network, training_batches(data, cfg, generator), optimizer, cfg, runtime)
         times.append(time.perf_counter() - start)  # train_epoch ends with a host sync
-    return times
+        start = time.perf_counter()
+        evaluate(network, probe, runtime)  # ends with a host sync (.item())
+        probe_times.append(time.perf_counter() - start)
+    return times, probe_times
 
 
 def main() -> None:
@@ -61,7 +74,7 @@ def main() -> None:
     threads = set_cpu_threads() if runtime.device.type == "cpu" else torch.get_num_threads()
     arrays = load_arrays(args.dataset)
     n = len(arrays.train_y)
-    ours = tuning_epoch_seconds(arrays, runtime, args.epochs)[1:]
+    ours, probe = (times[1:] for times in tuning_epoch_seconds(arrays, runtime, args.epochs))
     theirs = tutorial_pipeline.epoch_seconds(arrays.train_x, arrays.train_y, runtime.device,
                                              args.epochs)[1:]
     result = {
@@ -75,11 +88,14 @@ def main() -> None:
         "tutorial_images_per_s": round(n / statistics.median(theirs)),
     }
     result["speedup"] = round(result["tuning_images_per_s"] / result["tutorial_images_per_s"], 2)
+    result["probe_share_of_epoch"] = round(statistics.median(probe) / statistics.median(ours), 3)
     print(f"{'pipeline':<22}{'images/s (median)':>20}")
     print(f"{'tuning (seed.toml)':<22}{result['tuning_images_per_s']:>20,}")
     print(f"{'tutorial (PIL+loader)':<22}{result['tutorial_images_per_s']:>20,}")
     print(f"speedup {result['speedup']}x on {result['device']}, {n} images, "
           f"{threads} threads, median of {args.epochs - 1} epochs after 1 warm-up")
+    print(f"training-loss probe (eval mode, {len(arrays.val_y)} training images): "
+          f"{result['probe_share_of_epoch']:.1%} of a training pass")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -39,8 +39,8 @@ def test_unknown_study_in_an_empty_directory_leaves_nothing(tmp_path, module):
 def existing(tmp_path_factory):
     """A directory with one real study, created the way a user creates one."""
     workdir = tmp_path_factory.mktemp("existing")
-    created = run_cli("--create-only", "--study", "real", "--config", str(builtin_study_file("mnist")),
-                      "--dataset", "mnist-sample", cwd=workdir)
+    created = run_cli("--create-only", "--study", "real", "--config",
+                      str(builtin_study_file("mnist")), "--dataset", "mnist-sample", cwd=workdir)
     assert created.returncode == 0, created.stderr
     return workdir
 

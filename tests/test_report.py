@@ -148,7 +148,7 @@ def test_report_page_renders_offline_in_headless_chromium(small_study, tmp_path)
     assert len(np.unique(image)) > 20  # text, tables and plot lines, not a flat colour
     figures = _page_figures((small_study / "reports" / "small" / "index.html").read_text())
     assert len(figures) >= 8
-    for data, layout in figures:
+    for _, layout in figures:
         title = layout["title"]["text"]
         axes = {k: v for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))}
         if title.startswith("Parallel coordinates"):  # its x axis names the parameters

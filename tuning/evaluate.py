@@ -1,9 +1,14 @@
 """The held-out test: a configuration evaluated once on the test set, with the metrics a reader
-needs to trust it (accuracy, macro precision/recall/F1, per-class table, confusion matrix)."""
+needs to trust it (accuracy with its confidence interval, macro precision/recall/F1, per-class
+table, confusion matrix, the images it gets wrong), and McNemar's test of two configurations on
+the same images."""
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,40 @@ from tuning.objective import build_trial_model
 from tuning.space import Param
 from tuning.train import evaluate, fit
 
+Z95 = 1.959963984540054
+"""The standard normal's 97.5% quantile: two-sided 95% intervals."""
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default).
+
+    Unlike p +- z*sqrt(p(1-p)/n) it stays inside [0, 1] and does not collapse to a point at
+    an accuracy of 100%, where held-out results of small test sets often sit.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(wrong_first: Iterable[int], wrong_second: Iterable[int]) -> dict:
+    """McNemar's exact test of two classifiers on the same examples, from the indices of the
+    examples each gets wrong.
+
+    b: first wrong and second right; c: first right and second wrong. Examples both get right
+    or both get wrong say nothing about which is better; under "equally good" b is
+    Binomial(b + c, 1/2), and p_value is the two-sided exact binomial test of that.
+    """
+    from scipy.stats import binomtest
+
+    first, second = set(wrong_first), set(wrong_second)
+    b, c = len(first - second), len(second - first)
+    p_value = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    return {"b": b, "c": c, "p_value": p_value}
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
@@ -25,7 +64,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def classification_metrics(cm: np.ndarray) -> dict:
-    """Accuracy, macro precision/recall/F1 and a per-class table from a confusion matrix."""
+    """Accuracy with its 95% Wilson interval (`accuracy_ci`: [low, high]), macro
+    precision/recall/F1 and a per-class table from a confusion matrix."""
     tp = np.diag(cm).astype(float)
     predicted = cm.sum(axis=0).astype(float)
     support = cm.sum(axis=1).astype(float)
@@ -33,8 +73,10 @@ def classification_metrics(cm: np.ndarray) -> dict:
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    correct, n = int(tp.sum()), int(cm.sum())
     return {
-        "accuracy": float(tp.sum() / cm.sum()),
+        "accuracy": correct / n,
+        "accuracy_ci": list(wilson_interval(correct, n)),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
@@ -48,10 +90,13 @@ def classification_metrics(cm: np.ndarray) -> dict:
 
 
 def held_out_metrics(model: torch.nn.Module, data: DeviceData, runtime: Runtime) -> dict:
+    """classification_metrics on the test set, its loss, and the indices of the test images
+    the model gets wrong (`wrong`): what McNemar's test pairs between two configurations."""
     result = evaluate(model, data.test, runtime, return_predictions=True)
-    cm = confusion_matrix(data.test.y.cpu().numpy(), result["predictions"].numpy(),
-                          data.num_classes)
-    return {**classification_metrics(cm), "test_loss": result["loss"]}
+    y_true, y_pred = data.test.y.cpu().numpy(), result["predictions"].numpy()
+    cm = confusion_matrix(y_true, y_pred, data.num_classes)
+    return {**classification_metrics(cm), "test_loss": result["loss"],
+            "wrong": np.flatnonzero(y_true != y_pred).tolist()}
 
 
 def retrain(params: dict, space: dict[str, Param], data: DeviceData, runtime: Runtime,
@@ -68,14 +113,28 @@ def retrain(params: dict, space: dict[str, Param], data: DeviceData, runtime: Ru
     return model
 
 
-def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
-                    runtime: Runtime, epochs: int, artifacts=None) -> tuple[torch.nn.Module, str]:
+@dataclass(frozen=True)
+class TrialModel:
+    """A trial's network and where it came from."""
+
+    model: torch.nn.Module
+    """The network, on the runtime's device."""
+    how: str
+    """How it was obtained, for people: the checkpoint artifact, or the retraining."""
+    retrained_val_loss: float | None
+    """The retrained network's validation loss, to hold against the trial's recorded value;
+    None when the weights are the trial's own (its checkpoint)."""
+
+
+def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
+                runtime: Runtime, epochs: int, artifacts=None) -> TrialModel:
     """The trial's network: from its checkpoint artifact when there is one, else retrained
-    with its seed. Returns (model, how it was obtained)."""
+    with its seed and evaluated on the validation split (a retrain is only the trial's network
+    where it reproduces the trial's validation loss)."""
     seed = trial.user_attrs.get("seed", 0)
     artifact_id = trial.user_attrs.get("checkpoint_artifact")
-    model, _, _ = build_trial_model(trial.params, space, data, runtime, seed)
     if artifact_id and artifacts is not None:
+        model, _, _ = build_trial_model(trial.params, space, data, runtime, seed)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "weights.pt"
@@ -83,8 +142,16 @@ def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], da
                                                    file_path=str(path), artifact_id=artifact_id)
                 state = torch.load(path, map_location=runtime.device, weights_only=True)
             model.load_state_dict(state)
-            return model, f"checkpoint artifact {artifact_id}"
+            return TrialModel(model, f"checkpoint artifact {artifact_id}", None)
         except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
             pass
-    return (retrain(trial.params, space, data, runtime, seed, epochs),
-            f"retrained with seed {seed} for {epochs} epochs")
+    model = retrain(trial.params, space, data, runtime, seed, epochs)
+    return TrialModel(model, f"retrained with seed {seed} for {epochs} epochs",
+                      evaluate(model, data.val, runtime)["loss"])
+
+
+def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
+                    runtime: Runtime, epochs: int, artifacts=None) -> tuple[torch.nn.Module, str]:
+    """trial_model as (model, how it was obtained)."""
+    obtained = trial_model(trial, space, data, runtime, epochs, artifacts)
+    return obtained.model, obtained.how

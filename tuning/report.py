@@ -6,8 +6,8 @@ with the same tables, `trials.csv`, and `test_metrics.json`.
 
 This module is the command and `build_report`, which puts the report together from:
 report_stats (what the numbers say), report_sections (one section per question),
-report_history (importance, history, curves), report_figures (the plots), report_heldout (the test set, and the tutorial baseline kept in the study) and report_render
-(HTML, Markdown, CSV).
+report_history (importance, history, curves), report_figures (the plots), report_heldout (the
+test set, and the tutorial baseline kept in the study) and report_render (HTML, Markdown, CSV).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tuning.cli import (
 from tuning.data import check_data_dir
 from tuning.errors import UsageError
 from tuning.report_heldout import held_out_test, study_arrays
-from tuning.report_render import render_html, render_markdown, write_csv
 from tuning.report_history import importance
+from tuning.report_render import render_html, render_markdown, write_csv
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import StudyView
 from tuning.storage import existing_artifact_store, resolve_url
@@ -112,10 +112,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
         return fail(str(exc))
     print(f"report written to {out}/index.html (and summary.md, trials.csv)")
     if metrics:
-        b, t = metrics["best"], metrics["tutorial"]
-        print(f"test accuracy: best trial #{metrics['best_trial']} {b['accuracy']:.4f}, "
-              f"tutorial {t['accuracy']:.4f}; macro F1 {b['macro_f1']:.4f} vs "
-              f"{t['macro_f1']:.4f}")
+        b, t, test = metrics["best"], metrics["tutorial"], metrics["mcnemar"]
+
+        def accuracy(m: dict) -> str:
+            low, high = m["accuracy_ci"]
+            return f"{m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f})"
+
+        print(f"test accuracy: trial #{metrics['best_trial']} {accuracy(b)}, tutorial "
+              f"{accuracy(t)}; McNemar p = {test['p_value']:.2g} "
+              f"({'beyond noise' if test['p_value'] < 0.05 else 'not beyond noise'})")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
@@ -164,3 +165,29 @@ def history(numbers: list[int], values: list[float]) -> go.Figure:
 
 def _epochs(curves: list[Curve]) -> int:
     return max((max(c.epochs) for c in curves if c.epochs), default=0)
+
+
+def confusion_heatmap(cm: list[list[int]], names: list[str], title: str):
+    """The confusion matrix as a heat map: rows true class, columns predicted, counts as text.
+
+    Colour is each cell's share of its true class, on a square-root scale: the diagonal holds
+    most of every row, and on a linear scale the 1-5% confusions worth reading would all look
+    like the empty cells.
+    """
+    counts = np.asarray(cm)
+    support = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    ticks = [0.0, 0.01, 0.05, 0.2, 0.5, 1.0]
+    fig = go.Figure(go.Heatmap(
+        z=np.sqrt(share), x=names, y=names, text=counts, texttemplate="%{text}",
+        customdata=100 * share, colorscale="Blues", zmin=0, zmax=1,
+        hovertemplate="true %{y}, predicted %{x}: %{text} images "
+                      "(%{customdata:.1f}% of the true class)<extra></extra>",
+        colorbar={"title": {"text": "share of the true class"},
+                  "tickvals": np.sqrt(ticks).tolist(), "ticktext": [f"{t:.0%}" for t in ticks]}))
+    fig.update_layout(title=title, height=160 + 42 * len(names), width=260 + 60 * len(names))
+    # Category axes: digits' names ("0".."9") would otherwise become a numeric axis. True
+    # class 0 at the top, as in the table.
+    fig.update_xaxes(title_text="predicted class", type="category", tickangle=-30)
+    fig.update_yaxes(title_text="true class", type="category", autorange="reversed")
+    return fig

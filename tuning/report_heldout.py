@@ -4,6 +4,10 @@ tutorial's configuration (the baseline, studies/seed.toml) trained for the study
 The baseline's result depends on nothing the search did, so it is kept in the study (user
 attribute BASELINE_ATTR) keyed by everything that does determine it (`baseline_key`), and a
 later report reuses it instead of training the baseline again.
+
+Each accuracy carries its 95% Wilson interval, and McNemar's test on the images the two get
+wrong says whether the best trial's difference from the tutorial is beyond noise. A best trial
+without a checkpoint is retrained, and its validation loss set beside the trial's own.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import optuna
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
 from tuning.errors import UsageError
+from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
 from tuning.report_stats import StudyView
 from tuning.space import StudyFile, StudySettings, load_study_file
@@ -30,6 +35,12 @@ BASELINE_ENTRIES_KEPT = 4
 # The modules whose code decides what training the baseline gives: network, batches, training
 # loop, evaluation, parameter resolution, device and precision.
 TRAINING_MODULES = ("data", "device", "evaluate", "model", "objective", "space", "train")
+ALPHA = 0.05
+"""Significance level of the McNemar comparison with the tutorial."""
+RETRAIN_TOLERANCE = 1e-4
+"""Relative difference between a CPU retrain's validation loss and the trial's beyond which the
+retrain is not the trial's network (rounding alone stays orders of magnitude below)."""
+CUDA_NONDETERMINISM = "cuDNN autotuning, TF32, bf16 autocast"
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,14 @@ def baseline_key(seed_study: StudyFile, settings: StudySettings, fingerprint: di
             "code": code_identity()}
 
 
+def _usable(entry: dict, key: dict) -> bool:
+    """Whether a kept entry is the baseline's result for `key`, with everything the report
+    needs: an entry from before the misclassified images were kept (no `wrong`) cannot be
+    paired with the best trial for McNemar's test, so it counts as missing."""
+    metrics = entry.get("metrics")
+    return entry.get("key") == key and isinstance(metrics, dict) and "wrong" in metrics
+
+
 def baseline_metrics(view: StudyView, seed_file: Path, data, runtime) -> tuple[dict, str]:
     """The baseline's held-out metrics, reused from the study when its key matches, else
     trained, evaluated and kept in the study. Returns (metrics, a sentence saying which).
@@ -99,7 +118,7 @@ def baseline_metrics(view: StudyView, seed_file: Path, data, runtime) -> tuple[d
     cached = {d: e for d, e in cached.items() if isinstance(e, dict)} \
         if isinstance(cached, dict) else {}
     entry = cached.get(digest)
-    if entry is not None and entry.get("key") == key and "metrics" in entry:
+    if entry is not None and _usable(entry, key):
         return entry["metrics"], (
             f"The tutorial's result was reused from a report of {entry['computed_at']} (kept in "
             "the study, which retrains it only when the tutorial's configuration, the study's "
@@ -122,12 +141,86 @@ def baseline_metrics(view: StudyView, seed_file: Path, data, runtime) -> tuple[d
                      "in the study for later reports.")
 
 
+def class_labels(arrays: Arrays, num_classes: int) -> list[str]:
+    """Each class's name, or its index where the data set names fewer classes."""
+    names = arrays.class_names
+    return [names[i] if i < len(names) else str(i) for i in range(num_classes)]
+
+
+def comparison_sentence(test: dict, n_test: int) -> str:
+    """McNemar's test of the best trial against the tutorial, in words."""
+    b, c, p = test["b"], test["c"], test["p_value"]
+    if b + c == 0:
+        return (f"The best trial and the tutorial are wrong on exactly the same test images: "
+                f"nothing tells them apart on these {n_test:,} images.")
+    shown = "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
+    counts = (f"The best trial is right on {c} images the tutorial gets wrong and wrong on {b} "
+              f"it gets right (McNemar exact {shown})")
+    if p >= ALPHA:
+        return f"{counts}: not distinguishable from noise on these {n_test:,} images."
+    return f"{counts}: the difference is beyond noise" + (
+        ", in the tutorial's favour." if b > c else ".")
+
+
+def retrain_paragraphs(recorded: float, retrained: float, device_type: str,
+                       trial_device: str | None) -> list[str]:
+    """The retrained best trial's validation loss beside the trial's own, whether they should
+    agree, and a Warning where they should and do not.
+
+    Only a CPU run retrained on the CPU repeats bit for bit; `trial_device` is the trial's
+    "device" attribute (None: not recorded, taken to be this device type).
+    """
+    relative = abs(retrained - recorded) / max(abs(recorded), 1e-12)
+    out = [f"Retrained, the best trial's network has a validation loss of {retrained:.6f}; "
+           f"the trial recorded {recorded:.6f} (relative difference {relative:.1e})."]
+    if device_type == "cuda":
+        out[0] += (f" On CUDA ({CUDA_NONDETERMINISM}) a retrain differs slightly from the "
+                   "original run.")
+        return out
+    if trial_device is not None and not trial_device.startswith("cpu"):
+        out[0] += (f" The trial ran on {trial_device} ({CUDA_NONDETERMINISM}), this retrain on "
+                   "the CPU: they differ slightly.")
+        return out
+    out[0] += " Retraining on the CPU is deterministic: the two should agree to rounding."
+    if relative > RETRAIN_TOLERANCE:
+        out.append(f"Warning: the retrain does not reproduce the trial (validation loss "
+                   f"{retrained:.6f}, not {recorded:.6f}): the training code, the torch version "
+                   "or the number of CPU threads may have changed since the trial ran, so the "
+                   "test results below are of a network like the trial's, not the trial's own.")
+    return out
+
+
+def metrics_table(rows: list[tuple[str, dict]]) -> Table:
+    table = Table(["configuration", "accuracy", "accuracy 95% CI", "macro precision",
+                   "macro recall", "macro F1"])
+    for label, m in rows:
+        low, high = m["accuracy_ci"]
+        table.rows.append([label, m["accuracy"], f"{low:.4f} .. {high:.4f}",
+                           m["macro_precision"], m["macro_recall"], m["macro_f1"]])
+    return table
+
+
+def per_class_table(best: dict, tutorial: dict, names: list[str]) -> Table:
+    table = Table(["class", "precision (best)", "recall (best)", "F1 (best)", "F1 (tutorial)",
+                   "support"])
+    for ours, theirs in zip(best["per_class"], tutorial["per_class"], strict=True):
+        table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
+                           theirs["f1"], ours["support"]])
+    return table
+
+
+def confusion_table(cm: list[list[int]], names: list[str]) -> Table:
+    return Table(["true \\ predicted", *names],
+                 [[name, *row] for name, row in zip(names, cm, strict=True)])
+
+
 def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts,
                   seed_file: Path) -> Section:
-    """The best configuration, once, on the test set; beside it the tutorial's."""
+    """The best configuration, once, on the test set; beside it the tutorial's, with the
+    accuracies' confidence intervals and McNemar's test of the difference."""
     from tuning.data import to_device
     from tuning.device import resolve_device
-    from tuning.evaluate import held_out_metrics, model_for_trial
+    from tuning.evaluate import held_out_metrics, mcnemar, trial_model
 
     s = Section("Held-out test")
     if not view.completed or arrays is None:
@@ -135,36 +228,50 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         return s
     runtime = resolve_device(device)
     data = to_device(arrays, runtime.device)
-    best = view.study.best_trial
-    model, how = model_for_trial(best, view.space, data, runtime,
-                                 best.user_attrs.get("epochs_run", view.settings.epochs),
-                                 artifacts)
-    best_metrics = held_out_metrics(model, data, runtime)
+    # With every parameter fixed the trials differ only by seed: the best of them would be
+    # flattered by its seed, so the first complete repeat stands for the configuration.
+    best = min(view.completed, key=lambda t: t.number) if view.fixed_configuration \
+        else view.study.best_trial
+    obtained = trial_model(best, view.space, data, runtime,
+                           best.user_attrs.get("epochs_run", view.settings.epochs), artifacts)
+    best_metrics = held_out_metrics(obtained.model, data, runtime)
     seed_metrics, seed_how = baseline_metrics(view, seed_file, data, runtime)
+    test = mcnemar(best_metrics["wrong"], seed_metrics["wrong"])
+    n_test = len(arrays.test_y)
+    epochs = view.settings.epochs
+    chosen = (f"Trial #{best.number}, the first complete repeat of the study's one "
+              "configuration (not the best repeat, which its seed would flatter)"
+              if view.fixed_configuration else f"Best trial #{best.number}")
     s.paragraphs.append(
-        f"Best trial #{best.number} ({how}) and the tutorial's configuration "
-        f"({seed_file.name}, trained for the study's {view.settings.epochs} epochs with seed "
-        f"{view.settings.seed}), each evaluated once on the {len(arrays.test_y)} test images, "
+        f"{chosen} ({obtained.how}) and the tutorial's configuration "
+        f"({seed_file.name}, trained for the study's {epochs} epoch{'s' if epochs != 1 else ''}"
+        " with seed "
+        f"{view.settings.seed}), each evaluated once on the {n_test:,} test images, "
         "which played no part in the search.")
+    retrain_check = None
+    if obtained.retrained_val_loss is None:
+        s.paragraphs.append("The best trial's network is its own weights, saved by the trial "
+                            "at its best epoch: the network the trial validated.")
+    else:
+        assert best.value is not None  # the best trial is complete
+        s.paragraphs += retrain_paragraphs(best.value, obtained.retrained_val_loss,
+                                           runtime.device.type, best.user_attrs.get("device"))
+        retrain_check = {"recorded_val_loss": best.value,
+                         "retrained_val_loss": obtained.retrained_val_loss}
     s.paragraphs.append(seed_how)
-    s.tables.append(("Test metrics", Table(
-        ["configuration", "accuracy", "macro precision", "macro recall", "macro F1"],
-        [[f"best trial #{best.number}", best_metrics["accuracy"],
-          best_metrics["macro_precision"], best_metrics["macro_recall"],
-          best_metrics["macro_f1"]],
-         ["tutorial (seed.toml)", seed_metrics["accuracy"], seed_metrics["macro_precision"],
-          seed_metrics["macro_recall"], seed_metrics["macro_f1"]]])))
-    per_class = Table(["class", "precision (best)", "recall (best)", "F1 (best)",
-                       "F1 (tutorial)", "support"])
-    for ours, theirs in zip(best_metrics["per_class"], seed_metrics["per_class"], strict=True):
-        per_class.rows.append([ours["class"], ours["precision"], ours["recall"], ours["f1"],
-                               theirs["f1"], ours["support"]])
-    s.tables.append(("Per class", per_class))
-    for label, metrics in (("best trial", best_metrics), ("tutorial", seed_metrics)):
+    s.paragraphs.append(comparison_sentence(test, n_test))
+    names = class_labels(arrays, data.num_classes)
+    s.tables.append(("Test metrics", metrics_table([
+        (f"best trial #{best.number}", best_metrics),
+        (f"tutorial ({seed_file.name})", seed_metrics)])))
+    s.tables.append(("Per class", per_class_table(best_metrics, seed_metrics, names)))
+    for label, metrics in ((f"best trial #{best.number}", best_metrics),
+                           ("tutorial", seed_metrics)):
         cm = metrics["confusion_matrix"]
         s.tables.append((f"Confusion matrix, {label} (rows: true class, columns: predicted)",
-                         Table(["true \\ pred", *map(str, range(len(cm)))],
-                               [[i, *row] for i, row in enumerate(cm)])))
+                         confusion_table(cm, names)))
+        s.figures.append(confusion_heatmap(cm, names, f"Confusion matrix, {label}"))
     s.metrics = {"best_trial": best.number, "best": best_metrics,  # type: ignore[attr-defined]
-                 "tutorial": seed_metrics, "best_model_source": how}
+                 "tutorial": seed_metrics, "best_model_source": obtained.how,
+                 "mcnemar": test, "retrain_check": retrain_check}
     return s

@@ -105,8 +105,9 @@ def write_csv(view: StudyView, path: Path) -> None:
     """One row per trial: its state, value, every parameter (fixed ones too) and what the
     worker recorded about it."""
     names = sorted({n for t in view.trials for n in t.params} | set(view.space))
-    attrs = ["val_accuracy", "train_eval_loss", "epochs_run", "train_seconds", "samples_per_second",
-             "seed", "worker", "device", "prune_reason", "fail_reason"]
+    attrs = ["val_accuracy", "train_eval_loss", "epochs_run", "train_seconds",
+             "samples_per_second", "seed", "worker", "device", "prune_reason", "fail_reason",
+             "train_eval_losses", "train_objectives"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["number", "state", "value", *names, *attrs])

@@ -93,7 +93,8 @@ def _repeats_summary(view: StudyView) -> str:
     text = (f"Every parameter is fixed: the {len(complete)} complete trials are repeats of one "
             f"configuration with different seeds. Validation loss {mean:.4f}")
     if sd is not None and half is not None:
-        text += f" ± {sd:.4f} (sd; 95% interval of the mean {mean - half:.4f} .. {mean + half:.4f})"
+        text += (f" ± {sd:.4f} (sd; 95% interval of the mean {mean - half:.4f} .. "
+                 f"{mean + half:.4f})")
     if accs:
         acc_mean = statistics.fmean(accs)
         acc_sd = f" ± {statistics.stdev(accs):.4f} (sd)" if len(accs) > 1 else ""
