@@ -42,7 +42,7 @@ def test_inverted_range_is_rejected_naming_key_and_values():
         ({"space": {"lr": {"low": "a", "high": 0.1}}},
          "space.lr: expected a finite number > 0, got low='a'"),
         ({"space": {"blocks": {"low": 1.5, "high": 3}}},
-         "space.blocks: expected an integer from 1 to 3, got low=1.5"),
+         "space.blocks: expected an integer from 1 to 6, got low=1.5"),
         ({"space": {"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}},
          "log range needs low > 0"),
         ({"space": {"optimizer": {"choices": ["adam", "lion"]}}}, "'lion' is not allowed"),

@@ -102,7 +102,7 @@ BOUNDS: dict[str, Bounds] = {
     # ArchConfig
     "blocks": Bounds(1, MAX_BLOCKS),  # the model's own limits
     "convs": Bounds(1, MAX_CONVS),
-    "channels": Bounds(1, 1024),  # of the first block; the third block has 4x
+    "channels": Bounds(1, 1024),  # of the first block; the 4th and later have 8x
     "kernel": Bounds(1, 15),
     "hidden": Bounds(0, 8192),  # 0: no hidden layer
     "dropout": Bounds(0.0, 1.0, high_open=True),
