@@ -41,7 +41,9 @@ class ArrayMNIST(Dataset):
     """torchvision.datasets.MNIST's __getitem__, over arrays already in memory."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.data = torch.from_numpy(images)
+        # tuning's arrays are (N, H, W, C); the tutorial's digits are (N, H, W), grayscale.
+        self.data = torch.from_numpy(np.ascontiguousarray(images[..., 0]) if images.ndim == 4
+                                     else images)
         self.targets = torch.from_numpy(labels)
         self.transform = transform
 

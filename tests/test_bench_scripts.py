@@ -34,7 +34,8 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
         row["grouped_images_per_s"] / row["one_by_one_images_per_s"], rel=0.01, abs=0.005)
 
 
-@pytest.mark.parametrize("script", ["bench.py", "bench_grouped.py", "bench_throughput.py"])
+@pytest.mark.parametrize("script", ["bench.py", "bench_cv.py", "bench_folder.py",
+                                    "bench_grouped.py", "bench_throughput.py"])
 def test_benchmark_commands_start(script):
     result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
                             capture_output=True, text=True, timeout=120)

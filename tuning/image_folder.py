@@ -71,10 +71,13 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
     else a chosen one). `channels`: 1 or 3 (default 3 if any image has colour).
     `class_names`: the training folder's classes when `root` is a separate test folder.
     """
-    if image_size is not None and not IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or not IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]):
         raise UsageError(f"image_size must be {IMAGE_SIZES[0]}..{IMAGE_SIZES[1]}, "
                          f"got {image_size}")
-    if channels not in (None, 1, 3):
+    # 1.0 and True equal 1: they would pass `in (1, 3)` and fail where the array is made.
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
+                                 or channels not in (1, 3)):
         raise UsageError(f"channels must be 1 or 3, got {channels}")
     root = Path(root).expanduser()
     if not root.exists():

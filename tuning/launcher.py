@@ -11,17 +11,20 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import count_finished
+from tuning.cli import Progress, count_finished
 from tuning.errors import EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
 from tuning.storage import split_password
@@ -89,20 +92,29 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
+    """Starts the workers, restarts the ones that crash, and prints the progress of all of
+    them: it reads the study (every trial's reported epochs and end), so the lines come in one
+    order with one count, each naming its worker (w0, w1, ...)."""
+
     def __init__(self, study: optuna.Study, storage: str, specs: list[WorkerSpec],
-                 data_dir: Path | None, artifacts: Path | None, timeout: float | None, on_trial,
-                 stream=sys.stderr, compile_mode: str = "off"):
+                 data_dir: Path | None, artifacts: Path | None, timeout: float | None,
+                 on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 stream: TextIO | None = None, compile_mode: str = "off",
+                 progress: Progress | None = None):
         self.study = study
         self.specs = specs
         self.data_dir = data_dir
         self.artifacts = artifacts
         self.timeout = timeout
         self.on_trial = on_trial
-        self.stream = stream
+        self.progress = progress
+        self.stream = stream if stream is not None else sys.stderr
         self.compile_mode = compile_mode
         self.procs: dict[int, subprocess.Popen] = {}
+        self.index_of_pid: dict[int, int] = {}
         self.restarts = {spec.index: 0 for spec in specs}
         self.seen: set[int] = set()
+        self.epochs_seen: dict[int, int] = {}
         self.stopping_signal: int | None = None
         self.storage_without_password, self.password = split_password(storage)
 
@@ -110,7 +122,7 @@ class Launcher:
         cmd = [sys.executable, "-m", "tuning.worker", "--study", self.study.study_name,
                "--storage", self.storage_without_password, "--worker-index", str(spec.index),
                "--device", spec.device, "--threads", str(spec.threads), "--compile",
-               self.compile_mode, "--no-progress"]
+               self.compile_mode, "--launched"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         if self.artifacts is not None:
@@ -129,17 +141,63 @@ class Launcher:
         env["OMP_NUM_THREADS"] = str(spec.threads)
         # Its own session: a Ctrl-C in the terminal reaches only this launcher, which passes
         # one SIGTERM on; a worker hit by both could be interrupted while recording its trial.
-        self.procs[spec.index] = subprocess.Popen(self._command(spec), env=env,
-                                                  start_new_session=True,
-                                                  preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(self._command(spec), env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        self.procs[spec.index] = proc
+        self.index_of_pid[proc.pid] = spec.index
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.write(message)  # clears the status line on a terminal first
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def _worker(self, trial: FrozenTrial) -> str | None:
+        """The trial's worker: w<index> for this launcher's, else its host:pid."""
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            return None
+        host, _, pid = worker.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and int(pid) in self.index_of_pid:
+            return f"w{self.index_of_pid[int(pid)]}"
+        return worker
 
     def _report_new_trials(self) -> None:
-        for trial in self.study.get_trials(deepcopy=False):
-            if trial.number in self.seen or trial.state in (TrialState.RUNNING,
-                                                            TrialState.WAITING):
-                continue
+        trials = self.study.get_trials(deepcopy=False)
+        if self.progress is not None:
+            self.progress.observe(trials, parallel=len(self.procs))
+            self._report_epochs(trials)
+        ended = [t for t in trials if t.number not in self.seen
+                 and t.state not in (TrialState.RUNNING, TrialState.WAITING)]
+        # In the order they ended: trials that end between two polls are found in number order.
+        ended.sort(key=lambda t: (t.datetime_complete or datetime.max, t.number))
+        for trial in ended:
             self.seen.add(trial.number)
-            self.on_trial(self.study, trial)
+            if self.on_trial is not None:
+                self.on_trial(self.study, trial)
+            if self.progress is not None:
+                self.progress.trial(self.study, trial, self._worker(trial))
+
+    def _report_epochs(self, trials: list[FrozenTrial]) -> None:
+        """An epoch line for each epoch a running trial reported since the last poll."""
+        assert self.progress is not None
+        now = datetime.now()  # Optuna's trial times are naive local times
+        for trial in trials:
+            # Also the epochs of a trial that ended since the last poll, before its line.
+            if trial.state != TrialState.RUNNING and (
+                    trial.number in self.seen or trial.state == TrialState.WAITING):
+                continue
+            steps = sorted(s for s in trial.intermediate_values
+                           if s > self.epochs_seen.get(trial.number, 0))
+            for step in steps:
+                # Timed at the latest epoch only: the poll sees it within POLL_S of its end.
+                seconds = (now - trial.datetime_start).total_seconds() if (
+                    step == steps[-1] and trial.state == TrialState.RUNNING
+                    and trial.datetime_start is not None) else None
+                self.progress.epoch(trial.number, step, trial.intermediate_values[step],
+                                    seconds, self._worker(trial))
+            if steps:
+                self.epochs_seen[trial.number] = steps[-1]
 
     def _poll_study(self) -> None:
         """Report finished trials; while the database is down, skip (the workers wait it out
@@ -170,10 +228,9 @@ class Launcher:
         try:
             for spec in self.specs:
                 self._start(spec)
-            print(f"started {len(self.specs)} workers: " + ", ".join(
-                f"#{s.index} pid {self.procs[s.index].pid} "
-                f"{'gpu ' + s.gpu if s.gpu is not None else 'cpu'}" for s in self.specs),
-                file=self.stream, flush=True)
+            self._say(f"started {len(self.specs)} workers: " + ", ".join(
+                f"w{s.index} pid {self.procs[s.index].pid} "
+                f"{'gpu ' + s.gpu if s.gpu is not None else 'cpu'}" for s in self.specs))
             return self._watch()
         finally:
             for s, handler in previous.items():
@@ -196,22 +253,21 @@ class Launcher:
                     status = EXIT_USAGE
                     continue
                 if code == EXIT_TRIALS_FAILING:
-                    print(f"worker #{index} stopped: its trials kept failing", file=self.stream)
+                    self._say(f"worker w{index} stopped: its trials kept failing")
                     status = EXIT_TRIALS_FAILING
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 if self._target_met():
-                    print(f"worker #{index} (pid {proc.pid}) {how}; target already met",
-                          file=self.stream)
+                    self._say(f"worker w{index} (pid {proc.pid}) {how}; target already met")
                 elif self.restarts[index] < MAX_RESTARTS_PER_WORKER:
                     self.restarts[index] += 1
-                    print(f"worker #{index} (pid {proc.pid}) {how}; its trial will be retried; "
-                          f"restarting it ({self.restarts[index]}/{MAX_RESTARTS_PER_WORKER})",
-                          file=self.stream, flush=True)
+                    self._say(f"worker w{index} (pid {proc.pid}) {how}; its trial will be "
+                              f"retried; restarting it "
+                              f"({self.restarts[index]}/{MAX_RESTARTS_PER_WORKER})")
                     self._start(specs[index])
                 else:
-                    print(f"worker #{index} (pid {proc.pid}) {how}; not restarting it again, "
-                          "the other workers go on", file=self.stream)
+                    self._say(f"worker w{index} (pid {proc.pid}) {how}; not restarting it "
+                              "again, the other workers go on")
             if self.stopping_signal is not None:
                 self._wait_for_stop()
                 break

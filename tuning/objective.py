@@ -51,16 +51,17 @@ def build_trial_model(params: dict, space: dict[str, Param], data: DeviceData, r
 
 @dataclass
 class Objective:
-    """Trains one network per trial and returns its best validation loss (minimized)."""
+    """Trains one network per trial (one per fold under cross-validation) and returns its best
+    validation loss (the mean of the folds' best ones), minimized."""
 
     data: DeviceData
-    """The data, already on the runtime's device."""
+    """The data, already on the runtime's device (with folds: the first fold)."""
     runtime: Runtime
     """Device and precision."""
     space: dict[str, Param]
     """The search space."""
     epochs: int
-    """Maximum epochs per trial."""
+    """Maximum epochs per trial (per fold under cross-validation)."""
     seed: int
     """Base seed; trial n is seeded with seed + n."""
     artifacts: object | None = None
@@ -69,7 +70,12 @@ class Objective:
     """Where Ctrl-C and SIGTERM may interrupt: between storage calls, not inside them."""
     on_epoch: Callable[[optuna.Trial, dict], None] | None = None
     """Called after each epoch is reported, with the trial and that epoch's entry of the
-    learning curves (epoch, losses, accuracies, seconds): live progress within a trial."""
+    learning curves (epoch, losses, accuracies, seconds): live progress within a trial. Under
+    cross-validation the entry's epoch is the trial's step (epochs trained over its folds so
+    far, as reported to Optuna), and fold and fold_epoch say where in which fold it is."""
+    folds: list[DeviceData] | None = None
+    """Cross-validation folds (tuning.folds.objective_data), trained one after another by every
+    trial; None: train on `data`'s training split and validate on its validation split."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -82,50 +88,88 @@ class Objective:
         default_seed = self.seed + all_params.get(REPEAT, trial.number)
         trial_seed = trial.user_attrs.get("seed", default_seed)
         trial.set_user_attr("seed", trial_seed)
-        model, cfg, generator = build_trial_model(params, self.space, self.data, self.runtime,
-                                                  trial_seed)
-        best_loss, best_state, curves = math.inf, None, []
+        cross_validated = self._cross_validated()
+        best_loss, best_state, best_fold, curves = math.inf, None, 1, []
+        # Under cross-validation a trial reports one step per epoch of each fold, fold after
+        # fold: step (fold - 1) * epochs + epoch. Every trial trains the same folds in the same
+        # order, so a step means the same fold and epoch in every trial, and the pruner, which
+        # compares trials step by step, compares like with like. A bad configuration is mostly
+        # pruned in fold 1, before the other folds cost anything. The median and percentile
+        # pruners set a trial's best loss so far (over all its folds) against the others' at
+        # this step, so in later folds they judge leniently, never unfairly.
         try:
-            for result in fit(model, self.data, cfg, self.runtime, generator, self.epochs,
-                              on_step=self.stop.check):
-                curves.append({"epoch": result.epoch,
-                               "train_objective": result.train["loss"],
-                               "train_loss": result.train_eval["loss"],
-                               "train_accuracy": result.train_eval["accuracy"],
-                               "val_loss": result.val["loss"],
-                               "val_accuracy": result.val["accuracy"],
-                               "seconds": result.seconds})
-                if not (math.isfinite(result.train["loss"]) and math.isfinite(result.val["loss"])):
-                    self._record(trial, curves)
-                    trial.set_user_attr("prune_reason",
-                                        f"loss diverged (not finite) at epoch {result.epoch}")
-                    raise optuna.TrialPruned(f"loss not finite at epoch {result.epoch}")
-                if result.val["loss"] < best_loss:
-                    best_loss = result.val["loss"]
-                    if self.artifacts is not None:
-                        best_state = {k: v.detach().to("cpu", copy=True)
-                                      for k, v in model.state_dict().items()}
-                trial.report(result.val["loss"], result.epoch)
-                if self.on_epoch is not None:
-                    self.on_epoch(trial, curves[-1])
-                if trial.should_prune():
-                    self._record(trial, curves)
-                    trial.set_user_attr("prune_reason",
-                                        f"pruner stopped it after epoch {result.epoch}")
-                    raise optuna.TrialPruned()
+            for fold, data in enumerate(self._splits(), start=1):
+                # Every fold starts from the trial's seed (the same initial weights and random
+                # draws), so that folds differ by their images alone and each runs as it would
+                # on its own.
+                model, cfg, generator = build_trial_model(params, self.space, data, self.runtime,
+                                                          trial_seed)
+                for result in fit(model, data, cfg, self.runtime, generator, self.epochs,
+                                  on_step=self.stop.check):
+                    step = (fold - 1) * self.epochs + result.epoch
+                    where = (f"epoch {result.epoch} of fold {fold}" if cross_validated
+                             else f"epoch {result.epoch}")
+                    curves.append({"epoch": step,
+                                   **({"fold": fold, "fold_epoch": result.epoch}
+                                      if cross_validated else {}),
+                                   "train_objective": result.train["loss"],
+                                   "train_loss": result.train_eval["loss"],
+                                   "train_accuracy": result.train_eval["accuracy"],
+                                   "val_loss": result.val["loss"],
+                                   "val_accuracy": result.val["accuracy"],
+                                   "seconds": result.seconds})
+                    if not (math.isfinite(result.train["loss"])
+                            and math.isfinite(result.val["loss"])):
+                        self._record(trial, curves)
+                        trial.set_user_attr("prune_reason",
+                                            f"loss diverged (not finite) at {where}")
+                        raise optuna.TrialPruned(f"loss not finite at {where}")
+                    if result.val["loss"] < best_loss:
+                        best_loss, best_fold = result.val["loss"], fold
+                        if self.artifacts is not None:
+                            best_state = {k: v.detach().to("cpu", copy=True)
+                                          for k, v in model.state_dict().items()}
+                    trial.report(result.val["loss"], step)
+                    if self.on_epoch is not None:
+                        self.on_epoch(trial, curves[-1])
+                    if trial.should_prune():
+                        self._record(trial, curves)
+                        trial.set_user_attr("prune_reason", f"pruner stopped it after {where}")
+                        raise optuna.TrialPruned()
         except torch.OutOfMemoryError as exc:
             trial.set_user_attr("fail_reason", f"out of memory: {str(exc).splitlines()[0]}")
             raise TrialFailed("out of memory") from exc
-        self._record(trial, curves)
-        if best_state is not None and self._is_new_best(trial, best_loss):
-            self._save_checkpoint(trial, best_state, curves)
-        return best_loss
+        bests = self._record(trial, curves)
+        # Each fold's best epoch, as a trial without folds is scored on its best epoch; the mean
+        # over the folds (of one fold: its best loss itself).
+        value = math.fsum(b["val_loss"] for b in bests) / len(bests)
+        if best_state is not None and self._is_new_best(trial, value):
+            # Under cross-validation the weights of the fold with the lowest loss: one of the K
+            # networks the trial trained (none of which saw a test image), named in the trial.
+            if self._save_checkpoint(trial, best_state, curves) and cross_validated:
+                trial.set_user_attr("checkpoint_fold", best_fold)
+        return value
 
-    def _record(self, trial: optuna.Trial, curves: list[dict]) -> None:
-        best = min(curves, key=lambda c: c["val_loss"] if math.isfinite(c["val_loss"])
-                   else math.inf)
+    def _splits(self) -> list[DeviceData]:
+        """What a trial trains and validates on, in order: the folds, or the one split."""
+        return self.folds if self.folds else [self.data]
+
+    def _cross_validated(self) -> bool:
+        return len(self._splits()) > 1
+
+    def _record(self, trial: optuna.Trial, curves: list[dict]) -> list[dict]:
+        """Record what the trial did in its user attributes; returns each fold's best epoch
+        (one without folds), in fold order."""
+        bests = [min(entries, key=lambda c: c["val_loss"] if math.isfinite(c["val_loss"])
+                     else math.inf) for entries in _by_fold(curves)]
         seconds = sum(c["seconds"] for c in curves)
-        trial.set_user_attr("val_accuracy", best["val_accuracy"])
+        # Under cross-validation the mean accuracy of the folds' best epochs, as the trial's
+        # value is the mean of their losses; without folds the best epoch's accuracy.
+        trial.set_user_attr("val_accuracy",
+                            math.fsum(b["val_accuracy"] for b in bests) / len(bests))
+        if self._cross_validated():
+            # The folds trained so far (a pruned trial's last one may be cut short).
+            trial.set_user_attr("fold_losses", [_finite(b["val_loss"]) for b in bests])
         # The training loss measured as the validation loss is (eval mode, plain cross-entropy,
         # on a fixed subset of training images): validation minus it is the generalization gap.
         trial.set_user_attr("train_eval_loss", _finite(curves[-1]["train_loss"]))
@@ -133,11 +177,14 @@ class Objective:
         # What the optimizer minimized (label smoothing, L1, dropout and augmentation included),
         # averaged over the epoch: not comparable with the validation loss.
         trial.set_user_attr("train_objectives", [_finite(c["train_objective"]) for c in curves])
+        # Every epoch trained, over all folds: what the trial cost.
         trial.set_user_attr("epochs_run", len(curves))
         trial.set_user_attr("train_seconds", round(seconds, 4))
-        samples = len(curves) * len(self.data.train)
+        splits = self._splits()
+        samples = sum(len(splits[c.get("fold", 1) - 1].train) for c in curves)
         trial.set_user_attr("samples_per_second",
                             round(samples / seconds, 1) if seconds > 0 else None)
+        return bests
 
     @staticmethod
     def _is_new_best(trial: optuna.Trial, value: float) -> bool:
@@ -146,9 +193,9 @@ class Objective:
         except ValueError:  # no completed trial yet
             return True
 
-    def _save_checkpoint(self, trial: optuna.Trial, state: dict, curves: list[dict]) -> None:
+    def _save_checkpoint(self, trial: optuna.Trial, state: dict, curves: list[dict]) -> bool:
         """The best epoch's weights (a plain state_dict: loads with weights_only=True) and the
-        learning curves, as artifacts of the trial.
+        learning curves, as artifacts of the trial; whether they were saved.
 
         A checkpoint is a convenience (evaluate retrains without one), so failing to write it,
         on a full disk here or in the temporary directory, is a warning and the trial keeps
@@ -181,13 +228,22 @@ class Objective:
             store.remove_written()
             log.warning("trial %d: checkpoint not saved to %s: %s%s; the trial keeps its result",
                         trial.number, _location(self.artifacts), where, exc.strerror or exc)
-            return
+            return False
         # Only now: upload_artifact records an artifact's id on the trial (a system attribute)
         # before writing the file, and Optuna cannot delete an attribute, so after a failure
         # those ids name no file. The user attributes, which evaluate and the report read,
         # name a checkpoint only when both files are there.
         trial.set_user_attr("checkpoint_artifact", weights_id)
         trial.set_user_attr("curves_artifact", curves_id)
+        return True
+
+
+def _by_fold(curves: list[dict]) -> list[list[dict]]:
+    """Learning-curve entries grouped by fold, in fold order (entries without a fold: one)."""
+    folds: dict[int, list[dict]] = {}
+    for entry in curves:
+        folds.setdefault(entry.get("fold", 1), []).append(entry)
+    return [folds[fold] for fold in sorted(folds)]
 
 
 def _finite(value: float) -> float | None:

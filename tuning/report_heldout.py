@@ -52,16 +52,22 @@ def study_arrays(study: optuna.Study, settings: StudySettings,
     A report only reads: nothing is downloaded or created, and data not found or not the
     study's are a UsageError (with --no-test as the way round), never a stand-in.
     """
+    from tuning.sources import SOURCES
+    from tuning.study import stored_data_config
+
     stored = study.user_attrs.get("data", {})
+    # A registered data set by the name it was loaded as (mnist may have been its sample); the
+    # user's own files by their path.
+    name = stored.get("name", settings.dataset)
     try:
-        arrays = load_arrays(stored.get("name", settings.dataset), data_dir, settings.seed,
-                             download=False)
+        arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
+                             settings.seed, config=stored_data_config(study), download=False)
     except UsageError as exc:
         raise UsageError(f"{exc}; or skip the held-out test with --no-test") from None
     check_data_matches(study, arrays.fingerprint(),
                        remedy="point --data-dir at the data it was run on, or skip the held-out "
                               "test with --no-test")
-    return arrays
+    return arrays.normalized_as(stored)
 
 
 def _digest(value) -> str:
@@ -232,8 +238,12 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     # flattered by its seed, so the first complete repeat stands for the configuration.
     best = min(view.completed, key=lambda t: t.number) if view.fixed_configuration \
         else view.study.best_trial
-    obtained = trial_model(best, view.space, data, runtime,
-                           best.user_attrs.get("epochs_run", view.settings.epochs), artifacts)
+    cross_validated = view.settings.cv_folds > 1
+    # Under cross-validation a trial ran its epochs once per fold: a retrain on the training
+    # split runs them once.
+    epochs_run = view.settings.epochs if cross_validated else \
+        best.user_attrs.get("epochs_run", view.settings.epochs)
+    obtained = trial_model(best, view.space, data, runtime, epochs_run, artifacts)
     best_metrics = held_out_metrics(obtained.model, data, runtime)
     seed_metrics, seed_how = baseline_metrics(view, seed_file, data, runtime)
     test = mcnemar(best_metrics["wrong"], seed_metrics["wrong"])
@@ -252,6 +262,13 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     if obtained.retrained_val_loss is None:
         s.paragraphs.append("The best trial's network is its own weights, saved by the trial "
                             "at its best epoch: the network the trial validated.")
+    elif cross_validated:
+        s.paragraphs.append(
+            f"The best trial kept no network, so its configuration was retrained on the "
+            f"training split for {epochs_run} epochs (validation loss "
+            f"{obtained.retrained_val_loss:.6f}); the trial's value, {best.value:.6f}, is the "
+            f"mean over its {view.settings.cv_folds} folds, so the two are not expected to "
+            "agree.")
     else:
         assert best.value is not None  # the best trial is complete
         s.paragraphs += retrain_paragraphs(best.value, obtained.retrained_val_loss,

@@ -37,14 +37,17 @@ def overview(view: StudyView) -> Section:
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
-    saved = sum(view.settings.epochs - t.user_attrs.get("epochs_run", view.settings.epochs)
-                for t in view.pruned)
+    # A trial's full budget: its epochs on each fold (epochs_run counts them all).
+    budget = view.settings.epochs * view.settings.cv_folds
+    saved = sum(budget - t.user_attrs.get("epochs_run", budget) for t in view.pruned)
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
         ["data", f"{data.get('name')} ({data.get('source')}): {data.get('n_train')} train, "
                  f"{data.get('n_val')} validation, {data.get('n_test')} test"],
+        *_data_rows(data),
         ["epochs per trial (max)", view.settings.epochs],
+        *_cv_rows(view.settings.cv_folds, view.settings.epochs),
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
         ["compute spent", f"{epochs_run} epochs, {seconds:.1f} s of training"],
         ["compute saved by pruning",
@@ -52,6 +55,11 @@ def overview(view: StudyView) -> Section:
          "budget)"],
     ])
     s.tables.append(("Study", table))
+    if data.get("leaks"):
+        s.paragraphs.append(
+            f"Warning: {data['leaks']} of the {data.get('n_test')} test images are exact copies "
+            "of training or validation images, so the held-out accuracy flatters the model on "
+            "them; remove the copies from one side to test on unseen images only.")
     coverage = view.grid_coverage()
     if coverage is not None and coverage[0] < coverage[1]:
         done, size = coverage
@@ -81,6 +89,17 @@ def overview(view: StudyView) -> Section:
          else (", ".join(map(str, p.choices)) if p.kind == "categorical" else f"fixed {p.value}")]
         for n, p in view.space.items()])))
     return s
+
+
+def _cv_rows(folds: int, epochs: int) -> list[list]:
+    """The overview's row on cross-validation, for a study that uses it."""
+    if folds == 1:
+        return []
+    return [["cross-validation",
+             f"{folds} stratified folds of the training and validation images, trained one "
+             f"after another for up to {epochs} epochs each; a trial's validation loss and "
+             "accuracy are the means over its folds of each fold's best epoch, and its learning "
+             f"curve runs fold after fold ({folds * epochs} steps)"]]
 
 
 def _repeats_summary(view: StudyView) -> str:
@@ -272,3 +291,26 @@ def regularization(view: StudyView) -> Section:
             f"{without_gap} complete trials were recorded before the training loss was measured "
             "in eval mode: they have no generalization gap.")
     return s
+
+
+def _data_rows(data: dict) -> list[list]:
+    """What a study records of its images beyond their counts (studies before images of any
+    shape record none of it)."""
+    rows: list[list] = []
+    if "input_shape" in data:
+        channels, height, width = data["input_shape"]
+        rows.append(["images", f"{height}x{width}, {'colour' if channels == 3 else 'grayscale'}"
+                               f", normalized with mean {_per_channel(data['mean'])} and std "
+                               f"{_per_channel(data['std'])} of the training split"])
+    if "class_names" in data:
+        names = data["class_names"]
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12
+                                          else "")
+        rows.append(["classes", f"{len(names)}: {shown}"])
+    if "leaks" in data:
+        rows.append(["test images also in training or validation", data["leaks"]])
+    return rows
+
+
+def _per_channel(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)

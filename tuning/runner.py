@@ -26,9 +26,10 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
 from tuning.cli import FINISHED
+from tuning.errors import shorten
 from tuning.objective import TrialFailed
 from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
-from tuning.signals import GracefulStop, NoStop
+from tuning.signals import GracefulStop, Interrupted, NoStop
 from tuning.storage import POSTGRES_CONNECT_ARGS, grace_period, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
@@ -174,6 +175,14 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a trial ended by an exception failed, for its line and the report."""
+    if isinstance(exc, Interrupted):
+        return f"stopped by {exc}"
+    first_line = (str(exc).splitlines() or [""])[0]
+    return shorten(f"{type(exc).__name__}: {first_line}".rstrip(": "), 200)
+
+
 @dataclass
 class RunStats:
     """What one worker did."""
@@ -232,8 +241,10 @@ def run_trials(
             except optuna.exceptions.UpdateFinishedTrialError:
                 _taken_over(trial)
                 continue
-            except BaseException:
+            except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("fail_reason", _reason(exc))
                 with contextlib.suppress(Exception):
                     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise

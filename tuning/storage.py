@@ -191,11 +191,14 @@ def open_storage(url: str, heartbeat: bool = True,
     if path is not None:
         _prepare_sqlite(path, create)
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        if create:
-            # Opening a new file writes its schema version; two processes doing it at once
-            # both write it and one fails ('UNIQUE constraint failed: alembic_version'). An
-            # existing file has its schema: readers leave no lock file beside it.
-            init_lock = FileLock(f"{path}.init.lock")
+        # Opening a new file writes its schema; two processes doing it at once both write it
+        # and one fails ('UNIQUE constraint failed: alembic_version'). The creator holds a
+        # lock file beside the database, made before the database file itself; a reader that
+        # finds the file takes that lock too (the schema may be half written), and a reader
+        # of a database without one (made elsewhere) leaves no lock file behind.
+        lock_path = Path(f"{path}.init.lock")
+        if create or lock_path.exists():
+            init_lock = FileLock(str(lock_path))
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,

@@ -20,11 +20,16 @@ from pathlib import Path
 import optuna
 
 from tuning import __version__
+from tuning.cli import count_finished
 from tuning.data import DATA_KEYS
 from tuning.errors import UsageError
+from tuning.sources import DataConfig
 from tuning.space import StudyFile, StudySettings, space_from_dict
 from tuning.storage import mask_url, open_storage
 from tuning.strategy import make_pruner, make_sampler
+
+METRIC = "val_loss"
+"""What a study's trials minimize: the best validation loss over a trial's epochs."""
 
 
 @dataclass(frozen=True)
@@ -49,35 +54,54 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     storage = open_storage(plan.storage, create=True)
     if _exists(storage, plan.study):
         study = optuna.load_study(storage=storage, study_name=plan.study)
-        check_data_matches(study, data_fingerprint)
+        check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
         check_definition_matches(study, plan)
     else:
         study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
                                     load_if_exists=True)
+    # optuna-dashboard shows "Objective 0" for a study without a name for its value; studies
+    # created before this was set get it when they resume.
+    if study.metric_names is None:
+        study.set_metric_names([METRIC])
     if "data" not in study.user_attrs:
         study.set_user_attr("data", data_fingerprint)
         study.set_user_attr("space", plan.study_file.space_dict())
+        study.set_user_attr("data_config", plan.study_file.data.to_dict())
         study.set_user_attr("epochs", plan.settings.epochs)
         study.set_user_attr("settings", dataclasses.asdict(plan.settings))
         study.set_user_attr("config_path", plan.study_file.path)
         study.set_user_attr("versions", environment())
-    study.set_user_attr("target_trials", target)
+    # A target at or below what is done runs nothing (tuning.search says so): leave the stored
+    # one to the workers that may still be running towards it.
+    if target > count_finished(study) or "target_trials" not in study.user_attrs:
+        study.set_user_attr("target_trials", target)
     use_strategy(study, plan.settings, plan.study_file.space)
     return study
 
 
 def check_data_matches(study: optuna.Study, data_fingerprint: dict,
                        remedy: str = "point --data-dir at the data it was run on, or use "
-                                     "another --study name") -> None:
+                                     "another --study name", seed: int | None = None) -> None:
     """Refuse data other than the study's; `remedy` ends the message.
 
     Compared on what the data are (tuning.data.DATA_KEYS), never on `source`, where they were
     read from: the same files in another directory, spelled relatively or gzipped are the same
     data, and studies that recorded `source` in their fingerprint resume on them too.
+    `seed` is the split seed the data were loaded with: the same data set split with another
+    seed than the study's differs only in its hash, and the message says so.
     """
     stored = study.user_attrs.get("data")
     if stored is None:
         return
+    stored_seed = study.user_attrs.get("settings", {}).get("seed")
+    same_set = all(stored.get(key) == data_fingerprint.get(key)
+                   for key in DATA_KEYS if key != "sha256")
+    if (seed is not None and stored_seed is not None and seed != stored_seed and same_set
+            and stored.get("sha256") != data_fingerprint.get("sha256")):
+        raise UsageError(f"seed {seed} splits the data into training and validation "
+                         f"differently from seed {stored_seed}, which study "
+                         f"{study.study_name!r} was run with: use --seed {stored_seed} to "
+                         "resume it, or use another --study name")
 
     def shown(fingerprint: dict, key: str) -> object:
         value = fingerprint.get(key)
@@ -97,6 +121,13 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
     if "space" in attrs and attrs["space"] != plan.study_file.space_dict():
         raise UsageError(f"study {plan.study!r} was created with a different search space than "
                          f"{plan.study_file.path}; use another --study name")
+    if stored_data_config(study) != plan.study_file.data:
+        raise UsageError(f"study {plan.study!r} was created with another [data] table than "
+                         f"{plan.study_file.path}'s; use another --study name")
+    stored_folds = attrs.get("settings", {}).get("cv_folds", 1)
+    if "settings" in attrs and stored_folds != plan.settings.cv_folds:
+        raise UsageError(f"study {plan.study!r} cross-validates with cv_folds = {stored_folds}, "
+                         f"not {plan.settings.cv_folds}; use another --study name")
     if "epochs" in attrs and attrs["epochs"] != plan.settings.epochs:
         raise UsageError(f"study {plan.study!r} runs {attrs['epochs']} epochs per trial, not "
                          f"--epochs {plan.settings.epochs}; use another --study name")
@@ -172,8 +203,15 @@ def stored_definition(study: optuna.Study) -> tuple[StudySettings, dict]:
     return StudySettings(**attrs["settings"]), space_from_dict(attrs["space"])
 
 
+def stored_data_config(study: optuna.Study) -> DataConfig:
+    """How the study's images are read and split; studies from before [data] tables have the
+    defaults."""
+    return DataConfig.from_dict(study.user_attrs.get("data_config", {}))
+
+
 def use_strategy(study: optuna.Study, settings: StudySettings, space: dict) -> None:
     """Give this process's handle on the study its sampler and pruner (the sampler draws
     each trial with its own seed, so parallel workers never propose the same points)."""
     study.sampler = make_sampler(settings.sampler, settings.seed, space)
-    study.pruner = make_pruner(settings.pruner, settings.epochs)
+    # A trial reports every epoch of every fold: that many steps.
+    study.pruner = make_pruner(settings.pruner, settings.epochs * settings.cv_folds)

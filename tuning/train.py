@@ -196,7 +196,7 @@ def training_probe(data: DeviceData) -> Split:
     much as the validation pass.
     """
     n = min(len(data.val), len(data.train))
-    return Split(data.train.x[:n], data.train.y[:n])
+    return data.train.first(n)
 
 
 def fit(

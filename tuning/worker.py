@@ -45,7 +45,10 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
                         help="a label for this worker in log lines (the launcher numbers its "
                              "workers; seeds differ per trial without it)")
     parser.add_argument("--no-progress", action="store_true",
-                        help="no line per trial (a launcher that prints them passes this)")
+                        help="no progress lines (per trial and per epoch)")
+    # Started by `tuning search`'s launcher, which prints the progress of all its workers and
+    # has already said what every worker would repeat (the data fallback).
+    parser.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)
     add_verbosity_arguments(parser)
     return parser
 
@@ -58,14 +61,16 @@ def prepare(args: argparse.Namespace, storage_url: str):
     """
     import torch
 
-    from tuning.data import check_data_dir, load_arrays, to_device
+    from tuning.data import check_data_dir, load_arrays
     from tuning.device import resolve_device
+    from tuning.folds import objective_data
     from tuning.objective import Objective
     from tuning.storage import artifact_store
     from tuning.study import (
         check_data_matches,
         load_existing,
         record_worker,
+        stored_data_config,
         stored_definition,
         use_strategy,
     )
@@ -76,11 +81,15 @@ def prepare(args: argparse.Namespace, storage_url: str):
     settings, space = stored_definition(study)
     if runtime.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    arrays = load_arrays(settings.dataset, args.data_dir, settings.seed)
+    arrays = load_arrays(settings.dataset, args.data_dir, settings.seed,
+                         config=stored_data_config(study),
+                         fallback_level=logging.DEBUG if args.launched else logging.WARNING)
     check_data_matches(study, arrays.fingerprint())
+    arrays = arrays.normalized_as(study.user_attrs["data"])
     use_strategy(study, settings, space)
     record_worker(study, worker_id())
-    objective = Objective(data=to_device(arrays, runtime.device), runtime=runtime, space=space,
+    data, folds = objective_data(arrays, settings.cv_folds, settings.seed, runtime.device)
+    objective = Objective(data=data, folds=folds, runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
                           artifacts=artifact_store(args.artifacts),
                           stop=GracefulStop().install())
@@ -97,7 +106,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
                  mask_url(url), target)
         lock = StudyLock(url, args.study, outages_of(study._storage))
-        progress = None if args.quiet or args.no_progress else Progress(target)
+        if not (args.quiet or args.no_progress or args.launched):
+            progress = Progress.for_study(study, target,
+                                          objective.epochs * len(objective.folds or [None]),
+                                          label=worker_id())
+            objective.on_epoch = progress.on_epoch
+        else:
+            progress = None
         stats = run_trials(study, objective, target, lock, args.timeout, progress,
                            objective.stop)
     except (UsageError, StorageFull) as exc:

