@@ -244,11 +244,12 @@ def test_cifar10_layout(workdir, digits):
                       b"labels": y[part].tolist(), b"filenames": [b"x.png"] * 20})
     write_pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES],
                                            b"num_cases_per_batch": 20, b"num_vis": 3072})
-    (workdir / "studies" / "cifar.toml").write_text(
-        f'[study]\ndataset = "cifar10"\nepochs = 1\n\n[space]{SPACE}')
-    result = run_cli("--study", "cifar", "--data-dir", "data", "--trials", "1", cwd=workdir)
+    # The command the README gives: the data set names the study.
+    result = run_cli("--dataset", "cifar10", "--data-dir", "data", "--trials", "1", *FAST,
+                     cwd=workdir)
     assert result.returncode == 0, result.stderr
-    data = data_attr(workdir, "cifar")
+    assert not (workdir / "studies" / "mnist.db").exists()
+    data = data_attr(workdir, "cifar10")
     assert data["name"] == "cifar10" and data["class_names"] == CIFAR10_NAMES
     assert data["input_shape"] == [3, 32, 32] and data["n_test"] == 20
     assert data["n_train"] + data["n_val"] == 100 and data["hflip"] is True
@@ -418,3 +419,70 @@ def test_bad_input_in_a_real_process(workdir, tmp_path, digits):
     assert expected in error_line(result.stderr) and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # "decoding 27 images"
     assert db_files(workdir) == []
+
+
+# --- moved images; what names a study; a folder's default space --------------------------------
+
+@pytest.mark.slow
+def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_path, workdir,
+                                                                          digits):
+    root = write_folder(tmp_path / "old" / "pets", digits, per_class=15)
+    first = run_cli("--dataset", str(root), "--trials", "1", *FAST, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    moved = tmp_path / "new" / "pets"
+    moved.parent.mkdir()
+    root.rename(moved)
+    # The same images elsewhere are the same data: the launcher's workers read them there.
+    again = run_cli("--dataset", str(moved), "--trials", "3", "--workers", "2", *FAST,
+                    cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert len(finished(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets"))) == 3
+    lost = run_cli("--study", "pets", "--out", str(tmp_path / "r"), cwd=workdir,
+                   module="tuning.report")
+    assert lost.returncode == 2
+    assert "give the images' place with --dataset" in error_line(lost.stderr)
+    found = run_cli("--study", "pets", "--dataset", str(moved), "--out", str(tmp_path / "r"),
+                    cwd=workdir, module="tuning.report")
+    assert found.returncode == 0, found.stderr
+    assert "test accuracy: trial #" in found.stdout
+
+
+def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
+    from tuning.search import build_parser, make_plan
+
+    def study(*argv: str) -> str:
+        return make_plan(build_parser().parse_args(list(argv))).study
+
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "my flowers").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert study("--dataset", "cifar10") == "cifar10"
+    assert study("--dataset", "mnist-sample") == "mnist"  # the digits share the default study
+    assert study("--dataset", str(tmp_path / "my flowers")) == "my-flowers"
+    assert study("--dataset", str(tmp_path / "scans.npz")) == "scans"
+    # A folder called like a study file does not resume that study.
+    assert study("--dataset", "./mnist") == "mnist-images"
+
+
+def test_a_folder_without_a_study_file_searches_flips(tmp_path, monkeypatch):
+    from tuning.search import build_parser, make_plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    plan = make_plan(build_parser().parse_args(["--dataset", "./photos"]))
+    assert plan.study_file.space["hflip"].choices == (False, True)
+    assert plan.settings.dataset == str(tmp_path / "photos")
+    digits_plan = make_plan(build_parser().parse_args(["--dataset", "mnist-sample"]))
+    assert digits_plan.study_file.space["hflip"].value is False
+
+
+def test_a_refused_folder_says_to_point_dataset_at_the_images():
+    import optuna
+
+    from tuning.errors import UsageError
+    from tuning.study import check_data_matches
+
+    study = optuna.create_study()
+    study.set_user_attr("data", {"name": "folder", "source": "/a/pets", "sha256": "1" * 64})
+    with pytest.raises(UsageError, match="point --dataset at the images it was run on"):
+        check_data_matches(study, {"name": "folder", "sha256": "2" * 64})

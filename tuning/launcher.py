@@ -100,10 +100,12 @@ class Launcher:
                  data_dir: Path | None, artifacts: Path | None, timeout: float | None,
                  on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                  stream: TextIO | None = None, compile_mode: str = "off",
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, dataset: str | None = None):
         self.study = study
         self.specs = specs
         self.data_dir = data_dir
+        self.dataset = dataset
+        """The images' path when the run gives them another than the study recorded."""
         self.artifacts = artifacts
         self.timeout = timeout
         self.on_trial = on_trial
@@ -125,6 +127,8 @@ class Launcher:
                self.compile_mode, "--launched"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
+        if self.dataset is not None:
+            cmd += ["--dataset", self.dataset]
         if self.artifacts is not None:
             cmd += ["--artifacts", str(self.artifacts)]
         if self.timeout is not None:

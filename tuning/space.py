@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,11 +443,11 @@ def _parse_data(table: object, base: Path,
                         f"got {_show(values['class_names'])}")
         return DataConfig(), None
     if values.get("test") is not None:
-        values["test"] = str((base / Path(values["test"]).expanduser()).absolute())
+        values["test"] = os.path.normpath((base / Path(values["test"]).expanduser()).absolute())
     config = DataConfig(**values)
     problems += [f"data: {p}" for p in config.problems()]
     if path is not None:
-        path = str((base / Path(path).expanduser()).absolute())
+        path = os.path.normpath((base / Path(path).expanduser()).absolute())
     return config, path
 
 

@@ -9,6 +9,7 @@ refused instead of mixing results.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shlex
 import socket
@@ -22,8 +23,8 @@ import optuna
 from tuning import __version__
 from tuning.cli import count_finished
 from tuning.data import DATA_KEYS
-from tuning.errors import UsageError
-from tuning.sources import DataConfig
+from tuning.errors import UsageError, shorten
+from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import StudyFile, StudySettings, space_from_dict
 from tuning.storage import mask_url, open_storage
 from tuning.strategy import make_pruner, make_sampler
@@ -80,8 +81,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
 
 
 def check_data_matches(study: optuna.Study, data_fingerprint: dict,
-                       remedy: str = "point --data-dir at the data it was run on, or use "
-                                     "another --study name", seed: int | None = None) -> None:
+                       remedy: str | None = None, seed: int | None = None) -> None:
     """Refuse data other than the study's; `remedy` ends the message.
 
     Compared on what the data are (tuning.data.DATA_KEYS), never on `source`, where they were
@@ -93,6 +93,10 @@ def check_data_matches(study: optuna.Study, data_fingerprint: dict,
     stored = study.user_attrs.get("data")
     if stored is None:
         return
+    if remedy is None:
+        where = "--dataset at the images" if stored.get("name") in PATH_KINDS else \
+            "--data-dir at the data"
+        remedy = f"point {where} it was run on, or use another --study name"
     stored_seed = study.user_attrs.get("settings", {}).get("seed")
     same_set = all(stored.get(key) == data_fingerprint.get(key)
                    for key in DATA_KEYS if key != "sha256")
@@ -201,6 +205,19 @@ def stored_definition(study: optuna.Study) -> tuple[StudySettings, dict]:
     """The settings and search space a study was created with."""
     attrs = study.user_attrs
     return StudySettings(**attrs["settings"]), space_from_dict(attrs["space"])
+
+
+def with_images_at(settings: StudySettings, dataset: str | None) -> StudySettings:
+    """The study's settings with its images read from `dataset`, their path on this host, when
+    given (moved, or mounted elsewhere); whether they are still the study's data is for the
+    fingerprint to say."""
+    if dataset is None:
+        return settings
+    if not is_path(dataset):
+        raise UsageError(f"--dataset {shorten(dataset)!r}: give the path of the study's image "
+                         "folder or .npz file on this host")
+    return dataclasses.replace(settings, dataset=os.path.normpath(
+        Path(dataset).expanduser().absolute()))
 
 
 def stored_data_config(study: optuna.Study) -> DataConfig:

@@ -39,6 +39,9 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
                                        "target number of finished trials.")
     add_storage_arguments(parser, "name of an existing study", required=True)
     add_run_arguments(parser)
+    parser.add_argument("--dataset",
+                        help="where the study's image folder or .npz file is on this host, "
+                             "when not where the study recorded it")
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--worker-index", type=int, default=0,
@@ -73,12 +76,14 @@ def prepare(args: argparse.Namespace, storage_url: str):
         stored_data_config,
         stored_definition,
         use_strategy,
+        with_images_at,
     )
 
     check_data_dir(args.data_dir)
     runtime = resolve_device(args.device, args.compile)
     study = load_existing(args.study, storage_url)
     settings, space = stored_definition(study)
+    settings = with_images_at(settings, args.dataset)
     if runtime.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed,
