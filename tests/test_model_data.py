@@ -231,3 +231,20 @@ def test_a_data_set_too_small_to_split_is_refused(tmp_path):
     np.savez(tmp_path / "three.npz", x_train=x, y_train=np.array([0, 1, 1]))
     with pytest.raises(UsageError, match="too few"):
         load_arrays(str(tmp_path / "three.npz"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_images_past_the_device_budget_wait_in_pinned_host_memory(tiny_arrays, monkeypatch):
+    cuda = torch.device("cuda")
+    resident = to_device(tiny_arrays, cuda)
+    monkeypatch.setenv("TUNING_DEVICE_DATA_MB", "0")
+    hosted = to_device(tiny_arrays, cuda)
+    assert not resident.train.on_host and hosted.train.on_host and hosted.train.x.is_pinned()
+    def epoch(data, seed: int | None):
+        g = None if seed is None else torch.Generator(device=cuda).manual_seed(seed)
+        return list(batches(data.train, 64, g))
+
+    for seed in (None, 3):  # in order (evaluation), and shuffled (training)
+        for (x1, y1), (x2, y2) in zip(epoch(resident, seed), epoch(hosted, seed), strict=True):
+            assert x2.device.type == "cuda" and torch.equal(x1, x2) and torch.equal(y1, y2)

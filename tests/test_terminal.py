@@ -322,3 +322,15 @@ def test_an_old_study_without_metric_names_gets_them_when_it_resumes(tmp_path):
     plan = Plan(study="old", storage=url, study_file=study_file, settings=study_file.settings)
     open_study(plan, load_arrays("mnist-sample").fingerprint(), target=1)
     assert optuna.load_study(study_name="old", storage=url).metric_names == ["val_loss"]
+
+
+def test_an_offline_mnist_study_made_before_the_rename_goes_on_under_its_name(workdir,
+                                                                             monkeypatch):
+    monkeypatch.chdir(workdir)
+    no_download(monkeypatch)
+    # As earlier versions made it: study `mnist`, holding the sample.
+    assert main(["--study", "mnist", "--trials", "1", "--create-only"]) == 0
+    assert main(["--trials", "2", "--create-only"]) == 0
+    assert sorted(p.name for p in workdir.rglob("*.db")) == ["mnist.db"]
+    assert load_study(f"sqlite:///{workdir}/studies/mnist.db",
+                      "mnist").user_attrs["target_trials"] == 2

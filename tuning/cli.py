@@ -151,6 +151,10 @@ class Progress:
         self.epochs_run = [t.user_attrs["epochs_run"] for t in trials
                            if t.state in FINISHED and t.user_attrs.get("epochs_run")]
         self.parallel = max(1, parallel)
+        # A trial that ended without a line here (taken over by another worker after an
+        # outage) no longer runs.
+        running = {t.number for t in trials if t.state == TrialState.RUNNING}
+        self.running = {n: v for n, v in self.running.items() if n in running}
 
     # -- events -------------------------------------------------------------------------------
 

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from tuning.errors import UsageError
-from tuning.sources import SOURCES, DataConfig, dataset_problem, read
+from tuning.sources import DataConfig, dataset_problem, read
 
 log = logging.getLogger("tuning")
 
-DATASETS = tuple(SOURCES)
 TEST_SPLIT_SEED = 12345
 """Seeds the test split of a source without one: fixed, so every study of the data tests on the
 same images (and the 5,000-image sample keeps the test split it always had)."""
@@ -207,7 +206,11 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
 def device_budget(device: torch.device) -> float:
     """Bytes of images that may stay on `device`; the rest wait in host memory."""
     if os.environ.get("TUNING_DEVICE_DATA_MB"):
-        return float(os.environ["TUNING_DEVICE_DATA_MB"]) * 2**20
+        try:
+            return float(os.environ["TUNING_DEVICE_DATA_MB"]) * 2**20
+        except ValueError:
+            raise UsageError(f"TUNING_DEVICE_DATA_MB must be a number of MiB, got "
+                             f"{os.environ['TUNING_DEVICE_DATA_MB'][:40]!r}") from None
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free * DEVICE_BUDGET_FRACTION
@@ -239,15 +242,24 @@ class Split:
         """The first n images (a view: no copy)."""
         return dataclasses.replace(self, x=self.x[:n], y=self.y[:n])
 
-    def batch(self, index: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images `index` (a slice, or indices on the device), normalized, and their labels."""
-        if self.x.device == self.device:
+    @property
+    def on_host(self) -> bool:
+        """Whether the images wait in host memory (the device's budget was too small)."""
+        return self.x.device != self.device
+
+    def batch(self, index: slice | torch.Tensor,
+              host_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `index` (a slice, or indices on the device), normalized, and their labels.
+        For images in host memory, `host_index` is `index` already on the host."""
+        if not self.on_host:
             x = self.x[index]
         else:
-            x = self.x[index if isinstance(index, slice) else index.cpu()]
-            if self.device.type == "cuda":
-                # Pinned memory lets the copy run while the device works on the last batch.
-                x = x.pin_memory() if not x.is_pinned() else x
+            # A slice of pinned memory is pinned; gathered images are pinned here, so that
+            # the copy overlaps the device's work on the last batch.
+            x = self.x[index] if isinstance(index, slice) else \
+                self.x[(index if host_index is None else host_index).cpu()]
+            if self.device.type == "cuda" and not x.is_pinned():
+                x = x.pin_memory()
             x = x.to(self.device, non_blocking=True)
         return x.float().div_(255.0).sub_(self.mean).div_(self.std), self.y[index]
 
@@ -322,8 +334,12 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
             yield split.batch(slice(start, start + batch_size))
         return
     order = torch.randperm(n, device=split.device, generator=generator)
+    # Images in host memory are gathered there: one copy of the order per epoch, not a wait
+    # for the device at every batch.
+    host_order = order.cpu() if split.on_host else None
     for start in range(0, n, batch_size):
-        yield split.batch(order[start : start + batch_size])
+        end = start + batch_size
+        yield split.batch(order[start:end], None if host_order is None else host_order[start:end])
 
 
 def augment(

@@ -29,9 +29,8 @@ def fold_parts(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     # folds' sizes, not only their classes, differ by at most one.
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == cls))
                             for cls in np.unique(labels)])
-    # Sorted, then shuffled across classes as stratified_split does: some code reads a split
-    # in order.
-    return [rng.permutation(np.sort(order[i::k])) for i in range(k)]
+    # Shuffled across classes, as stratified_split's splits are.
+    return [rng.permutation(order[i::k]) for i in range(k)]
 
 
 def fold_arrays(arrays: Arrays, k: int, seed: int) -> list[Arrays]:
@@ -64,9 +63,13 @@ def objective_data(arrays: Arrays, cv_folds: int, seed: int,
     (it has the same shape and classes) and the folds hold every fold, the first included.
 
     Each fold is a copy of the images on the device: K copies of the training and validation
-    images, which cross-validation, meant for small data sets, can afford.
+    images, which cross-validation, meant for small data sets, can afford. The test split,
+    which no trial reads, is kept once.
     """
     if cv_folds == 1:
         return to_device(arrays, device), None
-    folds = [to_device(fold, device) for fold in fold_arrays(arrays, cv_folds, seed)]
+    folds: list[DeviceData] = []
+    for fold in fold_arrays(arrays, cv_folds, seed):
+        data = to_device(fold, device)
+        folds.append(data if not folds else dataclasses.replace(data, test=folds[0].test))
     return folds[0], folds

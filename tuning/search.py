@@ -52,6 +52,7 @@ from tuning.storage import (
     artifact_store,
     default_storage,
     mask_url,
+    open_storage,
     resolve_url,
 )
 from tuning.strategy import PRUNERS, SAMPLERS, grid_size
@@ -196,12 +197,27 @@ def name_after_data(plan: Plan, args: argparse.Namespace, arrays: Arrays) -> Pla
         log.info("study %r keeps its name (--study) and records its data as %s",
                  plan.study, arrays.name)
         return replace(plan, settings=settings)
+    if _records_data(plan, arrays.name):
+        # Made by a version that kept the name: it goes on under it.
+        log.info("study %r holds %s data: it goes on under its name", plan.study, arrays.name)
+        return replace(plan, settings=settings)
     name = plan.study if plan.study.endswith("-sample") else f"{plan.study}-sample"
     if not STUDY_NAME.fullmatch(name):  # too long: keep the name, the data are recorded
         return replace(plan, settings=settings)
     log.info("the study is named %r after the data it uses; with the %s files in place, "
              "the same command runs study %r", name, plan.settings.dataset, plan.study)
     return replace(plan, study=name, storage=_storage(args, name), settings=settings)
+
+
+def _records_data(plan: Plan, data_name: str) -> bool:
+    """Whether the plan's study exists already and records data named `data_name`."""
+    try:
+        storage = open_storage(plan.storage, heartbeat=False)
+    except UsageError:  # no database yet
+        return False
+    found = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    summary = found.get(plan.study)
+    return summary is not None and summary.user_attrs.get("data", {}).get("name") == data_name
 
 
 def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
@@ -234,6 +250,8 @@ def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
     given = {"--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
              "--sampler": args.sampler, "--pruner": args.pruner, "--seed": args.seed,
              "--data-dir": args.data_dir, "--workers": args.workers,
+             "--workers-per-gpu": None if args.workers_per_gpu == DEFAULT_WORKERS_PER_GPU
+             else args.workers_per_gpu, "--artifacts": args.artifacts,
              "--device": None if args.device == "auto" else args.device,
              "--compile": None if args.compile == "off" else args.compile}
     flags = "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in given.items()
@@ -324,7 +342,7 @@ def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: st
     print(message, file=sys.stderr)
     # Informative only: a second signal or an unreachable database must not turn a clean stop
     # into a traceback.
-    with contextlib.suppress(Exception, Interrupted):
+    with contextlib.suppress(Exception, Interrupted, KeyboardInterrupt):
         summarize(study, plan)
         print(f"continue:  {continue_command(prog, plan, args)}")
     return status

@@ -407,7 +407,9 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
                     space[name] = param
     data, data_path = _parse_data(raw.get("data", {}), Path(path).parent, problems)
     if data_path is not None:
-        if "dataset" in study and study["dataset"] != data_path:
+        named = study.get("dataset") if isinstance(study, dict) else None
+        if isinstance(named, str) and os.path.normpath(
+                (Path(path).parent / Path(named).expanduser()).absolute()) != data_path:
             problems.append(f"[study] dataset {_show(study['dataset'])} and [data] path "
                             f"{_show(data_path)} disagree: give one")
         settings = dataclasses.replace(settings, dataset=data_path)

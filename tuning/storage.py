@@ -197,7 +197,7 @@ def open_storage(url: str, heartbeat: bool = True,
         # finds the file takes that lock too (the schema may be half written), and a reader
         # of a database without one (made elsewhere) leaves no lock file behind.
         lock_path = Path(f"{path}.init.lock")
-        if create or lock_path.exists():
+        if create or (lock_path.exists() and os.access(lock_path, os.W_OK)):
             init_lock = FileLock(str(lock_path))
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.

@@ -213,6 +213,9 @@ def with_images_at(settings: StudySettings, dataset: str | None) -> StudySetting
     fingerprint to say."""
     if dataset is None:
         return settings
+    if not is_path(settings.dataset):
+        raise UsageError(f"--dataset gives the place of a study's image folder or .npz file; "
+                         f"this study's data set is {settings.dataset!r}: use --data-dir")
     if not is_path(dataset):
         raise UsageError(f"--dataset {shorten(dataset)!r}: give the path of the study's image "
                          "folder or .npz file on this host")
