@@ -39,8 +39,20 @@ def test_best_value_on_the_edge_of_its_range_is_flagged():
     warnings = edge_warnings(_view({"lr": 1e-4, "blocks": 3, "dropout": 0.25}))
     assert len(warnings) == 2
     blocks, lr = sorted(warnings, key=lambda w: "best lr" in w)
-    assert "best blocks (3)" in blocks and "new architecture" in blocks
+    # Up to 6 blocks fit the family: a range ending at 3 can be widened.
+    assert "best blocks (3)" in blocks and "widen the range" in blocks
     assert "best lr" in lr and "lower edge" in lr and "widen the range" in lr
+
+
+def test_a_best_value_at_the_familys_limit_needs_a_new_architecture(monkeypatch):
+    import tuning.report_stats
+
+    # The same study, as if 3 blocks were as many as the family has.
+    monkeypatch.setattr(tuning.report_stats, "hard_limit",
+                        lambda name, edge: 3 if (name, edge) == ("blocks", "upper") else None)
+    (blocks,) = [w for w in edge_warnings(_view({"lr": 1e-3, "blocks": 3, "dropout": 0.25}))
+                 if "blocks" in w]
+    assert "cannot be widened" in blocks and "new architecture" in blocks
 
 
 def test_best_value_inside_its_range_is_not_flagged():

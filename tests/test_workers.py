@@ -211,9 +211,9 @@ def test_worker_whose_data_differ_exits_2(workdir, sample_arrays):
     def write_idx(folder, n_train):
         folder.mkdir()
         a = sample_arrays
-        for name, array in [("train-images-idx3-ubyte", a.train_x[:n_train]),
+        for name, array in [("train-images-idx3-ubyte", a.train_x[:n_train, ..., 0]),
                             ("train-labels-idx1-ubyte", np.tile(np.arange(10), n_train // 10)),
-                            ("t10k-images-idx3-ubyte", a.test_x[:50]),
+                            ("t10k-images-idx3-ubyte", a.test_x[:50, ..., 0]),
                             ("t10k-labels-idx1-ubyte", a.test_y[:50])]:
             header = struct.pack(">HBB", 0, 8, array.ndim)
             header += struct.pack(f">{array.ndim}I", *array.shape)
