@@ -464,13 +464,14 @@ def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
     assert study("--dataset", "./mnist") == "mnist-images"
 
 
-def test_a_folder_without_a_study_file_searches_flips(tmp_path, monkeypatch):
+def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, monkeypatch):
     from tuning.search import build_parser, make_plan
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     plan = make_plan(build_parser().parse_args(["--dataset", "./photos"]))
     assert plan.study_file.space["hflip"].choices == (False, True)
+    assert plan.study_file.space["head"].choices == ("flatten", "gap")
     assert plan.settings.dataset == str(tmp_path / "photos")
     digits_plan = make_plan(build_parser().parse_args(["--dataset", "mnist-sample"]))
     assert digits_plan.study_file.space["hflip"].value is False

@@ -124,9 +124,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
                              "give --study") from None
     study_file = load_study_file(config)
-    if args.config is None and args.dataset and is_path(args.dataset) \
-            and Path(args.dataset).expanduser().is_dir():
-        study_file = _flips_searched(study_file)
+    if args.config is None and args.dataset and is_path(args.dataset):
+        study_file = _space_for_own_images(study_file, Path(args.dataset).expanduser().is_dir())
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
     settings = replace(study_file.settings, **overrides)
@@ -167,11 +166,14 @@ def data_study_name(dataset: str) -> str:
     return f"{name}-images" if name in {e.name for e in catalog.available()} else name
 
 
-def _flips_searched(study_file: StudyFile) -> StudyFile:
-    """The default space for a folder of photos: whether to flip is searched, not fixed off
-    as for digits (a [data] hflip = false still turns flips off)."""
+def _space_for_own_images(study_file: StudyFile, folder: bool) -> StudyFile:
+    """The default space, for images of any size: the head is searched (global average
+    pooling keeps the linear layer small on large images), and for a folder of photos whether
+    to flip is searched too, not fixed off as for digits."""
     space = dict(study_file.space)
-    space["hflip"] = Param("hflip", "categorical", choices=(False, True))
+    space.setdefault("head", Param("head", "categorical", choices=("flatten", "gap")))
+    if folder:
+        space["hflip"] = Param("hflip", "categorical", choices=(False, True))
     return replace(study_file, space=space)
 
 
