@@ -194,7 +194,9 @@ def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0
     pid = worker_pid(victim)
     os.kill(pid, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 60
+        # The other worker fails the stale trial when it next takes one, after its own trial
+        # ends: on a loaded machine (tests run two at a time) that can take minutes.
+        deadline = time.monotonic() + 240
         while load_study(url, "mnist").trials[victim.number].state != TrialState.FAIL:
             assert time.monotonic() < deadline, "the paused worker's trial was never failed"
             time.sleep(0.5)
