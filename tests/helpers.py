@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("TUNING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def small_space() -> dict:
+    """A search space of a few cheap networks (8 channels, batch 128) over optimizer and lr:
+    what the tests of the objective train."""
+    from tuning.space import parse_study
+
+    return parse_study({"space": {
+    "optimizer": {"choices": ["adam", "sgd"]},
+    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    "channels": 8,
+    "activation": "relu",
+    "batch_size": 128,
+}}).space
+
+
 @functools.cache
 def postgres_available() -> bool:
     """Whether the server at POSTGRES_URL accepts a connection; probed once per process."""

@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, small_space
 from optuna.trial import TrialState
 
 from tuning.device import resolve_device
@@ -24,13 +24,7 @@ from tuning.space import StudySettings, parse_study
 from tuning.strategy import PRUNERS, make_pruner
 from tuning.study import stored_definition
 
-SPACE = parse_study({"space": {
-    "optimizer": {"choices": ["adam", "sgd"]},
-    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-    "channels": 8,
-    "activation": "relu",
-    "batch_size": 128,
-}}).space
+SPACE = small_space()
 EPOCHS = 2
 
 

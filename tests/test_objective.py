@@ -9,6 +9,7 @@ import re
 import optuna
 import pytest
 import torch
+from helpers import small_space
 from optuna.trial import TrialState
 
 from tuning.device import resolve_device
@@ -18,13 +19,7 @@ from tuning.space import StudySettings, parse_study
 from tuning.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from tuning.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
 
-SMALL_SPACE = parse_study({"space": {
-    "optimizer": {"choices": ["adam", "sgd"]},
-    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-    "channels": 8,
-    "activation": "relu",
-    "batch_size": 128,
-}}).space
+SMALL_SPACE = small_space()
 
 
 def make_objective(data, space=SMALL_SPACE, epochs=3) -> Objective:
