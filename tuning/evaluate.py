@@ -17,6 +17,7 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
+from tuning.networks import FAMILY_MODEL, ModelSpec
 from tuning.objective import build_trial_model
 from tuning.space import Param
 from tuning.train import evaluate, fit
@@ -100,9 +101,9 @@ def held_out_metrics(model: torch.nn.Module, data: DeviceData, runtime: Runtime)
 
 
 def retrain(params: dict, space: dict[str, Param], data: DeviceData, runtime: Runtime,
-            seed: int, epochs: int) -> torch.nn.Module:
+            seed: int, epochs: int, network: ModelSpec = FAMILY_MODEL) -> torch.nn.Module:
     """Train a configuration as its trial did (same seed), keeping the best-validation epoch."""
-    model, cfg, generator = build_trial_model(params, space, data, runtime, seed)
+    model, cfg, generator = build_trial_model(params, space, data, runtime, seed, network)
     best_loss, best_state = float("inf"), None
     for result in fit(model, data, cfg, runtime, generator, epochs):
         if result.val["loss"] < best_loss:
@@ -127,14 +128,16 @@ class TrialModel:
 
 
 def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
-                runtime: Runtime, epochs: int, artifacts=None) -> TrialModel:
+                runtime: Runtime, epochs: int, artifacts=None,
+                network: ModelSpec = FAMILY_MODEL) -> TrialModel:
     """The trial's network: from its checkpoint artifact when there is one, else retrained
     with its seed and evaluated on the validation split (a retrain is only the trial's network
     where it reproduces the trial's validation loss)."""
     seed = trial.user_attrs.get("seed", 0)
     artifact_id = trial.user_attrs.get("checkpoint_artifact")
     if artifact_id and artifacts is not None:
-        model, _, _ = build_trial_model(trial.params, space, data, runtime, seed)
+        model, _, _ = build_trial_model(trial.params, space, data, runtime, seed, network,
+                                        load_weights=False)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "weights.pt"
@@ -145,13 +148,14 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
             return TrialModel(model, f"checkpoint artifact {artifact_id}", None)
         except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
             pass
-    model = retrain(trial.params, space, data, runtime, seed, epochs)
+    model = retrain(trial.params, space, data, runtime, seed, epochs, network)
     return TrialModel(model, f"retrained with seed {seed} for {epochs} epochs",
                       evaluate(model, data.val, runtime)["loss"])
 
 
 def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
-                    runtime: Runtime, epochs: int, artifacts=None) -> tuple[torch.nn.Module, str]:
+                    runtime: Runtime, epochs: int, artifacts=None,
+                    network: ModelSpec = FAMILY_MODEL) -> tuple[torch.nn.Module, str]:
     """trial_model as (model, how it was obtained)."""
-    obtained = trial_model(trial, space, data, runtime, epochs, artifacts)
+    obtained = trial_model(trial, space, data, runtime, epochs, artifacts, network)
     return obtained.model, obtained.how

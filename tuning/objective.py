@@ -19,7 +19,8 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
-from tuning.model import build_model
+from tuning.limits import Limits
+from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample
 from tuning.train import fit, seed_everything
@@ -40,12 +41,16 @@ def fixed_params(space: dict[str, Param]) -> dict:
 
 
 def build_trial_model(params: dict, space: dict[str, Param], data: DeviceData, runtime: Runtime,
-                      seed: int):
+                      seed: int, network: ModelSpec = FAMILY_MODEL, load_weights: bool = True):
     """The network, its training config and RNG for a trial's parameters: the same every time
-    for the same parameters and seed, so any trial can be retrained exactly."""
-    arch, cfg = build_configs({**fixed_params(space), **params})
+    for the same parameters and seed, so any trial can be retrained exactly.
+
+    ModelBuildError when a model builder fails for these parameters."""
+    all_params = {**fixed_params(space), **params}
+    _, cfg = build_configs(all_params)
     generator = seed_everything(seed, runtime.device)
-    model = runtime.place(build_model(arch, data.input_shape, data.num_classes))
+    model = runtime.place(network.build(all_params, data.input_shape, data.num_classes,
+                                        load_weights=load_weights))
     return model, cfg, generator
 
 
@@ -76,6 +81,10 @@ class Objective:
     folds: list[DeviceData] | None = None
     """Cross-validation folds (tuning.folds.objective_data), trained one after another by every
     trial; None: train on `data`'s training split and validate on its validation split."""
+    network: ModelSpec = field(default_factory=ModelSpec)
+    """Which network the trials train (the study's `model` and `weights`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Size and speed limits: a network over them is pruned before it trains."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -102,8 +111,15 @@ class Objective:
                 # Every fold starts from the trial's seed (the same initial weights and random
                 # draws), so that folds differ by their images alone and each runs as it would
                 # on its own.
-                model, cfg, generator = build_trial_model(params, self.space, data, self.runtime,
-                                                          trial_seed)
+                try:
+                    model, cfg, generator = build_trial_model(params, self.space, data,
+                                                              self.runtime, trial_seed,
+                                                              self.network)
+                except ModelBuildError as exc:
+                    trial.set_user_attr("fail_reason", str(exc))
+                    raise TrialFailed(str(exc)) from exc
+                if fold == 1:
+                    self._check_limits(trial, model, data)
                 for result in fit(model, data, cfg, self.runtime, generator, self.epochs,
                                   on_step=self.stop.check):
                     step = (fold - 1) * self.epochs + result.epoch
@@ -149,6 +165,23 @@ class Objective:
             if self._save_checkpoint(trial, best_state, curves) and cross_validated:
                 trial.set_user_attr("checkpoint_fold", best_fold)
         return value
+
+    def _check_limits(self, trial: optuna.Trial, model: torch.nn.Module,
+                      data: DeviceData) -> None:
+        """Record the network's size (and latency, when limited); prune it, untrained, when it
+        is over a limit."""
+        measured = self.limits.measure(model, data.input_shape, self.runtime.device)
+        for name, value in measured.items():
+            trial.set_user_attr(name, value)
+        if not self.limits:
+            return
+        for name, excess in self.limits.excess(measured).items():
+            trial.set_constraint(name, excess)
+        over = self.limits.violations(measured)
+        if over:
+            trial.set_user_attr("prune_reason", f"over the limits before training: "
+                                                f"{'; '.join(over)}")
+            raise optuna.TrialPruned("; ".join(over))
 
     def _splits(self) -> list[DeviceData]:
         """What a trial trains and validates on, in order: the folds, or the one split."""

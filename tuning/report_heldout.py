@@ -244,7 +244,8 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     # split runs them once.
     epochs_run = view.settings.epochs if cross_validated else \
         best.user_attrs.get("epochs_run", view.settings.epochs)
-    obtained = trial_model(best, view.space, data, runtime, epochs_run, artifacts)
+    obtained = trial_model(best, view.space, data, runtime, epochs_run, artifacts,
+                           view.settings.network())
     best_metrics = held_out_metrics(obtained.model, data, runtime)
     seed_metrics, seed_how = baseline_metrics(view, seed_file, data, runtime)
     test = mcnemar(best_metrics["wrong"], seed_metrics["wrong"])

@@ -49,6 +49,8 @@ def overview(view: StudyView) -> Section:
         ["epochs per trial (max)", view.settings.epochs],
         *_cv_rows(view.settings.cv_folds, view.settings.epochs),
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
+        ["model", _model_description(view.settings)],
+        *_limit_rows(view),
         ["compute spent", f"{epochs_run} epochs, {seconds:.1f} s of training"],
         ["compute saved by pruning",
          f"{saved} epochs not run ({saved / max(saved + epochs_run, 1):.0%} of the full "
@@ -84,11 +86,56 @@ def overview(view: StudyView) -> Section:
                 "run is partly luck; the per-optimizer means below are the comparison.")
         s.tables.append(("Best configuration", Table(
             ["parameter", "best value"], [[k, v] for k, v in view.configuration(best).items()])))
+        front = _size_front(view)
+        if len(front) > 1:
+            s.tables.append(("Size against validation loss: the Pareto front (no other complete "
+                             "trial is both smaller and better), smallest first", Table(
+                ["trial", "parameters", "validation loss", "validation accuracy"],
+                [[f"#{t.number}", f"{t.user_attrs['param_count']:,}", f"{t.value:.4f}",
+                  f"{t.user_attrs.get('val_accuracy', float('nan')):.4f}"] for t in front])))
     s.tables.append(("Search space", Table(["parameter", "search range"], [
         [n, (f"{p.low} .. {p.high}" + (" (log)" if p.log else "")) if p.kind in ("float", "int")
          else (", ".join(map(str, p.choices)) if p.kind == "categorical" else f"fixed {p.value}")]
         for n, p in view.space.items()])))
     return s
+
+
+def _model_description(settings) -> str:
+    """The network the study trains, for the overview."""
+    network = settings.network()
+    if network.kind == "cnn":
+        return "cnn: the built-in family of small CNNs (tuning.model)"
+    if network.kind == "builder":
+        return f"{network.model}: your builder, with the [space.model] parameters"
+    start = f"weights from {network.weights}" if network.weights else "random initial weights"
+    return f"{network.model}: torchvision's architecture, adapted to the images; {start}"
+
+
+def _limit_rows(view: StudyView) -> list[list]:
+    """The study's size and speed limits, and how many trials were pruned for them."""
+    limits = view.settings.limits()
+    if not limits:
+        return []
+    over = sum(str(t.user_attrs.get("prune_reason", "")).startswith("over the limits")
+               for t in view.pruned)
+    stated = [f"max_params {limits.max_params:,}" if limits.max_params is not None else "",
+              f"max_latency_ms {limits.max_latency_ms:g}" if limits.max_latency_ms is not None
+              else ""]
+    return [["limits", f"{', '.join(s for s in stated if s)}: {over} trial"
+                       f"{'s' if over != 1 else ''} pruned untrained for exceeding them"]]
+
+
+def _size_front(view: StudyView) -> list:
+    """Complete trials on the Pareto front of (parameters, validation loss), smallest first."""
+    sized = sorted(((t.user_attrs["param_count"], t.value, t) for t in view.completed
+                    if "param_count" in t.user_attrs and t.value is not None),
+                   key=lambda entry: entry[:2])
+    front, best = [], math.inf
+    for _, value, trial in sized:
+        if value < best:
+            front.append(trial)
+            best = value
+    return front
 
 
 def _cv_rows(folds: int, epochs: int) -> list[list]:

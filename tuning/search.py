@@ -47,7 +47,7 @@ from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import Param, StudyFile, load_study_file
+from tuning.space import Param, StudyFile, load_study_file, representative
 from tuning.storage import (
     artifact_store,
     default_storage,
@@ -56,7 +56,8 @@ from tuning.storage import (
     resolve_url,
 )
 from tuning.strategy import PRUNERS, SAMPLERS, grid_size
-from tuning.study import Plan, open_study, record_worker
+from tuning.study import Plan, load_existing, open_study, record_worker
+from tuning.warm_start import enqueue, top_configurations
 
 log = logging.getLogger("tuning")
 # Small CNNs leave a big GPU mostly idle: several workers per GPU keep it busy. 2 is a guess
@@ -96,6 +97,11 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     parser.add_argument("--create-only", action="store_true",
                         help="create the study (definition, data, target) and exit: workers "
                              "started elsewhere with tuning worker run it")
+    parser.add_argument("--warm-start-from", metavar="STUDY", type=study_name,
+                        help="try the best configurations of another study first (in --storage, "
+                             "else in that study's own file)")
+    parser.add_argument("--warm-start-top", metavar="K", type=positive_int, default=3,
+                        help="how many of its best trials --warm-start-from takes (default 3)")
     parser.add_argument("--workers-per-gpu", type=positive_int, default=DEFAULT_WORKERS_PER_GPU,
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
@@ -138,6 +144,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if settings.sampler == "grid" and grid_size(study_file.space) > 100_000:
         raise UsageError(f"grid sampler: the grid of {config} has {grid_size(study_file.space)} "
                          "points; narrow the space or use another sampler")
+    if settings.sampler == "grid" and (study_file.enqueue or args.warm_start_from):
+        raise UsageError("the grid sampler runs every point of its grid: enqueue and "
+                         "--warm-start-from need another sampler")
     check_data_dir(args.data_dir)
     return Plan(study=name, storage=_storage(args, name), study_file=study_file,
                 settings=settings)
@@ -287,11 +296,19 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed,
                          config=plan.study_file.data)
     plan = name_after_data(plan, args, arrays)
+    plan.settings.network().check(representative(plan.study_file.space), arrays.input_shape,
+                                  arrays.num_classes)
     if arrays.leaks:
         log.warning("%d of the %d test images are exact copies of training or validation "
                     "images: the test accuracy will flatter the model", arrays.leaks,
                     len(arrays.test_y))
+    warm_start = _warm_start_configurations(args, plan)
     study = open_study(plan, arrays.fingerprint(), args.trials)
+    if warm_start:
+        added = enqueue(study, warm_start)
+        log.info("warm start: %d of the %d best configurations of study %r enqueued (the "
+                 "others were run or queued already)", added, len(warm_start),
+                 args.warm_start_from)
     arrays = arrays.normalized_as(study.user_attrs.get("data"))
     finished = count_finished(study)
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val, %d classes, %s); %s; "
@@ -336,6 +353,18 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     return status
 
 
+def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tuple[dict, str]]:
+    """--warm-start-from's configurations, read (and refused if unusable) before the study is
+    created or changed."""
+    if args.warm_start_from is None:
+        return []
+    if args.warm_start_from == plan.study:
+        raise UsageError(f"--warm-start-from {plan.study!r} is this study itself; name another")
+    source = load_existing(args.warm_start_from, storage_url(args.storage, args.warm_start_from),
+                           heartbeat=False)
+    return top_configurations(source, plan.study_file.space, args.warm_start_top)
+
+
 def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
              progress: Progress | None, status: int, message: str) -> int:
     """After a stop signal: what the study has so far, and how to go on."""
@@ -358,7 +387,8 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> 
     objective = Objective(data=data, folds=folds, runtime=runtime,
                           space=plan.study_file.space, epochs=plan.settings.epochs,
                           seed=plan.settings.seed, artifacts=artifacts, stop=stop,
-                          on_epoch=None if progress is None else progress.on_epoch)
+                          on_epoch=None if progress is None else progress.on_epoch,
+                          network=plan.settings.network(), limits=plan.settings.limits())
     record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
     stats = run_trials(study, objective, args.trials, lock, args.timeout, progress, stop)

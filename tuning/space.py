@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from tuning.errors import MESSAGE_CHARS, UsageError, shorten
+from tuning.limits import Limits
 from tuning.model import MAX_BLOCKS, MAX_CONVS, ArchConfig
+from tuning.networks import ARCH_FIELDS, MODEL_PREFIX, ModelSpec
 from tuning.sources import DataConfig, dataset_problem
 from tuning.strategy import PRUNERS, SAMPLERS
 from tuning.train import TrainConfig
@@ -127,6 +129,9 @@ BOUNDS: dict[str, Bounds] = {
 # epochs and seed are search-space parameters: each fold trains the trial's network again, so
 # 10 folds already cost ten times a trial.
 CV_FOLDS = Bounds(1, 10)
+# The limits a study may set on its networks (tuning.limits).
+MAX_PARAMS = Bounds(1, 10**12)
+MAX_LATENCY_MS = Bounds(0.0, 3_600_000.0, low_open=True)
 
 # Error messages echo what they were given, and a 6.5 MB study file of unknown keys must not
 # make a 96 MB error line: values are cut to SHOWN_CHARS, lists of names to SHOWN_NAMES,
@@ -166,6 +171,22 @@ class Param:
             return trial.suggest_int(self.name, int(low), int(high),
                                      step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, low, high, step=self.step, log=self.log)
+
+    def admits(self, value: Any) -> bool:
+        """Whether the parameter could take `value` (an enqueued configuration's)."""
+        if self.kind == "fixed":
+            return value == self.value
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        low, high = self.bounds()
+        if self.kind == "int" and not _type_ok(value, int):
+            return False
+        if not _type_ok(value, float) or not low <= value <= high:
+            return False
+        if self.step is not None:
+            steps = (value - low) / self.step
+            return abs(steps - round(steps)) < 1e-9
+        return True
 
     def bounds(self) -> tuple[float, float]:
         """(low, high) of a range: a 'float' or 'int' parameter."""
@@ -221,12 +242,49 @@ class StudySettings:
     """Cross-validation folds (tuning.folds): 1 validates on the study's validation split; K > 1
     trains every trial on K folds of the training and validation images and scores it on their
     mean. Studies from before it load with 1."""
+    model: str = "cnn"
+    """The network (tuning.networks): `cnn`, the built-in family; a torchvision classification
+    architecture by name; or "package.module:function", a builder of your own whose parameters
+    are the [space.model] table."""
+    weights: str | None = None
+    """Local weights a torchvision architecture starts every trial from (fine-tuning)."""
+    max_params: int | None = None
+    """Most parameters a network may have; larger ones are pruned before training."""
+    max_latency_ms: float | None = None
+    """Most milliseconds a network may take per image on the trial's device."""
+
+    def network(self) -> ModelSpec:
+        """The network the study trains."""
+        return ModelSpec(self.model, self.weights)
+
+    def limits(self) -> Limits:
+        """The size and speed limits on its networks."""
+        return Limits(self.max_params, self.max_latency_ms)
 
     def problems(self) -> list[str]:
+        from tuning.networks import model_problem
+
         found = []
         problem = dataset_problem(self.dataset)
         if problem is not None:
             found.append(problem)
+        problem = model_problem(self.model)
+        if problem is not None:
+            found.append(problem)
+        if self.weights is not None:
+            if not isinstance(self.weights, str) or not self.weights:
+                found.append(f"weights must be the path of a weights file, got "
+                             f"{_show(self.weights)}")
+            elif isinstance(self.model, str) and (self.model == "cnn" or ":" in self.model):
+                found.append("weights are for a torchvision architecture (model = \"resnet18\", "
+                             f"...); model {_show(self.model)} starts from random weights")
+        if self.max_params is not None and (not _type_ok(self.max_params, int)
+                                            or self.max_params not in MAX_PARAMS):
+            found.append(f"max_params must be {MAX_PARAMS}, got {_show(self.max_params)}")
+        if self.max_latency_ms is not None and (not _type_ok(self.max_latency_ms, float)
+                                                or self.max_latency_ms not in MAX_LATENCY_MS):
+            found.append(f"max_latency_ms must be {MAX_LATENCY_MS}, "
+                         f"got {_show(self.max_latency_ms)}")
         for name, bounds in (("epochs", BOUNDS["epochs"]), ("seed", BOUNDS["seed"]),
                              ("cv_folds", CV_FOLDS)):
             value = getattr(self, name)
@@ -253,6 +311,9 @@ class StudyFile:
     """Parameters by name; those absent keep the TrainConfig/ArchConfig default."""
     data: DataConfig = DataConfig()
     """How the images are read and split (the [data] table)."""
+    enqueue: tuple[dict, ...] = ()
+    """Configurations to try first (the `enqueue` list), each a dict of some of the space's
+    parameters; the sampler chooses the rest."""
 
     def space_dict(self) -> dict:
         """The space in the JSON form a study stores it in (tuples become lists)."""
@@ -372,12 +433,124 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     return Param(name, kind, low=low, high=high, log=log, step=step), []
 
 
+def _model_name(name: str) -> str | None:
+    """A problem with the name of a [space.model] entry, or None."""
+    if not name.isidentifier():
+        return f"space.model: {_show(name)} is not a parameter name (letters, digits, _)"
+    return None
+
+
+def _parse_model_param(key: str, spec: Any) -> tuple[Param | None, list[str]]:
+    """One entry of [space.model]: a model builder's own parameter, typed by its values (a
+    range of integers is an int parameter, else float; choices and fixed values are any TOML
+    string, number or boolean)."""
+    name, where = MODEL_PREFIX + key, f"space.model.{key}"
+
+    def scalar(value: Any) -> bool:
+        return isinstance(value, (str, bool, int, float)) and (
+            not isinstance(value, float) or _finite(value))
+
+    if not isinstance(spec, dict):
+        if not scalar(spec):
+            return None, [f"{where}: expected a string, number or boolean, got {_show(spec)}"]
+        return Param(name, "fixed", value=spec), []
+    allowed = {"choices", "low", "high", "log", "step"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        return None, [f"{where}: unknown key(s) {_show_names(unknown)}; allowed: "
+                      f"{sorted(allowed)}"]
+    if "choices" in spec:
+        choices = spec["choices"]
+        if set(spec) != {"choices"} or not isinstance(choices, list) or not choices \
+                or not all(scalar(c) for c in choices):
+            return None, [f"{where}: choices must be a non-empty list of strings, numbers or "
+                          f"booleans, alone, got {_show(spec)}"]
+        if len(set(map(repr, choices))) != len(choices):
+            return None, [f"{where}: choices repeat a value: {_show(choices)}"]
+        return Param(name, "categorical", choices=tuple(choices)), []
+    low: Any = spec.get("low")
+    high: Any = spec.get("high")
+    log, step = spec.get("log", False), spec.get("step")
+    if not all(_type_ok(v, float) and _finite(v) for v in (low, high)):
+        return None, [f"{where}: a range needs finite numbers 'low' and 'high', "
+                      f"got {_show(spec)}"]
+    kind = "int" if all(_type_ok(v, int) for v in (low, high)) else "float"
+    problems = []
+    if not isinstance(log, bool):
+        problems.append(f"{where}: log must be true or false, got {_show(log)}")
+    if step is not None and (not _type_ok(step, int if kind == "int" else float)
+                             or not _finite(step) or step <= 0):
+        problems.append(f"{where}: step must be a finite positive number, got {_show(step)}")
+    if not low < high:
+        problems.append(f"{where}: empty or inverted range low={_show(low)} high={_show(high)}")
+    if log is True and low <= 0:
+        problems.append(f"{where}: a log range needs low > 0, got low={_show(low)}")
+    if log is True and step is not None:
+        problems.append(f"{where}: log and step cannot be combined")
+    if problems:
+        return None, problems
+    return Param(name, kind, low=low, high=high, log=log, step=step), []
+
+
+def _parse_model_space(table: Any, model: str, space: dict[str, Param],
+                       problems: list[str]) -> None:
+    """[space.model] into `space`, and the family's parameters refused for other models."""
+    builder = isinstance(model, str) and ":" in model
+    if table is not None:
+        if not builder:
+            problems.append("space.model: these are a model builder's parameters; name the "
+                            "builder in [study] as model = \"package.module:function\"")
+        elif not isinstance(table, dict):
+            problems.append(f"space.model must be a table, got {_show(table)}")
+        else:
+            for key, spec in table.items():
+                problem = _model_name(key)
+                param, found = (None, [problem]) if problem else _parse_model_param(key, spec)
+                problems += found
+                if param is not None:
+                    space[param.name] = param
+    family = sorted(name for name in space if name in ARCH_FIELDS)
+    if isinstance(model, str) and model != "cnn" and family:
+        problems.append(f"space: {_show_names(family)} shape the built-in cnn family, not "
+                        f"model {_show(model)}; remove them"
+                        + (" or make them [space.model] parameters of the builder"
+                           if builder else ""))
+
+
+def _parse_enqueue(raw: Any, space: dict[str, Param], problems: list[str]) -> tuple[dict, ...]:
+    """The `enqueue` list: configurations to try first, checked against the space (a value
+    the space could not sample would be silently replaced by Optuna)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+        problems.append(f"enqueue must be a list of tables of parameters, got {_show(raw)}")
+        return ()
+    configs = []
+    for index, config in enumerate(raw[:1000]):
+        where = f"enqueue[{index}]"
+        found = []
+        for name, value in config.items():
+            param = space.get(name)
+            if param is None or param.kind == "fixed":
+                found.append(f"{where}: {_show(name)} is not a searched parameter of [space]")
+            elif not param.admits(value):
+                found.append(f"{where}: {name} = {_show(value)} is outside its space "
+                             f"{_show(param.to_dict())}")
+        if not config:
+            found.append(f"{where}: empty; give some of the searched parameters")
+        problems += found
+        configs.append(config)
+    if len(raw) > 1000:
+        problems.append(f"enqueue: {len(raw)} configurations; at most 1000")
+    return tuple(configs)
+
+
 def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
     problems: list[str] = []
-    unknown = sorted(set(raw) - {"study", "space", "data"})
+    unknown = sorted(set(raw) - {"study", "space", "data", "enqueue"})
     if unknown:
         problems.append(f"unknown top-level key(s) {_show_names(unknown)}; "
-                        "allowed: ['data', 'space', 'study']")
+                        "allowed: ['data', 'enqueue', 'space', 'study']")
     study = raw.get("study", {})
     space_raw = raw.get("space", {})
     settings = StudySettings()
@@ -387,14 +560,22 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
         fields = {f.name for f in dataclasses.fields(StudySettings)}
         bad = sorted(set(study) - fields)
         if bad:
+            hint = (" (a torchvision architecture is named by model = \"resnet18\")"
+                    if "architecture" in bad else "")
             problems.append(f"study: unknown key(s) {_show_names(bad)}; "
-                            f"allowed: {sorted(fields)}")
-        settings = StudySettings(**{k: v for k, v in study.items() if k in fields})
+                            f"allowed: {sorted(fields)}{hint}")
+        values = {k: v for k, v in study.items() if k in fields}
+        if isinstance(values.get("weights"), str) and values["weights"]:
+            values["weights"] = os.path.normpath(
+                (Path(path).parent / Path(values["weights"]).expanduser()).absolute())
+        settings = StudySettings(**values)
         problems += [f"study: {p}" for p in settings.problems()]
     space: dict[str, Param] = {}
     if not isinstance(space_raw, dict):
         problems.append(f"[space] must be a table, got {_show(space_raw)}")
     else:
+        space_raw = dict(space_raw)
+        model_table = space_raw.pop("model", None)
         unknown = sorted(set(space_raw) - set(PARAM_TYPES))
         if unknown:
             problems.append(f"space: unknown parameter(s) {_show_names(unknown)}; "
@@ -405,6 +586,8 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
                 problems += found
                 if param is not None:
                     space[name] = param
+        _parse_model_space(model_table, settings.model, space, problems)
+    enqueue = _parse_enqueue(raw.get("enqueue"), space, problems)
     data, data_path = _parse_data(raw.get("data", {}), Path(path).parent, problems)
     if data_path is not None:
         named = study.get("dataset") if isinstance(study, dict) else None
@@ -415,7 +598,7 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
         settings = dataclasses.replace(settings, dataset=data_path)
     if problems:
         raise UsageError(_message(f"study file {_show(path)}", problems))
-    return StudyFile(path=path, settings=settings, space=space, data=data)
+    return StudyFile(path=path, settings=settings, space=space, data=data, enqueue=enqueue)
 
 
 def _parse_data(table: object, base: Path,
@@ -509,12 +692,28 @@ def sample(trial, space: dict[str, Param]) -> dict:
     for name in PARAM_ORDER:
         if name in space and applies(name, params):
             params[name] = space[name].suggest(trial)
+    for name in sorted(n for n in space if n.startswith(MODEL_PREFIX)):
+        params[name] = space[name].suggest(trial)
     return params
+
+
+def representative(space: dict[str, Param]) -> dict:
+    """One configuration of the space without a trial (fixed values, first choices, lower
+    ends of ranges): what a model is checked with before any trial runs."""
+    values = {}
+    for name, param in space.items():
+        if param.kind == "fixed":
+            values[name] = param.value
+        elif param.kind == "categorical":
+            values[name] = param.choices[0]
+        else:
+            values[name] = param.low
+    return values
 
 
 def build_configs(params: dict) -> tuple[ArchConfig, TrainConfig]:
     arch_fields = {f.name for f in dataclasses.fields(ArchConfig)}
     arch = ArchConfig(**{k: v for k, v in params.items() if k in arch_fields})
-    train = TrainConfig(**{k: v for k, v in params.items()
-                           if k not in arch_fields and k != REPEAT})
+    train = TrainConfig(**{k: v for k, v in params.items() if k not in arch_fields
+                           and k != REPEAT and not k.startswith(MODEL_PREFIX)})
     return arch, train

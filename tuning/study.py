@@ -28,6 +28,7 @@ from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import StudyFile, StudySettings, space_from_dict
 from tuning.storage import mask_url, open_storage
 from tuning.strategy import make_pruner, make_sampler
+from tuning.warm_start import enqueue
 
 METRIC = "val_loss"
 """What a study's trials minimize: the best validation loss over a trial's epochs."""
@@ -60,6 +61,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     else:
         study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
                                     load_if_exists=True)
+        enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
     # optuna-dashboard shows "Objective 0" for a study without a name for its value; studies
     # created before this was set get it when they resume.
     if study.metric_names is None:
@@ -132,6 +134,12 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
     if "settings" in attrs and stored_folds != plan.settings.cv_folds:
         raise UsageError(f"study {plan.study!r} cross-validates with cv_folds = {stored_folds}, "
                          f"not {plan.settings.cv_folds}; use another --study name")
+    stored = StudySettings(**attrs["settings"]) if "settings" in attrs else None
+    for key in ("model", "weights", "max_params", "max_latency_ms"):
+        if stored is not None and getattr(stored, key) != getattr(plan.settings, key):
+            raise UsageError(f"study {plan.study!r} was created with {key} = "
+                             f"{getattr(stored, key)!r}, not {getattr(plan.settings, key)!r}; "
+                             "use another --study name")
     if "epochs" in attrs and attrs["epochs"] != plan.settings.epochs:
         raise UsageError(f"study {plan.study!r} runs {attrs['epochs']} epochs per trial, not "
                          f"--epochs {plan.settings.epochs}; use another --study name")

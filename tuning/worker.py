@@ -68,6 +68,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.device import resolve_device
     from tuning.folds import objective_data
     from tuning.objective import Objective
+    from tuning.space import representative
     from tuning.storage import artifact_store
     from tuning.study import (
         check_data_matches,
@@ -91,13 +92,15 @@ def prepare(args: argparse.Namespace, storage_url: str):
                          fallback_level=logging.DEBUG if args.launched else logging.WARNING)
     check_data_matches(study, arrays.fingerprint())
     arrays = arrays.normalized_as(study.user_attrs["data"])
+    settings.network().check(representative(space), arrays.input_shape, arrays.num_classes)
     use_strategy(study, settings, space)
     record_worker(study, worker_id())
     data, folds = objective_data(arrays, settings.cv_folds, settings.seed, runtime.device)
     objective = Objective(data=data, folds=folds, runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
                           artifacts=artifact_store(args.artifacts),
-                          stop=GracefulStop().install())
+                          stop=GracefulStop().install(), network=settings.network(),
+                          limits=settings.limits())
     return study, objective, int(study.user_attrs["target_trials"])
 
 

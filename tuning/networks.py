@@ -1,0 +1,175 @@
+"""Which network a study trains, chosen by the study file's `model`, and built for a trial.
+
+    model = "cnn"                       the built-in family (tuning.model), the default
+    model = "resnet18"                  a torchvision classification model (tuning.architectures)
+    model = "mypackage.models:build"    your own builder
+
+A builder is called as `build(params, input_shape, num_classes)`: `params` is a plain dict of
+the trial's values of the `[space.model]` table (names without the `model.` prefix),
+`input_shape` is (channels, height, width), and it returns an `nn.Module` that maps a batch of
+normalized images (N, C, H, W) to class scores (N, num_classes). The optimizer, learning rate,
+regularization and augmentation of the [space] table train it as they train the family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from tuning.errors import UsageError, shorten
+from tuning.model import ArchConfig, build_model
+
+FAMILY = "cnn"
+"""The built-in family's name, the default model."""
+MODEL_PREFIX = "model."
+"""How a builder's own parameters are named in the study (its [space.model] entries)."""
+ARCH_FIELDS = frozenset(f for f in ArchConfig.__dataclass_fields__)
+_BUILDER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ModelBuildError(Exception):
+    """A builder that raised or returned something other than a module, for one trial's
+    parameters: that trial fails, with this as its reason."""
+
+
+def is_builder(model: str) -> bool:
+    """Whether `model` names a builder function ("package.module:function")."""
+    return ":" in model
+
+
+def model_problem(model: object) -> str | None:
+    """What is wrong with a study file's `model`, or None; imports nothing."""
+    from tuning.architectures import is_torchvision_architecture
+
+    if not isinstance(model, str) or not model:
+        return f"model must be a name, got {shorten(repr(model))}"
+    if is_builder(model):
+        if not _BUILDER_REF.match(model):
+            return (f"model {shorten(model)!r}: a builder is named as "
+                    "\"package.module:function\"")
+        return None
+    if model == FAMILY or is_torchvision_architecture(model):
+        return None
+    return (f"unknown model {shorten(model)!r}; choose cnn, a torchvision classification "
+            "model (resnet18, mobilenet_v3_small, efficientnet_b0, ...) or "
+            "\"package.module:function\"")
+
+
+def import_builder(reference: str) -> Callable[..., nn.Module]:
+    """The function "package.module:function" names. The directory the command runs in is
+    searched too (the `tuning` console script, unlike `python -m`, does not put it on the
+    path), so a builder in ./models.py is found wherever a worker starts in that directory.
+    UsageError, one line, if it cannot be imported."""
+    module_name, _, function = reference.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or the module's own error on import
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise UsageError(f"model builder {shorten(reference)!r} cannot be imported here: "
+                         f"{type(exc).__name__}: {shorten(first_line, 200)}; "
+                         "install its package or run from the directory that holds it "
+                         "(every worker needs it)") from None
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise UsageError(f"model builder {shorten(reference)!r}: module {module_name!r} has no "
+                         f"function {function!r}")
+    return builder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network a study trains, as its settings record it."""
+
+    model: str = FAMILY
+    """`cnn`, a torchvision architecture, or "package.module:function"."""
+    weights: str | None = None
+    """A local weights file to start every trial from (fine-tuning), absolute; None: random."""
+
+    @property
+    def kind(self) -> str:
+        """'cnn', 'torchvision' or 'builder'."""
+        if self.model == FAMILY:
+            return "cnn"
+        return "builder" if is_builder(self.model) else "torchvision"
+
+    def build(self, params: dict, input_shape: tuple[int, int, int], num_classes: int,
+              load_weights: bool = True) -> nn.Module:
+        """The network for a trial's parameters (fixed ones included), on the CPU.
+
+        `load_weights=False` skips the fine-tuning weights: for a network whose trained weights
+        are loaded next (a checkpoint, an export)."""
+        if self.kind == "cnn":
+            arch = ArchConfig(**{k: v for k, v in params.items() if k in ARCH_FIELDS})
+            return build_model(arch, input_shape, num_classes)
+        if self.kind == "torchvision":
+            from tuning.architectures import build_torchvision
+            from tuning.architectures import load_weights as load_into
+
+            network = build_torchvision(self.model, input_shape, num_classes)
+            if self.weights is not None and load_weights:
+                load_into(network, Path(self.weights))
+            return network
+        return self._from_builder(params, input_shape, num_classes)
+
+    def _from_builder(self, params: dict, input_shape: tuple[int, int, int],
+                      num_classes: int) -> nn.Module:
+        builder = import_builder(self.model)
+        own = builder_params(params)
+        try:
+            network = builder(own, tuple(input_shape), num_classes)
+        except Exception as exc:  # noqa: BLE001 - the user's code: any error is the trial's
+            raise ModelBuildError(f"model builder {self.model} raised {type(exc).__name__}: "
+                                  f"{shorten(str(exc), 200)} for {shorten(repr(own), 200)}"
+                                  ) from exc
+        if not isinstance(network, nn.Module):
+            raise ModelBuildError(f"model builder {self.model} returned "
+                                  f"{shorten(type(network).__name__)}, not a torch.nn.Module")
+        if self.weights is not None:
+            raise ModelBuildError("weights apply to torchvision architectures only")
+        return network
+
+    def check(self, space_values: dict, input_shape: tuple[int, int, int],
+              num_classes: int) -> None:
+        """Build the network once for representative parameters and run two images through
+        it, before any trial: a builder that does not import, raises or returns no module,
+        an architecture that cannot take these images, or weights that do not fit, is one
+        line for the user (UsageError) instead of a failure in every trial."""
+        if self.kind == "cnn":
+            return
+        try:
+            network = self.build(space_values, input_shape, num_classes)
+        except ModelBuildError as exc:
+            raise UsageError(str(exc)) from None
+        name = self.model
+        try:
+            from tuning.architectures import check_runs
+
+            check_runs(network, input_shape, num_classes, name)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's module, run on two images
+            size = "x".join(map(str, input_shape))
+            raise UsageError(f"model {shorten(name)!r} fails on two {size} images: "
+                             f"{type(exc).__name__}: {shorten(str(exc), 200)}") from None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "weights": self.weights}
+
+
+FAMILY_MODEL = ModelSpec()
+"""The built-in family: what studies without a `model` train."""
+
+
+def builder_params(params: dict) -> dict:
+    """A builder's own parameters out of a trial's, without their `model.` prefix."""
+    return {name[len(MODEL_PREFIX):]: value for name, value in params.items()
+            if name.startswith(MODEL_PREFIX)}
