@@ -14,6 +14,7 @@ regularization and augmentation of the [space] table train it as they train the 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ from torch import nn
 from tuning.errors import UsageError, shorten
 from tuning.model import ArchConfig, build_model
 
+log = logging.getLogger("tuning")
 FAMILY = "cnn"
 """The built-in family's name, the default model."""
 MODEL_PREFIX = "model."
@@ -146,9 +148,13 @@ class ModelSpec:
         if self.kind == "cnn":
             return
         try:
-            network = self.build(space_values, input_shape, num_classes)
+            network = self.build(space_values, input_shape, num_classes, load_weights=False)
         except ModelBuildError as exc:
             raise UsageError(str(exc)) from None
+        if self.weights is not None:
+            from tuning.architectures import load_weights
+
+            log.info("every trial starts from %s", load_weights(network, Path(self.weights)))
         name = self.model
         try:
             from tuning.architectures import check_runs
