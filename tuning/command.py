@@ -4,6 +4,8 @@
     tuning worker --study NAME      join an existing study from any host
     tuning report --study NAME      the study's report and its held-out test
     tuning dashboard --study NAME   optuna-dashboard on the study, with its checkpoints
+    tuning export --study NAME      the best model as files: weights, config, programs, card
+    tuning predict --model DIR IMG  classify image files with an exported model
     tuning studies                  the study files --study can name, and where each is
 
 `python -m tuning.search` and the others keep working: each subcommand is that module's main.
@@ -24,6 +26,8 @@ SUBCOMMANDS = {
     "worker": ("tuning.worker", "join an existing study and run trials until its target"),
     "report": ("tuning.report", "write the study's report and evaluate its best trial"),
     "dashboard": ("tuning.dashboard", "browse the study live in optuna-dashboard"),
+    "export": ("tuning.export", "write the best model: weights, config, programs, model card"),
+    "predict": ("tuning.predict", "classify image files with an exported model"),
     "studies": (None, "list the study files --study can name, and where each comes from"),
 }
 

@@ -1,0 +1,321 @@
+"""`tuning export` and `tuning predict`, end to end on tiny real studies: the exported files, the
+model loaded again (tuning.load_model, and model.pt2 in a Python without tuning), its test
+accuracy against the study's own evaluation, --refit, a torchvision architecture, and every bad
+input as one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from helpers import ROOT, run_cli
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+
+import tuning
+from tuning.command import main as tuning_main
+from tuning.data import load_arrays, to_device
+from tuning.device import resolve_device
+from tuning.evaluate import held_out_metrics, trial_model
+from tuning.export import best_epoch
+from tuning.export import main as export_main
+from tuning.exported import ExportError, load_model
+from tuning.networks import ModelSpec
+from tuning.storage import artifact_store, open_storage
+from tuning.study import stored_definition
+
+pytestmark = pytest.mark.slow
+
+STUDY_FILE = """
+[study]
+dataset = "mnist-sample"
+epochs = 1
+sampler = "grid"
+pruner = "none"
+seed = 0
+
+[space]
+lr = { choices = [0.003, 0.01] }
+channels = 4
+activation = "relu"
+batch_size = 256
+"""
+
+
+def _load(workdir, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(
+        f"sqlite:///{workdir}/studies/{name}.db", heartbeat=False))
+
+
+def _export(workdir, name: str, out, *extra: str) -> int:
+    return export_main(["--study", name, "--storage", f"sqlite:///{workdir}/studies/{name}.db",
+                        "--artifacts", str(workdir / "artifacts"), "--out", str(out),
+                        "--device", "cpu", "--quiet", *extra])
+
+
+def _test_images(arrays) -> torch.Tensor:
+    """The test split as the exported model takes it: float (N, C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(arrays.test_x.transpose(0, 3, 1, 2))).float() \
+        .div(255.0)
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, captured.err
+    assert "Traceback" not in captured.err and err.startswith("error:")
+    return err
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A real 2-trial, 1-epoch study on mnist-sample, with its checkpoints."""
+    workdir = tmp_path_factory.mktemp("export")
+    (workdir / "studies").mkdir()
+    (workdir / "studies" / "tiny.toml").write_text(STUDY_FILE)
+    result = run_cli("--study", "tiny", "--trials", "2", "--device", "cpu", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def exported(study_dir):
+    out = study_dir / "exported"
+    assert _export(study_dir, "tiny", out) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return load_arrays("mnist-sample")
+
+
+def test_export_writes_weights_config_programs_and_card(exported, study_dir, capsys):
+    names = {p.name for p in exported.iterdir()}
+    assert {"weights.pt", "config.json", "model.pt2", "README.md"} <= names
+    assert "model.onnx" not in names  # onnx is not installed here: skipped and said
+    config = json.loads((exported / "config.json").read_text())
+    study = _load(study_dir, "tiny")
+    assert config["trial"] == study.best_trial.number
+    assert config["params"] == {"lr": study.best_trial.params["lr"], "channels": 4,
+                                "activation": "relu", "batch_size": 256}
+    assert config["model"] == {"model": "cnn", "weights": None}
+    assert config["input_shape"] == [1, 28, 28] and config["num_classes"] == 10
+    assert config["class_names"] == [str(i) for i in range(10)]
+    assert config["normalization"]["mean"] == study.user_attrs["data"]["mean"]
+    assert config["data"]["sha256"] == study.user_attrs["data"]["sha256"]
+    assert config["weights"]["source"] == "checkpoint"
+    assert config["files"]["model.onnx"] == "skipped: the onnx package is not installed"
+    assert config["test"]["n"] == 1000
+    low, high = config["test"]["accuracy_ci"]
+    assert low < config["test"]["accuracy"] < high
+    assert {"torch", "torchvision", "tuning"} <= set(config["versions"])
+    # Loadable as plain tensors, into the network the config describes.
+    state = torch.load(exported / "weights.pt", weights_only=True)
+    network = ModelSpec(**config["model"]).build(config["params"], (1, 28, 28), 10,
+                                                 load_weights=False)
+    network.load_state_dict(state)
+    card = (exported / "README.md").read_text()
+    assert f"{config['test']['accuracy']:.4f}" in card and "checkpoint artifact" in card
+    assert "tuning export --study tiny --trial" in card and "torch.export.load" in card
+    assert "model.onnx`: skipped" in card
+
+
+def test_loaded_model_reproduces_the_test_accuracy_of_the_study(exported, study_dir, arrays):
+    config = json.loads((exported / "config.json").read_text())
+    model = tuning.load_model(exported)
+    assert not model.training and model.device == torch.device("cpu")
+    assert model.class_names == tuple(config["class_names"]) and model.input_shape == (1, 28, 28)
+    with torch.no_grad():
+        predicted = model(_test_images(arrays)).argmax(1).numpy()
+    accuracy = float((predicted == arrays.test_y).mean())
+    assert accuracy == config["test"]["accuracy"]
+    # The study's own evaluation of the trial (what the report's held-out test computes).
+    study = _load(study_dir, "tiny")
+    settings, space = stored_definition(study)
+    runtime = resolve_device("cpu")
+    data = to_device(arrays.normalized_as(study.user_attrs["data"]), runtime.device)
+    obtained = trial_model(study.best_trial, space, data, runtime, settings.epochs,
+                           artifact_store(study_dir / "artifacts"), settings.network())
+    assert obtained.retrained_val_loss is None  # its checkpoint
+    assert held_out_metrics(obtained.model, data, runtime)["accuracy"] == accuracy
+
+
+def test_model_pt2_runs_without_tuning(exported, arrays, tmp_path):
+    images = _test_images(arrays)[:5]
+    torch.save(images, tmp_path / "images.pt")
+    program = textwrap.dedent(f"""
+        import sys
+        sys.modules["tuning"] = None  # importing tuning would fail: it must not be needed
+        import torch
+        images = torch.load({str(tmp_path / 'images.pt')!r}, weights_only=True)
+        model = torch.export.load({str(exported / 'model.pt2')!r}).module()
+        torch.save(model(images).detach(), {str(tmp_path / 'pt2.pt')!r})
+        scripted = torch.jit.load({str(exported / 'model.torchscript.pt')!r})
+        torch.save(scripted(images[:3]).detach(), {str(tmp_path / 'ts.pt')!r})
+        assert sys.modules["tuning"] is None
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with torch.no_grad():
+        expected = load_model(exported)(images)
+    assert torch.allclose(torch.load(tmp_path / "pt2.pt"), expected, atol=1e-5)
+    assert torch.allclose(torch.load(tmp_path / "ts.pt"), expected[:3], atol=1e-5)
+
+
+def test_import_tuning_does_not_import_torch():
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, tuning; assert 'torch' not in sys.modules; "
+                               "assert callable(tuning.load_model)"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_refit_trains_on_train_and_validation_and_says_so(study_dir, capsys):
+    out = study_dir / "refit"
+    assert _export(study_dir, "tiny", out, "--refit") == 0
+    stdout = capsys.readouterr().out
+    assert "refit" in stdout and "test accuracy" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["weights"]["source"] == "refit"
+    assert config["weights"]["train_images"] == 3600 + 400 and config["weights"]["epochs"] == 1
+    assert "Refit: the configuration retrained" in (out / "README.md").read_text()
+    assert "--refit" in config["command"]
+    assert load_model(out).config["weights"]["source"] == "refit"
+
+
+def test_without_a_checkpoint_the_trial_is_retrained_with_its_seed(study_dir, tmp_path,
+                                                                     capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "retrained"
+    assert _export(study_dir, "tiny", out, "--artifacts", str(tmp_path / "empty")) == 0
+    assert "retrained with seed" in capsys.readouterr().out
+    weights = json.loads((out / "config.json").read_text())["weights"]
+    assert weights["source"] == "retrained" and weights["epochs"] == 1
+    # On the CPU a retrain repeats the trial: the same validation loss.
+    assert weights["retrained_val_loss"] == pytest.approx(weights["trial_val_loss"], rel=1e-4)
+
+
+def test_best_epoch_is_counted_within_a_cross_validation_fold():
+    trial = create_trial(value=0.5, params={}, distributions={},
+                         intermediate_values={1: 0.9, 2: 0.6, 3: 0.7, 4: 0.8, 5: 0.5, 6: 0.55})
+    assert best_epoch(trial, epochs=3) == 2  # step 5 is fold 2's epoch 2
+    assert best_epoch(trial, epochs=6) == 5
+
+
+def test_predict_prints_the_class_of_real_digits(exported, arrays, tmp_path, capsys):
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(arrays.test_x[i, ..., 0]).save(path)
+        paths.append(str(path))
+    assert tuning_main(["predict", "--model", str(exported), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    model = load_model(exported)
+    with torch.no_grad():
+        expected = model(_test_images(arrays)[:4]).softmax(1)
+    for line, path, probs in zip(lines, paths, expected, strict=True):
+        shown, name, p = line.split("\t")
+        assert shown == path and name == model.class_names[int(probs.argmax())]
+        assert float(p) == pytest.approx(float(probs.max()), abs=1e-4)
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", paths[0]]) == 0
+    assert len(capsys.readouterr().out.strip().split("\t")) == 1 + 2 * 3
+    # A colour image of another size is converted and fitted as the study's images were.
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.repeat(arrays.test_x[0], 3, axis=2)).resize((56, 56)).save(rgb)
+    assert model.preprocess(rgb).shape == (1, 28, 28)
+    assert model.predict([rgb])[0][0] in model.class_names
+
+
+def test_bad_inputs_exit_2_with_one_line(exported, study_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    storage = f"sqlite:///{study_dir}/studies/tiny.db"
+    # A study that does not exist: refused, and no database is left behind.
+    assert export_main(["--study", "nope", "--out", "x"]) == 2
+    assert "no study database" in _one_line_error(capsys)
+    assert not list((tmp_path / "studies").iterdir()) and not (tmp_path / "x").exists()
+    assert export_main(["--study", "tiny", "--storage", storage, "--trial", "99"]) == 2
+    assert "no trial 99" in _one_line_error(capsys)
+    # --out with other content than an earlier export.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert export_main(["--study", "tiny", "--storage", storage, "--out", "mine"]) == 2
+    assert "not empty" in _one_line_error(capsys)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # A study without a complete trial, then one whose trial 1 was pruned.
+    (tmp_path / "studies" / "empty.toml").write_text(STUDY_FILE)
+    from tuning.search import main as search_main
+
+    assert search_main(["--study", "empty", "--create-only", "--device", "cpu", "-q"]) == 0
+    capsys.readouterr()
+    assert export_main(["--study", "empty"]) == 2
+    assert "no complete trial" in _one_line_error(capsys)
+    study = _load(tmp_path, "empty")
+    lr = CategoricalDistribution([0.003, 0.01])
+    study.add_trial(create_trial(value=1.0, params={"lr": 0.003}, distributions={"lr": lr}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 0.01},
+                                 distributions={"lr": lr}, intermediate_values={1: 2.0}))
+    assert export_main(["--study", "empty", "--trial", "1"]) == 2
+    assert "PRUNED, not COMPLETE" in _one_line_error(capsys)
+    # predict: a file that is not an image (after a good one: nothing is printed), a missing
+    # image, a missing or foreign model directory.
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    (tmp_path / "notes.png").write_text("not an image")
+    for argv, expected in (
+            (["--model", str(exported), str(good), "notes.png"], "cannot be decoded"),
+            (["--model", str(exported), "missing.png"], "does not exist"),
+            (["--model", "no-such-dir", str(good)], "no exported model"),
+            (["--model", "mine", str(good)], "not an exported model")):
+        assert tuning_main(["predict", *argv]) == 2
+        captured_err = _one_line_error(capsys)
+        assert expected in captured_err, captured_err
+    with pytest.raises(ExportError):
+        load_model(tmp_path / "mine")
+
+
+def test_a_torchvision_architecture_exports(tmp_path, arrays):
+    """resnet18 on a small .npz: 150 digits shrunk to 8x8 (on the 28x28 sample one epoch of
+    resnet18 takes minutes on a 2-core CPU)."""
+    small = [np.stack([np.asarray(Image.fromarray(img[..., 0]).resize((8, 8),
+                                                                      Image.Resampling.BILINEAR))
+                       for img in x]) for x in (arrays.train_x[:120], arrays.test_x[:30])]
+    np.savez(tmp_path / "digits.npz", x_train=small[0], y_train=arrays.train_y[:120],
+             x_test=small[1], y_test=arrays.test_y[:30])
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "rn.toml").write_text(textwrap.dedent(f"""
+        [study]
+        dataset = "{tmp_path / 'digits.npz'}"
+        model = "resnet18"
+        epochs = 1
+        sampler = "random"
+        pruner = "none"
+
+        [space]
+        lr = 0.001
+        batch_size = 128
+        crop_padding = 0
+    """))
+    result = run_cli("--study", "rn", "--trials", "1", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "exported"
+    assert _export(tmp_path, "rn", out) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["model"] == "resnet18" and config["input_shape"] == [1, 8, 8]
+    assert config["files"]["model.pt2"] == "written"
+    model = load_model(out)
+    npz = load_arrays(str(tmp_path / "digits.npz"))
+    with torch.no_grad():
+        predicted = model(_test_images(npz)).argmax(1).numpy()
+    assert float((predicted == npz.test_y).mean()) == config["test"]["accuracy"]

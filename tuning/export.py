@@ -1,0 +1,566 @@
+"""`tuning export --study NAME --out DIR`: the best model out of a study, as files that need
+neither the study nor its database.
+
+DIR gets:
+
+    weights.pt             the network's state dict (torch.load(..., weights_only=True))
+    config.json            what rebuilds it: model spec, the trial's parameters (fixed ones
+                           included), input shape, classes, normalization; and the held-out test
+                           metrics, how the weights were obtained, the data's fingerprint,
+                           versions and a format version
+    model.pt2              torch.export of the normalization and the network: float images in
+                           [0, 1], (N, C, H, W), to logits; any batch size; runs without tuning
+    model.torchscript.pt   the same, traced with TorchScript (deprecated in recent torch: kept
+                           while it works, skipped and said when it does not)
+    model.onnx             the same, only where the onnx package is installed
+    README.md              a model card: data, configuration, test metrics, provenance, how to
+                           load it and the command that reproduces it
+
+The weights are the trial's checkpoint artifact, else the trial retrained with its seed
+(tuning.evaluate.trial_model, as the report does), or with --refit the configuration retrained
+on training and validation images together for the trial's best epoch count. Either way the
+network is evaluated once on the test set, so that with a checkpoint the card's accuracy is the
+report's held-out accuracy of the same trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import io
+import json
+import logging
+import math
+import platform
+import shlex
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from tuning import __version__
+from tuning.cli import (
+    OneLineParser,
+    add_storage_arguments,
+    add_verbosity_arguments,
+    configure_logging,
+    fail,
+    storage_url,
+)
+from tuning.data import Arrays, DeviceData, check_data_dir, load_arrays, to_device
+from tuning.device import Runtime, resolve_device
+from tuning.errors import UsageError, shorten
+from tuning.exported import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    Classifier,
+    load_model,
+)
+from tuning.networks import ModelBuildError
+from tuning.space import Param, StudySettings
+from tuning.storage import existing_artifact_store, mask_url, resolve_url
+from tuning.study import check_data_matches, load_existing, stored_definition, with_images_at
+
+log = logging.getLogger("tuning")
+
+PROGRAM_FILES = {"model.pt2": "torch.export", "model.torchscript.pt": "TorchScript",
+                 "model.onnx": "ONNX"}
+"""The portable programs, by file, and what writes each."""
+PROGRAM_DESCRIPTIONS = {
+    "model.pt2": "torch.export program of the normalization and the network (no tuning needed)",
+    "model.torchscript.pt": "the same traced with TorchScript (deprecated in torch, still loads)",
+    "model.onnx": "the same as ONNX",
+}
+CARD_FILE = "README.md"
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *PROGRAM_FILES, CARD_FILE)
+"""Every file an export may write: a new export into the same directory replaces them all."""
+CHECK_TOLERANCE = 1e-4
+"""Largest difference in logits allowed between a portable program and the eager network (on
+a batch size other than the one it was exported with) before the program is not written."""
+
+
+@dataclass(frozen=True)
+class Obtained:
+    """The exported network and how its weights came about."""
+
+    model: nn.Module
+    """The network, on the runtime's device."""
+    data: DeviceData
+    """The data it is evaluated on (with --refit: training and validation images merged)."""
+    provenance: dict
+    """config.json's `weights`: source (checkpoint, retrained or refit), a sentence, seed,
+    epochs, and the checkpoint's id or the retrain's validation loss."""
+
+
+def trial_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {shorten(text)!r}"
+                                         ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a trial number (0 or more), got {value}")
+    return value
+
+
+def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial `number`, which must be complete, or the study's best trial."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise UsageError(f"study {study.study_name!r} has no complete trial yet: nothing to "
+                         "export")
+    if number is None:
+        return study.best_trial
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
+                         f"0-{max(by_number)}); its best is #{study.best_trial.number}")
+    trial = by_number[number]
+    if trial.state != TrialState.COMPLETE:
+        raise UsageError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, "
+                         "not COMPLETE: only a complete trial has a result to stand on; its "
+                         f"best is #{study.best_trial.number}")
+    return trial
+
+
+def best_epoch(trial: FrozenTrial, epochs: int) -> int:
+    """The epoch of the trial's lowest validation loss. Under cross-validation a trial reports
+    step (fold - 1) * epochs + epoch: the best step's epoch within its fold."""
+    values = {step: v for step, v in trial.intermediate_values.items() if math.isfinite(v)}
+    if not values:
+        return max(1, min(epochs, trial.user_attrs.get("epochs_run", epochs)))
+    step = min(values, key=lambda s: (values[s], s))
+    return (step - 1) % epochs + 1
+
+
+def study_data(study: optuna.Study, settings: StudySettings, data_dir: Path | None) -> Arrays:
+    """The study's images, read (never downloaded) and checked against its fingerprint, with
+    the normalization its trials trained with."""
+    from tuning.sources import SOURCES, is_path
+    from tuning.study import stored_data_config
+
+    stored = study.user_attrs.get("data", {})
+    name = stored.get("name", settings.dataset)
+    try:
+        arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
+                             settings.seed, config=stored_data_config(study), download=False)
+    except UsageError as exc:
+        moved = "; give the images' place with --dataset" if is_path(settings.dataset) else ""
+        raise UsageError(f"{exc}{moved}") from None
+    check_data_matches(study, arrays.fingerprint(),
+                       remedy="point --data-dir (or --dataset) at the data it was run on")
+    return arrays.normalized_as(stored)
+
+
+def merged(arrays: Arrays) -> Arrays:
+    """The training and validation images as one training split; the validation split stays
+    (fit validates every epoch) but selects nothing. The normalization stays the study's."""
+    return dataclasses.replace(arrays, train_x=np.concatenate([arrays.train_x, arrays.val_x]),
+                               train_y=np.concatenate([arrays.train_y, arrays.val_y]))
+
+
+def refit(trial: FrozenTrial, settings: StudySettings, space: dict[str, Param],
+          arrays: Arrays, runtime: Runtime) -> Obtained:
+    """The trial's configuration trained on training + validation images for its best epoch
+    count, with its seed; the last epoch's weights (nothing is left to select by).
+
+    The learning-rate schedule is planned over the study's epochs, as the trial's was, and
+    training stops after the best epoch: the trial's schedule up to that point."""
+    from tuning.objective import build_trial_model
+    from tuning.train import fit
+
+    seed = trial.user_attrs.get("seed", 0)
+    epochs = best_epoch(trial, settings.epochs)
+    data = to_device(merged(arrays), runtime.device)
+    model, cfg, generator = build_trial_model(trial.params, space, data, runtime, seed,
+                                              settings.network())
+    for result in fit(model, data, cfg, runtime, generator, settings.epochs):
+        if result.epoch >= epochs:
+            break
+    n = len(data.train)
+    how = (f"refit: the configuration retrained on the training and validation images "
+           f"together ({n:,} images) for {epochs} epoch{'s' if epochs != 1 else ''} (the "
+           f"trial's best) with seed {seed}, keeping the last epoch's weights")
+    return Obtained(model, data, {"source": "refit", "how": how, "seed": seed,
+                                  "epochs": epochs, "train_images": n})
+
+
+def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, Param],
+                  arrays: Arrays, runtime: Runtime, artifacts) -> Obtained:
+    """The trial's own network: its checkpoint, else retrained with its seed (as the report
+    obtains it, so that the test metrics are the report's)."""
+    from tuning.evaluate import trial_model
+
+    data = to_device(arrays, runtime.device)
+    # Under cross-validation a trial ran its epochs once per fold: a retrain runs them once.
+    epochs = settings.epochs if settings.cv_folds > 1 else \
+        trial.user_attrs.get("epochs_run", settings.epochs)
+    obtained = trial_model(trial, space, data, runtime, epochs, artifacts, settings.network())
+    seed = trial.user_attrs.get("seed", 0)
+    if obtained.retrained_val_loss is None:
+        fold = trial.user_attrs.get("checkpoint_fold")
+        how = (f"the trial's own weights at its best epoch ({obtained.how}"
+               + (f", fold {fold} of {settings.cv_folds}" if fold else "") + ")")
+        return Obtained(obtained.model, data, {
+            "source": "checkpoint", "how": how, "seed": seed,
+            "artifact_id": trial.user_attrs.get("checkpoint_artifact"), "epochs": None,
+            # Under cross-validation the checkpoint is one fold's network, trained on its fold.
+            "train_images": len(data.train) if settings.cv_folds == 1 else None})
+    how = (f"{obtained.how}, keeping the best validation epoch (no checkpoint of the trial was "
+           f"found); validation loss {obtained.retrained_val_loss:.6f}, the trial recorded "
+           f"{trial.value:.6f}")
+    return Obtained(obtained.model, data, {
+        "source": "retrained", "how": how, "seed": seed, "epochs": epochs,
+        "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": trial.value,
+        "train_images": len(data.train)})
+
+
+def _is_previous_export(out: Path) -> bool:
+    try:
+        config = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a directory with other content than a previous
+    export (whose files this export replaces). Creates nothing."""
+    shown = shorten(str(out), 200)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {shown!r} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not _is_previous_export(out):
+        raise UsageError(f"--out {shown!r} is not empty and holds no earlier export (no "
+                         f"{CONFIG_FILE} of tuning export): give a new or empty directory")
+
+
+def prepare_out(out: Path) -> None:
+    """Create --out, before any time is spent; UsageError if it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {shorten(str(out), 200)!r} cannot be written: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _check_program(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
+                   input_shape: tuple[int, int, int]) -> None:
+    """Raise unless `run` gives the eager module's logits on a batch size it was not exported
+    with (a program that fixed its batch size, or traced a branch, fails here)."""
+    images = torch.rand(3, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, expected = run(images), reference(images)
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=CHECK_TOLERANCE,
+                                                         rtol=CHECK_TOLERANCE):
+        raise RuntimeError("its logits on 3 images differ from the network's")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return shorten(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}", 200)
+
+
+def write_programs(classifier: Classifier, input_shape: tuple[int, int, int],
+                   out: Path) -> dict[str, str]:
+    """The portable programs of `classifier` (on the CPU, eval mode) in `out`: file -> None
+    where written, else why not."""
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(1))
+    outcome: dict[str, str] = {}
+    batch = torch.export.Dim("batch", min=1)
+
+    path = out / "model.pt2"
+    try:
+        program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
+        _check_program(program.module(), classifier, input_shape)
+        torch.export.save(program, path)
+        outcome[path.name] = "written"
+    except Exception as exc:  # noqa: BLE001 - a network torch.export cannot capture
+        outcome[path.name] = f"skipped: torch.export failed ({_reason(exc)})"
+
+    path = out / "model.torchscript.pt"
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is deprecated in favour of torch.export; it still works and still has
+            # users (C++ and mobile runtimes): written while it does, and the card says so.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(classifier, example)
+            _check_program(traced, classifier, input_shape)
+            traced.save(str(path))
+        outcome[path.name] = "written"
+    except Exception as exc:  # noqa: BLE001 - a network TorchScript cannot trace
+        path.unlink(missing_ok=True)
+        outcome[path.name] = f"skipped: TorchScript tracing failed ({_reason(exc)})"
+
+    path = out / "model.onnx"
+    if importlib.util.find_spec("onnx") is None:
+        outcome[path.name] = "skipped: the onnx package is not installed"
+        return outcome
+    try:
+        torch.onnx.export(classifier, (example,), str(path), input_names=["images"],
+                          output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
+        outcome[path.name] = "written"
+    except Exception as exc:  # noqa: BLE001 - missing onnxscript, or an unsupported operator
+        path.unlink(missing_ok=True)
+        outcome[path.name] = f"skipped: ONNX export failed ({_reason(exc)})"
+    return outcome
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"tuning": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def reproduce_command(args: argparse.Namespace, trial: int) -> str:
+    """The `tuning export` command that writes this export again."""
+    command = ["tuning", "export", "--study", args.study, "--trial", str(trial),
+               "--out", str(args.out)]
+    if args.refit:
+        command.append("--refit")
+    for flag, value in (("--storage", args.storage and mask_url(args.storage)),
+                        ("--artifacts", args.artifacts), ("--data-dir", args.data_dir),
+                        ("--dataset", args.dataset)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    return shlex.join(command)
+
+
+def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
+                 space: dict[str, Param], arrays: Arrays, obtained: Obtained, metrics: dict,
+                 runtime: Runtime, command: str) -> dict:
+    """config.json, less the outcome of the portable programs (`files`)."""
+    from tuning.objective import fixed_params
+
+    stored = study.user_attrs.get("data", {})
+    ci_low, ci_high = metrics["accuracy_ci"]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "study": study.study_name,
+        "trial": trial.number,
+        "trial_val_loss": trial.value,
+        "model": settings.network().to_dict(),
+        "params": {**fixed_params(space), **trial.params},
+        "input_shape": list(arrays.input_shape),
+        "num_classes": arrays.num_classes,
+        "class_names": list(arrays.class_names),
+        "normalization": {"mean": list(arrays.mean), "std": list(arrays.std),
+                          "input": "float images in [0, 1], (N, C, H, W)"},
+        "weights": obtained.provenance,
+        "test": {"accuracy": metrics["accuracy"], "accuracy_ci": [ci_low, ci_high],
+                 "loss": metrics["test_loss"], "n": len(arrays.test_y),
+                 "macro_f1": metrics["macro_f1"], "evaluated_on": runtime.name},
+        "data": {"name": stored.get("name", arrays.name), "sha256": stored.get("sha256"),
+                 "source": stored.get("source", arrays.source),
+                 "n_train": len(arrays.train_y), "n_val": len(arrays.val_y),
+                 "n_test": len(arrays.test_y)},
+        "settings": {"dataset": settings.dataset, "epochs": settings.epochs,
+                     "cv_folds": settings.cv_folds, "seed": settings.seed},
+        "versions": versions(),
+        "command": command,
+    }
+
+
+def _shown(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(config: dict, out: Path) -> str:
+    """README.md of an export: what it is, what it was trained on, how good it is on the
+    held-out test set, where its weights came from, and how to load and reproduce it."""
+    data, test, weights, files = (config["data"], config["test"], config["weights"],
+                                  config["files"])
+    c, h, w = config["input_shape"]
+    names = config["class_names"]
+    shown_names = ", ".join(names[:20]) + (f", ... ({len(names)} in all)"
+                                           if len(names) > 20 else "")
+    norm = config["normalization"]
+    spec = config["model"]
+    low, high = test["accuracy_ci"]
+    how = weights["how"]
+    lines = [
+        f"# Study {config['study']}, trial #{config['trial']}", "",
+        f"An image classifier exported by `tuning export` from trial #{config['trial']} of "
+        f"study `{config['study']}` (validation loss {config['trial_val_loss']:.6f}).", "",
+        "## Data", "",
+        f"- data set: `{data['name']}` ({data['source']}), fingerprint sha256 "
+        f"`{str(data['sha256'])[:16]}`",
+        f"- images: {c} x {h} x {w} ({'grayscale' if c == 1 else 'colour'}), "
+        f"{len(names)} classes: {shown_names}",
+        f"- training / validation / test images: {data['n_train']:,} / {data['n_val']:,} / "
+        f"{data['n_test']:,}",
+        f"- normalization, part of the model (give it images scaled to [0, 1]): mean "
+        f"{norm['mean']}, std {norm['std']}", "",
+        "## Configuration", "",
+        f"Network `{spec['model']}`"
+        + (f", fine-tuned from `{spec['weights']}`" if spec.get("weights") else "")
+        + "; the trial's parameters, the study's fixed ones included:", "",
+        "| parameter | value |", "| --- | --- |",
+        *(f"| {name} | {_shown(value)} |" for name, value in sorted(config["params"].items())),
+        "",
+        "## Held-out test", "",
+        f"Accuracy **{test['accuracy']:.4f}** (95% Wilson interval {low:.4f} - {high:.4f}) on "
+        f"the {test['n']:,} test images, loss {test['loss']:.4f}, macro F1 "
+        f"{test['macro_f1']:.4f}, evaluated once on {test['evaluated_on']}. The test images "
+        "played no part in the search, the choice of this trial or the training of these "
+        "weights.", "",
+        "## How the weights were obtained", "",
+        f"{how[0].upper()}{how[1:]}.", "",
+    ]
+    if weights["source"] == "refit":
+        lines += ["With no image left to validate on, nothing selected these weights: the test "
+                  "accuracy above is this refit network's, not the trial's.", ""]
+    lines += ["## Files", "",
+              f"- `{WEIGHTS_FILE}`: the network's state dict "
+              "(`torch.load(..., weights_only=True)`)",
+              f"- `{CONFIG_FILE}`: what rebuilds it, and the numbers on this card",
+              *(f"- `{name}`: "
+                + (PROGRAM_DESCRIPTIONS[name] if files[name] == "written" else files[name])
+                for name in PROGRAM_FILES),
+              f"- `{CARD_FILE}`: this card", "",
+              "## Load it", "",
+              "With tuning installed (the network rebuilt from `config.json`, its weights from "
+              "`weights.pt`)"
+              + (f", and the builder's module `{spec['model'].partition(':')[0]}` importable"
+                 if ":" in spec["model"] else "") + ":", "",
+              "```python", "import tuning",
+              f"model = tuning.load_model({str(out)!r})  # eval mode, on the CPU",
+              "model.predict(['image.png'])  # [(class name, probability)]",
+              f"logits = model(images)  # float images in [0, 1], (N, {c}, {h}, {w})", "```", ""]
+    if "written" in (files["model.pt2"], files["model.torchscript.pt"]):
+        lines += ["With torch alone, no tuning needed (the normalization is inside; any batch "
+                  "size; float32 images in [0, 1], (N, "f"{c}, {h}, {w})):", "", "```python",
+                  "import torch"]
+        if files["model.pt2"] == "written":
+            lines.append(f"model = torch.export.load({str(out / 'model.pt2')!r}).module()")
+        if files["model.torchscript.pt"] == "written":
+            lines.append(f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
+                         "  # TorchScript: deprecated in torch")
+        lines += ["logits = model(images)", "```", ""]
+    lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
+              "image.png`.", "",
+              "## Reproduce", "", "```", config["command"], "```", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
+           space: dict[str, Param], arrays: Arrays, out: Path, runtime: Runtime, artifacts,
+           refit_weights: bool, command: str) -> dict:
+    """Write the export of `trial` into `out` (checked and prepared); returns config.json."""
+    from tuning.evaluate import held_out_metrics
+
+    if refit_weights:
+        obtained = refit(trial, settings, space, arrays, runtime)
+    else:
+        obtained = trial_weights(trial, settings, space, arrays, runtime, artifacts)
+    metrics = held_out_metrics(obtained.model, obtained.data, runtime)
+    config = build_config(study, trial, settings, space, arrays, obtained, metrics, runtime,
+                          command)
+    # An earlier export's files go only now that this one has its network: a program that
+    # this export cannot write must not be left over from another trial.
+    for name in EXPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in obtained.model.state_dict().items()}
+    # Serialized in memory first: on a full disk torch.save fails in its zip writer with a
+    # RuntimeError that does not say why, where a plain write raises an OSError that does.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (out / WEIGHTS_FILE).write_bytes(buffer.getbuffer())
+    config["files"] = {name: "not written yet" for name in PROGRAM_FILES}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    # The programs are made from the export as load_model reads it back: what they run is
+    # what the files hold.
+    loaded = load_model(out)
+    classifier = Classifier(loaded.network, loaded.config["normalization"]["mean"],
+                            loaded.config["normalization"]["std"]).eval()
+    config["files"] = write_programs(classifier, arrays.input_shape, out)
+    (out / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return config
+
+
+def build_parser(prog: str = "python -m tuning.export") -> OneLineParser:
+    parser = OneLineParser(prog=prog, description="Export a study's best model (or trial N): "
+                                                  "weights, config, portable programs, card.")
+    add_storage_arguments(parser, "study name", required=True)
+    parser.add_argument("--trial", type=trial_number,
+                        help="number of the (complete) trial to export (default: the best)")
+    parser.add_argument("--out", type=Path, help="output directory (default exports/<study>)")
+    parser.add_argument("--refit", action="store_true",
+                        help="retrain the configuration on training + validation images for "
+                             "the trial's best epoch count, then test it")
+    parser.add_argument("--artifacts", type=Path,
+                        help="artifact directory with checkpoints (default ./artifacts)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="directory with the study's IDX files (default ./data); only read")
+    parser.add_argument("--dataset",
+                        help="where the study's image folder or .npz file is now, when not "
+                             "where the study recorded it")
+    parser.add_argument("--device", default="auto",
+                        help="device for retraining and the test evaluation (auto, cpu, cuda)")
+    add_verbosity_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -> int:
+    args = build_parser(prog).parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
+    args.out = args.out if args.out is not None else Path("exports") / args.study
+    url = storage_url(args.storage, args.study)
+    try:
+        resolve_url(url)
+        check_data_dir(args.data_dir)
+        check_out(args.out)
+        study = load_existing(args.study, url, heartbeat=False)
+        trial = choose_trial(study, args.trial)
+        settings, space = stored_definition(study)
+        settings = with_images_at(settings, args.dataset)
+        artifacts = existing_artifact_store(args.artifacts)
+        runtime = resolve_device(args.device)
+        arrays = study_data(study, settings, args.data_dir)
+        prepare_out(args.out)
+        try:
+            config = export(study, trial, settings, space, arrays, args.out, runtime,
+                            artifacts, args.refit, reproduce_command(args, trial.number))
+        except OSError as exc:
+            raise UsageError(f"the export into {shorten(str(args.out), 200)!r} failed: "
+                             f"{exc.strerror or exc}") from None
+    except (UsageError, ModelBuildError) as exc:
+        return fail(str(exc))
+    files = config["files"]
+    written = [WEIGHTS_FILE, CONFIG_FILE, *(n for n, what in files.items() if what == "written"),
+               CARD_FILE]
+    test = config["test"]
+    low, high = test["accuracy_ci"]
+    print(f"exported trial #{trial.number} of study {args.study!r} to {args.out}: "
+          f"{', '.join(written)}")
+    print(f"weights: {config['weights']['how']}")
+    print(f"test accuracy {test['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on "
+          f"{test['n']:,} held-out images, loss {test['loss']:.4f}")
+    for name, what in files.items():
+        if what != "written":
+            print(f"{name} {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

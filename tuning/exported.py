@@ -1,0 +1,229 @@
+"""A model written by `tuning export`, loaded again: `load_model(DIR)`.
+
+    model = tuning.load_model("exports/mnist")       # an nn.Module, eval mode, on the CPU
+    model.predict(["digit.png"])                     # [("7", 0.998)]
+    logits = model(images)                           # float images in [0, 1], (N, C, H, W)
+
+The network is rebuilt from the directory's config.json (the study's model spec and the
+trial's parameters) and its weights.pt (a plain state dict, loaded with weights_only=True), so
+loading runs no code but tuning's and torch's. The normalization the trial trained with is part
+of the model: callers give images as they are, scaled to [0, 1].
+
+`Classifier`, the normalization and the network as one module, is also what `tuning export`
+hands to torch.export and TorchScript for the portable programs that need no `tuning` at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from tuning.errors import UsageError, shorten
+from tuning.image_folder import _convert
+
+FORMAT = "tuning-export"
+"""config.json's `format`: how a directory written by `tuning export` is told from others."""
+FORMAT_VERSION = 1
+"""config.json's `format_version`: raise it when what the files hold changes incompatibly."""
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+PREDICT_BATCH = 256
+"""Images per forward pass in `predict`: bounded memory for any number of images."""
+
+ImageInput = str | Path | Image.Image
+"""What `preprocess` and `predict` take: a file's path or a PIL image."""
+
+
+class ExportError(UsageError):
+    """A directory that is not a usable export (missing, foreign, damaged), or an image that
+    cannot be read: one line for the user."""
+
+
+class Classifier(nn.Module):
+    """`network` behind the normalization it was trained with: float images in [0, 1],
+    (N, C, H, W), to logits (N, classes).
+
+    The arithmetic is tuning.data.Split.batch's ((x - mean) / std in float32), so that the
+    same images give the same logits as in the study's evaluation."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.network = network
+        channels = len(mean)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32)
+                             .view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32)
+                             .view(1, channels, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network((images - self.mean) / self.std)
+
+
+class ExportedModel(Classifier):
+    """An exported trial's network, ready to classify images (see the module's docstring)."""
+
+    def __init__(self, network: nn.Module, config: dict):
+        norm = config["normalization"]
+        super().__init__(network, norm["mean"], norm["std"])
+        self.config = config
+        """config.json as a dict: the study, trial, parameters, data and test metrics."""
+        self.class_names: tuple[str, ...] = tuple(config["class_names"])
+        """One name per class, in the order of the logits."""
+        self.input_shape: tuple[int, int, int] = tuple(config["input_shape"])
+        """(C, H, W) of the images the network takes."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """`image` decoded as the study's images were (tuning.image_folder): converted to
+        grayscale or RGB, fitted to H x W (shorter side, then the centre, bilinear) when its
+        size differs; uint8 (H, W, C). ExportError when it cannot be read."""
+        channels, height, width = self.input_shape
+        mode = {1: "L", 3: "RGB"}.get(channels)
+        if mode is None:
+            raise ExportError(f"the model takes {channels}-channel images: give them as "
+                              "tensors, not image files")
+        if isinstance(image, Image.Image):
+            img = _convert(image, mode)
+        else:
+            img = _open(Path(image), mode)
+        if img.size != (width, height):
+            img = ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
+        # A copy: Pillow's buffer is read-only, which torch warns about when it wraps one.
+        return np.array(img, dtype=np.uint8).reshape(height, width, channels)
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """`image` (a path or a PIL image) as the network takes it: float (C, H, W) in [0, 1],
+        on the model's device."""
+        return _to_tensor(self.pixels(image)[None], self.device)[0]
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax of the logits of float images (N, C, H, W) in [0, 1], in batches."""
+        out = [torch.softmax(self(images[i:i + PREDICT_BATCH].to(self.device)).float(), dim=1)
+               for i in range(0, len(images), PREDICT_BATCH)]
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, float]]:
+        """The most likely class of each image (paths or PIL images) and its probability."""
+        return [top[0] for top in self.predict_top(images, 1)]
+
+    def predict_top(self, images: ImageInput | Sequence[ImageInput],
+                    k: int = 5) -> list[list[tuple[str, float]]]:
+        """The `k` most likely classes of each image, most likely first, with probabilities.
+        Every image is decoded before any is classified: a bad one raises ExportError."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        pixels = [self.pixels(image) for image in images]
+        return self.top_classes(pixels, k)
+
+    def top_classes(self, pixels: Sequence[np.ndarray], k: int) -> list[list[tuple[str, float]]]:
+        """predict_top for images already decoded by `pixels` (uint8, H x W x C each)."""
+        k = max(1, min(k, len(self.class_names)))
+        results: list[list[tuple[str, float]]] = []
+        for start in range(0, len(pixels), PREDICT_BATCH):
+            batch = _to_tensor(np.stack(pixels[start:start + PREDICT_BATCH]), self.device)
+            values, indices = self.probabilities(batch).topk(k, dim=1)
+            for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+                results.append([(self.class_names[i], p)
+                                for i, p in zip(row_indices, row_values, strict=True)])
+        return results
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    shown = shorten(str(path), 200)
+    if not path.exists():
+        raise ExportError(f"image {shown!r} does not exist")
+    if path.is_dir():
+        raise ExportError(f"image {shown!r} is a directory")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            return _convert(img, mode)
+    except Exception as exc:  # Pillow raises many kinds for a bad file: all mean unreadable
+        reason = shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 120)
+        raise ExportError(f"image {shown!r} cannot be decoded: {reason}") from None
+
+
+def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) to float (N, C, H, W) in [0, 1], scaled as tuning.data does."""
+    images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    return images.to(device).float().div_(255.0)
+
+
+def read_config(path: str | Path) -> dict:
+    """config.json of the export in directory `path`; ExportError when there is none."""
+    directory = Path(path).expanduser()
+    shown = shorten(str(directory), 200)
+    if not directory.is_dir():
+        raise ExportError(f"no exported model at {shown!r}: not a directory (give the "
+                          "directory `tuning export --out` wrote)")
+    file = directory / CONFIG_FILE
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{shown!r} is not an exported model: it has no {CONFIG_FILE} "
+                          "(give the directory `tuning export --out` wrote)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ExportError(f"{shorten(str(file), 200)!r} cannot be read: "
+                          f"{shorten(str(exc), 120)}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ExportError(f"{shorten(str(file), 200)!r} was not written by tuning export")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ExportError(f"{shown!r} is an export of format version {shorten(repr(version))}; "
+                          f"this tuning reads up to {FORMAT_VERSION}: upgrade tuning")
+    missing = [key for key in ("model", "params", "input_shape", "num_classes", "class_names",
+                               "normalization") if key not in config]
+    if missing:
+        raise ExportError(f"{shorten(str(file), 200)!r} lacks {', '.join(missing)}")
+    return config
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+    """The model `tuning export` wrote into directory `path`, in eval mode on `device`."""
+    from tuning.networks import ModelBuildError, ModelSpec
+
+    config = read_config(path)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ExportError(f"device {shorten(str(device))!r} is not a device (cpu, cuda, "
+                          "cuda:N)") from None
+    try:
+        spec = ModelSpec(**config["model"])
+        network = spec.build(config["params"], tuple(config["input_shape"]),
+                             int(config["num_classes"]), load_weights=False)
+    except UsageError:
+        raise
+    except (ModelBuildError, TypeError, ValueError) as exc:
+        raise ExportError(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
+                          f"{shorten(str(exc), 200)}") from None
+    weights = Path(path).expanduser() / WEIGHTS_FILE
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except FileNotFoundError:
+        raise ExportError(f"{shorten(str(path), 200)!r} has no {WEIGHTS_FILE}") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling or shape errors: all mean "not these"
+        reason = shorten(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                         type(exc).__name__, 200)
+        raise ExportError(f"{shorten(str(weights), 200)!r} does not load into the network "
+                          f"config.json describes: {reason}") from None
+    model = ExportedModel(network, config)
+    try:
+        model.to(target)
+    except (RuntimeError, AssertionError) as exc:  # no CUDA here, or no such GPU
+        raise ExportError(f"device {shorten(str(device))!r}: {shorten(str(exc), 120)}") from None
+    return model.eval()
