@@ -25,10 +25,13 @@ from tuning.command import main as tuning_main
 from tuning.data import load_arrays, to_device
 from tuning.device import resolve_device
 from tuning.evaluate import held_out_metrics, trial_model
-from tuning.export import best_epoch
+from tuning.export import best_epoch, choose_trial
 from tuning.export import main as export_main
 from tuning.exported import ExportError, load_model
 from tuning.networks import ModelSpec
+from tuning.report_heldout import reported_trial
+from tuning.report_stats import StudyView
+from tuning.space import Param, StudySettings
 from tuning.storage import artifact_store, open_storage
 from tuning.study import stored_definition
 
@@ -211,6 +214,28 @@ def test_best_epoch_is_counted_within_a_cross_validation_fold():
                          intermediate_values={1: 0.9, 2: 0.6, 3: 0.7, 4: 0.8, 5: 0.5, 6: 0.55})
     assert best_epoch(trial, epochs=3) == 2  # step 5 is fold 2's epoch 2
     assert best_epoch(trial, epochs=6) == 5
+
+
+def test_by_default_a_fixed_configuration_exports_its_first_repeat_as_the_report_tests():
+    """Repeats of one fixed configuration differ only by seed: the best of them is flattered by
+    its seed, so export, like the report's held-out test, takes the first complete one."""
+    fixed = {"lr": Param("lr", "fixed", value=0.01),
+             "repeat": Param("repeat", "int", low=0, high=9)}
+    study = optuna.create_study()
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    for loss in (0.4, 0.3, 0.35):
+        trial = study.ask()
+        trial.suggest_int("repeat", 0, 9)
+        study.tell(trial, loss)
+    assert study.best_trial.number == 2
+    settings = StudySettings()
+    view = StudyView(study, study.get_trials(), settings, fixed)
+    assert reported_trial(view).number == 1
+    assert choose_trial(study, settings, fixed, None).number == 1
+    # --trial still chooses any complete trial.
+    assert choose_trial(study, settings, fixed, 2).number == 2
+    searched = {**fixed, "lr": Param("lr", "float", low=1e-3, high=1e-1, log=True)}
+    assert choose_trial(study, settings, searched, None).number == 2
 
 
 def test_predict_prints_the_class_of_real_digits(exported, arrays, tmp_path, capsys):

@@ -1,5 +1,9 @@
-"""`tuning export --study NAME --out DIR`: the best model out of a study, as files that need
-neither the study nor its database.
+"""`tuning export --study NAME --out DIR`: a study's model, as files that need neither the study
+nor its database.
+
+The trial is --trial N, else the one the report's held-out test evaluates
+(tuning.report_heldout.reported_trial): the best, or for repeats of one fixed configuration
+the first complete repeat, so that the card's test accuracy is the report's.
 
 DIR gets:
 
@@ -13,8 +17,10 @@ DIR gets:
     model.torchscript.pt   the same, traced with TorchScript (deprecated in recent torch: kept
                            while it works, skipped and said when it does not)
     model.onnx             the same, only where the onnx package is installed
-    README.md              a model card: data, configuration, test metrics, provenance, how to
-                           load it and the command that reproduces it
+    README.md              a model card (tuning.model_card): data, configuration, test
+                           metrics, provenance, how to load it and the command that reproduces it
+
+The programs are written and checked by tuning.portable.
 
 The weights are the trial's checkpoint artifact, else the trial retrained with its seed
 (tuning.evaluate.trial_model, as the report does), or with --refit the configuration retrained
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import json
 import logging
@@ -35,8 +40,6 @@ import math
 import platform
 import shlex
 import sys
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +58,7 @@ from tuning.cli import (
     fail,
     storage_url,
 )
-from tuning.data import Arrays, DeviceData, check_data_dir, load_arrays, to_device
+from tuning.data import Arrays, DeviceData, check_data_dir, to_device
 from tuning.device import Runtime, resolve_device
 from tuning.errors import UsageError, shorten
 from tuning.exported import (
@@ -66,27 +69,19 @@ from tuning.exported import (
     Classifier,
     load_model,
 )
+from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import ModelBuildError
+from tuning.portable import PROGRAM_FILES, write_programs
+from tuning.report_heldout import reported_trial, study_arrays
+from tuning.report_stats import StudyView
 from tuning.space import Param, StudySettings
 from tuning.storage import existing_artifact_store, mask_url, resolve_url
-from tuning.study import check_data_matches, load_existing, stored_definition, with_images_at
+from tuning.study import load_existing, stored_definition, with_images_at
 
 log = logging.getLogger("tuning")
 
-PROGRAM_FILES = {"model.pt2": "torch.export", "model.torchscript.pt": "TorchScript",
-                 "model.onnx": "ONNX"}
-"""The portable programs, by file, and what writes each."""
-PROGRAM_DESCRIPTIONS = {
-    "model.pt2": "torch.export program of the normalization and the network (no tuning needed)",
-    "model.torchscript.pt": "the same traced with TorchScript (deprecated in torch, still loads)",
-    "model.onnx": "the same as ONNX",
-}
-CARD_FILE = "README.md"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *PROGRAM_FILES, CARD_FILE)
 """Every file an export may write: a new export into the same directory replaces them all."""
-CHECK_TOLERANCE = 1e-4
-"""Largest difference in logits allowed between a portable program and the eager network (on
-a batch size other than the one it was exported with) before the program is not written."""
 
 
 @dataclass(frozen=True)
@@ -113,15 +108,17 @@ def trial_number(text: str) -> int:
     return value
 
 
-def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial `number`, which must be complete, or the study's best trial."""
+def choose_trial(study: optuna.Study, settings: StudySettings, space: dict[str, Param],
+                 number: int | None) -> FrozenTrial:
+    """Trial `number`, which must be complete, or the trial the report's held-out test
+    evaluates: the best, or for repeats of one fixed configuration the first complete one."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet: nothing to "
                          "export")
     if number is None:
-        return study.best_trial
+        return reported_trial(StudyView(study, trials, settings, space))
     by_number = {t.number: t for t in trials}
     if number not in by_number:
         raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
@@ -142,25 +139,6 @@ def best_epoch(trial: FrozenTrial, epochs: int) -> int:
         return max(1, min(epochs, trial.user_attrs.get("epochs_run", epochs)))
     step = min(values, key=lambda s: (values[s], s))
     return (step - 1) % epochs + 1
-
-
-def study_data(study: optuna.Study, settings: StudySettings, data_dir: Path | None) -> Arrays:
-    """The study's images, read (never downloaded) and checked against its fingerprint, with
-    the normalization its trials trained with."""
-    from tuning.sources import SOURCES, is_path
-    from tuning.study import stored_data_config
-
-    stored = study.user_attrs.get("data", {})
-    name = stored.get("name", settings.dataset)
-    try:
-        arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
-                             settings.seed, config=stored_data_config(study), download=False)
-    except UsageError as exc:
-        moved = "; give the images' place with --dataset" if is_path(settings.dataset) else ""
-        raise UsageError(f"{exc}{moved}") from None
-    check_data_matches(study, arrays.fingerprint(),
-                       remedy="point --data-dir (or --dataset) at the data it was run on")
-    return arrays.normalized_as(stored)
 
 
 def merged(arrays: Arrays) -> Arrays:
@@ -257,68 +235,6 @@ def prepare_out(out: Path) -> None:
                          f"{exc.strerror or exc}") from None
 
 
-def _check_program(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
-                   input_shape: tuple[int, int, int]) -> None:
-    """Raise unless `run` gives the eager module's logits on a batch size it was not exported
-    with (a program that fixed its batch size, or traced a branch, fails here)."""
-    images = torch.rand(3, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        got, expected = run(images), reference(images)
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=CHECK_TOLERANCE,
-                                                         rtol=CHECK_TOLERANCE):
-        raise RuntimeError("its logits on 3 images differ from the network's")
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return shorten(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}", 200)
-
-
-def write_programs(classifier: Classifier, input_shape: tuple[int, int, int],
-                   out: Path) -> dict[str, str]:
-    """The portable programs of `classifier` (on the CPU, eval mode) in `out`: file -> None
-    where written, else why not."""
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(1))
-    outcome: dict[str, str] = {}
-    batch = torch.export.Dim("batch", min=1)
-
-    path = out / "model.pt2"
-    try:
-        program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
-        _check_program(program.module(), classifier, input_shape)
-        torch.export.save(program, path)
-        outcome[path.name] = "written"
-    except Exception as exc:  # noqa: BLE001 - a network torch.export cannot capture
-        outcome[path.name] = f"skipped: torch.export failed ({_reason(exc)})"
-
-    path = out / "model.torchscript.pt"
-    try:
-        with warnings.catch_warnings():
-            # torch.jit is deprecated in favour of torch.export; it still works and still has
-            # users (C++ and mobile runtimes): written while it does, and the card says so.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(classifier, example)
-            _check_program(traced, classifier, input_shape)
-            traced.save(str(path))
-        outcome[path.name] = "written"
-    except Exception as exc:  # noqa: BLE001 - a network TorchScript cannot trace
-        path.unlink(missing_ok=True)
-        outcome[path.name] = f"skipped: TorchScript tracing failed ({_reason(exc)})"
-
-    path = out / "model.onnx"
-    if importlib.util.find_spec("onnx") is None:
-        outcome[path.name] = "skipped: the onnx package is not installed"
-        return outcome
-    try:
-        torch.onnx.export(classifier, (example,), str(path), input_names=["images"],
-                          output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
-        outcome[path.name] = "written"
-    except Exception as exc:  # noqa: BLE001 - missing onnxscript, or an unsupported operator
-        path.unlink(missing_ok=True)
-        outcome[path.name] = f"skipped: ONNX export failed ({_reason(exc)})"
-    return outcome
-
 
 def versions() -> dict:
     import torchvision
@@ -379,88 +295,6 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
     }
 
 
-def _shown(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def model_card(config: dict, out: Path) -> str:
-    """README.md of an export: what it is, what it was trained on, how good it is on the
-    held-out test set, where its weights came from, and how to load and reproduce it."""
-    data, test, weights, files = (config["data"], config["test"], config["weights"],
-                                  config["files"])
-    c, h, w = config["input_shape"]
-    names = config["class_names"]
-    shown_names = ", ".join(names[:20]) + (f", ... ({len(names)} in all)"
-                                           if len(names) > 20 else "")
-    norm = config["normalization"]
-    spec = config["model"]
-    low, high = test["accuracy_ci"]
-    how = weights["how"]
-    lines = [
-        f"# Study {config['study']}, trial #{config['trial']}", "",
-        f"An image classifier exported by `tuning export` from trial #{config['trial']} of "
-        f"study `{config['study']}` (validation loss {config['trial_val_loss']:.6f}).", "",
-        "## Data", "",
-        f"- data set: `{data['name']}` ({data['source']}), fingerprint sha256 "
-        f"`{str(data['sha256'])[:16]}`",
-        f"- images: {c} x {h} x {w} ({'grayscale' if c == 1 else 'colour'}), "
-        f"{len(names)} classes: {shown_names}",
-        f"- training / validation / test images: {data['n_train']:,} / {data['n_val']:,} / "
-        f"{data['n_test']:,}",
-        f"- normalization, part of the model (give it images scaled to [0, 1]): mean "
-        f"{norm['mean']}, std {norm['std']}", "",
-        "## Configuration", "",
-        f"Network `{spec['model']}`"
-        + (f", fine-tuned from `{spec['weights']}`" if spec.get("weights") else "")
-        + "; the trial's parameters, the study's fixed ones included:", "",
-        "| parameter | value |", "| --- | --- |",
-        *(f"| {name} | {_shown(value)} |" for name, value in sorted(config["params"].items())),
-        "",
-        "## Held-out test", "",
-        f"Accuracy **{test['accuracy']:.4f}** (95% Wilson interval {low:.4f} - {high:.4f}) on "
-        f"the {test['n']:,} test images, loss {test['loss']:.4f}, macro F1 "
-        f"{test['macro_f1']:.4f}, evaluated once on {test['evaluated_on']}. The test images "
-        "played no part in the search, the choice of this trial or the training of these "
-        "weights.", "",
-        "## How the weights were obtained", "",
-        f"{how[0].upper()}{how[1:]}.", "",
-    ]
-    if weights["source"] == "refit":
-        lines += ["With no image left to validate on, nothing selected these weights: the test "
-                  "accuracy above is this refit network's, not the trial's.", ""]
-    lines += ["## Files", "",
-              f"- `{WEIGHTS_FILE}`: the network's state dict "
-              "(`torch.load(..., weights_only=True)`)",
-              f"- `{CONFIG_FILE}`: what rebuilds it, and the numbers on this card",
-              *(f"- `{name}`: "
-                + (PROGRAM_DESCRIPTIONS[name] if files[name] == "written" else files[name])
-                for name in PROGRAM_FILES),
-              f"- `{CARD_FILE}`: this card", "",
-              "## Load it", "",
-              "With tuning installed (the network rebuilt from `config.json`, its weights from "
-              "`weights.pt`)"
-              + (f", and the builder's module `{spec['model'].partition(':')[0]}` importable"
-                 if ":" in spec["model"] else "") + ":", "",
-              "```python", "import tuning",
-              f"model = tuning.load_model({str(out)!r})  # eval mode, on the CPU",
-              "model.predict(['image.png'])  # [(class name, probability)]",
-              f"logits = model(images)  # float images in [0, 1], (N, {c}, {h}, {w})", "```", ""]
-    if "written" in (files["model.pt2"], files["model.torchscript.pt"]):
-        lines += ["With torch alone, no tuning needed (the normalization is inside; any batch "
-                  "size; float32 images in [0, 1], (N, "f"{c}, {h}, {w})):", "", "```python",
-                  "import torch"]
-        if files["model.pt2"] == "written":
-            lines.append(f"model = torch.export.load({str(out / 'model.pt2')!r}).module()")
-        if files["model.torchscript.pt"] == "written":
-            lines.append(f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
-                         "  # TorchScript: deprecated in torch")
-        lines += ["logits = model(images)", "```", ""]
-    lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
-              "image.png`.", "",
-              "## Reproduce", "", "```", config["command"], "```", "",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + "."]
-    return "\n".join(lines) + "\n"
-
 
 def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
            space: dict[str, Param], arrays: Arrays, out: Path, runtime: Runtime, artifacts,
@@ -499,11 +333,14 @@ def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
 
 
 def build_parser(prog: str = "python -m tuning.export") -> OneLineParser:
-    parser = OneLineParser(prog=prog, description="Export a study's best model (or trial N): "
-                                                  "weights, config, portable programs, card.")
+    parser = OneLineParser(prog=prog, description="Export the trial a study's report tests "
+                                                  "(or trial N): weights, config, portable "
+                                                  "programs, card.")
     add_storage_arguments(parser, "study name", required=True)
     parser.add_argument("--trial", type=trial_number,
-                        help="number of the (complete) trial to export (default: the best)")
+                        help="number of the (complete) trial to export (default: the one the "
+                             "report tests: the best, or the first of repeats of one fixed "
+                             "configuration)")
     parser.add_argument("--out", type=Path, help="output directory (default exports/<study>)")
     parser.add_argument("--refit", action="store_true",
                         help="retrain the configuration on training + validation images for "
@@ -531,12 +368,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         check_data_dir(args.data_dir)
         check_out(args.out)
         study = load_existing(args.study, url, heartbeat=False)
-        trial = choose_trial(study, args.trial)
         settings, space = stored_definition(study)
+        trial = choose_trial(study, settings, space, args.trial)
         settings = with_images_at(settings, args.dataset)
         artifacts = existing_artifact_store(args.artifacts)
         runtime = resolve_device(args.device)
-        arrays = study_data(study, settings, args.data_dir)
+        arrays = study_arrays(study, settings, args.data_dir, way_round=None)
         prepare_out(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,

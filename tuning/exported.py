@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from tuning.errors import UsageError, shorten
-from tuning.image_folder import _convert
+from tuning.image_folder import convert_mode
 
 FORMAT = "tuning-export"
 """config.json's `format`: how a directory written by `tuning export` is told from others."""
@@ -95,7 +95,7 @@ class ExportedModel(Classifier):
             raise ExportError(f"the model takes {channels}-channel images: give them as "
                               "tensors, not image files")
         if isinstance(image, Image.Image):
-            img = _convert(image, mode)
+            img = convert_mode(image, mode)
         else:
             img = _open(Path(image), mode)
         if img.size != (width, height):
@@ -150,7 +150,7 @@ def _open(path: Path, mode: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later
-            return _convert(img, mode)
+            return convert_mode(img, mode)
     except Exception as exc:  # Pillow raises many kinds for a bad file: all mean unreadable
         reason = shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 120)
         raise ExportError(f"image {shown!r} cannot be decoded: {reason}") from None

@@ -268,7 +268,7 @@ def _decode(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
 def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     with Image.open(path) as img:
         img.load()  # decode now, so that a truncated file fails here (LOAD_TRUNCATED_IMAGES off)
-        img = _convert(img, mode)
+        img = convert_mode(img, mode)
     height, width = size
     if img.size != (width, height):
         # Shorter side to the target, then the centre: the aspect ratio is kept, not squashed.
@@ -276,8 +276,10 @@ def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img)
 
 
-def _convert(img: Image.Image, mode: str) -> Image.Image:
-    """`img` in `mode` ("L" or "RGB"). Multi-frame files (GIF, TIFF) give their first frame."""
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """`img` in `mode` ("L" or "RGB"), as the study's images were decoded: 16-bit grayscale
+    scaled to 8 bits, transparency composited on black. Multi-frame files (GIF, TIFF) give
+    their first frame. Also what tuning.exported decodes a user's image with."""
     if img.mode.startswith("I"):
         # 16-bit grayscale (PNG, TIFF, PGM): Pillow's convert clips at 255, which turns most of
         # such an image white; scale 0..65535 to 0..255 instead.

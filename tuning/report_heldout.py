@@ -8,6 +8,9 @@ later report reuses it instead of training the baseline again.
 Each accuracy carries its 95% Wilson interval, and McNemar's test on the images the two get
 wrong says whether the best trial's difference from the tutorial is beyond noise. A best trial
 without a checkpoint is retrained, and its validation loss set beside the trial's own.
+
+`tuning export` reads the study's data with `study_arrays` and exports `reported_trial` by
+default, so that its test accuracy is this section's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
 from tuning.errors import UsageError
@@ -41,16 +45,20 @@ RETRAIN_TOLERANCE = 1e-4
 """Relative difference between a CPU retrain's validation loss and the trial's beyond which the
 retrain is not the trial's network (rounding alone stays orders of magnitude below)."""
 CUDA_NONDETERMINISM = "cuDNN autotuning, TF32, bf16 autocast"
+SKIP_TEST = "skip the held-out test with --no-test"
+"""The report's way round data it cannot read or that are not the study's."""
 
 log = logging.getLogger(__name__)
 
 
-def study_arrays(study: optuna.Study, settings: StudySettings,
-                 data_dir: Path | None) -> Arrays:
-    """The study's data, read from `data_dir` (default ./data) and checked to be the study's.
+def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | None,
+                 way_round: str | None = SKIP_TEST) -> Arrays:
+    """The study's data, read from `data_dir` (default ./data) and checked to be the study's,
+    with the normalization its trials trained with.
 
-    A report only reads: nothing is downloaded or created, and data not found or not the
-    study's are a UsageError (with --no-test as the way round), never a stand-in.
+    Only read: nothing is downloaded or created, and data not found or not the study's are a
+    UsageError, never a stand-in. `way_round` ends both messages: the report's is to skip the
+    test; None for a command that needs the data (tuning export).
     """
     from tuning.sources import SOURCES, is_path
     from tuning.study import stored_data_config
@@ -63,12 +71,27 @@ def study_arrays(study: optuna.Study, settings: StudySettings,
         arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
                              settings.seed, config=stored_data_config(study), download=False)
     except UsageError as exc:
-        moved = "give the images' place with --dataset, " if is_path(settings.dataset) else ""
-        raise UsageError(f"{exc}; {moved}or skip the held-out test with --no-test") from None
+        remedy = "give the images' place with --dataset" if is_path(settings.dataset) else ""
+        if way_round:
+            remedy = f"{remedy}, or {way_round}" if remedy else f"or {way_round}"
+        raise UsageError(f"{exc}; {remedy}" if remedy else str(exc)) from None
+    remedy = "point --data-dir at the data it was run on"
     check_data_matches(study, arrays.fingerprint(),
-                       remedy="point --data-dir at the data it was run on, or skip the held-out "
-                              "test with --no-test")
+                       remedy=f"{remedy}, or {way_round}" if way_round else remedy)
     return arrays.normalized_as(stored)
+
+
+def reported_trial(view: StudyView) -> FrozenTrial:
+    """The trial that stands for the study: the one the held-out test evaluates and `tuning
+    export` exports by default, so that the two give the same test accuracy. The study must
+    have a complete trial.
+
+    The best trial; but with every parameter fixed the trials differ only by seed, and the best
+    of them would be flattered by its seed: the first complete repeat stands for the
+    configuration."""
+    if view.fixed_configuration:
+        return min(view.completed, key=lambda t: t.number)
+    return view.study.best_trial
 
 
 def _digest(value) -> str:
@@ -235,10 +258,7 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         return s
     runtime = resolve_device(device)
     data = to_device(arrays, runtime.device)
-    # With every parameter fixed the trials differ only by seed: the best of them would be
-    # flattered by its seed, so the first complete repeat stands for the configuration.
-    best = min(view.completed, key=lambda t: t.number) if view.fixed_configuration \
-        else view.study.best_trial
+    best = reported_trial(view)
     cross_validated = view.settings.cv_folds > 1
     # Under cross-validation a trial ran its epochs once per fold: a retrain on the training
     # split runs them once.

@@ -1,0 +1,100 @@
+"""README.md of an export, its model card: what the model is, what it was trained on, how good
+it is on the held-out test set, where its weights came from, and how to load and reproduce it.
+
+Made from config.json (tuning.export.build_config, with the portable programs' outcome under
+`files`) and the export's directory alone, so that the card says nothing the config does not.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from tuning.exported import CONFIG_FILE, WEIGHTS_FILE
+from tuning.portable import PROGRAM_DESCRIPTIONS, PROGRAM_FILES
+
+CARD_FILE = "README.md"
+
+
+def _shown(value: object) -> str:
+    """A parameter's value in the card's table: a float to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(config: dict, out: Path) -> str:
+    """README.md of an export: what it is, what it was trained on, how good it is on the
+    held-out test set, where its weights came from, and how to load and reproduce it."""
+    data, test, weights, files = (config["data"], config["test"], config["weights"],
+                                  config["files"])
+    c, h, w = config["input_shape"]
+    names = config["class_names"]
+    shown_names = ", ".join(names[:20]) + (f", ... ({len(names)} in all)"
+                                           if len(names) > 20 else "")
+    norm = config["normalization"]
+    spec = config["model"]
+    low, high = test["accuracy_ci"]
+    how = weights["how"]
+    lines = [
+        f"# Study {config['study']}, trial #{config['trial']}", "",
+        f"An image classifier exported by `tuning export` from trial #{config['trial']} of "
+        f"study `{config['study']}` (validation loss {config['trial_val_loss']:.6f}).", "",
+        "## Data", "",
+        f"- data set: `{data['name']}` ({data['source']}), fingerprint sha256 "
+        f"`{str(data['sha256'])[:16]}`",
+        f"- images: {c} x {h} x {w} ({'grayscale' if c == 1 else 'colour'}), "
+        f"{len(names)} classes: {shown_names}",
+        f"- training / validation / test images: {data['n_train']:,} / {data['n_val']:,} / "
+        f"{data['n_test']:,}",
+        f"- normalization, part of the model (give it images scaled to [0, 1]): mean "
+        f"{norm['mean']}, std {norm['std']}", "",
+        "## Configuration", "",
+        f"Network `{spec['model']}`"
+        + (f", fine-tuned from `{spec['weights']}`" if spec.get("weights") else "")
+        + "; the trial's parameters, the study's fixed ones included:", "",
+        "| parameter | value |", "| --- | --- |",
+        *(f"| {name} | {_shown(value)} |" for name, value in sorted(config["params"].items())),
+        "",
+        "## Held-out test", "",
+        f"Accuracy **{test['accuracy']:.4f}** (95% Wilson interval {low:.4f} - {high:.4f}) on "
+        f"the {test['n']:,} test images, loss {test['loss']:.4f}, macro F1 "
+        f"{test['macro_f1']:.4f}, evaluated once on {test['evaluated_on']}. The test images "
+        "played no part in the search, the choice of this trial or the training of these "
+        "weights.", "",
+        "## How the weights were obtained", "",
+        f"{how[0].upper()}{how[1:]}.", "",
+    ]
+    if weights["source"] == "refit":
+        lines += ["With no image left to validate on, nothing selected these weights: the test "
+                  "accuracy above is this refit network's, not the trial's.", ""]
+    lines += ["## Files", "",
+              f"- `{WEIGHTS_FILE}`: the network's state dict "
+              "(`torch.load(..., weights_only=True)`)",
+              f"- `{CONFIG_FILE}`: what rebuilds it, and the numbers on this card",
+              *(f"- `{name}`: "
+                + (PROGRAM_DESCRIPTIONS[name] if files[name] == "written" else files[name])
+                for name in PROGRAM_FILES),
+              f"- `{CARD_FILE}`: this card", "",
+              "## Load it", "",
+              "With tuning installed (the network rebuilt from `config.json`, its weights from "
+              "`weights.pt`)"
+              + (f", and the builder's module `{spec['model'].partition(':')[0]}` importable"
+                 if ":" in spec["model"] else "") + ":", "",
+              "```python", "import tuning",
+              f"model = tuning.load_model({str(out)!r})  # eval mode, on the CPU",
+              "model.predict(['image.png'])  # [(class name, probability)]",
+              f"logits = model(images)  # float images in [0, 1], (N, {c}, {h}, {w})", "```", ""]
+    if "written" in (files["model.pt2"], files["model.torchscript.pt"]):
+        lines += ["With torch alone, no tuning needed (the normalization is inside; any batch "
+                  "size; float32 images in [0, 1], (N, "f"{c}, {h}, {w})):", "", "```python",
+                  "import torch"]
+        if files["model.pt2"] == "written":
+            lines.append(f"model = torch.export.load({str(out / 'model.pt2')!r}).module()")
+        if files["model.torchscript.pt"] == "written":
+            lines.append(f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
+                         "  # TorchScript: deprecated in torch")
+        lines += ["logits = model(images)", "```", ""]
+    lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
+              "image.png`.", "",
+              "## Reproduce", "", "```", config["command"], "```", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + "."]
+    return "\n".join(lines) + "\n"
