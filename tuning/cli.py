@@ -39,6 +39,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")
+
+
+def duration(text: str) -> float:
+    """Seconds from `300`, `90s`, `5m`, `2h` or `1h30m`."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 300, 90s, 5m or 1h30m, "
+                                         f"got {text[:40]!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text[:40]!r}")
+    return total
+
+
+def run_timeout(timeout: float | None, deadline: float | None) -> float | None:
+    """Seconds in which to start trials: --timeout, or less where the --budget ends sooner."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.0)
+    return left if timeout is None else min(timeout, left)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -85,7 +109,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_compile_argument(parser)
     parser.add_argument("--timeout", type=positive_float,
-                        help="stop starting trials after this many seconds")
+                        help="stop starting trials after this many seconds (running ones "
+                             "finish)")
+    parser.add_argument("--budget", type=duration, metavar="DURATION",
+                        help="end the run within this wall time (300, 90s, 5m, 1h30m): no "
+                             "trial starts after it, and a running trial stops at its first "
+                             "epoch end past it, kept as pruned with what it reached")
     parser.add_argument("--artifacts", type=Path,
                         help="where best trials' checkpoints go (default ./artifacts or "
                              "$TUNING_ARTIFACTS; share it between hosts)")
@@ -135,6 +164,9 @@ class Progress:
         self.running: dict[int, tuple[str | None, int, float]] = {}
         """Trials in progress: worker, last epoch, its validation loss."""
         self._status_shown = False
+        self.deadline: float | None = None
+        """When the run's --budget ends (time.monotonic()), if it has one: the ETA is never
+        later."""
 
     @classmethod
     def for_study(cls, study: optuna.Study, target: int, epochs: int,
@@ -222,7 +254,10 @@ class Progress:
         epochs = to_start * self._epochs_left(0) + sum(
             self._epochs_left(done) for _, done, _ in self.running.values())
         at_once = min(self.parallel, max(1, to_start + len(self.running)))
-        return _clock(epochs * per_epoch / at_once)
+        seconds = epochs * per_epoch / at_once
+        if self.deadline is not None:
+            seconds = min(seconds, max(self.deadline - time.monotonic(), 0.0))
+        return _clock(seconds)
 
     def _epochs_left(self, done: int) -> float:
         """Expected epochs still to run for a trial that has run `done`: from the finished

@@ -100,7 +100,8 @@ class Launcher:
                  data_dir: Path | None, artifacts: Path | None, timeout: float | None,
                  on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                  stream: TextIO | None = None, compile_mode: str = "off",
-                 progress: Progress | None = None, dataset: str | None = None):
+                 progress: Progress | None = None, dataset: str | None = None,
+                 deadline: float | None = None):
         self.study = study
         self.specs = specs
         self.data_dir = data_dir
@@ -108,6 +109,8 @@ class Launcher:
         """The images' path when the run gives them another than the study recorded."""
         self.artifacts = artifacts
         self.timeout = timeout
+        self.deadline = deadline
+        """When the run's --budget ends (time.monotonic()): each worker is given what is left."""
         self.on_trial = on_trial
         self.progress = progress
         self.stream = stream if stream is not None else sys.stderr
@@ -133,6 +136,8 @@ class Launcher:
             cmd += ["--artifacts", str(self.artifacts)]
         if self.timeout is not None:
             cmd += ["--timeout", str(self.timeout)]
+        if self.deadline is not None:
+            cmd += ["--budget", f"{max(self.deadline - time.monotonic(), 0.001):.3f}"]
         return cmd
 
     def _start(self, spec: WorkerSpec) -> None:

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class Objective:
     """Which network the trials train (the study's `model` and `weights`)."""
     limits: Limits = field(default_factory=Limits)
     """Size and speed limits: a network over them is pruned before it trains."""
+    deadline: float | None = None
+    """When the run's --budget ends (time.monotonic()): a trial still training then stops at
+    the end of its epoch, pruned, with what it reached."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -148,6 +152,11 @@ class Objective:
                     trial.report(result.val["loss"], step)
                     if self.on_epoch is not None:
                         self.on_epoch(trial, curves[-1])
+                    if self._out_of_budget(fold, result.epoch):
+                        self._record(trial, curves)
+                        trial.set_user_attr("prune_reason",
+                                            f"the run's --budget ran out after {where}")
+                        raise optuna.TrialPruned("out of budget")
                     if trial.should_prune():
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason", f"pruner stopped it after {where}")
@@ -165,6 +174,11 @@ class Objective:
             if self._save_checkpoint(trial, best_state, curves) and cross_validated:
                 trial.set_user_attr("checkpoint_fold", best_fold)
         return value
+
+    def _out_of_budget(self, fold: int, epoch: int) -> bool:
+        """Whether the budget has run out with epochs of this trial still to train."""
+        last = fold == len(self._splits()) and epoch == self.epochs
+        return self.deadline is not None and not last and time.monotonic() >= self.deadline
 
     def _check_limits(self, trial: optuna.Trial, model: torch.nn.Module,
                       data: DeviceData) -> None:

@@ -15,8 +15,10 @@ import re
 import shlex
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import optuna
 import torch
@@ -34,6 +36,7 @@ from tuning.cli import (
     count_finished,
     fail,
     positive_int,
+    run_timeout,
     storage_url,
     study_name,
 )
@@ -231,11 +234,13 @@ def _records_data(plan: Plan, data_name: str) -> bool:
     return summary is not None and summary.user_attrs.get("data", {}).get("name") == data_name
 
 
-def summarize(study: optuna.Study, plan: Plan, stream=sys.stdout) -> None:
+def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout  # at call time: a default of sys.stdout is the one at import
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     counts_text = ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n)
-    print(f"\nstudy {plan.study!r} in {mask_url(plan.storage)}: {counts_text}", file=stream)
+    print(f"\nstudy {plan.study!r} in {mask_url(plan.storage)}: {counts_text or 'no trials yet'}",
+          file=stream)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     if completed:
         best = study.best_trial
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
 
 def _run(args: argparse.Namespace, prog: str) -> int:
     plan = make_plan(args)
+    # The budget counts from here: loading the data is part of the run.
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
@@ -332,11 +339,14 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     # Under cross-validation a trial's steps run through every fold's epochs.
     progress = None if args.quiet else Progress.for_study(
         study, args.trials, plan.settings.epochs * plan.settings.cv_folds)
+    if progress is not None:
+        progress.deadline = deadline
     try:
         if len(specs) > 1:
             # Extra processes; this one only watches (and restarts the ones that crash).
             status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
                               args.timeout, progress=progress, compile_mode=args.compile,
+                              deadline=deadline,
                               dataset=plan.settings.dataset if is_path(plan.settings.dataset)
                               else None).run()
             if status > 128:
@@ -345,7 +355,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                                 "trials are marked failed")
         else:
             artifacts = artifact_store(args.artifacts)
-            status = _run_here(study, plan, arrays, runtime, artifacts, args, progress)
+            status = _run_here(study, plan, arrays, runtime, artifacts, args, progress,
+                               deadline)
     except Interrupted as stopped:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
                         f"stopped by {stopped}: the running trial is marked failed")
@@ -379,7 +390,8 @@ def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: st
     return status
 
 
-def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> int:
+def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress,
+              deadline: float | None) -> int:
     """Run the trials in this process (one worker)."""
     stop = GracefulStop().install()
     data, folds = objective_data(arrays, plan.settings.cv_folds, plan.settings.seed,
@@ -388,10 +400,12 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress) -> 
                           space=plan.study_file.space, epochs=plan.settings.epochs,
                           seed=plan.settings.seed, artifacts=artifacts, stop=stop,
                           on_epoch=None if progress is None else progress.on_epoch,
-                          network=plan.settings.network(), limits=plan.settings.limits())
+                          network=plan.settings.network(), limits=plan.settings.limits(),
+                          deadline=deadline)
     record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
-    stats = run_trials(study, objective, args.trials, lock, args.timeout, progress, stop)
+    stats = run_trials(study, objective, args.trials, lock, run_timeout(args.timeout, deadline),
+                       progress, stop)
     total = stats.objective_seconds + stats.optuna_seconds
     if total > 0:
         log.info("time in Optuna (sampler and storage): %.1f s of %.1f s (%.1f%%)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from tuning.cli import (
     OneLineParser,
@@ -21,6 +22,7 @@ from tuning.cli import (
     configure_logging,
     fail,
     positive_int,
+    run_timeout,
     storage_url,
 )
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
@@ -108,9 +110,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose, label=worker_id())
     url = storage_url(args.storage, args.study)
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     try:
         resolve_url(url)
         study, objective, target = prepare(args, url)
+        objective.deadline = deadline
         log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
                  mask_url(url), target)
         lock = StudyLock(url, args.study, outages_of(study._storage))
@@ -121,8 +125,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
             objective.on_epoch = progress.on_epoch
         else:
             progress = None
-        stats = run_trials(study, objective, target, lock, args.timeout, progress,
-                           objective.stop)
+        if progress is not None:
+            progress.deadline = deadline
+        stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
+                           progress, objective.stop)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:

@@ -1,0 +1,82 @@
+"""`--budget`: a run that ends within a wall time. The duration parser and the ETA (tier 1), and
+a search whose budget runs out mid-trial (tier 3, in this process)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import optuna
+import pytest
+from helpers import load_study, small_space
+from optuna.trial import TrialState
+
+from tuning.cli import Progress, duration, run_timeout
+from tuning.device import resolve_device
+from tuning.objective import Objective
+from tuning.search import main
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("300", 300), ("90s", 90), ("5m", 300), ("2h", 7200), ("1h30m", 5400), ("1m30s", 90),
+    ("0.5m", 30), (" 5M ", 300),
+])
+def test_durations(text, seconds):
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "5 minutes", "-5m", "m", "1d", "5m1h"])
+def test_bad_durations(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+def test_the_timeout_is_the_budget_left_when_that_is_sooner():
+    now = time.monotonic()
+    assert run_timeout(None, None) is None and run_timeout(60.0, None) == 60.0
+    assert run_timeout(None, now + 30) == pytest.approx(30, abs=1)
+    assert run_timeout(10.0, now + 30) == 10.0
+    assert run_timeout(None, now - 5) == 0.0
+
+
+def test_the_eta_never_runs_past_the_budget():
+    progress = Progress(target=100, epochs=10, stream=io.StringIO())
+    progress.timing = {0: (10, 100.0)}  # 10 s an epoch: 99 trials of 10 epochs to go
+    assert progress.eta() == "2:46:40"
+    progress.deadline = time.monotonic() + 125
+    assert progress.eta() in {"0:02:04", "0:02:05"}
+    progress.deadline = time.monotonic() - 1
+    assert progress.eta() == "0:00:00"
+
+
+def test_a_trial_running_when_the_budget_ends_stops_after_its_epoch(tiny_data):
+    """Ask/tell: with the budget already spent, the trial trains one epoch, reports it, and
+    is pruned with the reason; the last epoch of a trial is never cut."""
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=small_space(),
+                          epochs=3, seed=0, deadline=time.monotonic())
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        objective(trial)
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study.trials[0]
+    assert frozen.user_attrs["prune_reason"] == "the run's --budget ran out after epoch 1"
+    assert list(frozen.intermediate_values) == [1] and frozen.user_attrs["epochs_run"] == 1
+    objective.epochs = 1  # one epoch is the whole trial: nothing is left to cut
+    trial = study.ask()
+    assert objective(trial) > 0
+
+
+def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
+    """A budget shorter than a trial: the run ends at its first epoch end past the budget (or
+    before any trial, if loading took it all), and exits 0 saying what it has."""
+    monkeypatch.chdir(workdir)
+    assert main(["--trials", "20", "--dataset", "mnist-sample", "--epochs", "8",
+                 "--budget", "1s"]) == 0
+    out, err = capsys.readouterr()
+    trials = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").trials
+    assert len(trials) <= 1 and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(len(t.intermediate_values) == 1 for t in trials)
+    assert "the run's --budget ran out after epoch 1" in err if trials else \
+        "no trials yet" in out
