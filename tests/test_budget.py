@@ -1,15 +1,18 @@
-"""`--budget`: a run that ends within a wall time. The duration parser and the ETA (tier 1), and
-a search whose budget runs out mid-trial (tier 3, in this process)."""
+"""Runs on a budget of time and on a shared machine: `--budget` (the duration parser and the ETA,
+tier 1; a trial stopped when it runs out, tier 2; a search, tier 3) and OpenMP's wait policy."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
+import sys
 import time
 
 import optuna
 import pytest
-from helpers import load_study, small_space
+from helpers import ROOT, load_study, small_space
 from optuna.trial import TrialState
 
 from tuning.cli import Progress, duration, run_timeout
@@ -80,3 +83,17 @@ def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
     assert all(len(t.intermediate_values) == 1 for t in trials)
     assert "the run's --budget ran out after epoch 1" in err if trials else \
         "no trials yet" in out
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(given, expected):
+    """`import tuning` sets OMP_WAIT_POLICY before torch loads OpenMP (spinning threads stall
+    a shared machine), keeping a value the user set."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    shown = subprocess.run([sys.executable, "-c", "import os, tuning, sys; "
+                            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"],
+                           env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert shown == [expected, "False"]

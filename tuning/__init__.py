@@ -9,11 +9,13 @@ lines), command (the `tuning` command and its subcommands), cli (shared CLI piec
 report_sections / report_render / report_heldout (the report's statistics, sections, HTML and
 Markdown, and held-out test), exported (a model written by export, loaded again).
 
-`tuning.load_model(DIR)` loads an exported model; `import tuning` itself imports no torch.
+`tuning.load_model(DIR)` loads an exported model; `import tuning` itself imports no torch, and
+sets OpenMP's wait policy for the torch it will load.
 """
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,13 @@ if TYPE_CHECKING:
     import torch
 
     from tuning.exported import ExportedModel
+
+# OpenMP's threads spin while they wait for work. Beside another CPU-bound process, a trial
+# with 2 threads on 2 cores then ran an epoch 35x slower (scripts/bench_threads.py,
+# docs/benchmarks.md); told to sleep instead they lose a little on an idle machine and keep
+# their pace on a shared one. Set before anything loads torch (and its OpenMP), and only where
+# the user has not chosen; worker processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     __version__ = version("tuning")
