@@ -3,6 +3,7 @@ the same training as one-by-one trials (else its speed comparison would mean not
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -35,9 +36,21 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
 
 
 @pytest.mark.parametrize("script", ["bench.py", "bench_cv.py", "bench_folder.py",
-                                    "bench_grouped.py", "bench_throughput.py"])
+                                    "bench_grouped.py", "bench_models.py", "bench_threads.py",
+                                    "bench_throughput.py"])
 def test_benchmark_commands_start(script):
     result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_the_thread_benchmark_measures_a_layout_alone_and_beside_a_competitor(tmp_path):
+    out = tmp_path / "threads.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_threads.py"), "--epochs", "2",
+                             "--rounds", "1", "--layouts", "1x1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["layout"], r["loaded"]) for r in rows] == [("1x1", False), ("1x1", True)]
+    assert all(r["seconds_per_epoch"] > 0 and r["images_per_second"] > 0 for r in rows)
