@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 import tuning.evaluate
 from tuning.data import load_arrays
 from tuning.evaluate import classification_metrics, confusion_matrix
+from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
 from tuning.report import build_report
 from tuning.report_heldout import BASELINE_ATTR
@@ -126,9 +127,9 @@ def reportable(tmp_path, monkeypatch):
     seed_file.write_text(BASELINE_FILE)
     trained = []
 
-    def untrained(params, space, data, runtime, seed, epochs):
+    def untrained(params, space, data, runtime, seed, epochs, network=FAMILY_MODEL):
         trained.append(params)
-        return build_trial_model(params, space, data, runtime, seed)[0]
+        return build_trial_model(params, space, data, runtime, seed, network)[0]
 
     monkeypatch.setattr(tuning.evaluate, "retrain", untrained)
     baselines = lambda: sum(p == {} for p in trained)  # noqa: E731 - the best trial's are not
