@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,33 @@ os.environ.setdefault("TUNING_GRACE_PERIOD", "3")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
                       max(1, min(2, os.cpu_count() or 1)))
 
-# Files whose tests restart, cut off or fill shared system state; they run in one process.
-SERIAL_FILES = {"test_faults.py", "test_multihost.py", "test_full_disk.py"}
+# Tests that cut off or fill shared system state (a mount, a network link, the one PostgreSQL
+# server, which a test restarts) run one at a time, in one process: every test of these files,
+# and those marked `serial` or `postgres`.
+SERIAL_FILES = {"test_multihost.py", "test_full_disk.py"}
+# Module-scoped fixtures that build a real study by training (up to a minute each): the tests
+# that use one run in one process, in a row, so that it is built once, not once per process.
+SHARED_STUDIES = {"small_study", "tiny_study", "existing", "study_dir", "mnist_study"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: shares system state with the other serial "
+                                       "tests (a mount, the PostgreSQL server): one at a time")
+
+
+# tryfirst: xdist reads the groups in a hook of its own, in each test process, which without
+# it ran first and found none (so the serial tests ran side by side).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests that must not overlap (see SERIAL_FILES; and every test of the one
-    PostgreSQL server, which one of them restarts) for `--dist loadgroup`."""
+    """Group the tests that must not overlap, and those that share a study fixture, for
+    `--dist loadgroup`: it sends a group's tests to one process, largest groups first, so the
+    serial group (minutes) starts at once and does not finish last."""
     for item in items:
-        if item.path.name in SERIAL_FILES or item.get_closest_marker("postgres"):
+        if (item.path.name in SERIAL_FILES or item.get_closest_marker("serial")
+                or item.get_closest_marker("postgres")):
             item.add_marker(pytest.mark.xdist_group("serial"))
+        elif shared := SHARED_STUDIES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(f"{item.path.name}:{min(shared)}"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -63,3 +81,30 @@ def workdir(tmp_path: Path) -> Path:
     for toml in (ROOT / "tuning" / "studies").glob("*.toml"):
         (tmp_path / "studies" / toml.name).write_text(toml.read_text())
     return tmp_path
+
+
+CHEAP_SPACE = """[space]
+# One block of 8 channels, batches of 256, no augmentation: an epoch on mnist-sample takes
+# about a second, where the built-in space's largest networks take up to 20.
+optimizer = { choices = ["adam", "sgd"] }
+lr = { low = 1e-3, high = 1e-1, log = true }
+channels = 8
+activation = "relu"
+batch_size = 256
+crop_padding = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def cheap_space() -> Callable[[Path], Path]:
+    """`cheap_space(folder)`: the study file `mnist` in `folder`/studies keeps the built-in
+    [study] table (data set, epochs, sampler, pruner, seed) but searches CHEAP_SPACE. For
+    end-to-end tests of targets, workers, signals, faults and output, which hold whatever
+    network a trial trains."""
+    def rewrite(folder: Path) -> Path:
+        builtin = (ROOT / "tuning" / "studies" / "mnist.toml").read_text()
+        (folder / "studies" / "mnist.toml").write_text(builtin.split("[space]", 1)[0]
+                                                       + CHEAP_SPACE)
+        return folder
+
+    return rewrite

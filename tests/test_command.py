@@ -62,7 +62,8 @@ def test_a_local_study_file_overrides_the_built_in_one(tmp_path):
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "mnist.toml").write_text(
         '[study]\ndataset = "mnist-sample"\nepochs = 1\nsampler = "random"\n'
-        '[space]\nlr = { low = 0.001, high = 0.1, log = true }\n')
+        '[space]\nlr = { low = 0.001, high = 0.1, log = true }\n'
+        'channels = 8\nbatch_size = 256\ncrop_padding = 0\n')  # fixed: cheap to train
     result = tuning("search", "--trials", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path}/studies/mnist.db")

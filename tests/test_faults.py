@@ -3,10 +3,12 @@ database, full disks, leaked passwords, stray files, GPU pinning and closed term
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -154,7 +156,8 @@ def _pg_ctl(action: str) -> None:
 @pytest.mark.pg_restart
 @pytest.mark.skipif(not Path("/etc/postgresql").is_dir() or os.geteuid() != 0,
                     reason="restarting the server needs root and pg_ctlcluster")
-def test_postgres_restart_mid_search_is_ridden_out(workdir):
+def test_postgres_restart_mid_search_is_ridden_out(workdir, cheap_space):
+    cheap_space(workdir)
     name = f"restart-{uuid.uuid4().hex[:8]}"
     proc = start_search("--study", name, "--config", "studies/mnist.toml", "--storage",
                         POSTGRES_URL, "--trials", "8", "--workers", "2", "--dataset",
@@ -162,10 +165,11 @@ def test_postgres_restart_mid_search_is_ridden_out(workdir):
     try:
         wait_for_running_trials(POSTGRES_URL, name, proc, count=2)
         # Down for longer than the grace period: nobody's heartbeat is recorded meanwhile, and
-        # no worker may take that for death once the server is back.
+        # no worker may take that for death once the server is back. (Not much longer: the
+        # workers' retries back off to 8 s apart.)
         _pg_ctl("stop")
         try:
-            time.sleep(grace_period() + 5)
+            time.sleep(grace_period() + 2)
         finally:
             _pg_ctl("start")
         out, err = proc.communicate(timeout=400)
@@ -185,14 +189,43 @@ def test_postgres_restart_mid_search_is_ridden_out(workdir):
 
 # --- a paused worker comes back after its trial was taken over, end to end -------------------
 
+def _writing(db: Path) -> bool:
+    """Whether a process holds the SQLite database's write lock (for half a second)."""
+    connection = sqlite3.connect(db, timeout=0.5)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        connection.close()  # rolls back
+    return False
+
+
 @pytest.mark.slow
-def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0(workdir):
+def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0(workdir,
+                                                                                 cheap_space):
+    cheap_space(workdir)
+    # 6 epochs of a cheap network: a trial runs for seconds, for the pause to land in.
     proc = start_search("--trials", "8", "--workers", "2", "--dataset", "mnist-sample",
-                        "--epochs", "4", cwd=workdir)
+                        "--epochs", "6", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
-    victim = wait_for_running_trials(url, "mnist", proc)[0]
-    pid = worker_pid(victim)
-    os.kill(pid, signal.SIGSTOP)
+    # Pause a worker inside a trial that has sampled its parameters (its seed is recorded),
+    # not after the trial ended and not in a write to the database, which would stall the
+    # other worker too; else let it go on and pause it again.
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "no worker could be paused inside a trial"
+        training = [t for t in wait_for_running_trials(url, "mnist", proc)
+                    if "seed" in t.user_attrs]
+        if not training:
+            time.sleep(0.1)
+            continue
+        victim, pid = training[0], worker_pid(training[0])
+        os.kill(pid, signal.SIGSTOP)
+        if (load_study(url, "mnist").trials[victim.number].state == TrialState.RUNNING
+                and not _writing(workdir / "studies" / "mnist.db")):
+            break
+        os.kill(pid, signal.SIGCONT)
     try:
         # The other worker fails the stale trial when it next takes one, after its own trial
         # ends: on a loaded machine (tests run two at a time) that can take minutes.
@@ -228,7 +261,9 @@ def tiny_fs(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_database_disk_is_one_line_and_the_study_resumes(workdir, tiny_fs):
+@pytest.mark.serial
+def test_a_full_database_disk_is_one_line_and_the_study_resumes(workdir, cheap_space, tiny_fs):
+    cheap_space(workdir)
     url = f"sqlite:///{tiny_fs}/study.db"
     created = run_cli("--storage", url, "--trials", "1", *FAST, "--create-only", cwd=workdir)
     assert created.returncode == 0, created.stderr
@@ -269,23 +304,56 @@ def test_a_storage_file_that_is_not_a_database_is_one_line(workdir, module, bad)
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("name", ["../evil", "\udcff", "q?mode=ro", "p%2Fq", "", "a" * 65])
-def test_study_names_are_validated_before_anything_is_created(workdir, name):
-    for module in ("tuning.search", "tuning.worker", "tuning.report", "tuning.dashboard"):
-        args = ["--study", name] + (["--create-only", *FAST] if module == "tuning.search" else [])
-        env = {"PYTHONIOENCODING": "utf-8:surrogateescape"}
-        result = run_cli(*args, cwd=workdir, module=module, timeout=60, env=env)
-        assert result.returncode == 2, (module, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert "not a study name" in result.stderr
+NAMED_COMMANDS = ("tuning.search", "tuning.worker", "tuning.report", "tuning.dashboard")
+
+
+def _named(module: str, name: str) -> list[str]:
+    return ["--study", name] + (["--create-only", *FAST] if module == "tuning.search" else [])
+
+
+def _status(module: str, args: list[str]) -> int:
+    """The exit status of a command's main, run in this process (argparse's errors raise)."""
+    try:
+        return importlib.import_module(module).main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _created_nothing(workdir: Path) -> None:
     assert sorted(p.name for p in workdir.rglob("*") if p.suffix != ".toml") == ["studies"]
     assert not (workdir.parent / "evil.db").exists()
 
 
-def test_empty_study_name_does_not_reset_the_default_study(workdir):
-    assert run_cli("--trials", "3", *FAST, "--create-only", cwd=workdir).returncode == 0
-    result = run_cli("--study", "", "--trials", "1", *FAST, "--create-only", cwd=workdir)
-    assert result.returncode == 2
+@pytest.mark.parametrize("name", ["../evil", "\udcff", "q?mode=ro", "p%2Fq", "", "a" * 65])
+def test_study_names_are_validated_before_anything_is_created(workdir, name, monkeypatch,
+                                                              capsys):
+    """Each command's main in this process (a second each, not four processes a name); the
+    next test runs them as processes."""
+    monkeypatch.chdir(workdir)
+    for module in NAMED_COMMANDS:
+        code = _status(module, _named(module, name))
+        err = capsys.readouterr().err
+        assert code == 2, (module, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "not a study name" in err
+    _created_nothing(workdir)
+
+
+@pytest.mark.parametrize("module", NAMED_COMMANDS)
+def test_a_study_name_that_is_not_utf_8_is_refused_by_a_real_process(workdir, module):
+    """The byte 0xff on the command line, which Python decodes to a lone surrogate."""
+    env = {"PYTHONIOENCODING": "utf-8:surrogateescape"}
+    result = run_cli(*_named(module, "\udcff"), cwd=workdir, module=module, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "not a study name" in result.stderr
+    _created_nothing(workdir)
+
+
+def test_empty_study_name_does_not_reset_the_default_study(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert _status("tuning.search", ["--trials", "3", *FAST, "--create-only"]) == 0
+    assert _status("tuning.search", ["--study", "", "--trials", "1", *FAST, "--create-only"]) == 2
     assert load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").user_attrs[
         "target_trials"] == 3
 
@@ -310,7 +378,8 @@ def test_passwords_are_masked_and_never_on_a_worker_command_line(url):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
+def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir, cheap_space):
+    cheap_space(workdir)
     name = f"secret-{uuid.uuid4().hex[:8]}"
     url = POSTGRES_URL.replace("postgres@", "postgres:Very-Secret-1@")  # trust auth ignores it
     proc = start_search("--study", name, "--config", "studies/mnist.toml", "--storage", url,
@@ -333,10 +402,14 @@ def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir):
 # --- commands that only read create nothing --------------------------------------------------
 
 @pytest.mark.parametrize("module", ["tuning.worker", "tuning.dashboard", "tuning.report"])
-def test_read_only_commands_on_a_missing_study_create_no_database(workdir, module):
-    result = run_cli("--study", "typo", cwd=workdir, module=module, timeout=60)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "no study database" in result.stderr
+def test_read_only_commands_on_a_missing_study_create_no_database(workdir, module, monkeypatch,
+                                                                  capsys):
+    """In this process; tests/test_read_only.py runs these commands as processes."""
+    monkeypatch.chdir(workdir)
+    code = _status(module, ["--study", "typo"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "no study database" in err
     assert sorted(p.name for p in (workdir / "studies").iterdir() if p.suffix != ".toml") == []
 
 
@@ -378,7 +451,8 @@ def _wait_dead(pids, timeout=90.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGKILL"])
-def test_no_worker_outlives_its_launcher(workdir, how):
+def test_no_worker_outlives_its_launcher(workdir, cheap_space, how):
+    cheap_space(workdir)
     proc = start_search("--trials", "20", "--workers", "2", "--dataset", "mnist-sample",
                         "--epochs", "4", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"

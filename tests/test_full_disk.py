@@ -125,7 +125,8 @@ def test_a_full_temporary_directory_is_the_same_warning(tiny_data, tmp_path, ful
 
 
 @pytest.mark.slow
-def test_search_on_a_full_artifact_disk_finishes_with_a_warning(workdir, full_disk):
+def test_search_on_a_full_artifact_disk_finishes_with_a_warning(workdir, cheap_space, full_disk):
+    cheap_space(workdir)  # 8-channel networks, as ARCH: checkpoints larger than 8 KiB
     artifacts = full_disk(8 * 1024)
     result = run_cli("--dataset", "mnist-sample", "--epochs", "1", "--trials", "2",
                      "--artifacts", str(artifacts), cwd=workdir)

@@ -191,9 +191,11 @@ def wait_for(condition, what: str, workers: dict[str, subprocess.Popen], logs: d
 
 
 def test_worker_cut_off_past_the_grace_period_drops_its_trial_and_finishes(
-        workdir, netns, relay, pg_study):
+        workdir, cheap_space, netns, relay, pg_study):
+    # 8 epochs of a cheap network: a trial trains for seconds, for the cut to land in.
+    cheap_space(workdir)
     created = run_cli("--create-only", "--study", pg_study, "--config", "studies/mnist.toml",
-                      "--storage", POSTGRES_URL, "--dataset", "mnist-sample", "--epochs", "3",
+                      "--storage", POSTGRES_URL, "--dataset", "mnist-sample", "--epochs", "8",
                       "--trials", str(TARGET), cwd=workdir)
     assert created.returncode == 0, created.stderr
     # One storage for all the polling: one connection, not a new engine every 0.2 s.

@@ -100,7 +100,8 @@ def data_attr(workdir: Path, name: str) -> dict:
 
 @pytest.mark.slow
 def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path, workdir,
-                                                                      digits, cache_dir):
+                                                                      digits, cache_dir,
+                                                                      monkeypatch, capsys):
     root = write_folder(tmp_path / "pets", digits)
     cut = png_bytes(digits[1][90])
     (root / "one" / "cut.png").write_bytes(cut[: len(cut) // 2])  # a truncated PNG
@@ -151,17 +152,20 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     assert (tmp_path / "report" / "index.html").exists()
 
     # A changed image (new pixels, new time): the cache is rebuilt, and the study refuses the
-    # images as other data, on one line, storing nothing.
+    # images as other data, on one line, storing nothing. In this process, as the other bad
+    # input here.
     before = dump(workdir / "studies" / "pets.db")
     changed = root / "zero" / "005.png"
     Image.fromarray(np.full((28, 28), 77, np.uint8)).save(changed)
     os.utime(changed, ns=(stamp, stamp + 10**9))
-    third = run_cli(*command, "--trials", "3", cwd=workdir)
-    assert third.returncode == 2, third.stderr
-    line = error_line(third.stderr)
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    assert main([*command, "--trials", "3"]) == 2
+    err = capsys.readouterr().err
+    line = error_line(err)
     assert "study 'pets' was run on other data" in line and "sha256" in line
     assert str(root) in line
-    assert "decoding 91 images" in third.stderr  # rebuilt, not the stale cache
+    assert "decoding 91 images" in err  # rebuilt, not the stale cache
     assert len(list(cache_dir.glob("*.npz"))) == 2
     assert dump(workdir / "studies" / "pets.db") == before
     assert len(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets").trials) == 2
@@ -425,7 +429,8 @@ def test_bad_input_in_a_real_process(workdir, tmp_path, digits):
 
 @pytest.mark.slow
 def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_path, workdir,
-                                                                          digits):
+                                                                          digits, monkeypatch,
+                                                                          capsys):
     root = write_folder(tmp_path / "old" / "pets", digits, per_class=15)
     first = run_cli("--dataset", str(root), "--trials", "1", *FAST, cwd=workdir)
     assert first.returncode == 0, first.stderr
@@ -437,10 +442,11 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
                     cwd=workdir)
     assert again.returncode == 0, again.stderr
     assert len(finished(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets"))) == 3
-    lost = run_cli("--study", "pets", "--out", str(tmp_path / "r"), cwd=workdir,
-                   module="tuning.report")
-    assert lost.returncode == 2
-    assert "give the images' place with --dataset" in error_line(lost.stderr)
+    from tuning.report import main as report  # refused in this process, as bad input here
+
+    monkeypatch.chdir(workdir)
+    assert report(["--study", "pets", "--out", str(tmp_path / "r")]) == 2
+    assert "give the images' place with --dataset" in error_line(capsys.readouterr().err)
     found = run_cli("--study", "pets", "--dataset", str(moved), "--out", str(tmp_path / "r"),
                     cwd=workdir, module="tuning.report")
     assert found.returncode == 0, found.stderr

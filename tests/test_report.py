@@ -212,7 +212,13 @@ def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
 
 
 @pytest.mark.slow
-def test_report_bad_input_exits_2(small_study, tmp_path):
+def test_report_bad_input_exits_2(small_study, tmp_path, monkeypatch, capsys):
+    """The report's main in this process, as tests/test_cli.py runs bad input (a second each,
+    not five; tests/test_read_only.py runs the report's refusals as processes)."""
+    from tuning.report import main as report
+    from tuning.search import main as search
+
+    monkeypatch.chdir(small_study)
     (tmp_path / "studies").mkdir()
     cases = [
         (["--study", "nope", "--storage", f"sqlite:///{small_study}/studies/small.db"],
@@ -221,13 +227,13 @@ def test_report_bad_input_exits_2(small_study, tmp_path):
         (["--study", "small", "--out", "/proc/forbidden"], "cannot be written"),
     ]
     for args, expected in cases:
-        result = run_cli(*args, module="tuning.report", cwd=small_study)
-        assert result.returncode == 2, (args, result.stderr)
-        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        code = report(args)
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert expected in err and len(err.strip().splitlines()) == 1
     empty = f"sqlite:///{tmp_path}/empty.db"
-    created = run_cli("--create-only", "--study", "empty", "--config", "studies/small.toml",
-                      "--storage", empty, cwd=small_study)
-    assert created.returncode == 0, created.stderr
-    result = run_cli("--study", "empty", "--storage", empty, module="tuning.report",
-                     cwd=small_study)
-    assert result.returncode == 2 and "no finished trials" in result.stderr
+    assert search(["--create-only", "--study", "empty", "--config", "studies/small.toml",
+                   "--storage", empty]) == 0
+    capsys.readouterr()
+    code = report(["--study", "empty", "--storage", empty])
+    assert code == 2 and "no finished trials" in capsys.readouterr().err

@@ -54,12 +54,13 @@ def ended(state: TrialState, at: datetime, worker: str, value: float | None = No
 
 
 @pytest.fixture(scope="module")
-def small_study(tmp_path_factory):
+def small_study(tmp_path_factory, cheap_space):
     """A study of 2 finished trials, made once for the tests that only rerun against it."""
     folder = tmp_path_factory.mktemp("small")
     (folder / "studies").mkdir()
     for toml in (ROOT / "tuning" / "studies").glob("*.toml"):
         (folder / "studies" / toml.name).write_text(toml.read_text())
+    cheap_space(folder)
     result = run_cli("--trials", "2", *FAST, cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder
@@ -125,7 +126,8 @@ def test_search_prints_a_line_per_epoch_and_quiet_silences_it(small_study):
 
 
 @pytest.mark.slow
-def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir):
+def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap_space):
+    cheap_space(workdir)
     created = run_cli("--create-only", "--trials", "1", *FAST, cwd=workdir)
     assert created.returncode == 0, created.stderr
     worked = run_cli("--study", "mnist", module="tuning.worker", cwd=workdir)
@@ -169,8 +171,10 @@ def test_launcher_lines_come_in_order_of_finishing_with_one_count_and_worker_ids
 
 
 @pytest.mark.slow
-def test_two_workers_one_count_worker_ids_one_fallback_warning(workdir):
-    # No --dataset: the built-in study `mnist`, without MNIST's files here, runs on the sample.
+def test_two_workers_one_count_worker_ids_one_fallback_warning(workdir, cheap_space):
+    cheap_space(workdir)
+    # No --dataset: the study `mnist` (data set mnist), without MNIST's files here, runs on the
+    # sample.
     result = run_cli("--trials", "4", "--epochs", "1", "--workers", "2", cwd=workdir)
     assert result.returncode == 0, result.stderr
     err = result.stderr
@@ -199,8 +203,11 @@ def test_a_launchers_worker_leaves_the_fallback_message_to_it(tmp_path, monkeypa
 # --- 3. Ctrl-C, and a target already met -----------------------------------------------------
 
 @pytest.mark.slow
-def test_ctrl_c_ends_with_the_best_so_far_and_the_command_that_continues(workdir):
-    proc = start_search("--trials", "50", "--dataset", "mnist-sample", "--epochs", "2",
+def test_ctrl_c_ends_with_the_best_so_far_and_the_command_that_continues(workdir, cheap_space):
+    cheap_space(workdir)
+    # 6 epochs of a cheap network: a trial runs for seconds with epochs reported, for the
+    # signal to land in.
+    proc = start_search("--trials", "50", "--dataset", "mnist-sample", "--epochs", "6",
                         cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
     deadline = time.monotonic() + 180
@@ -222,7 +229,7 @@ def test_ctrl_c_ends_with_the_best_so_far_and_the_command_that_continues(workdir
     assert "best trial #" in out
     command = next(line for line in out.splitlines() if line.startswith("continue:"))
     assert command == ("continue:  python -m tuning.search --study mnist --trials 50 "
-                       "--dataset mnist-sample --epochs 2")
+                       "--dataset mnist-sample --epochs 6")
     # The command is accepted as it stands: same study, same definition.
     again = run_cli(*shlex.split(command)[4:], "--create-only", cwd=workdir)
     assert again.returncode == 0, again.stderr

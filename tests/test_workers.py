@@ -57,7 +57,11 @@ def _stress_worker(url: str, name: str, target: int, index: int, errors) -> None
 def test_eight_workers_on_one_sqlite_file_lose_nothing(tmp_path):
     url, name, target = f"sqlite:///{tmp_path}/stress.db", "stress", 400
     optuna.create_study(study_name=name, storage=open_storage(url, create=True))
-    ctx = multiprocessing.get_context("spawn")
+    # Eight separate processes, each with its own storage and connections, forked from a fresh
+    # server process that imported torch, Optuna and tuning once (it opened no database):
+    # started by "spawn", each imported them again, eight at once on two cores.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tuning.runner", "tuning.storage", "yaml"])
     errors = ctx.Queue()
     procs = [ctx.Process(target=_stress_worker, args=(url, name, target, i, errors))
              for i in range(8)]
@@ -80,7 +84,8 @@ def test_eight_workers_on_one_sqlite_file_lose_nothing(tmp_path):
 # --- the real CLI with several workers -------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir):
+def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir, cheap_space):
+    cheap_space(workdir)
     result = run_cli("--trials", "6", "--workers", "2", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     study = load(f"sqlite:///{workdir}/studies/mnist.db", "mnist")
@@ -89,14 +94,33 @@ def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir):
     assert "started 2 workers" in result.stderr
 
 
+def wait_for_training(url: str, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
+    """A running trial that has recorded its seed: its parameters are sampled, it trains."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = wait_for_running_trials(url, "mnist", proc)
+        if training := [t for t in running if "seed" in t.user_attrs]:
+            return training[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started training")
+
+
 @pytest.mark.slow
-def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
-    proc = start_search("--trials", "6", "--workers", "2", "--dataset", "mnist-sample",
-                        "--epochs", "4", cwd=workdir)
+def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir, cheap_space):
+    cheap_space(workdir)
+    # 8 epochs of a cheap network: seconds of training, from its seed to its end, for the kill
+    # to land in.
+    proc = start_search("--trials", "4", "--workers", "2", "--dataset", "mnist-sample",
+                        "--epochs", "8", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
-    victim = wait_for_running_trials(url, "mnist", proc)[0]
-    time.sleep(2.0)  # well inside the trial: its parameters are sampled, it is training
-    os.kill(worker_pid(victim), signal.SIGKILL)
+    for _ in range(3):
+        victim = wait_for_training(url, proc)
+        os.kill(worker_pid(victim), signal.SIGKILL)
+        if load(url, "mnist").trials[victim.number].state == TrialState.RUNNING:
+            break  # killed inside the trial
+        # It ended just before the kill (the launcher restarts the worker): kill another.
+    else:
+        pytest.fail("every trial ended before its worker was killed")
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     assert "killed by signal 9" in err
@@ -104,7 +128,7 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
     by_number = {t.number: t for t in study.trials}
     killed = by_number[victim.number]  # as it is now: it had sampled its parameters by then
     assert killed.state == TrialState.FAIL
-    assert len(finished(study)) == 6
+    assert len(finished(study)) == 4
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retries and retries[0].params == killed.params
@@ -113,7 +137,8 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, sig, code):
+def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, cheap_space, sig, code):
+    cheap_space(workdir)
     proc = start_search("--trials", "40", "--workers", "2", "--dataset", "mnist-sample",
                         "--epochs", "20", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
@@ -140,7 +165,8 @@ def pg_study():
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_two_worker_processes_share_a_postgres_study(workdir, pg_study):
+def test_two_worker_processes_share_a_postgres_study(workdir, cheap_space, pg_study):
+    cheap_space(workdir)
     created = run_cli("--create-only", "--study", pg_study, "--config", "studies/mnist.toml",
                       "--storage", POSTGRES_URL, "--trials", "4", *FAST, cwd=workdir)
     assert created.returncode == 0, created.stderr
