@@ -15,6 +15,10 @@ from tuning.storage import mask_url
 # Tests must not leave workers waiting 30 s for a dead trial's heartbeat.
 os.environ.setdefault("TUNING_HEARTBEAT_INTERVAL", "1")
 os.environ.setdefault("TUNING_GRACE_PERIOD", "3")
+# One in-process worker unless a test asks for more: a search's default on the CPU is one
+# worker per core (tests/test_workers.py checks it), which would make every end-to-end test
+# start worker processes on cores the other test process is using.
+os.environ.setdefault("TUNING_WORKERS", "1")
 # Under pytest-xdist the test processes share the cores: one thread each.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
                       max(1, min(2, os.cpu_count() or 1)))

@@ -15,6 +15,7 @@ from tuning.train import TrainConfig
 
 SCRIPTS = ROOT / "scripts"
 bench_grouped = load_script("bench_grouped")
+bench_budget = load_script("bench_budget")
 
 
 def test_grouped_training_computes_what_one_by_one_training_does(tiny_data):
@@ -35,7 +36,8 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
         row["grouped_images_per_s"] / row["one_by_one_images_per_s"], rel=0.01, abs=0.005)
 
 
-@pytest.mark.parametrize("script", ["bench.py", "bench_cv.py", "bench_folder.py",
+@pytest.mark.parametrize("script", ["bench.py", "bench_budget.py", "bench_cv.py",
+                                    "bench_folder.py",
                                     "bench_grouped.py", "bench_models.py", "bench_threads.py",
                                     "bench_throughput.py"])
 def test_benchmark_commands_start(script):
@@ -54,3 +56,34 @@ def test_the_thread_benchmark_measures_a_layout_alone_and_beside_a_competitor(tm
     rows = json.loads(out.read_text())
     assert [(r["layout"], r["loaded"]) for r in rows] == [("1x1", False), ("1x1", True)]
     assert all(r["seconds_per_epoch"] > 0 and r["images_per_second"] > 0 for r in rows)
+
+
+def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
+    events = [  # (trial, epoch, val loss, val accuracy, seconds after the start)
+        {"trial": 0, "epoch": 1, "val_loss": 0.30, "val_accuracy": 0.960, "at": 110.0},
+        {"trial": 0, "epoch": 2, "val_loss": 0.10, "val_accuracy": 0.975, "at": 112.0},
+        {"trial": 1, "epoch": 1, "val_loss": 0.09, "val_accuracy": 0.981, "at": 118.0},
+        {"trial": 1, "epoch": 2, "val_loss": 0.05, "val_accuracy": 0.990, "at": 130.0},
+    ]
+    for event in events:
+        event["test_accuracy"] = 0.9 + event["epoch"] / 100
+    events[2]["params"] = {"lr": 0.01}
+    row = bench_budget.summarize(events, started=100.0, budget=20.0)
+    assert row == {"trials": 2, "epochs": 3, "best_val_loss": 0.09, "test_accuracy": 0.91,
+                   "best_params": {"lr": 0.01}, "s_to_97": 12.0, "s_to_98": 18.0}
+    never = bench_budget.summarize(events[:1], started=100.0, budget=20.0)
+    assert never["s_to_97"] is None and never["s_to_98"] is None
+
+
+def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp_path):
+    out = tmp_path / "budget.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_budget.py"), "--budget", "12",
+                             "--rounds", "1", "--load", "none", "--tools", "tuning,optuna",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["tool"] for r in runs] == ["tuning", "optuna"]
+    for run in runs:
+        assert run["epochs"] >= 1 and run["trials"] >= 1, run
+        assert 0 < run["best_val_loss"] < 3 and 0 < run["test_accuracy"] <= 1
+    assert "| tuning | none | 1 |" in result.stdout

@@ -19,6 +19,8 @@ from tuning.cli import Progress, duration, run_timeout
 from tuning.device import resolve_device
 from tuning.objective import Objective
 from tuning.search import main
+from tuning.space import StudySettings
+from tuning.strategy import make_pruner
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -83,6 +85,44 @@ def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
     assert all(len(t.intermediate_values) == 1 for t in trials)
     assert "the run's --budget ran out after epoch 1" in err if trials else \
         "no trials yet" in out
+
+
+def _run(study: optuna.Study, losses: list[float]) -> TrialState:
+    """A trial through ask and tell that reports `losses`, one per epoch, until pruned."""
+    trial = study.ask()
+    for epoch, loss in enumerate(losses, start=1):
+        trial.report(loss, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+    study.tell(trial, min(losses))
+    return TrialState.COMPLETE
+
+
+def test_the_default_pruner_stops_a_clearly_worst_trial_after_its_first_epoch():
+    """Most of a budget goes to the first epochs of configurations that turn out bad: once a
+    handful of trials have run, one that is clearly the worst after epoch 1 (chance level on
+    ten classes) stops there, and one that is the best so far goes on."""
+    settings = StudySettings()
+    study = optuna.create_study(pruner=make_pruner(settings.pruner, settings.epochs))
+    curves = [[0.5 - 0.03 * e - 0.02 * k for e in range(settings.epochs)] for k in range(5)]
+    for losses in curves:
+        _run(study, losses)
+    assert _run(study, [2.3] * settings.epochs) == TrialState.PRUNED
+    assert study.trials[-1].last_step == 1
+    assert _run(study, [0.3 - 0.02 * e for e in range(settings.epochs)]) == TrialState.COMPLETE
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tiny_data):
+    """Pruning saves the epochs still to come: after the last one there are none, and a
+    trial that trained them all is complete, whatever a pruner that judges at that step (a
+    rung of successive halving at the last epoch, say) would say."""
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1e-9))
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=small_space(),
+                          epochs=1, seed=0)
+    trial = study.ask()
+    study.tell(trial, objective(trial))
+    assert study.trials[0].state == TrialState.COMPLETE
 
 
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])

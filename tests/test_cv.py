@@ -279,8 +279,10 @@ def test_a_cross_validated_study_runs_from_the_command_line(workdir):
     config = workdir / "studies" / "cv.toml"
     config.write_text((workdir / "studies" / "mnist.toml").read_text()
                       .replace("seed = 0", "seed = 0\ncv_folds = 2", 1))
+    # No pruning: every trial trains both folds (the default pruner may stop the second trial
+    # after fold 1, as it should).
     result = run_cli("--config", str(config), "--dataset", "mnist-sample", "--epochs", "1",
-                     "--trials", "2", cwd=workdir)
+                     "--trials", "2", "--pruner", "none", cwd=workdir)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="cv", storage=f"sqlite:///{workdir}/studies/cv.db")
     assert study.user_attrs["settings"]["cv_folds"] == 2

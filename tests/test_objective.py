@@ -40,6 +40,10 @@ def test_objective_returns_best_validation_loss_and_records_attributes(tiny_data
     assert attrs["epochs_run"] == 3 and attrs["device"] == "cpu" and ":" in attrs["worker"]
     assert 0.0 <= attrs["val_accuracy"] <= 1.0 and math.isfinite(attrs["train_eval_loss"])
     assert len(attrs["train_eval_losses"]) == len(attrs["train_objectives"]) == 3
+    # Each epoch's accuracy and when it was known, in order; the best epoch's is val_accuracy.
+    assert len(attrs["val_accuracies"]) == 3
+    assert pytest.approx(attrs["val_accuracy"], abs=1e-6) in attrs["val_accuracies"]
+    assert 0 < attrs["epoch_ends"][0] < attrs["epoch_ends"][1] < attrs["epoch_ends"][2]
     assert attrs["train_seconds"] > 0 and attrs["samples_per_second"] > 0
     assert attrs["seed"] == 0
 

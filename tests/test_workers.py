@@ -212,6 +212,31 @@ def test_storage_roundtrip_on_every_backend(backend, tmp_path):
         optuna.delete_study(study_name=name, storage=resolve_url(url))
 
 
+def test_the_sampler_runs_outside_the_study_lock(tmp_path):
+    """The lock covers reserving a slot of the target (counting and creating the trial); the
+    sampler, slow for GP or multivariate TPE on hundreds of trials, runs after it, so that
+    many workers do not queue behind one another's sampling."""
+    url, name = f"sqlite:///{tmp_path}/lock.db", "lock"
+    lock = StudyLock(url, name)
+    held_while_sampling: list[bool] = []
+
+    class Watching(optuna.samplers.TPESampler):
+        def sample_relative(self, study, trial, search_space):
+            held_while_sampling.append(lock._file_lock.is_locked)
+            return super().sample_relative(study, trial, search_space)
+
+    study = optuna.create_study(study_name=name, storage=open_storage(url, create=True),
+                                sampler=Watching(seed=0, multivariate=True,
+                                                 n_startup_trials=2))
+
+    def objective(trial):
+        return trial.suggest_float("x", -1, 1) ** 2 + trial.suggest_float("y", -1, 1) ** 2
+
+    run_trials(study, objective, 6, lock)
+    assert held_while_sampling and not any(held_while_sampling)
+    assert len(finished(load(url, name))) == 6
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [["--workers", "0"], ["--workers-per-gpu", "0"]])
@@ -289,7 +314,24 @@ def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
     assert [s.index for s in specs] == list(range(6))
     cpu = plan_workers(["0", "1"], workers_per_gpu=3, cpu_workers=4, cores=2)
     assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
-    assert len(plan_workers([], workers_per_gpu=2, cpu_workers=None, cores=2)) == 1
+
+
+
+def test_the_cpu_runs_one_single_thread_worker_per_core_by_default(monkeypatch):
+    from tuning.errors import UsageError
+    from tuning.launcher import default_cpu_workers, plan_workers
+
+    monkeypatch.delenv("TUNING_WORKERS")
+    plan = plan_workers([], workers_per_gpu=2, cpu_workers=None, cores=2)
+    assert [(s.device, s.threads) for s in plan] == [("cpu", 1), ("cpu", 1)]
+    assert default_cpu_workers(1) == 1
+    big = plan_workers([], workers_per_gpu=2, cpu_workers=None, cores=16)
+    assert [s.threads for s in big] == [4, 4, 4, 4]  # at most 4 workers: more threads each
+    assert len(plan_workers([], 2, cpu_workers=3, cores=2)) == 3  # --workers decides
+    assert default_cpu_workers(8, {"TUNING_WORKERS": "1"}) == 1
+    for bad in ("0", "two", "-1", "99999"):
+        with pytest.raises(UsageError, match="TUNING_WORKERS"):
+            default_cpu_workers(2, {"TUNING_WORKERS": bad})
 
 
 def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():

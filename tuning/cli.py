@@ -10,7 +10,6 @@ import shutil
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -192,7 +191,7 @@ class Progress:
 
     def on_epoch(self, trial: optuna.Trial, entry: dict) -> None:
         """Objective.on_epoch for trials run in this process."""
-        self.epoch(trial.number, entry["epoch"], entry["val_loss"], _since(trial.datetime_start))
+        self.epoch(trial.number, entry["epoch"], entry["val_loss"], entry["at"])
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """run_trials' on_trial for trials run in this process. Workers elsewhere may finish
@@ -289,11 +288,6 @@ class Progress:
 
 def _who(worker: str | None) -> str:
     return f"{worker} " if worker else ""
-
-
-def _since(start: datetime | None) -> float | None:
-    # Optuna records trial times as naive local datetimes.
-    return None if start is None else (datetime.now() - start).total_seconds()
 
 
 def _clock(seconds: float) -> str:

@@ -71,14 +71,36 @@ def visible_gpus(device: str, count: int,
     return ids
 
 
+# On the CPU the searched networks are small, and one trial uses a second thread poorly: two
+# single-thread workers side by side beat one worker on both cores, alone and beside another
+# CPU-bound process, in trials, epochs, best loss and time to 98% (scripts/bench_budget.py,
+# docs/benchmarks.md). Past this many workers each one gets more threads instead: every worker
+# loads its own copy of the data and takes its turn at the study's lock (measured on 2 cores).
+MAX_DEFAULT_CPU_WORKERS = 4
+
+
+def default_cpu_workers(cores: int, environ: Mapping[str, str] | None = None) -> int:
+    """How many CPU workers a search runs without --workers: $TUNING_WORKERS, else one per
+    core up to MAX_DEFAULT_CPU_WORKERS."""
+    environ = os.environ if environ is None else environ
+    text = environ.get("TUNING_WORKERS", "").strip()
+    if not text:
+        return max(1, min(cores, MAX_DEFAULT_CPU_WORKERS))
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise UsageError(f"TUNING_WORKERS must be a number of workers from 1 to 1024, "
+                         f"got {text[:40]!r}")
+    return int(text)
+
+
 def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,
                  cores: int) -> list[WorkerSpec]:
-    """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else CPU."""
+    """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else
+    `cpu_workers` on the CPU (None: default_cpu_workers)."""
     if gpus and cpu_workers is None:
         count = len(gpus) * workers_per_gpu
         threads = max(1, cores // count)
         return [WorkerSpec(i, "cuda", gpus[i % len(gpus)], threads) for i in range(count)]
-    count = cpu_workers or 1
+    count = cpu_workers or default_cpu_workers(cores)
     threads = max(1, cores // count)
     return [WorkerSpec(i, "cpu", None, threads) for i in range(count)]
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -137,7 +138,8 @@ class Objective:
                                    "train_accuracy": result.train_eval["accuracy"],
                                    "val_loss": result.val["loss"],
                                    "val_accuracy": result.val["accuracy"],
-                                   "seconds": result.seconds})
+                                   "seconds": result.seconds,
+                                   "at": _since(trial.datetime_start)})
                     if not (math.isfinite(result.train["loss"])
                             and math.isfinite(result.val["loss"])):
                         self._record(trial, curves)
@@ -157,7 +159,8 @@ class Objective:
                         trial.set_user_attr("prune_reason",
                                             f"the run's --budget ran out after {where}")
                         raise optuna.TrialPruned("out of budget")
-                    if trial.should_prune():
+                    # After the last epoch nothing is left to save: the trial is complete.
+                    if not self._last(fold, result.epoch) and trial.should_prune():
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason", f"pruner stopped it after {where}")
                         raise optuna.TrialPruned()
@@ -175,10 +178,14 @@ class Objective:
                 trial.set_user_attr("checkpoint_fold", best_fold)
         return value
 
+    def _last(self, fold: int, epoch: int) -> bool:
+        """Whether this is the trial's last epoch (of its last fold)."""
+        return fold == len(self._splits()) and epoch == self.epochs
+
     def _out_of_budget(self, fold: int, epoch: int) -> bool:
         """Whether the budget has run out with epochs of this trial still to train."""
-        last = fold == len(self._splits()) and epoch == self.epochs
-        return self.deadline is not None and not last and time.monotonic() >= self.deadline
+        return (self.deadline is not None and not self._last(fold, epoch)
+                and time.monotonic() >= self.deadline)
 
     def _check_limits(self, trial: optuna.Trial, model: torch.nn.Module,
                       data: DeviceData) -> None:
@@ -224,6 +231,10 @@ class Objective:
         # What the optimizer minimized (label smoothing, L1, dropout and augmentation included),
         # averaged over the epoch: not comparable with the validation loss.
         trial.set_user_attr("train_objectives", [_finite(c["train_objective"]) for c in curves])
+        # Every epoch's validation accuracy and when it was known (seconds after the trial
+        # started): when the search first reached an accuracy, as a benchmark or a user asks.
+        trial.set_user_attr("val_accuracies", [round(c["val_accuracy"], 6) for c in curves])
+        trial.set_user_attr("epoch_ends", [c["at"] for c in curves])
         # Every epoch trained, over all folds: what the trial cost.
         trial.set_user_attr("epochs_run", len(curves))
         trial.set_user_attr("train_seconds", round(seconds, 4))
@@ -291,6 +302,11 @@ def _by_fold(curves: list[dict]) -> list[list[dict]]:
     for entry in curves:
         folds.setdefault(entry.get("fold", 1), []).append(entry)
     return [folds[fold] for fold in sorted(folds)]
+
+
+def _since(start: datetime | None) -> float | None:
+    """Seconds from a trial's start to now (Optuna records it as a naive local datetime)."""
+    return None if start is None else round((datetime.now() - start).total_seconds(), 3)
 
 
 def _finite(value: float) -> float | None:

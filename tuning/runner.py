@@ -144,6 +144,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
             return NoTrial.TARGET_MET
         if finished + running >= target:
             return NoTrial.WAIT
+        # Only creates the trial: the sampler runs at its first suggest, in the objective,
+        # after the lock is released, so workers do not queue behind one another's sampling.
         trial = study.ask()
         # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
         # thread starts is soon seen as stale. Should this beat fail, the trial is failed as

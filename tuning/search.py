@@ -95,8 +95,10 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
                              "study; a rerun continues to this number (default 100)")
     add_study_arguments(parser)
     parser.add_argument("--workers", type=positive_int,
-                        help="worker processes on the CPU (default 1; on a GPU machine this "
-                             "runs CPU workers instead of GPU ones)")
+                        help="worker processes on the CPU (default $TUNING_WORKERS, else one "
+                             "per core up to 4, each with an equal share of the cores' "
+                             "threads; on a GPU machine this runs CPU workers instead of GPU "
+                             "ones)")
     parser.add_argument("--create-only", action="store_true",
                         help="create the study (definition, data, target) and exit: workers "
                              "started elsewhere with tuning worker run it")
@@ -289,13 +291,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
-    plan = make_plan(args)
     # The budget counts from here: loading the data is part of the run.
     deadline = None if args.budget is None else time.monotonic() + args.budget
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
     specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
+    plan = make_plan(args)
     if len(specs) == 1 and runtime.device.type == "cpu":
         set_cpu_threads()
     # Loaded before the study is opened: the data decide its name (name_after_data), and the

@@ -6,7 +6,7 @@ A study file has two tables:
     dataset = "mnist"
     epochs = 8
     sampler = "tpe"
-    pruner = "median"
+    pruner = "successive-halving"
     seed = 0
     cv_folds = 1            # K > 1: score each trial on K cross-validation folds
 
@@ -234,7 +234,7 @@ class StudySettings:
     """Maximum epochs per trial (pruning may stop earlier)."""
     sampler: str = "tpe"
     """Sampler name, a key of tuning.strategy.SAMPLERS."""
-    pruner: str = "median"
+    pruner: str = "successive-halving"
     """Pruner name, a key of tuning.strategy.PRUNERS."""
     seed: int = 0
     """Base seed: sampler seed, data split seed, and trial seeds (seed + trial number)."""

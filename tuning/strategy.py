@@ -116,6 +116,10 @@ PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     "percentile": lambda epochs: optuna.pruners.PercentilePruner(
         25.0, n_startup_trials=5, n_warmup_steps=2),
+    # Asynchronous successive halving (ASHA), the default: rungs at epochs 1, 3, 9...; a trial
+    # goes past a rung only while its loss there is in the best third of the trials that
+    # reached it, so most of a budget goes to the configurations that lead, from the first
+    # trials on (the first trial at a rung always goes on).
     "successive-halving": lambda epochs: optuna.pruners.SuccessiveHalvingPruner(
         min_resource=1, reduction_factor=3),
     "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(
