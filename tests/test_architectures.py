@@ -169,6 +169,18 @@ def test_a_checkpoints_state_dict_entry_loads(tmp_path: Path, wrapper: str) -> N
     assert torch.equal(fresh.conv1.weight, model.conv1.weight)
 
 
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
+def test_the_weights_of_a_wrapped_network_load(tmp_path: Path, prefix: str) -> None:
+    """Saved from DataParallel, DistributedDataParallel or torch.compile: every key has the
+    wrapper's prefix."""
+    model = build_torchvision("resnet18", (3, 32, 32), CLASSES)
+    path = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": {prefix + k: v for k, v in model.state_dict().items()}}, path)
+    fresh = build_torchvision("resnet18", (3, 32, 32), CLASSES)
+    assert "re-initialized" not in load_weights(fresh, path)
+    assert torch.equal(fresh.conv1.weight, model.conv1.weight)
+
+
 def test_batch_norm_counters_and_auxiliary_classifiers_may_differ(tmp_path: Path) -> None:
     model = build_torchvision("resnet18", (3, 32, 32), CLASSES)
     state = {k: v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}

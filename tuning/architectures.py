@@ -190,9 +190,15 @@ def load_weights(model: nn.Module, path: Path) -> str:
     return summary
 
 
+# What wrappers put before every key of a network's state dict: DataParallel and
+# DistributedDataParallel ("module."), torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     """The state dict in `path`: saved bare, or as the "state_dict" or "model" entry of a
-    checkpoint (Lightning's and timm's, and most training scripts')."""
+    checkpoint (Lightning's and timm's, and most training scripts'), with the prefixes of a
+    wrapped network (WRAPPER_PREFIXES, as many as it was wrapped in) taken off its keys."""
     shown = shorten(str(path), 200)
     if not path.is_file():
         raise UsageError(f"weights file {shown} does not exist or is not a file")
@@ -217,6 +223,9 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         raise UsageError(f"weights file {shown} holds a {type(saved).__name__} that is not a "
                          "state dict (names to tensors, saved bare or as the 'state_dict' or "
                          "'model' entry of a dict)")
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in saved)),
+                         None):
+        saved = {key.removeprefix(prefix): tensor for key, tensor in saved.items()}
     return saved
 
 
