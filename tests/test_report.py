@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import socket
@@ -71,8 +72,13 @@ def test_report_has_every_section_and_every_optimizer(small_study):
     assert "fANOVA" in summary and "compute saved by pruning" in summary
     # Self-contained: no script, stylesheet or font fetched from anywhere.
     assert "<script src=" not in page and "<link" not in page and "@import" not in page
-    rows = (out / "trials.csv").read_text().splitlines()
-    assert len(rows) == 1 + 8
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 8
+    # Each trial's epochs: their accuracies, and when each was known (seconds into the trial).
+    finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    assert finished and all(len(json.loads(r["val_accuracies"]))
+                            == len(json.loads(r["epoch_ends"])) == int(r["epochs_run"])
+                            for r in finished)
 
 
 @pytest.mark.slow

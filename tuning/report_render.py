@@ -107,8 +107,8 @@ def write_csv(view: StudyView, path: Path) -> None:
     names = sorted({n for t in view.trials for n in t.params} | set(view.space))
     attrs = ["val_accuracy", "train_eval_loss", "epochs_run", "train_seconds",
              "samples_per_second", "seed", "worker", "device", "prune_reason", "fail_reason",
-             "train_eval_losses", "train_objectives", "param_count", "latency_ms",
-             "warm_start"]
+             "train_eval_losses", "train_objectives", "val_accuracies", "epoch_ends",
+             "param_count", "latency_ms", "warm_start"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["number", "state", "value", *names, *attrs])
