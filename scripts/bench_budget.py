@@ -286,8 +286,8 @@ def tuning_events(folder: Path, started: float, budget: float, seed: int) -> lis
     return events
 
 
-def command(tool: str, extra: list[str], budget: float, seed: int, folder: Path,
-            ray_python: str) -> list[str]:
+def command(tool: str, extra: list[str], budget: float, seed: int, started: float,
+            folder: Path, ray_python: str) -> list[str]:
     if tool == "tuning":
         return [sys.executable, "-m", "tuning.search", "--study", "bench", "--config",
                 str(ROOT / "tuning" / "studies" / "mnist.toml"), "--storage",
@@ -296,7 +296,7 @@ def command(tool: str, extra: list[str], budget: float, seed: int, folder: Path,
                 str(folder / "artifacts"), "-q", *extra]
     python = ray_python if tool == "ray" else sys.executable
     return [python, str(Path(__file__).resolve()), "--run", tool, "--budget", f"{budget:g}",
-            "--seed", str(seed), "--started", "{started}", "--events",
+            "--seed", str(seed), "--started", repr(started), "--events",
             str(folder / "events.jsonl")]
 
 
@@ -323,8 +323,7 @@ def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, lo
                if load == "cpu" else None)
         try:
             started = time.time()
-            argv = [a.replace("{started}", repr(started))
-                    for a in command(tool, extra, budget, seed, folder, ray_python)]
+            argv = command(tool, extra, budget, seed, started, folder, ray_python)
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             try:
                 # The optuna script lets a running trial finish, however long, and its epochs

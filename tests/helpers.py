@@ -105,6 +105,27 @@ def wait_for_running_trials(url: str, name: str, proc: subprocess.Popen, count: 
     raise AssertionError(f"{count} running trial(s) never appeared")
 
 
+def wait_for_training(url: str, name: str, proc: subprocess.Popen,
+                      timeout: float = 120):
+    """A running trial that has recorded its seed: its parameters are sampled, it trains."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = wait_for_running_trials(url, name, proc)
+        if training := [t for t in running if "seed" in t.user_attrs]:
+            return training[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started training")
+
+
+def exit_status(main, args: list[str]) -> int:
+    """The exit status of a command's `main(args)` run in this process: argparse's own errors
+    raise SystemExit instead of returning."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
 def finished(study) -> list:
     """The study's finished trials: complete or pruned."""
     from optuna.trial import TrialState

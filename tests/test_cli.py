@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from helpers import load_study, run_cli, start_search, wait_for_running_trials
+from helpers import exit_status, load_study, run_cli, start_search, wait_for_running_trials
 from optuna.trial import TrialState
 
 from tuning.search import main
@@ -114,10 +114,8 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, monke
     (workdir / "studies" / "broken.toml").write_text("[space\n")
     (workdir / "studies" / "inverted.toml").write_text("[space]\nlr = {low = 1.0, high = 0.1}\n")
     monkeypatch.chdir(workdir)
-    try:
-        code = main([*args, "--dataset", "mnist-sample"] if "--dataset" not in args else args)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
+    code = exit_status(main, [*args, "--dataset", "mnist-sample"] if "--dataset" not in args
+                       else args)
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err

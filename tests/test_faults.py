@@ -19,11 +19,13 @@ import optuna
 import pytest
 from helpers import (
     POSTGRES_URL,
+    exit_status,
     finished,
     load_study,
     run_cli,
     start_search,
     wait_for_running_trials,
+    wait_for_training,
     worker_pid,
 )
 from optuna.trial import TrialState
@@ -215,12 +217,8 @@ def test_a_worker_paused_past_the_grace_period_comes_back_and_the_search_exits_0
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "no worker could be paused inside a trial"
-        training = [t for t in wait_for_running_trials(url, "mnist", proc)
-                    if "seed" in t.user_attrs]
-        if not training:
-            time.sleep(0.1)
-            continue
-        victim, pid = training[0], worker_pid(training[0])
+        victim = wait_for_training(url, "mnist", proc)
+        pid = worker_pid(victim)
         os.kill(pid, signal.SIGSTOP)
         if (load_study(url, "mnist").trials[victim.number].state == TrialState.RUNNING
                 and not _writing(workdir / "studies" / "mnist.db")):
@@ -312,11 +310,8 @@ def _named(module: str, name: str) -> list[str]:
 
 
 def _status(module: str, args: list[str]) -> int:
-    """The exit status of a command's main, run in this process (argparse's errors raise)."""
-    try:
-        return importlib.import_module(module).main(args)
-    except SystemExit as exc:
-        return exc.code
+    """The exit status of a command's main, run in this process."""
+    return exit_status(importlib.import_module(module).main, args)
 
 
 def _created_nothing(workdir: Path) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 
@@ -22,6 +21,7 @@ from helpers import (
     run_cli,
     start_search,
     wait_for_running_trials,
+    wait_for_training,
     worker_pid,
 )
 from optuna.trial import TrialState
@@ -94,17 +94,6 @@ def test_two_cpu_workers_share_the_study_and_hit_the_target_exactly(workdir, che
     assert "started 2 workers" in result.stderr
 
 
-def wait_for_training(url: str, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    """A running trial that has recorded its seed: its parameters are sampled, it trains."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        running = wait_for_running_trials(url, "mnist", proc)
-        if training := [t for t in running if "seed" in t.user_attrs]:
-            return training[0]
-        time.sleep(0.1)
-    raise AssertionError("no trial started training")
-
-
 @pytest.mark.slow
 def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir, cheap_space):
     cheap_space(workdir)
@@ -114,7 +103,7 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir, cheap_space):
                         "--epochs", "8", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
     for _ in range(3):
-        victim = wait_for_training(url, proc)
+        victim = wait_for_training(url, "mnist", proc)
         os.kill(worker_pid(victim), signal.SIGKILL)
         if load(url, "mnist").trials[victim.number].state == TrialState.RUNNING:
             break  # killed inside the trial
