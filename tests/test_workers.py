@@ -128,8 +128,11 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir, cheap_space):
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, cheap_space, sig, code):
     cheap_space(workdir)
+    # No pruning: each worker stays inside one 20-epoch trial, so both are in a trial when the
+    # signal comes (successive halving stops most trials after a second's epoch, and a worker
+    # between two trials has none to fail).
     proc = start_search("--trials", "40", "--workers", "2", "--dataset", "mnist-sample",
-                        "--epochs", "20", cwd=workdir)
+                        "--epochs", "20", "--pruner", "none", cwd=workdir)
     url = f"sqlite:///{workdir}/studies/mnist.db"
     wait_for_running_trials(url, "mnist", proc, count=2)
     proc.send_signal(sig)
