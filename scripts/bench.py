@@ -63,6 +63,12 @@ from tuning.train import TrainConfig  # noqa: E402
 POSTGRES_URL = os.environ.get("TUNING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with the repository first on the child's Python path."""
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+
+
 class GpuSampler:
     """Samples nvidia-smi's utilization every 0.5 s while a search runs."""
 
@@ -99,7 +105,7 @@ class GpuSampler:
 
 def throughput(arrays, runtime, epochs: int = 6) -> dict:
     n = len(arrays.train_y)
-    ours = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)[1:]
+    ours = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)[0][1:]  # training
     theirs = tutorial_pipeline.epoch_seconds(arrays.train_x, arrays.train_y, runtime.device,
                                              epochs)[1:]
     result = {"tuning_images_per_s": round(n / statistics.median(ours)),
@@ -115,8 +121,8 @@ def compiled_vs_eager(arrays, device: str, gpu: bool, epochs: int = 4) -> list[d
     rows = []
     for mode in ("off", "default", "reduce-overhead") if gpu else ("off", "default"):
         runtime = resolve_device(device, mode)
-        first = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)
-        second = bench_throughput.tuning_epoch_seconds(arrays, runtime, 1)
+        first, _ = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)
+        second, _ = bench_throughput.tuning_epoch_seconds(arrays, runtime, 1)
         rows.append({"compile": mode, "first_epoch_s": round(first[0], 2),
                      "images_per_s": round(n / statistics.median(first[1:])),
                      "same_architecture_again_first_epoch_s": round(second[0], 2)})
@@ -180,8 +186,7 @@ def search_with_workers(workers: int, args, tmp: Path, gpu: bool, run: int = 0) 
            args.dataset, "--seed", "0", "--artifacts", str(tmp / "artifacts"), *flag]
     with GpuSampler() as gpu_sampler:
         start = time.perf_counter()
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env=child_env())
         wall = time.perf_counter() - start
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/{name}.db")
     return {"workers": workers, "wall_s": round(wall, 1),
@@ -223,7 +228,7 @@ def target_search(tmp: Path, trials: int) -> dict:
     cmd = [sys.executable, "-m", "tuning.search", "--study", "fashion-mnist", "--config",
            str(ROOT / "tuning" / "studies" / "fashion-mnist.toml"), "--storage", storage,
            "--trials", str(trials), "--artifacts", str(tmp / "artifacts")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     with GpuSampler() as gpu_sampler:
         start = time.perf_counter()
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env=env)

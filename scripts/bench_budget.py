@@ -324,7 +324,8 @@ def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, lo
         try:
             started = time.time()
             argv = command(tool, extra, budget, seed, started, folder, ray_python)
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
             try:
                 # The optuna script lets a running trial finish, however long, and its epochs
                 # past the budget do not count: it is stopped at the budget.

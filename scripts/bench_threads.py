@@ -50,7 +50,9 @@ print(json.dumps({"seconds": seconds, "images": len(data.train)}))
 def run_layout(name: str, epochs: int) -> dict:
     workers, threads, env = LAYOUTS[name]
     procs = [subprocess.Popen([sys.executable, "-c", TRAIN, str(threads), str(epochs)],
-                              env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+                                   **env},
                               stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     per_epoch = statistics.median(s for r in results for s in r["seconds"][1:])

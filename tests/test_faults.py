@@ -11,12 +11,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from helpers import (
     POSTGRES_URL,
     exit_status,
@@ -29,11 +31,13 @@ from helpers import (
     worker_pid,
 )
 from optuna.trial import TrialState
+from sqlalchemy import text
 
 from tuning.launcher import Launcher, plan_workers, visible_gpus
+from tuning.outage import transient
 from tuning.runner import StudyLock, fail_stale_trials, run_trials
 from tuning.space import Param
-from tuning.storage import grace_period, mask_url, open_storage
+from tuning.storage import IDLE_IN_TRANSACTION_S, grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
@@ -187,6 +191,33 @@ def test_postgres_restart_mid_search_is_ridden_out(workdir, cheap_space):
         if proc.poll() is None:
             proc.kill()
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
+
+
+@pytest.mark.postgres
+def test_a_worker_stalled_inside_a_transaction_does_not_block_the_others():
+    # A worker paused, or cut off behind a live proxy, in the middle of a heartbeat or a report
+    # holds a lock on its trial's row, which failing that trial as stale has to wait for.
+    name = f"stalled-{uuid.uuid4().hex[:8]}"
+    stalled = open_storage(POSTGRES_URL)
+    trial = optuna.create_study(study_name=name, storage=stalled).ask()
+    other = open_storage(POSTGRES_URL)
+    conn = stalled.engine.connect()
+    try:
+        # What inserting a heartbeat or an intermediate value takes, and then nothing more.
+        conn.execute(text("SELECT trial_id FROM trials WHERE trial_id = :id FOR KEY SHARE"),
+                     {"id": trial._trial_id})
+        failing = threading.Thread(target=other.set_trial_state_values,
+                                   args=(trial._trial_id, TrialState.FAIL), daemon=True)
+        failing.start()
+        failing.join(timeout=IDLE_IN_TRANSACTION_S + 30)
+        assert not failing.is_alive(), "still waiting for the stalled worker's row lock"
+        assert other.get_trial(trial._trial_id).state == TrialState.FAIL
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="idle-in-transaction") as ended:
+            conn.execute(text("SELECT 1"))  # the server ended the stalled session
+        assert transient(ended.value)  # so a worker that resumes retries, as after an outage
+    finally:
+        conn.close()  # without the timeout, this releases the lock (and the thread)
+        optuna.delete_study(study_name=name, storage=other)
 
 
 # --- a paused worker comes back after its trial was taken over, end to end -------------------

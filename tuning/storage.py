@@ -50,13 +50,21 @@ SQLITE_TIMEOUT_S = 120
 # retries (tuning.outage), and on the server it ends the session, releasing the study lock
 # (an advisory lock) that a cut-off worker may hold.
 _DEAD_PEER = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# TCP cannot tell a worker that is paused (SIGSTOP, a frozen VM) or cut off behind a live
+# proxy (PgBouncer, a relay) from a healthy one. Should that happen inside a transaction,
+# the session keeps its row locks (a heartbeat or report holds one on the trial's row) and
+# every other worker blocks on them when it fails that trial as stale. A session idle inside
+# a transaction this long is ended by the server; Optuna's transactions wait on nothing but
+# the database, so a healthy worker's never idles anywhere near this.
+IDLE_IN_TRANSACTION_S = 20
 POSTGRES_CONNECT_ARGS = {
     "connect_timeout": 10,
     "keepalives": 1,
     **_DEAD_PEER,
     "tcp_user_timeout": 30_000,
     "options": " ".join(f"-c tcp_{key}={value}" for key, value in _DEAD_PEER.items())
-    + " -c tcp_user_timeout=30000",
+    + " -c tcp_user_timeout=30000"
+    + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
 # Optuna 4.9 renamed failed_trial_callback and RetryFailedTrialCallback (both removed in 6.0).
 _RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
