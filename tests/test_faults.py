@@ -316,6 +316,23 @@ def test_a_full_database_disk_is_one_line_and_the_study_resumes(workdir, cheap_s
 
 # --- bad input: one line, exit 2, nothing created --------------------------------------------
 
+def test_a_new_sqlite_database_appears_only_after_its_init_lock(tmp_path, monkeypatch):
+    # A process that finds the database takes the creator's lock only if the lock file is
+    # there: made later, both write the schema and one fails ('table ... already exists').
+    db = tmp_path / "s.db"
+    lock_there_when_created = []
+    real_connect = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        if Path(database) == db and not db.exists():
+            lock_there_when_created.append(Path(f"{db}.init.lock").exists())
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    open_storage(f"sqlite:///{db}", create=True)
+    assert lock_there_when_created == [True]
+
+
 @pytest.mark.parametrize("bad", ["random", "truncated"])
 @pytest.mark.parametrize("module", ["tuning.search", "tuning.worker", "tuning.report"])
 def test_a_storage_file_that_is_not_a_database_is_one_line(workdir, module, bad):

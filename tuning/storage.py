@@ -167,10 +167,7 @@ def resolve_url(url: str) -> str:
                      "use sqlite:/// or postgresql://")
 
 
-def _prepare_sqlite(path: Path, create: bool) -> None:
-    if not create and not path.exists():
-        raise UsageError(f"no study database at {str(path)!r}; create the study with "
-                         "tuning search (or give --storage)")
+def _prepare_sqlite(path: Path) -> None:
     # WAL lets readers proceed while one process writes; it is a property of the file, so set
     # it once before Optuna opens it. Together with a long busy timeout this is what keeps a
     # host's parallel workers free of 'database is locked'.
@@ -197,13 +194,16 @@ def open_storage(url: str, heartbeat: bool = True,
     path = sqlite_path(resolved)
     init_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if path is not None:
-        _prepare_sqlite(path, create)
+        if not create and not path.exists():
+            raise UsageError(f"no study database at {str(path)!r}; create the study with "
+                             "tuning search (or give --storage)")
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         # Opening a new file writes its schema; two processes doing it at once both write it
-        # and one fails ('UNIQUE constraint failed: alembic_version'). The creator holds a
-        # lock file beside the database, made before the database file itself; a reader that
-        # finds the file takes that lock too (the schema may be half written), and a reader
-        # of a database without one (made elsewhere) leaves no lock file behind.
+        # and one fails ('table ... already exists'). The creator holds a lock file beside the
+        # database from before the database file exists until its schema is written; so a
+        # reader that found the database finds the lock file too, and waits on it (the schema
+        # may be half written). A reader of a database made elsewhere, without one, leaves no
+        # lock file behind.
         lock_path = Path(f"{path}.init.lock")
         if create or (lock_path.exists() and os.access(lock_path, os.W_OK)):
             init_lock = FileLock(str(lock_path))
@@ -221,6 +221,8 @@ def open_storage(url: str, heartbeat: bool = True,
         }
     try:
         with init_lock:
+            if path is not None:
+                _prepare_sqlite(path)
             return ResilientStorage(resolved, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except UsageError:
         raise
