@@ -108,8 +108,8 @@ def throughput(arrays, runtime, epochs: int = 6) -> dict:
     ours = bench_throughput.tuning_epoch_seconds(arrays, runtime, epochs)[0][1:]  # training
     theirs = tutorial_pipeline.epoch_seconds(arrays.train_x, arrays.train_y, runtime.device,
                                              epochs)[1:]
-    result = {"tuning_images_per_s": round(n / statistics.median(ours)),
-              "tutorial_images_per_s": round(n / statistics.median(theirs))}
+    result: dict[str, float] = {"tuning_images_per_s": round(n / statistics.median(ours)),
+                                "tutorial_images_per_s": round(n / statistics.median(theirs))}
     result["speedup"] = round(result["tuning_images_per_s"] / result["tutorial_images_per_s"], 2)
     return result
 
@@ -205,7 +205,8 @@ def in_process_search(url: str, pruner: str, args, data, runtime, space) -> dict
     stats = run_trials(study, objective, args.trials, StudyLock(url, name))
     wall = time.perf_counter() - start
     trials = study.get_trials(deepcopy=False)
-    first = min(t.datetime_start for t in trials)
+    # A trial still waiting (enqueued, e.g. a retry) has no start time to count from.
+    first = min(t.datetime_start for t in trials if t.datetime_start is not None)
     reached = sorted((t.datetime_complete - first).total_seconds() for t in trials
                      if t.user_attrs.get("val_accuracy", 0) >= args.target_accuracy
                      and t.datetime_complete is not None)

@@ -46,6 +46,12 @@ import time
 import zlib
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:  # DataLoader's annotation asks for a Dataset subclass,
+    from torch.utils.data import Dataset
+else:  # which it does not need at run time; torch is imported only where it is used
+    Dataset = object
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,7 +72,7 @@ def _study_space():
     return load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
 
 
-class ImageDataset:
+class ImageDataset(Dataset):
     """uint8 images (N, H, W, C) as a torch Dataset through PIL transforms."""
 
     def __init__(self, x, y, mean, std, crop_padding: int = 0):
@@ -95,6 +101,7 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
     import torch
     from torch.utils.data import DataLoader
 
+    from tuning.data import DeviceData
     from tuning.device import resolve_device
     from tuning.objective import build_trial_model
     from tuning.train import l1_penalty, make_optimizer, make_scheduler
@@ -107,7 +114,8 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
         input_shape = shape
         num_classes = arrays.num_classes
 
-    model, cfg, _ = build_trial_model(params, space, Shape(), runtime, seed)
+    # build_trial_model reads no more of its DeviceData than Shape has.
+    model, cfg, _ = build_trial_model(params, space, cast(DeviceData, Shape()), runtime, seed)
     train = DataLoader(ImageDataset(arrays.train_x, arrays.train_y, arrays.mean, arrays.std,
                                     cfg.crop_padding), batch_size=cfg.batch_size, shuffle=True)
     val = DataLoader(ImageDataset(arrays.val_x, arrays.val_y, arrays.mean, arrays.std), 256)

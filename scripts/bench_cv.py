@@ -59,6 +59,7 @@ def run_study(folder: Path, folds: int, seed: int, args) -> dict:
     study = optuna.load_study(study_name=name, storage=url)
     settings, space = stored_definition(study)
     best = study.best_trial
+    assert best.value is not None  # the best trial is a complete one, which has its value
     runtime = resolve_device("cpu")
     arrays = load_arrays(args.dataset, split_seed=seed).normalized_as(study.user_attrs["data"])
     data = to_device(arrays, runtime.device)

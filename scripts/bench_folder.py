@@ -59,7 +59,8 @@ def write_folder(root: Path, x: np.ndarray, y: np.ndarray, size: int) -> float:
         folder = root / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
         rgb = (image[..., None] * tints[label]).astype(np.uint8)
-        Image.fromarray(rgb).resize((size, size), Image.BILINEAR).save(folder / f"{i:05d}.png")
+        resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
+        resized.save(folder / f"{i:05d}.png")
     return time.perf_counter() - start
 
 

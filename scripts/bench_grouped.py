@@ -46,7 +46,7 @@ class StackedAdam:
     """Adam over stacked parameters (leading dim K): network k uses lr[k] and weight_decay[k]."""
 
     def __init__(self, params, lr: torch.Tensor, weight_decay: torch.Tensor,
-                 betas=(0.9, 0.999), eps=1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.params = list(params)
         self.lr, self.weight_decay = lr, weight_decay
         self.beta1, self.beta2, self.eps = *betas, eps
@@ -111,6 +111,8 @@ class Group:
             losses.sum().backward()  # network k's loss depends only on its own slice
             self.optimizer.step()
             total = losses.detach() if total is None else total + losses.detach()
+        if total is None:
+            raise ValueError("no batches: an epoch needs at least one")
         return total.cpu()  # the one host sync of the epoch
 
 
@@ -192,14 +194,15 @@ def main() -> None:
     data = to_device(load_arrays(args.dataset), runtime.device)
     # Both paths draw batches and crops with training_batches, each network from its own RNG.
     cfg = TrainConfig(batch_size=100, crop_padding=4)
+    architectures: dict[str, dict] = {}
     results = {"device": runtime.name, "dataset": data.name, "train_images": len(data.train),
-               "torch": torch.__version__, "architectures": {}}
+               "torch": torch.__version__, "architectures": architectures}
     for name in args.architectures.split(","):
         arch = ARCHITECTURES[name]
         difference = check_same(arch, data, runtime, cfg)
         rows = [measure(arch, data, runtime, cfg, int(k), args.epochs)
                 for k in args.groups.split(",")]
-        results["architectures"][name] = {"max_loss_difference": difference, "rows": rows}
+        architectures[name] = {"max_loss_difference": difference, "rows": rows}
         print(f"{name}: grouped vs one-by-one mean loss differ by at most {difference:.2e}")
         print(f"{'K':>3}{'one by one img/s':>18}{'grouped img/s':>15}{'speedup':>9}")
         for row in rows:

@@ -52,10 +52,10 @@ class ArrayMNIST(Dataset):
 
     def __getitem__(self, index):
         img, target = self.data[index], int(self.targets[index])
-        img = Image.fromarray(img.numpy(), mode="L")
+        image = Image.fromarray(img.numpy(), mode="L")
         if self.transform is not None:
-            img = self.transform(img)
-        return img, target
+            image = self.transform(image)
+        return image, target
 
 
 def train_transform():
