@@ -2,7 +2,8 @@
 + ASHA) on an equal wall-clock budget.
 
     python scripts/bench_budget.py [--budget 240] [--rounds 3] [--seed 0] [--load none,cpu]
-        [--variant NAME=ARGS ...] [--tools tuning,optuna,ray] [--ray-python PATH] [--json F]
+        [--variant NAME=ARGS ...] [--tools tuning,optuna,ray] [--ray-python PATH]
+        [--device auto] [--json F]
 
 Every tool searches the same space (the built-in study `mnist`'s [space], sampled by
 tuning.space.sample), trains the same network family (tuning.networks) with the same
@@ -15,8 +16,11 @@ a fresh process and counted from its start (imports and data loading included):
            transforms and a DataLoader, TPE and the median pruner at their defaults,
            study.optimize with the time left as its timeout;
   ray      Ray Tune with OptunaSearch (TPE) and ASHA (grace period 1 epoch, Ray's defaults
-           otherwise), two 1-CPU trials at a time, the optuna tool's training loop. Only when
-           `ray[tune]` imports in --ray-python (an optional extra, never a test dependency).
+           otherwise), two 1-CPU trials at a time (on a GPU: two per GPU, as tuning's
+           workers), the optuna tool's training loop. Only when `ray[tune]` imports in
+           --ray-python (an optional extra, never a test dependency).
+
+All train on --device (default: a GPU when there is one, else the CPU).
 
 Runs are interleaved (round by round, condition by condition, tool by tool), so that a drift
 in the machine's speed touches every tool alike. Each round has its own seed, the same for
@@ -94,10 +98,11 @@ class ImageDataset(Dataset):
         return self.transform(image), int(self.y[i])
 
 
-def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, report) -> None:
-    """Train one configuration for up to `epochs`, calling `report(epoch, metrics)` after each;
-    `report` raises to stop the trial (a pruner). Test accuracy is measured at each new best
-    validation loss of the trial."""
+def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, report,
+                device: str) -> None:
+    """Train one configuration for up to `epochs` on `device`, calling `report(epoch, metrics)`
+    after each; `report` raises to stop the trial (a pruner). Test accuracy is measured at each
+    new best validation loss of the trial."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -106,7 +111,7 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
     from tuning.objective import build_trial_model
     from tuning.train import l1_penalty, make_optimizer, make_scheduler
 
-    runtime = resolve_device("cpu")
+    runtime = resolve_device(device)
     torch.manual_seed(seed)
     shape = arrays.input_shape
 
@@ -129,6 +134,7 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
         loss, right, n = 0.0, 0, 0
         with torch.no_grad():
             for x, y in loader:
+                x, y = x.to(runtime.device), y.to(runtime.device)
                 out = model(x)
                 loss += torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
                 right += (out.argmax(1) == y).sum().item()
@@ -139,6 +145,7 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
     for epoch in range(1, epochs + 1):
         model.train()
         for x, y in train:
+            x, y = x.to(runtime.device), y.to(runtime.device)
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             if cfg.l1:
@@ -156,7 +163,7 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
                        "test_accuracy": test_accuracy, "at": time.time()})
 
 
-def run_optuna(budget: float, started: float, out: Path, seed: int) -> None:
+def run_optuna(budget: float, started: float, out: Path, seed: int, device: str) -> None:
     import optuna
 
     from tuning.data import load_arrays
@@ -180,7 +187,8 @@ def run_optuna(budget: float, started: float, out: Path, seed: int) -> None:
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        train_trial(params, study_file.space, arrays, epochs, seed + trial.number, report)
+        train_trial(params, study_file.space, arrays, epochs, seed + trial.number, report,
+                    device)
         return best
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -197,7 +205,7 @@ def ray_space(trial) -> None:
 
 
 def ray_trainable(config: dict, arrays=None, space=None, epochs: int = 1,
-                  seed: int = 0) -> None:
+                  seed: int = 0, device: str = "cpu") -> None:
     """One Ray trial. Everything it uses comes as an argument: Ray's workers cannot import
     this script, which runs as __main__."""
     import torch
@@ -210,10 +218,10 @@ def ray_trainable(config: dict, arrays=None, space=None, epochs: int = 1,
     def report(epoch: int, metrics: dict) -> None:
         tune.report({**metrics, "epoch": epoch})
 
-    train_trial(config, space, arrays, epochs, seed + number, report)
+    train_trial(config, space, arrays, epochs, seed + number, report, device)
 
 
-def run_ray(budget: float, started: float, out: Path, seed: int) -> None:
+def run_ray(budget: float, started: float, out: Path, seed: int, device: str) -> None:
     import optuna
     import ray
     from ray import tune
@@ -221,8 +229,12 @@ def run_ray(budget: float, started: float, out: Path, seed: int) -> None:
     from ray.tune.search.optuna import OptunaSearch
 
     from tuning.data import load_arrays
+    from tuning.device import resolve_device
 
     epochs = _study_space().settings.epochs
+    device = str(resolve_device(device).device)
+    # Two trials per GPU, as tuning runs two workers per GPU by default.
+    resources = {"cpu": 1, "gpu": 0.5} if device.startswith("cuda") else {"cpu": 1}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     search = OptunaSearch(space=ray_space, metric="val_loss", mode="min",
@@ -230,7 +242,7 @@ def run_ray(budget: float, started: float, out: Path, seed: int) -> None:
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(
             ray_trainable, arrays=load_arrays(DATASET, None, seed),
-            space=_study_space().space, epochs=epochs, seed=seed), {"cpu": 1}),
+            space=_study_space().space, epochs=epochs, seed=seed, device=device), resources),
         tune_config=tune.TuneConfig(search_alg=search, num_samples=-1,
                                     scheduler=ASHAScheduler(metric="val_loss", mode="min",
                                                             max_t=epochs, grace_period=1),
@@ -295,17 +307,17 @@ def tuning_events(folder: Path, started: float, budget: float, seed: int) -> lis
 
 
 def command(tool: str, extra: list[str], budget: float, seed: int, started: float,
-            folder: Path, ray_python: str) -> list[str]:
+            folder: Path, ray_python: str, device: str) -> list[str]:
     if tool == "tuning":
         return [sys.executable, "-m", "tuning.search", "--study", "bench", "--config",
                 str(ROOT / "tuning" / "studies" / "mnist.toml"), "--storage",
                 f"sqlite:///{folder}/bench.db", "--dataset", DATASET, "--trials", "100000",
                 "--budget", f"{budget:g}", "--seed", str(seed), "--artifacts",
-                str(folder / "artifacts"), "-q", *extra]
+                str(folder / "artifacts"), "--device", device, "-q", *extra]
     python = ray_python if tool == "ray" else sys.executable
     return [python, str(Path(__file__).resolve()), "--run", tool, "--budget", f"{budget:g}",
             "--seed", str(seed), "--started", repr(started), "--events",
-            str(folder / "events.jsonl")]
+            str(folder / "events.jsonl"), "--device", device]
 
 
 def summarize(events: list[dict], started: float, budget: float) -> dict:
@@ -324,14 +336,14 @@ def summarize(events: list[dict], started: float, budget: float) -> dict:
 
 
 def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, load: str,
-            ray_python: str) -> dict:
+            ray_python: str, device: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp:
         folder = Path(tmp)
         hog = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
                if load == "cpu" else None)
         try:
             started = time.time()
-            argv = command(tool, extra, budget, seed, started, folder, ray_python)
+            argv = command(tool, extra, budget, seed, started, folder, ray_python, device)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
             try:
@@ -412,6 +424,9 @@ def main() -> None:
                              "tuning's defaults (repeatable)")
     parser.add_argument("--ray-python", default=sys.executable,
                         help="the Python that has ray[tune] (default: this one)")
+    parser.add_argument("--device", default="auto",
+                        help="where every tool trains: tuning's --device, and the Optuna and Ray "
+                             "scripts' too (default: a GPU if there is one)")
     parser.add_argument("--json", type=Path, help="write every run's row here")
     parser.add_argument("--run", choices=["optuna", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
@@ -420,7 +435,7 @@ def main() -> None:
 
     if args.run:  # one competitor run, in its own process
         (run_optuna if args.run == "optuna" else run_ray)(args.budget, args.started, args.events,
-                                                          args.seed)
+                                                          args.seed, args.device)
         return
 
     runs: list[tuple[str, str, list[str]]] = []
@@ -442,7 +457,7 @@ def main() -> None:
             for name, tool, extra in runs:
                 row = {"round": round_, **run_one(name, tool, extra, args.budget,
                                                   args.seed + round_ - 1, load,
-                                                  args.ray_python)}
+                                                  args.ray_python, args.device)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:
