@@ -234,19 +234,25 @@ def target_search(tmp: Path, trials: int, seconds: float | None = None) -> dict:
     with GpuSampler() as gpu_sampler, (tmp / "search.log").open("w") as log:
         start = time.perf_counter()
         search = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
+        stopped = False
         try:
             search.wait(timeout=seconds)
-            stopped = False
         except subprocess.TimeoutExpired:
-            search.terminate()
-            search.wait()
             stopped = True
+        finally:  # also when this benchmark is stopped: never leave a search running
+            if search.poll() is None:
+                search.terminate()  # the search stops its workers and marks their trials
+                try:
+                    search.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    search.kill()
+                    search.wait()
         wall = time.perf_counter() - start
     if not stopped and search.returncode != 0:
         raise RuntimeError(f"the search failed:\n{(tmp / 'search.log').read_text()[-2000:]}")
     study = optuna.load_study(study_name="fashion-mnist", storage=storage)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    row = {"trials": trials, "wall_s": round(wall, 1), "stopped_at_limit": stopped,
+    row = {"target_trials": trials, "wall_s": round(wall, 1), "stopped_at_limit": stopped,
            **gpu_sampler.summary(),
            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
     if "COMPLETE" not in states:

@@ -232,9 +232,10 @@ def run_ray(budget: float, started: float, out: Path, seed: int, device: str) ->
     from tuning.device import resolve_device
 
     epochs = _study_space().settings.epochs
-    device = str(resolve_device(device).device)
+    # Ray gives each trial its GPU through CUDA_VISIBLE_DEVICES: inside, it is always "cuda".
+    device = resolve_device(device).device.type
     # Two trials per GPU, as tuning runs two workers per GPU by default.
-    resources = {"cpu": 1, "gpu": 0.5} if device.startswith("cuda") else {"cpu": 1}
+    resources = {"cpu": 1, "gpu": 0.5} if device == "cuda" else {"cpu": 1}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     search = OptunaSearch(space=ray_space, metric="val_loss", mode="min",

@@ -3,6 +3,7 @@ database, full disks, leaked passwords, stray files, GPU pinning and closed term
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -33,9 +34,10 @@ from helpers import (
 from optuna.trial import TrialState
 from sqlalchemy import text
 
+from tuning import runner
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.outage import transient
-from tuning.runner import StudyLock, fail_stale_trials, run_trials
+from tuning.runner import NoTrial, StudyLock, fail_stale_trials, run_trials, take_trial
 from tuning.space import Param
 from tuning.storage import IDLE_IN_TRANSACTION_S, grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
@@ -198,11 +200,11 @@ def test_a_worker_stalled_inside_a_transaction_does_not_block_the_others():
     # A worker paused, or cut off behind a live proxy, in the middle of a heartbeat or a report
     # holds a lock on its trial's row, which failing that trial as stale has to wait for.
     name = f"stalled-{uuid.uuid4().hex[:8]}"
-    stalled = open_storage(POSTGRES_URL)
-    trial = optuna.create_study(study_name=name, storage=stalled).ask()
-    other = open_storage(POSTGRES_URL)
-    conn = stalled.engine.connect()
+    stalled, other = open_storage(POSTGRES_URL), open_storage(POSTGRES_URL)
+    conn = None
     try:
+        trial = optuna.create_study(study_name=name, storage=stalled).ask()
+        conn = stalled.engine.connect()
         # What inserting a heartbeat or an intermediate value takes, and then nothing more.
         conn.execute(text("SELECT trial_id FROM trials WHERE trial_id = :id FOR KEY SHARE"),
                      {"id": trial._trial_id})
@@ -216,8 +218,41 @@ def test_a_worker_stalled_inside_a_transaction_does_not_block_the_others():
             conn.execute(text("SELECT 1"))  # the server ended the stalled session
         assert transient(ended.value)  # so a worker that resumes retries, as after an outage
     finally:
-        conn.close()  # without the timeout, this releases the lock (and the thread)
-        optuna.delete_study(study_name=name, storage=other)
+        if conn is not None:
+            conn.close()  # without the timeout, this releases the lock (and the thread)
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=other)
+        stalled.engine.dispose()
+        other.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_study_lock_was_ended_under_it_creates_no_trial(monkeypatch):
+    # The server ends a session idle inside its transaction too long: the study lock's, if the
+    # worker's storage calls under it stalled, which lets another worker take the lock.
+    name = f"lock-lost-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(POSTGRES_URL)
+    lock = StudyLock(POSTGRES_URL, name)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage)
+        real_counts = runner._counts
+
+        def counts_while_the_lock_is_ended(counted):
+            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
+            with storage.engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            return real_counts(counted)
+
+        monkeypatch.setattr(runner, "_counts", counts_while_the_lock_is_ended)
+        assert take_trial(study, 5, lock) is NoTrial.WAIT
+        assert study.trials == []
+        monkeypatch.setattr(runner, "_counts", real_counts)
+        assert isinstance(take_trial(study, 5, lock), optuna.Trial)  # a new session next time
+    finally:
+        lock.close()
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
 
 
 # --- a paused worker comes back after its trial was taken over, end to end -------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from tuning.cli import FINISHED
 from tuning.errors import shorten
@@ -56,6 +56,7 @@ class StudyLock:
             connect_args=POSTGRES_CONNECT_ARGS)
         self._key = zlib.crc32(f"tuning:{study_name}".encode())
         self._outages = outages or Outages()
+        self._held: Connection | None = None
 
     def _acquire(self):
         assert self._engine is not None  # only without a file lock, i.e. with an engine
@@ -74,15 +75,29 @@ class StudyLock:
                 yield
             return
         conn = call_with_retry(self._outages, retry_seconds(), self._acquire)
+        self._held = conn
         try:
             yield
         finally:
+            self._held = None
             # If the database restarted meanwhile, the lock went with the session.
             with contextlib.suppress(Exception):
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
                 conn.commit()
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def still_held(self) -> bool:
+        """Whether the lock taken by `hold` is still this worker's. The server ends a session
+        left idle inside its transaction too long (tuning.storage), which frees the lock for
+        another worker: one whose storage calls under the lock stalled may have lost it."""
+        if self._held is None:
+            return self._file_lock is not None and self._file_lock.is_locked
+        try:
+            self._held.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - a session ended is one error or another
+            return False
+        return True
 
     def close(self) -> None:
         if self._engine is not None:
@@ -143,6 +158,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
         if finished >= target:
             return NoTrial.TARGET_MET
         if finished + running >= target:
+            return NoTrial.WAIT
+        if not lock.still_held():  # another worker may be counting and creating meanwhile
             return NoTrial.WAIT
         # Only creates the trial: the sampler runs at its first suggest, in the objective,
         # after the lock is released, so workers do not queue behind one another's sampling.

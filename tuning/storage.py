@@ -51,11 +51,12 @@ SQLITE_TIMEOUT_S = 120
 # (an advisory lock) that a cut-off worker may hold.
 _DEAD_PEER = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 # TCP cannot tell a worker that is paused (SIGSTOP, a frozen VM) or cut off behind a live
-# proxy (PgBouncer, a relay) from a healthy one. Should that happen inside a transaction,
-# the session keeps its row locks (a heartbeat or report holds one on the trial's row) and
-# every other worker blocks on them when it fails that trial as stale. A session idle inside
-# a transaction this long is ended by the server; Optuna's transactions wait on nothing but
-# the database, so a healthy worker's never idles anywhere near this.
+# proxy (a relay, a VPN) from a healthy one. Should that happen inside a transaction, the
+# session keeps its locks (a heartbeat or report holds one on the trial's row; the study lock
+# is an advisory lock in a transaction) and the other workers block on them. A session idle
+# inside a transaction this long is ended by the server. Optuna's transactions are a few
+# statements; the study lock's spans a worker's storage calls while it takes a trial, which
+# checks that it still holds the lock before creating one (tuning.runner.take_trial).
 IDLE_IN_TRANSACTION_S = 20
 POSTGRES_CONNECT_ARGS = {
     "connect_timeout": 10,
