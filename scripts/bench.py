@@ -49,6 +49,7 @@ import bench_throughput  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 import tutorial_pipeline  # noqa: E402
+from child_env import child_env  # noqa: E402
 
 from tuning.cli import configure_logging  # noqa: E402
 from tuning.data import load_arrays, to_device  # noqa: E402
@@ -61,12 +62,6 @@ from tuning.strategy import make_pruner, make_sampler  # noqa: E402
 from tuning.train import TrainConfig  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def child_env() -> dict[str, str]:
-    """This environment, with the repository first on the child's Python path."""
-    return {**os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
 
 
 class GpuSampler:

@@ -59,6 +59,9 @@ else:  # which it does not need at run time; torch is imported only where it is 
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child_env import child_env  # noqa: E402
 
 DATASET = "mnist-sample"
 THRESHOLDS = (0.97, 0.98)
@@ -345,8 +348,7 @@ def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, lo
         try:
             started = time.time()
             argv = command(tool, extra, budget, seed, started, folder, ray_python, device)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+            env = child_env()
             try:
                 # The optuna script lets a running trial finish, however long, and its epochs
                 # past the budget do not count: it is stopped at the budget.

@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child_env import child_env  # noqa: E402
+
 LAYOUTS = {"1x2": (1, 2, {}), "1x2-passive": (1, 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
            "1x1": (1, 1, {}), "2x1": (2, 1, {})}
 # A network the default mnist space samples often: 3 blocks of 16 channels, batch norm, batch 32.
@@ -50,9 +53,7 @@ print(json.dumps({"seconds": seconds, "images": len(data.train)}))
 def run_layout(name: str, epochs: int) -> dict:
     workers, threads, env = LAYOUTS[name]
     procs = [subprocess.Popen([sys.executable, "-c", TRAIN, str(threads), str(epochs)],
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                  filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-                                   **env},
+                              env=child_env(**env),
                               stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     per_epoch = statistics.median(s for r in results for s in r["seconds"][1:])

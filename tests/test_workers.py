@@ -308,7 +308,6 @@ def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
     assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
 
 
-
 def test_the_cpu_runs_one_single_thread_worker_per_core_by_default(monkeypatch):
     from tuning.errors import UsageError
     from tuning.launcher import default_cpu_workers, plan_workers
