@@ -3,7 +3,7 @@
 
     python scripts/bench_budget.py [--budget 240] [--rounds 3] [--seed 0] [--load none,cpu]
         [--variant NAME=ARGS ...] [--tools tuning,optuna,ray] [--ray-python PATH]
-        [--device auto] [--json F]
+        [--device auto] [--json F] [--events-dir DIR]
 
 Every tool searches the same space (the built-in study `mnist`'s [space], sampled by
 tuning.space.sample), trains the same network family (tuning.networks) with the same
@@ -28,10 +28,11 @@ every tool in it: the data split, the samplers' draws, the initial weights. `--l
 a CPU-bound process (a busy loop) beside the run, as on a shared workstation or cluster node.
 
 Reported per run, from the epochs that ended within the budget: trials that trained, epochs,
-best validation loss, seconds to 97% and 98% validation accuracy (the end of the first epoch
-that reached it), the test accuracy of the best trial's best epoch (tuning: its checkpoint;
-the others evaluate the test split at each trial's new best epoch, which only costs them), and
-the load average at the end. The table gives each tool's median over the rounds.
+best validation loss and the second it was found, seconds to 97% and 98% validation accuracy
+(the end of the first epoch that reached it), the test accuracy of the best trial's best epoch
+(tuning: its checkpoint; the others evaluate the test split at each trial's new best epoch,
+which only costs them), and the load average at the end. The table gives each tool's median
+over the rounds.
 """
 
 from __future__ import annotations
@@ -331,6 +332,7 @@ def summarize(events: list[dict], started: float, budget: float) -> dict:
     if inside:
         best = min(inside, key=lambda e: e["val_loss"])
         row["best_val_loss"] = round(best["val_loss"], 4)
+        row["best_at_s"] = round(best["at"] - started, 1)
         row["test_accuracy"] = best["test_accuracy"]
         row["best_params"] = best.get("params")
     for threshold in THRESHOLDS:
@@ -340,7 +342,7 @@ def summarize(events: list[dict], started: float, budget: float) -> dict:
 
 
 def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, load: str,
-            ray_python: str, device: str) -> dict:
+            ray_python: str, device: str, events_dir: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp:
         folder = Path(tmp)
         hog = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -369,6 +371,11 @@ def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, lo
         events = (tuning_events(folder, started, budget, seed) if tool == "tuning" else
                   [json.loads(line) for line in lines.read_text().splitlines()]
                   if lines.exists() else [])
+    if events_dir is not None:
+        events_dir.mkdir(parents=True, exist_ok=True)
+        kept = events_dir / f"{name}-{load}-seed{seed}.jsonl"
+        kept.write_text("".join(json.dumps({**e, "s": round(e["at"] - started, 2)}) + "\n"
+                                for e in sorted(events, key=lambda e: e["at"])))
     return {"tool": name, "load": load, "seed": seed, "wall_s": round(wall, 1),
             "loadavg": round(loadavg, 2), **summarize(events, started, budget)}
 
@@ -431,6 +438,9 @@ def main() -> None:
                         help="where every tool trains: tuning's --device, and the Optuna and Ray "
                              "scripts' too (default: a GPU if there is one)")
     parser.add_argument("--json", type=Path, help="write every run's row here")
+    parser.add_argument("--events-dir", type=Path,
+                        help="keep every run's epochs here, one JSON line each "
+                             "(TOOL-LOAD-seedN.jsonl; s: seconds from the run's start)")
     parser.add_argument("--run", choices=["optuna", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
@@ -460,7 +470,8 @@ def main() -> None:
             for name, tool, extra in runs:
                 row = {"round": round_, **run_one(name, tool, extra, args.budget,
                                                   args.seed + round_ - 1, load,
-                                                  args.ray_python, args.device)}
+                                                  args.ray_python, args.device,
+                                                  args.events_dir)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:

@@ -69,8 +69,9 @@ def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
         event["test_accuracy"] = 0.9 + event["epoch"] / 100
     events[2]["params"] = {"lr": 0.01}
     row = bench_budget.summarize(events, started=100.0, budget=20.0)
-    assert row == {"trials": 2, "epochs": 3, "best_val_loss": 0.09, "test_accuracy": 0.91,
-                   "best_params": {"lr": 0.01}, "s_to_97": 12.0, "s_to_98": 18.0}
+    assert row == {"trials": 2, "epochs": 3, "best_val_loss": 0.09, "best_at_s": 18.0,
+                   "test_accuracy": 0.91, "best_params": {"lr": 0.01}, "s_to_97": 12.0,
+                   "s_to_98": 18.0}
     never = bench_budget.summarize(events[:1], started=100.0, budget=20.0)
     assert never["s_to_97"] is None and never["s_to_98"] is None
 
@@ -79,9 +80,14 @@ def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp
     out = tmp_path / "budget.json"
     result = subprocess.run([sys.executable, str(SCRIPTS / "bench_budget.py"), "--budget", "12",
                              "--rounds", "1", "--load", "none", "--tools", "tuning,optuna",
-                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+                             "--json", str(out), "--events-dir", str(tmp_path / "events")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     runs = json.loads(out.read_text())["runs"]
+    for tool, run in zip(["tuning", "optuna"], runs, strict=True):
+        kept = (tmp_path / "events" / f"{tool}-none-seed0.jsonl").read_text().splitlines()
+        seconds = [json.loads(line)["s"] for line in kept]
+        assert len(kept) >= run["epochs"] and seconds == sorted(seconds)
     assert [r["tool"] for r in runs] == ["tuning", "optuna"]
     for run in runs:
         assert run["epochs"] >= 1 and run["trials"] >= 1, run
