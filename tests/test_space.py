@@ -22,6 +22,7 @@ from tuning.space import (
 )
 from tuning.strategy import grid_space
 from tuning.train import TrainConfig
+from tuning.warm_start import enqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,22 @@ def test_seed_study_is_the_tutorial_configuration():
                          ids=lambda p: p.name)
 def test_every_shipped_study_file_parses(path):
     load_study_file(path)
+
+
+def test_the_default_study_starts_from_keras_simple_convnet_with_nothing_left_to_chance():
+    study_file = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
+    (first,) = study_file.enqueue
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    enqueue(study, [(first, "study file")])
+    params = sample(study.ask(), study_file.space)
+    # Every parameter the sampler would draw for it is given: a parameter added to the space
+    # needs a value here too, or the first trial would be partly random.
+    assert {k: v for k, v in params.items() if study_file.space[k].kind != "fixed"} == first
+    arch, train = build_configs(params)
+    assert (arch.blocks, arch.block_channels(0), arch.block_channels(1)) == (2, 32, 64)
+    assert (arch.activation, arch.batch_norm, arch.dropout, arch.hidden) == ("relu", False, 0.5, 0)
+    assert (train.optimizer, train.lr, train.batch_size, train.lr_schedule) == (
+        "adam", 0.001, 128, "none")
 
 
 def test_conditional_parameters_are_sampled_only_where_they_apply():
