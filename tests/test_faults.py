@@ -460,8 +460,10 @@ def test_workers_started_by_the_launcher_show_no_password_in_ps(workdir, cheap_s
     cheap_space(workdir)
     name = f"secret-{uuid.uuid4().hex[:8]}"
     url = POSTGRES_URL.replace("postgres@", "postgres:Very-Secret-1@")  # trust auth ignores it
+    # Three trials a worker: with one each, a busy machine's poll can miss both (they take a
+    # second) and find the search already over.
     proc = start_search("--study", name, "--config", "studies/mnist.toml", "--storage", url,
-                        "--trials", "2", "--workers", "2", *FAST, cwd=workdir)
+                        "--trials", "6", "--workers", "2", *FAST, cwd=workdir)
     try:
         running = wait_for_running_trials(POSTGRES_URL, name, proc)
         pid = worker_pid(running[0])

@@ -9,6 +9,7 @@ refused instead of mixing results.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform
 import shlex
@@ -29,6 +30,8 @@ from tuning.space import StudyFile, StudySettings, space_from_dict
 from tuning.storage import mask_url, open_storage
 from tuning.strategy import make_pruner, make_sampler
 from tuning.warm_start import enqueue
+
+log = logging.getLogger("tuning")
 
 METRIC = "val_loss"
 """What a study's trials minimize: the best validation loss over a trial's epochs."""
@@ -61,7 +64,10 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     else:
         study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
                                     load_if_exists=True)
-        enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
+        queued = enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
+        if queued:
+            log.info("%d configuration%s of %s queued to run first (its enqueue list)", queued,
+                     "" if queued == 1 else "s", plan.study_file.path)
     # optuna-dashboard shows "Objective 0" for a study without a name for its value; studies
     # created before this was set get it when they resume.
     if study.metric_names is None:
