@@ -95,6 +95,28 @@ def test_a_plain_install_runs_from_any_directory(tmp_path):
     assert study.user_attrs["config_path"].startswith(str(target))
 
 
+def test_a_search_of_the_family_cnn_starts_without_importing_torchvision(tmp_path):
+    """torchvision imports torch._dynamo: a second of every search's and worker's start on the
+    CPU, which a budget of a minute cannot spare. Only a torchvision model needs it."""
+    probe = (
+        "import sys\n"
+        "from tuning.search import main\n"
+        "from tuning.study import environment\n"
+        "status = main(['--trials', '1', '--dataset', 'mnist-sample', '--epochs', '1',\n"
+        "               '--create-only'])\n"
+        "versions = environment()\n"
+        "print(status, 'torchvision' in sys.modules, versions['torchvision'])\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    status, imported, version = result.stdout.split()[-3:]
+    assert (status, imported) == ("0", "False")
+    import torchvision
+
+    assert torchvision.__version__.startswith(version)  # the installed one, by its metadata
+
+
 @pytest.mark.parametrize("setting", ["TUNING_HEARTBEAT_INTERVAL=abc", "TUNING_GRACE_PERIOD=0",
                                      "TUNING_DB_RETRY_S=-1", "TUNING_HEARTBEAT_INTERVAL=1e9"])
 def test_a_bad_environment_variable_is_one_line_and_exit_2(tmp_path, setting):

@@ -128,6 +128,19 @@ def _suggest(trial):
             trial.suggest_int("blocks", 1, 3))
 
 
+def test_an_empty_timing_variable_reads_as_unset(monkeypatch):
+    """A deployment template that writes `TUNING_GRACE_PERIOD=` gets the default, as an empty
+    TUNING_WORKERS does, not an error."""
+    from tuning.outage import retry_seconds
+    from tuning.storage import heartbeat_interval
+
+    for name in ("TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD", "TUNING_DB_RETRY_S"):
+        monkeypatch.setenv(name, " ")
+    assert (heartbeat_interval(), grace_period(), retry_seconds()) == (10, 30, 300)
+    monkeypatch.setenv("TUNING_GRACE_PERIOD", " 45 ")
+    assert grace_period() == 45
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])
 def test_workers_with_the_same_study_seed_propose_different_points(tmp_path, sampler):
     url, _ = _sqlite_study(tmp_path)

@@ -47,9 +47,9 @@ def is_builder(model: str) -> bool:
 
 
 def model_problem(model: object) -> str | None:
-    """What is wrong with a study file's `model`, or None; imports nothing."""
-    from tuning.architectures import is_torchvision_architecture
-
+    """What is wrong with a study file's `model`, or None. Imports torchvision (a second on
+    the CPU, on every command's and worker's start) only for a model that may be one of its
+    architectures."""
     if not isinstance(model, str) or not model:
         return f"model must be a name, got {shorten(repr(model))}"
     if is_builder(model):
@@ -57,7 +57,11 @@ def model_problem(model: object) -> str | None:
             return (f"model {shorten(model)!r}: a builder is named as "
                     "\"package.module:function\"")
         return None
-    if model == FAMILY or is_torchvision_architecture(model):
+    if model == FAMILY:
+        return None
+    from tuning.architectures import is_torchvision_architecture
+
+    if is_torchvision_architecture(model):
         return None
     return (f"unknown model {shorten(model)!r}; choose cnn, a torchvision classification "
             "model (resnet18, mobilenet_v3_small, efficientnet_b0, ...) or "

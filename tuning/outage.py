@@ -41,8 +41,8 @@ BACKOFF_S = (0.5, 1, 2, 4, 8, 10)
 
 
 def retry_seconds() -> float:
-    """How long a database outage is waited out: TUNING_DB_RETRY_S, default 300 s."""
-    text = os.environ.get("TUNING_DB_RETRY_S", "300")
+    """How long a database outage is waited out: TUNING_DB_RETRY_S (unset or empty: 300 s)."""
+    text = os.environ.get("TUNING_DB_RETRY_S", "").strip() or "300"
     try:
         value = float(text)
     except ValueError:

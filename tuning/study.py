@@ -9,6 +9,7 @@ refused instead of mixing results.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import os
 import platform
@@ -157,7 +158,6 @@ def environment() -> dict:
     the libraries, CUDA and the GPU. Workers on other hosts may differ: each records its own."""
     import numpy
     import torch
-    import torchvision
 
     return {
         "tuning": __version__,
@@ -166,7 +166,9 @@ def environment() -> dict:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        # From its installed metadata: importing torchvision to ask costs every worker's
+        # start a second (it imports torch._dynamo), and the family CNN does not use it.
+        "torchvision": importlib.metadata.version("torchvision"),
         "optuna": optuna.__version__,
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
