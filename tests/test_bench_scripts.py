@@ -38,8 +38,8 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
 
 @pytest.mark.parametrize("script", ["bench.py", "bench_budget.py", "bench_cv.py",
                                     "bench_folder.py",
-                                    "bench_grouped.py", "bench_models.py", "bench_threads.py",
-                                    "bench_throughput.py"])
+                                    "bench_grouped.py", "bench_models.py", "bench_startup.py",
+                                    "bench_threads.py", "bench_throughput.py"])
 def test_benchmark_commands_start(script):
     result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -56,6 +56,16 @@ def test_the_thread_benchmark_measures_a_layout_alone_and_beside_a_competitor(tm
     rows = json.loads(out.read_text())
     assert [(r["layout"], r["loaded"]) for r in rows] == [("1x1", False), ("1x1", True)]
     assert all(r["seconds_per_epoch"] > 0 and r["images_per_second"] > 0 for r in rows)
+
+
+def test_the_startup_benchmark_times_a_search_from_its_start_to_its_first_epoch(tmp_path):
+    out = tmp_path / "startup.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_startup.py"), "--rounds", "1",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rounds"]
+    assert row["checkout"] == str(ROOT)
+    assert 0 < row["create_s"] and 0 < row["joined_s"] < row["first_epoch_s"]
 
 
 def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
