@@ -292,7 +292,9 @@ def tuning_events(folder: Path, started: float, budget: float, seed: int) -> lis
                 continue
             events.append({"trial": trial.number, "epoch": epoch, "val_loss":
                            trial.intermediate_values[epoch], "val_accuracy": accuracy,
-                           "test_accuracy": None, "at": start + end, "params": trial.params})
+                           "test_accuracy": None, "at": start + end, "params": trial.params,
+                           "state": trial.state.name,
+                           "prune_reason": attrs.get("prune_reason")})
     inside = [e for e in events if e["at"] - started <= budget]
     if not inside:
         return events
@@ -335,6 +337,8 @@ def summarize(events: list[dict], started: float, budget: float) -> dict:
         row["best_at_s"] = round(best["at"] - started, 1)
         row["test_accuracy"] = best["test_accuracy"]
         row["best_params"] = best.get("params")
+        # tuning's trials only: COMPLETE, or PRUNED (by the pruner, or cut by the budget).
+        row["best_state"] = best.get("state")
     for threshold in THRESHOLDS:
         reached = [e["at"] - started for e in inside if e["val_accuracy"] >= threshold]
         row[f"s_to_{round(threshold * 100)}"] = round(reached[0], 1) if reached else None

@@ -78,10 +78,11 @@ def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
     for event in events:
         event["test_accuracy"] = 0.9 + event["epoch"] / 100
     events[2]["params"] = {"lr": 0.01}
+    events[2]["state"] = "PRUNED"
     row = bench_budget.summarize(events, started=100.0, budget=20.0)
     assert row == {"trials": 2, "epochs": 3, "best_val_loss": 0.09, "best_at_s": 18.0,
-                   "test_accuracy": 0.91, "best_params": {"lr": 0.01}, "s_to_97": 12.0,
-                   "s_to_98": 18.0}
+                   "test_accuracy": 0.91, "best_params": {"lr": 0.01}, "best_state": "PRUNED",
+                   "s_to_97": 12.0, "s_to_98": 18.0}
     never = bench_budget.summarize(events[:1], started=100.0, budget=20.0)
     assert never["s_to_97"] is None and never["s_to_98"] is None
 

@@ -4,7 +4,9 @@ tier 1; a trial stopped when it runs out, tier 2; a search, tier 3) and OpenMP's
 from __future__ import annotations
 
 import argparse
+import collections
 import io
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 
 import optuna
 import pytest
+import torch
 from helpers import ROOT, load_study, small_space
 from optuna.trial import TrialState
 
@@ -19,8 +22,8 @@ from tuning.cli import Progress, duration, run_timeout
 from tuning.device import resolve_device
 from tuning.objective import Objective
 from tuning.search import main
-from tuning.space import StudySettings
-from tuning.strategy import make_pruner
+from tuning.space import StudySettings, load_study_file, sample
+from tuning.strategy import from_unit, make_pruner, make_sampler
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -111,6 +114,44 @@ def test_the_default_pruner_stops_a_clearly_worst_trial_after_its_first_epoch():
     assert _run(study, [2.3] * settings.epochs) == TrialState.PRUNED
     assert study.trials[-1].last_step == 1
     assert _run(study, [0.3 - 0.02 * e for e in range(settings.epochs)]) == TrialState.COMPLETE
+
+
+def test_the_default_samplers_start_up_trials_spread_over_every_range_and_choice():
+    """The first trials, before TPE has a model, are points of a scrambled Sobol sequence:
+    eight of them put one learning rate in each eighth of its (log) range and take every
+    optimizer and batch size twice, where eight random draws almost never would. Once 10
+    trials have finished, TPE chooses."""
+    space = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml").space
+    study = optuna.create_study(sampler=make_sampler(StudySettings().sampler, 3, space))
+    for _ in range(11):
+        trial = study.ask()
+        study.tell(trial, sample(trial, space)["lr"])
+    first = [t.params for t in study.trials[:8]]
+    eighths = {int(8 * math.log(p["lr"] / 1e-4) / math.log(0.3 / 1e-4)) for p in first}
+    assert eighths == set(range(8))
+    for name in ("optimizer", "batch_size"):
+        counts = collections.Counter(p[name] for p in first)
+        assert sorted(counts.values()) == [2] * 4, counts
+    # Trial 10 would have taken Sobol point 10: it is TPE's, not that point's.
+    dimensions = [name for name, p in space.items() if p.kind != "fixed"]
+    point = torch.quasirandom.SobolEngine(len(dimensions), scramble=True, seed=3)
+    point.fast_forward(10)
+    sobol_lr = from_unit(point.draw(1, dtype=torch.float64)[0][dimensions.index("lr")].item(),
+                         study.trials[10].distributions["lr"])
+    assert study.trials[10].params["lr"] != pytest.approx(sobol_lr)
+
+
+def test_a_unit_coordinate_maps_evenly_onto_ranges_steps_and_choices():
+    dist = optuna.distributions
+    assert from_unit(0.5, dist.FloatDistribution(1e-4, 1e-2, log=True)) == pytest.approx(1e-3)
+    assert from_unit(0.25, dist.FloatDistribution(0.0, 0.4)) == pytest.approx(0.1)
+    assert [from_unit(u, dist.IntDistribution(1, 3)) for u in (0, 0.34, 0.67, 0.999)] == \
+        [1, 2, 3, 3]
+    assert from_unit(0.99, dist.FloatDistribution(0.0, 1.0, step=0.25)) == 1.0
+    assert [from_unit(u, dist.CategoricalDistribution(["a", "b"])) for u in (0.1, 0.6)] == \
+        ["a", "b"]
+    assert [from_unit(u, dist.IntDistribution(1, 64, log=True)) for u in (0, 0.999999)] == \
+        [1, 64]
 
 
 def test_a_trial_is_never_pruned_after_its_last_epoch(tiny_data):

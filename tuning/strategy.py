@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
+import torch
 
 if TYPE_CHECKING:
     from tuning.space import Param
@@ -70,6 +71,91 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
             sampler.reseed_rng()
 
 
+class SobolStartSampler(optuna.samplers.BaseSampler):
+    """`sampler`, except that while the study has fewer than `startup_trials` finished trials
+    (when TPE would draw at random) a trial takes a point of one scrambled Sobol sequence.
+
+    Trial n takes the sequence's point n, one coordinate per parameter of the space: Sobol
+    points spread over every range and every choice evenly where random draws clump, and
+    trial numbers are unique, so workers never take the same point. In a one-minute search on
+    mnist-sample it reached 98% validation accuracy sooner than random start-up trials
+    (docs/benchmarks.md).
+    """
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler, dimensions: list[str], seed: int,
+                 startup_trials: int):
+        self._sampler = sampler
+        self._dimension = {name: i for i, name in enumerate(dimensions)}
+        self._seed = seed % 2**32
+        self._startup_trials = startup_trials
+        self._points: dict[int, list[float] | None] = {}
+
+    def _point(self, study, trial) -> list[float] | None:
+        """The trial's Sobol point while the study starts up, else None; decided at the
+        trial's first call, so a trial finishing elsewhere meanwhile does not split it."""
+        if trial.number not in self._points:
+            # As Optuna's samplers read the trials: once per trial, the read shared with TPE.
+            finished = study._get_trials(deepcopy=False, use_cache=True, states=(
+                optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+            point = None
+            if len(finished) < self._startup_trials and self._dimension:
+                sobol = torch.quasirandom.SobolEngine(len(self._dimension), scramble=True,
+                                                      seed=self._seed)
+                sobol.fast_forward(trial.number)
+                point = sobol.draw(1, dtype=torch.float64)[0].tolist()
+            self._points[trial.number] = point
+        return self._points[trial.number]
+
+    def before_trial(self, study, trial) -> None:
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        if self._point(study, trial) is not None:
+            return {}
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if self._point(study, trial) is not None:
+            return {}
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        point = self._point(study, trial)
+        if point is None or param_name not in self._dimension:
+            return self._sampler.sample_independent(study, trial, param_name,
+                                                    param_distribution)
+        return from_unit(point[self._dimension[param_name]], param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+        self._points.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+def from_unit(u: float, distribution: optuna.distributions.BaseDistribution):
+    """The value at `u` (in [0, 1)) of a distribution's range or choices, spread evenly: on
+    a log scale for a log range, each choice and each step of a range taking an equal part."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        choices = distribution.choices
+        return choices[min(int(u * len(choices)), len(choices) - 1)]
+    assert isinstance(distribution, (optuna.distributions.FloatDistribution,
+                                     optuna.distributions.IntDistribution))
+    low, high = distribution.low, distribution.high
+    integer = isinstance(distribution, optuna.distributions.IntDistribution)
+    if distribution.log:
+        # An integer k takes the log-width of [k - 0.5, k + 0.5], the ends included.
+        a, b = (low - 0.5, high + 0.5) if integer else (low, high)
+        value = math.exp(math.log(a) + u * (math.log(b) - math.log(a)))
+        return min(max(round(value), low), high) if integer else min(max(value, low), high)
+    if distribution.step is not None:
+        steps = round((high - low) / distribution.step)
+        value = low + min(int(u * (steps + 1)), steps) * distribution.step
+        return int(value) if integer else min(value, high)
+    return low + u * (high - low)
+
+
 def grid_space(space: dict[str, Param]) -> dict[str, list]:
     """The grid sampler's search space: every sampled (non-fixed) parameter."""
     return {name: p.grid() for name, p in space.items() if p.kind != "fixed"}
@@ -91,9 +177,13 @@ def _seeded_per_trial(
 # (study seed, search space) -> the study's sampler.
 SAMPLERS: dict[str, Callable[[int, dict[str, Param]], optuna.samplers.BaseSampler]] = {
     # multivariate TPE models parameter interactions (lr x optimizer, lr x batch size);
-    # constant_liar keeps parallel workers from all sampling the same promising point.
-    "tpe": _seeded_per_trial(lambda seed, space: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10)),
+    # constant_liar keeps parallel workers from all sampling the same promising point. Its 10
+    # start-up trials are Sobol points (one sequence for the study, so seeded once).
+    "tpe": lambda seed, space: TrialSeededSampler(lambda trial_seed: SobolStartSampler(
+        optuna.samplers.TPESampler(seed=trial_seed, multivariate=True, group=True,
+                                   constant_liar=True, n_startup_trials=10),
+        [name for name, p in space.items() if p.kind != "fixed"], seed, startup_trials=10),
+        seed),
     "random": _seeded_per_trial(lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
     # One seed for all: it orders the grid, and workers take grid points by number from the
     # study, so they never share one.
