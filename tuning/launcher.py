@@ -86,7 +86,7 @@ def default_cpu_workers(cores: int, environ: Mapping[str, str] | None = None) ->
     text = environ.get("TUNING_WORKERS", "").strip()
     if not text:
         return max(1, min(cores, MAX_DEFAULT_CPU_WORKERS))
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
+    if not text.isdecimal() or not 1 <= int(text) <= 1024:
         raise UsageError(f"TUNING_WORKERS must be a number of workers from 1 to 1024, "
                          f"got {text[:40]!r}")
     return int(text)

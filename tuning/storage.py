@@ -27,7 +27,7 @@ from tuning.outage import ResilientStorage, disk_full, full_disk_message
 def _seconds_from_env(name: str, default: int) -> int:
     """$name as whole seconds; unset or empty: `default` (as every TUNING_ variable reads)."""
     text = os.environ.get(name, "").strip() or str(default)
-    if not text.isdigit() or not 1 <= int(text) <= 86_400:
+    if not text.isdecimal() or not 1 <= int(text) <= 86_400:
         raise UsageError(f"{name} must be a whole number of seconds from 1 to 86400, "
                          f"got {text[:40]!r}")
     return int(text)
@@ -239,7 +239,7 @@ def existing_artifact_store(directory: Path | None = None):
     """The artifact store for commands that only read (report, dashboard): the directory
     `artifact_store` would use, if it exists; None where the default one does not (no trial
     saved a checkpoint here). A directory named explicitly must exist: nothing is created."""
-    path = Path(directory or os.environ.get("TUNING_ARTIFACTS") or "artifacts")
+    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
     if not path.is_dir():
         if directory is not None:
             raise UsageError(f"--artifacts {str(path)!r} does not exist or is not a directory")
@@ -252,7 +252,7 @@ def artifact_store(directory: Path | None = None):
     (--artifacts, else $TUNING_ARTIFACTS, else ./artifacts)."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    path = Path(directory or os.environ.get("TUNING_ARTIFACTS") or "artifacts")
+    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

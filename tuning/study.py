@@ -166,14 +166,23 @@ def environment() -> dict:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        # From its installed metadata: importing torchvision to ask costs every worker's
-        # start a second (it imports torch._dynamo), and the family CNN does not use it.
-        "torchvision": importlib.metadata.version("torchvision"),
+        "torchvision": _torchvision_version(),
         "optuna": optuna.__version__,
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def _torchvision_version() -> str | None:
+    """torchvision's version, without importing it where nothing has: the import costs every
+    worker's start a second (it imports torch._dynamo), and the family CNN does not use it."""
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    try:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:  # a build without installed metadata
+        return None
 
 
 def _git_commit() -> str | None:
