@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child_env import ROOT, child_env  # noqa: E402
+
 TIMEOUT_S = 300
 SEARCH = ["-m", "tuning.search", "--trials", "4", "--dataset", "mnist-sample", "--epochs", "1"]
-
-
-def env_for(checkout: Path) -> dict[str, str]:
-    """This environment with `checkout` first on the Python path."""
-    path = os.pathsep.join(filter(None, (str(checkout), os.environ.get("PYTHONPATH"))))
-    return {**os.environ, "PYTHONPATH": path}
 
 
 def first_epoch_end(database: Path) -> float | None:
@@ -58,7 +54,7 @@ def run(argv: list[str], cwd: str, checkout: Path, on_line=None) -> None:
     """Run a command to its end (killed after TIMEOUT_S), calling on_line with each line of its
     output; exit with the output's end if it fails."""
     output = []
-    with subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env_for(checkout),
+    with subprocess.Popen([sys.executable, *argv], cwd=cwd, env=child_env(checkout),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         watchdog = threading.Timer(TIMEOUT_S, proc.kill)
         watchdog.start()

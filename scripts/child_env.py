@@ -10,7 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """os.environ with the repository first on PYTHONPATH, and `extra` on top."""
-    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+def child_env(first: Path = ROOT, /, **extra: str) -> dict[str, str]:
+    """os.environ with `first` (this repository, or another copy of it) first on PYTHONPATH,
+    and `extra` on top."""
+    path = os.pathsep.join(filter(None, (str(first), os.environ.get("PYTHONPATH"))))
     return {**os.environ, "PYTHONPATH": path, **extra}

@@ -235,11 +235,16 @@ def open_storage(url: str, heartbeat: bool = True,
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 
 
+def artifact_directory(directory: Path | None = None) -> Path:
+    """--artifacts, else $TUNING_ARTIFACTS (unless empty), else ./artifacts."""
+    return Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
+
+
 def existing_artifact_store(directory: Path | None = None):
     """The artifact store for commands that only read (report, dashboard): the directory
     `artifact_store` would use, if it exists; None where the default one does not (no trial
     saved a checkpoint here). A directory named explicitly must exist: nothing is created."""
-    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
+    path = artifact_directory(directory)
     if not path.is_dir():
         if directory is not None:
             raise UsageError(f"--artifacts {str(path)!r} does not exist or is not a directory")
@@ -252,7 +257,7 @@ def artifact_store(directory: Path | None = None):
     (--artifacts, else $TUNING_ARTIFACTS, else ./artifacts)."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    path = Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
+    path = artifact_directory(directory)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
