@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from helpers import (
     POSTGRES_URL,
     exit_status,
@@ -132,14 +133,21 @@ def test_an_empty_variable_reads_as_unset(monkeypatch, tmp_path):
     """A deployment template that writes `TUNING_GRACE_PERIOD=` gets the default, as an empty
     TUNING_WORKERS does, not an error."""
     from tuning.cli import storage_url
+    from tuning.data import device_budget
     from tuning.errors import UsageError
+    from tuning.image_folder import default_cache_dir
+    from tuning.launcher import default_cpu_workers
     from tuning.outage import retry_seconds
     from tuning.storage import artifact_store, heartbeat_interval
 
     for name in ("TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD", "TUNING_DB_RETRY_S",
-                 "TUNING_ARTIFACTS", "TUNING_STORAGE"):
+                 "TUNING_ARTIFACTS", "TUNING_STORAGE", "TUNING_WORKERS", "TUNING_CACHE_DIR",
+                 "TUNING_DEVICE_DATA_MB"):
         monkeypatch.setenv(name, " ")
     assert (heartbeat_interval(), grace_period(), retry_seconds()) == (10, 30, 300)
+    assert default_cpu_workers(2) == 2
+    assert default_cache_dir().parts[-2:] == ("tuning", "images")
+    assert device_budget(torch.device("cpu")) == float("inf")
     assert storage_url(None, "s") == "sqlite:///studies/s.db"
     monkeypatch.chdir(tmp_path)
     artifact_store()
@@ -149,6 +157,25 @@ def test_an_empty_variable_reads_as_unset(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNING_GRACE_PERIOD", "\u00b2")  # a digit to str.isdigit, not to int()
     with pytest.raises(UsageError, match="TUNING_GRACE_PERIOD"):
         grace_period()
+
+
+@pytest.mark.parametrize("name", ["TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD",
+                                  "TUNING_DB_RETRY_S", "TUNING_WORKERS", "TUNING_DEVICE_DATA_MB"])
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", "inf", "1e12", "\u00b2" * 100])
+def test_a_numeric_variable_out_of_range_is_one_line_naming_it(monkeypatch, name, value):
+    from tuning.data import device_budget
+    from tuning.errors import UsageError
+    from tuning.launcher import default_cpu_workers
+    from tuning.outage import retry_seconds
+    from tuning.storage import heartbeat_interval
+
+    read = {"TUNING_HEARTBEAT_INTERVAL": heartbeat_interval, "TUNING_GRACE_PERIOD": grace_period,
+            "TUNING_DB_RETRY_S": retry_seconds, "TUNING_WORKERS": lambda: default_cpu_workers(2),
+            "TUNING_DEVICE_DATA_MB": lambda: device_budget(torch.device("cpu"))}[name]
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=f"^{name} must be .* from .* to .*, got") as caught:
+        read()
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 160
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])

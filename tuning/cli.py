@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import shutil
 import sys
@@ -17,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuning.errors import EXIT_USAGE, MESSAGE_CHARS, shorten
+from tuning.settings import setting
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -124,7 +124,7 @@ def storage_url(storage: str | None, study: str) -> str:
     study's own SQLite file under ./studies."""
     from tuning.storage import default_storage  # noqa: PLC0415 - keeps `cli` light to import
 
-    return storage or os.environ.get("TUNING_STORAGE", "").strip() or default_storage(study)
+    return storage or setting("TUNING_STORAGE") or default_storage(study)
 
 
 def count_finished(study: optuna.Study) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from tuning.errors import UsageError
+from tuning.settings import number_setting, setting
 from tuning.sources import DataConfig, dataset_problem, read
 
 log = logging.getLogger("tuning")
@@ -205,12 +205,8 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
 
 def device_budget(device: torch.device) -> float:
     """Bytes of images that may stay on `device`; the rest wait in host memory."""
-    if os.environ.get("TUNING_DEVICE_DATA_MB"):
-        try:
-            return float(os.environ["TUNING_DEVICE_DATA_MB"]) * 2**20
-        except ValueError:
-            raise UsageError(f"TUNING_DEVICE_DATA_MB must be a number of MiB, got "
-                             f"{os.environ['TUNING_DEVICE_DATA_MB'][:40]!r}") from None
+    if setting("TUNING_DEVICE_DATA_MB"):
+        return number_setting("TUNING_DEVICE_DATA_MB", 0.0, low=0, high=2**30, unit="MiB") * 2**20
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free * DEVICE_BUDGET_FRACTION

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from tuning.errors import UsageError, shorten
+from tuning.settings import setting
 
 log = logging.getLogger("tuning")
 
@@ -56,8 +57,8 @@ class FolderImages:
 
 def default_cache_dir() -> Path:
     """$TUNING_CACHE_DIR, else the user's cache directory (XDG) + tuning/images."""
-    if os.environ.get("TUNING_CACHE_DIR"):
-        return Path(os.environ["TUNING_CACHE_DIR"])
+    if setting("TUNING_CACHE_DIR"):
+        return Path(setting("TUNING_CACHE_DIR"))
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "tuning" / "images"
 

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning.cli import Progress, count_finished
 from tuning.errors import EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
+from tuning.settings import whole_number_setting
 from tuning.storage import split_password
 
 MAX_RESTARTS_PER_WORKER = 3
@@ -82,14 +83,8 @@ MAX_DEFAULT_CPU_WORKERS = 4
 def default_cpu_workers(cores: int, environ: Mapping[str, str] | None = None) -> int:
     """How many CPU workers a search runs without --workers: $TUNING_WORKERS, else one per
     core up to MAX_DEFAULT_CPU_WORKERS."""
-    environ = os.environ if environ is None else environ
-    text = environ.get("TUNING_WORKERS", "").strip()
-    if not text:
-        return max(1, min(cores, MAX_DEFAULT_CPU_WORKERS))
-    if not text.isdecimal() or not 1 <= int(text) <= 1024:
-        raise UsageError(f"TUNING_WORKERS must be a number of workers from 1 to 1024, "
-                         f"got {text[:40]!r}")
-    return int(text)
+    return whole_number_setting("TUNING_WORKERS", max(1, min(cores, MAX_DEFAULT_CPU_WORKERS)),
+                                low=1, high=1024, unit="workers", environ=environ)
 
 
 def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,

@@ -33,7 +33,7 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
 from optuna.trial import TrialState
 
-from tuning.errors import UsageError
+from tuning.settings import number_setting
 
 log = logging.getLogger("tuning")
 
@@ -42,15 +42,7 @@ BACKOFF_S = (0.5, 1, 2, 4, 8, 10)
 
 def retry_seconds() -> float:
     """How long a database outage is waited out: TUNING_DB_RETRY_S (unset or empty: 300 s)."""
-    text = os.environ.get("TUNING_DB_RETRY_S", "").strip() or "300"
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86_400:
-        raise UsageError(f"TUNING_DB_RETRY_S must be a number of seconds from 0 to 86400, "
-                         f"got {text[:40]!r}")
-    return value
+    return number_setting("TUNING_DB_RETRY_S", 300.0, low=0, high=86_400, unit="seconds")
 
 
 class StorageFull(Exception):

@@ -22,15 +22,12 @@ from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
 from tuning.outage import ResilientStorage, disk_full, full_disk_message
+from tuning.settings import setting, whole_number_setting
 
 
 def _seconds_from_env(name: str, default: int) -> int:
-    """$name as whole seconds; unset or empty: `default` (as every TUNING_ variable reads)."""
-    text = os.environ.get(name, "").strip() or str(default)
-    if not text.isdecimal() or not 1 <= int(text) <= 86_400:
-        raise UsageError(f"{name} must be a whole number of seconds from 1 to 86400, "
-                         f"got {text[:40]!r}")
-    return int(text)
+    """$name as whole seconds from 1 to 86400; unset: `default`."""
+    return whole_number_setting(name, default, low=1, high=86_400, unit="seconds")
 
 
 def heartbeat_interval() -> int:
@@ -237,7 +234,7 @@ def open_storage(url: str, heartbeat: bool = True,
 
 def artifact_directory(directory: Path | None = None) -> Path:
     """--artifacts, else $TUNING_ARTIFACTS (unless empty), else ./artifacts."""
-    return Path(directory or os.environ.get("TUNING_ARTIFACTS", "").strip() or "artifacts")
+    return Path(directory or setting("TUNING_ARTIFACTS") or "artifacts")
 
 
 def existing_artifact_store(directory: Path | None = None):
