@@ -118,7 +118,10 @@ def test_a_search_of_the_family_cnn_starts_without_importing_torchvision(tmp_pat
 
 
 @pytest.mark.parametrize("setting", ["TUNING_HEARTBEAT_INTERVAL=abc", "TUNING_GRACE_PERIOD=0",
-                                     "TUNING_DB_RETRY_S=-1", "TUNING_HEARTBEAT_INTERVAL=1e9"])
+                                     "TUNING_DB_RETRY_S=-1", "TUNING_HEARTBEAT_INTERVAL=1e9",
+                                     "TUNING_DEVICE_DATA_MB=nan", "TUNING_WORKERS=two",
+                                     "TUNING_WORKERS=" + "9" * 5000],
+                         ids=lambda setting: setting[:40])
 def test_a_bad_environment_variable_is_one_line_and_exit_2(tmp_path, setting):
     name, value = setting.split("=", 1)
     result = tuning("search", "--trials", "1", "--dataset", "mnist-sample", "--epochs", "1",
@@ -126,6 +129,7 @@ def test_a_bad_environment_variable_is_one_line_and_exit_2(tmp_path, setting):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and name in result.stderr
     assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no database, no artifacts: nothing stored
 
 
 @pytest.mark.slow

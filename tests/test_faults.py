@@ -161,7 +161,8 @@ def test_an_empty_variable_reads_as_unset(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD",
                                   "TUNING_DB_RETRY_S", "TUNING_WORKERS", "TUNING_DEVICE_DATA_MB"])
-@pytest.mark.parametrize("value", ["abc", "-5", "nan", "inf", "1e12", "\u00b2" * 100])
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", "inf", "1e12", "\u00b2" * 100, "9" * 5000],
+                         ids=lambda value: value[:8])
 def test_a_numeric_variable_out_of_range_is_one_line_naming_it(monkeypatch, name, value):
     from tuning.data import device_budget
     from tuning.errors import UsageError
@@ -173,9 +174,31 @@ def test_a_numeric_variable_out_of_range_is_one_line_naming_it(monkeypatch, name
             "TUNING_DB_RETRY_S": retry_seconds, "TUNING_WORKERS": lambda: default_cpu_workers(2),
             "TUNING_DEVICE_DATA_MB": lambda: device_budget(torch.device("cpu"))}[name]
     monkeypatch.setenv(name, value)
-    with pytest.raises(UsageError, match=f"^{name} must be .* from .* to .*, got") as caught:
+    with pytest.raises(UsageError, match=f"^{name} must be .* from [0-9.]+ to [0-9.]+, got") \
+            as caught:
         read()
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 160
+
+
+def test_numeric_variables_take_every_value_in_range(monkeypatch):
+    from tuning.data import MAX_DEVICE_DATA_MB, device_budget
+    from tuning.launcher import default_cpu_workers
+    from tuning.outage import retry_seconds
+
+    cpu = torch.device("cpu")
+    for value, budget in ((" 512 ", 512 * 2**20), ("0", 0.0), ("0.5", 2**19),
+                          (str(MAX_DEVICE_DATA_MB), MAX_DEVICE_DATA_MB * 2**20)):
+        monkeypatch.setenv("TUNING_DEVICE_DATA_MB", value)
+        assert device_budget(cpu) == budget
+    for value, workers in (("1", 1), ("1024", 1024), (" 3\t", 3)):
+        monkeypatch.setenv("TUNING_WORKERS", value)
+        assert default_cpu_workers(2) == workers
+    for value, seconds in (("0", 0.0), ("86400", 86_400.0), ("2.5", 2.5)):
+        monkeypatch.setenv("TUNING_DB_RETRY_S", value)
+        assert retry_seconds() == seconds
+    for value in ("1", "86400"):
+        monkeypatch.setenv("TUNING_GRACE_PERIOD", value)
+        assert grace_period() == int(value)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])

@@ -39,6 +39,8 @@ trials stay comparable (and retrainable) when they resume."""
 DEVICE_BUDGET_FRACTION = 0.25
 """Share of a GPU's free memory the uint8 images may take; past it they stay in pinned host
 memory and each batch is copied over. $TUNING_DEVICE_DATA_MB sets the budget in MiB instead."""
+MAX_DEVICE_DATA_MB = 2**20
+"""The largest $TUNING_DEVICE_DATA_MB (1 TiB): more than any GPU holds, so it means "all"."""
 # What identifies the data in a fingerprint. Where they were read from (`source`) is recorded
 # beside these for people but never compared: the same bytes in another directory, spelled
 # relatively or gzipped are the same data.
@@ -203,10 +205,20 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
                   leaks=leaks)
 
 
+def device_data_limit() -> float | None:
+    """$TUNING_DEVICE_DATA_MB in bytes, None when unset. Commands read it before they store
+    anything, so that a bad value is an error that changes nothing."""
+    if not setting("TUNING_DEVICE_DATA_MB"):
+        return None
+    mib = number_setting("TUNING_DEVICE_DATA_MB", 0.0, low=0, high=MAX_DEVICE_DATA_MB, unit="MiB")
+    return mib * 2**20
+
+
 def device_budget(device: torch.device) -> float:
     """Bytes of images that may stay on `device`; the rest wait in host memory."""
-    if setting("TUNING_DEVICE_DATA_MB"):
-        return number_setting("TUNING_DEVICE_DATA_MB", 0.0, low=0, high=2**30, unit="MiB") * 2**20
+    limit = device_data_limit()
+    if limit is not None:
+        return limit
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free * DEVICE_BUDGET_FRACTION

@@ -57,8 +57,9 @@ class FolderImages:
 
 def default_cache_dir() -> Path:
     """$TUNING_CACHE_DIR, else the user's cache directory (XDG) + tuning/images."""
-    if setting("TUNING_CACHE_DIR"):
-        return Path(setting("TUNING_CACHE_DIR"))
+    chosen = setting("TUNING_CACHE_DIR")
+    if chosen:
+        return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "tuning" / "images"
 

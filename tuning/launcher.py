@@ -91,11 +91,13 @@ def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,
                  cores: int) -> list[WorkerSpec]:
     """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else
     `cpu_workers` on the CPU (None: default_cpu_workers)."""
+    # Read even where the GPUs take the work: a bad $TUNING_WORKERS is an error on any machine.
+    cpu_count = cpu_workers or default_cpu_workers(cores)
     if gpus and cpu_workers is None:
         count = len(gpus) * workers_per_gpu
         threads = max(1, cores // count)
         return [WorkerSpec(i, "cuda", gpus[i % len(gpus)], threads) for i in range(count)]
-    count = cpu_workers or default_cpu_workers(cores)
+    count = cpu_count
     threads = max(1, cores // count)
     return [WorkerSpec(i, "cpu", None, threads) for i in range(count)]
 

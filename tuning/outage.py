@@ -189,10 +189,12 @@ class ResilientStorage(RDBStorage):
 
     def __init__(self, *args, **kwargs) -> None:
         self.outages = Outages()
+        # Read first, for every backend: a bad value is an error anywhere, and before Optuna
+        # creates a database's tables, so that it changes nothing.
+        patience = retry_seconds()
         super().__init__(*args, **kwargs)
         # SQLite has no server to come back: its errors (other than 'locked', which its busy
         # timeout already waits out) do not go away by waiting.
-        patience = retry_seconds()  # checked for every backend: a bad value is an error anywhere
         self.retry_s = 0.0 if self.engine.dialect.name == "sqlite" else patience
 
     @property

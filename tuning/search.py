@@ -40,7 +40,7 @@ from tuning.cli import (
     storage_url,
     study_name,
 )
-from tuning.data import Arrays, check_data_dir, load_arrays
+from tuning.data import Arrays, check_data_dir, device_data_limit, load_arrays
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.folds import objective_data
@@ -297,6 +297,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
     specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
+    device_data_limit()  # read when the data go to the device: checked before the study is stored
     plan = make_plan(args)
     if len(specs) == 1 and runtime.device.type == "cpu":
         set_cpu_threads()

@@ -27,8 +27,9 @@ def whole_number_setting(name: str, default: int, *, low: int, high: int, unit: 
     text = setting(name, environ)
     if not text:
         return default
-    # isdecimal, not isdigit: "²" is a digit to isdigit and not a number to int().
-    if not (text.isdecimal() and low <= int(text) <= high):
+    # isdecimal, not isdigit: "²" is a digit to isdigit and not a number to int(); and no
+    # more digits than `high` has, as int() refuses thousands of them with a traceback.
+    if not (text.isdecimal() and len(text) <= len(str(high)) and low <= int(text) <= high):
         raise _out_of_range(name, "a whole number", unit, low, high, text)
     return int(text)
 
@@ -51,5 +52,10 @@ def number_setting(name: str, default: float, *, low: float, high: float, unit: 
 
 def _out_of_range(name: str, kind: str, unit: str, low: float, high: float,
                   text: str) -> UsageError:
-    return UsageError(f"{name} must be {kind} of {unit} from {low:g} to {high:g}, "
-                      f"got {text[:40]!r}")
+    return UsageError(f"{name} must be {kind} of {unit} from {_number(low)} to "
+                      f"{_number(high)}, got {text[:40]!r}")
+
+
+def _number(value: float) -> str:
+    """A bound as a user would write it: 1048576, not 1.04858e+06."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

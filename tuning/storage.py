@@ -107,7 +107,7 @@ def _password_from_env(url: URL) -> URL:
         return url
     if os.environ.get("PGPASSWORD"):
         return url.set(password=os.environ["PGPASSWORD"])
-    path = os.environ.get("PGPASSWORD_FILE")
+    path = setting("PGPASSWORD_FILE")
     if path:
         try:
             return url.set(password=Path(path).read_text().strip())

@@ -66,7 +66,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     """
     import torch
 
-    from tuning.data import check_data_dir, load_arrays
+    from tuning.data import check_data_dir, device_data_limit, load_arrays
     from tuning.device import resolve_device
     from tuning.folds import objective_data
     from tuning.objective import Objective
@@ -83,6 +83,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     )
 
     check_data_dir(args.data_dir)
+    device_data_limit()  # read as the data go to the device: checked before anything is stored
     runtime = resolve_device(args.device, args.compile)
     study = load_existing(args.study, storage_url)
     settings, space = stored_definition(study)
