@@ -84,7 +84,7 @@ def test_every_shipped_study_file_parses(path):
     load_study_file(path)
 
 
-def test_the_default_study_starts_from_keras_simple_convnet_with_nothing_left_to_chance():
+def test_the_default_study_starts_from_a_batch_normalized_cnn_with_nothing_left_to_chance():
     study_file = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
     (first,) = study_file.enqueue
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -94,10 +94,10 @@ def test_the_default_study_starts_from_keras_simple_convnet_with_nothing_left_to
     # needs a value here too, or the first trial would be partly random.
     assert {k: v for k, v in params.items() if study_file.space[k].kind != "fixed"} == first
     arch, train = build_configs(params)
-    assert (arch.blocks, arch.block_channels(0), arch.block_channels(1)) == (2, 32, 64)
-    assert (arch.activation, arch.batch_norm, arch.dropout, arch.hidden) == ("relu", False, 0.5, 0)
+    assert [arch.block_channels(i) for i in range(arch.blocks)] == [32, 64, 128]
+    assert (arch.activation, arch.batch_norm, arch.dropout, arch.hidden) == ("relu", True, 0.25, 0)
     assert (train.optimizer, train.lr, train.batch_size, train.lr_schedule) == (
-        "adam", 0.001, 128, "none")
+        "adam", 0.003, 64, "cosine")
 
 
 def test_conditional_parameters_are_sampled_only_where_they_apply():
