@@ -53,6 +53,7 @@ from tuning.sources import SOURCES, is_path
 from tuning.space import Param, StudyFile, load_study_file, representative
 from tuning.storage import (
     artifact_store,
+    check_settings,
     default_storage,
     mask_url,
     open_storage,
@@ -297,7 +298,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
     specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
-    device_data_limit()  # read when the data go to the device: checked before the study is stored
+    # Settings read later, checked before anything is created: a bad one changes nothing.
+    check_settings()
+    device_data_limit()
     plan = make_plan(args)
     if len(specs) == 1 and runtime.device.type == "cpu":
         set_cpu_threads()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
-from tuning.outage import ResilientStorage, disk_full, full_disk_message
+from tuning.outage import ResilientStorage, disk_full, full_disk_message, retry_seconds
 from tuning.settings import setting, whole_number_setting
 
 
@@ -39,6 +39,14 @@ def grace_period() -> int:
     """Seconds without a heartbeat before a trial is declared dead (its worker was killed),
     failed and re-enqueued by the retry callback (TUNING_GRACE_PERIOD, default 30)."""
     return _seconds_from_env("TUNING_GRACE_PERIOD", 30)
+
+
+def check_settings() -> None:
+    """Read every TUNING_ variable that opening a storage reads (heartbeats, grace period,
+    outage patience), so that a command can reject a bad one before it creates anything."""
+    heartbeat_interval()
+    grace_period()
+    retry_seconds()
 
 
 SQLITE_TIMEOUT_S = 120
@@ -189,6 +197,7 @@ def open_storage(url: str, heartbeat: bool = True,
     A SQLite file must exist unless `create`: only the command that creates a study makes
     one, so a mistyped --study never leaves an empty database behind.
     """
+    check_settings()  # before resolving a SQLite URL creates the file's directory
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
     init_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -212,11 +221,10 @@ def open_storage(url: str, heartbeat: bool = True,
                          "pool_recycle": 1800, "connect_args": POSTGRES_CONNECT_ARGS}
     heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat:
-        retry = _RetryCallback(max_retry=3)
         heartbeat_kwargs = {
             "heartbeat_interval": heartbeat_interval(),
             "grace_period": grace_period(),
-            _STALE_CALLBACK_ARG: retry,
+            _STALE_CALLBACK_ARG: _RetryCallback(max_retry=3),
         }
     try:
         with init_lock:
