@@ -97,9 +97,8 @@ def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,
         count = len(gpus) * workers_per_gpu
         threads = max(1, cores // count)
         return [WorkerSpec(i, "cuda", gpus[i % len(gpus)], threads) for i in range(count)]
-    count = cpu_count
-    threads = max(1, cores // count)
-    return [WorkerSpec(i, "cpu", None, threads) for i in range(count)]
+    threads = max(1, cores // cpu_count)
+    return [WorkerSpec(i, "cpu", None, threads) for i in range(cpu_count)]
 
 
 def _die_with_parent() -> None:

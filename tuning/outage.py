@@ -187,11 +187,9 @@ def _retrying(method):
 class ResilientStorage(RDBStorage):
     """Optuna's RDBStorage that rides out outages and fails trials that never got a heartbeat."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, patience: float, **kwargs) -> None:
+        """`patience`: how long an outage is waited out (retry_seconds()); SQLite's are not."""
         self.outages = Outages()
-        # Read first, for every backend: a bad value is an error anywhere, and before Optuna
-        # creates a database's tables, so that it changes nothing.
-        patience = retry_seconds()
         super().__init__(*args, **kwargs)
         # SQLite has no server to come back: its errors (other than 'locked', which its busy
         # timeout already waits out) do not go away by waiting.

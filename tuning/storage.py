@@ -197,7 +197,6 @@ def open_storage(url: str, heartbeat: bool = True,
     A SQLite file must exist unless `create`: only the command that creates a study makes
     one, so a mistyped --study never leaves an empty database behind.
     """
-    check_settings()  # before resolving a SQLite URL creates the file's directory
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
     init_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -219,6 +218,9 @@ def open_storage(url: str, heartbeat: bool = True,
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
                          "pool_recycle": 1800, "connect_args": POSTGRES_CONNECT_ARGS}
+    # The settings are read here, before the lock file or the database is created, so that a
+    # bad value changes nothing.
+    patience = retry_seconds()
     heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat:
         heartbeat_kwargs = {
@@ -230,7 +232,8 @@ def open_storage(url: str, heartbeat: bool = True,
         with init_lock:
             if path is not None:
                 _prepare_sqlite(path)
-            return ResilientStorage(resolved, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+            return ResilientStorage(resolved, patience=patience, engine_kwargs=engine_kwargs,
+                                    **heartbeat_kwargs)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
