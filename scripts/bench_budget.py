@@ -2,7 +2,8 @@
 + ASHA) on an equal wall-clock budget.
 
     python scripts/bench_budget.py [--budget 240] [--rounds 3] [--seed 0] [--load none,cpu]
-        [--variant NAME=ARGS ...] [--tools tuning,optuna,ray] [--ray-python PATH]
+        [--variant NAME=ARGS ...] [--tools tuning,optuna,ray,optuna-queued,ray-queued]
+        [--ray-python PATH]
         [--device auto] [--json F] [--events-dir DIR]
 
 Every tool searches the same space (the built-in study `mnist`'s [space], sampled by
@@ -19,6 +20,11 @@ a fresh process and counted from its start (imports and data loading included):
            otherwise), two 1-CPU trials at a time (on a GPU: two per GPU, as tuning's
            workers), the optuna tool's training loop. Only when `ray[tune]` imports in
            --ray-python (an optional extra, never a test dependency).
+  optuna-queued, ray-queued
+           the same, given the built-in study's queued configurations (its `enqueue` list)
+           to try first, as tuning is: Optuna's enqueue_trial, Ray's points_to_evaluate.
+           They measure the search itself where the plain tools measure what a user of each
+           gets out of the box.
 
 All train on --device (default: a GPU when there is one, else the CPU).
 
@@ -167,7 +173,8 @@ def train_trial(params: dict, space: dict, arrays, epochs: int, seed: int, repor
                        "test_accuracy": test_accuracy, "at": time.time()})
 
 
-def run_optuna(budget: float, started: float, out: Path, seed: int, device: str) -> None:
+def run_optuna(budget: float, started: float, out: Path, seed: int, device: str,
+               queued: bool) -> None:
     import optuna
 
     from tuning.data import load_arrays
@@ -198,6 +205,8 @@ def run_optuna(budget: float, started: float, out: Path, seed: int, device: str)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
+    for config in study_file.enqueue if queued else ():
+        study.enqueue_trial(config)
     study.optimize(objective, timeout=max(budget - (time.time() - started), 1.0))
 
 
@@ -225,7 +234,8 @@ def ray_trainable(config: dict, arrays=None, space=None, epochs: int = 1,
     train_trial(config, space, arrays, epochs, seed + number, report, device)
 
 
-def run_ray(budget: float, started: float, out: Path, seed: int, device: str) -> None:
+def run_ray(budget: float, started: float, out: Path, seed: int, device: str,
+            queued: bool) -> None:
     import optuna
     import ray
     from ray import tune
@@ -243,7 +253,9 @@ def run_ray(budget: float, started: float, out: Path, seed: int, device: str) ->
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     search = OptunaSearch(space=ray_space, metric="val_loss", mode="min",
-                          sampler=optuna.samplers.TPESampler(seed=seed))
+                          sampler=optuna.samplers.TPESampler(seed=seed),
+                          points_to_evaluate=([dict(c) for c in _study_space().enqueue]
+                                              if queued else None))
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(
             ray_trainable, arrays=load_arrays(DATASET, None, seed),
@@ -321,10 +333,12 @@ def command(tool: str, extra: list[str], budget: float, seed: int, started: floa
                 f"sqlite:///{folder}/bench.db", "--dataset", DATASET, "--trials", "100000",
                 "--budget", f"{budget:g}", "--seed", str(seed), "--artifacts",
                 str(folder / "artifacts"), "--device", device, "-q", *extra]
-    python = ray_python if tool == "ray" else sys.executable
-    return [python, str(Path(__file__).resolve()), "--run", tool, "--budget", f"{budget:g}",
-            "--seed", str(seed), "--started", repr(started), "--events",
-            str(folder / "events.jsonl"), "--device", device]
+    competitor, _, queued = tool.partition("-")
+    python = ray_python if competitor == "ray" else sys.executable
+    return [python, str(Path(__file__).resolve()), "--run", competitor, "--budget",
+            f"{budget:g}", "--seed", str(seed), "--started", repr(started), "--events",
+            str(folder / "events.jsonl"), "--device", device,
+            *(["--queued"] if queued else [])]
 
 
 def summarize(events: list[dict], started: float, budget: float) -> dict:
@@ -359,7 +373,8 @@ def run_one(name: str, tool: str, extra: list[str], budget: float, seed: int, lo
                 # The optuna script lets a running trial finish, however long, and its epochs
                 # past the budget do not count: it is stopped at the budget.
                 result = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True,
-                                        timeout=budget + (5 if tool == "optuna" else GRACE_S))
+                                        timeout=budget + (5 if tool.startswith("optuna")
+                                                          else GRACE_S))
                 failed = result.returncode != 0 and result.stderr.strip()[-500:]
             except subprocess.TimeoutExpired:
                 failed = False  # stopped past the budget: its epochs so far still count
@@ -432,7 +447,10 @@ def main() -> None:
     parser.add_argument("--load", default="none,cpu",
                         help="conditions, comma-separated: none (quiet), cpu (a busy process "
                              "beside the run)")
-    parser.add_argument("--tools", default="tuning,optuna,ray")
+    parser.add_argument("--tools", default="tuning,optuna,ray",
+                        help="comma-separated, of tuning, optuna, ray, optuna-queued and "
+                             "ray-queued (the last two start from the study's queued "
+                             "configurations, as tuning does)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="a tuning run with these extra search arguments, in place of "
                              "tuning's defaults (repeatable)")
@@ -448,11 +466,12 @@ def main() -> None:
     parser.add_argument("--run", choices=["optuna", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--queued", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.run:  # one competitor run, in its own process
         (run_optuna if args.run == "optuna" else run_ray)(args.budget, args.started, args.events,
-                                                          args.seed, args.device)
+                                                          args.seed, args.device, args.queued)
         return
 
     runs: list[tuple[str, str, list[str]]] = []
@@ -461,10 +480,10 @@ def main() -> None:
             for variant in args.variant:
                 name, _, extra = variant.partition("=")
                 runs.append((name, "tuning", shlex.split(extra)))
-        elif tool == "ray" and not ray_available(args.ray_python):
-            print(f"ray[tune] does not import in {args.ray_python}: ray left out",
+        elif tool.startswith("ray") and not ray_available(args.ray_python):
+            print(f"ray[tune] does not import in {args.ray_python}: {tool} left out",
                   file=sys.stderr)
-        elif tool in ("tuning", "optuna", "ray"):
+        elif tool in ("tuning", "optuna", "ray", "optuna-queued", "ray-queued"):
             runs.append((tool, tool, []))
         else:
             parser.error(f"unknown tool {tool!r}")

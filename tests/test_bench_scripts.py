@@ -88,18 +88,24 @@ def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
 
 
 def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp_path):
+    """The Optuna script given the study's queued configuration (optuna-queued) trains it
+    first, as tuning does; the plain script differs from it by that enqueue alone."""
     out = tmp_path / "budget.json"
     result = subprocess.run([sys.executable, str(SCRIPTS / "bench_budget.py"), "--budget", "12",
-                             "--rounds", "1", "--load", "none", "--tools", "tuning,optuna",
+                             "--rounds", "1", "--load", "none", "--tools", "tuning,optuna-queued",
                              "--json", str(out), "--events-dir", str(tmp_path / "events")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     runs = json.loads(out.read_text())["runs"]
-    for tool, run in zip(["tuning", "optuna"], runs, strict=True):
-        kept = (tmp_path / "events" / f"{tool}-none-seed0.jsonl").read_text().splitlines()
-        seconds = [json.loads(line)["s"] for line in kept]
+    for tool, run in zip(["tuning", "optuna-queued"], runs, strict=True):
+        kept = [json.loads(line) for line in
+                (tmp_path / "events" / f"{tool}-none-seed0.jsonl").read_text().splitlines()]
+        seconds = [event["s"] for event in kept]
         assert len(kept) >= run["epochs"] and seconds == sorted(seconds)
-    assert [r["tool"] for r in runs] == ["tuning", "optuna"]
+        queued = bench_budget._study_space().enqueue[0]
+        first = min(kept, key=lambda event: event["trial"])["params"]
+        assert {name: first[name] for name in queued} == queued, (tool, first)
+    assert [r["tool"] for r in runs] == ["tuning", "optuna-queued"]
     for run in runs:
         assert run["epochs"] >= 1 and run["trials"] >= 1, run
         assert 0 < run["best_val_loss"] < 3 and 0 < run["test_accuracy"] <= 1
