@@ -56,9 +56,9 @@ from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
 from tuning.objective import Objective  # noqa: E402
 from tuning.runner import StudyLock, run_trials  # noqa: E402
-from tuning.space import load_study_file  # noqa: E402
 from tuning.storage import open_storage, resolve_url  # noqa: E402
 from tuning.strategy import make_pruner, make_sampler  # noqa: E402
+from tuning.study_file import load_study_file  # noqa: E402
 from tuning.train import TrainConfig  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -81,7 +81,7 @@ GRACE_S = 60
 
 @functools.cache
 def _study_space():
-    from tuning.space import load_study_file
+    from tuning.study_file import load_study_file
 
     return load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
 

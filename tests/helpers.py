@@ -21,7 +21,7 @@ POSTGRES_URL = os.environ.get("TUNING_TEST_POSTGRES", "postgresql://postgres@127
 def small_space() -> dict:
     """A search space of a few cheap networks (8 channels, batch 128) over optimizer and lr:
     what the tests of the objective train."""
-    from tuning.space import parse_study
+    from tuning.study_file import parse_study
 
     return parse_study({"space": {
     "optimizer": {"choices": ["adam", "sgd"]},

@@ -22,8 +22,9 @@ from tuning.cli import Progress, duration, run_timeout
 from tuning.device import resolve_device
 from tuning.objective import Objective
 from tuning.search import main
-from tuning.space import StudySettings, load_study_file, sample
+from tuning.space import sample
 from tuning.strategy import from_unit, make_pruner, make_sampler
+from tuning.study_file import StudySettings, load_study_file
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -20,9 +20,9 @@ from tuning.folds import fold_arrays, fold_parts, objective_data
 from tuning.objective import Objective
 from tuning.report_sections import overview
 from tuning.report_stats import StudyView
-from tuning.space import StudySettings, parse_study
 from tuning.strategy import PRUNERS, make_pruner
 from tuning.study import stored_definition
+from tuning.study_file import StudySettings, parse_study
 
 SPACE = small_space()
 EPOCHS = 2

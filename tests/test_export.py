@@ -31,9 +31,10 @@ from tuning.exported import ExportError, load_model
 from tuning.networks import ModelSpec
 from tuning.report_heldout import reported_trial
 from tuning.report_stats import StudyView
-from tuning.space import Param, StudySettings
+from tuning.space import Param
 from tuning.storage import artifact_store, open_storage
 from tuning.study import stored_definition
+from tuning.study_file import StudySettings
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 from tuning.device import resolve_device
 from tuning.model import ArchConfig, build_model
 from tuning.objective import Objective
-from tuning.space import parse_study
 from tuning.storage import artifact_store
+from tuning.study_file import parse_study
 
 PAGE = 4096
 # Everything fixed, so that the size of the checkpoint is known before training.

@@ -21,7 +21,8 @@ from tuning.model import (
     build_model,
     count_parameters,
 )
-from tuning.space import build_configs, parse_study, space_from_dict
+from tuning.space import build_configs, space_from_dict
+from tuning.study_file import parse_study
 
 SIZES = (16, 28, 32, 64, 128)
 CLASSES = 7

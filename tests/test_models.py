@@ -23,8 +23,8 @@ from tuning.limits import Limits
 from tuning.networks import ModelSpec
 from tuning.report import main as report_main
 from tuning.search import main
-from tuning.space import parse_study
 from tuning.strategy import make_sampler
+from tuning.study_file import parse_study
 
 BUILDER = """
 import torch

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 from tuning.device import resolve_device
 from tuning.errors import UsageError
 from tuning.objective import Objective
-from tuning.space import StudySettings, parse_study
 from tuning.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from tuning.study_file import StudySettings, parse_study
 from tuning.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
 
 SMALL_SPACE = small_space()

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from tuning.report_history import importance
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import StudyView
-from tuning.space import parse_study
+from tuning.study_file import parse_study
 
 SPACE = {"optimizer": {"choices": ["adam", "sgd"]},
          "lr": {"low": 1e-4, "high": 1e-1, "log": True},

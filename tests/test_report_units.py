@@ -19,7 +19,8 @@ from tuning.objective import build_trial_model
 from tuning.report import build_report
 from tuning.report_heldout import BASELINE_ATTR
 from tuning.report_stats import StudyView, edge_warnings, hard_limit, mean_and_ci, spearman
-from tuning.space import BOUNDS, StudySettings, parse_study
+from tuning.space import BOUNDS
+from tuning.study_file import StudySettings, parse_study
 
 
 def _view(best_params: dict) -> StudyView:

@@ -9,18 +9,11 @@ import optuna
 import pytest
 from helpers import run_cli
 
-from tuning.errors import UsageError
+from tuning.errors import MESSAGE_CHARS, UsageError
 from tuning.model import SEED
-from tuning.space import (
-    BOUNDS,
-    MESSAGE_CHARS,
-    StudySettings,
-    build_configs,
-    load_study_file,
-    parse_study,
-    sample,
-)
+from tuning.space import BOUNDS, build_configs, sample
 from tuning.strategy import grid_space
+from tuning.study_file import StudySettings, load_study_file, parse_study
 from tuning.train import TrainConfig
 from tuning.warm_start import enqueue
 

@@ -26,9 +26,9 @@ from tuning.data import load_arrays
 from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers
 from tuning.search import build_parser, continue_command, main
-from tuning.space import load_study_file
 from tuning.storage import open_storage
 from tuning.study import Plan, check_data_matches, open_study
+from tuning.study_file import load_study_file
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
 COUNT = re.compile(r"^\[\s*(\d+|-)/(\d+)\]", re.MULTILINE)

@@ -49,7 +49,7 @@ def build_parser() -> OneLineParser:
 def list_studies(argv: list[str]) -> int:
     if argv:
         return fail(f"tuning studies takes no arguments, got {' '.join(argv)[:60]!r}")
-    from tuning.space import load_study_file  # noqa: PLC0415 - imports torch: only when needed
+    from tuning.study_file import load_study_file  # noqa: PLC0415 - imports torch: only when needed
 
     for entry in catalog.available():
         try:

@@ -74,9 +74,10 @@ from tuning.networks import ModelBuildError
 from tuning.portable import PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
-from tuning.space import Param, StudySettings
+from tuning.space import Param
 from tuning.storage import existing_artifact_store, mask_url, resolve_url
 from tuning.study import load_existing, stored_definition, with_images_at
+from tuning.study_file import StudySettings
 
 log = logging.getLogger("tuning")
 

@@ -29,8 +29,8 @@ from tuning.errors import UsageError
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
 from tuning.report_stats import StudyView
-from tuning.space import StudyFile, StudySettings, load_study_file
 from tuning.study import check_data_matches
+from tuning.study_file import StudyFile, StudySettings, load_study_file
 
 BASELINE_ATTR = "baseline_test"
 """Study user attribute holding the baseline's test results: {key digest: entry}."""

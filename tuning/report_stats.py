@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.report_render import fmt
-from tuning.space import BOUNDS, REPEAT, Param, StudySettings
+from tuning.space import BOUNDS, REPEAT, Param
+from tuning.study_file import StudySettings
 
 # Parameters whose hard limit is the model's own: past it lies another architecture.
 ARCHITECTURE_LIMITED = ("blocks", "convs")

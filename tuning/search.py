@@ -50,7 +50,7 @@ from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import Param, StudyFile, load_study_file, representative
+from tuning.space import Param, representative
 from tuning.storage import (
     artifact_store,
     check_settings,
@@ -61,6 +61,7 @@ from tuning.storage import (
 )
 from tuning.strategy import PRUNERS, SAMPLERS, grid_size
 from tuning.study import Plan, load_existing, open_study, record_worker
+from tuning.study_file import StudyFile, load_study_file
 from tuning.warm_start import enqueue, top_configurations
 
 log = logging.getLogger("tuning")

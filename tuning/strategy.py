@@ -2,8 +2,8 @@
 
 SAMPLERS and PRUNERS are the registries: a name is defined once, in its entry below, and every
 list of valid names (study files, --sampler and --pruner, error messages) is read from them.
-The dependency runs one way: tuning.space checks study files against these registries, and this
-module takes its Params only as arguments (imported for type checking alone).
+The dependency runs one way: tuning.study_file checks study files against these registries, and
+this module takes its Params only as arguments (imported for type checking alone).
 """
 
 from __future__ import annotations

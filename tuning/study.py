@@ -27,9 +27,10 @@ from tuning.cli import count_finished
 from tuning.data import DATA_KEYS
 from tuning.errors import UsageError, shorten
 from tuning.sources import PATH_KINDS, DataConfig, is_path
-from tuning.space import StudyFile, StudySettings, space_from_dict
+from tuning.space import space_from_dict
 from tuning.storage import mask_url, open_storage
 from tuning.strategy import make_pruner, make_sampler
+from tuning.study_file import StudyFile, StudySettings
 from tuning.warm_start import enqueue
 
 log = logging.getLogger("tuning")
