@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from tuning.errors import UsageError
-from tuning.settings import number_setting, setting
+from tuning.settings import number_setting
 from tuning.sources import DataConfig, dataset_problem, read
 
 log = logging.getLogger("tuning")
@@ -208,10 +209,10 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
 def device_data_limit() -> float | None:
     """$TUNING_DEVICE_DATA_MB in bytes, None when unset. Commands read it before they store
     anything, so that a bad value is an error that changes nothing."""
-    if not setting("TUNING_DEVICE_DATA_MB"):
-        return None
-    mib = number_setting("TUNING_DEVICE_DATA_MB", 0.0, low=0, high=MAX_DEVICE_DATA_MB, unit="MiB")
-    return mib * 2**20
+    # Unset reads as no limit: infinity, which no value in range can be.
+    mib = number_setting("TUNING_DEVICE_DATA_MB", math.inf, low=0, high=MAX_DEVICE_DATA_MB,
+                         unit="MiB")
+    return None if math.isinf(mib) else mib * 2**20
 
 
 def device_budget(device: torch.device) -> float:
