@@ -72,6 +72,7 @@ from child_env import child_env  # noqa: E402
 
 DATASET = "mnist-sample"
 THRESHOLDS = (0.97, 0.98)
+TOOLS = ("tuning", "optuna", "ray", "optuna-queued", "ray-queued")
 # Epochs may end a little after the budget (a trial's last epoch is never cut short); the run
 # is stopped outright this long after it.
 GRACE_S = 60
@@ -448,9 +449,8 @@ def main() -> None:
                         help="conditions, comma-separated: none (quiet), cpu (a busy process "
                              "beside the run)")
     parser.add_argument("--tools", default="tuning,optuna,ray",
-                        help="comma-separated, of tuning, optuna, ray, optuna-queued and "
-                             "ray-queued (the last two start from the study's queued "
-                             "configurations, as tuning does)")
+                        help=f"comma-separated, of {', '.join(TOOLS)} (the -queued ones "
+                             "start from the study's queued configurations, as tuning does)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="a tuning run with these extra search arguments, in place of "
                              "tuning's defaults (repeatable)")
@@ -480,13 +480,13 @@ def main() -> None:
             for variant in args.variant:
                 name, _, extra = variant.partition("=")
                 runs.append((name, "tuning", shlex.split(extra)))
+        elif tool not in TOOLS:
+            parser.error(f"unknown tool {tool!r}; choose from {', '.join(TOOLS)}")
         elif tool.startswith("ray") and not ray_available(args.ray_python):
             print(f"ray[tune] does not import in {args.ray_python}: {tool} left out",
                   file=sys.stderr)
-        elif tool in ("tuning", "optuna", "ray", "optuna-queued", "ray-queued"):
-            runs.append((tool, tool, []))
         else:
-            parser.error(f"unknown tool {tool!r}")
+            runs.append((tool, tool, []))
     rows = []
     for round_ in range(1, args.rounds + 1):
         for load in args.load.split(","):
