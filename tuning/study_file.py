@@ -210,16 +210,26 @@ def _value_problem(name: str, value: Any, role: str = "") -> str | None:
     return None
 
 
+# The keys of a [space] entry that is a table: choices, or a range.
+ENTRY_KEYS = ("choices", "high", "log", "low", "step")
+
+
+def _unknown_entry_keys(where: str, spec: dict) -> str | None:
+    """The problem with a [space] entry's table naming keys other than ENTRY_KEYS, or None."""
+    unknown = sorted(set(spec) - set(ENTRY_KEYS))
+    if not unknown:
+        return None
+    return f"{where}: unknown key(s) {_show_names(unknown)}; allowed: {list(ENTRY_KEYS)}"
+
+
 def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
     if not isinstance(spec, dict):
         problem = _value_problem(name, spec)
         return (None, [problem]) if problem else (Param(name, "fixed", value=spec), [])
 
-    allowed = {"choices", "low", "high", "log", "step"}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        return None, [f"space.{name}: unknown key(s) {_show_names(unknown)}; "
-                      f"allowed: {sorted(allowed)}"]
+    problem = _unknown_entry_keys(f"space.{name}", spec)
+    if problem:
+        return None, [problem]
     if "choices" in spec:
         choices = spec["choices"]
         if set(spec) != {"choices"}:
@@ -286,11 +296,9 @@ def _parse_model_param(key: str, spec: Any) -> tuple[Param | None, list[str]]:
         if not scalar(spec):
             return None, [f"{where}: expected a string, number or boolean, got {_show(spec)}"]
         return Param(name, "fixed", value=spec), []
-    allowed = {"choices", "low", "high", "log", "step"}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        return None, [f"{where}: unknown key(s) {_show_names(unknown)}; allowed: "
-                      f"{sorted(allowed)}"]
+    problem = _unknown_entry_keys(where, spec)
+    if problem:
+        return None, [problem]
     if "choices" in spec:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices \
