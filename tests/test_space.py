@@ -77,20 +77,23 @@ def test_every_shipped_study_file_parses(path):
     load_study_file(path)
 
 
-def test_the_default_study_starts_from_a_batch_normalized_cnn_with_nothing_left_to_chance():
+def test_the_default_study_starts_from_two_batch_normalized_cnns_with_nothing_left_to_chance():
     study_file = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
-    (first,) = study_file.enqueue
+    first, second = study_file.enqueue
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    enqueue(study, [(first, "study file")])
-    params = sample(study.ask(), study_file.space)
-    # Every parameter the sampler would draw for it is given: a parameter added to the space
-    # needs a value here too, or the first trial would be partly random.
-    assert {k: v for k, v in params.items() if study_file.space[k].kind != "fixed"} == first
+    enqueue(study, [(first, "study file"), (second, "study file")])
+    for queued in (first, second):
+        params = sample(study.ask(), study_file.space)
+        # Every parameter the sampler would draw for it is given: a parameter added to the
+        # space needs a value here too, or a queued trial would be partly random.
+        assert {k: v for k, v in params.items() if study_file.space[k].kind != "fixed"} == queued
     arch, train = build_configs(params)
     assert [arch.block_channels(i) for i in range(arch.blocks)] == [32, 64, 128]
     assert (arch.activation, arch.batch_norm, arch.dropout, arch.hidden) == ("relu", True, 0.25, 0)
     assert (train.optimizer, train.lr, train.batch_size, train.lr_schedule) == (
         "adam", 0.003, 64, "cosine")
+    # The second is the first with random crops.
+    assert {k: v for k, v in second.items() if first[k] != v} == {"crop_padding": 1}
 
 
 def test_conditional_parameters_are_sampled_only_where_they_apply():
