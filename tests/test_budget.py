@@ -25,6 +25,7 @@ from tuning.search import main
 from tuning.space import sample
 from tuning.strategy import from_unit, make_pruner, make_sampler
 from tuning.study_file import StudySettings, load_study_file
+from tuning.warm_start import enqueue
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -143,6 +144,22 @@ def test_the_default_samplers_start_up_trials_spread_over_every_range_and_choice
     lrs = [t.params["lr"] for t in study.trials]
     assert lrs[:10] == pytest.approx(sobol_lrs[:10])
     assert lrs[10] != pytest.approx(sobol_lrs[10])
+
+
+def test_queued_trials_leave_the_start_up_points_to_the_sampled_trials():
+    """The built-in study's two queued trials bring their own values; the eight trials after
+    them still take the sequence's first eight points, one learning rate in each eighth."""
+    study_file = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml")
+    space = study_file.space
+    study = optuna.create_study(sampler=make_sampler(StudySettings().sampler, 3, space))
+    assert enqueue(study, [(config, "study file") for config in study_file.enqueue]) == 2
+    for _ in range(10):
+        trial = study.ask()
+        study.tell(trial, sample(trial, space)["lr"])
+    assert [t.params["lr"] for t in study.trials[:2]] == [0.003, 0.003]
+    sampled = [t.params for t in study.trials[2:10]]
+    eighths = {int(8 * math.log(p["lr"] / 1e-4) / math.log(0.3 / 1e-4)) for p in sampled}
+    assert eighths == set(range(8))
 
 
 def test_a_unit_coordinate_maps_evenly_onto_ranges_steps_and_choices():
