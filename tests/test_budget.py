@@ -164,6 +164,21 @@ def test_queued_trials_leave_the_start_up_points_to_the_sampled_trials():
     assert eighths == set(range(8))
 
 
+def test_a_partly_queued_trial_takes_its_own_start_up_point():
+    """A configuration that gives only some parameters leaves the rest to the sampler: it
+    takes a Sobol point for them, and the trial after it the next one, not the same."""
+    space = load_study_file(ROOT / "tuning" / "studies" / "mnist.toml").space
+    study = optuna.create_study(sampler=make_sampler(StudySettings().sampler, 3, space))
+    enqueue(study, [({"optimizer": "adam", "lr": 0.001}, "study file")])
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, sample(trial, space)["lr"])
+    partly_queued, sampled = (t.params for t in study.trials)
+    assert (partly_queued["optimizer"], partly_queued["lr"]) == ("adam", 0.001)
+    left_to_sampler = ("batch_size", "dropout", "weight_decay", "blocks")
+    assert [partly_queued[n] for n in left_to_sampler] != [sampled[n] for n in left_to_sampler]
+
+
 def test_a_unit_coordinate_maps_evenly_onto_ranges_steps_and_choices():
     dist = optuna.distributions
     assert from_unit(0.5, dist.FloatDistribution(1e-4, 1e-2, log=True)) == pytest.approx(1e-3)

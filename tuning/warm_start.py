@@ -19,9 +19,15 @@ WARM_START_ATTR = "warm_start"
 """A trial's user attribute saying where its configuration came from."""
 
 
+def queued_values(trial: optuna.trial.FrozenTrial) -> dict:
+    """The values a trial was enqueued with (Optuna keeps them in a system attribute); empty
+    for a trial the sampler proposed."""
+    return dict(trial.system_attrs.get("fixed_params", {}))
+
+
 def _configuration(trial: optuna.trial.FrozenTrial) -> dict:
     """A trial's parameters, or a waiting trial's enqueued ones."""
-    return trial.params or dict(trial.system_attrs.get("fixed_params", {}))
+    return trial.params or queued_values(trial)
 
 
 def enqueue(study: optuna.Study, configs: list[tuple[dict, str]]) -> int:
