@@ -66,6 +66,8 @@ def test_the_startup_benchmark_times_a_search_from_its_start_to_its_first_epoch(
     (row,) = json.loads(out.read_text())["rounds"]
     assert row["checkout"] == str(ROOT)
     assert row["create_s"] > 0 and row["joined_s"] > 0 and row["first_epoch_s"] > 0
+    # Both timed from the search's start: a worker trains its first epoch after it joined.
+    assert row["joined_s"] < row["first_epoch_s"]
 
 
 def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():

@@ -210,6 +210,33 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(tiny_data):
     assert study.trials[0].state == TrialState.COMPLETE
 
 
+
+def test_a_queued_trial_runs_all_its_epochs_and_the_pruner_still_judges_by_it(tiny_data):
+    """A queued configuration (the built-in study's, a warm start's) is a starting point
+    someone chose to see whole: successive halving, which would stop it after epoch 1 behind a
+    better trial, lets it run on, yet records its loss at the rung, so the sampled trials are
+    judged against it. A sampled trial in the same place is stopped."""
+    space = small_space()
+    study = optuna.create_study(pruner=make_pruner("successive-halving", epochs=3),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    # A trial far ahead at epoch 1: any later trial is behind it at the first rung.
+    study.add_trial(optuna.create_trial(value=1e-6, intermediate_values={1: 1e-6, 3: 1e-6},
+                                        system_attrs={"completed_rung_0": 1e-6}))
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=space,
+                          epochs=3, seed=0)
+    enqueue(study, [({"optimizer": "adam", "lr": 0.01}, "the study file")])
+    queued = study.ask()
+    study.tell(queued, objective(queued))
+    frozen = study.trials[-1]
+    assert frozen.state == TrialState.COMPLETE and frozen.user_attrs["epochs_run"] == 3
+    assert any(key.startswith("completed_rung_") for key in frozen.system_attrs)
+
+    sampled = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        objective(sampled)
+    study.tell(sampled, state=TrialState.PRUNED)
+    assert study.trials[-1].user_attrs["epochs_run"] == 1
+
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(given, expected):
     """`import tuning` sets OMP_WAIT_POLICY before torch loads OpenMP (spinning threads stall

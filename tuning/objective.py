@@ -26,6 +26,7 @@ from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample
 from tuning.train import fit, seed_everything
+from tuning.warm_start import WARM_START_ATTR
 
 log = logging.getLogger("tuning")
 
@@ -160,7 +161,12 @@ class Objective:
                                             f"the run's --budget ran out after {where}")
                         raise optuna.TrialPruned("out of budget")
                     # After the last epoch nothing is left to save: the trial is complete.
-                    if not self._last(fold, result.epoch) and trial.should_prune():
+                    # A queued trial (the study file's `enqueue`, a warm start) runs all its
+                    # epochs: someone chose it as a starting point worth seeing whole. The
+                    # pruner is still asked, so that it records the trial's losses and judges
+                    # the sampled trials against them.
+                    if (not self._last(fold, result.epoch) and trial.should_prune()
+                            and WARM_START_ATTR not in trial.user_attrs):
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason", f"pruner stopped it after {where}")
                         raise optuna.TrialPruned()
