@@ -210,7 +210,6 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(tiny_data):
     assert study.trials[0].state == TrialState.COMPLETE
 
 
-
 def test_a_queued_trial_runs_all_its_epochs_and_the_pruner_still_judges_by_it(tiny_data):
     """A queued configuration (the built-in study's, a warm start's) is a starting point
     someone chose to see whole: successive halving, which would stop it after epoch 1 behind a
@@ -236,6 +235,7 @@ def test_a_queued_trial_runs_all_its_epochs_and_the_pruner_still_judges_by_it(ti
         objective(sampled)
     study.tell(sampled, state=TrialState.PRUNED)
     assert study.trials[-1].user_attrs["epochs_run"] == 1
+
 
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(given, expected):
