@@ -91,24 +91,38 @@ def test_the_budget_benchmark_counts_only_what_ended_within_the_budget():
 
 def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp_path):
     """The Optuna script given the study's queued configuration (optuna-queued) trains it
-    first, as tuning does; the plain script differs from it by that enqueue alone."""
+    first, as tuning does; the plain script differs from it by that enqueue alone.
+
+    How many epochs end within the budget depends on the machine's speed and load (a loaded
+    CI machine may end none in it), so each row is checked against its own kept events."""
+    budget = 20
     out = tmp_path / "budget.json"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_budget.py"), "--budget", "12",
-                             "--rounds", "1", "--load", "none", "--tools", "tuning,optuna-queued",
-                             "--json", str(out), "--events-dir", str(tmp_path / "events")],
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_budget.py"), "--budget",
+                             str(budget), "--rounds", "1", "--load", "none", "--tools",
+                             "tuning,optuna-queued", "--json", str(out), "--events-dir",
+                             str(tmp_path / "events")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     runs = json.loads(out.read_text())["runs"]
+    assert [r["tool"] for r in runs] == ["tuning", "optuna-queued"]
+    queued = bench_budget._study_space().enqueue[0]
     for tool, run in zip(["tuning", "optuna-queued"], runs, strict=True):
         kept = [json.loads(line) for line in
                 (tmp_path / "events" / f"{tool}-none-seed0.jsonl").read_text().splitlines()]
+        assert kept, tool
         seconds = [event["s"] for event in kept]
-        assert len(kept) >= run["epochs"] and seconds == sorted(seconds)
-        queued = bench_budget._study_space().enqueue[0]
+        assert seconds == sorted(seconds)
         first = min(kept, key=lambda event: event["trial"])["params"]
         assert {name: first[name] for name in queued} == queued, (tool, first)
-    assert [r["tool"] for r in runs] == ["tuning", "optuna-queued"]
-    for run in runs:
-        assert run["epochs"] >= 1 and run["trials"] >= 1, run
-        assert 0 < run["best_val_loss"] < 3 and 0 < run["test_accuracy"] <= 1
+        # The row counts the epochs that ended within the budget: the first ones kept, as
+        # they are kept in time order (their times rounded to 10 ms, the row's exact).
+        inside, after = kept[:run["epochs"]], kept[run["epochs"]:]
+        assert all(event["s"] <= budget + 0.01 for event in inside), run
+        assert all(event["s"] >= budget - 0.01 for event in after), run
+        assert run["trials"] == len({event["trial"] for event in inside}), run
+        if inside:
+            assert run["best_val_loss"] == round(min(e["val_loss"] for e in inside), 4)
+            assert 0 < run["best_val_loss"] < 3 and 0 < run["test_accuracy"] <= 1, run
+        else:
+            assert run["best_val_loss"] is None and run["test_accuracy"] is None, run
     assert "| tuning | none | 1 |" in result.stdout
