@@ -101,8 +101,13 @@ class Objective:
         # the seed instead, so that repeats are paired across configurations.
         all_params = {**fixed_params(self.space), **params}
         default_seed = self.seed + all_params.get(REPEAT, trial.number)
-        trial_seed = trial.user_attrs.get("seed", default_seed)
+        attrs = trial.user_attrs
+        trial_seed = attrs.get("seed", default_seed)
         trial.set_user_attr("seed", trial_seed)
+        # A queued trial (the study file's `enqueue`, a warm start) runs all its epochs:
+        # someone chose it as a starting point worth seeing whole. The pruner is still asked,
+        # so that it records the trial's losses and judges the sampled trials against them.
+        prunable = WARM_START_ATTR not in attrs
         cross_validated = self._cross_validated()
         best_loss, best_state, best_fold, curves = math.inf, None, 1, []
         # Under cross-validation a trial reports one step per epoch of each fold, fold after
@@ -161,12 +166,7 @@ class Objective:
                                             f"the run's --budget ran out after {where}")
                         raise optuna.TrialPruned("out of budget")
                     # After the last epoch nothing is left to save: the trial is complete.
-                    # A queued trial (the study file's `enqueue`, a warm start) runs all its
-                    # epochs: someone chose it as a starting point worth seeing whole. The
-                    # pruner is still asked, so that it records the trial's losses and judges
-                    # the sampled trials against them.
-                    if (not self._last(fold, result.epoch) and trial.should_prune()
-                            and WARM_START_ATTR not in trial.user_attrs):
+                    if not self._last(fold, result.epoch) and trial.should_prune() and prunable:
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason", f"pruner stopped it after {where}")
                         raise optuna.TrialPruned()
