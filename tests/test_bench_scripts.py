@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from helpers import ROOT, load_script
@@ -16,6 +17,7 @@ from tuning.train import TrainConfig
 SCRIPTS = ROOT / "scripts"
 bench_grouped = load_script("bench_grouped")
 bench_budget = load_script("bench_budget")
+device_wheels = load_script("device_wheels")
 
 
 def test_grouped_training_computes_what_one_by_one_training_does(tiny_data):
@@ -39,7 +41,8 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
 @pytest.mark.parametrize("script", ["bench.py", "bench_budget.py", "bench_cv.py",
                                     "bench_folder.py",
                                     "bench_grouped.py", "bench_models.py", "bench_startup.py",
-                                    "bench_threads.py", "bench_throughput.py"])
+                                    "bench_threads.py", "bench_throughput.py",
+                                    "device_wheels.py"])
 def test_benchmark_commands_start(script):
     result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -126,3 +129,42 @@ def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp
         else:
             assert run["best_val_loss"] is None and run["test_accuracy"] is None, run
     assert "| tuning | none | 1 |" in result.stdout
+
+
+def _wheel(path, files: dict[str, bytes]):
+    """A wheel file holding `files` and a RECORD that lists them."""
+    record = "".join(f"{name},sha256=x,{len(data)}\n" for name, data in files.items())
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr("pkg-1.0.dist-info/RECORD", record + "pkg-1.0.dist-info/RECORD,,\n")
+    return path
+
+
+def test_device_wheels_leave_out_only_the_matched_files_and_their_record_lines(tmp_path):
+    wheel = _wheel(tmp_path / "pyarrow-1.0-cp312-cp312-linux_x86_64.whl", {
+        "pyarrow/lib.so": b"l" * 5000, "pyarrow/libarrow_flight.so.2600": b"f" * 9000,
+        "pyarrow/include/arrow/api.h": b"h" * 100, "pyarrow/_fs.so": b"s" * 10})
+    saved = device_wheels.trim(wheel, device_wheels.TRIM["pyarrow"])
+    with zipfile.ZipFile(wheel) as trimmed:
+        names = set(trimmed.namelist())
+        record = trimmed.read("pkg-1.0.dist-info/RECORD").decode()
+    assert names == {"pyarrow/lib.so", "pyarrow/_fs.so", "pkg-1.0.dist-info/RECORD"}
+    assert [line.split(",")[0] for line in record.splitlines()] == [
+        "pyarrow/lib.so", "pyarrow/_fs.so", "pkg-1.0.dist-info/RECORD"]
+    assert saved > 0
+
+
+def test_device_wheels_are_packed_into_parts_no_larger_than_asked(tmp_path):
+    sizes = {"a": 50, "b": 40, "c": 30, "d": 20, "e": 10}
+    wheels = []
+    for name, size in sizes.items():
+        (tmp_path / f"{name}.whl").write_bytes(b"x" * size)
+        wheels.append(tmp_path / f"{name}.whl")
+    parts = device_wheels.pack(wheels, capacity=60)
+    assert sorted(w.stem for part in parts for w in part) == sorted(sizes)
+    assert all(sum(sizes[w.stem] for w in part) <= 60 for part in parts)
+    assert len(parts) == 3  # 150 bytes need three parts of 60
+    with pytest.raises(SystemExit, match="more than a part holds"):
+        device_wheels.pack(wheels, capacity=45)
+    assert device_wheels.project_name(tmp_path / "Pillow-10.0-cp312-none-any.whl") == "pillow"
