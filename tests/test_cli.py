@@ -124,6 +124,22 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, monke
     assert db_files(workdir) == []
 
 
+@pytest.mark.parametrize("args", [["--dataset", "no/such/folder"],
+                                  ["--dataset", "one-class"],
+                                  ["--dataset", "mnist-sample", "--device", "tpu"]],
+                         ids=["missing images", "one class", "bad device"])
+def test_a_refused_search_in_an_empty_directory_leaves_it_empty(args, tmp_path, monkeypatch,
+                                                                  capsys):
+    # The default database's folder, studies/, comes with the study and not before it.
+    (tmp_path / "one-class" / "digit").mkdir(parents=True)
+    (tmp_path / "one-class" / "digit" / "0.pgm").write_bytes(b"P5 4 4 255 " + bytes(16))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    assert exit_status(main, [*args, "--trials", "1"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case",
                          ["non-numeric trials", "invalid study file", "unwritable storage"])

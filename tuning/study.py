@@ -90,6 +90,14 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     return study
 
 
+def point_at_data(study: optuna.Study) -> str:
+    """How to give a study the data it was run on: its own images' path, or a data set's
+    directory."""
+    own = study.user_attrs.get("data", {}).get("name") in PATH_KINDS
+    return "point --dataset at the images it was run on" if own else \
+        "point --data-dir at the data it was run on"
+
+
 def check_data_matches(study: optuna.Study, data_fingerprint: dict,
                        remedy: str | None = None, seed: int | None = None) -> None:
     """Refuse data other than the study's; `remedy` ends the message.
@@ -104,9 +112,7 @@ def check_data_matches(study: optuna.Study, data_fingerprint: dict,
     if stored is None:
         return
     if remedy is None:
-        where = "--dataset at the images" if stored.get("name") in PATH_KINDS else \
-            "--data-dir at the data"
-        remedy = f"point {where} it was run on, or use another --study name"
+        remedy = f"{point_at_data(study)}, or use another --study name"
     stored_seed = study.user_attrs.get("settings", {}).get("seed")
     same_set = all(stored.get(key) == data_fingerprint.get(key)
                    for key in DATA_KEYS if key != "sha256")
