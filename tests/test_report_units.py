@@ -73,6 +73,33 @@ def test_metrics_from_a_known_confusion_matrix():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
 
 
+def test_macro_scores_average_the_classes_tested_or_predicted_as_scikit_learn():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    # Class 3 has no test image and is never predicted; class 2 has none but is predicted.
+    y_true = np.array([0, 0, 0, 1, 1, 1])
+    y_pred = np.array([0, 0, 2, 1, 1, 0])
+    m = classification_metrics(confusion_matrix(y_true, y_pred, 4))
+    assert m["macro_classes"] == 3
+    assert m["macro_precision"] == pytest.approx(
+        precision_score(y_true, y_pred, average="macro", zero_division=0))
+    assert m["macro_recall"] == pytest.approx(
+        recall_score(y_true, y_pred, average="macro", zero_division=0))
+    assert m["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert [c["support"] for c in m["per_class"]] == [3, 3, 0, 0]
+
+
+def test_classes_missing_from_a_split_are_named():
+    arrays = load_arrays("mnist-sample")
+    assert arrays.classes_missing() == {}
+    rare = arrays.train_y == 7
+    lacking = dataclasses.replace(arrays, train_x=arrays.train_x[~rare],
+                                  train_y=arrays.train_y[~rare],
+                                  test_y=np.where(arrays.test_y == 3, 4, arrays.test_y))
+    assert lacking.classes_missing() == {"training": ["7"], "test": ["3"]}
+
+
 def test_interval_uses_student_t_and_rank_correlation_is_monotone():
     mean, sd, half = mean_and_ci([1.0, 2.0, 3.0])
     assert (mean, sd) == (2.0, 1.0)

@@ -115,6 +115,18 @@ class Arrays:
             "leaks": self.leaks,
         }
 
+    def classes_missing(self) -> dict[str, list[str]]:
+        """For each split that lacks some classes ("training", "validation", "test"), the
+        names of those it has no image of: a class with a handful of images can end up in
+        one split only, and its scores in the report then mean nothing."""
+        missing = {}
+        for split, labels in (("training", self.train_y), ("validation", self.val_y),
+                              ("test", self.test_y)):
+            present = np.bincount(labels, minlength=self.num_classes) > 0
+            if not present.all():
+                missing[split] = [self.class_names[c] for c in np.flatnonzero(~present)]
+        return missing
+
     def normalized_as(self, stored: dict | None) -> Arrays:
         """These arrays with the normalization of the study whose fingerprint is `stored`:
         a study from before per-split statistics keeps its constants."""

@@ -75,12 +75,17 @@ def classification_metrics(cm: np.ndarray) -> dict:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     correct, n = int(tp.sum()), int(cm.sum())
+    # As scikit-learn averages: over the classes in the test labels or the predictions. A
+    # class with neither has no precision or recall to average; counted as 0, it would drag
+    # the macro scores down for a class the test split happens to lack.
+    averaged = (support > 0) | (predicted > 0)
     return {
         "accuracy": correct / n,
         "accuracy_ci": list(wilson_interval(correct, n)),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_precision": float(precision[averaged].mean()),
+        "macro_recall": float(recall[averaged].mean()),
+        "macro_f1": float(f1[averaged].mean()),
+        "macro_classes": int(averaged.sum()),
         "per_class": [
             {"class": i, "precision": float(precision[i]), "recall": float(recall[i]),
              "f1": float(f1[i]), "support": int(support[i])}

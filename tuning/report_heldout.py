@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
-from tuning.errors import UsageError
+from tuning.errors import UsageError, shorten
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
 from tuning.report_stats import StudyView
@@ -304,6 +304,13 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         (f"best trial #{best.number}", best_metrics),
         (f"tutorial ({seed_file.name})", seed_metrics)])))
     s.tables.append(("Per class", per_class_table(best_metrics, seed_metrics, names)))
+    untested = [names[c["class"]] for c in best_metrics["per_class"] if c["support"] == 0]
+    if untested:
+        s.paragraphs.append(
+            f"{len(untested)} of the {len(names)} classes have no test image "
+            f"({shorten(', '.join(untested), 200)}): their rows show support 0, and the macro "
+            "averages leave each of them out unless the network predicted it, as "
+            "scikit-learn's do.")
     for label, metrics in ((f"best trial #{best.number}", best_metrics),
                            ("tutorial", seed_metrics)):
         cm = metrics["confusion_matrix"]

@@ -326,6 +326,11 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         log.warning("%d of the %d test images are exact copies of training or validation "
                     "images: the test accuracy will flatter the model", arrays.leaks,
                     len(arrays.test_y))
+    missing = arrays.classes_missing()
+    if missing:
+        log.warning("some classes have too few images to be in every split: none in %s",
+                    shorten("; ".join(f"{split}: {', '.join(names)}"
+                                      for split, names in missing.items()), 300))
     warm_start = _warm_start_configurations(args, plan)
     if plan.storage == default_storage(plan.study):
         Path("studies").mkdir(exist_ok=True)
