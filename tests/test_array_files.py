@@ -103,6 +103,58 @@ def test_npz_alpha_is_dropped_and_labels_may_be_whole_floats(tmp_path, digits):
     np.testing.assert_array_equal(data.train_y, y)
 
 
+def test_npz_float_scale_is_chosen_by_the_brightest_pixel(tmp_path, digits):
+    x, y = digits
+    unit = read_npz(save_npz(tmp_path / "u.npz", x_train=x / 255.0, y_train=y))
+    np.testing.assert_array_equal(unit.train_x[..., 0], x)
+    dim = np.minimum(x, 3).astype(np.float32)  # brightest 3 > UNSURE_FLOAT_MAX: 0..255 as given
+    np.testing.assert_array_equal(
+        read_npz(save_npz(tmp_path / "d.npz", x_train=dim, y_train=y)).train_x[..., 0], dim)
+
+
+def test_npz_labels_that_do_not_run_0_to_k_become_k_classes_named_by_label(tmp_path, digits,
+                                                                           caplog):
+    x, y = digits
+    keep = y < 3  # digits 0, 1, 2 labelled 3, 7, 9; no class without images
+    x, y = x[keep], y[keep]
+    label = np.array([3, 7, 9])[y]
+    path = save_npz(tmp_path / "d.npz", x_train=x[:24], y_train=label[:24], x_test=x[24:],
+                    y_test=label[24:].astype(np.float32))
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        data = read_npz(path)
+    assert data.class_names == ("3", "7", "9") and data.num_classes == 3
+    np.testing.assert_array_equal(data.train_y, y[:24])
+    assert data.test_y is not None and data.test_y.dtype == np.int64
+    np.testing.assert_array_equal(data.test_y, y[24:])
+    lines = [r.getMessage() for r in caplog.records if "labels" in r.getMessage()]
+    assert lines == [f"{path}: y_train's labels are not 0..2 but 3, 7, 9: these 3 are the "
+                     "classes, in order, named by their labels"]
+
+
+def test_npz_one_stray_huge_label_is_one_more_class(tmp_path, digits):
+    x, y = digits
+    data = read_npz(save_npz(tmp_path / "d.npz", x_train=x, y_train=_set(y, 5, 99_999)))
+    assert data.class_names == (*(str(d) for d in range(10)), "99999")
+    assert data.train_y[5] == 10 and data.train_y.max() == 10
+    np.testing.assert_array_equal(np.delete(data.train_y, 5), np.delete(y, 5))
+
+
+def test_npz_labels_0_to_k_are_kept_without_a_log_line(tmp_path, digits, caplog):
+    x, y = digits
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        data = read_npz(save_npz(tmp_path / "d.npz", x_train=x, y_train=y))
+    np.testing.assert_array_equal(data.train_y, y)
+    assert "labels" not in caplog.text
+
+
+def test_npz_too_many_distinct_labels_is_a_usage_error(tmp_path, digits, monkeypatch):
+    x, y = digits
+    monkeypatch.setattr(array_files, "MAX_CLASSES", 9)
+    path = save_npz(tmp_path / "d.npz", x_train=x, y_train=y * 1000)
+    usage_error(lambda: read_npz(path), str(path), "y_train holds 10 distinct labels",
+                "at most 9 classes")
+
+
 def test_npz_unknown_keys_are_logged_and_ignored(tmp_path, digits, caplog):
     x, y = digits
     path = save_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:5], notes=np.arange(3))
@@ -145,7 +197,24 @@ BAD_NPZ = {
                                            class_names=np.array(list("abcdefghij"))),
                            ["y_train holds label 10 at index 5", "classes 0..9"]),
     "test label beyond training classes": (lambda a: _with(a, y_test=_set(a["y_test"], 3, 12)),
-                                           ["y_test holds label 12 at index 3", "0..9"]),
+                                           ["y_test holds label 12 at index 3",
+                                            "which no training image has", "labels: 0..9"]),
+    # y_train's 8 images of digit 0 labelled 10 instead: label 0 is not a class any more.
+    "test label missing from training": (
+        lambda a: _with(a, y_train=np.where(a["y_train"] == 0, 10, a["y_train"])),
+        ["y_test holds label 0 at index 0", "no training image",
+         "labels: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"]),
+    "class name without training images": (
+        lambda a: _with(a, class_names=np.array(list("abcdefghijk"))),
+        ["y_train holds no image of class 'k' (label 10)", "cannot be learned"]),
+    "class names without training images": (
+        lambda a: _with(a, y_train=a["y_train"] % 8, class_names=np.array(list("abcdefghij"))),
+        ["no image of class 'i' (label 8), nor of 1 other(s)"]),
+    "huge label": (lambda a: _with(a, y_train=_set(a["y_train"].astype(float), 6, 1e20)),
+                   ["y_train holds label 1e+20 at index 6", f"above {2**53}"]),
+    "huge uint64 label": (lambda a: _with(a, y_train=_set(a["y_train"].astype(np.uint64), 2,
+                                                          2**64 - 1)),
+                          [f"label {2**64 - 1} at index 2"]),
     "fractional label": (lambda a: _with(a, y_train=_set(a["y_train"].astype(float), 4, 1.5)),
                          ["y_train holds 1.5 at index 4", "whole numbers"]),
     "labels 2-D": (lambda a: _with(a, y_train=a["y_train"][:, None]), ["shape (80, 1)"]),
@@ -157,6 +226,12 @@ BAD_NPZ = {
                        ["x_train holds values from -0.5"]),
     "int above 255": (lambda a: _with(a, x_test=_set(a["x_test"].astype(np.int16), 2, 256)),
                       ["x_test holds values from 0 to 256"]),
+    # 0..1 images with one pixel pushed past 1 (resampled): read as 0..255 they were black.
+    "float just above 1": (lambda a: _with(a, x_train=_set(a["x_train"] / 255.0, 9, 1.0001)),
+                           ["x_train holds floats from 0 to 1.0001", "neither 0..1 nor 0..255",
+                            "clip them to 0..1 or scale them to 0..255"]),
+    "test floats up to 2": (lambda a: _with(a, x_test=_set(a["x_test"] / 255.0, 0, 2.0)),
+                            ["x_test holds floats from 0 to 2,", "clip them to 0..1"]),
     "NaN": (lambda a: _with(a, x_train=_set(a["x_train"] / 255.0, 9, np.nan)), ["NaN"]),
     "infinite": (lambda a: _with(a, x_test=_set(a["x_test"] / 255.0, 0, np.inf)), ["infinite"]),
     "2 channels": (lambda a: _with(a, x_train=np.stack([a["x_train"]] * 2, axis=-1)),

@@ -29,7 +29,13 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 MIN_SIDE = 4
 """The smallest image height or width accepted: below it a conv-and-pool stack has nothing left."""
 MAX_CLASSES = 100_000
-"""Without class names K is the largest label + 1: a stray huge label must not make K billions."""
+"""The most classes an .npz without class names may have: each distinct label is one."""
+MAX_LABEL = 2**53
+"""The largest label value: the largest whole number a float64 holds exactly, so labels saved
+as floats stay distinct, and every label fits int64."""
+UNSURE_FLOAT_MAX = 2.0
+"""Float images whose brightest pixel is above 1 but at most this are refused: they are 0..1
+images pushed past 1 (by resampling or augmentation), and read as 0..255 they would be black."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,11 @@ def read_npz(path: Path) -> ArrayImages:
 
     Images are (N, H, W) or (N, H, W, C) with C 1, 3 or 4 (alpha is dropped); uint8, another
     integer type holding 0..255, or floats in 0..1 (scaled by 255) or in 0..255 (a float set
-    whose brightest pixel is at most 1 is taken as 0..1). Labels are 0..K-1, K the number of
-    class names or else the largest training label + 1.
+    whose brightest pixel is at most 1 is taken as 0..1; one up to UNSURE_FLOAT_MAX is refused).
+    Labels are whole numbers >= 0. With class_names they index the names, and every name needs
+    a training image; without, the distinct training labels in sorted order are the classes,
+    each named by its label (labels 3, 7, 9: classes 0, 1, 2 named "3", "7", "9"). Test labels
+    must be among the training classes.
     """
     arrays = _load_npz(path)
     if ("x_test" in arrays) != ("y_test" in arrays):
@@ -88,11 +97,10 @@ def read_npz(path: Path) -> ArrayImages:
     train_x, train_unit = _npz_images(path, "x_train", arrays["x_train"])
     k = len(names) if names is not None else None
     train_y = _npz_labels(path, "y_train", arrays["y_train"], len(train_x), k)
-    if len(np.unique(train_y)) < 2:
-        raise UsageError(f"{path}: y_train holds only the class {train_y[0]}; a classifier "
-                         "needs at least 2")
+    labels = _npz_classes(path, train_y, names)
     if names is None:
-        names = tuple(str(c) for c in range(int(train_y.max()) + 1))
+        names = tuple(str(label) for label in labels)
+    train_y = _as_classes(path, "y_train", train_y, labels)
     if "x_test" not in arrays:
         return ArrayImages(train_x, train_y, None, None, names)
 
@@ -105,8 +113,9 @@ def read_npz(path: Path) -> ArrayImages:
         # Each float array picks its scale by its own maximum; both must have picked the same.
         raise UsageError(f"{path}: x_train and x_test are floats on different scales (one "
                          "within 0..1, the other up to 255): scale them the same way")
-    test_y = _npz_labels(path, "y_test", arrays["y_test"], len(test_x), len(names))
-    return ArrayImages(train_x, train_y, test_x, test_y, names)
+    test_y = _npz_labels(path, "y_test", arrays["y_test"], len(test_x), k)
+    return ArrayImages(train_x, train_y, test_x, _as_classes(path, "y_test", test_y, labels),
+                       names)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -198,12 +207,15 @@ def _npz_images(path: Path, key: str, x: np.ndarray) -> tuple[np.ndarray, bool |
                          "0..255 (or, as floats, 0..1)")
     if x.dtype.kind != "f":
         return x.astype(np.uint8), None
+    if 1 < high <= UNSURE_FLOAT_MAX:
+        raise UsageError(f"{path}: {key} holds floats from {low:g} to {high:g}, neither 0..1 "
+                         "nor 0..255: clip them to 0..1 or scale them to 0..255")
     unit = bool(high <= 1)
     return np.rint(x * 255 if unit else x).astype(np.uint8), unit
 
 
 def _npz_labels(path: Path, key: str, y: np.ndarray, n: int, k: int | None) -> np.ndarray:
-    """`y` as int64, checked against `n` images and `k` classes (None: any label >= 0)."""
+    """`y` as int64, checked against `n` images and `k` classes (None: any label 0..MAX_LABEL)."""
     if y.ndim != 1:
         raise UsageError(f"{path}: {key} has shape {y.shape}; expected one label per image, "
                          f"shape ({n},)")
@@ -218,15 +230,62 @@ def _npz_labels(path: Path, key: str, y: np.ndarray, n: int, k: int | None) -> n
     elif y.dtype.kind not in "iu":
         raise UsageError(f"{path}: {key} has dtype {y.dtype}; expected integer labels")
     # Range checks run on the original dtype: casting a huge float or uint64 first would wrap.
-    bad = (y < 0) if k is None else (y < 0) | (y >= k)
+    # Without class names any label will do up to MAX_LABEL: _npz_classes maps them to 0..K-1.
+    high = MAX_LABEL if k is None else k - 1
+    bad = (y < 0) | (y > high)
     if bad.any():
         i = int(np.argmax(bad))
-        within = "must not be negative" if k is None else f"outside the classes 0..{k - 1}"
-        raise UsageError(f"{path}: {key} holds label {y[i]} at index {i}, {within}")
-    if k is None and y.max() >= MAX_CLASSES:
-        raise UsageError(f"{path}: {key} holds label {y.max()}; without class_names labels "
-                         f"must be below {MAX_CLASSES}")
+        why = ("must not be negative" if y[i] < 0 else f"above {MAX_LABEL}" if k is None
+               else f"outside the classes 0..{high}")
+        raise UsageError(f"{path}: {key} holds label {y[i]} at index {i}, {why}")
     return y.astype(np.int64)
+
+
+def _npz_classes(path: Path, train_y: np.ndarray, names: tuple[str, ...] | None) -> np.ndarray:
+    """The label of each class, sorted: 0..K-1 with class names, else the distinct labels.
+
+    A class without training images cannot be learned, and left in it would sit empty in every
+    per-class score (labels 3, 7, 9 read as 0..9 made 7 of 10 classes empty).
+    """
+    present = np.unique(train_y)
+    if len(present) < 2:
+        raise UsageError(f"{path}: y_train holds only the class {present[0]}; a classifier "
+                         "needs at least 2")
+    if names is not None:
+        missing = np.setdiff1d(np.arange(len(names)), present)
+        if len(missing):
+            first = missing[0]
+            more = f", nor of {len(missing) - 1} other(s)" if len(missing) > 1 else ""
+            raise UsageError(f"{path}: y_train holds no image of class {shorten(names[first])!r} "
+                             f"(label {first}){more}; a class without training images cannot "
+                             "be learned")
+        return present
+    if len(present) > MAX_CLASSES:
+        raise UsageError(f"{path}: y_train holds {len(present)} distinct labels; without "
+                         f"class_names at most {MAX_CLASSES} classes are accepted")
+    if present[-1] != len(present) - 1:
+        log.info("%s: y_train's labels are not 0..%d but %s: these %d are the classes, in "
+                 "order, named by their labels", path, len(present) - 1, _show(present),
+                 len(present))
+    return present
+
+
+def _as_classes(path: Path, key: str, y: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`y` with each label replaced by its class, the label's index in `labels` (sorted)."""
+    classes = np.searchsorted(labels, y)
+    unseen = labels[np.minimum(classes, len(labels) - 1)] != y
+    if unseen.any():
+        i = int(np.argmax(unseen))
+        raise UsageError(f"{path}: {key} holds label {y[i]} at index {i}, which no training "
+                         f"image has (y_train's labels: {_show(labels)})")
+    return classes.astype(np.int64)
+
+
+def _show(labels: np.ndarray) -> str:
+    """Sorted distinct labels for a message: "0..9" when they run so, else a bounded list."""
+    if labels[-1] == len(labels) - 1:
+        return f"0..{labels[-1]}"
+    return shorten(", ".join(str(label) for label in labels.tolist()), 80)
 
 
 @dataclass(frozen=True)
