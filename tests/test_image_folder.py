@@ -21,6 +21,7 @@ from PIL import Image
 
 from tuning.errors import UsageError
 from tuning.image_folder import read_image_folder
+from tuning.sources import DataConfig, read
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("one", "two", "zero")  # sorted; the digit each holds: 1, 2, 0
@@ -102,7 +103,8 @@ def test_mixed_folder_sizes_channels_and_labels(tmp_path, digits, caplog):
     assert images.skipped == ("two/broken.png",)
     log = caplog.text
     assert "resizing to 28x28" in log and "28x28, 32x32" in log
-    assert "ignored 2 files" in log
+    assert "ignored 2 files" in log and "1 outside any class directory (e.g. README.txt)" in log
+    assert "ignored 1 directory" in log and "so no classes: notes" in log
     assert "skipped 1 of 22 image files" in log and "two/broken.png" in log
 
 
@@ -280,13 +282,134 @@ def test_test_folder_with_given_class_names(tmp_path, digits):
         (root / name).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i}.png")
-    images = read_image_folder(root, class_names=CLASSES, progress=False)
+    images = read_image_folder(root, training_classes=CLASSES, progress=False)
     assert images.class_names == CLASSES and sorted(images.y.tolist()) == [1, 1, 2, 2]
     (root / "seven").mkdir()
     Image.fromarray(digits[0][5]).save(root / "seven" / "0.png")
     with pytest.raises(UsageError, match="class directory 'seven', not one of the training "
                                          "classes one, two, zero"):
-        read_image_folder(root, class_names=CLASSES, progress=False)
+        read_image_folder(root, training_classes=CLASSES, progress=False)
+
+
+def write_digits(root: Path, digits: dict[int, np.ndarray], per_class: int = 3) -> Path:
+    """root/<class>/<i>.png for CLASSES: grayscale 28x28 digits."""
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i}.png")
+    return root
+
+
+def label_of(images, digit: np.ndarray) -> str:
+    """The class name `images` give the one image equal to `digit`."""
+    return images.class_names[images.train_y[index_of(images.train_x, digit[..., None])]]
+
+
+def test_data_class_names_may_only_reorder_a_folders_classes(tmp_path, digits):
+    root = write_digits(tmp_path / "f", digits, per_class=10)
+    reordered = ("zero", "one", "two")
+    images = read(str(root), None, DataConfig(class_names=reordered)).images
+    assert images.class_names == reordered
+    assert [label_of(images, digits[DIGIT[name]][0]) for name in CLASSES] == list(CLASSES)
+    # Names by position would call the zeros "2": refused, naming the folder's classes.
+    with pytest.raises(UsageError, match=r"class_names 0, 1, 2 do not match the classes of "
+                                         r".*, its class directories one, two, zero: .* may "
+                                         r"only reorder them") as refused:
+        read(str(root), None, DataConfig(class_names=("0", "1", "2")))
+    assert "\n" not in str(refused.value)
+    with pytest.raises(UsageError, match="class directories one, two, zero"):
+        read(str(root), None, DataConfig(class_names=("one", "two")))
+
+
+def test_a_dangling_link_is_skipped_as_unreadable(tmp_path, digits, caplog):
+    root = write_digits(tmp_path / "f", digits, per_class=4)
+    (root / "one" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert images.skipped == ("one/gone.png",) and len(images.y) == 12
+    assert "skipped 1 of 13 image files" in caplog.text and "one/gone.png" in caplog.text
+    (root / "two" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # 2 of 14: over 10%
+    with pytest.raises(UsageError, match="2 of 14 image files .* cannot be decoded"):
+        read_image_folder(root, progress=False)
+
+
+def test_linked_directories_are_followed_but_not_around_a_cycle(tmp_path, digits, caplog):
+    root = write_digits(tmp_path / "f", digits)
+    elsewhere = tmp_path / "more ones"
+    elsewhere.mkdir()
+    for i in (5, 6):
+        Image.fromarray(digits[1][i]).save(elsewhere / f"{i}.png")
+    (root / "one" / "more").symlink_to(elsewhere, target_is_directory=True)
+    (root / "one" / "again").symlink_to(elsewhere, target_is_directory=True)  # counted once
+    (root / "zero" / "up").symlink_to(root, target_is_directory=True)  # the folder: a cycle
+    (root / "two" / "deep").mkdir()
+    (root / "two" / "deep" / "self").symlink_to(root / "two", target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert np.bincount(images.y).tolist() == [5, 3, 3]
+    assert images.y[index_of(images.x, digits[1][6][..., None])] == CLASSES.index("one")
+    assert "not following the link zero/up" in caplog.text
+    assert "not following the link two/deep/self" in caplog.text
+
+
+def test_directories_without_images_and_files_outside_classes_are_warned_about(
+        tmp_path, digits, caplog):
+    root = write_digits(tmp_path / "f", digits)
+    (root / "empty").mkdir()
+    (root / "phone").mkdir()
+    for i in range(20):
+        (root / "phone" / f"{i}.heic").write_bytes(b"not decoded here")
+    Image.fromarray(digits[0][9]).save(root / "stray.png")
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert images.class_names == CLASSES
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "ignored 2 directories" in warnings[0] and "so no classes: empty, phone" in \
+        warnings[0] and ".jpg .pgm .png" in warnings[0]
+    assert "ignored 21 files" in warnings[1]
+    assert "1 outside any class directory (e.g. stray.png)" in warnings[1]
+    assert "20 without an image extension (e.g. phone/0.heic)" in warnings[1]
+
+
+def test_a_class_none_of_whose_files_decodes_is_an_error(tmp_path, digits):
+    root = write_digits(tmp_path / "f", digits, per_class=10)
+    (root / "seven").mkdir()
+    (root / "seven" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # 1 of 31
+    with pytest.raises(UsageError, match=r"none of the 1 image files of class 'seven' in .* "
+                                         r"decodes \(seven/0.png: .*\): fix or remove the "
+                                         r"folder"):
+        read_image_folder(root, progress=False)
+
+
+def test_16_bit_images_using_little_of_their_range_are_warned_about(tmp_path, digits, caplog):
+    root = tmp_path / "deep"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):  # 12-bit data: 0..4080
+            Image.fromarray(digits[i][0].astype(np.uint16) * 16).save(root / name / f"{i}.png")
+    Image.fromarray(digits[2][0].astype(np.uint16) * 257).save(root / "a" / "full.png")
+    for _ in range(2):  # decoded, then from the cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tuning"):
+            images = read_image_folder(root, progress=False)
+        # The scaling stays what tuning.exported does: a/full.png (index 2) reaches 255.
+        assert np.delete(images.x, 2, axis=0).max() == 4080 // 257
+        (warning,) = [r.getMessage() for r in caplog.records]
+        assert "4 of the 5 images" in warning and "16-bit with values up to 4080" in warning
+        assert "keep 16 grey levels" in warning and "save them as 8-bit" in warning
+
+
+def test_images_under_4_pixels_are_refused_unless_resized(tmp_path, digits):
+    root = tmp_path / "tiny"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(digits[i][0][13:15, 12:15]).save(root / name / f"{i}.png")
+    with pytest.raises(UsageError, match="the images in .* are 2x3; height and width must be at "
+                                         "least 4: set image_size"):
+        read_image_folder(root, progress=False)
+    assert read_image_folder(root, image_size=4, progress=False).x.shape == (4, 4, 4, 1)
 
 
 @pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
@@ -312,7 +435,8 @@ def test_fashion_colour_jpegs(tmp_path):
 @pytest.mark.parametrize("setup, kwargs, message", [
     ("missing", {}, "does not exist"),
     ("file", {}, "is not a directory"),
-    ("empty", {}, "holds no class directories with images"),
+    ("empty", {}, "holds no class directories with images .*; directories without such "
+                  "files: cats; 1 image outside any class directory \\(e.g. 0.png\\)"),
     ("one class", {}, "holds one class \\('zero'\\): a classifier needs at least two"),
     ("corrupt", {}, "none of the 4 image files .* can be decoded \\(one/0.png: "),
     ("good", {"image_size": 0}, "image_size must be 4..1024, got 0"),
@@ -326,6 +450,7 @@ def test_bad_input_is_a_usage_error(tmp_path, digits, setup, kwargs, message):
     elif setup == "empty":
         (root / "cats").mkdir(parents=True)
         (root / "cats" / "notes.txt").write_text("")
+        Image.fromarray(digits[0][0]).save(root / "0.png")
     elif setup == "corrupt":
         for name in ("one", "two"):
             (root / name).mkdir(parents=True)

@@ -271,13 +271,13 @@ def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_fold
     (workdir / "project" / "digits.toml").write_text(
         '[study]\nepochs = 1\nseed = 0\n\n[data]\npath = "../images/train"\n'
         'test = "../images/test"\nimage_size = 16\nchannels = 1\nhflip = false\n'
-        'class_names = ["uno", "dos", "cero"]\n\n[space]' + SPACE)
+        'class_names = ["zero", "one", "two"]\n\n[space]' + SPACE)
     result = run_cli("--config", "project/digits.toml", "--trials", "1", cwd=workdir)
     assert result.returncode == 0, result.stderr
     study = load_study(f"sqlite:///{workdir}/studies/digits.db", "digits")
     data = study.user_attrs["data"]
     assert data["input_shape"] == [1, 16, 16]
-    assert data["class_names"] == ["uno", "dos", "cero"]
+    assert data["class_names"] == ["zero", "one", "two"]  # in the order given
     assert data["n_test"] == 12 and data["n_train"] + data["n_val"] == 45  # the test folder
     assert data["hflip"] is False
     # Relative to the study file, stored absolute (as given: project/../images/train).
@@ -285,7 +285,7 @@ def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_fold
     assert study.user_attrs["settings"]["dataset"] == data["source"]
     config = study.user_attrs["data_config"]
     assert config["image_size"] == 16 and config["channels"] == 1
-    assert config["class_names"] == ["uno", "dos", "cero"] and config["hflip"] is False
+    assert config["class_names"] == ["zero", "one", "two"] and config["hflip"] is False
     assert os.path.normpath(config["test"]) == str(workdir / "images" / "test")
     assert len(finished(study)) == 1
 
@@ -349,9 +349,14 @@ def setup_bad(case: str, base: Path, digits) -> tuple[list[str], str]:
         return ["--dataset", str(npz(base / "a.npz", digits, y_train=y,
                                      class_names=np.array(["a", "b", "c"])))], \
             "label 3 at index 7, outside the classes 0..2"
-    if case == "class_names of the wrong length":
+    if case == "class_names renaming a folder's classes":
         make_folder(base / "images", digits)
-        study_file(base / "cfg" / "bad.toml", 'path = "../images"\nclass_names = ["a", "b"]')
+        study_file(base / "cfg" / "bad.toml",
+                   'path = "../images"\nclass_names = ["1", "2", "0"]')
+        return config, "class_names may only reorder them"
+    if case == "class_names of the wrong length":
+        npz(base / "a.npz", digits)
+        study_file(base / "cfg" / "bad.toml", 'path = "../a.npz"\nclass_names = ["a", "b"]')
         return config, "class_names has 2 names but the data have 3 classes"
     if case.startswith("[data] "):
         table = case[len("[data] "):]
@@ -382,14 +387,14 @@ def setup_bad(case: str, base: Path, digits) -> tuple[list[str], str]:
 BAD_CASES = ["folder missing", "empty folder", "folder with only other files", "one class",
              "nothing decodes", "too many corrupt", "npz missing y_train",
              "npz mismatched lengths", "npz labels beyond class_names",
-             "class_names of the wrong length", "[data] image_size = 0",
+             "class_names renaming a folder's classes", "class_names of the wrong length",
+             "[data] image_size = 0",
              "[data] image_size = 100000", "[data] channels = 2", "[data] channels = 1.0",
              "[data] channels = true", "[data] size = 16", '[data] path = "../nowhere"',
              "image_size for an npz", "a test folder for an npz", "unknown dataset"]
 
 
-DECODED_FIRST = {"class_names of the wrong length": ["decoding", "decoded"],
-                 "too many corrupt": ["decoding"]}
+DECODED_FIRST = {"too many corrupt": ["decoding"]}
 """Cases refused once the images were decoded (all of them, to count the bad ones): the log
 lines that precede the error."""
 
@@ -410,8 +415,7 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, tmp_p
             DECODED_FIRST[case], err
     else:
         assert len(err.strip().splitlines()) == 1, err
-    if case != "class_names of the wrong length":  # the only good folder here
-        assert not list(cache_dir.glob("*.npz"))
+    assert not list(cache_dir.glob("*.npz"))
     assert db_files(workdir) == []
 
 

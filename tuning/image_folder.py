@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +25,25 @@ from filelock import FileLock, Timeout
 from PIL import Image, ImageOps
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from tuning.array_files import MIN_SIDE
 from tuning.errors import UsageError, shorten
 from tuning.settings import setting
 
 log = logging.getLogger("tuning")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Part of every cache key: raise it when what a cache holds, or how it is decoded, changes."""
 EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 MAX_UNREADABLE = 0.10
 """The share of image files that may fail to decode before the folder is an error."""
-IMAGE_SIZES = (4, 1024)
+IMAGE_SIZES = (MIN_SIDE, 1024)
 CHOSEN_SIZES = (16, 128)
 """The range a chosen size is clamped to when the images' sizes differ."""
+NARROW_16BIT = 4096
+"""16-bit images whose values all lie below this (12-bit data, say) are warned about: scaled
+from 0..65535 to 8 bits, as tuning.exported decodes them too, they keep 16 grey levels or fewer."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,28 @@ class FolderImages:
     y: np.ndarray
     """int64, shape (N,): each image's index into `class_names`."""
     class_names: tuple[str, ...]
-    """The class directories' names, sorted (or the `class_names` the caller gave)."""
+    """The class directories' names, sorted (or in the order of the caller's `class_names` or
+    `training_classes`)."""
     skipped: tuple[str, ...]
     """Relative paths of the image files that could not be decoded."""
+    narrow_16bit: int = 0
+    """How many of the 16-bit images have values below NARROW_16BIT only."""
+    narrow_16bit_max: int = 0
+    """The largest value in those images."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files under a folder, as relative paths in name order."""
+
+    by_class: dict[str, list[str]]
+    """Image files (by extension) per class directory."""
+    no_images: list[str]
+    """Directories without an image file: no classes."""
+    outside: list[str]
+    """Files in the folder itself, outside any class directory."""
+    others: list[str]
+    """Files in class directories that are not images by their extension."""
 
 
 def default_cache_dir() -> Path:
@@ -66,12 +90,15 @@ def default_cache_dir() -> Path:
 
 def read_image_folder(root: Path, *, image_size: int | None = None, channels: int | None = None,
                       class_names: tuple[str, ...] | None = None,
+                      training_classes: tuple[str, ...] | None = None,
                       cache_dir: Path | None = None, progress: bool = True) -> FolderImages:
     """The images under `root/<class>/`, from the cache when the folder has not changed.
 
     `image_size`: square side to resize and centre-crop to (default: the images' common size,
     else a chosen one). `channels`: 1 or 3 (default 3 if any image has colour).
-    `class_names`: the training folder's classes when `root` is a separate test folder.
+    `class_names`: the label order, naming exactly the class directories (default: sorted).
+    `training_classes`: when `root` is a separate test folder, the training folder's classes:
+    labels follow them, and the test folder may lack some but have no others.
     """
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or not IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]):
@@ -86,19 +113,16 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
         raise UsageError(f"image folder {shorten(str(root), 200)} does not exist")
     if not root.is_dir():
         raise UsageError(f"image folder {shorten(str(root), 200)} is not a directory")
-    by_class, ignored = _list_files(root)
-    names = _class_names(root, by_class, class_names)
-    if ignored:
-        log.info("ignored %d files in %s that are not images by their extension (e.g. %s)",
-                 len(ignored), root, ignored[0])
-    files = [(rel, names.index(name)) for name, rels in by_class.items() for rel in rels]
-    stamps = []
-    for rel, _ in files:
-        stat = (root / rel).stat()
-        stamps.append((rel, stat.st_size, stat.st_mtime_ns))
+    listing = _list_files(root)
+    if not listing.by_class:
+        raise UsageError(_no_classes(root, listing))
+    _log_ignored(root, listing)
+    names = _class_names(root, tuple(listing.by_class), class_names, training_classes)
+    files = [(rel, names.index(name)) for name, rels in listing.by_class.items() for rel in rels]
+    stamps = [(rel, *_stamp(root / rel)) for rel, _ in files]
     key = hashlib.sha256(json.dumps({
         "version": FORMAT_VERSION, "files": stamps, "image_size": image_size,
-        "channels": channels, "class_names": class_names}).encode()).hexdigest()
+        "channels": channels, "class_names": names}).encode()).hexdigest()
 
     def decode() -> FolderImages:
         return _decode(root, files, names, image_size, channels, progress)
@@ -107,51 +131,136 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
     if images.skipped:
         log.warning("skipped %d of %d image files in %s that cannot be decoded: %s",
                     len(images.skipped), len(files), root, _first(images.skipped))
+    if images.narrow_16bit:
+        # The scaling stays: the exported model decodes a user's image the same way.
+        log.warning("%d of the %d images in %s are 16-bit with values up to %d only (of "
+                    "0..65535): scaled to 8 bits they keep %d grey levels; save them as 8-bit "
+                    "images, scaled as you want them", images.narrow_16bit, len(images.y), root,
+                    images.narrow_16bit_max, images.narrow_16bit_max // 257 + 1)
     return images
 
 
-def _list_files(root: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """Image files per class directory and the other files, as sorted relative paths.
-
-    Like torchvision, a class directory's subdirectories are searched too. Names starting with
-    '.' (.DS_Store, .ipynb_checkpoints) are skipped; a directory without images is no class.
-    """
-    by_class: dict[str, list[str]] = {}
-    ignored: list[str] = []
+def _list_files(root: Path) -> Listing:
+    """The files under `root`, by where they lie. Names starting with '.' (.DS_Store,
+    .ipynb_checkpoints) are skipped."""
+    listing = Listing(by_class={}, no_images=[], outside=[], others=[])
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            ignored.append(entry.name)
+            listing.outside.append(entry.name)
             continue
-        images: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(entry):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(n for n in filenames if not n.startswith(".")):
-                rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                is_image = os.path.splitext(name)[1].lower() in EXTENSIONS
-                (images if is_image else ignored).append(rel)
+        images, others = _class_files(root, entry)
+        listing.others.extend(others)
         if images:
-            by_class[entry.name] = sorted(images)
-    return by_class, ignored
+            listing.by_class[entry.name] = images
+        else:
+            listing.no_images.append(entry.name)
+    return listing
 
 
-def _class_names(root: Path, by_class: dict[str, list[str]],
-                 given: tuple[str, ...] | None) -> tuple[str, ...]:
-    if not by_class:
-        raise UsageError(f"{shorten(str(root), 200)} holds no class directories with images "
-                         "(expected <folder>/<class>/<image>.png, .jpg, ...)")
-    if given is not None:
-        unknown = [name for name in by_class if name not in given]
+def _class_files(root: Path, directory: Path) -> tuple[list[str], list[str]]:
+    """The image files under `directory` and its other files, as relative paths from `root`.
+
+    Like torchvision, subdirectories are searched and links to directories followed, but not
+    a link to a directory it lies in (the folder itself, say): that cycle would never end, or
+    bring in the other classes' images. Nor a directory already searched through another link:
+    its images would count twice.
+    """
+    images: list[str] = []
+    others: list[str] = []
+    searched: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        parent = os.path.realpath(os.path.dirname(dirpath))
+        cycle = os.path.commonpath([real, parent]) == real
+        if cycle:
+            log.info("not following the link %s: it leads to a directory it lies in",
+                     Path(dirpath).relative_to(root).as_posix())
+        if cycle or real in searched:
+            dirnames[:] = []
+            continue
+        searched.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(n for n in filenames if not n.startswith(".")):
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            (images if _is_image(name) else others).append(rel)
+    return sorted(images), others
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def _no_classes(root: Path, listing: Listing) -> str:
+    found = []
+    if listing.no_images:
+        found.append(f"directories without such files: {_first(tuple(listing.no_images))}")
+    if loose := [name for name in listing.outside if _is_image(name)]:
+        found.append(f"{len(loose)} image{'s' * (len(loose) > 1)} outside any class "
+                     f"directory (e.g. {shorten(loose[0])})")
+    return (f"{shorten(str(root), 200)} holds no class directories with images (expected "
+            f"<folder>/<class>/<image>, an image ending in {_extensions()})"
+            + "".join(f"; {part}" for part in found))
+
+
+def _log_ignored(root: Path, listing: Listing) -> None:
+    if listing.no_images:
+        log.warning("ignored %d director%s in %s without image files (by their extension: %s), "
+                    "so no classes: %s", len(listing.no_images),
+                    "y" if len(listing.no_images) == 1 else "ies", root, _extensions(),
+                    _first(tuple(listing.no_images)))
+    parts = []
+    if listing.outside:
+        parts.append(f"{len(listing.outside)} outside any class directory (e.g. "
+                     f"{shorten(listing.outside[0])})")
+    if listing.others:
+        parts.append(f"{len(listing.others)} without an image extension (e.g. "
+                     f"{shorten(listing.others[0])})")
+    if parts:
+        # An image beside the class directories is likely meant to be used: say so louder.
+        lost = any(_is_image(name) for name in listing.outside)
+        log.log(logging.WARNING if lost else logging.INFO, "ignored %d files in %s: %s",
+                len(listing.outside) + len(listing.others), root, "; ".join(parts))
+
+
+def _extensions() -> str:
+    return " ".join(sorted(EXTENSIONS))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time): what the cache key holds of one file. (-1, -1) when it cannot
+    be read (a dangling link): decoding it then fails, and it is skipped like any such file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _class_names(root: Path, found: tuple[str, ...], given: tuple[str, ...] | None,
+                 training: tuple[str, ...] | None) -> tuple[str, ...]:
+    if given is not None and sorted(given) != sorted(found):
+        # Renaming by position would label each class's images with another class's name.
+        raise UsageError(f"class_names {_names(given)} do not match the classes of "
+                         f"{shorten(str(root), 200)}, its class directories {_names(found)}: "
+                         "an image folder's directory names are its class names, and "
+                         "class_names may only reorder them (or remove class_names)")
+    if training is not None:
+        unknown = [name for name in found if name not in training]
         if unknown:
             raise UsageError(f"{shorten(str(root), 200)} has class directory "
                              f"{shorten(unknown[0])!r}, not one of the training classes "
-                             f"{shorten(', '.join(given), 200)}")
-    names = tuple(given) if given is not None else tuple(by_class)
+                             f"{_names(training)}")
+    names = given or training or found
     if len(names) < 2:
         raise UsageError(f"{shorten(str(root), 200)} holds one class ({shorten(names[0])!r}): "
                          "a classifier needs at least two class directories")
     return names
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return shorten(", ".join(names), 200)
 
 
 def _cached(cache_dir: Path, key: str, decode: Callable[[], FolderImages]) -> FolderImages:
@@ -190,7 +299,9 @@ def _load(path: Path, *, warn: bool) -> FolderImages | None:
         with np.load(path, allow_pickle=False) as f:
             images = FolderImages(x=f["x"], y=f["y"],
                                   class_names=tuple(str(n) for n in f["class_names"]),
-                                  skipped=tuple(str(s) for s in f["skipped"]))
+                                  skipped=tuple(str(s) for s in f["skipped"]),
+                                  narrow_16bit=int(f["narrow_16bit"]),
+                                  narrow_16bit_max=int(f["narrow_16bit_max"]))
         if images.x.dtype != np.uint8 or images.x.ndim != 4 or len(images.y) != len(images.x):
             raise ValueError("arrays of the wrong shape or type")
     except Exception as exc:  # any kind of damage (cut short, not a zip, wrong keys): rebuild
@@ -211,7 +322,8 @@ def _save(images: FolderImages, path: Path) -> None:
                                          delete=False) as f:
             tmp = f.name
             np.savez(f, x=images.x, y=images.y, class_names=np.array(images.class_names, str),
-                     skipped=np.array(images.skipped, str))
+                     skipped=np.array(images.skipped, str),
+                     narrow_16bit=images.narrow_16bit, narrow_16bit_max=images.narrow_16bit_max)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot write the image cache %s (%s): the images are decoded again next "
@@ -236,7 +348,7 @@ def _decode(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
             except Exception as exc:  # Pillow raises many kinds for a bad file: all unreadable
                 failed[i] = str(exc)
         if not headers:
-            _check_failures(root, files, failed)  # says none is readable; 10% is checked below
+            _check_failures(root, files, names, failed)  # none is readable; the rest below
         if channels is None:
             colour = any(mode not in GRAY_MODES and not mode.startswith("I;16")
                          for _, _, mode in headers.values())
@@ -248,34 +360,48 @@ def _decode(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
     bar = progress and sys.stderr.isatty()  # else a log file would fill with redrawn bars
     if not bar:
         log.info("decoding %d images from %s", len(files), root)
+    narrow_maxima = []
     for i, (rel, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", unit="img",
                                       file=sys.stderr, disable=not bar)):
         if i not in failed:
             try:
-                x[i] = _decode_one(root / rel, mode, size).reshape(*size, channels)
+                image, deep_max = _decode_one(root / rel, mode, size)
+                x[i] = image.reshape(*size, channels)
             except Exception as exc:  # as above: truncated, corrupt or an unsupported variant
                 failed[i] = str(exc)
-    _check_failures(root, files, failed)
+                continue
+            if deep_max is not None and deep_max < NARROW_16BIT:
+                narrow_maxima.append(deep_max)
+    _check_failures(root, files, names, failed)
     keep = np.array([i not in failed for i in range(len(files))], dtype=bool)
     images = FolderImages(x=x[keep] if failed else x,
                           y=np.array([label for _, label in files], np.int64)[keep],
                           class_names=names,
-                          skipped=tuple(files[i][0] for i in sorted(failed)))
+                          skipped=tuple(files[i][0] for i in sorted(failed)),
+                          narrow_16bit=len(narrow_maxima),
+                          narrow_16bit_max=max(narrow_maxima, default=0))
     if not bar:
         log.info("decoded %d images from %s in %.1f s", len(images.y), root,
                  time.perf_counter() - started)
     return images
 
 
-def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> tuple[np.ndarray, int | None]:
+    """The image at `path` as an array of `size`, and for a 16-bit image its largest value."""
     with Image.open(path) as img:
         img.load()  # decode now, so that a truncated file fails here (LOAD_TRUNCATED_IMAGES off)
+        deep_max = _largest_value(img) if img.mode.startswith("I") else None
         img = convert_mode(img, mode)
     height, width = size
     if img.size != (width, height):
         # Shorter side to the target, then the centre: the aspect ratio is kept, not squashed.
         img = ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+    return np.asarray(img), deep_max
+
+
+def _largest_value(img: Image.Image) -> int:
+    extrema = img.getextrema()  # computed by Pillow without a copy of the pixels
+    return int(extrema[1])  # type: ignore[arg-type]  # one band: (low, high), numbers
 
 
 def convert_mode(img: Image.Image, mode: str) -> Image.Image:
@@ -301,6 +427,10 @@ def _choose_size(root: Path, sizes: list[tuple[int, int]]) -> tuple[int, int]:
     """The images' common (height, width), else a square side from their shorter sides."""
     distinct = sorted(set(sizes))
     if len(distinct) == 1:
+        if min(distinct[0]) < MIN_SIDE:  # as an .npz's images: a network has nothing to pool
+            raise UsageError(f"the images in {shorten(str(root), 200)} are "
+                             f"{distinct[0][0]}x{distinct[0][1]}; height and width must be at "
+                             f"least {MIN_SIDE}: set image_size to resize them")
         return distinct[0]
     # median_low: a size that occurs, so those images are not resampled at all.
     median = statistics.median_low(min(h, w) for h, w in sizes)
@@ -312,12 +442,23 @@ def _choose_size(root: Path, sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return side, side
 
 
-def _check_failures(root: Path, files: list[tuple[str, int]], failed: dict[int, str]) -> None:
+def _check_failures(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
+                    failed: dict[int, str]) -> None:
     if len(failed) == len(files):
         first = min(failed)
         raise UsageError(f"none of the {len(files)} image files in {shorten(str(root), 200)} "
                          f"can be decoded ({shorten(files[first][0])}: "
                          f"{shorten(failed[first], 100)})")
+    # A class left without images would be a label the network can never learn.
+    per_class = Counter(label for _, label in files)
+    failed_per_class = Counter(files[i][1] for i in failed)
+    for label, count in sorted(failed_per_class.items()):
+        if count == per_class[label]:
+            first = min(i for i in failed if files[i][1] == label)
+            raise UsageError(f"none of the {count} image files of class "
+                             f"{shorten(names[label])!r} in {shorten(str(root), 200)} decodes "
+                             f"({shorten(files[first][0])}: {shorten(failed[first], 100)}): "
+                             "fix or remove the folder")
     if len(failed) > MAX_UNREADABLE * len(files):
         raise UsageError(f"{len(failed)} of {len(files)} image files in "
                          f"{shorten(str(root), 200)} cannot be decoded (more than "

@@ -40,7 +40,8 @@ class DataConfig:
     hflip: bool | None = None
     """Whether horizontal flips keep a label meaningful (None: the source's default)."""
     class_names: tuple[str, ...] | None = None
-    """Names of the classes in label order, overriding the source's."""
+    """Names of the classes in label order, overriding the source's; for an image folder, its
+    class directories' names in the label order wanted (they may only be reordered)."""
 
     def problems(self) -> list[str]:
         found = []
@@ -172,7 +173,9 @@ def read(dataset: str, data_dir: Path | None, config: DataConfig, *, download: b
     else:
         name, where, images = _read_path(Path(dataset).expanduser(), config)
         hflip = name == "folder"  # photos of things; arrays may be anything: no flips
-    if config.class_names is not None:
+    # An image folder's classes are its directories' names, put in this order as it was read:
+    # renamed by position, each class's images would carry another class's name.
+    if config.class_names is not None and name != "folder":
         if len(config.class_names) != images.num_classes:
             raise UsageError(f"[data] class_names has {len(config.class_names)} names but the "
                              f"data have {images.num_classes} classes")
@@ -185,13 +188,15 @@ def _read_path(path: Path, config: DataConfig) -> tuple[str, str, ArrayImages]:
 
     where = str(path.absolute())
     if path.is_dir():
-        train = read_image_folder(path, image_size=config.image_size, channels=config.channels)
+        train = read_image_folder(path, image_size=config.image_size, channels=config.channels,
+                                  class_names=config.class_names)
         test_x = test_y = None
         if config.test is not None:
             size = train.x.shape[1] if train.x.shape[1] == train.x.shape[2] else None
             test = read_image_folder(Path(config.test).expanduser(),
                                      image_size=config.image_size or size,
-                                     channels=train.x.shape[3], class_names=train.class_names)
+                                     channels=train.x.shape[3],
+                                     training_classes=train.class_names)
             if test.x.shape[1:] != train.x.shape[1:]:
                 raise UsageError(f"test folder {config.test!r} gives {test.x.shape[1:]} images, "
                                  f"the training folder {train.x.shape[1:]}: set image_size")
