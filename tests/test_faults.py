@@ -68,6 +68,24 @@ def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_pa
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
 
 
+def test_a_dead_workers_trial_is_retried_before_a_new_trial_is_sampled(tmp_path):
+    url, study = _sqlite_study(tmp_path)
+    dead = study.ask()
+    dead.suggest_float("x", 0, 1)
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
+    lock = StudyLock(url, "s")
+    try:
+        taken = take_trial(study, 5, lock)
+    finally:
+        lock.close()
+    assert isinstance(taken, optuna.Trial)
+    retry = study.trials[taken.number]
+    assert retry.system_attrs.get("failed_trial") == dead.number
+    assert retry.params == study.trials[dead.number].params
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
 def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):
     """During an outage nobody's heartbeat was recorded; the others are alive."""
     from tuning.outage import outages_of

@@ -152,8 +152,13 @@ class NoTrial(enum.Enum):
 
 
 def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | NoTrial:
-    """A new trial if the target leaves room for one, else why not."""
+    """A new trial if the target leaves room for one, else why not. Dead workers' trials are
+    failed first, under the same lock: their retries are then waiting trials, which `ask`
+    takes before sampling. Failed apart, another worker's retry could land between `ask`
+    finding no waiting trial and creating a new one, which would then take the place in the
+    target that the retry was to fill, leaving the retry waiting at the end."""
     with lock.hold():
+        fail_stale_trials(study)
         finished, running = _counts(study)
         if finished >= target:
             return NoTrial.TARGET_MET
@@ -240,7 +245,6 @@ def run_trials(
     while deadline is None or time.monotonic() < deadline:
         stop.check()
         started = time.perf_counter()
-        fail_stale_trials(study)
         trial = take_trial(study, target, lock)
         if trial is NoTrial.TARGET_MET:
             break
