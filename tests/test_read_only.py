@@ -59,3 +59,19 @@ def test_unknown_study_beside_a_real_one_changes_nothing(existing, module):
 
     names = optuna.get_all_study_names(f"sqlite:///{existing}/studies/real.db")
     assert names == ["real"]
+
+
+@pytest.mark.parametrize("module", READERS)
+def test_the_default_study_asked_for_where_the_search_named_it_after_the_sample(tmp_path,
+                                                                                module):
+    # Offline, without MNIST's files, `tuning search` runs on the sample and names the study
+    # mnist-sample: asked for `mnist`, a reader says so, and creates nothing.
+    created = run_cli("--create-only", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    before = _files(tmp_path)
+    assert "studies/mnist-sample.db" in before
+    extra = ["--port", "1"] if module == "tuning.dashboard" else []
+    line = _one_line_error(run_cli("--study", "mnist", *extra, module=module, cwd=tmp_path))
+    assert "no study database at 'studies/mnist.db'" in line
+    assert line.endswith("named the study 'mnist-sample': give --study mnist-sample")
+    assert _files(tmp_path) == before

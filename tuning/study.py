@@ -28,7 +28,7 @@ from tuning.data import DATA_KEYS
 from tuning.errors import UsageError, shorten
 from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import space_from_dict
-from tuning.storage import mask_url, open_storage
+from tuning.storage import mask_url, open_storage, sample_study_hint
 from tuning.strategy import make_pruner, make_sampler
 from tuning.study_file import StudyFile, StudySettings
 from tuning.warm_start import enqueue
@@ -222,10 +222,14 @@ def load_existing(study_name: str, storage_url: str, heartbeat: bool = True) -> 
 
     `heartbeat=False` for readers (report, dashboard) that run no trials.
     """
-    storage = open_storage(storage_url, heartbeat=heartbeat)
+    try:
+        storage = open_storage(storage_url, heartbeat=heartbeat)
+    except UsageError as exc:  # no database file
+        raise UsageError(f"{exc}{sample_study_hint(study_name, storage_url)}") from None
     if not _exists(storage, study_name):
+        hint = sample_study_hint(study_name, storage_url, storage)
         raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
-                         "create it with tuning search")
+                         f"create it with tuning search{hint}")
     study = optuna.load_study(storage=storage, study_name=study_name)
     if not {"settings", "space", "data", "target_trials"} <= set(study.user_attrs):
         raise UsageError(f"study {study_name!r} was not created by tuning.search "
