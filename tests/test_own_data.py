@@ -512,6 +512,23 @@ def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, mon
     assert digits_plan.study_file.space["hflip"].value is False
 
 
+def test_a_study_named_after_its_images_resumes_by_its_name_alone(tmp_path, workdir, digits,
+                                                                   monkeypatch):
+    from tuning.search import build_parser, make_plan
+
+    root = write_folder(tmp_path / "pets", digits, per_class=15)
+    monkeypatch.chdir(workdir)
+    assert main(["--dataset", str(root), "--create-only", "--trials", "2", *FAST]) == 0
+    # No study file is called pets: the study's stored definition stands for one.
+    plan = make_plan(build_parser().parse_args(["--study", "pets", "--trials", "3"]))
+    stored = load_study(f"sqlite:///{workdir}/studies/pets.db", "pets").user_attrs
+    assert plan.study == "pets" and plan.settings.dataset == str(root)
+    assert plan.study_file.space_dict() == stored["space"]
+    assert plan.settings.epochs == stored["epochs"]
+    with pytest.raises(UsageError, match="no study file for 'cats'"):
+        make_plan(build_parser().parse_args(["--study", "cats"]))
+
+
 def test_a_refused_folder_says_to_point_dataset_at_the_images():
     import optuna
 

@@ -58,9 +58,17 @@ from tuning.storage import (
     mask_url,
     open_storage,
     resolve_url,
+    sqlite_path,
 )
 from tuning.strategy import PRUNERS, SAMPLERS, grid_size
-from tuning.study import Plan, load_existing, open_study, record_worker
+from tuning.study import (
+    Plan,
+    load_existing,
+    open_study,
+    record_worker,
+    stored_data_config,
+    stored_definition,
+)
 from tuning.study_file import StudyFile, load_study_file
 from tuning.warm_start import enqueue, top_configurations
 
@@ -118,6 +126,7 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
 
 def make_plan(args: argparse.Namespace) -> Plan:
     known = {entry.name for entry in catalog.available()}
+    stored = None
     if args.config is None and args.study is None and names_its_study(args.dataset):
         # Other images than the default study's, without a study file: a study named after
         # them (a run on other images must not land in the same study).
@@ -126,10 +135,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
     elif args.config is None:
         name = args.study or DEFAULT_STUDY
         # Such images under a name of the user's choosing get the same study file, unless
-        # the name is a study file's own.
+        # the name is a study file's own; a name without a file may be a study that was
+        # named after its data, resumed as it was created.
         own_name = args.study is not None and args.study not in known
-        config = catalog.study_file(_data_study_file(args.dataset, known)
-                                    if own_name and names_its_study(args.dataset) else name)
+        if own_name and names_its_study(args.dataset):
+            config = catalog.study_file(_data_study_file(args.dataset, known))
+        elif own_name and (stored := _stored_study_file(args, name)) is not None:
+            config = Path(stored.path)
+        else:
+            config = catalog.study_file(name)
     else:
         config = args.config
         name = args.study or config.stem
@@ -138,8 +152,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
                              "give --study") from None
-    study_file = load_study_file(config)
-    if args.config is None and args.dataset and is_path(args.dataset):
+    study_file = stored or load_study_file(config)
+    if args.config is None and stored is None and args.dataset and is_path(args.dataset):
         study_file = _space_for_own_images(study_file, Path(args.dataset).expanduser().is_dir())
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
@@ -151,7 +165,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if problems:
         raise UsageError("; ".join(problems))
     if settings.sampler == "grid" and grid_size(study_file.space) > 100_000:
-        raise UsageError(f"grid sampler: the grid of {config} has {grid_size(study_file.space)} "
+        raise UsageError(f"grid sampler: the grid of {study_file.path} has "
+                         f"{grid_size(study_file.space)} "
                          "points; narrow the space or use another sampler")
     if settings.sampler == "grid" and (study_file.enqueue or args.warm_start_from):
         raise UsageError("the grid sampler runs every point of its grid: enqueue and "
@@ -159,6 +174,22 @@ def make_plan(args: argparse.Namespace) -> Plan:
     check_data_dir(args.data_dir)
     return Plan(study=name, storage=_storage(args, name), study_file=study_file,
                 settings=settings)
+
+
+def _stored_study_file(args: argparse.Namespace, name: str) -> StudyFile | None:
+    """The definition study `name` was created with, if tuning search created it in the
+    storage: what a study named after its data has instead of a study file."""
+    url = storage_url(args.storage, name)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        return None
+    try:
+        study = load_existing(name, url, heartbeat=False)
+    except UsageError:  # no such study there, or not one of tuning search's
+        return None
+    settings, space = stored_definition(study)
+    return StudyFile(path=f"study {name!r} as stored", settings=settings, space=space,
+                     data=stored_data_config(study))
 
 
 def names_its_study(dataset: str | None) -> bool:
