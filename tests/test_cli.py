@@ -160,3 +160,12 @@ def test_timeout_stops_starting_trials(workdir, cheap_space):
     study = load(workdir)
     assert 1 <= len(study.trials) < 100  # the running trial finishes; no new one starts
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def test_workers_per_gpu_without_a_gpu_says_it_does_not_apply(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever the machine has
+    assert main(["--workers-per-gpu", "3", "--create-only", "--trials", "1", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "--workers-per-gpu 3 does not apply: no GPU is visible, so 1 worker runs on the " \
+           "CPU" in err

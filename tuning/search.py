@@ -117,7 +117,7 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
                              "else in that study's own file)")
     parser.add_argument("--warm-start-top", metavar="K", type=positive_int, default=3,
                         help="how many of its best trials --warm-start-from takes (default 3)")
-    parser.add_argument("--workers-per-gpu", type=positive_int, default=DEFAULT_WORKERS_PER_GPU,
+    parser.add_argument("--workers-per-gpu", type=positive_int,
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
     add_verbosity_arguments(parser)
@@ -311,8 +311,7 @@ def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
     given = {"--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
              "--sampler": args.sampler, "--pruner": args.pruner, "--seed": args.seed,
              "--data-dir": args.data_dir, "--workers": args.workers,
-             "--workers-per-gpu": None if args.workers_per_gpu == DEFAULT_WORKERS_PER_GPU
-             else args.workers_per_gpu, "--artifacts": args.artifacts,
+             "--workers-per-gpu": args.workers_per_gpu, "--artifacts": args.artifacts,
              "--device": None if args.device == "auto" else args.device,
              "--compile": None if args.compile == "off" else args.compile}
     flags = "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in given.items()
@@ -339,7 +338,13 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
-    specs = plan_workers(gpus, args.workers_per_gpu, args.workers, cpu_cores())
+    specs = plan_workers(gpus, args.workers_per_gpu or DEFAULT_WORKERS_PER_GPU, args.workers,
+                         cpu_cores())
+    if args.workers_per_gpu is not None and specs[0].device == "cpu":
+        log.warning("--workers-per-gpu %d does not apply: %s, so %d worker%s run%s on the CPU "
+                    "(--workers sets how many)", args.workers_per_gpu,
+                    "--workers asks for the CPU" if gpus else "no GPU is visible", len(specs),
+                    "s" if len(specs) != 1 else "", "" if len(specs) != 1 else "s")
     # Settings read later, checked before anything is created: a bad one changes nothing.
     check_settings()
     device_data_limit()
