@@ -457,6 +457,10 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
     assert report(["--study", "pets", "--dataset", str(other), "--out", str(tmp_path / "r")]) == 2
     line = error_line(capsys.readouterr().err)
     assert "point --dataset at the images it was run on" in line and "--data-dir" not in line
+    # Without the test the report reads no image, but a path that is not there is still wrong.
+    assert report(["--study", "pets", "--dataset", str(tmp_path / "nowhere"), "--no-test",
+                   "--out", str(tmp_path / "r")]) == 2
+    assert "there is none there" in error_line(capsys.readouterr().err)
     found = run_cli("--study", "pets", "--dataset", str(moved), "--out", str(tmp_path / "r"),
                     cwd=workdir, module="tuning.report")
     assert found.returncode == 0, found.stderr

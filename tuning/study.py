@@ -252,9 +252,11 @@ def with_images_at(settings: StudySettings, dataset: str | None) -> StudySetting
     if not is_path(settings.dataset):
         raise UsageError(f"--dataset gives the place of a study's image folder or .npz file; "
                          f"this study's data set is {settings.dataset!r}: use --data-dir")
-    if not is_path(dataset):
+    # Checked here, not only where the images are read: a report without the test reads none,
+    # and a mistyped path must not pass unnoticed.
+    if not is_path(dataset) or not Path(dataset).expanduser().exists():
         raise UsageError(f"--dataset {shorten(dataset)!r}: give the path of the study's image "
-                         "folder or .npz file on this host")
+                         "folder or .npz file on this host (there is none there)")
     return dataclasses.replace(settings, dataset=os.path.normpath(
         Path(dataset).expanduser().absolute()))
 
