@@ -55,6 +55,10 @@ def test_seed_study_runs_the_tutorial_configuration(workdir):
     trial = load(workdir, "seed").trials[0]
     assert trial.state == TrialState.COMPLETE and trial.params == {}  # everything fixed
     assert trial.user_attrs["val_accuracy"] > 0.5
+    # Repeats of one configuration have no best trial, as the report says too.
+    assert "every parameter is fixed: 1 complete repeat of one configuration, val_loss " \
+        f"{trial.value:.4f}" in result.stdout
+    assert "best trial #" not in result.stdout
 
 
 @pytest.mark.slow

@@ -14,11 +14,12 @@ import os
 import re
 import shlex
 import signal
+import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import optuna
 import torch
@@ -50,7 +51,7 @@ from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import Param, representative
+from tuning.space import REPEAT, Param, representative
 from tuning.storage import (
     artifact_store,
     check_settings,
@@ -287,7 +288,16 @@ def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> 
     print(f"\nstudy {plan.study!r} in {mask_url(plan.storage)}: {counts_text or 'no trials yet'}",
           file=stream)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
-    if completed:
+    repeats_only = all(p.kind == "fixed" or name == REPEAT
+                       for name, p in plan.study_file.space.items())
+    if completed and repeats_only:
+        # One configuration: the trials differ only by seed, and the best is the luckiest.
+        losses = [cast(float, t.value) for t in completed]
+        spread = f" ± {statistics.stdev(losses):.4f} (sd)" if len(losses) > 1 else ""
+        print(f"every parameter is fixed: {len(completed)} complete repeat"
+              f"{'s' if len(completed) != 1 else ''} of one configuration, val_loss "
+              f"{statistics.fmean(losses):.4f}{spread}", file=stream)
+    elif completed:
         best = study.best_trial
         print(f"best trial #{best.number}: val_loss {best.value:.4f}, "
               f"val_accuracy {best.user_attrs.get('val_accuracy', float('nan')):.4f}, "
