@@ -392,7 +392,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
              "sampler %s, pruner %s, %d epochs%s", plan.study, mask_url(plan.storage),
              finished, args.trials, arrays.name, len(arrays.train_y),
              len(arrays.val_y), arrays.num_classes, "x".join(map(str, arrays.input_shape)),
-             f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
+             "no workers here (--create-only)" if args.create_only
+             else f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
              plan.settings.sampler, plan.settings.pruner, plan.settings.epochs,
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
