@@ -138,9 +138,13 @@ def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, cheap_space, 
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    states = Counter(t.state for t in load(url, "mnist").trials)
+    trials = load(url, "mnist").trials
+    states = Counter(t.state for t in trials)
     assert states[TrialState.RUNNING] == 0 and states[TrialState.FAIL] == 2
     assert "Traceback" not in err
+    # Each trial says which signal stopped the run: the one the launcher got.
+    assert {t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL} == \
+        {f"stopped by {signal.Signals(sig).name}"}
 
 
 # --- PostgreSQL: the real server ------------------------------------------------------------

@@ -167,7 +167,7 @@ class Launcher:
         # Keep each worker's BLAS pools to its share of the cores as well.
         env["OMP_NUM_THREADS"] = str(spec.threads)
         # Its own session: a Ctrl-C in the terminal reaches only this launcher, which passes
-        # one SIGTERM on; a worker hit by both could be interrupted while recording its trial.
+        # it on once; a worker hit by both could be interrupted while recording its trial.
         proc = subprocess.Popen(self._command(spec), env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent)
         self.procs[spec.index] = proc
@@ -241,10 +241,11 @@ class Launcher:
         return count_finished(self.study) >= self.study.user_attrs["target_trials"]
 
     def _handle_signal(self, signum, frame) -> None:
+        # Passed on as it came, so that a Ctrl-C is a Ctrl-C in every trial's failure reason.
         self.stopping_signal = signum
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
 
     def run(self) -> int:
         """Run until every worker has exited; returns the exit status for the command."""
