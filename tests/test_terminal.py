@@ -112,6 +112,22 @@ def test_on_a_terminal_the_epoch_line_is_rewritten_in_place():
                                    "0.8000 (#0)  elapsed 0:00:00  ETA 0:00:40\n")
 
 
+def test_each_trial_line_gives_the_best_of_the_moment_the_trial_ended():
+    # Two trials ended between two looks at the study: the first one's line comes first, and
+    # the best it shows must not be the second, which has not ended yet in the output.
+    out = io.StringIO()
+    progress = Progress(target=3, epochs=2, stream=out)
+    study = optuna.create_study()
+    now = datetime.now()
+    study.add_trial(ended(TrialState.COMPLETE, now - timedelta(seconds=5), "h:1", 0.5))
+    study.add_trial(ended(TrialState.COMPLETE, now, "h:2", 0.1))
+    for trial in study.trials:
+        progress.trial(study, trial)
+    first, second = out.getvalue().splitlines()
+    assert "trial    0 COMPLETE val_loss 0.5000  best 0.5000 (#0)" in first
+    assert "trial    1 COMPLETE val_loss 0.1000  best 0.1000 (#1)" in second
+
+
 @pytest.mark.slow
 def test_search_prints_a_line_per_epoch_and_quiet_silences_it(small_study):
     # small_study ran 2 trials of 1 epoch: each has its epoch line, then its trial line.

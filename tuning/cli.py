@@ -9,11 +9,12 @@ import shutil
 import sys
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuning.errors import EXIT_USAGE, MESSAGE_CHARS, shorten
 from tuning.settings import setting
@@ -231,10 +232,8 @@ class Progress:
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         reason = trial.user_attrs.get("prune_reason" if trial.state == TrialState.PRUNED
                                       else "fail_reason", "")
-        try:
-            best = f"{study.best_value:.4f} (#{study.best_trial.number})"
-        except ValueError:
-            best = "-"
+        best_trial = _best_when(study, trial)
+        best = "-" if best_trial is None else f"{best_trial.value:.4f} (#{best_trial.number})"
         elapsed = time.monotonic() - self.start
         self.write(f"[{count}/{self.target}] {_who(worker)}trial {trial.number:>4} "
                    f"{trial.state.name:<8} val_loss {value:<7} best {best}  elapsed "
@@ -342,3 +341,13 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile trial networks (default off: eager measured faster "
                              "on the CPU; reduce-overhead adds CUDA graphs on a GPU; compiled "
                              "code is reused by later trials of the same architecture)")
+
+
+def _best_when(study: optuna.Study, ended: optuna.trial.FrozenTrial) -> FrozenTrial | None:
+    """The best complete trial when `ended` ended: lines of trials that ended between two looks
+    at the study come in the order they ended, each with the best of its own moment, not one
+    that the next line will show ending later."""
+    until = ended.datetime_complete or datetime.max
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if (t.datetime_complete or datetime.max) <= until and t.value is not None]
+    return min(complete, key=lambda t: (t.value, t.number), default=None)
