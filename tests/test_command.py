@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import optuna
@@ -55,6 +57,60 @@ def test_studies_lists_built_ins_and_a_local_file_overrides_one(tmp_path):
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()}
     assert rows["mnist"][1] == "local" and rows["mine"][1] == "local"
     assert rows["seed"][1] == "built-in"
+
+
+def python_m(module: str, *args: str, cwd: Path,
+             pythonpath: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS`, as a user runs a subcommand's module."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(pythonpath)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_python_m_tuning_studies_is_tuning_studies(tmp_path):
+    listed = python_m("tuning.studies", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == tuning("studies", cwd=tmp_path).stdout
+    assert "seed " in listed.stdout
+    helped = python_m("tuning.studies", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m tuning.studies")
+    refused = python_m("tuning.studies", "extra", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "takes no arguments" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_study_files_and_python_m_tuning_studies(tmp_path):
+    """Built from a copy of the package, so that the build leaves nothing in the checkout."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "tuning", source / "tuning",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheels"), str(source)], capture_output=True, text=True,
+        timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheels").glob("tuning-*.whl")
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    shipped = {p.name for p in (installed / "tuning" / "studies").iterdir()}
+    assert {"__init__.py", "__main__.py", "seed.toml", "mnist.toml"} <= shipped
+    listed = python_m("tuning.studies", cwd=tmp_path, pythonpath=installed)
+    assert listed.returncode == 0, listed.stderr
+    assert str(installed / "tuning" / "studies" / "seed.toml") in listed.stdout
+
+
+def test_the_throughput_benchmark_refuses_fewer_than_two_epochs_in_one_line():
+    """The first epoch is a warm-up: with one, no epoch would be left to take the median of."""
+    for epochs in ("1", "0", "two"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "bench_throughput.py"), "--epochs", epochs],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "--epochs" in result.stderr
+        assert "2 or more" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ def test_inverted_range_is_rejected_naming_key_and_values():
          "space.blocks: expected an integer from 1 to 6, got low=1.5"),
         ({"space": {"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}},
          "log range needs low > 0"),
-        ({"space": {"optimizer": {"choices": ["adam", "lion"]}}}, "'lion' is not allowed"),
+        ({"space": {"optimizer": {"choices": ["adam", "lion"]}}},
+         "space.optimizer: 'lion' is not an optimizer; choose from 'adam', 'adamw', 'sgd'"),
         ({"space": {"optimizer": {"choices": []}}}, "non-empty list"),
         ({"space": {"lr": {"low": 1e-4, "hi": 0.1}}}, "unknown key(s) ['hi']"),
         ({"space": {"batch_norm": {"low": 0, "high": 1}}}, "not a range"),
@@ -53,6 +54,74 @@ def test_bad_study_files_name_the_problem(raw, expected):
     with pytest.raises(UsageError) as err:
         parse_study(raw)
     assert expected in str(err.value)
+
+
+# Messages in the words of a study file: no Python reprs of dataclasses or dicts, no `self.`.
+PYTHON_INTERNALS = ("self.", "'kind'", "'name'", "{'", "True", "False", "expected str",
+                    "expected bool", "a str ", "a bool ")
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"optimizer": {"choices": ["adamm"]}},
+         "space.optimizer: 'adamm' is not an optimizer; choose from 'adam', 'adamw', 'sgd', "
+         "'rmsprop'"),
+        ({"activation": "tanh"},
+         "space.activation: 'tanh' is not an activation; choose from 'none', 'relu'"),
+        ({"lr_schedule": {"choices": ["none", "step"]}},
+         "space.lr_schedule: 'step' is not a learning-rate schedule; choose from 'none'"),
+        ({"kernel": {"choices": [3, 4]}},
+         "space.kernel: 4 is even, and a kernel size must be odd"),
+        ({"lr_schedule": 3}, "space.lr_schedule: expected a string, got 3"),
+        ({"batch_norm": "yes"}, "space.batch_norm: expected true or false, got 'yes'"),
+        ({"batch_norm": {"low": 0, "high": 1}},
+         "space.batch_norm: takes a value (true or false) or choices, not a range; "
+         "got { low = 0, high = 1 }"),
+    ],
+)
+def test_values_the_configs_refuse_are_named_in_plain_words(space, expected):
+    with pytest.raises(UsageError) as err:
+        parse_study({"space": space})
+    message = str(err.value)
+    assert expected in message
+    assert not any(internal in message for internal in PYTHON_INTERNALS), message
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"optimizer": "adamm"},
+         "enqueue[0]: optimizer = 'adamm' is not among its space's choices 'adam', 'sgd'"),
+        ({"lr": 5.0}, "enqueue[0]: lr = 5.0 is outside its space's range 0.0001..0.1"),
+        ({"lr": "fast"},
+         "enqueue[0]: lr = 'fast' is not a number (its space's range is 0.0001..0.1)"),
+        ({"blocks": 1.5},
+         "enqueue[0]: blocks = 1.5 is not an integer (its space's range is 1..3)"),
+        ({"dropout": 0.3},
+         "enqueue[0]: dropout = 0.3 is not one of its space's values 0.0..0.5 in steps of 0.25"),
+        ({"nesterov": 1}, "enqueue[0]: nesterov = 1 is not among its space's choices true, "
+                          "false"),
+    ],
+)
+def test_an_enqueued_value_outside_the_space_says_what_the_space_holds(config, expected):
+    space = {"optimizer": {"choices": ["adam", "sgd"]},
+             "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+             "blocks": {"low": 1, "high": 3},
+             "dropout": {"low": 0.0, "high": 0.5, "step": 0.25},
+             "nesterov": {"choices": [True, False]}}
+    with pytest.raises(UsageError) as err:
+        parse_study({"space": space, "enqueue": [config]})
+    message = str(err.value)
+    assert expected in message
+    assert not any(internal in message for internal in PYTHON_INTERNALS), message
+
+
+def test_a_long_list_of_choices_is_cut_in_an_enqueue_message():
+    with pytest.raises(UsageError) as err:
+        parse_study({"space": {"channels": {"choices": list(range(1, 101))}},
+                     "enqueue": [{"channels": 500}]})
+    assert "choices 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 90 more" in str(err.value)
 
 
 def test_all_problems_are_reported_at_once():

@@ -46,9 +46,13 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def list_studies(argv: list[str]) -> int:
-    if argv:
-        return fail(f"tuning studies takes no arguments, got {' '.join(argv)[:60]!r}")
+def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
+    """`tuning studies`, also `python -m tuning.studies`: one line per study file."""
+    parser = OneLineParser(prog=prog, description="List the study files --study can name: the "
+                           "built-in ones, and those in ./studies that override them.")
+    _, extra = parser.parse_known_args(argv)  # only --help: nothing else to parse
+    if extra:
+        return fail(f"{prog} takes no arguments, got {' '.join(extra)[:60]!r}")
     from tuning.study_file import load_study_file  # noqa: PLC0415 - imports torch: only when needed
 
     for entry in catalog.available():

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from tuning.model import MAX_BLOCKS, MAX_CONVS, ArchConfig
+from tuning.errors import shorten
+from tuning.model import ACTIVATIONS, HEADS, MAX_BLOCKS, MAX_CONVS, ArchConfig
 from tuning.networks import MODEL_PREFIX
-from tuning.train import TrainConfig
+from tuning.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig
 
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 PARAM_TYPES: dict[str, type] = {
@@ -32,6 +34,43 @@ PARAM_TYPES[REPEAT] = int
 APPLIES_TO_OPTIMIZERS = {"momentum": {"sgd", "rmsprop"}, "nesterov": {"sgd"}}
 # Sampled in this order: `optimizer` first, since other parameters depend on it.
 PARAM_ORDER = tuple(sorted(PARAM_TYPES, key=lambda name: name != "optimizer"))
+# The parameters that name an implementation: what one is called, and the registry whose keys
+# are the valid names (so that an error lists them from the registry itself).
+NAMED: dict[str, tuple[str, Collection[str]]] = {
+    "optimizer": ("an optimizer", OPTIMIZERS),
+    "lr_schedule": ("a learning-rate schedule", LR_SCHEDULES),
+    "activation": ("an activation", ACTIVATIONS),
+    "head": ("a head", HEADS),
+}
+# A parameter's type in the words of a study file (TOML), for error messages.
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+# Messages list at most this many of a parameter's choices: a grid can have thousands.
+SHOWN_CHOICES = 10
+
+
+def plain(value: Any) -> str:
+    """A value as a study file writes it, for messages: true/false, not Python's True/False;
+    cut, as every message echoes a value."""
+    return ("true" if value else "false") if isinstance(value, bool) else shorten(repr(value))
+
+
+def plain_list(values: Collection) -> str:
+    """The first SHOWN_CHOICES of `values`, then how many more."""
+    shown = ", ".join(plain(v) for v in list(values)[:SHOWN_CHOICES])
+    more = len(values) - SHOWN_CHOICES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def named_problem(name: str, value: Any) -> str | None:
+    """What TrainConfig or ArchConfig would refuse in a value that has its parameter's type and
+    BOUNDS, in words (None: nothing): a name not in its registry, an even kernel size."""
+    if name in NAMED:
+        what, registry = NAMED[name]
+        if value not in registry:
+            return f"is not {what}; choose from {plain_list(registry)}"
+    if name == "kernel" and value % 2 == 0:
+        return "is even, and a kernel size must be odd (so that padding keeps the image size)"
+    return None
 
 
 def is_finite(value: float) -> bool:
@@ -132,19 +171,30 @@ class Param:
 
     def admits(self, value: Any) -> bool:
         """Whether the parameter could take `value` (an enqueued configuration's)."""
+        return self.refusal(value) is None
+
+    def refusal(self, value: Any) -> str | None:
+        """Why the parameter could not take `value`, in words that follow it ("is outside
+        ..."), or None if it could."""
         if self.kind == "fixed":
-            return value == self.value
+            return None if value == self.value else f"is not its fixed value {plain(self.value)}"
         if self.kind == "categorical":
-            return any(type(value) is type(c) and value == c for c in self.choices)
+            if any(type(value) is type(c) and value == c for c in self.choices):
+                return None
+            return f"is not among its space's choices {plain_list(self.choices)}"
         low, high = self.bounds()
-        if self.kind == "int" and not has_type(value, int):
-            return False
-        if not has_type(value, float) or not low <= value <= high:
-            return False
+        span = f"{plain(low)}..{plain(high)}"
+        expected = int if self.kind == "int" else float
+        if not has_type(value, expected):
+            return f"is not {TYPE_WORDS[expected]} (its space's range is {span})"
+        if not low <= value <= high:
+            return f"is outside its space's range {span}"
         if self.step is not None:
             steps = (value - low) / self.step
-            return abs(steps - round(steps)) < 1e-9
-        return True
+            if abs(steps - round(steps)) >= 1e-9:
+                return (f"is not one of its space's values {span} in steps of "
+                        f"{plain(self.step)}")
+        return None
 
     def bounds(self) -> tuple[float, float]:
         """(low, high) of a range: a 'float' or 'int' parameter."""

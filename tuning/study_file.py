@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,17 @@ from tuning.limits import Limits
 from tuning.model import ArchConfig
 from tuning.networks import ARCH_FIELDS, MODEL_PREFIX, ModelSpec
 from tuning.sources import DataConfig, dataset_problem
-from tuning.space import BOUNDS, PARAM_TYPES, REPEAT, Bounds, Param, has_type, is_finite
+from tuning.space import (
+    BOUNDS,
+    PARAM_TYPES,
+    REPEAT,
+    TYPE_WORDS,
+    Bounds,
+    Param,
+    has_type,
+    is_finite,
+    named_problem,
+)
 from tuning.strategy import PRUNERS, SAMPLERS
 from tuning.train import TrainConfig
 
@@ -62,6 +73,9 @@ MAX_LATENCY_MS = Bounds(0.0, 3_600_000.0, low_open=True)
 # make a 96 MB error line: values are cut by tuning.errors.shorten, lists of names to
 # SHOWN_NAMES, and a whole message to MESSAGE_CHARS.
 SHOWN_NAMES = 5
+SHOWN_ITEMS = 20
+# A TOML key that needs no quotes.
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -160,9 +174,25 @@ class StudyFile:
         return json.loads(json.dumps({name: p.to_dict() for name, p in self.space.items()}))
 
 
-def _show(value: Any) -> str:
-    """repr(value), cut: how every message echoes a value."""
+def _show(value: Any, depth: int = 0) -> str:
+    """repr(value), but a table as the study file writes it ({ low = 1 }), cut: how every
+    message echoes a value. Only the first SHOWN_ITEMS of a list or table, and SHOWN_ITEMS
+    levels of nesting, are written out: the cut would drop the rest anyway."""
+    if isinstance(value, (list, tuple, dict)) and depth >= SHOWN_ITEMS:
+        return "..."
+    if isinstance(value, (list, tuple)):
+        shown = [_show(v, depth + 1) for v in value[:SHOWN_ITEMS]]
+        return shorten("[" + _items(shown, len(value)) + "]")
+    if isinstance(value, dict):
+        shown = [f"{k if BARE_KEY.fullmatch(str(k)) else _show(k)} = {_show(v, depth + 1)}"
+                 for k, v in list(value.items())[:SHOWN_ITEMS]]
+        return shorten("{ " + _items(shown, len(value)) + " }" if value else "{}")
     return shorten(repr(value))
+
+
+def _items(shown: list[str], count: int) -> str:
+    """The items of a list or table, and "..." for those not shown."""
+    return ", ".join(shown + ["..."] * (count > len(shown)))
 
 
 def _show_names(names: list[str]) -> str:
@@ -197,16 +227,21 @@ def _value_problem(name: str, value: Any, role: str = "") -> str | None:
     expected = PARAM_TYPES[name]
     given = f"{role}{_show(value)}"
     if not has_type(value, expected):
-        return f"space.{name}: expected {BOUNDS.get(name, expected.__name__)}, got {given}"
+        return f"space.{name}: expected {BOUNDS.get(name, TYPE_WORDS[expected])}, got {given}"
     if name in BOUNDS and value not in BOUNDS[name]:
         return f"space.{name}: got {given}; accepted: {BOUNDS[name]}"
     if name == REPEAT:
         return None
+    problem = named_problem(name, value)
+    if problem:
+        return f"space.{name}: {given} {problem}"
+    # What the config refuses beyond that (nothing, while named_problem keeps up with it).
     cls = TrainConfig if name in {f.name for f in dataclasses.fields(TrainConfig)} else ArchConfig
     try:
         cls(**{name: value})
-    except ValueError as exc:
-        return f"space.{name}: {given} is not allowed ({shorten(str(exc), 200)})"
+    except ValueError as exc:  # its message says "got self.NAME=VALUE": drop the Python
+        reason = str(exc).replace("self.", "")
+        return f"space.{name}: {given} is not accepted: {shorten(reason, 200)}"
     return None
 
 
@@ -247,8 +282,8 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
 
     expected = PARAM_TYPES[name]
     if expected not in (int, float):
-        return None, [f"space.{name}: a {expected.__name__} parameter takes a value or "
-                      f"choices, not a range; got {_show(spec)}"]
+        return None, [f"space.{name}: takes a value ({TYPE_WORDS[expected]}) or choices, "
+                      f"not a range; got {_show(spec)}"]
     if "low" not in spec or "high" not in spec:
         return None, [f"space.{name}: a range needs both 'low' and 'high', got {_show(spec)}"]
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
@@ -373,9 +408,8 @@ def _parse_enqueue(raw: Any, space: dict[str, Param], problems: list[str]) -> tu
             param = space.get(name)
             if param is None or param.kind == "fixed":
                 found.append(f"{where}: {_show(name)} is not a searched parameter of [space]")
-            elif not param.admits(value):
-                found.append(f"{where}: {name} = {_show(value)} is outside its space "
-                             f"{_show(param.to_dict())}")
+            elif (refusal := param.refusal(value)) is not None:
+                found.append(f"{where}: {name} = {_show(value)} {refusal}")
         if not config:
             found.append(f"{where}: empty; give some of the searched parameters")
         problems += found
