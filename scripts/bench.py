@@ -49,6 +49,7 @@ import bench_throughput  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 import tutorial_pipeline  # noqa: E402
+from bench_args import WARM_UP, OneLineParser, at_least  # noqa: E402
 from child_env import child_env  # noqa: E402
 
 from tuning.cli import configure_logging  # noqa: E402
@@ -270,10 +271,10 @@ def postgres_reachable() -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=at_least(2, WARM_UP), default=3)
     parser.add_argument("--target-accuracy", type=float, default=0.95)
     parser.add_argument("--workers", default=None,
                         help="comma-separated worker counts (default 1,2,4; GPU 1,2,4,8)")
@@ -283,7 +284,7 @@ def main() -> None:
     parser.add_argument("--target-trials", type=int, default=100)
     parser.add_argument("--target-seconds", type=float,
                         help="stop section 9's search after this long and report what it has")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=at_least(1), default=3,
                         help="runs of each search in sections 2-5; medians are reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))

@@ -68,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_args import OneLineParser, at_least  # noqa: E402
 from child_env import child_env  # noqa: E402
 
 DATASET = "mnist-sample"
@@ -439,9 +440,9 @@ def ray_available(python: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--seed", type=int, default=0,
                         help="round r runs every tool with seed + r - 1: the data split, the "
                              "samplers and the trials' initial weights")

@@ -12,7 +12,6 @@ time, epochs trained, the best configuration's test accuracy.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -26,6 +25,9 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_args import OneLineParser, at_least  # noqa: E402
 
 from tuning import search  # noqa: E402
 from tuning.data import load_arrays, to_device  # noqa: E402
@@ -72,11 +74,11 @@ def run_study(folder: Path, folds: int, seed: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=at_least(1), default=3)
+    parser.add_argument("--folds", type=at_least(2, "one fold is no cross-validation"), default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

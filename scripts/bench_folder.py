@@ -15,7 +15,6 @@ warm-up; the figure is the median of the others.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_args import WARM_UP, OneLineParser, at_least  # noqa: E402
 
 from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
@@ -118,10 +120,11 @@ def loader_epochs(folder: Path, runtime, epochs: int, workers: int, size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=32, help="side of the PNGs in pixels")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs each, the first warm-up")
+    parser.add_argument("--epochs", type=at_least(2, WARM_UP), default=4,
+                        help="epochs each, the first warm-up")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

@@ -15,7 +15,6 @@ synchronized before each clock read. Printed as a table and written as JSON with
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -28,6 +27,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_args import WARM_UP, OneLineParser, at_least  # noqa: E402
 
 from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import resolve_device, set_cpu_threads  # noqa: E402
@@ -179,10 +181,11 @@ def measure(arch, data, runtime, cfg, k: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--groups", default="1,2,4,8", help="comma-separated K")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs each, the first is warm-up")
+    parser.add_argument("--epochs", type=at_least(2, WARM_UP), default=4,
+                        help="epochs each, the first is warm-up")
     parser.add_argument("--architectures", default="seed,small")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)

@@ -13,7 +13,6 @@ the export measured.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -27,6 +26,9 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_args import OneLineParser, at_least  # noqa: E402
 
 from tuning import export, search  # noqa: E402
 from tuning.data import load_arrays  # noqa: E402
@@ -91,10 +93,10 @@ def run_limit(folder: Path, limit: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=at_least(1), default=3)
     parser.add_argument("--limits", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

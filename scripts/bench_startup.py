@@ -17,7 +17,6 @@ round, so that a drift in the machine's speed touches every checkout alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_args import OneLineParser, at_least  # noqa: E402
 from child_env import ROOT, child_env  # noqa: E402
 
 TIMEOUT_S = 300
@@ -98,8 +98,8 @@ def measure(checkout: Path, workers: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--checkout", type=Path, action="append", default=[],
                         help="another copy of the repository to time (repeatable); this "

@@ -16,7 +16,6 @@ in the machine's speed touches both alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_args import WARM_UP, OneLineParser, at_least  # noqa: E402
 from child_env import child_env  # noqa: E402
 
 LAYOUTS = {"1x2": (1, 2, {}), "1x2-passive": (1, 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
@@ -63,9 +63,9 @@ def run_layout(name: str, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=at_least(2, WARM_UP), default=4)
+    parser.add_argument("--rounds", type=at_least(1), default=2)
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -8,7 +8,6 @@ figure is the median of the remaining epochs. The device is synchronized before 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -21,11 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tutorial_pipeline  # noqa: E402
+from bench_args import WARM_UP, OneLineParser, at_least  # noqa: E402
 
-from tuning.cli import OneLineParser  # noqa: E402
 from tuning.data import load_arrays, to_device  # noqa: E402
 from tuning.device import COMPILE_MODES, resolve_device, set_cpu_threads  # noqa: E402
-from tuning.errors import shorten  # noqa: E402
 from tuning.model import build_model  # noqa: E402
 from tuning.space import build_configs  # noqa: E402
 from tuning.study_file import load_study_file  # noqa: E402
@@ -63,22 +61,10 @@ def tuning_epoch_seconds(arrays, runtime, epochs: int) -> tuple[list[float], lis
     return times, probe_times
 
 
-def epochs_with_warm_up(text: str) -> int:
-    """--epochs: the first epoch is a warm-up, so it takes 2 or more to leave one to measure."""
-    try:
-        epochs = int(text)
-    except ValueError:
-        epochs = 0
-    if epochs < 2:
-        raise argparse.ArgumentTypeError(
-            f"expected 2 or more (the first epoch is a warm-up), got {shorten(text)!r}")
-    return epochs
-
-
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-sample")
-    parser.add_argument("--epochs", type=epochs_with_warm_up, default=6,
+    parser.add_argument("--epochs", type=at_least(2, WARM_UP), default=6,
                         help="epochs each (2 or more), the first is warm-up")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", default="off", choices=COMPILE_MODES,

@@ -168,3 +168,15 @@ def test_device_wheels_are_packed_into_parts_no_larger_than_asked(tmp_path):
     with pytest.raises(SystemExit, match="more than a part holds"):
         device_wheels.pack(wheels, capacity=45)
     assert device_wheels.project_name(tmp_path / "Pillow-10.0-cp312-none-any.whl") == "pillow"
+
+
+@pytest.mark.parametrize(("script", "args", "words"), [
+    ("bench.py", ["--repeats", "0"], "--repeats: expected 1 or more"),
+    ("bench_cv.py", ["--folds", "1"], "--folds: expected 2 or more (one fold is no"),
+    ("bench_threads.py", ["--epochs", "1"], "(the first epoch is a warm-up), got '1'"),
+])
+def test_benchmark_counts_too_small_to_measure_are_refused_on_one_line(script, args, words):
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr
