@@ -203,3 +203,14 @@ def test_the_study_records_each_workers_environment(tmp_path):
     assert all("tuning.worker" in env["command"] for env in workers.values())
     # Log lines say when, how bad and, from workers, which one.
     assert " INFO [" in result.stderr and "] worker 0 joined" in result.stderr
+
+
+def test_a_reader_that_goes_away_early_is_no_error(tmp_path):
+    # `tuning studies | head -1`: here the reader is gone before anything is written.
+    proc = subprocess.Popen([sys.executable, "-m", "tuning", "studies"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err and "Broken pipe" not in err, err

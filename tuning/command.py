@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tuning import __version__, catalog
@@ -73,9 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a subcommand: " + ", ".join(SUBCOMMANDS) + " (tuning --help)")
     args = parser.parse_args(argv)
     module, _ = SUBCOMMANDS[args.subcommand]
-    if module is None:
-        return list_studies(args.args)
-    return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
+    try:
+        if module is None:
+            return list_studies(args.args)
+        return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
+    except BrokenPipeError:
+        # The reader went away (`tuning studies | head -1`): what it read is all it wanted.
+        # Python would report the pipe again on flushing stdout at exit; point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
