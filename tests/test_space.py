@@ -73,6 +73,9 @@ PYTHON_INTERNALS = ("self.", "'kind'", "'name'", "{'", "True", "False", "expecte
          "space.lr_schedule: 'step' is not a learning-rate schedule; choose from 'none'"),
         ({"kernel": {"choices": [3, 4]}},
          "space.kernel: 4 is even, and a kernel size must be odd"),
+        ({"kernel": {"low": 3, "high": 7}},
+         "space.kernel: a range of kernel sizes needs an even step, as only odd sizes keep the "
+         "image size: e.g. { low = 3, high = 7, step = 2 }"),
         ({"lr_schedule": 3}, "space.lr_schedule: expected a string, got 3"),
         ({"batch_norm": "yes"}, "space.batch_norm: expected true or false, got 'yes'"),
         ({"batch_norm": {"low": 0, "high": 1}},

@@ -304,6 +304,11 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
         problems.append(f"space.{name}: a log range needs low > 0, got low={_show(low)}")
     if log and step is not None:
         problems.append(f"space.{name}: log and step cannot be combined, got {_show(spec)}")
+    if name == "kernel" and (step is None or step % 2):
+        # Both ends are odd (checked above); an even step keeps every size between them odd.
+        problems.append(f"space.kernel: a range of kernel sizes needs an even step, as only "
+                        f"odd sizes keep the image size: e.g. {{ low = {low}, high = {high}, "
+                        "step = 2 }")
     if problems:
         return None, problems
     kind = "int" if expected is int else "float"
