@@ -214,3 +214,21 @@ def test_a_reader_that_goes_away_early_is_no_error(tmp_path):
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in err and "Broken pipe" not in err, err
+
+
+@pytest.mark.slow
+def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_path):
+    # Offline, without MNIST's files, the default search names its study mnist-sample: no
+    # study file has that name, and `--study mnist-sample` resumes it from its database.
+    created = subprocess.run([sys.executable, "-m", "tuning.search", "--create-only"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stderr
+    (tmp_path / "studies" / "other.db").write_text("not a database")
+    before = sorted(p.name for p in (tmp_path / "studies").iterdir())
+    listed = tuning("studies", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    stored = [line.split() for line in listed.stdout.splitlines() if " stored " in line]
+    assert [row[0] for row in stored] == ["mnist-sample"]
+    assert stored[0][-1] == "studies/mnist-sample.db"
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before

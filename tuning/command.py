@@ -6,7 +6,7 @@
     tuning dashboard --study NAME   optuna-dashboard on the study, with its checkpoints
     tuning export --study NAME      the best model as files: weights, config, programs, card
     tuning predict --model DIR IMG  classify image files with an exported model
-    tuning studies                  the study files --study can name, and where each is
+    tuning studies                  the studies --study can name: files, and stored ones
 
 `python -m tuning.search` and the others keep working: each subcommand is that module's main.
 """
@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from tuning import __version__, catalog
 from tuning.cli import OneLineParser, fail
@@ -29,7 +30,7 @@ SUBCOMMANDS = {
     "dashboard": ("tuning.dashboard", "browse the study live in optuna-dashboard"),
     "export": ("tuning.export", "write the best model: weights, config, programs, model card"),
     "predict": ("tuning.predict", "classify image files with an exported model"),
-    "studies": (None, "list the study files --study can name, and where each comes from"),
+    "studies": (None, "list the studies --study can name: study files, and stored studies"),
 }
 
 
@@ -50,7 +51,8 @@ def build_parser() -> OneLineParser:
 def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     """`tuning studies`, also `python -m tuning.studies`: one line per study file."""
     parser = OneLineParser(prog=prog, description="List the study files --study can name: the "
-                           "built-in ones, and those in ./studies that override them.")
+                           "built-in ones, and those in ./studies that override them; then the "
+                           "studies in ./studies without a file, stored with their definition.")
     _, extra = parser.parse_known_args(argv)  # only --help: nothing else to parse
     if extra:
         return fail(f"{prog} takes no arguments, got {' '.join(extra)[:60]!r}")
@@ -64,7 +66,30 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         except UsageError as exc:
             what = f"invalid: {str(exc)[:120]}"
         print(f"{entry.name:<20} {entry.origin:<9} {what:<48} {entry.path}")
+    known = {entry.name for entry in catalog.available()}
+    for name, what, path in _stored_studies(known):
+        print(f"{name:<20} {'stored':<9} {what:<48} {path}")
     return EXIT_OK
+
+
+def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
+    """The studies in ./studies/NAME.db without a study file of that name (named after their
+    data): `--study NAME` resumes them from the definition stored in them."""
+    from tuning.storage import default_storage  # noqa: PLC0415 - as above
+    from tuning.study import load_existing, stored_definition  # noqa: PLC0415
+
+    found = []
+    for path in sorted(catalog.LOCAL_DIR.glob("*.db")):
+        if path.stem in known:
+            continue
+        try:
+            settings, _ = stored_definition(load_existing(path.stem, default_storage(path.stem),
+                                                          heartbeat=False))
+        except Exception:  # another program's database, or damaged: not a study to list
+            continue
+        found.append((path.stem, f"{settings.dataset}, {settings.epochs} epochs, "
+                      f"{settings.sampler} / {settings.pruner}", path))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
