@@ -6,10 +6,14 @@ import dataclasses
 import gzip
 import itertools
 import struct
+import warnings
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
+import torchvision
 
 from tuning.data import (
     augment,
@@ -23,6 +27,8 @@ from tuning.data import (
 from tuning.errors import UsageError
 from tuning.idx_files import DEBIAN_FASHION_DIR, read_idx
 from tuning.model import MAX_BLOCKS, SEED, ArchConfig, build_model, count_parameters
+from tuning.search import main as search_main
+from tuning.storage import open_storage
 
 
 def test_seed_model_accepts_a_28x28_batch():
@@ -248,3 +254,99 @@ def test_images_past_the_device_budget_wait_in_pinned_host_memory(tiny_arrays, m
     for seed in (None, 3):  # in order (evaluation), and shuffled (training)
         for (x1, y1), (x2, y2) in zip(epoch(resident, seed), epoch(hosted, seed), strict=True):
             assert x2.device.type == "cuda" and torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+# --- a download that fails leaves no trace; a refused command leaves no lock file ------------
+
+def _offline_torchvision(monkeypatch) -> None:
+    """torchvision's MNIST as it behaves offline: it makes <root>/MNIST/raw, starts a file,
+    then fails."""
+    class MNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raw = Path(root) / "MNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            (raw / "train-images-idx3-ubyte.gz").write_bytes(b"cut short")
+            raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", MNIST)
+
+
+def _contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder`, with a file's bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+            for p in folder.rglob("*")}
+
+
+def test_a_failed_download_into_a_given_data_dir_leaves_it_as_it_was(tmp_path, monkeypatch):
+    _offline_torchvision(monkeypatch)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="could not be downloaded"):
+        load_arrays("mnist", empty)
+    assert _contents(empty) == {}
+    # What was there stays, a lock file and a file of an earlier download included.
+    used = tmp_path / "used"
+    (used / "MNIST" / "raw").mkdir(parents=True)
+    (used / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"earlier")
+    (used / ".mnist.lock").write_bytes(b"")
+    (used / "notes.txt").write_text("mine")
+    before = _contents(used)
+    with pytest.raises(UsageError, match="could not be downloaded"):
+        load_arrays("mnist", used)
+    assert _contents(used) == before
+
+
+def test_a_failed_download_into_the_default_data_dir_leaves_no_data_dir(tmp_path, monkeypatch,
+                                                                          sample_arrays):
+    _offline_torchvision(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert load_arrays("mnist").name == "mnist-sample"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("found", ["not a database", "a study copied from elsewhere"])
+def test_a_refused_search_leaves_no_lock_file_beside_a_database_it_found(tmp_path, monkeypatch,
+                                                                         found):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "garbage.db"
+    args = ["--storage", "sqlite:///garbage.db", "--create-only", "--trials", "2",
+            "--dataset", "mnist-sample", "-q"]
+    if found == "not a database":
+        db.write_text("hello\n")
+    else:  # a study of tuning's, copied without its lock file, then run with other settings
+        assert search_main([*args, "--epochs", "2"]) == 0
+        Path(f"{db}.init.lock").unlink()
+    before = db.read_bytes()
+    assert search_main([*args, "--epochs", "3"]) == 2
+    # SQLite's -wal and -shm files stay while the first search's connections are open.
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))] == [
+        "garbage.db"]
+    if found == "not a database":
+        assert db.read_bytes() == before
+
+
+def test_a_new_database_keeps_its_lock_file_and_one_found_gets_none(tmp_path):
+    new = tmp_path / "new.db"
+    open_storage(f"sqlite:///{new}", create=True)
+    assert Path(f"{new}.init.lock").exists()  # readers that find the database wait on it
+    made_elsewhere = tmp_path / "elsewhere.db"
+    optuna.create_study(storage=f"sqlite:///{made_elsewhere}")
+    open_storage(f"sqlite:///{made_elsewhere}", create=True)
+    assert not Path(f"{made_elsewhere}.init.lock").exists()
+
+
+def test_read_only_images_reach_the_device_without_a_warning(tiny_arrays):
+    def read_only(array: np.ndarray) -> np.ndarray:
+        array = array.copy()
+        array.flags.writeable = False  # as numpy reads an IDX file: from immutable bytes
+        return array
+
+    a = tiny_arrays
+    arrays = dataclasses.replace(a, test_x=read_only(a.test_x), test_y=read_only(a.test_y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = to_device(arrays, torch.device("cpu"))
+    # torch warns once a process: the copy is what shows the fix in any order of tests.
+    assert not np.shares_memory(data.test.x.numpy(), arrays.test_x)
+    assert np.array_equal(data.test.x.numpy()[:, 0], arrays.test_x[..., 0])
+    assert np.shares_memory(data.train.x.numpy(), arrays.train_x)  # writable: no copy

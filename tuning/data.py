@@ -311,6 +311,19 @@ class DeviceData:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """`array` as a C-contiguous tensor, sharing its memory where it may.
+
+    A read-only array is copied: torch warns about a tensor made from one (writing to it
+    would be undefined), and the warning would reach users. In practice that is the test split
+    of the MNIST family, taken whole from an IDX file that numpy reads into an immutable buffer
+    (10,000 images, 7.8 MB); the other splits are copies already, made by splitting. For one
+    channel, NHWC to NCHW is contiguous as it is: ascontiguousarray makes no copy of it.
+    """
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def to_device(arrays: Arrays, device: torch.device) -> DeviceData:
     """The splits as tensors for `device`: on it when they fit its budget (device_budget),
     else in host memory (pinned for a GPU) with each batch copied over."""
@@ -324,14 +337,12 @@ def to_device(arrays: Arrays, device: torch.device) -> DeviceData:
     std = torch.tensor(arrays.std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
-        # NHWC to NCHW once; a copy, so read-only arrays (IDX files) are fine.
-        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        images = _tensor(x.transpose(0, 3, 1, 2))  # NHWC to NCHW once
         if resident:
             images = images.to(device)
         elif device.type == "cuda":
             images = images.pin_memory()
-        return Split(images, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device),
-                     mean, std)
+        return Split(images, _tensor(np.asarray(y, dtype=np.int64)).to(device), mean, std)
 
     pad = [(0.0 - m) / s for m, s in zip(arrays.mean, arrays.std, strict=True)]
     return DeviceData(

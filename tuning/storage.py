@@ -12,6 +12,7 @@ import inspect
 import os
 import re
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,15 +180,95 @@ def _prepare_sqlite(path: Path) -> None:
     # it once before Optuna opens it. Together with a long busy timeout this is what keeps a
     # host's parallel workers free of 'database is locked'.
     try:
-        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # A truncated or damaged file may still open: read its schema to be sure.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # Closed here, not when collected: a failed creation removes the file it made.
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as conn:
+            with conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # A truncated or damaged file may still open: read its schema to be sure.
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         if disk_full(exc, str(path)):
             raise UsageError(full_disk_message(str(path))) from None
         raise UsageError(f"--storage {str(path)!r} is not a usable SQLite database "
                          f"({exc})") from None
+
+
+@contextlib.contextmanager
+def still_the_file_found(path: Path) -> Iterator[Callable[[], bool]]:
+    """For the block, a test: is the file at `path` the one that was there on entry? False if
+    there was none.
+
+    For a lock file: one found is not this process's to remove, but one made since (its holder
+    removed the one found, and this process or another waiting made a new one) is. The file
+    found is kept open meanwhile, so that its inode number cannot pass to a new file.
+    """
+    try:
+        fd: int | None = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        fd, there = None, not isinstance(exc, FileNotFoundError)
+    if fd is None:
+        # None there: none found. There but unreadable: taken for the one found, never removed.
+        yield lambda: there
+        return
+    try:
+        yield lambda: _same_file(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:  # gone
+        return False
+
+
+def _sidecars(path: Path) -> list[Path]:
+    """The files SQLite keeps beside a database while it is open."""
+    return [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _open_sqlite(path: Path, create: bool,
+                 open_rdb: Callable[[], optuna.storages.RDBStorage]) -> optuna.storages.RDBStorage:
+    """`open_rdb()` on the SQLite file `path`, under its init lock where there is one.
+
+    Opening a new file writes its schema; two processes doing it at once both write it and one
+    fails ('table ... already exists'). The creator holds a lock file beside the database from
+    before the database file exists until its schema is written; so a reader that found the
+    database finds the lock file too, and waits on it (the schema may be half written). A
+    reader of a database made elsewhere, without one, leaves no lock file behind.
+
+    A creator leaves a database it found as it found it: with no lock file beside it if it had
+    none, and untouched if it is not a database.
+    """
+    lock_path = Path(f"{path}.init.lock")
+    if not create and not (lock_path.exists() and os.access(lock_path, os.W_OK)):
+        _prepare_sqlite(path)
+        return open_rdb()
+    existed = path.exists()  # before the lock: one made while waiting is another creator's
+    with still_the_file_found(lock_path) as found_there, FileLock(str(lock_path)):
+        found = {p for p in (path, *_sidecars(path)) if p.exists()}
+        prepared = False
+        try:
+            _prepare_sqlite(path)
+            prepared = True
+            return open_rdb()
+        except BaseException:
+            # A database made here goes, unless Optuna opened it: its engine may keep
+            # connections open until it is collected, and SQLite must not have the file
+            # removed under one. _prepare_sqlite closed its own.
+            if create and path not in found and not prepared:
+                for made in {path, *_sidecars(path)} - found:
+                    with contextlib.suppress(OSError):
+                        made.unlink()
+            raise
+        finally:
+            # The lock file made here goes, still held (a process waiting then makes its own),
+            # unless a database needs it: one made here, or by a creator this one waited for.
+            # A database found on entry is whole once opened, and stays as it was found.
+            if create and not found_there() and (existed or not path.exists()):
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
 
 
 def open_storage(url: str, heartbeat: bool = True,
@@ -199,21 +280,11 @@ def open_storage(url: str, heartbeat: bool = True,
     """
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
-    init_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if path is not None:
         if not create and not path.exists():
             raise UsageError(f"no study database at {str(path)!r}; create the study with "
                              "tuning search (or give --storage)")
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        # Opening a new file writes its schema; two processes doing it at once both write it
-        # and one fails ('table ... already exists'). The creator holds a lock file beside the
-        # database from before the database file exists until its schema is written; so a
-        # reader that found the database finds the lock file too, and waits on it (the schema
-        # may be half written). A reader of a database made elsewhere, without one, leaves no
-        # lock file behind.
-        lock_path = Path(f"{path}.init.lock")
-        if create or (lock_path.exists() and os.access(lock_path, os.W_OK)):
-            init_lock = FileLock(str(lock_path))
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True,
@@ -228,12 +299,13 @@ def open_storage(url: str, heartbeat: bool = True,
             "grace_period": grace_period(),
             _STALE_CALLBACK_ARG: _RetryCallback(max_retry=3),
         }
+
+    def open_rdb() -> optuna.storages.RDBStorage:
+        return ResilientStorage(resolved, patience=patience, engine_kwargs=engine_kwargs,
+                                **heartbeat_kwargs)
+
     try:
-        with init_lock:
-            if path is not None:
-                _prepare_sqlite(path)
-            return ResilientStorage(resolved, patience=patience, engine_kwargs=engine_kwargs,
-                                    **heartbeat_kwargs)
+        return open_rdb() if path is None else _open_sqlite(path, create, open_rdb)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
