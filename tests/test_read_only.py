@@ -75,3 +75,15 @@ def test_the_default_study_asked_for_where_the_search_named_it_after_the_sample(
     assert "no study database at 'studies/mnist.db'" in line
     assert line.endswith("named the study 'mnist-sample': give --study mnist-sample")
     assert _files(tmp_path) == before
+
+
+def test_storage_errors_name_where_the_storage_came_from(tmp_path):
+    # $TUNING_STORAGE, not a --storage nobody gave; and a reader in a directory without
+    # ./studies is told there is no study database, not that a directory is missing.
+    bogus = run_cli("--study", "seed", "--trials", "1", "--create-only", cwd=tmp_path,
+                    env={"TUNING_STORAGE": "bogus"})
+    assert _one_line_error(bogus).startswith("error: $TUNING_STORAGE 'bogus' is not a database")
+    for module in ("tuning.report", "tuning.export"):
+        line = _one_line_error(run_cli("--study", "own", module=module, cwd=tmp_path))
+        assert "no study database at 'studies/own.db'" in line and "--storage '" not in line
+    assert os.listdir(tmp_path) == []

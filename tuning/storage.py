@@ -138,25 +138,30 @@ def resolve_url(url: str) -> str:
 
     A plain postgresql:// URL is mapped to the installed driver (psycopg 3, else psycopg2).
     """
+    given = _given_as(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise UsageError(
-            f"--storage {mask_url(url)!r} is not a database URL "
+            f"{given} {mask_url(url)!r} is not a database URL "
             "(expected sqlite:///path.db or postgresql://user@host:port/db)") from None
     backend = parsed.drivername.split("+")[0]
     if backend == "sqlite":
         path = sqlite_path(url)
         if path is None:
-            raise UsageError(f"--storage {url!r}: an in-memory SQLite database cannot be shared; "
+            raise UsageError(f"{given} {url!r}: an in-memory SQLite database cannot be shared; "
                              "give a file path, e.g. sqlite:///studies/mnist.db")
         if path.is_dir():
-            raise UsageError(f"--storage {url!r}: {str(path)!r} is a directory")
+            raise UsageError(f"{given} {url!r}: {str(path)!r} is a directory")
         parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir() and given == DEFAULT_GIVEN:
+            # Only a reader gets here: tuning search makes ./studies before it creates a study.
+            raise UsageError(f"no study database at {str(path)!r}; create the study with "
+                             "tuning search (or give --storage)")
         if not parent.is_dir():
-            raise UsageError(f"--storage {url!r}: directory {str(parent)!r} does not exist")
+            raise UsageError(f"{given} {url!r}: directory {str(parent)!r} does not exist")
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise UsageError(f"--storage {url!r}: {str(path)!r} cannot be written")
+            raise UsageError(f"{given} {url!r}: {str(path)!r} cannot be written")
         return url
     if backend in ("postgresql", "postgres"):
         if "+" not in parsed.drivername:
@@ -168,11 +173,28 @@ def resolve_url(url: str) -> str:
                 raise UsageError(
                     "PostgreSQL storage needs a driver: pip install 'tuning[postgres]'")
         if parsed.host and "@" in parsed.host:
-            raise UsageError(f"--storage {mask_url(url)!r}: a password containing '@' must be "
+            raise UsageError(f"{given} {mask_url(url)!r}: a password containing '@' must be "
                              "written %40 in a URL (or given in PGPASSWORD)")
         return _password_from_env(parsed).render_as_string(hide_password=False)
-    raise UsageError(f"--storage {mask_url(url)!r}: unsupported backend {backend!r}; "
+    raise UsageError(f"{given} {mask_url(url)!r}: unsupported backend {backend!r}; "
                      "use sqlite:/// or postgresql://")
+
+
+DEFAULT_GIVEN = "the study database"
+
+
+def _given_as(url: str) -> str:
+    """How the user gave `url`, for messages: --storage, $TUNING_STORAGE, or neither (the
+    study's own file under ./studies)."""
+    if url == setting("TUNING_STORAGE"):
+        return "$TUNING_STORAGE"
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:  # not a URL at all: resolve_url says so
+        path = None
+    if path is not None and url == default_storage(path.stem):
+        return DEFAULT_GIVEN
+    return "--storage"
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -189,8 +211,7 @@ def _prepare_sqlite(path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         if disk_full(exc, str(path)):
             raise UsageError(full_disk_message(str(path))) from None
-        raise UsageError(f"--storage {str(path)!r} is not a usable SQLite database "
-                         f"({exc})") from None
+        raise UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})") from None
 
 
 @contextlib.contextmanager
