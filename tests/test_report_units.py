@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 import tuning.evaluate
 from tuning.data import load_arrays
 from tuning.evaluate import classification_metrics, confusion_matrix
+from tuning.report_render import render_markdown
 from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
 from tuning.report import build_report
@@ -59,6 +60,27 @@ def test_a_best_value_at_the_familys_limit_needs_a_new_architecture(monkeypatch)
 
 def test_best_value_inside_its_range_is_not_flagged():
     assert edge_warnings(_view({"lr": 1e-2, "blocks": 2, "dropout": 0.25})) == []
+
+
+def test_a_space_without_an_optimizer_reports_the_default_one_trained_with():
+    from tuning.report_sections import optimizers
+
+    view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
+    assert [view.optimizer(t) for t in view.trials] == ["adam", "adam"]
+    assert "None" not in render_markdown("r", [optimizers(view)])
+
+
+def test_trials_pruned_before_training_count_their_whole_budget_as_saved():
+    from tuning.report_sections import overview
+
+    view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
+    over = optuna.create_trial(state=optuna.trial.TrialState.PRUNED,
+                               user_attrs={"prune_reason": "over the limits before training"})
+    view.study.add_trial(over)
+    view = StudyView(view.study, view.study.trials, view.settings, view.space)
+    rows = dict(overview(view).tables[0][1].rows)
+    epochs = view.settings.epochs
+    assert rows["compute saved by pruning"].startswith(f"{epochs} epochs not run")
 
 
 def test_metrics_from_a_known_confusion_matrix():

@@ -39,7 +39,9 @@ def overview(view: StudyView) -> Section:
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
     # A trial's full budget: its epochs on each fold (epochs_run counts them all).
     budget = view.settings.epochs * view.settings.cv_folds
-    saved = sum(budget - t.user_attrs.get("epochs_run", budget) for t in view.pruned)
+    # A trial pruned before training (over a size or latency limit) ran no epoch.
+    saved = sum(budget - t.user_attrs.get("epochs_run", len(t.intermediate_values))
+                for t in view.pruned)
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
@@ -221,7 +223,7 @@ def optimizers(view: StudyView) -> Section:
 def _by_optimizer(view: StudyView, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     groups: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        groups.setdefault(str(view.param(t, "optimizer")), []).append(t)
+        groups.setdefault(view.optimizer(t), []).append(t)
     return groups
 
 
@@ -232,7 +234,7 @@ def _repeat_cells(view: StudyView) -> dict[tuple[str, float], tuple]:
     for t in view.completed:
         lr = view.param(t, "lr")
         if lr is not None:
-            grouped.setdefault((str(view.param(t, "optimizer")), float(lr)), []).append(t)
+            grouped.setdefault((view.optimizer(t), float(lr)), []).append(t)
     cells = {}
     for key, group in sorted(grouped.items()):
         mean, sd, half = mean_and_ci(objective_values(group))
@@ -258,7 +260,7 @@ def learning_rate(view: StudyView) -> Section:
     for t in view.completed:
         lr = view.param(t, "lr")
         if lr is not None and t.value is not None:
-            groups.setdefault(str(view.param(t, "optimizer")), []).append(
+            groups.setdefault(view.optimizer(t), []).append(
                 figures.Point(float(lr), t.value, f"trial {t.number}"))
     pruned = [figures.Point(float(lr), loss, f"trial {t.number} (pruned)") for t in view.pruned
               if (lr := view.param(t, "lr")) is not None

@@ -18,6 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning.report_render import fmt
 from tuning.space import BOUNDS, REPEAT, Param
 from tuning.study_file import StudySettings
+from tuning.train import TrainConfig
+
+DEFAULT_OPTIMIZER = TrainConfig().optimizer
 
 # Parameters whose hard limit is the model's own: past it lies another architecture.
 ARCHITECTURE_LIMITED = ("blocks", "convs")
@@ -102,6 +105,10 @@ class StudyView:
             return trial.params[name]
         p = self.space.get(name)
         return p.value if p is not None and p.kind == "fixed" else None
+
+    def optimizer(self, trial: FrozenTrial) -> str:
+        """The optimizer a trial trained with: the default one where the space has none."""
+        return str(self.param(trial, "optimizer") or DEFAULT_OPTIMIZER)
 
     def configuration(self, trial: FrozenTrial) -> dict:
         """A trial's hyperparameters, fixed ones included, without the seed index `repeat`."""
