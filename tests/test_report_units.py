@@ -14,11 +14,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 import tuning.evaluate
 from tuning.data import load_arrays
 from tuning.evaluate import classification_metrics, confusion_matrix
-from tuning.report_render import render_markdown
 from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
 from tuning.report import build_report
 from tuning.report_heldout import BASELINE_ATTR
+from tuning.report_render import render_markdown
 from tuning.report_stats import StudyView, edge_warnings, hard_limit, mean_and_ci, spearman
 from tuning.space import BOUNDS
 from tuning.study_file import StudySettings, parse_study
