@@ -27,14 +27,19 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from tuning.array_files import MIN_SIDE
 from tuning.errors import UsageError, shorten
+from tuning.folder_listing import (
+    first_names,
+    label_order,
+    list_files,
+    log_ignored,
+    no_classes_message,
+)
 from tuning.settings import setting
 
 log = logging.getLogger("tuning")
 
 FORMAT_VERSION = 2
 """Part of every cache key: raise it when what a cache holds, or how it is decoded, changes."""
-EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 MAX_UNREADABLE = 0.10
 """The share of image files that may fail to decode before the folder is an error."""
@@ -63,20 +68,6 @@ class FolderImages:
     """How many of the 16-bit images have values below NARROW_16BIT only."""
     narrow_16bit_max: int = 0
     """The largest value in those images."""
-
-
-@dataclass(frozen=True)
-class Listing:
-    """The files under a folder, as relative paths in name order."""
-
-    by_class: dict[str, list[str]]
-    """Image files (by extension) per class directory."""
-    no_images: list[str]
-    """Directories without an image file: no classes."""
-    outside: list[str]
-    """Files in the folder itself, outside any class directory."""
-    others: list[str]
-    """Files in class directories that are not images by their extension."""
 
 
 def default_cache_dir() -> Path:
@@ -113,11 +104,11 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
         raise UsageError(f"image folder {shorten(str(root), 200)} does not exist")
     if not root.is_dir():
         raise UsageError(f"image folder {shorten(str(root), 200)} is not a directory")
-    listing = _list_files(root)
+    listing = list_files(root)
     if not listing.by_class:
-        raise UsageError(_no_classes(root, listing))
-    _log_ignored(root, listing)
-    names = _class_names(root, tuple(listing.by_class), class_names, training_classes)
+        raise UsageError(no_classes_message(root, listing))
+    log_ignored(root, listing)
+    names = label_order(root, tuple(listing.by_class), class_names, training_classes)
     files = [(rel, names.index(name)) for name, rels in listing.by_class.items() for rel in rels]
     stamps = [(rel, *_stamp(root / rel)) for rel, _ in files]
     key = hashlib.sha256(json.dumps({
@@ -130,7 +121,7 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
     images = _cached(Path(cache_dir or default_cache_dir()), key, decode)
     if images.skipped:
         log.warning("skipped %d of %d image files in %s that cannot be decoded: %s",
-                    len(images.skipped), len(files), root, _first(images.skipped))
+                    len(images.skipped), len(files), root, first_names(images.skipped))
     if images.narrow_16bit:
         # The scaling stays: the exported model decodes a user's image the same way.
         log.warning("%d of the %d images in %s are 16-bit with values up to %d only (of "
@@ -138,94 +129,6 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
                     "images, scaled as you want them", images.narrow_16bit, len(images.y), root,
                     images.narrow_16bit_max, images.narrow_16bit_max // 257 + 1)
     return images
-
-
-def _list_files(root: Path) -> Listing:
-    """The files under `root`, by where they lie. Names starting with '.' (.DS_Store,
-    .ipynb_checkpoints) are skipped."""
-    listing = Listing(by_class={}, no_images=[], outside=[], others=[])
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            listing.outside.append(entry.name)
-            continue
-        images, others = _class_files(root, entry)
-        listing.others.extend(others)
-        if images:
-            listing.by_class[entry.name] = images
-        else:
-            listing.no_images.append(entry.name)
-    return listing
-
-
-def _class_files(root: Path, directory: Path) -> tuple[list[str], list[str]]:
-    """The image files under `directory` and its other files, as relative paths from `root`.
-
-    Like torchvision, subdirectories are searched and links to directories followed, but not
-    a link to a directory it lies in (the folder itself, say): that cycle would never end, or
-    bring in the other classes' images. Nor a directory already searched through another link:
-    its images would count twice.
-    """
-    images: list[str] = []
-    others: list[str] = []
-    searched: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        real = os.path.realpath(dirpath)
-        parent = os.path.realpath(os.path.dirname(dirpath))
-        cycle = os.path.commonpath([real, parent]) == real
-        if cycle:
-            log.info("not following the link %s: it leads to a directory it lies in",
-                     Path(dirpath).relative_to(root).as_posix())
-        if cycle or real in searched:
-            dirnames[:] = []
-            continue
-        searched.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(n for n in filenames if not n.startswith(".")):
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            (images if _is_image(name) else others).append(rel)
-    return sorted(images), others
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in EXTENSIONS
-
-
-def _no_classes(root: Path, listing: Listing) -> str:
-    found = []
-    if listing.no_images:
-        found.append(f"directories without such files: {_first(tuple(listing.no_images))}")
-    if loose := [name for name in listing.outside if _is_image(name)]:
-        found.append(f"{len(loose)} image{'s' * (len(loose) > 1)} outside any class "
-                     f"directory (e.g. {shorten(loose[0])})")
-    return (f"{shorten(str(root), 200)} holds no class directories with images (expected "
-            f"<folder>/<class>/<image>, an image ending in {_extensions()})"
-            + "".join(f"; {part}" for part in found))
-
-
-def _log_ignored(root: Path, listing: Listing) -> None:
-    if listing.no_images:
-        log.warning("ignored %d director%s in %s without image files (by their extension: %s), "
-                    "so no classes: %s", len(listing.no_images),
-                    "y" if len(listing.no_images) == 1 else "ies", root, _extensions(),
-                    _first(tuple(listing.no_images)))
-    parts = []
-    if listing.outside:
-        parts.append(f"{len(listing.outside)} outside any class directory (e.g. "
-                     f"{shorten(listing.outside[0])})")
-    if listing.others:
-        parts.append(f"{len(listing.others)} without an image extension (e.g. "
-                     f"{shorten(listing.others[0])})")
-    if parts:
-        # An image beside the class directories is likely meant to be used: say so louder.
-        lost = any(_is_image(name) for name in listing.outside)
-        log.log(logging.WARNING if lost else logging.INFO, "ignored %d files in %s: %s",
-                len(listing.outside) + len(listing.others), root, "; ".join(parts))
-
-
-def _extensions() -> str:
-    return " ".join(sorted(EXTENSIONS))
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -236,31 +139,6 @@ def _stamp(path: Path) -> tuple[int, int]:
     except OSError:
         return -1, -1
     return stat.st_size, stat.st_mtime_ns
-
-
-def _class_names(root: Path, found: tuple[str, ...], given: tuple[str, ...] | None,
-                 training: tuple[str, ...] | None) -> tuple[str, ...]:
-    if given is not None and sorted(given) != sorted(found):
-        # Renaming by position would label each class's images with another class's name.
-        raise UsageError(f"class_names {_names(given)} do not match the classes of "
-                         f"{shorten(str(root), 200)}, its class directories {_names(found)}: "
-                         "an image folder's directory names are its class names, and "
-                         "class_names may only reorder them (or remove class_names)")
-    if training is not None:
-        unknown = [name for name in found if name not in training]
-        if unknown:
-            raise UsageError(f"{shorten(str(root), 200)} has class directory "
-                             f"{shorten(unknown[0])!r}, not one of the training classes "
-                             f"{_names(training)}")
-    names = given or training or found
-    if len(names) < 2:
-        raise UsageError(f"{shorten(str(root), 200)} holds one class ({shorten(names[0])!r}): "
-                         "a classifier needs at least two class directories")
-    return names
-
-
-def _names(names: tuple[str, ...]) -> str:
-    return shorten(", ".join(names), 200)
 
 
 def _cached(cache_dir: Path, key: str, decode: Callable[[], FolderImages]) -> FolderImages:
@@ -463,8 +341,4 @@ def _check_failures(root: Path, files: list[tuple[str, int]], names: tuple[str, 
         raise UsageError(f"{len(failed)} of {len(files)} image files in "
                          f"{shorten(str(root), 200)} cannot be decoded (more than "
                          f"{MAX_UNREADABLE:.0%}): "
-                         f"{_first(tuple(files[i][0] for i in sorted(failed)))}")
-
-
-def _first(names: tuple[str, ...], count: int = 3) -> str:
-    return ", ".join(shorten(n) for n in names[:count]) + (", ..." if len(names) > count else "")
+                         f"{first_names(tuple(files[i][0] for i in sorted(failed)))}")
