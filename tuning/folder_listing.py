@@ -15,7 +15,7 @@ log = logging.getLogger("tuning")
 
 EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
-"""The files read as images, by extension (as torchvision's ImageFolder, less its rarer ones)."""
+"""The files read as images, by extension: those of torchvision's ImageFolder, and .gif."""
 
 
 @dataclass(frozen=True)
