@@ -6,12 +6,14 @@ Forward and one backward pass on random tensors; no data sets, no training.
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
 from torch import nn
 
 from tuning.errors import UsageError
+from tuning.limits import Limits
 from tuning.model import (
     HEADS,
     MAX_BLOCKS,
@@ -21,7 +23,8 @@ from tuning.model import (
     build_model,
     count_parameters,
 )
-from tuning.space import build_configs, space_from_dict
+from tuning.networks import FAMILY_MODEL
+from tuning.space import build_configs, representative, space_from_dict
 from tuning.study_file import parse_study
 
 SIZES = (16, 28, 32, 64, 128)
@@ -166,3 +169,15 @@ def test_more_blocks_than_the_model_allows_are_rejected():
         parse_study({"space": {"blocks": {"low": 1, "high": MAX_BLOCKS + 1}}})
     with pytest.raises(ValueError, match="head must be one of"):
         ArchConfig(head="mlp")
+
+
+def test_a_family_network_over_max_params_before_the_search_is_a_warning(caplog):
+    # The representative configuration of this space is the seed network: 63,050 parameters.
+    space = parse_study({"space": {"channels": {"choices": [32, 64]}, "lr": 0.01}}).space
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        FAMILY_MODEL.check(representative(space), (1, 28, 28), 10, Limits(max_params=63_050))
+        assert not caplog.records
+        FAMILY_MODEL.check(representative(space), (1, 28, 28), 10, Limits(max_params=50_000))
+    [record] = caplog.records
+    assert record.getMessage().startswith("the network of a typical configuration has 63,050 "
+                                          "parameters, over max_params = 50,000: ")

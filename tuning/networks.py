@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import sys
+import sysconfig
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ from pathlib import Path
 from torch import nn
 
 from tuning.errors import UsageError, shorten
-from tuning.model import ArchConfig, build_model
+from tuning.limits import Limits
+from tuning.model import ArchConfig, build_model, count_parameters
 
 log = logging.getLogger("tuning")
 FAMILY = "cnn"
@@ -78,17 +81,73 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or the module's own error on import
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise UsageError(f"model builder {shorten(reference)!r} cannot be imported here: "
-                         f"{type(exc).__name__}: {shorten(first_line, 200)}; "
-                         "install its package or run from the directory that holds it "
-                         "(every worker needs it)") from None
+    # SystemExit too: a module that calls sys.exit() on import would end the command silently
+    # with its own status. KeyboardInterrupt is the user's and goes on.
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own error on import
+        raise UsageError(_import_failure(reference, module_name, exc)) from None
     builder = getattr(module, function, None)
     if not callable(builder):
         raise UsageError(f"model builder {shorten(reference)!r}: module {module_name!r} has no "
                          f"function {function!r}")
     return builder
+
+
+def _import_failure(reference: str, module_name: str, exc: BaseException) -> str:
+    """Why the builder's module did not import, in one line. Only a module that is not there
+    gets the advice to install it or run elsewhere: one that is there but fails (a syntax
+    error, an exception at import) is named with the error and where it happened."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
+        missing = exc.name
+        if missing == module_name or module_name.startswith(missing + "."):
+            return (f"model builder {shorten(reference)!r} cannot be imported here: "
+                    f"ModuleNotFoundError: {shorten(_first_line(exc), 200)}; install its "
+                    "package or run from the directory that holds it (every worker needs it)")
+        return (f"model builder {shorten(reference)!r}: module {module_name!r} imports "
+                f"{shorten(missing)!r} ({_where(exc)}), which is not installed here; install "
+                "it (every worker needs it)")
+    return (f"model builder {shorten(reference)!r}: module {module_name!r} failed to import: "
+            f"{_what_happened(exc)} at {_where(exc)}")
+
+
+def _what_happened(exc: BaseException) -> str:
+    """An exception from the user's code, for one line: its type and first line, or the
+    sys.exit() call a SystemExit stands for."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({shorten(repr(exc.code))})"
+    if isinstance(exc, SyntaxError):  # its str() repeats the place, said apart here
+        return f"{type(exc).__name__}: {shorten(str(exc.msg), 200)}"
+    text = _first_line(exc)
+    return shorten(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 200)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the error: a syntax error's own place; otherwise the innermost frame of
+    the traceback in the user's code (outside Python's library and the installed packages),
+    else the innermost one at all."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return _place(exc.filename, exc.lineno)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<")]  # importlib's frozen frames
+    library = tuple({sysconfig.get_path(k) for k in ("stdlib", "purelib", "platlib")})
+    own = [f for f in frames if not f.filename.startswith(library)]
+    if not frames:
+        return "an unknown place"
+    frame = (own or frames)[-1]
+    return _place(frame.filename, frame.lineno)
+
+
+def _place(filename: str, lineno: int | None) -> str:
+    """filename:line, relative to the working directory when it is below it; a long path
+    keeps its end."""
+    relative = os.path.relpath(filename) if os.path.isabs(filename) else filename
+    path = filename if relative.startswith("..") else relative
+    if len(path) > 120:
+        path = "..." + path[-117:]
+    return path if lineno is None else f"{path}:{lineno}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +191,9 @@ class ModelSpec:
         own = builder_params(params)
         try:
             network = builder(own, tuple(input_shape), num_classes)
+        except SystemExit as exc:  # would end the worker with the builder's status, silently
+            raise ModelBuildError(f"model builder {self.model} {_what_happened(exc)} for "
+                                  f"{shorten(repr(own), 200)}") from exc
         except Exception as exc:  # noqa: BLE001 - the user's code: any error is the trial's
             raise ModelBuildError(f"model builder {self.model} raised {type(exc).__name__}: "
                                   f"{shorten(str(exc), 200)} for {shorten(repr(own), 200)}"
@@ -144,12 +206,22 @@ class ModelSpec:
         return network
 
     def check(self, space_values: dict, input_shape: tuple[int, int, int],
-              num_classes: int) -> None:
+              num_classes: int, limits: Limits | None = None) -> None:
         """Build the network once for representative parameters and run two images through
         it, before any trial: a builder that does not import, raises or returns no module,
         an architecture that cannot take these images, or weights that do not fit, is one
-        line for the user (UsageError) instead of a failure in every trial."""
+        line for the user (UsageError) instead of a failure in every trial.
+
+        With `limits`, a network over max_params is a warning: other configurations may fit,
+        but a builder that ignores its parameters, or an architecture without any, has one
+        size for every trial, and each is pruned before it trains."""
         if self.kind == "cnn":
+            if limits is not None and limits.max_params is not None:
+                try:
+                    network = self.build(space_values, input_shape, num_classes)
+                except ValueError:  # not a configuration of the family: the trials say so
+                    return
+                _warn_if_over(network, limits.max_params)
             return
         try:
             network = self.build(space_values, input_shape, num_classes, load_weights=False)
@@ -170,6 +242,8 @@ class ModelSpec:
             size = "x".join(map(str, input_shape))
             raise UsageError(f"model {shorten(name)!r} fails on two {size} images: "
                              f"{type(exc).__name__}: {shorten(str(exc), 200)}") from None
+        if limits is not None and limits.max_params is not None:
+            _warn_if_over(network, limits.max_params)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "weights": self.weights}
@@ -177,6 +251,17 @@ class ModelSpec:
 
 FAMILY_MODEL = ModelSpec()
 """The built-in family: what studies without a `model` train."""
+
+
+def _warn_if_over(network: nn.Module, max_params: int) -> None:
+    """A warning when the network of the configuration checked before the search is over
+    max_params: if no configuration fits, every trial is pruned untrained and the search ends
+    with nothing."""
+    count = count_parameters(network)
+    if count > max_params:
+        log.warning("the network of a typical configuration has %s parameters, over max_params "
+                    "= %s: trials over it are pruned before training; if no configuration of "
+                    "the space fits, every trial will be", f"{count:,}", f"{max_params:,}")
 
 
 def builder_params(params: dict) -> dict:

@@ -31,6 +31,10 @@ from tuning.warm_start import WARM_START_ATTR
 log = logging.getLogger("tuning")
 
 
+OVER_LIMITS = "over the limits before training"
+"""How the prune reason of a trial whose network is over max_params or max_latency_ms begins."""
+
+
 class TrialFailed(Exception):
     """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
 
@@ -206,8 +210,7 @@ class Objective:
             trial.set_constraint(name, excess)
         over = self.limits.violations(measured)
         if over:
-            trial.set_user_attr("prune_reason", f"over the limits before training: "
-                                                f"{'; '.join(over)}")
+            trial.set_user_attr("prune_reason", f"{OVER_LIMITS}: {'; '.join(over)}")
             raise optuna.TrialPruned("; ".join(over))
 
     def _splits(self) -> list[DeviceData]:

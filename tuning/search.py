@@ -46,7 +46,7 @@ from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
-from tuning.objective import Objective, worker_id
+from tuning.objective import OVER_LIMITS, Objective, worker_id
 from tuning.outage import StorageFull, outages_of
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
@@ -310,6 +310,22 @@ def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> 
     print(f"report:    tuning report --study {plan.study}{storage_arg}", file=stream)
 
 
+def over_limits_warning(trials: list[optuna.trial.FrozenTrial]) -> str | None:
+    """One line when every finished trial was over the limits and pruned before training (a
+    search that ran and trained nothing), else None."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not finished or not all(str(t.user_attrs.get("prune_reason", "")).startswith(OVER_LIMITS)
+                               for t in finished):
+        return None
+    last = finished[-1]
+    reason = str(last.user_attrs["prune_reason"])[len(OVER_LIMITS) + 2:]
+    every = "the 1 finished trial was" if len(finished) == 1 else (
+        f"all {len(finished)} finished trials were")
+    return (f"{every} over the limits and pruned before training, none trained (trial "
+            f"{last.number}: {reason}): allow more with max_params or max_latency_ms, or search "
+            "smaller networks")
+
+
 def _storage_arg(plan: Plan) -> str:
     return "" if plan.storage == default_storage(plan.study) else \
         f" --storage '{mask_url(plan.storage)}'"
@@ -367,7 +383,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                          config=plan.study_file.data)
     plan = name_after_data(plan, args, arrays)
     plan.settings.network().check(representative(plan.study_file.space), arrays.input_shape,
-                                  arrays.num_classes)
+                                  arrays.num_classes, plan.settings.limits())
     if arrays.leaks:
         log.warning("%d of the %d test images are exact copies of training or validation "
                     "images: the test accuracy will flatter the model", arrays.leaks,
@@ -432,6 +448,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
                         f"stopped by {stopped}: the running trial is marked failed")
     summarize(study, plan)
+    warning = over_limits_warning(study.get_trials(deepcopy=False))
+    if warning is not None:
+        log.warning("%s", warning)
     return status
 
 
