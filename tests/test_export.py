@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,17 +25,22 @@ import tuning
 from tuning.command import main as tuning_main
 from tuning.data import load_arrays, to_device
 from tuning.device import resolve_device
+from tuning.errors import UsageError
 from tuning.evaluate import held_out_metrics, trial_model
 from tuning.export import best_epoch, choose_trial
 from tuning.export import main as export_main
-from tuning.exported import ExportError, load_model
+from tuning.exported import BuilderUnavailable, Classifier, ExportError, load_model
+from tuning.model import ArchConfig
+from tuning.model_card import model_card
 from tuning.networks import ModelSpec
+from tuning.portable import ProgramRejected, check_inputs, check_program, write_programs
 from tuning.report_heldout import reported_trial
 from tuning.report_stats import StudyView
 from tuning.space import Param
 from tuning.storage import artifact_store, open_storage
 from tuning.study import stored_definition
 from tuning.study_file import StudySettings
+from tuning.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +212,7 @@ def test_without_a_checkpoint_the_trial_is_retrained_with_its_seed(study_dir, tm
     assert "retrained with seed" in capsys.readouterr().out
     weights = json.loads((out / "config.json").read_text())["weights"]
     assert weights["source"] == "retrained" and weights["epochs"] == 1
+    assert "for 1 epoch," in weights["how"] and "1 epochs" not in weights["how"]
     # On the CPU a retrain repeats the trial: the same validation loss.
     assert weights["retrained_val_loss"] == pytest.approx(weights["trial_val_loss"], rel=1e-4)
 
@@ -345,3 +352,189 @@ def test_a_torchvision_architecture_exports(tmp_path, arrays):
     with torch.no_grad():
         predicted = model(_test_images(npz)).argmax(1).numpy()
     assert float((predicted == npz.test_y).mean()) == config["test"]["accuracy"]
+
+
+class Branchy(torch.nn.Module):
+    """A network whose forward takes one of two paths by the values of its input: a trace
+    records only the path its example took."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4 * 4, 3)
+        self.b = torch.nn.Linear(4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.mean() > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+def test_a_network_that_branches_on_its_input_gets_no_program_and_torch_stays_quiet(
+        tmp_path, capfd):
+    """Its trace took the branch of random images: it would give all-zero images the other
+    branch's logits, silently. torch's TracerWarning, graphs and shape warnings are kept off the
+    terminal; the notices say why, in one line each."""
+    torch.manual_seed(0)
+    classifier = Classifier(Branchy(), [0.5], [0.25]).eval()
+    outcome = write_programs(classifier, (1, 4, 4), tmp_path)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == "", captured
+    assert not (tmp_path / "model.torchscript.pt").exists()
+    assert not (tmp_path / "model.pt2").exists()
+    ts = outcome["model.torchscript.pt"]
+    assert ts.startswith("skipped: the trace may not hold for other images (TracerWarning at "
+                         "test_export.py:"), ts
+    assert outcome["model.pt2"].startswith("skipped: torch.export failed ("), outcome
+    assert all("\n" not in what and len(what) < 300 for what in outcome.values())
+
+
+def test_programs_are_checked_on_images_either_side_of_the_normalization():
+    """A program that agrees with the network on random images but not on all-zero ones (a
+    trace of one branch) is rejected, naming the input it got wrong."""
+    reference = Classifier(torch.nn.Flatten(), [0.5], [0.25]).eval()
+
+    def one_branch(images: torch.Tensor) -> torch.Tensor:
+        return reference(images) + (images.mean() < 0.01).float()
+
+    inputs = check_inputs((1, 4, 4), torch.rand(5, 1, 4, 4))
+    assert {"all-zero images", "all-one images", "negative values", "5 of the test images"} \
+        <= set(inputs)
+    with pytest.raises(ProgramRejected, match="on all-zero images differ"):
+        check_program(one_branch, reference, inputs)
+    check_program(reference, reference, inputs)
+
+
+def test_programs_were_checked_on_varied_and_real_images(exported):
+    config = json.loads((exported / "config.json").read_text())
+    assert config["files"]["model.pt2"] == config["files"]["model.torchscript.pt"] == "written"
+    assert {"all-zero images", "negative values", "test images"} <= set(config["program_checks"])
+
+
+def _copy(exported, tmp_path, name: str = "copy", **changes):
+    """A copy of the export, its config.json changed by `changes` (None: the key removed)."""
+    out = tmp_path / name
+    shutil.copytree(exported, out)
+    config = json.loads((out / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_predict_runs_model_pt2_where_the_builder_cannot_be_imported(exported, arrays,
+                                                                     tmp_path, capsys):
+    """The builder's module is needed to rebuild the network, not to run model.pt2: predict
+    falls back to it, with the same predictions, and says so in one INFO line."""
+    moved = _copy(exported, tmp_path, model={"model": "no_such_module_here:build",
+                                             "weights": None})
+    with pytest.raises(BuilderUnavailable, match="no_such_module_here"):
+        load_model(moved)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(arrays.test_x[i, ..., 0]).save(path)
+        paths.append(str(path))
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", *paths]) == 0
+    expected = capsys.readouterr().out
+    assert tuning_main(["predict", "--model", str(moved), "--top", "3", *paths]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "INFO" in captured.err and "cannot be imported here" in captured.err
+    assert "model.pt2" in captured.err
+    # Without a program to run instead: one line that fits predict (no workers in it). An
+    # export written before the programs were checked on varied images keeps its TorchScript
+    # trace out of it (it may hold one branch of the network).
+    for name, files in (("none", {"model.pt2": "skipped: torch.export failed (x)",
+                                  "model.torchscript.pt": "skipped: x", "model.onnx": "x"}),
+                        ("old", {"model.pt2": "skipped: torch.export failed (x)",
+                                 "model.torchscript.pt": "written", "model.onnx": "x"})):
+        bare = _copy(moved, tmp_path, name, files=files, program_checks=None)
+        assert tuning_main(["predict", "--model", str(bare), paths[0]]) == 2
+        err = _one_line_error(capsys)
+        assert "no_such_module_here" in err and "cannot be imported here" in err, err
+        assert "worker" not in err and "no model.pt2" in err, err
+
+
+def test_broken_weights_say_what_is_wrong(exported, tmp_path, capsys):
+    garbage = _copy(exported, tmp_path, "garbage")
+    (garbage / "weights.pt").write_bytes(b"garbage\n")
+    with pytest.raises(ExportError) as caught:
+        load_model(garbage)
+    message = str(caught.value)
+    assert "weights.pt' is not a torch weights file (" in message, message
+    assert "weights_only" not in message and len(message) < 400
+    # Another network's weights: the first entry that does not fit, by name.
+    state = torch.load(exported / "weights.pt", weights_only=True)
+    other = _copy(exported, tmp_path, "other")
+    first = next(iter(state))
+    torch.save({**state, first: torch.zeros(2, 2)}, other / "weights.pt")
+    assert tuning_main(["predict", "--model", str(other), "x.png"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{first!r} is 2x2 in it, " in err and "of another shape" in err, err
+    renamed = {("renamed." + k if k == first else k): v for k, v in state.items()}
+    torch.save(renamed, other / "weights.pt")
+    with pytest.raises(ExportError, match=f"it lacks {first!r}"):
+        load_model(other)
+
+
+def test_predict_top_refuses_fewer_than_one_class(exported):
+    model = load_model(exported)
+    image = Image.fromarray(np.zeros((28, 28), np.uint8))
+    for k in (0, -5):
+        with pytest.raises(ValueError, match="1 or more"):
+            model.predict_top([image], k)
+    assert len(model.predict_top([image], 99)[0]) == 10
+
+
+def test_choose_trial_says_why_there_is_nothing_to_export():
+    """A pruned trial asked for by number is PRUNED, not "no complete trial yet"; a study whose
+    every trial was over its limits before training is told so, without a "yet"."""
+    study = optuna.create_study(study_name="huge")
+    reason = "over the limits before training: 3,256,330 parameters > max_params 100,000"
+    for _ in range(2):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                                     user_attrs={"prune_reason": reason}))
+    settings, space = StudySettings(), {}
+    with pytest.raises(UsageError) as caught:
+        choose_trial(study, settings, space, 0)
+    assert str(caught.value).startswith("trial 0 of study 'huge' is PRUNED, not COMPLETE "
+                                        "(over the limits before training: 3,256,330")
+    with pytest.raises(UsageError) as caught:
+        choose_trial(study, settings, space, None)
+    message = str(caught.value)
+    assert "all 2 of its trials were pruned over the limits before training" in message
+    assert "yet" not in message
+    study.add_trial(create_trial(state=TrialState.FAIL, params={}, distributions={}))
+    with pytest.raises(UsageError, match=r"no complete trial \(1 FAIL, 2 PRUNED"):
+        choose_trial(study, settings, space, None)
+
+
+def test_config_and_card_hold_the_full_resolved_configuration(exported, study_dir):
+    """Defaults the study did not name are part of what the network trained with: the card
+    and config.json show them, with what chose each value."""
+    config = json.loads((exported / "config.json").read_text())
+    resolved = config["configuration"]
+    assert set(resolved["training"]) == set(TrainConfig.__dataclass_fields__)
+    assert set(resolved["network"]) == set(ArchConfig.__dataclass_fields__)
+    assert resolved["training"]["optimizer"] == "adam"
+    assert resolved["training"]["batch_size"] == 256
+    assert resolved["network"]["channels"] == 4 and resolved["network"]["kernel"] == 3
+    assert resolved["searched"] == ["lr"] and "channels" in resolved["fixed"]
+    card = (exported / "README.md").read_text()
+    assert "| optimizer | adam | default |" in card
+    assert "| channels | 4 | fixed by the study |" in card and "| lr | " in card
+    assert "| momentum | 0.9 | default (no effect: not used by adam) |" in card
+    assert "| kernel | 3 | default |" in card and "for up to 1 epoch " in card
+
+
+def test_an_export_written_before_the_resolved_configuration_still_loads(exported, tmp_path):
+    old = _copy(exported, tmp_path, "old", configuration=None, program_checks=None)
+    model = load_model(old)
+    assert model.config["params"]["channels"] == 4
+    card = model_card(model.config, old)
+    assert "| channels | 4 |" in card

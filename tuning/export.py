@@ -9,9 +9,11 @@ DIR gets:
 
     weights.pt             the network's state dict (torch.load(..., weights_only=True))
     config.json            what rebuilds it: model spec, the trial's parameters (fixed ones
-                           included), input shape, classes, normalization; and the held-out test
-                           metrics, how the weights were obtained, the data's fingerprint,
-                           versions and a format version
+                           included), input shape, classes, normalization; the full resolved
+                           configuration it trained with (`configuration`: defaults too); the
+                           held-out test metrics, how the weights were obtained, the data's
+                           fingerprint, versions, what the programs were checked on, and a
+                           format version
     model.pt2              torch.export of the normalization and the network: float images in
                            [0, 1], (N, C, H, W), to logits; any batch size; runs without tuning
     model.torchscript.pt   the same, traced with TorchScript (deprecated in recent torch: kept
@@ -40,6 +42,7 @@ import math
 import platform
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +73,11 @@ from tuning.exported import (
     load_model,
 )
 from tuning.model_card import CARD_FILE, model_card
-from tuning.networks import ModelBuildError
-from tuning.portable import PROGRAM_FILES, write_programs
+from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
+from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
-from tuning.space import Param
+from tuning.space import Param, applies, build_configs
 from tuning.storage import existing_artifact_store, mask_url, resolve_url
 from tuning.study import load_existing, stored_definition, with_images_at
 from tuning.study_file import StudySettings
@@ -98,6 +101,11 @@ class Obtained:
     epochs, and the checkpoint's id or the retrain's validation loss."""
 
 
+def epochs_text(epochs: int) -> str:
+    """"1 epoch", "3 epochs"."""
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}"
+
+
 def trial_number(text: str) -> int:
     try:
         value = int(text)
@@ -109,26 +117,67 @@ def trial_number(text: str) -> int:
     return value
 
 
+OVER_LIMITS = "over the limits before training"
+"""How the prune_reason of a trial pruned by the study's size or latency limits begins (set by
+tuning.objective before the network trains)."""
+
+
+def _pruned_over_limits(trial: FrozenTrial) -> bool:
+    return (trial.state == TrialState.PRUNED
+            and str(trial.user_attrs.get("prune_reason", "")).startswith(OVER_LIMITS))
+
+
+def _no_complete_trial(name: str, trials: list[FrozenTrial]) -> str:
+    """Why a study without a complete trial has nothing to export: "yet" only where trials are
+    still to come, and a study whose every trial was over its limits is told so."""
+    if not trials:
+        return f"study {name!r} has no complete trial yet (no trial has run): nothing to export"
+    if all(_pruned_over_limits(t) for t in trials):
+        detail = str(trials[-1].user_attrs["prune_reason"])[len(OVER_LIMITS):].lstrip(": ")
+        return (f"study {name!r} has no complete trial: all {len(trials)} of its trials were "
+                f"pruned {OVER_LIMITS} (the last: {shorten(detail, 200)}), so nothing can be "
+                "exported; loosen the limits or search networks that fit them")
+    states = Counter(t.state.name for t in trials)
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    pending = states[TrialState.RUNNING.name] + states[TrialState.WAITING.name]
+    return (f"study {name!r} has no complete trial{' yet' if pending else ''} ({shown}): "
+            "nothing to export")
+
+
+def _not_complete(trial: FrozenTrial, study: optuna.Study, complete: list[FrozenTrial]) -> str:
+    """Why trial `trial` (not complete) cannot be exported, with its prune or fail reason where
+    it has one, and the trial to export instead."""
+    reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason")
+    why = f" ({shorten(str(reason), 200)})" if reason else ""
+    return (f"trial {trial.number} of study {study.study_name!r} is {trial.state.name}, not "
+            f"COMPLETE{why}: only a complete trial has a result to stand on; "
+            f"{_instead(study, complete)}")
+
+
+def _instead(study: optuna.Study, complete: list[FrozenTrial]) -> str:
+    return (f"its best is #{study.best_trial.number}" if complete
+            else "the study has no complete trial")
+
+
 def choose_trial(study: optuna.Study, settings: StudySettings, space: dict[str, Param],
                  number: int | None) -> FrozenTrial:
     """Trial `number`, which must be complete, or the trial the report's held-out test
     evaluates: the best, or for repeats of one fixed configuration the first complete one."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        raise UsageError(f"study {study.study_name!r} has no complete trial yet: nothing to "
-                         "export")
     if number is None:
+        if not complete:
+            raise UsageError(_no_complete_trial(study.study_name, trials))
         return reported_trial(StudyView(study, trials, settings, space))
     by_number = {t.number: t for t in trials}
+    if not by_number:
+        raise UsageError(_no_complete_trial(study.study_name, trials))
     if number not in by_number:
         raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
-                         f"0-{max(by_number)}); its best is #{study.best_trial.number}")
+                         f"0-{max(by_number)}); {_instead(study, complete)}")
     trial = by_number[number]
     if trial.state != TrialState.COMPLETE:
-        raise UsageError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, "
-                         "not COMPLETE: only a complete trial has a result to stand on; its "
-                         f"best is #{study.best_trial.number}")
+        raise UsageError(_not_complete(trial, study, complete))
     return trial
 
 
@@ -169,8 +218,8 @@ def refit(trial: FrozenTrial, settings: StudySettings, space: dict[str, Param],
             break
     n = len(data.train)
     how = (f"refit: the configuration retrained on the training and validation images "
-           f"together ({n:,} images) for {epochs} epoch{'s' if epochs != 1 else ''} (the "
-           f"trial's best) with seed {seed}, keeping the last epoch's weights")
+           f"together ({n:,} images) for {epochs_text(epochs)} (the trial's best) with seed "
+           f"{seed}, keeping the last epoch's weights")
     return Obtained(model, data, {"source": "refit", "how": how, "seed": seed,
                                   "epochs": epochs, "train_images": n})
 
@@ -196,9 +245,10 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
             "artifact_id": trial.user_attrs.get("checkpoint_artifact"), "epochs": None,
             # Under cross-validation the checkpoint is one fold's network, trained on its fold.
             "train_images": len(data.train) if settings.cv_folds == 1 else None})
-    how = (f"{obtained.how}, keeping the best validation epoch (no checkpoint of the trial was "
-           f"found); validation loss {obtained.retrained_val_loss:.6f}, the trial recorded "
-           f"{trial.value:.6f}")
+    # Said here rather than with tuning.evaluate's wording, which does not count "1 epoch".
+    how = (f"retrained with seed {seed} for {epochs_text(epochs)}, keeping the best validation "
+           f"epoch (no checkpoint of the trial was found); validation loss "
+           f"{obtained.retrained_val_loss:.6f}, the trial recorded {trial.value:.6f}")
     return Obtained(obtained.model, data, {
         "source": "retrained", "how": how, "seed": seed, "epochs": epochs,
         "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": trial.value,
@@ -260,6 +310,37 @@ def reproduce_command(args: argparse.Namespace, trial: int) -> str:
     return shlex.join(command)
 
 
+def resolved_configuration(params: dict, space: dict[str, Param], network: ModelSpec,
+                           hflip_allowed: bool) -> dict:
+    """Everything the trial trained with, as config.json's `configuration`: the training
+    configuration (tuning.train.TrainConfig) and the network's (the family's ArchConfig, or a
+    builder's own parameters; a torchvision architecture has none), each value as the trial's
+    network was built with it; which of them the search chose (`searched`) or the study fixed
+    (`fixed`), the rest being defaults; and which had no effect, and why (`no_effect`)."""
+    from tuning.objective import fixed_params
+
+    fixed = fixed_params(space)
+    values = {**fixed, **params}
+    arch, train = build_configs(values)
+    training = dataclasses.asdict(train)
+    if network.kind == "cnn":
+        architecture = dataclasses.asdict(arch)
+    else:
+        architecture = {name: value for name, value in sorted(values.items())
+                        if name.startswith(MODEL_PREFIX)}
+    no_effect = {name: f"not used by {train.optimizer}" for name in training
+                 if not applies(name, training)}
+    if train.hflip and not hflip_allowed:  # tuning.train flips only where the data allows it
+        no_effect["hflip"] = "this data set is not flipped (a flip may change its labels)"
+    used = {*training, *architecture}
+    return {"training": training, "network": architecture,
+            # What neither config holds (a `repeat` index, or family parameters a builder
+            # ignores): still part of how the trial was defined.
+            "other": {name: value for name, value in sorted(values.items()) if name not in used},
+            "searched": sorted(params), "fixed": sorted(set(fixed) - set(params)),
+            "no_effect": no_effect}
+
+
 def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
                  space: dict[str, Param], arrays: Arrays, obtained: Obtained, metrics: dict,
                  runtime: Runtime, command: str) -> dict:
@@ -276,6 +357,8 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
         "trial_val_loss": trial.value,
         "model": settings.network().to_dict(),
         "params": {**fixed_params(space), **trial.params},
+        "configuration": resolved_configuration(trial.params, space, settings.network(),
+                                                arrays.hflip_allowed),
         "input_shape": list(arrays.input_shape),
         "num_classes": arrays.num_classes,
         "class_names": list(arrays.class_names),
@@ -295,6 +378,13 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
         "command": command,
     }
 
+
+
+def test_sample(arrays: Arrays, count: int = 16) -> torch.Tensor:
+    """The first `count` test images as the exported model takes them (float (N, C, H, W) in
+    [0, 1]): real images among the inputs the portable programs are checked on."""
+    images = np.ascontiguousarray(arrays.test_x[:count].transpose(0, 3, 1, 2))
+    return torch.from_numpy(images).float().div(255.0)
 
 
 def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
@@ -327,7 +417,8 @@ def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
     loaded = load_model(out)
     classifier = Classifier(loaded.network, loaded.config["normalization"]["mean"],
                             loaded.config["normalization"]["std"]).eval()
-    config["files"] = write_programs(classifier, arrays.input_shape, out)
+    config["files"] = write_programs(classifier, arrays.input_shape, out, test_sample(arrays))
+    config["program_checks"] = [*CHECK_INPUTS, "test images"]
     (out / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
     return config

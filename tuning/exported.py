@@ -11,13 +11,17 @@ of the model: callers give images as they are, scaled to [0, 1].
 
 `Classifier`, the normalization and the network as one module, is also what `tuning export`
 hands to torch.export and TorchScript for the portable programs that need no `tuning` at all.
+`load_program(DIR)` loads such a program behind the same `predict`: what `tuning predict` runs
+when the network's builder cannot be imported where it runs.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +47,11 @@ ImageInput = str | Path | Image.Image
 class ExportError(UsageError):
     """A directory that is not a usable export (missing, foreign, damaged), or an image that
     cannot be read: one line for the user."""
+
+
+class BuilderUnavailable(ExportError):
+    """An export whose network a user's builder makes, and that builder cannot be imported
+    here: its portable program may still run it (load_program)."""
 
 
 class Classifier(nn.Module):
@@ -129,8 +138,13 @@ class ExportedModel(Classifier):
         return self.top_classes(pixels, k)
 
     def top_classes(self, pixels: Sequence[np.ndarray], k: int) -> list[list[tuple[str, float]]]:
-        """predict_top for images already decoded by `pixels` (uint8, H x W x C each)."""
-        k = max(1, min(k, len(self.class_names)))
+        """predict_top for images already decoded by `pixels` (uint8, H x W x C each).
+        ValueError for a `k` below 1 (as the CLI refuses --top 0); above the number of classes,
+        every class."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k is how many classes to give per image, 1 or more; got "
+                             f"{shorten(repr(k))}")
+        k = min(k, len(self.class_names))
         results: list[list[tuple[str, float]]] = []
         for start in range(0, len(pixels), PREDICT_BATCH):
             batch = _to_tensor(np.stack(pixels[start:start + PREDICT_BATCH]), self.device)
@@ -191,18 +205,107 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def _builder_problem(spec, path: str | Path) -> str | None:
+    """Why the builder of `spec` (a ModelSpec of a user's "module:function") cannot be used
+    here, in a line that fits loading an export (the import's own message speaks to workers);
+    None when it imports, and for the built-in and torchvision models."""
+    from tuning.networks import import_builder
+
+    if spec.kind != "builder":
+        return None
+    try:
+        import_builder(spec.model)
+    except UsageError as exc:
+        # import_builder raises `from None`: the import's own error is still its context.
+        cause = exc.__context__ if "cannot be imported" in str(exc) else None
+        why = (f"{type(cause).__name__}: {shorten(str(cause).splitlines()[0], 120)}"
+               if cause is not None and str(cause) else shorten(str(exc), 200))
+        return (f"the network of {shorten(str(path), 200)!r} is built by "
+                f"{shorten(spec.model)!r}, which cannot be imported here ({why}); install "
+                "its package or run from the directory that holds it")
+    return None
+
+
+def _read_state(weights: Path) -> dict:
+    """The state dict in `weights`; ExportError, one line, when it is missing or not a torch
+    weights file (torch's own message for that advises weights_only=False: unsafe, and no
+    help with a damaged file)."""
+    shown = shorten(str(weights), 200)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol notes: the error says enough
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ExportError(f"{shorten(str(weights.parent), 200)!r} has no {WEIGHTS_FILE}"
+                          ) from None
+    except Exception as exc:  # noqa: BLE001 - unpickling, zip or I/O errors: all "not weights"
+        raise ExportError(f"{shown!r} is not a torch weights file ({_load_reason(exc)})"
+                          ) from None
+    if not isinstance(state, dict):
+        raise ExportError(f"{shown!r} is not a state dict (names to tensors): it holds "
+                          f"{shorten(type(state).__name__)}")
+    return state
+
+
+def _load_reason(exc: BaseException) -> str:
+    """torch.load's error in a few words: the unpickler's own complaint where there is one,
+    else the first sentence."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        lines = [line.strip() for line in text.split(marker, 1)[1].splitlines()]
+        return shorten(next((line for line in lines if line), "cannot be unpickled"), 120)
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    return shorten(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 120)
+
+
+def _state_mismatch(expected: dict, state: dict) -> str | None:
+    """How `state` does not fit a network whose state dict is `expected`: the first missing
+    entry, else the first unexpected one, else the first of another shape, with the counts;
+    None when it fits. (load_state_dict's own message begins with a line that names none.)"""
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    reshaped = [name for name in expected if name in state
+                and isinstance(state[name], torch.Tensor)
+                and isinstance(expected[name], torch.Tensor)
+                and state[name].shape != expected[name].shape]
+    ours = " and ".join(f"{len(names)} {what}" for names, what in (
+        (missing, "missing"), (reshaped, "of another shape")) if names)
+    counts = "; ".join(([f"of the network's {len(expected)} entries, {ours}"] if ours else [])
+                       + ([f"{len(unexpected)} not the network's"] if unexpected else []))
+    if missing:
+        first = f"it lacks {shorten(missing[0], 80)!r}"
+    elif unexpected:
+        first = f"it has {shorten(unexpected[0], 80)!r}, which the network does not"
+    elif reshaped:
+        name = reshaped[0]
+        first = (f"{shorten(name, 80)!r} is {_shape(state[name])} in it, "
+                 f"{_shape(expected[name])} in the network")
+    else:
+        return None
+    return f"{first} ({counts})"
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "a scalar"
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
-    """The model `tuning export` wrote into directory `path`, in eval mode on `device`."""
+    """The model `tuning export` wrote into directory `path`, in eval mode on `device`.
+    BuilderUnavailable when its network is a builder's that cannot be imported here."""
     from tuning.networks import ModelBuildError, ModelSpec
 
     config = read_config(path)
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ExportError(f"device {shorten(str(device))!r} is not a device (cpu, cuda, "
-                          "cuda:N)") from None
+    target = _device(device)
     try:
         spec = ModelSpec(**config["model"])
+    except TypeError as exc:
+        raise ExportError(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
+                          f"{shorten(str(exc), 200)}") from None
+    problem = _builder_problem(spec, path)
+    if problem:
+        raise BuilderUnavailable(problem)
+    try:
         network = spec.build(config["params"], tuple(config["input_shape"]),
                              int(config["num_classes"]), load_weights=False)
     except UsageError:
@@ -211,19 +314,89 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Exported
         raise ExportError(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
                           f"{shorten(str(exc), 200)}") from None
     weights = Path(path).expanduser() / WEIGHTS_FILE
+    state = _read_state(weights)
+    mismatch = _state_mismatch(network.state_dict(), state)
+    if mismatch:
+        raise ExportError(f"{shorten(str(weights), 200)!r} does not fit the network "
+                          f"config.json describes: {mismatch}")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-    except FileNotFoundError:
-        raise ExportError(f"{shorten(str(path), 200)!r} has no {WEIGHTS_FILE}") from None
-    except Exception as exc:  # noqa: BLE001 - unpickling or shape errors: all mean "not these"
-        reason = shorten(str(exc).strip().splitlines()[0] if str(exc).strip() else
-                         type(exc).__name__, 200)
+    except Exception as exc:  # noqa: BLE001 - what the comparison above cannot foresee
+        reason = shorten(" ".join(str(exc).split()) or type(exc).__name__, 200)
         raise ExportError(f"{shorten(str(weights), 200)!r} does not load into the network "
                           f"config.json describes: {reason}") from None
-    model = ExportedModel(network, config)
+    return _placed(ExportedModel(network, config), target, device)
+
+
+Model = TypeVar("Model", bound=ExportedModel)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ExportError(f"device {shorten(str(device))!r} is not a device (cpu, cuda, "
+                          "cuda:N)") from None
+
+
+def _placed(model: Model, target: torch.device, device: str | torch.device) -> Model:
+    """`model` on `target`, in eval mode; ExportError when there is no such device."""
     try:
         model.to(target)
     except (RuntimeError, AssertionError) as exc:  # no CUDA here, or no such GPU
         raise ExportError(f"device {shorten(str(device))!r}: {shorten(str(exc), 120)}") from None
     return model.eval()
+
+
+class ProgramModel(ExportedModel):
+    """An export's portable program (model.pt2 or model.torchscript.pt, the normalization
+    inside) with ExportedModel's reading of images and predictions: what `tuning predict`
+    runs when the network cannot be rebuilt here. It was exported in eval mode and stays so."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def train(self, mode: bool = True) -> ProgramModel:
+        # torch.export's modules refuse train() and eval() alike: the program is fixed in eval
+        # mode, so only this wrapper's flag is set, and training mode is refused.
+        if mode:
+            raise ExportError("a portable program runs in eval mode only")
+        self.training = False
+        return self
+
+
+def program_file(config: dict) -> str | None:
+    """The program of an export that can stand in for its network, or None: model.pt2, else a
+    TorchScript trace checked on varied inputs (config.json's `program_checks`: an export
+    written before that check may hold a trace of one branch of the network)."""
+    files = config.get("files")
+    if not isinstance(files, dict):
+        return None
+    if files.get("model.pt2") == "written":
+        return "model.pt2"
+    if files.get("model.torchscript.pt") == "written" and config.get("program_checks"):
+        return "model.torchscript.pt"
+    return None
+
+
+def load_program(path: str | Path, device: str | torch.device = "cpu") -> ProgramModel:
+    """The export in directory `path` as its portable program (program_file), on `device`:
+    the same logits as load_model's, with torch alone (no builder, no rebuilt network).
+    ExportError when it has no such program or the program does not load."""
+    config = read_config(path)
+    target = _device(device)
+    name = program_file(config)
+    shown = shorten(str(path), 200)
+    if name is None:
+        raise ExportError(f"{shown!r} has no checked model.pt2 or model.torchscript.pt to run "
+                          "instead of its network")
+    file = Path(path).expanduser() / name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation: the card says so
+            program = (torch.export.load(file).module() if name == "model.pt2"
+                       else torch.jit.load(str(file), map_location="cpu"))
+    except Exception as exc:  # noqa: BLE001 - a missing or damaged program file
+        reason = shorten(" ".join(str(exc).split()) or type(exc).__name__, 120)
+        raise ExportError(f"{shorten(str(file), 200)!r} cannot be loaded: {reason}") from None
+    return _placed(ProgramModel(program, config), target, device)

@@ -21,6 +21,57 @@ def _shown(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _source(name: str, resolved: dict) -> str:
+    """Where a value of the configuration came from, for the card's `from` column."""
+    if name in resolved["searched"]:
+        return "searched"
+    return "fixed by the study" if name in resolved["fixed"] else "default"
+
+
+def _settings_table(title: str, values: dict, resolved: dict) -> list[str]:
+    """One table of the configuration: setting, value, where the value came from, and for one
+    that had no effect (momentum with adam), why."""
+    rows = []
+    for name, value in values.items():
+        source = _source(name, resolved)
+        why = resolved.get("no_effect", {}).get(name)
+        rows.append(f"| {name} | {_shown(value)} | {source}"
+                    + (f" (no effect: {why})" if why else "") + " |")
+    return [f"{title}:", "", "| setting | value | from |", "| --- | --- | --- |", *rows, ""]
+
+
+def _configuration(config: dict) -> list[str]:
+    """The card's Configuration section: everything the network was trained with."""
+    spec = config["model"]
+    network = (f"Network `{spec['model']}`"
+               + (f", fine-tuned from `{spec['weights']}`" if spec.get("weights") else ""))
+    resolved = config.get("configuration")
+    if resolved is None:  # an export written before config.json had `configuration`
+        return [f"{network}; the trial's parameters, the study's fixed ones included:", "",
+                "| parameter | value |", "| --- | --- |",
+                *(f"| {name} | {_shown(value)} |"
+                  for name, value in sorted(config["params"].items())), ""]
+    lines = [f"{network}. The full configuration it was trained with: each value chosen by the "
+             "search (searched), set by the study (fixed by the study), or left at tuning's "
+             f"default; for up to {_epochs(config['settings']['epochs'])} (the study's epochs "
+             "per trial).", "",
+             *_settings_table("Training", resolved["training"], resolved)]
+    if resolved["network"]:
+        title = ("Architecture" if spec["model"] == "cnn"
+                 else f"The builder's parameters (given to `{spec['model']}` without `model.`)")
+        lines += _settings_table(title, resolved["network"], resolved)
+    else:
+        lines += [f"The architecture is `{spec['model']}` as torchvision defines it, its "
+                  "input and output fitted to the data.", ""]
+    if resolved["other"]:
+        lines += _settings_table("Other parameters of the trial", resolved["other"], resolved)
+    return lines
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'s' if count != 1 else ''}"
+
+
 def model_card(config: dict, out: Path) -> str:
     """README.md of an export: what it is, what it was trained on, how good it is on the
     held-out test set, where its weights came from, and how to load and reproduce it."""
@@ -48,12 +99,7 @@ def model_card(config: dict, out: Path) -> str:
         f"- normalization, part of the model (give it images scaled to [0, 1]): mean "
         f"{norm['mean']}, std {norm['std']}", "",
         "## Configuration", "",
-        f"Network `{spec['model']}`"
-        + (f", fine-tuned from `{spec['weights']}`" if spec.get("weights") else "")
-        + "; the trial's parameters, the study's fixed ones included:", "",
-        "| parameter | value |", "| --- | --- |",
-        *(f"| {name} | {_shown(value)} |" for name, value in sorted(config["params"].items())),
-        "",
+        *_configuration(config),
         "## Held-out test", "",
         f"Accuracy **{test['accuracy']:.4f}** (95% Wilson interval {low:.4f} - {high:.4f}) on "
         f"the {test['n']:,} test images, loss {test['loss']:.4f}, macro F1 "
@@ -93,8 +139,11 @@ def model_card(config: dict, out: Path) -> str:
             lines.append(f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
                          "  # TorchScript: deprecated in torch")
         lines += ["logits = model(images)", "```", ""]
+    fallback = (" Where the builder's module cannot be imported, it classifies with "
+                "`model.pt2` instead." if ":" in spec["model"] and files["model.pt2"] == "written"
+                else "")
     lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
-              "image.png`.", "",
+              f"image.png`.{fallback}", "",
               "## Reproduce", "", "```", config["command"], "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + "."]
     return "\n".join(lines) + "\n"

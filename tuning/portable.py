@@ -7,17 +7,33 @@ size.
                            works, skipped and said when it does not)
     model.onnx             ONNX, only where the onnx package is installed
 
-The torch.export and TorchScript programs are checked against the eager network on a batch size
-they were not exported with before they are written (ONNX is not: running it needs
-onnxruntime). One that cannot be made, or does not give the network's logits, is skipped with
-the reason, and the export goes on without it.
+The torch.export and TorchScript programs are checked against the eager network before they are
+written (ONNX is not: running it needs onnxruntime), on inputs chosen to take different paths
+through a network that branches on its input's values: all-zero and all-one images (either side
+of the normalization's mean), half of each, random and negative values, one image alone, a mixed
+batch, and real images where the export has them (CHECK_INPUTS). A trace that torch itself warns
+may not hold for other inputs (a TracerWarning) is not written either. One that cannot be made,
+or does not give the network's logits, is skipped with the reason, and the export goes on
+without it.
+
+Torch says a great deal while it tries (graphs, symbolic-shape warnings, TracerWarnings), from
+Python and from C++: all of it is kept off the terminal (its warnings and what it prints are
+logged at DEBUG, its own logging is silenced), so that the one-line notice of what was skipped
+and why is what the user reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +41,10 @@ from torch import nn
 
 from tuning.errors import shorten
 from tuning.exported import Classifier
+
+log = logging.getLogger("tuning")
+_CALL_SITE = re.compile(r'File "([^"]+)", line (\d+)')
+"""A traceback line in torch's error message: where in the network it stopped."""
 
 PROGRAM_FILES = {"model.pt2": "torch.export", "model.torchscript.pt": "TorchScript",
                  "model.onnx": "ONNX"}
@@ -37,68 +57,182 @@ PROGRAM_DESCRIPTIONS = {
 """What each program is, in the model card's list of files."""
 CHECK_TOLERANCE = 1e-4
 """Largest difference in logits allowed between a portable program and the eager network (on
-a batch size other than the one it was exported with) before the program is not written."""
+any of the check's inputs) before the program is not written."""
+CHECK_INPUTS = ("all-zero images", "all-one images", "half-zero, half-one images",
+                "random images", "negative values", "one random image alone",
+                "a batch of zero, one and random images")
+"""What a program is checked on (besides real images, where the export has them): config.json
+records it, so that a reader knows which programs were held to it."""
 
 
-def _check_program(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
-                   input_shape: tuple[int, int, int]) -> None:
-    """Raise unless `run` gives the eager module's logits on a batch size it was not exported
-    with (a program that fixed its batch size, or traced a branch, fails here)."""
-    images = torch.rand(3, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        got, expected = run(images), reference(images)
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=CHECK_TOLERANCE,
-                                                         rtol=CHECK_TOLERANCE):
-        raise RuntimeError("its logits on 3 images differ from the network's")
+class ProgramRejected(Exception):
+    """A program that was made but does not do what the network does: its message is the
+    notice's reason, as it stands."""
+
+
+def check_inputs(input_shape: tuple[int, int, int],
+                 samples: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """CHECK_INPUTS (and `samples`, real images in [0, 1], when given), by name. Each is its
+    own batch, of a size other than the trace example's 2, since a network may branch on
+    statistics of the whole batch."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (3, *input_shape)
+    half = torch.zeros(shape)
+    half[..., input_shape[-1] // 2:] = 1.0
+    inputs = dict(zip(CHECK_INPUTS, (
+        torch.zeros(shape), torch.ones(shape), half, torch.rand(shape, generator=generator),
+        -torch.rand(shape, generator=generator), torch.rand(1, *input_shape, generator=generator),
+        torch.cat([torch.zeros(1, *input_shape), torch.ones(1, *input_shape),
+                   torch.rand(1, *input_shape, generator=generator)])), strict=True))
+    if samples is not None and len(samples):
+        inputs[f"{len(samples)} of the test images"] = samples.float()
+    return inputs
+
+
+def check_program(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
+                  inputs: dict[str, torch.Tensor]) -> None:
+    """ProgramRejected unless `run` gives the eager module's logits on every one of `inputs`
+    (a program that fixed its batch size, or traced one branch of an `if`, fails here)."""
+    for name, images in inputs.items():
+        with torch.no_grad():
+            got, expected = run(images), reference(images)
+        if got.shape != expected.shape:
+            raise ProgramRejected(f"its logits on {name} have shape {tuple(got.shape)}, the "
+                                  f"network's {tuple(expected.shape)}")
+        if not torch.allclose(got, expected, atol=CHECK_TOLERANCE, rtol=CHECK_TOLERANCE):
+            difference = float((got - expected).abs().max())
+            raise ProgramRejected(f"its logits on {name} differ from the network's by up to "
+                                  f"{difference:.3g}")
 
 
 def _reason(exc: BaseException) -> str:
-    """Why a program was skipped, in one short line: the exception's type and first line."""
+    """Why a program was skipped, in one short line: the exception's type and first line, and
+    the line of the user's code it points at where torch names one (torch.export does)."""
     text = str(exc).strip()
-    return shorten(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}", 200)
+    first = " ".join(text.splitlines()[0].split()) if text else ""
+    calls = _CALL_SITE.findall(text)
+    where = f" (at {Path(calls[-1][0]).name}:{calls[-1][1]})" if calls else ""
+    return shorten(f"{type(exc).__name__}: {shorten(first, 160)}{where}", 200)
 
 
-def write_programs(classifier: Classifier, input_shape: tuple[int, int, int],
-                   out: Path) -> dict[str, str]:
-    """The portable programs of `classifier` (on the CPU, eval mode) in `out`: file ->
-    "written", else "skipped: " and why not."""
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(1))
-    outcome: dict[str, str] = {}
+def _tracer_problem(caught: list[warnings.WarningMessage]) -> str | None:
+    """The first TracerWarning among `caught`, in one line (where, and its first sentence):
+    torch's word that the trace took one path through Python control flow or values and may
+    give other inputs wrong logits; None when there is none."""
+    for warning in caught:
+        if issubclass(warning.category, torch.jit.TracerWarning):
+            sentence = str(warning.message).strip().split(". ")[0].rstrip(".")
+            return shorten(f"TracerWarning at {Path(warning.filename).name}:{warning.lineno}: "
+                           f"{sentence}", 200)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(what: str) -> Iterator[list[warnings.WarningMessage]]:
+    """Keep torch's output while `what` is made off the terminal: its logging (silenced), its
+    warnings (recorded into the list this yields, for the caller to judge) and what it prints
+    from Python or, into the file descriptors themselves, from C++. The warnings and what was
+    printed are logged at DEBUG afterwards; everything is restored however the attempt ends."""
+    printed = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = (os.dup(1), os.dup(2))
+    disabled_before = logging.root.manager.disable
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # torch logs through its own handlers (symbolic shapes, dynamo): silence every logger
+        # for the attempt; nothing of tuning's own is logged inside it.
+        logging.disable(logging.CRITICAL)
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                yield caught
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            logging.disable(disabled_before)
+            sink.seek(0)
+            from_fds = sink.read().decode("utf-8", errors="replace")
+    for warning in caught:
+        log.debug("torch warned while making %s: %s: %s", what, warning.category.__name__,
+                  shorten(str(warning.message).strip(), 300))
+    text = (printed.getvalue() + from_fds).strip()
+    if text:
+        log.debug("torch's output while making %s:\n%s", what, text)
+
+
+def _write_export(classifier: Classifier, example: torch.Tensor,
+                  inputs: dict[str, torch.Tensor], path: Path) -> str:
+    """model.pt2: "written", else "skipped: " and why not."""
     batch = torch.export.Dim("batch", min=1)
-
-    path = out / "model.pt2"
     try:
-        program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
-        _check_program(program.module(), classifier, input_shape)
-        torch.export.save(program, path)
-        outcome[path.name] = "written"
+        with _quiet(path.name):
+            program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
+            check_program(program.module(), classifier, inputs)
+            torch.export.save(program, path)
+        return "written"
+    except ProgramRejected as exc:
+        path.unlink(missing_ok=True)
+        return f"skipped: the torch.export program is wrong: {exc}"
     except Exception as exc:  # noqa: BLE001 - a network torch.export cannot capture
-        outcome[path.name] = f"skipped: torch.export failed ({_reason(exc)})"
+        path.unlink(missing_ok=True)
+        return f"skipped: torch.export failed ({_reason(exc)})"
 
-    path = out / "model.torchscript.pt"
+
+def _write_torchscript(classifier: Classifier, example: torch.Tensor,
+                       inputs: dict[str, torch.Tensor], path: Path) -> str:
+    """model.torchscript.pt: "written", else "skipped: " and why not.
+
+    torch.jit is deprecated in favour of torch.export; it still works and still has users (C++
+    and mobile runtimes): written while it does, and the card says so."""
     try:
-        with warnings.catch_warnings():
-            # torch.jit is deprecated in favour of torch.export; it still works and still has
-            # users (C++ and mobile runtimes): written while it does, and the card says so.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet(path.name) as caught:
             traced = torch.jit.trace(classifier, example)
-            _check_program(traced, classifier, input_shape)
+            # A trace records the one path the example took: where torch warns that Python
+            # control flow or values were frozen into it, other images may take another path
+            # (the checks below could miss it), so the trace is not trusted at all.
+            problem = _tracer_problem(caught)
+            if problem:
+                return f"skipped: the trace may not hold for other images ({problem})"
+            check_program(traced, classifier, inputs)
             traced.save(str(path))
-        outcome[path.name] = "written"
+        return "written"
+    except ProgramRejected as exc:
+        path.unlink(missing_ok=True)
+        return f"skipped: the traced program is wrong: {exc}"
     except Exception as exc:  # noqa: BLE001 - a network TorchScript cannot trace
         path.unlink(missing_ok=True)
-        outcome[path.name] = f"skipped: TorchScript tracing failed ({_reason(exc)})"
+        return f"skipped: TorchScript tracing failed ({_reason(exc)})"
 
-    path = out / "model.onnx"
+
+def _write_onnx(classifier: Classifier, example: torch.Tensor, path: Path) -> str:
+    """model.onnx, unchecked: "written", else "skipped: " and why not."""
     if importlib.util.find_spec("onnx") is None:
-        outcome[path.name] = "skipped: the onnx package is not installed"
-        return outcome
+        return "skipped: the onnx package is not installed"
+    batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(classifier, (example,), str(path), input_names=["images"],
-                          output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
-        outcome[path.name] = "written"
+        with _quiet(path.name):
+            torch.onnx.export(classifier, (example,), str(path), input_names=["images"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},),
+                              dynamo=True)
+        return "written"
     except Exception as exc:  # noqa: BLE001 - missing onnxscript, or an unsupported operator
         path.unlink(missing_ok=True)
-        outcome[path.name] = f"skipped: ONNX export failed ({_reason(exc)})"
-    return outcome
+        return f"skipped: ONNX export failed ({_reason(exc)})"
+
+
+def write_programs(classifier: Classifier, input_shape: tuple[int, int, int], out: Path,
+                   samples: torch.Tensor | None = None) -> dict[str, str]:
+    """The portable programs of `classifier` (on the CPU, eval mode) in `out`, each checked on
+    check_inputs(input_shape, samples): file -> "written", else "skipped: " and why not."""
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(1))
+    inputs = check_inputs(input_shape, samples)
+    return {"model.pt2": _write_export(classifier, example, inputs, out / "model.pt2"),
+            "model.torchscript.pt": _write_torchscript(classifier, example, inputs,
+                                                       out / "model.torchscript.pt"),
+            "model.onnx": _write_onnx(classifier, example, out / "model.onnx")}

@@ -8,10 +8,15 @@ One line per image, tab-separated: its path, then the most likely class and its 
 Every image is decoded before any is classified: a missing file, a directory or a file that is
 not an image stops the command with one line on stderr and exit status 2, before anything is
 printed, so that the output is all the images or none.
+
+A network made by the user's own builder needs the builder's module to be rebuilt. Where that
+module cannot be imported, the export's portable program (model.pt2, which needs torch alone)
+classifies the images instead, with the same logits: one INFO line says so.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +28,8 @@ from tuning.cli import (
     positive_int,
 )
 from tuning.errors import UsageError
+
+log = logging.getLogger("tuning")
 
 
 def build_parser(prog: str = "python -m tuning.predict") -> OneLineParser:
@@ -38,13 +45,38 @@ def build_parser(prog: str = "python -m tuning.predict") -> OneLineParser:
     return parser
 
 
+def load(directory: Path, device: str):
+    """The export's model: its network rebuilt (tuning.load_model), else, where the network's
+    builder cannot be imported, its portable program (tuning.exported.load_program)."""
+    # Imported here: they import torch, which --help and a bad flag should not wait for.
+    from tuning.exported import (  # noqa: PLC0415
+        BuilderUnavailable,
+        ExportError,
+        load_model,
+        load_program,
+        program_file,
+        read_config,
+    )
+
+    try:
+        return load_model(directory, device)
+    except BuilderUnavailable as exc:
+        config = read_config(directory)
+        name = program_file(config)
+        if name is None:
+            raise ExportError(f"{exc} (the export has no model.pt2, nor a checked TorchScript "
+                              "program, to classify with instead)") from None
+        log.info("the network's builder %r cannot be imported here: classifying with the "
+                 "export's %s, the same network as a torch program", config["model"]["model"],
+                 name)
+        return load_program(directory, device)
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") -> int:
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        from tuning.exported import load_model  # noqa: PLC0415 - imports torch: after parsing
-
-        model = load_model(args.model, args.device)
+        model = load(args.model, args.device)
         pixels = [model.pixels(Path(image)) for image in args.images]
         results = model.top_classes(pixels, args.top)
     except UsageError as exc:
