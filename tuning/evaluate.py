@@ -154,8 +154,8 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
         except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
             pass
     model = retrain(trial.params, space, data, runtime, seed, epochs, network)
-    return TrialModel(model, f"retrained with seed {seed} for {epochs} epochs",
-                      evaluate(model, data.val, runtime)["loss"])
+    how = f"retrained with seed {seed} for {epochs} epoch{'s' if epochs != 1 else ''}"
+    return TrialModel(model, how, evaluate(model, data.val, runtime)["loss"])
 
 
 def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,

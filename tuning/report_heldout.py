@@ -287,7 +287,8 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     elif cross_validated:
         s.paragraphs.append(
             f"The best trial kept no network, so its configuration was retrained on the "
-            f"training split for {epochs_run} epochs (validation loss "
+            f"training split for {epochs_run} epoch{'s' if epochs_run != 1 else ''} "
+            "(validation loss "
             f"{obtained.retrained_val_loss:.6f}); the trial's value, {best.value:.6f}, is the "
             f"mean over its {view.settings.cv_folds} folds, so the two are not expected to "
             "agree.")

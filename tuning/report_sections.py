@@ -53,7 +53,8 @@ def overview(view: StudyView) -> Section:
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
         ["model", _model_description(view.settings)],
         *_limit_rows(view),
-        ["compute spent", f"{epochs_run} epochs, {seconds:.1f} s of training"],
+        ["compute spent", f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, "
+                          f"{seconds:.1f} s of training"],
         ["compute saved by pruning",
          f"{saved} epochs not run ({saved / max(saved + epochs_run, 1):.0%} of the full "
          "budget)"],

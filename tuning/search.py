@@ -405,12 +405,13 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     arrays = arrays.normalized_as(study.user_attrs.get("data"))
     finished = count_finished(study)
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val, %d classes, %s); %s; "
-             "sampler %s, pruner %s, %d epochs%s", plan.study, mask_url(plan.storage),
+             "sampler %s, pruner %s, %d epoch%s%s", plan.study, mask_url(plan.storage),
              finished, args.trials, arrays.name, len(arrays.train_y),
              len(arrays.val_y), arrays.num_classes, "x".join(map(str, arrays.input_shape)),
              "no workers here (--create-only)" if args.create_only
              else f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
              plan.settings.sampler, plan.settings.pruner, plan.settings.epochs,
+             "s" if plan.settings.epochs != 1 else "",
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
         target = study.user_attrs["target_trials"]  # kept when --trials is already met
