@@ -39,6 +39,7 @@ from tuning import runner
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.outage import transient
 from tuning.runner import NoTrial, StudyLock, fail_stale_trials, run_trials, take_trial
+from tuning.signals import Interrupted
 from tuning.space import Param
 from tuning.storage import IDLE_IN_TRANSACTION_S, grace_period, mask_url, open_storage
 from tuning.strategy import make_sampler
@@ -84,6 +85,28 @@ def test_a_dead_workers_trial_is_retried_before_a_new_trial_is_sampled(tmp_path)
     assert retry.system_attrs.get("failed_trial") == dead.number
     assert retry.params == study.trials[dead.number].params
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("stop", [Interrupted(signal.SIGTERM), RuntimeError("database lost")])
+def test_a_trial_stopped_from_outside_is_queued_again(tmp_path, stop):
+    # A stop signal (Ctrl-C, SIGTERM, the launcher gone) or a database lost past its patience
+    # ends the worker; the trial's configuration must not be lost with it.
+    url, study = _sqlite_study(tmp_path)
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        raise stop
+
+    lock = StudyLock(url, "s")
+    try:
+        with pytest.raises(type(stop)):
+            run_trials(study, objective, 5, lock)
+    finally:
+        lock.close()
+    stopped, retry = study.trials
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"]
+    assert retry.state == TrialState.WAITING and retry.params == stopped.params
+    assert retry.system_attrs["failed_trial"] == stopped.number
 
 
 def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):

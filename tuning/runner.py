@@ -30,7 +30,13 @@ from tuning.errors import shorten
 from tuning.objective import TrialFailed
 from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
 from tuning.signals import GracefulStop, Interrupted, NoStop
-from tuning.storage import POSTGRES_CONNECT_ARGS, grace_period, resolve_url, sqlite_path
+from tuning.storage import (
+    POSTGRES_CONNECT_ARGS,
+    grace_period,
+    queue_retry,
+    resolve_url,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from optuna.storages._heartbeat import BaseHeartbeat
@@ -199,6 +205,18 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
+def _cut_short(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """A trial stopped from outside (Ctrl-C, SIGTERM, its launcher gone, the database lost
+    past its patience): FAIL, with why, and its configuration queued again, as a dead worker's
+    is, so that the next run takes it first and no configuration is lost. Not if another worker
+    finished it meanwhile (it took the trial over and queued it already)."""
+    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        return
+    trial.set_user_attr("fail_reason", reason)
+    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    queue_retry(study, frozen)
+
+
 def _reason(exc: BaseException) -> str:
     """Why a trial ended by an exception failed, for its line and the report."""
     if isinstance(exc, Interrupted):
@@ -267,9 +285,7 @@ def run_trials(
             except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
                 with contextlib.suppress(Exception):
-                    trial.set_user_attr("fail_reason", _reason(exc))
-                with contextlib.suppress(Exception):
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    _cut_short(study, trial, _reason(exc))
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

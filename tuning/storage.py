@@ -74,6 +74,9 @@ POSTGRES_CONNECT_ARGS = {
     + " -c tcp_user_timeout=30000"
     + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
+MAX_RETRIES = 3
+"""How often one configuration is queued again after its trial was cut short (its worker died,
+was stopped, or lost the database): a configuration that keeps failing stops there."""
 # Optuna 4.9 renamed failed_trial_callback and RetryFailedTrialCallback (both removed in 6.0).
 _RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
                          optuna.storages.RetryFailedTrialCallback)
@@ -318,7 +321,7 @@ def open_storage(url: str, heartbeat: bool = True,
         heartbeat_kwargs = {
             "heartbeat_interval": heartbeat_interval(),
             "grace_period": grace_period(),
-            _STALE_CALLBACK_ARG: _RetryCallback(max_retry=3),
+            _STALE_CALLBACK_ARG: _RetryCallback(max_retry=MAX_RETRIES),
         }
 
     def open_rdb() -> optuna.storages.RDBStorage:
@@ -382,3 +385,9 @@ def sample_study_hint(study_name: str, storage_url: str,
         return ""
     return (f"; without {study_name}'s files the search ran on its sample and named the study "
             f"{sample!r}: give --study {sample}")
+
+
+def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a trial that was cut short (FAIL) to run again, as a dead worker's trial is: its
+    configuration, seed and where it came from, at most MAX_RETRIES times."""
+    _RetryCallback(max_retry=MAX_RETRIES)(study, trial)
