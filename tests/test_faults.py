@@ -703,3 +703,59 @@ def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# --- opening a database server: a restart waited out by workers; a creation race -------------
+
+def test_a_worker_waits_for_a_database_server_being_restarted_and_a_command_does_not():
+    from tuning.storage import _open_server
+
+    calls = []
+
+    def refused_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
+        return "opened"
+
+    assert _open_server(refused_twice, patience=30) == "opened" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        _open_server(refused_twice, patience=0.0)
+    assert len(calls) == 1
+
+
+@pytest.mark.postgres
+def test_two_processes_creating_the_tables_of_an_empty_database_at_once_both_open_it():
+    # PostgreSQL refuses the second of two concurrent CREATE TABLEs (optuna#1092).
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL.replace("postgresql://",
+                                                          "postgresql+psycopg://"),
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    results: list = []
+    start = threading.Barrier(3)
+
+    def open_it():
+        start.wait()
+        try:
+            results.append(open_storage(url, heartbeat=False))
+        except Exception as exc:  # noqa: BLE001 - the failure is what the test reports
+            results.append(exc)
+
+    try:
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert all(not isinstance(r, Exception) for r in results), results
+    finally:
+        for storage in results:
+            if not isinstance(storage, Exception):
+                storage.engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -10,19 +10,29 @@ import contextlib
 import importlib.util
 import inspect
 import os
+import random
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from filelock import FileLock
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuning.errors import UsageError
-from tuning.outage import ResilientStorage, disk_full, full_disk_message, retry_seconds
+from tuning.outage import (
+    Outages,
+    ResilientStorage,
+    call_with_retry,
+    disk_full,
+    full_disk_message,
+    retry_seconds,
+)
 from tuning.settings import setting, whole_number_setting
 
 
@@ -295,12 +305,15 @@ def _open_sqlite(path: Path, create: bool,
                     lock_path.unlink()
 
 
-def open_storage(url: str, heartbeat: bool = True,
-                 create: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat: bool = True, create: bool = False,
+                 wait: bool = False) -> optuna.storages.RDBStorage:
     """Open the storage behind a URL checked by `resolve_url` (tables are created as needed).
 
     A SQLite file must exist unless `create`: only the command that creates a study makes
-    one, so a mistyped --study never leaves an empty database behind.
+    one, so a mistyped --study never leaves an empty database behind. `wait`: a database
+    server that cannot be reached is waited for, up to TUNING_DB_RETRY_S, as any later call
+    waits out an outage (a worker started by a scheduler while the server restarts); without
+    it, a command says so at once (a mistyped host should not take minutes to report).
     """
     resolved = resolve_url(url)
     path = sqlite_path(resolved)
@@ -329,7 +342,8 @@ def open_storage(url: str, heartbeat: bool = True,
                                 **heartbeat_kwargs)
 
     try:
-        return open_rdb() if path is None else _open_sqlite(path, create, open_rdb)
+        return _open_server(open_rdb, patience if wait else 0.0) if path is None else \
+            _open_sqlite(path, create, open_rdb)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
@@ -337,6 +351,30 @@ def open_storage(url: str, heartbeat: bool = True,
             raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+
+
+def _open_server(open_rdb: Callable[[], optuna.storages.RDBStorage],
+                 patience: float) -> optuna.storages.RDBStorage:
+    """`open_rdb()` on a database server, an outage waited out for up to `patience` seconds;
+    where another process created Optuna's tables at the same moment, which PostgreSQL refuses
+    the second creator of (optuna#1092), the tables it made are opened."""
+    for attempt in range(CREATION_RACE_ATTEMPTS):
+        try:
+            return call_with_retry(Outages(), patience, open_rdb)
+        except sqlalchemy.exc.DatabaseError as exc:
+            if attempt + 1 == CREATION_RACE_ATTEMPTS or not _lost_creation_race(exc):
+                raise
+            time.sleep(random.uniform(0.2, 1.0))
+    raise AssertionError("unreachable")
+
+
+CREATION_RACE_ATTEMPTS = 3
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether creating the tables failed because another process was creating them."""
+    text = str(getattr(exc, "orig", exc))
+    return "already exists" in text or "duplicate key value" in text
 
 
 def artifact_directory(directory: Path | None = None) -> Path:

@@ -217,13 +217,15 @@ def _exists(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
     return study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
 
 
-def load_existing(study_name: str, storage_url: str, heartbeat: bool = True) -> optuna.Study:
+def load_existing(study_name: str, storage_url: str, heartbeat: bool = True,
+                  wait: bool = False) -> optuna.Study:
     """Load a study made by tuning.search; UsageError if there is none or it is foreign.
 
-    `heartbeat=False` for readers (report, dashboard) that run no trials.
+    `heartbeat=False` for readers (report, dashboard) that run no trials; `wait` for workers,
+    which wait for a database server being restarted (open_storage).
     """
     try:
-        storage = open_storage(storage_url, heartbeat=heartbeat)
+        storage = open_storage(storage_url, heartbeat=heartbeat, wait=wait)
     except UsageError as exc:  # no database file
         raise UsageError(f"{exc}{sample_study_hint(study_name, storage_url)}") from None
     if not _exists(storage, study_name):

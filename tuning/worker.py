@@ -85,7 +85,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     check_data_dir(args.data_dir)
     device_data_limit()  # read as the data go to the device: checked before anything is stored
     runtime = resolve_device(args.device, args.compile)
-    study = load_existing(args.study, storage_url)
+    study = load_existing(args.study, storage_url, wait=True)
     settings, space = stored_definition(study)
     settings = with_images_at(settings, args.dataset)
     if runtime.device.type == "cpu" and args.threads:
