@@ -759,3 +759,22 @@ def test_two_processes_creating_the_tables_of_an_empty_database_at_once_both_ope
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.mark.parametrize("module", ["tuning.search", "tuning.worker"])
+def test_a_database_lost_past_its_patience_is_one_line_and_status_4(module, monkeypatch,
+                                                                     capsys, tmp_path):
+    command = importlib.import_module(module)
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("Connection refused"))
+
+    def unreachable(*args, **kwargs):
+        raise lost
+
+    monkeypatch.setattr(command, "_run" if module == "tuning.search" else "prepare", unreachable)
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://u:s3cret@db:5432/x"
+    assert command.main(["--study", "s", "--storage", url]) == 4
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "could not be reached" in err and "run the same command again" in err
+    assert "s3cret" not in err

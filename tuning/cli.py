@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.errors import EXIT_USAGE, MESSAGE_CHARS, shorten
+from tuning.errors import EXIT_DATABASE_LOST, EXIT_USAGE, MESSAGE_CHARS, shorten
 from tuning.settings import setting
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -84,6 +84,20 @@ def study_name(text: str) -> str:
             f"{shorten(text)!r} is not a study name: 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit")
     return text
+
+
+def database_lost(url: str, exc: BaseException) -> int:
+    """A command's end when the database stayed unreachable past its patience: one line, and
+    the status that says "run me again", not "fix me" (a scheduler retries it)."""
+    from tuning.outage import retry_seconds  # noqa: PLC0415 - keeps `cli` light to import
+    from tuning.storage import mask_url  # noqa: PLC0415
+
+    reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+    print(f"error: the database {mask_url(url)} could not be reached for "
+          f"{retry_seconds():g} s (TUNING_DB_RETRY_S): {shorten(mask_url(reason), 200)}; run "
+          "the same command again once it is back: the study is intact, and the trials that "
+          "were running are retried", file=sys.stderr)
+    return EXIT_DATABASE_LOST
 
 
 def fail(message: str) -> int:

@@ -8,6 +8,9 @@ EXIT_USAGE = 2
 """Bad input, or a condition the user must fix (a full disk): one line says which."""
 EXIT_TRIALS_FAILING = 3
 """A worker stopped because its trials kept failing (see their fail_reason)."""
+EXIT_DATABASE_LOST = 4
+"""The database stayed unreachable past TUNING_DB_RETRY_S: nothing to fix in the command, run
+it again once the database is back (a scheduler may simply retry it)."""
 # 1 is a crash (Python's own status for an uncaught exception): the launcher restarts the worker.
 # Stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 

@@ -35,6 +35,7 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     count_finished,
+    database_lost,
     fail,
     positive_int,
     run_timeout,
@@ -47,7 +48,7 @@ from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import OVER_LIMITS, Objective, worker_id
-from tuning.outage import StorageFull, outages_of
+from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
@@ -356,6 +357,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
         return _run(args, prog)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        return database_lost(storage_url(args.storage, args.study or DEFAULT_STUDY), exc)
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:

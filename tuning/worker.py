@@ -20,6 +20,7 @@ from tuning.cli import (
     add_storage_arguments,
     add_verbosity_arguments,
     configure_logging,
+    database_lost,
     fail,
     positive_int,
     run_timeout,
@@ -27,7 +28,7 @@ from tuning.cli import (
 )
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
 from tuning.objective import worker_id
-from tuning.outage import StorageFull, outages_of
+from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import StudyLock, run_trials
 from tuning.signals import GracefulStop, Interrupted
 from tuning.storage import mask_url, resolve_url
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         return fail(str(exc))
     except Interrupted as stopped:
         return stopped.exit_status
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        return database_lost(url, exc)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
 
