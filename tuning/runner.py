@@ -212,7 +212,8 @@ def _cut_short(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     finished it meanwhile (it took the trial over and queued it already)."""
     if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
         return
-    trial.set_user_attr("fail_reason", reason)
+    with contextlib.suppress(Exception):  # the reason is for people; the retry matters more
+        trial.set_user_attr("fail_reason", reason)
     frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     queue_retry(study, frozen)
 
