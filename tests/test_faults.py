@@ -87,14 +87,14 @@ def test_a_dead_workers_trial_is_retried_before_a_new_trial_is_sampled(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
 
 
-@pytest.mark.parametrize("stop", [Interrupted(signal.SIGTERM), RuntimeError("database lost")])
-def test_a_trial_stopped_from_outside_is_queued_again(tmp_path, stop):
-    # A stop signal (Ctrl-C, SIGTERM, the launcher gone) or a database lost past its patience
-    # ends the worker; the trial's configuration must not be lost with it.
+def _stopped_by(tmp_path, stop, before_stop=None):
+    """A study whose one trial raised `stop` (after `before_stop(trial)`, if given)."""
     url, study = _sqlite_study(tmp_path)
 
     def objective(trial):
         trial.suggest_float("x", 0, 1)
+        if before_stop is not None:
+            before_stop(trial)
         raise stop
 
     lock = StudyLock(url, "s")
@@ -103,10 +103,59 @@ def test_a_trial_stopped_from_outside_is_queued_again(tmp_path, stop):
             run_trials(study, objective, 5, lock)
     finally:
         lock.close()
-    stopped, retry = study.trials
+    return study
+
+
+@pytest.mark.parametrize("stop", [
+    Interrupted(signal.SIGTERM), KeyboardInterrupt(),
+    sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))])
+def test_a_trial_stopped_from_outside_is_queued_again(tmp_path, stop):
+    # A stop signal (Ctrl-C, SIGTERM, the launcher gone) or a database lost past its patience
+    # ends the worker; the trial's configuration must not be lost with it.
+    stopped, retry = _stopped_by(tmp_path, stop).trials
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"]
     assert retry.state == TrialState.WAITING and retry.params == stopped.params
     assert retry.system_attrs["failed_trial"] == stopped.number
+    assert "fail_reason" not in retry.user_attrs  # the retry's own run has not failed
+
+
+def test_a_trial_that_crashes_by_itself_is_not_queued_again(tmp_path):
+    # A bug in the configuration's own run would crash every retry too.
+    (crashed,) = _stopped_by(tmp_path, RuntimeError("bug")).trials
+    assert crashed.state == TrialState.FAIL and "RuntimeError: bug" in \
+        crashed.user_attrs["fail_reason"]
+
+
+def test_a_trial_taken_over_before_it_was_stopped_is_queued_once(tmp_path):
+    # Another worker failed it (and queued it) while this one was cut off; then this one is
+    # stopped: it must not queue the same configuration a second time.
+    from tuning.storage import queue_retry
+
+    def taken_over(trial):
+        storage = trial.study._storage
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        queue_retry(trial.study, storage.get_trial(trial._trial_id))
+
+    trials = _stopped_by(tmp_path, Interrupted(signal.SIGINT), taken_over).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_configuration_cut_short_again_and_again_is_given_up_with_a_warning(tmp_path,
+                                                                               caplog):
+    from tuning.storage import MAX_RETRIES, queue_retry
+
+    url, study = _sqlite_study(tmp_path)
+    study.enqueue_trial({"x": 0.5})
+    for _ in range(MAX_RETRIES + 1):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, state=TrialState.FAIL)
+        with caplog.at_level(logging.WARNING, logger="tuning"):
+            queue_retry(study, study.trials[trial.number])
+    # The first run and its MAX_RETRIES retries, each taking the queued one; no more.
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * (MAX_RETRIES + 1)
+    assert len({t.params["x"] for t in study.trials}) == 1
+    assert "already retried 3 times" in caplog.text
 
 
 def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):

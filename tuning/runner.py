@@ -205,17 +205,19 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
-def _cut_short(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """A trial stopped from outside (Ctrl-C, SIGTERM, its launcher gone, the database lost
-    past its patience): FAIL, with why, and its configuration queued again, as a dead worker's
-    is, so that the next run takes it first and no configuration is lost. Not if another worker
-    finished it meanwhile (it took the trial over and queued it already)."""
-    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
+    """Record a trial that raised `exc` as FAIL, with why. One stopped from outside (Ctrl-C,
+    SIGTERM, its launcher gone, the database lost past its patience) is queued again, as a dead
+    worker's is, so that the next run takes it first and no configuration is lost; a trial
+    that raised by itself (a bug) is not, or a configuration that always crashes would run
+    again and again. Queued only where this worker's write failed it: a worker that took the
+    trial over meanwhile has queued it already."""
+    with contextlib.suppress(Exception):  # the reason is for people; the state matters more
+        trial.set_user_attr("fail_reason", _reason(exc))
+    if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
         return
-    with contextlib.suppress(Exception):  # the reason is for people; the retry matters more
-        trial.set_user_attr("fail_reason", reason)
-    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    queue_retry(study, frozen)
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)) or transient(exc):
+        queue_retry(study, study._storage.get_trial(trial._trial_id))
 
 
 def _reason(exc: BaseException) -> str:
@@ -286,7 +288,7 @@ def run_trials(
             except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
                 with contextlib.suppress(Exception):
-                    _cut_short(study, trial, _reason(exc))
+                    _cut_short(study, trial, exc)
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import logging
 import os
 import random
 import re
@@ -34,6 +35,8 @@ from tuning.outage import (
     retry_seconds,
 )
 from tuning.settings import setting, whole_number_setting
+
+log = logging.getLogger("tuning")
 
 
 def _seconds_from_env(name: str, default: int) -> int:
@@ -427,5 +430,17 @@ def sample_study_hint(study_name: str, storage_url: str,
 
 def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a trial that was cut short (FAIL) to run again, as a dead worker's trial is: its
-    configuration, seed and where it came from, at most MAX_RETRIES times."""
-    _RetryCallback(max_retry=MAX_RETRIES)(study, trial)
+    configuration, seed and where it came from, at most MAX_RETRIES times (then a warning:
+    that configuration is given up). The retry does not inherit why this run failed."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES:
+        log.warning("trial %d was cut short and is not queued again: its configuration was "
+                    "already retried %d times (trials %s)", trial.number, MAX_RETRIES,
+                    ", ".join(map(str, history[:-1])))
+        return
+    system_attrs = {"failed_trial": trial.number, **trial.system_attrs,
+                    "retry_history": history}
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params,
+        distributions=trial.distributions, system_attrs=system_attrs,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}))
