@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -225,6 +226,12 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
                              capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, created.stderr
     (tmp_path / "studies" / "other.db").write_text("not a database")
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "studies" / "foreign.db")) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")  # another program's database
+        conn.commit()
+    foreign = (tmp_path / "studies" / "foreign.db").read_bytes()
     before = sorted(p.name for p in (tmp_path / "studies").iterdir())
     listed = tuning("studies", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
@@ -232,3 +239,4 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert [row[0] for row in stored] == ["mnist-sample"]
     assert stored[0][-1] == "studies/mnist-sample.db"
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before
+    assert (tmp_path / "studies" / "foreign.db").read_bytes() == foreign  # left as it was

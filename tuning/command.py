@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -72,6 +73,21 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     return EXIT_OK
 
 
+def _optuna_database(path: Path) -> bool:
+    """Whether `path` is an Optuna database, asked read-only: opening another program's file
+    as a storage would write Optuna's tables into it, and a listing changes nothing."""
+    import sqlite3  # noqa: PLC0415 - only here
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.absolute()}?mode=ro",
+                                                uri=True)) as conn:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:  # not a database, or damaged
+        return False
+    return {"studies", "version_info"} <= tables
+
+
 def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
     """The studies in ./studies/NAME.db without a study file of that name (named after their
     data): `--study NAME` resumes them from the definition stored in them."""
@@ -80,7 +96,7 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
 
     found = []
     for path in sorted(catalog.LOCAL_DIR.glob("*.db")):
-        if path.stem in known:
+        if path.stem in known or not _optuna_database(path):
             continue
         try:
             settings, _ = stored_definition(load_existing(path.stem, default_storage(path.stem),
