@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from tuning import runner
+from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.outage import transient
 from tuning.runner import NoTrial, StudyLock, fail_stale_trials, run_trials, take_trial
@@ -827,3 +828,14 @@ def test_a_database_lost_past_its_patience_is_one_line_and_status_4(module, monk
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "could not be reached" in err and "run the same command again" in err
     assert "s3cret" not in err
+
+
+def test_a_worker_that_waited_for_the_database_in_vain_ends_with_status_4(monkeypatch, capsys):
+    from tuning.worker import main as worker
+
+    monkeypatch.setenv("TUNING_DB_RETRY_S", "1")
+    url = "postgresql://postgres@127.0.0.1:1/test"  # nothing listens there
+    with pytest.raises(UsageError, match="cannot open storage"):  # a command: at once
+        open_storage(url)
+    assert worker(["--study", "s", "--storage", url]) == 4
+    assert "could not be reached for 1 s" in capsys.readouterr().err

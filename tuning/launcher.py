@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.cli import Progress, count_finished
-from tuning.errors import EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
+from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
 from tuning.settings import whole_number_setting
 from tuning.storage import split_password
@@ -283,6 +283,9 @@ class Launcher:
                 if code == EXIT_TRIALS_FAILING:
                     self._say(f"worker w{index} stopped: its trials kept failing")
                     status = EXIT_TRIALS_FAILING
+                    continue
+                if code == EXIT_DATABASE_LOST:  # it said so; restarted, it would wait again
+                    status = EXIT_DATABASE_LOST
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 if self._target_met():

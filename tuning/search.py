@@ -50,6 +50,7 @@ from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import OVER_LIMITS, Objective, worker_id
 from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import StudyLock, run_trials
+from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
 from tuning.space import REPEAT, Param, representative
@@ -360,7 +361,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
     except Exception as exc:
         if not transient(exc):
             raise
-        return database_lost(storage_url(args.storage, args.study or DEFAULT_STUDY), exc)
+        # The study's name may come from its data, known only inside _run: name the URL
+        # only where the user gave it.
+        return database_lost(args.storage or setting("TUNING_STORAGE"), exc)
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:

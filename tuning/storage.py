@@ -33,6 +33,7 @@ from tuning.outage import (
     disk_full,
     full_disk_message,
     retry_seconds,
+    transient,
 )
 from tuning.settings import setting, whole_number_setting
 
@@ -350,6 +351,8 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot open"
+        if wait and transient(exc):  # waited for in vain: "run again", not "fix the command"
+            raise
         if disk_full(exc):
             raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
