@@ -216,8 +216,12 @@ def _builder_problem(spec, path: str | Path) -> str | None:
     try:
         import_builder(spec.model)
     except UsageError as exc:
+        if "cannot be imported here" not in str(exc):
+            # Its module is there but fails (a syntax error, an exception on import, a missing
+            # dependency, no such function): the import's own line says what and where.
+            return f"{exc}".replace(" (every worker needs it)", "")
         # import_builder raises `from None`: the import's own error is still its context.
-        cause = exc.__context__ if "cannot be imported" in str(exc) else None
+        cause = exc.__context__
         why = (f"{type(cause).__name__}: {shorten(str(cause).splitlines()[0], 120)}"
                if cause is not None and str(cause) else shorten(str(exc), 200))
         return (f"the network of {shorten(str(path), 200)!r} is built by "

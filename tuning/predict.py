@@ -66,9 +66,13 @@ def load(directory: Path, device: str):
         if name is None:
             raise ExportError(f"{exc} (the export has no model.pt2, nor a checked TorchScript "
                               "program, to classify with instead)") from None
-        log.info("the network's builder %r cannot be imported here: classifying with the "
-                 "export's %s, the same network as a torch program", config["model"]["model"],
-                 name)
+        # A module that is not installed here is the expected case (a machine with torch
+        # only); one that is there but broken is worth a warning.
+        missing = "cannot be imported here" in str(exc)
+        log.log(logging.INFO if missing else logging.WARNING,
+                "%s: classifying with the export's %s, the same network as a torch program",
+                exc if not missing else f"the network's builder {config['model']['model']!r} "
+                "cannot be imported here", name)
         return load_program(directory, device)
 
 
