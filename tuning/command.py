@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -120,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             return list_studies(args.args)
         return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
     except BrokenPipeError:
-        # The reader went away (`tuning studies | head -1`): what it read is all it wanted.
-        # Python would report the pipe again on flushing stdout at exit; point it at nothing.
+        # The reader went away (`tuning studies | head -1`): no traceback, and the status a
+        # shell gives a program a closed pipe stopped (128 + SIGPIPE), not success: a search
+        # cut short this way did not meet its target. Python would report the pipe again on
+        # flushing stdout at exit; point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
