@@ -136,25 +136,26 @@ def _quiet(what: str) -> Iterator[list[warnings.WarningMessage]]:
     printed = io.StringIO()
     sys.stdout.flush()
     sys.stderr.flush()
-    saved_fds = (os.dup(1), os.dup(2))
     disabled_before = logging.root.manager.disable
     with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # torch logs through its own handlers (symbolic shapes, dynamo): silence every logger
         # for the attempt; nothing of tuning's own is logged inside it.
         logging.disable(logging.CRITICAL)
+        saved: dict[int, int] = {}  # descriptor -> a copy of what it was
         try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):  # closed (a daemon's): nothing to keep off
+                    saved[fd] = os.dup(fd)
+                    os.dup2(sink.fileno(), fd)
             with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
                 yield caught
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            for fd in saved_fds:
-                os.close(fd)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             logging.disable(disabled_before)
             sink.seek(0)
             from_fds = sink.read().decode("utf-8", errors="replace")
