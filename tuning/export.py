@@ -74,6 +74,7 @@ from tuning.exported import (
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
+from tuning.objective import OVER_LIMITS
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
@@ -117,9 +118,6 @@ def trial_number(text: str) -> int:
     return value
 
 
-OVER_LIMITS = "over the limits before training"
-"""How the prune_reason of a trial pruned by the study's size or latency limits begins (set by
-tuning.objective before the network trains)."""
 
 
 def _pruned_over_limits(trial: FrozenTrial) -> bool:

@@ -448,14 +448,15 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             if status > 128:
                 return _stopped(study, plan, args, prog, progress, status,
                                 f"stopped by {signal.Signals(status - 128).name}: running "
-                                "trials are marked failed")
+                                "trials are marked failed and queued to run again first")
         else:
             artifacts = artifact_store(args.artifacts)
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress,
                                deadline)
     except Interrupted as stopped:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
-                        f"stopped by {stopped}: the running trial is marked failed")
+                        f"stopped by {stopped}: the running trial is marked failed and "
+                        "queued to run again first")
     summarize(study, plan)
     warning = over_limits_warning(study.get_trials(deepcopy=False))
     if warning is not None:
