@@ -240,3 +240,17 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert stored[0][-1] == "studies/mnist-sample.db"
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before
     assert (tmp_path / "studies" / "foreign.db").read_bytes() == foreign  # left as it was
+
+
+def test_ctrl_c_while_a_subcommand_imports_is_one_line_and_130(monkeypatch, capsys):
+    import importlib
+
+    from tuning import command
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert command.main(["search", "--trials", "1"]) == 130
+    err = capsys.readouterr().err
+    assert err == "tuning search: stopped by SIGINT\n"

@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         # flushing stdout at exit; point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        # A Ctrl-C the subcommand did not handle: it came before it took its signals over
+        # (while torch imports, say). One line rather than a traceback; a trial that was
+        # running is retried as a dead worker's is.
+        print(f"tuning {args.subcommand}: stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
