@@ -51,7 +51,13 @@ class ExportError(UsageError):
 
 class BuilderUnavailable(ExportError):
     """An export whose network a user's builder makes, and that builder cannot be imported
-    here: its portable program may still run it (load_program)."""
+    here: its portable program may still run it (load_program). `not_installed`: its module
+    is not there at all (the expected case on a machine with torch alone), rather than there
+    and failing."""
+
+    def __init__(self, message: str, not_installed: bool):
+        super().__init__(message)
+        self.not_installed = not_installed
 
 
 class Classifier(nn.Module):
@@ -205,28 +211,29 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
-def _builder_problem(spec, path: str | Path) -> str | None:
+def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
     """Why the builder of `spec` (a ModelSpec of a user's "module:function") cannot be used
     here, in a line that fits loading an export (the import's own message speaks to workers);
     None when it imports, and for the built-in and torchvision models."""
-    from tuning.networks import import_builder
+    from tuning.networks import BuilderNotInstalled, import_builder
 
     if spec.kind != "builder":
         return None
     try:
         import_builder(spec.model)
-    except UsageError as exc:
-        if "cannot be imported here" not in str(exc):
-            # Its module is there but fails (a syntax error, an exception on import, a missing
-            # dependency, no such function): the import's own line says what and where.
-            return f"{exc}".replace(" (every worker needs it)", "")
-        # import_builder raises `from None`: the import's own error is still its context.
-        cause = exc.__context__
+    except BuilderNotInstalled as exc:
+        cause = exc.cause
         why = (f"{type(cause).__name__}: {shorten(str(cause).splitlines()[0], 120)}"
-               if cause is not None and str(cause) else shorten(str(exc), 200))
-        return (f"the network of {shorten(str(path), 200)!r} is built by "
-                f"{shorten(spec.model)!r}, which cannot be imported here ({why}); install "
-                "its package or run from the directory that holds it")
+               if str(cause) else shorten(str(exc), 200))
+        return BuilderUnavailable(
+            f"the network of {shorten(str(path), 200)!r} is built by {shorten(spec.model)!r}, "
+            f"which cannot be imported here ({why}); install its package or run from the "
+            "directory that holds it", not_installed=True)
+    except UsageError as exc:
+        # Its module is there but fails (a syntax error, an exception on import, a missing
+        # dependency, no such function): the import's own line says what and where.
+        return BuilderUnavailable(str(exc).replace(" (every worker needs it)", ""),
+                                  not_installed=False)
     return None
 
 
@@ -307,8 +314,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Exported
         raise ExportError(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
                           f"{shorten(str(exc), 200)}") from None
     problem = _builder_problem(spec, path)
-    if problem:
-        raise BuilderUnavailable(problem)
+    if problem is not None:
+        raise problem
     try:
         network = spec.build(config["params"], tuple(config["input_shape"]),
                              int(config["num_classes"]), load_weights=False)

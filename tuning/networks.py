@@ -84,12 +84,31 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
     # SystemExit too: a module that calls sys.exit() on import would end the command silently
     # with its own status. KeyboardInterrupt is the user's and goes on.
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own error on import
-        raise UsageError(_import_failure(reference, module_name, exc)) from None
+        message = _import_failure(reference, module_name, exc)
+        if _not_installed(exc, module_name):
+            raise BuilderNotInstalled(message, exc) from None
+        raise UsageError(message) from None
     builder = getattr(module, function, None)
     if not callable(builder):
         raise UsageError(f"model builder {shorten(reference)!r}: module {module_name!r} has no "
                          f"function {function!r}")
     return builder
+
+
+class BuilderNotInstalled(UsageError):
+    """The builder's module itself is not there (not installed, or another directory): not
+    one that is there and fails. `cause` is the import's own error."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
+def _not_installed(exc: BaseException, module_name: str) -> bool:
+    """Whether `exc` says the module `module_name` (or its package) is not there at all."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    return missing is not None and (missing == module_name
+                                    or module_name.startswith(missing + "."))
 
 
 def _import_failure(reference: str, module_name: str, exc: BaseException) -> str:
@@ -98,7 +117,7 @@ def _import_failure(reference: str, module_name: str, exc: BaseException) -> str
     error, an exception at import) is named with the error and where it happened."""
     if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
         missing = exc.name
-        if missing == module_name or module_name.startswith(missing + "."):
+        if _not_installed(exc, module_name):
             return (f"model builder {shorten(reference)!r} cannot be imported here: "
                     f"ModuleNotFoundError: {shorten(_first_line(exc), 200)}; install its "
                     "package or run from the directory that holds it (every worker needs it)")

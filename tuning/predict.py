@@ -68,11 +68,10 @@ def load(directory: Path, device: str):
                               "program, to classify with instead)") from None
         # A module that is not installed here is the expected case (a machine with torch
         # only); one that is there but broken is worth a warning.
-        missing = "cannot be imported here" in str(exc)
-        log.log(logging.INFO if missing else logging.WARNING,
+        log.log(logging.INFO if exc.not_installed else logging.WARNING,
                 "%s: classifying with the export's %s, the same network as a torch program",
-                exc if not missing else f"the network's builder {config['model']['model']!r} "
-                "cannot be imported here", name)
+                f"the network's builder {config['model']['model']!r} cannot be imported here"
+                if exc.not_installed else exc, name)
         return load_program(directory, device)
 
 
