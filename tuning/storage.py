@@ -91,9 +91,7 @@ POSTGRES_CONNECT_ARGS = {
 MAX_RETRIES = 3
 """How often one configuration is queued again after its trial was cut short (its worker died,
 was stopped, or lost the database): a configuration that keeps failing stops there."""
-# Optuna 4.9 renamed failed_trial_callback and RetryFailedTrialCallback (both removed in 6.0).
-_RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
-                         optuna.storages.RetryFailedTrialCallback)
+# Optuna 4.9 renamed failed_trial_callback (removed in 6.0).
 _STALE_CALLBACK_ARG = (
     "heartbeat_stale_trial_callback"
     if "heartbeat_stale_trial_callback"
@@ -338,7 +336,8 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
         heartbeat_kwargs = {
             "heartbeat_interval": heartbeat_interval(),
             "grace_period": grace_period(),
-            _STALE_CALLBACK_ARG: _RetryCallback(max_retry=MAX_RETRIES),
+            # A dead worker's trial is queued again as a cut-short one is: the same way.
+            _STALE_CALLBACK_ARG: queue_retry,
         }
 
     def open_rdb() -> optuna.storages.RDBStorage:
@@ -432,9 +431,11 @@ def sample_study_hint(study_name: str, storage_url: str,
 
 
 def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a trial that was cut short (FAIL) to run again, as a dead worker's trial is: its
-    configuration, seed and where it came from, at most MAX_RETRIES times (then a warning:
-    that configuration is given up). The retry does not inherit why this run failed."""
+    """Queue a trial that was cut short (FAIL: its worker died, was stopped, or lost the
+    database) to run again: its configuration, seed and where it came from, at most
+    MAX_RETRIES times (then a warning: that configuration is given up). The retry does not
+    inherit why this run failed. Optuna's RetryFailedTrialCallback, but for the warning and
+    the reason."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES:
         log.warning("trial %d was cut short and is not queued again: its configuration was "
