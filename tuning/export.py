@@ -74,7 +74,7 @@ from tuning.exported import (
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
-from tuning.objective import OVER_LIMITS
+from tuning.objective import OVER_LIMITS, over_limits
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
@@ -120,18 +120,13 @@ def trial_number(text: str) -> int:
 
 
 
-def _pruned_over_limits(trial: FrozenTrial) -> bool:
-    return (trial.state == TrialState.PRUNED
-            and str(trial.user_attrs.get("prune_reason", "")).startswith(OVER_LIMITS))
-
-
 def _no_complete_trial(name: str, trials: list[FrozenTrial]) -> str:
     """Why a study without a complete trial has nothing to export: "yet" only where trials are
     still to come, and a study whose every trial was over its limits is told so."""
     if not trials:
         return f"study {name!r} has no complete trial yet (no trial has run): nothing to export"
-    if all(_pruned_over_limits(t) for t in trials):
-        detail = str(trials[-1].user_attrs["prune_reason"])[len(OVER_LIMITS):].lstrip(": ")
+    if all(over_limits(t) is not None for t in trials):
+        detail = str(over_limits(trials[-1]))
         return (f"study {name!r} has no complete trial: all {len(trials)} of its trials were "
                 f"pruned {OVER_LIMITS} (the last: {shorten(detail, 200)}), so nothing can be "
                 "exported; loosen the limits or search networks that fit them")

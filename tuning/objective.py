@@ -35,6 +35,15 @@ OVER_LIMITS = "over the limits before training"
 """How the prune reason of a trial whose network is over max_params or max_latency_ms begins."""
 
 
+def over_limits(trial: optuna.trial.FrozenTrial) -> str | None:
+    """What a trial pruned before training was over ("3,256,330 parameters > max_params
+    100,000"); None for any other trial."""
+    reason = str(trial.user_attrs.get("prune_reason", ""))
+    if trial.state != optuna.trial.TrialState.PRUNED or not reason.startswith(OVER_LIMITS):
+        return None
+    return reason[len(OVER_LIMITS):].lstrip(": ")
+
+
 class TrialFailed(Exception):
     """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
 

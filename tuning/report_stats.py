@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.report_render import fmt
-from tuning.space import BOUNDS, REPEAT, Param
+from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
 from tuning.train import TrainConfig
 
@@ -70,8 +70,8 @@ class StudyView:
 
     @property
     def tuned(self) -> list[str]:
-        """The hyperparameters the search varied: not fixed, and not `repeat` (a seed index)."""
-        return [n for n, p in self.space.items() if p.kind != "fixed" and n != REPEAT]
+        """The hyperparameters the search varied (tuning.space.tuned)."""
+        return tuned(self.space)
 
     @property
     def has_repeats(self) -> bool:

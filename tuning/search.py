@@ -47,13 +47,13 @@ from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
-from tuning.objective import OVER_LIMITS, Objective, worker_id
+from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import StudyLock, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import REPEAT, Param, representative
+from tuning.space import Param, representative, tuned
 from tuning.storage import (
     artifact_store,
     check_settings,
@@ -290,9 +290,7 @@ def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> 
     print(f"\nstudy {plan.study!r} in {mask_url(plan.storage)}: {counts_text or 'no trials yet'}",
           file=stream)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
-    repeats_only = all(p.kind == "fixed" or name == REPEAT
-                       for name, p in plan.study_file.space.items())
-    if completed and repeats_only:
+    if completed and not tuned(plan.study_file.space):
         # One configuration: the trials differ only by seed, and the best is the luckiest.
         losses = [cast(float, t.value) for t in completed]
         spread = f" ± {statistics.stdev(losses):.4f} (sd)" if len(losses) > 1 else ""
@@ -316,16 +314,14 @@ def over_limits_warning(trials: list[optuna.trial.FrozenTrial]) -> str | None:
     """One line when every finished trial was over the limits and pruned before training (a
     search that ran and trained nothing), else None."""
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if not finished or not all(str(t.user_attrs.get("prune_reason", "")).startswith(OVER_LIMITS)
-                               for t in finished):
+    if not finished or any(over_limits(t) is None for t in finished):
         return None
     last = finished[-1]
-    reason = str(last.user_attrs["prune_reason"])[len(OVER_LIMITS) + 2:]
     every = "the 1 finished trial was" if len(finished) == 1 else (
         f"all {len(finished)} finished trials were")
     return (f"{every} over the limits and pruned before training, none trained (trial "
-            f"{last.number}: {reason}): allow more with max_params or max_latency_ms, or search "
-            "smaller networks")
+            f"{last.number}: {over_limits(last)}): allow more with max_params or "
+            "max_latency_ms, or search smaller networks")
 
 
 def _storage_arg(plan: Plan) -> str:

@@ -242,6 +242,12 @@ def has_type(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
+def tuned(space: dict[str, Param]) -> list[str]:
+    """The parameters a search varies: not fixed, and not `repeat` (a seed index). None: the
+    trials are repeats of one configuration."""
+    return [name for name, p in space.items() if p.kind != "fixed" and name != REPEAT]
+
+
 def space_from_dict(stored: dict) -> dict[str, Param]:
     """The inverse of StudyFile.space_dict: a study's stored space, as Params again."""
     space = {}
