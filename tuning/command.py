@@ -60,7 +60,8 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         return fail(f"{prog} takes no arguments, got {' '.join(extra)[:60]!r}")
     from tuning.study_file import load_study_file  # noqa: PLC0415 - imports torch: only when needed
 
-    for entry in catalog.available():
+    entries = catalog.available()
+    for entry in entries:
         try:
             settings = load_study_file(entry.path).settings
             what = (f"{settings.dataset}, {settings.epochs} epochs, {settings.sampler} / "
@@ -68,8 +69,7 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         except UsageError as exc:
             what = f"invalid: {str(exc)[:120]}"
         print(f"{entry.name:<20} {entry.origin:<9} {what:<48} {entry.path}")
-    known = {entry.name for entry in catalog.available()}
-    for name, what, path in _stored_studies(known):
+    for name, what, path in _stored_studies({entry.name for entry in entries}):
         print(f"{name:<20} {'stored':<9} {what:<48} {path}")
     return EXIT_OK
 

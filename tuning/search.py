@@ -61,7 +61,6 @@ from tuning.storage import (
     mask_url,
     open_storage,
     resolve_url,
-    sqlite_path,
 )
 from tuning.strategy import PRUNERS, SAMPLERS, grid_size
 from tuning.study import (
@@ -182,13 +181,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def _stored_study_file(args: argparse.Namespace, name: str) -> StudyFile | None:
     """The definition study `name` was created with, if tuning search created it in the
     storage: what a study named after its data has instead of a study file."""
-    url = storage_url(args.storage, name)
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        return None
     try:
-        study = load_existing(name, url, heartbeat=False)
-    except UsageError:  # no such study there, or not one of tuning search's
+        study = load_existing(name, storage_url(args.storage, name), heartbeat=False)
+    except UsageError:  # no database, no such study there, or not one of tuning search's
         return None
     settings, space = stored_definition(study)
     return StudyFile(path=f"study {name!r} as stored", settings=settings, space=space,
