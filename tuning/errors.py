@@ -18,6 +18,11 @@ MESSAGE_CHARS = 1000
 """The longest error line any command prints."""
 
 
+def counted(count: int, noun: str) -> str:
+    """"1 epoch", "3 epochs": a count and its noun, as every message says one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def shorten(text: str, limit: int = 60) -> str:
     """`text` cut to `limit` characters: a message echoes what it was given, never megabytes."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

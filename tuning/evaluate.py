@@ -17,6 +17,7 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
+from tuning.errors import counted
 from tuning.networks import FAMILY_MODEL, ModelSpec
 from tuning.objective import build_trial_model
 from tuning.space import Param
@@ -154,8 +155,8 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
         except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
             pass
     model = retrain(trial.params, space, data, runtime, seed, epochs, network)
-    how = f"retrained with seed {seed} for {epochs} epoch{'s' if epochs != 1 else ''}"
-    return TrialModel(model, how, evaluate(model, data.val, runtime)["loss"])
+    return TrialModel(model, f"retrained with seed {seed} for {counted(epochs, 'epoch')}",
+                      evaluate(model, data.val, runtime)["loss"])
 
 
 def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,

@@ -63,7 +63,7 @@ from tuning.cli import (
 )
 from tuning.data import Arrays, DeviceData, check_data_dir, to_device
 from tuning.device import Runtime, resolve_device
-from tuning.errors import UsageError, shorten
+from tuning.errors import UsageError, counted, shorten
 from tuning.exported import (
     CONFIG_FILE,
     FORMAT,
@@ -100,11 +100,6 @@ class Obtained:
     provenance: dict
     """config.json's `weights`: source (checkpoint, retrained or refit), a sentence, seed,
     epochs, and the checkpoint's id or the retrain's validation loss."""
-
-
-def epochs_text(epochs: int) -> str:
-    """"1 epoch", "3 epochs"."""
-    return f"{epochs} epoch{'s' if epochs != 1 else ''}"
 
 
 def trial_number(text: str) -> int:
@@ -211,7 +206,7 @@ def refit(trial: FrozenTrial, settings: StudySettings, space: dict[str, Param],
             break
     n = len(data.train)
     how = (f"refit: the configuration retrained on the training and validation images "
-           f"together ({n:,} images) for {epochs_text(epochs)} (the trial's best) with seed "
+           f"together ({n:,} images) for {counted(epochs, 'epoch')} (the trial's best) with seed "
            f"{seed}, keeping the last epoch's weights")
     return Obtained(model, data, {"source": "refit", "how": how, "seed": seed,
                                   "epochs": epochs, "train_images": n})
@@ -238,10 +233,9 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
             "artifact_id": trial.user_attrs.get("checkpoint_artifact"), "epochs": None,
             # Under cross-validation the checkpoint is one fold's network, trained on its fold.
             "train_images": len(data.train) if settings.cv_folds == 1 else None})
-    # Said here rather than with tuning.evaluate's wording, which does not count "1 epoch".
-    how = (f"retrained with seed {seed} for {epochs_text(epochs)}, keeping the best validation "
-           f"epoch (no checkpoint of the trial was found); validation loss "
-           f"{obtained.retrained_val_loss:.6f}, the trial recorded {trial.value:.6f}")
+    how = (f"{obtained.how}, keeping the best validation epoch (no checkpoint of the trial was "
+           f"found); validation loss {obtained.retrained_val_loss:.6f}, the trial recorded "
+           f"{trial.value:.6f}")
     return Obtained(obtained.model, data, {
         "source": "retrained", "how": how, "seed": seed, "epochs": epochs,
         "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": trial.value,

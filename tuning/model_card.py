@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from tuning.errors import counted
 from tuning.exported import CONFIG_FILE, WEIGHTS_FILE
 from tuning.portable import PROGRAM_DESCRIPTIONS, PROGRAM_FILES
 
@@ -53,8 +54,8 @@ def _configuration(config: dict) -> list[str]:
                   for name, value in sorted(config["params"].items())), ""]
     lines = [f"{network}. The full configuration it was trained with: each value chosen by the "
              "search (searched), set by the study (fixed by the study), or left at tuning's "
-             f"default; for up to {_epochs(config['settings']['epochs'])} (the study's epochs "
-             "per trial).", "",
+             f"default; for up to {counted(config['settings']['epochs'], 'epoch')} (the "
+             "study's epochs per trial).", "",
              *_settings_table("Training", resolved["training"], resolved)]
     if resolved["network"]:
         title = ("Architecture" if spec["model"] == "cnn"
@@ -66,10 +67,6 @@ def _configuration(config: dict) -> list[str]:
     if resolved["other"]:
         lines += _settings_table("Other parameters of the trial", resolved["other"], resolved)
     return lines
-
-
-def _epochs(count: int) -> str:
-    return f"{count} epoch{'s' if count != 1 else ''}"
 
 
 def model_card(config: dict, out: Path) -> str:

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
-from tuning.errors import UsageError, shorten
+from tuning.errors import UsageError, counted, shorten
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
 from tuning.report_stats import StudyView
@@ -276,7 +276,7 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
               if view.fixed_configuration else f"Best trial #{best.number}")
     s.paragraphs.append(
         f"{chosen} ({obtained.how}) and the tutorial's configuration "
-        f"({seed_file.name}, trained for the study's {epochs} epoch{'s' if epochs != 1 else ''}"
+        f"({seed_file.name}, trained for the study's {counted(epochs, 'epoch')}"
         " with seed "
         f"{view.settings.seed}), each evaluated once on the {n_test:,} test images, "
         "which played no part in the search.")
@@ -287,7 +287,7 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     elif cross_validated:
         s.paragraphs.append(
             f"The best trial kept no network, so its configuration was retrained on the "
-            f"training split for {epochs_run} epoch{'s' if epochs_run != 1 else ''} "
+            f"training split for {counted(epochs_run, 'epoch')} "
             "(validation loss "
             f"{obtained.retrained_val_loss:.6f}); the trial's value, {best.value:.6f}, is the "
             f"mean over its {view.settings.cv_folds} folds, so the two are not expected to "

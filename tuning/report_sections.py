@@ -15,6 +15,7 @@ import statistics
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning import report_figures as figures
+from tuning.errors import counted
 from tuning.report_render import Section, Table
 from tuning.report_stats import (
     ADAPTIVE_SAMPLERS,
@@ -53,7 +54,7 @@ def overview(view: StudyView) -> Section:
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
         ["model", _model_description(view.settings)],
         *_limit_rows(view),
-        ["compute spent", f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, "
+        ["compute spent", f"{counted(epochs_run, 'epoch')}, "
                           f"{seconds:.1f} s of training"],
         ["compute saved by pruning",
          f"{saved} epochs not run ({saved / max(saved + epochs_run, 1):.0%} of the full "

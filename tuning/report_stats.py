@@ -15,6 +15,7 @@ from typing import cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuning.errors import counted
 from tuning.report_render import fmt
 from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
@@ -60,7 +61,7 @@ class StudyView:
                     if (n := sum(t.state == state for t in self.trials))]
         epochs = self.settings.epochs
         text = (f"Counted: the {len(self.completed)} complete trials, each trained for the full "
-                f"{epochs} epoch{'s' if epochs != 1 else ''}, so their losses compare.")
+                f"{counted(epochs, 'epoch')}, so their losses compare.")
         if self.pruned:
             text += (f" The {len(self.pruned)} pruned trials stopped early: they are counted "
                      "apart and their losses are left out.")

@@ -44,7 +44,7 @@ from tuning.cli import (
 )
 from tuning.data import Arrays, check_data_dir, device_data_limit, load_arrays
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
-from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, shorten
+from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted, shorten
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
@@ -289,8 +289,8 @@ def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> 
         # One configuration: the trials differ only by seed, and the best is the luckiest.
         losses = [cast(float, t.value) for t in completed]
         spread = f" ± {statistics.stdev(losses):.4f} (sd)" if len(losses) > 1 else ""
-        print(f"every parameter is fixed: {len(completed)} complete repeat"
-              f"{'s' if len(completed) != 1 else ''} of one configuration, val_loss "
+        print(f"every parameter is fixed: {counted(len(completed), 'complete repeat')} of "
+              "one configuration, val_loss "
               f"{statistics.fmean(losses):.4f}{spread}", file=stream)
     elif completed:
         best = study.best_trial
@@ -404,13 +404,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     arrays = arrays.normalized_as(study.user_attrs.get("data"))
     finished = count_finished(study)
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val, %d classes, %s); %s; "
-             "sampler %s, pruner %s, %d epoch%s%s", plan.study, mask_url(plan.storage),
+             "sampler %s, pruner %s, %s%s", plan.study, mask_url(plan.storage),
              finished, args.trials, arrays.name, len(arrays.train_y),
              len(arrays.val_y), arrays.num_classes, "x".join(map(str, arrays.input_shape)),
              "no workers here (--create-only)" if args.create_only
              else f"{len(specs)} workers" if len(specs) > 1 else runtime.name,
-             plan.settings.sampler, plan.settings.pruner, plan.settings.epochs,
-             "s" if plan.settings.epochs != 1 else "",
+             plan.settings.sampler, plan.settings.pruner, counted(plan.settings.epochs, "epoch"),
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
         target = study.user_attrs["target_trials"]  # kept when --trials is already met
