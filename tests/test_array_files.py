@@ -401,6 +401,38 @@ def test_cifar_download_is_read_like_the_files(tmp_path, monkeypatch, digits):
     np.testing.assert_array_equal(data.train_x, images[:100])
 
 
+def _contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder`, with a file's bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+            for p in folder.rglob("*")}
+
+
+def test_a_cifar_download_cut_short_leaves_the_data_dir_as_it_was(tmp_path, monkeypatch):
+    """The host answers, then the download fails half way: the archive cut short and the
+    folder half extracted would fail every later read, so they go, with the lock file and the
+    directories made for them; what was there stays."""
+    from torchvision import datasets
+
+    def cut_short(root, train=True, download=False):
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"cut short")
+        (Path(root) / "cifar-10-batches-py").mkdir()
+        (Path(root) / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"half")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(array_files, "_reachable", lambda host: True)
+    monkeypatch.setattr(datasets, "CIFAR10", cut_short)
+    usage_error(lambda: read_cifar("cifar10", tmp_path / "new" / "data"),
+                "could not download it")
+    assert list(tmp_path.iterdir()) == []
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    (used / ".cifar10.lock").write_bytes(b"")
+    before = _contents(used)
+    usage_error(lambda: read_cifar("cifar10", used), "could not download it")
+    assert _contents(used) == before
+
+
 @pytest.mark.parametrize(("damage", "words"), [
     (lambda f: (f / "data_batch_3").write_bytes(np.random.default_rng(1).bytes(999)),
      ["data_batch_3 is not a readable CIFAR file"]),

@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from filelock import FileLock
 
+from tuning.downloads import download_once
 from tuning.errors import UsageError, shorten
 
 log = logging.getLogger(__name__)
@@ -401,7 +401,8 @@ def _reachable(host: str) -> bool:
 
 
 def _download(name: str, root: Path) -> None:
-    """Let torchvision download and extract `name` into `root`; failures are only logged."""
+    """Let torchvision download and extract `name` into `root`; failures are only logged, and
+    leave `root` as it was."""
     layout = CIFAR[name]
     # torchvision's urlopen has no timeout, so behind a firewall that drops packets it would
     # wait for minutes: ask the host first, and bound every socket read while downloading.
@@ -410,17 +411,21 @@ def _download(name: str, root: Path) -> None:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = root / layout.folder
+    archive = root / Path(urlparse(layout.url).path).name
+
+    def fetch() -> bool:
+        if not folder.is_dir():
+            # train=False: the download fetches the whole archive; loading only the test
+            # batch afterwards keeps torchvision's own read short (we read the files again).
+            cls(str(root), train=False, download=True)
+            log.info("downloaded %s into %s", name, root)
+        return True
+
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        # Several workers may start at once: one downloads, the others wait and then read.
-        with FileLock(str(root / f".{name}.lock")):
-            if not (root / layout.folder).is_dir():
-                # train=False: the download fetches the whole archive; loading only the test
-                # batch afterwards keeps torchvision's own read short (we read the files again).
-                cls(str(root), train=False, download=True)
-                log.info("downloaded %s into %s", name, root)
+        download_once(root, f".{name}.lock", [archive, folder], fetch)
     except Exception as exc:  # noqa: BLE001 - any failure here means "no download"
         log.warning("download of %s into %s failed: %s", name, root, shorten(str(exc), 200))
     finally:

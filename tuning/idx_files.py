@@ -21,9 +21,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from tuning.array_files import ArrayImages
+from tuning.downloads import download_once
 from tuning.errors import UsageError
 
 log = logging.getLogger("tuning")
@@ -120,47 +120,24 @@ def read_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
     return raw
 
 
-def _tree(folder: Path) -> set[Path]:
-    """`folder` and everything under it; empty when it does not exist."""
-    return {folder, *folder.rglob("*")} if folder.is_dir() else set()
-
-
-def _remove_new(folder: Path, before: set[Path]) -> None:
-    """Remove what is in `folder` (and `folder` itself) but not in `before`."""
-    # Deepest first, so that a folder is empty by the time its turn comes.
-    for path in sorted(_tree(folder) - before, key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-            else:
-                path.unlink()
-
-
 def torchvision_download(name: str, root: Path) -> dict[str, np.ndarray] | None:
     """Try torchvision's download into root/<Class>/raw; None when there is no network (the
-    usual case offline). An attempt that fails or is interrupted removes what it made there
-    (folders, a file cut short, which would otherwise fail every later read), nothing else."""
+    usual case offline). download_once removes what a failed attempt made."""
     import socket
 
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    folder = root / cls.__name__  # torchvision's <root>/<Class>/raw
-    before = _tree(folder)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # an offline machine should fall back in seconds, not minutes
-    downloaded = False
     try:
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
-        downloaded = True
     except Exception as exc:  # noqa: BLE001 - any failure here means "no download"
         log.debug("torchvision download of %s failed: %s", name, exc)
         return None
     finally:
         socket.setdefaulttimeout(previous)
-        if not downloaded:
-            _remove_new(folder, before)
     return {
         "train_x": train.data.numpy(),
         "train_y": train.targets.numpy(),
@@ -207,37 +184,10 @@ def _images(name: str, raw: dict[str, np.ndarray] | None) -> ArrayImages:
 
 
 def _download_once(name: str, root: Path) -> dict[str, np.ndarray] | None:
-    """The IDX files of `name` in `root`, downloaded there unless another process just did:
-    several workers may start at once, and one downloads while the others wait, then read.
-
-    A download that fails leaves `root` as it was: still holding the lock, the process removes
-    the folders and the lock file it made (a process waiting then makes a lock file of its own).
-    One that finds `root` gone has nothing to read: the attempt that made it failed.
-    """
-    from tuning.storage import still_the_file_found
-
-    made = [d for d in (root, *root.parents) if not d.exists()]  # innermost first
-    root.mkdir(parents=True, exist_ok=True)
-    lock_path = root / f".{name}.lock"
-    with still_the_file_found(lock_path) as found_there:
-        lock = FileLock(str(lock_path))
-        try:
-            lock.acquire()
-        except FileNotFoundError:  # `root` was removed meanwhile, by a failed attempt
-            return None
-        raw = None
-        try:
-            raw = read_idx_dir(root) or torchvision_download(name, root)
-        finally:
-            if raw is None:
-                if not found_there():
-                    with contextlib.suppress(OSError):  # held still: a waiter makes its own
-                        lock_path.unlink()
-                for directory in made:
-                    with contextlib.suppress(OSError):  # not empty: another's lock file
-                        directory.rmdir()
-            lock.release()
-    return raw
+    """The IDX files of `name` in `root`, downloaded there unless another process just did."""
+    torchvision_folder = root / ("MNIST" if name == "mnist" else "FashionMNIST")
+    return download_once(root, f".{name}.lock", [torchvision_folder],
+                         lambda: read_idx_dir(root) or torchvision_download(name, root))
 
 
 def read_family(name: str, data_dir: Path | None, download: bool,
