@@ -293,6 +293,10 @@ def test_compose_file_structure():
     assert worker["depends_on"]["create-study"]["condition"] == "service_completed_successfully"
     assert services["create-study"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "--create-only" in services["create-study"]["command"]
+    # Workers write the checkpoints the dashboard shows: one volume for all of them.
+    for name in ("worker", "dashboard"):
+        assert "artifacts:/app/artifacts" in services[name]["volumes"], name
+    assert "artifacts" in compose["volumes"]
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"

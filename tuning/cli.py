@@ -120,7 +120,7 @@ def add_storage_arguments(parser: argparse.ArgumentParser, study_help: str,
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """How this process runs trials: the same flags for `search` and `worker`."""
-    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX files")
+    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX or CIFAR files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_compile_argument(parser)
     parser.add_argument("--timeout", type=positive_float,
@@ -131,8 +131,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "trial starts after it, and a running trial stops at its first "
                              "epoch end past it, kept as pruned with what it reached")
     parser.add_argument("--artifacts", type=Path,
-                        help="where best trials' checkpoints go (default ./artifacts or "
-                             "$TUNING_ARTIFACTS; share it between hosts)")
+                        help="where best trials' checkpoints go (default $TUNING_ARTIFACTS, "
+                             "else ./artifacts; share it between hosts)")
 
 
 def storage_url(storage: str | None, study: str) -> str:

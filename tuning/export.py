@@ -425,7 +425,8 @@ def build_parser(prog: str = "python -m tuning.export") -> OneLineParser:
                         help="retrain the configuration on training + validation images for "
                              "the trial's best epoch count, then test it")
     parser.add_argument("--artifacts", type=Path,
-                        help="artifact directory with checkpoints (default ./artifacts)")
+                        help="artifact directory with checkpoints (default $TUNING_ARTIFACTS, "
+                             "else ./artifacts)")
     parser.add_argument("--data-dir", type=Path,
                         help="directory with the study's IDX files (default ./data); only read")
     parser.add_argument("--dataset",

@@ -2,7 +2,7 @@
 
 `--trials N` is the study's target of finished trials (complete or pruned), not a number to
 add: a study with 4 finished trials run again with `--trials 6` runs 2 more. With several
-workers (one per GPU, or --workers N on the CPU) the target is exact across all of them.
+workers (two per GPU by default, else one per core up to 4 on the CPU) the target is exact across all of them.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
                         help="create the study (definition, data, target) and exit: workers "
                              "started elsewhere with tuning worker run it")
     parser.add_argument("--warm-start-from", metavar="STUDY", type=study_name,
-                        help="try the best configurations of another study first (in --storage, "
-                             "else in that study's own file)")
+                        help="try the best configurations of another study first (in --storage "
+                             "or $TUNING_STORAGE, else in that study's own file)")
     parser.add_argument("--warm-start-top", metavar="K", type=positive_int, default=3,
                         help="how many of its best trials --warm-start-from takes (default 3)")
     parser.add_argument("--workers-per-gpu", type=positive_int,
