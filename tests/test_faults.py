@@ -141,6 +141,32 @@ def test_a_trial_taken_over_before_it_was_stopped_is_queued_once(tmp_path):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
+def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_left(tmp_path):
+    # A worker killed after saving its checkpoint but before `tell`: the retry must not take
+    # that checkpoint, metrics or artifacts for its own (evaluate and export read them).
+    from tuning.storage import queue_retry
+    from tuning.warm_start import WARM_START_ATTR
+
+    url, study = _sqlite_study(tmp_path)
+    study.enqueue_trial({"x": 0.5}, user_attrs={WARM_START_ATTR: "study file"})
+    for expected_parent in range(2):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        assert trial.user_attrs[WARM_START_ATTR] == "study file"
+        trial.set_user_attr("seed", 7)
+        trial.set_user_attr("checkpoint_artifact", "dead-weights")
+        trial.set_user_attr("val_accuracy", 0.97)
+        study._storage.set_trial_system_attr(trial._trial_id, "artifacts:dead-weights", "{}")
+        study.tell(trial, state=TrialState.FAIL)
+        queue_retry(study, study.trials[trial.number])
+        retry = study.trials[-1]
+        assert retry.state == TrialState.WAITING and retry.params == {"x": 0.5}
+        assert retry.user_attrs == {"seed": 7, WARM_START_ATTR: "study file"}
+        assert not any(key.startswith("artifacts:") for key in retry.system_attrs)
+        # A retry of a retry names its own parent.
+        assert retry.system_attrs["failed_trial"] == trial.number == expected_parent
+
+
 def test_a_configuration_cut_short_again_and_again_is_given_up_with_a_warning(tmp_path,
                                                                                caplog):
     from tuning.storage import MAX_RETRIES, queue_retry
@@ -287,9 +313,23 @@ def test_numeric_variables_take_every_value_in_range(monkeypatch):
     for value, seconds in (("0", 0.0), ("86400", 86_400.0), ("2.5", 2.5)):
         monkeypatch.setenv("TUNING_DB_RETRY_S", value)
         assert retry_seconds() == seconds
-    for value in ("1", "86400"):
+    monkeypatch.setenv("TUNING_HEARTBEAT_INTERVAL", "1")
+    for value in ("2", "86400"):
         monkeypatch.setenv("TUNING_GRACE_PERIOD", value)
         assert grace_period() == int(value)
+
+
+def test_a_grace_period_under_two_heartbeats_is_refused(monkeypatch):
+    # Else a live trial looks dead between two beats: failed and retried, again and again.
+    from tuning.errors import UsageError
+
+    monkeypatch.setenv("TUNING_HEARTBEAT_INTERVAL", "30")
+    monkeypatch.setenv("TUNING_GRACE_PERIOD", "59")
+    with pytest.raises(UsageError, match=r"^TUNING_GRACE_PERIOD \(59 s\) must be at least "
+                                         r"twice TUNING_HEARTBEAT_INTERVAL \(30 s\)"):
+        grace_period()
+    monkeypatch.setenv("TUNING_GRACE_PERIOD", "60")
+    assert grace_period() == 60
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])

@@ -52,8 +52,15 @@ def heartbeat_interval() -> int:
 
 def grace_period() -> int:
     """Seconds without a heartbeat before a trial is declared dead (its worker was killed),
-    failed and re-enqueued by the retry callback (TUNING_GRACE_PERIOD, default 30)."""
-    return _seconds_from_env("TUNING_GRACE_PERIOD", 30)
+    failed and re-enqueued by the retry callback (TUNING_GRACE_PERIOD, default 30); at least
+    twice the heartbeat interval, else a live trial would look dead between two beats and be
+    failed, again and again."""
+    grace, interval = _seconds_from_env("TUNING_GRACE_PERIOD", 30), heartbeat_interval()
+    if grace < 2 * interval:
+        raise UsageError(f"TUNING_GRACE_PERIOD ({grace} s) must be at least twice "
+                         f"TUNING_HEARTBEAT_INTERVAL ({interval} s): a live trial would look "
+                         "dead between two heartbeats")
+    return grace
 
 
 def check_settings() -> None:
@@ -432,19 +439,25 @@ def sample_study_hint(study_name: str, storage_url: str,
 
 def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a trial that was cut short (FAIL: its worker died, was stopped, or lost the
-    database) to run again: its configuration, seed and where it came from, at most
-    MAX_RETRIES times (then a warning: that configuration is given up). The retry does not
-    inherit why this run failed. Optuna's RetryFailedTrialCallback, but for the warning and
-    the reason."""
+    database) to run again, at most MAX_RETRIES times (then a warning: that configuration is
+    given up). Optuna's RetryFailedTrialCallback, but for the warning and for what the retry
+    takes: the configuration, the queued values, the seed (so that it repeats the same run),
+    where a queued configuration came from (so that it still runs whole) and the retry
+    history; never what the cut-short run left (its reason, metrics, checkpoint and artifacts,
+    which would be taken for the retry's own)."""
+    from tuning.warm_start import WARM_START_ATTR  # imports torch: only when a retry is due
+
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES:
         log.warning("trial %d was cut short and is not queued again: its configuration was "
                     "already retried %d times (trials %s)", trial.number, MAX_RETRIES,
                     ", ".join(map(str, history[:-1])))
         return
-    system_attrs = {"failed_trial": trial.number, **trial.system_attrs,
-                    "retry_history": history}
+    system_attrs = {"failed_trial": trial.number, "retry_history": history}
+    if "fixed_params" in trial.system_attrs:
+        system_attrs["fixed_params"] = trial.system_attrs["fixed_params"]
     study.add_trial(optuna.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params,
         distributions=trial.distributions, system_attrs=system_attrs,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}))
+        user_attrs={key: trial.user_attrs[key] for key in ("seed", WARM_START_ATTR)
+                    if key in trial.user_attrs}))
