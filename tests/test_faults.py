@@ -167,6 +167,40 @@ def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_lef
         assert retry.system_attrs["failed_trial"] == trial.number == expected_parent
 
 
+def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_completed(tmp_path):
+    # Worker A ends its trial; it checks the trial is still running, then is paused before
+    # writing, while worker B fails the trial as stale (and would queue it again). Resumed, A
+    # must not overwrite FAIL with COMPLETE: the trial and its retry would both count.
+    import threading
+
+    url, study = _sqlite_study(tmp_path)
+    trial = study.ask()
+    a, b = open_storage(url), open_storage(url)
+    outcome = {}
+
+    def b_fails_it():
+        try:
+            b.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            outcome["b"] = "failed it"
+        except optuna.exceptions.UpdateFinishedTrialError:
+            outcome["b"] = "found it finished"
+
+    b_thread = threading.Thread(target=b_fails_it)
+    check = a.check_trial_is_updatable
+
+    def paused_after_the_check(trial_id, state):
+        check(trial_id, state)
+        if not b_thread.is_alive() and "b" not in outcome:
+            b_thread.start()
+            b_thread.join(timeout=1.0)  # B either fails the trial now or waits for A's write
+
+    a.check_trial_is_updatable = paused_after_the_check
+    a.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    b_thread.join()
+    assert outcome["b"] == "found it finished"
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
 def test_a_configuration_cut_short_again_and_again_is_given_up_with_a_warning(tmp_path,
                                                                                caplog):
     from tuning.storage import MAX_RETRIES, queue_retry
@@ -813,6 +847,20 @@ def test_a_worker_waits_for_a_database_server_being_restarted_and_a_command_does
     with pytest.raises(sqlalchemy.exc.OperationalError):
         _open_server(refused_twice, patience=0.0)
     assert len(calls) == 1
+
+
+@pytest.mark.postgres
+def test_every_host_writes_heartbeats_in_one_time_zone(monkeypatch):
+    # A host with another PGTZ would write its heartbeats hours apart from the others'.
+    for zone in ("America/New_York", "Asia/Tokyo"):
+        monkeypatch.setenv("PGTZ", zone)
+        storage = open_storage(POSTGRES_URL, heartbeat=False)
+        backend = getattr(storage, "_backend", storage)
+        with backend.engine.connect() as conn:
+            assert conn.execute(text("SHOW timezone")).scalar() == "UTC"
+            conn.rollback()  # the session's zone outlives a rolled-back transaction
+            assert conn.execute(text("SHOW timezone")).scalar() == "UTC"
+        backend.engine.dispose()
 
 
 @pytest.mark.postgres

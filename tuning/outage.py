@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import cast
 
 import optuna
+import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
@@ -191,6 +192,9 @@ class ResilientStorage(RDBStorage):
         """`patience`: how long an outage is waited out (retry_seconds()); SQLite's are not."""
         self.outages = Outages()
         super().__init__(*args, **kwargs)
+        if self.engine.dialect.name == "postgresql":
+            sqlalchemy.event.listen(self.engine, "connect", _in_utc)
+            self.engine.dispose()  # the connections opened meanwhile, in the client's zone
         # SQLite has no server to come back: its errors (other than 'locked', which its busy
         # timeout already waits out) do not go away by waiting.
         self.retry_s = 0.0 if self.engine.dialect.name == "sqlite" else patience
@@ -229,6 +233,27 @@ class ResilientStorage(RDBStorage):
                        and t.datetime_start < cutoff]
         return stale + orphans
 
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values=None) -> bool:
+        # Optuna reads the trial's state, checks it may still change, then writes, relying on
+        # SELECT ... FOR UPDATE to keep other writers out in between. SQLite has no such
+        # clause, and its transaction starts at the first write: a worker paused between the
+        # check and the write would, once resumed, complete a trial that another worker has
+        # failed as stale and queued again meanwhile, and both would count. A first write that
+        # changes nothing takes SQLite's write lock for the whole check-and-write (Optuna's
+        # session is this thread's scoped session, so it runs in the same transaction).
+        if self.engine.dialect.name == "sqlite":
+            session = self.scoped_session()
+            try:
+                session.execute(sqlalchemy.text(
+                    "UPDATE trials SET state = state WHERE trial_id = :trial_id"),
+                    {"trial_id": trial_id})
+            except BaseException:
+                session.rollback()
+                session.close()
+                raise
+        return super().set_trial_state_values(trial_id, state, values)
+
     def record_heartbeat(self, trial_id: int) -> None:
         # Not retried here: the heartbeat thread beats again one interval later, and must not
         # hold up the end of its trial. A failed beat still marks the outage.
@@ -239,6 +264,16 @@ class ResilientStorage(RDBStorage):
                 self.outages.failed(exc, self.retry_s)
             raise
         self.outages.succeeded()
+
+
+def _in_utc(dbapi_connection, connection_record) -> None:
+    """Set a new PostgreSQL session's time zone to UTC. Optuna writes heartbeats as the
+    server's now() in the session's time zone, without the zone, and compares them with now()
+    again: a host whose sessions had another zone (PGTZ, which overrides a connection's
+    options) would see live trials as hours stale, or dead ones as alive."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()  # a SET rolled back would be undone
 
 
 def _resilient(storage: optuna.storages.BaseStorage) -> ResilientStorage | None:
