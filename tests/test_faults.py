@@ -849,6 +849,30 @@ def test_a_worker_waits_for_a_database_server_being_restarted_and_a_command_does
     assert len(calls) == 1
 
 
+def test_a_worker_that_waited_for_the_server_leaves_live_trials_alone_for_a_grace_period(
+        tmp_path):
+    # The outage it waited out stopped every worker's heartbeats: their trials look stale
+    # until they beat again, and must not be failed by the newcomer's first stale check.
+    from tuning.outage import ResilientStorage
+    from tuning.storage import _open_server
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_storage(url, create=True)
+    calls = []
+
+    def refused_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
+        return ResilientStorage(url, patience=30)
+
+    storage = _open_server(refused_once, patience=30)
+    assert storage.outages.recent(grace_period())
+    calls.clear()
+    calls.append(1)  # no refusal: nothing waited for, nothing held off
+    assert not _open_server(refused_once, patience=30).outages.recent(grace_period())
+
+
 @pytest.mark.postgres
 def test_every_host_writes_heartbeats_in_one_time_zone(monkeypatch):
     # A host with another PGTZ would write its heartbeats hours apart from the others'.

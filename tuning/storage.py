@@ -371,12 +371,20 @@ def _open_server(open_rdb: Callable[[], optuna.storages.RDBStorage],
     where another process created Optuna's tables at the same moment, which PostgreSQL refuses
     the second creator of (optuna#1092), the tables it made are opened."""
     for attempt in range(CREATION_RACE_ATTEMPTS):
+        outages = Outages()
         try:
-            return call_with_retry(Outages(), patience, open_rdb)
+            storage = call_with_retry(outages, patience, open_rdb)
         except sqlalchemy.exc.DatabaseError as exc:
             if attempt + 1 == CREATION_RACE_ATTEMPTS or not _lost_creation_race(exc):
                 raise
             time.sleep(random.uniform(0.2, 1.0))
+            continue
+        if isinstance(storage, ResilientStorage):
+            # A server this worker waited for was down for the other workers too: their
+            # heartbeats could not be written, and their trials are not dead. The storage
+            # holds off its stale check for a grace period, as after an outage met later.
+            storage.outages.last_recovery = outages.last_recovery
+        return storage
     raise AssertionError("unreachable")
 
 
