@@ -493,6 +493,37 @@ def test_a_worker_whose_study_lock_was_ended_under_it_creates_no_trial(monkeypat
         storage.engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_trial_created_as_the_study_lock_was_ended_goes_back_to_waiting(monkeypatch):
+    # Lost after the last check, while creating the trial: another worker may have counted
+    # without it and filled the target; kept running, it would overshoot by one.
+    name = f"lock-lost-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(POSTGRES_URL)
+    lock = StudyLock(POSTGRES_URL, name)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage)
+        real_ask = study.ask
+
+        def ask_while_the_lock_is_ended():
+            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
+            with storage.engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            return real_ask()
+
+        monkeypatch.setattr(study, "ask", ask_while_the_lock_is_ended)
+        assert take_trial(study, 5, lock) is NoTrial.WAIT
+        assert [t.state for t in study.trials] == [TrialState.WAITING]
+        monkeypatch.setattr(study, "ask", real_ask)
+        taken = take_trial(study, 5, lock)  # a new session next time, and the waiting trial
+        assert isinstance(taken, optuna.Trial) and taken.number == 0
+        assert [t.state for t in study.trials] == [TrialState.RUNNING]
+    finally:
+        lock.close()
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
+
+
 # --- a paused worker comes back after its trial was taken over, end to end -------------------
 
 def _writing(db: Path) -> bool:
