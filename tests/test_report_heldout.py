@@ -76,6 +76,70 @@ def test_comparison_sentence_says_beyond_noise_only_when_it_is():
     assert "exactly the same" in comparison_sentence({"b": 0, "c": 0, "p_value": 1.0}, 100)
 
 
+def test_a_p_value_just_below_the_level_is_not_rounded_to_it():
+    sentence = comparison_sentence({"b": 10, "c": 21, "p_value": 0.0498}, 10_000)
+    assert "(McNemar exact p = 0.0498): the difference is beyond noise" in sentence
+
+
+def _canned_metrics(num_classes: int, wrong: list[int]) -> dict:
+    cm = np.eye(num_classes, dtype=int) * 10
+    cm[0, 1] = len(wrong)
+    return {**classification_metrics(cm), "wrong": wrong}
+
+
+def _stubbed_section(monkeypatch, trials: list[dict], space: dict, cv_folds: int = 1):
+    """held_out_test on a hand-made study, every network replaced by canned test metrics and
+    the best trial's weights by a checkpoint (nothing trained)."""
+    import torch
+
+    import tuning.report_heldout
+    from tuning.evaluate import TrialModel
+    from tuning.study_file import parse_study
+
+    arrays = load_arrays("mnist-sample")
+    classes = int(arrays.train_y.max()) + 1
+    monkeypatch.setattr(tuning.evaluate, "trial_model",
+                        lambda *args, **kwargs: TrialModel(torch.nn.Identity(),
+                                                           "checkpoint artifact a", None))
+    monkeypatch.setattr(tuning.evaluate, "held_out_metrics",
+                        lambda *args: _canned_metrics(classes, [1, 2, 3]))
+    monkeypatch.setattr(tuning.report_heldout, "baseline_metrics",
+                        lambda *args: (_canned_metrics(classes, list(range(4, 30))), "kept"))
+    monkeypatch.setattr(tuning.report_heldout, "class_labels",
+                        lambda arrays, n: [str(i) for i in range(classes)])
+    parsed = parse_study({"study": {"dataset": "mnist-sample", "epochs": 1,
+                                    "cv_folds": cv_folds}, "space": space})
+    study = optuna.create_study()
+    for trial in trials:
+        study.add_trial(optuna.trial.create_trial(**trial))
+    view = StudyView(study, study.get_trials(), parsed.settings, parsed.space)
+    return held_out_test(view, arrays, "cpu", None, SEED_STUDY_FILE)
+
+
+def test_a_first_repeat_is_never_called_the_best_trial(monkeypatch):
+    repeats = [{"value": v, "params": {}, "distributions": {}} for v in (0.3, 0.2, 0.25)]
+    section = _stubbed_section(monkeypatch, repeats, {"lr": 0.001, "channels": 4})
+    first, *rest = section.paragraphs
+    assert first.startswith("Trial #0, the first complete repeat")
+    assert not any("best trial" in p for p in rest)
+    assert any(p.startswith("The first repeat is right on") for p in rest)
+    assert dict(section.tables)["Test metrics"].rows[0][0] == "first repeat #0"
+    assert "F1 (first repeat)" in dict(section.tables)["Per class"].columns
+    assert not any("best trial" in caption for caption, _ in section.tables)
+
+
+def test_a_cross_validated_checkpoint_is_named_as_its_fold(monkeypatch):
+    from optuna.distributions import FloatDistribution
+
+    trial = {"value": 0.2, "params": {"lr": 0.01},
+             "distributions": {"lr": FloatDistribution(1e-3, 1e-1, log=True)},
+             "user_attrs": {"checkpoint_artifact": "a", "checkpoint_fold": 3}}
+    section = _stubbed_section(monkeypatch, [trial], {"lr": {"low": 1e-3, "high": 1e-1,
+                                                              "log": True}}, cv_folds=5)
+    own, = [p for p in section.paragraphs if "its own weights" in p]
+    assert "fold 3 of 5" in own and "the network the trial validated" not in own
+
+
 def test_a_cpu_retrain_that_does_not_reproduce_the_trial_is_a_warning():
     agree = retrain_paragraphs(0.250000, 0.2500001, "cpu", "cpu")
     assert len(agree) == 1 and "deterministic: the two should agree to rounding" in agree[0]

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from tuning.report_history import importance
@@ -129,8 +134,9 @@ def test_a_grid_shows_means_against_learning_rate_and_one_repeat_has_no_interval
     assert figure.layout.xaxis.title.text == "learning rate"
     assert all(not trace.error_y.visible for trace in figure.data)
     cells = section.tables[1][1]
+    sd, interval = cells.columns.index("sd"), cells.columns.index("95% CI")
     assert [row[2] for row in cells.rows] == [1, 1, 1, 1]
-    assert all(row[4] is None and row[5] == "-" for row in cells.rows)  # no sd, no interval
+    assert all(row[sd] is None and row[interval] == "-" for row in cells.rows)  # no interval
     study, space = _grid_study(repeats=3, trials=12)
     figure = optimizers(_view(study, space, sampler="grid")).figures[0]
     assert all(trace.error_y.visible for trace in figure.data)
@@ -193,3 +199,149 @@ def test_eval_mode_gap_is_not_negative_on_an_overfitting_configuration():
     assert last.train["loss"] > last.val["loss"]  # the objective: a negative "gap"
     assert last.val["loss"] - last.train_eval["loss"] > 0
     assert torch.isfinite(torch.tensor(last.train_eval["loss"]))
+
+
+def test_a_complete_grid_of_repeats_claims_the_same_seeds():
+    study, space = _grid_study(repeats=3, trials=12)
+    view = _view(study, space, sampler="grid")
+    caption, _ = optimizers(view).tables[1]
+    assert caption.endswith("(the same seeds for each)")
+    assert any("the same seeds for each configuration" in p for p in overview(view).paragraphs)
+
+
+def _random_repeats_study() -> tuple[optuna.Study, dict]:
+    """A random search over optimizer, lr, batch size and repeat: adam at lr 0.01 ran with two
+    batch sizes, and one of sgd's repeats was pruned."""
+    space = {"optimizer": {"choices": ["adam", "sgd"]}, "lr": {"choices": [0.001, 0.01]},
+             "batch_size": {"choices": [32, 256]}, "repeat": {"choices": [0, 1, 2]}}
+    dists: dict[str, BaseDistribution] = {
+             "optimizer": CategoricalDistribution(["adam", "sgd"]),
+             "lr": CategoricalDistribution([0.001, 0.01]),
+             "batch_size": CategoricalDistribution([32, 256]),
+             "repeat": CategoricalDistribution([0, 1, 2])}
+    study = optuna.create_study()
+    runs = [("adam", 0.01, 32, 0, 0.1), ("adam", 0.01, 32, 1, 0.12),
+            ("adam", 0.01, 256, 2, 0.5), ("sgd", 0.01, 32, 0, 0.3), ("sgd", 0.01, 32, 2, 0.32)]
+    for opt, lr, batch, repeat, loss in runs:
+        study.add_trial(optuna.create_trial(
+            value=loss, params={"optimizer": opt, "lr": lr, "batch_size": batch,
+                                "repeat": repeat},
+            distributions=dists, intermediate_values={1: loss}))
+    study.add_trial(optuna.create_trial(
+        state=TrialState.PRUNED, params={"optimizer": "sgd", "lr": 0.01, "batch_size": 32,
+                                         "repeat": 1},
+        distributions=dists, intermediate_values={1: 0.9}))
+    return study, space
+
+
+def test_repeats_are_grouped_by_the_whole_configuration_and_unpaired_seeds_are_said():
+    study, space = _random_repeats_study()
+    view = _view(study, space, sampler="random")
+    caption, table = optimizers(view).tables[1]
+    # Different batch sizes are different configurations, not repeats of adam at lr 0.01.
+    rows = {(r[0], r[table.columns.index("batch_size")]): r for r in table.rows}
+    assert set(rows) == {("adam", 32), ("adam", 256), ("sgd", 32)}
+    repeats, mean = table.columns.index("repeats"), table.columns.index("mean val loss")
+    assert rows["adam", 32][repeats] == 2 and rows["adam", 32][mean] == pytest.approx(0.11)
+    assert rows["adam", 256][repeats] == 1
+    # Seeds {0, 1}, {2} and {0, 2}: not paired, and the caption says so.
+    assert "(the same seeds for each)" not in caption and "not the same seeds" in caption
+    assert not any("same seeds" in p for p in overview(view).paragraphs)
+    # sgd's repeat 1 was pruned: it is out of the mean, and the table says so.
+    assert rows["sgd", 32][table.columns.index("pruned")] == 1
+    assert "1 configuration lost repeats to pruning" in table.note
+
+
+def test_a_fixed_optimizer_is_named_not_said_to_be_the_only_one_to_complete():
+    study = optuna.create_study()
+    dists: dict[str, BaseDistribution] = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for lr in (1e-3, 1e-2):
+        study.add_trial(optuna.create_trial(value=lr, params={"lr": lr}, distributions=dists))
+    section = optimizers(_view(study, {"optimizer": "sgd", "lr": SPACE["lr"]}))
+    assert "Only one optimizer completed a trial." not in section.paragraphs
+    assert any("fixed" in p and "sgd" in p for p in section.paragraphs)
+    # Tuned, with one optimizer complete: that is what is said.
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(value=0.1, params={"optimizer": "adam", "lr": 1e-3,
+                                                           "dropout": 0.1}, distributions=DISTS))
+    section = optimizers(_view(study, SPACE))
+    assert "Only one optimizer completed a trial." in section.paragraphs
+    assert not any("fixed" in p for p in section.paragraphs)
+
+
+def test_the_good_lr_range_says_how_many_trials_and_tells_close_ends_apart():
+    study = optuna.create_study()
+    for lr, loss in ((0.00101, 0.1), (0.00104, 0.2), (0.05, 0.3), (0.09, 0.4)):
+        study.add_trial(optuna.create_trial(
+            value=loss, params={"optimizer": "adam", "lr": lr, "dropout": 0.1},
+            distributions=DISTS))
+    table = learning_rate(_view(study, SPACE)).tables[0][1]
+    good = table.columns.index("good lr range")
+    # max(2, ceil(4 / 4)) = 2 of 4 trials: half of them, not a quarter.
+    assert table.rows[0][good] == "0.00101 .. 0.00104 (best 2 of 4)"
+    assert "best quarter" not in " ".join(table.columns)
+
+
+def test_a_rank_correlation_over_few_trials_claims_no_effect():
+    study = optuna.create_study()
+    # Loss rises with dropout in perfect order, but 4 trials: 1 ordering in 12 is as extreme.
+    for i in range(4):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.1 * i, params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1 * i},
+            distributions=DISTS))
+    row = regularization(_view(study, SPACE)).tables[0][1].rows[0]
+    assert row[3] == pytest.approx(1.0)
+    assert row[-1] == "no clear effect on validation loss (n=4, p = 0.083)"
+    # The same trend over 12 trials is beyond chance.
+    for i in range(4, 12):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.1 * i, params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.04 * i},
+            distributions=DISTS))
+    row = regularization(_view(study, SPACE)).tables[0][1].rows[0]
+    assert row[-1].startswith("more hurt strongly (n=12, p < 0.0001")
+
+
+def _momentum_grid(trials: int) -> tuple[optuna.Study, dict]:
+    """A grid over optimizer x momentum x lr: 8 sampler points, but momentum applies to sgd
+    only, so adam's points train 2 configurations, not 4."""
+    space = {"optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"choices": [0.0, 0.9]},
+             "lr": {"choices": [0.001, 0.01]}}
+    dists: dict[str, BaseDistribution] = {
+             "optimizer": CategoricalDistribution(["adam", "sgd"]),
+             "momentum": CategoricalDistribution([0.0, 0.9]),
+             "lr": CategoricalDistribution([0.001, 0.01])}
+    study = optuna.create_study()
+    points = [(o, m, lr) for o in ("adam", "sgd") for m in (0.0, 0.9) for lr in (0.001, 0.01)]
+    for i, (opt, momentum, lr) in enumerate(points[:trials]):
+        params = {"optimizer": opt, "lr": lr} | ({"momentum": momentum} if opt == "sgd" else {})
+        study.add_trial(optuna.create_trial(
+            value=0.2 + 0.01 * i, params=params,
+            distributions={n: dists[n] for n in params}, intermediate_values={1: 0.2}))
+    return study, space
+
+
+def test_a_finished_grid_with_optimizer_specific_parameters_is_complete():
+    study, space = _momentum_grid(trials=8)
+    assert not any("grid ran" in p for p in overview(_view(study, space, "grid")).paragraphs)
+    study, space = _momentum_grid(trials=5)  # adam's 2 configurations, sgd's first of 4
+    warning, = [p for p in overview(_view(study, space, "grid")).paragraphs if "grid ran" in p]
+    assert "ran 3 of its 6 points" in warning and "--trials 8" in warning
+
+
+def test_repeat_is_no_hyperparameter_on_the_edge_of_its_range():
+    from tuning.report_stats import edge_warnings
+
+    space = {"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "repeat": {"low": 0, "high": 4}}
+    dists: dict[str, BaseDistribution] = {"lr": FloatDistribution(1e-4, 1e-1, log=True),
+                                          "repeat": IntDistribution(0, 4)}
+    study = optuna.create_study()
+    for repeat, loss in ((0, 0.1), (2, 0.2)):
+        study.add_trial(optuna.create_trial(value=loss, params={"lr": 1e-2, "repeat": repeat},
+                                            distributions=dists))
+    assert edge_warnings(_view(study, space)) == []
+
+
+def test_under_cross_validation_the_epochs_are_per_fold():
+    parsed = parse_study({"study": {"epochs": 8, "cv_folds": 5}, "space": SPACE})
+    view = StudyView(_mixed_study(), _mixed_study().get_trials(), parsed.settings, parsed.space)
+    assert "each trained for the full 8 epochs on each of its 5 folds" in view.population()

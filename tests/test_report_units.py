@@ -16,10 +16,19 @@ from tuning.data import load_arrays
 from tuning.evaluate import classification_metrics, confusion_matrix
 from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
-from tuning.report import build_report
+from tuning.report import build_report, result_line
 from tuning.report_heldout import BASELINE_ATTR
-from tuning.report_render import render_markdown
-from tuning.report_stats import StudyView, edge_warnings, hard_limit, mean_and_ci, spearman
+from tuning.report_render import fmt, render_markdown
+from tuning.report_stats import (
+    StudyView,
+    edge_warnings,
+    hard_limit,
+    mean_and_ci,
+    p_text,
+    rank_correlation,
+    reading,
+    spearman,
+)
 from tuning.space import BOUNDS
 from tuning.study_file import StudySettings, parse_study
 
@@ -81,6 +90,51 @@ def test_trials_pruned_before_training_count_their_whole_budget_as_saved():
     rows = dict(overview(view).tables[0][1].rows)
     epochs = view.settings.epochs
     assert rows["compute saved by pruning"].startswith(f"{epochs} epochs not run")
+
+
+def test_trials_the_runs_budget_stopped_are_no_saving_of_pruning():
+    from tuning.report_sections import overview
+
+    view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
+    view.study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
+        user_attrs={"epochs_run": 1, "prune_reason": "the run's --budget ran out after epoch 1"}))
+    view = StudyView(view.study, view.study.trials, view.settings, view.space)
+    rows = dict(overview(view).tables[0][1].rows)
+    left = view.settings.epochs - 1
+    assert rows["compute saved by pruning"].startswith("0 epochs not run")
+    assert rows["stopped by the run's --budget"].startswith(f"1 trial, {left} epochs not run")
+
+
+def test_table_cells_show_four_significant_digits():
+    assert fmt(0.0012345) == "0.001234"
+    assert fmt(0.00149) != fmt(0.00151)
+    assert fmt(0.99996) == "1.000"  # not 1.0000: that claims a fifth digit
+    assert fmt(0.034) == "0.03400" and fmt(0.25) == "0.2500"
+    assert fmt(1234.56) == "1235" and fmt(12.0) == "12.00"  # no trailing "."
+    assert fmt(1e-5) == "1e-05" and fmt(123456.0) == "1.235e+05"
+    assert (fmt(None), fmt(float("nan")), fmt(3), fmt(0.0)) == ("-", "-", "3", "0")
+
+
+def test_p_values_never_round_across_the_significance_level():
+    assert p_text(0.0498) == "p = 0.0498"  # not "p = 0.05" beside "beyond noise"
+    assert p_text(0.049996) == "p = 0.049996"
+    assert p_text(0.0501) == "p = 0.05" and p_text(0.5514) == "p = 0.55"
+    assert p_text(8e-5) == "p < 0.0001"
+    result = result_line({"best_trial": 3, "best": {"accuracy": 0.9, "accuracy_ci": [0.8, 0.95]},
+                          "tutorial": {"accuracy": 0.85, "accuracy_ci": [0.75, 0.9]},
+                          "mcnemar": {"b": 10, "c": 21, "p_value": 0.0498}})
+    assert result.endswith("McNemar p = 0.0498 (beyond noise)")
+
+
+def test_rank_correlation_p_value_is_exact_for_few_trials():
+    # 4 trials in perfect order: 2 of the 24 orderings are as extreme (spearmanr says p = 0).
+    assert rank_correlation([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx((1.0, 2 / 24))
+    assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((0.8, 8 / 24))
+    assert reading((0.8, 0.2), 4, None) == "no clear effect on validation loss (n=4, p = 0.2)"
+    assert reading((-0.9, 0.001), 20, (-0.5, 0.3)) == \
+        "more helped strongly (n=20, p = 0.001)"  # the gap's correlation is chance
+    assert reading((-0.9, 0.001), 20, (-0.5, 0.01)).endswith("; narrows the gap (p = 0.01)")
 
 
 def test_metrics_from_a_known_confusion_matrix():

@@ -120,7 +120,8 @@ def add_storage_arguments(parser: argparse.ArgumentParser, study_help: str,
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """How this process runs trials: the same flags for `search` and `worker`."""
-    parser.add_argument("--data-dir", type=Path, help="directory with the data set's IDX or CIFAR files")
+    parser.add_argument("--data-dir", type=Path,
+                        help="directory with the data set's IDX or CIFAR files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_compile_argument(parser)
     parser.add_argument("--timeout", type=positive_float,

@@ -34,7 +34,7 @@ from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
 from tuning.report_render import render_html, render_markdown, write_csv
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
-from tuning.report_stats import StudyView
+from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.storage import existing_artifact_store, resolve_url
 from tuning.study import load_existing, stored_definition, with_images_at
 
@@ -77,7 +77,8 @@ def build_parser(prog: str = "python -m tuning.report") -> OneLineParser:
     add_storage_arguments(parser, "study name (default mnist)", study_default="mnist")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
     parser.add_argument("--artifacts", type=Path,
-                        help="artifact directory with checkpoints (default ./artifacts)")
+                        help="artifact directory with checkpoints (default $TUNING_ARTIFACTS, "
+                             "else ./artifacts)")
     parser.add_argument("--data-dir", type=Path,
                         help="directory with the study's IDX files (default ./data); only read: "
                              "the report downloads and creates nothing there")
@@ -116,16 +117,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
         return fail(str(exc))
     print(f"report written to {out}/index.html (and summary.md, trials.csv)")
     if metrics:
-        b, t, test = metrics["best"], metrics["tutorial"], metrics["mcnemar"]
-
-        def accuracy(m: dict) -> str:
-            low, high = m["accuracy_ci"]
-            return f"{m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f})"
-
-        print(f"test accuracy: trial #{metrics['best_trial']} {accuracy(b)}, tutorial "
-              f"{accuracy(t)}; McNemar p = {test['p_value']:.2g} "
-              f"({'beyond noise' if test['p_value'] < 0.05 else 'not beyond noise'})")
+        print(result_line(metrics))
     return 0
+
+
+def result_line(metrics: dict) -> str:
+    """The held-out test's result in one line, for the terminal."""
+    b, t, test = metrics["best"], metrics["tutorial"], metrics["mcnemar"]
+
+    def accuracy(m: dict) -> str:
+        low, high = m["accuracy_ci"]
+        return f"{m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f})"
+
+    return (f"test accuracy: trial #{metrics['best_trial']} {accuracy(b)}, tutorial "
+            f"{accuracy(t)}; McNemar {p_text(test['p_value'])} "
+            f"({'beyond noise' if test['p_value'] < ALPHA else 'not beyond noise'})")
 
 
 if __name__ == "__main__":

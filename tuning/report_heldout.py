@@ -28,7 +28,7 @@ from tuning.data import DATA_KEYS, Arrays, load_arrays
 from tuning.errors import UsageError, counted, shorten
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
-from tuning.report_stats import StudyView
+from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.study import check_data_matches
 from tuning.study_file import StudyFile, StudySettings, load_study_file
 
@@ -39,8 +39,6 @@ BASELINE_ENTRIES_KEPT = 4
 # The modules whose code decides what training the baseline gives: network, batches, training
 # loop, evaluation, parameter resolution, device and precision.
 TRAINING_MODULES = ("data", "device", "evaluate", "model", "objective", "space", "train")
-ALPHA = 0.05
-"""Significance level of the McNemar comparison with the tutorial."""
 RETRAIN_TOLERANCE = 1e-4
 """Relative difference between a CPU retrain's validation loss and the trial's beyond which the
 retrain is not the trial's network (rounding alone stays orders of magnitude below)."""
@@ -177,15 +175,14 @@ def class_labels(arrays: Arrays, num_classes: int) -> list[str]:
     return [names[i] if i < len(names) else str(i) for i in range(num_classes)]
 
 
-def comparison_sentence(test: dict, n_test: int) -> str:
-    """McNemar's test of the best trial against the tutorial, in words."""
+def comparison_sentence(test: dict, n_test: int, subject: str = "the best trial") -> str:
+    """McNemar's test of the reported trial (`subject`) against the tutorial, in words."""
     b, c, p = test["b"], test["c"], test["p_value"]
     if b + c == 0:
-        return (f"The best trial and the tutorial are wrong on exactly the same test images: "
-                f"nothing tells them apart on these {n_test:,} images.")
-    shown = "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
-    counts = (f"The best trial is right on {c} images the tutorial gets wrong and wrong on {b} "
-              f"it gets right (McNemar exact {shown})")
+        return (f"{subject.capitalize()} and the tutorial are wrong on exactly the same test "
+                f"images: nothing tells them apart on these {n_test:,} images.")
+    counts = (f"{subject.capitalize()} is right on {c} images the tutorial gets wrong and wrong "
+              f"on {b} it gets right (McNemar exact {p_text(p)})")
     if p >= ALPHA:
         return f"{counts}: not distinguishable from noise on these {n_test:,} images."
     return f"{counts}: the difference is beyond noise" + (
@@ -193,15 +190,15 @@ def comparison_sentence(test: dict, n_test: int) -> str:
 
 
 def retrain_paragraphs(recorded: float, retrained: float, device_type: str,
-                       trial_device: str | None) -> list[str]:
-    """The retrained best trial's validation loss beside the trial's own, whether they should
+                       trial_device: str | None, subject: str = "the best trial") -> list[str]:
+    """The retrained trial's validation loss beside the trial's own, whether they should
     agree, and a Warning where they should and do not.
 
     Only a CPU run retrained on the CPU repeats bit for bit; `trial_device` is the trial's
     "device" attribute (None: not recorded, taken to be this device type).
     """
     relative = abs(retrained - recorded) / max(abs(recorded), 1e-12)
-    out = [f"Retrained, the best trial's network has a validation loss of {retrained:.6f}; "
+    out = [f"Retrained, {subject}'s network has a validation loss of {retrained:.6f}; "
            f"the trial recorded {recorded:.6f} (relative difference {relative:.1e})."]
     if device_type == "cuda":
         out[0] += (f" On CUDA ({CUDA_NONDETERMINISM}) a retrain differs slightly from the "
@@ -230,9 +227,10 @@ def metrics_table(rows: list[tuple[str, dict]]) -> Table:
     return table
 
 
-def per_class_table(best: dict, tutorial: dict, names: list[str]) -> Table:
-    table = Table(["class", "precision (best)", "recall (best)", "F1 (best)", "F1 (tutorial)",
-                   "support"])
+def per_class_table(best: dict, tutorial: dict, names: list[str], named: str = "best") -> Table:
+    """Per class, the reported trial's (`named`: how its columns call it) and the tutorial's."""
+    table = Table(["class", f"precision ({named})", f"recall ({named})", f"F1 ({named})",
+                   "F1 (tutorial)", "support"])
     for ours, theirs in zip(best["per_class"], tutorial["per_class"], strict=True):
         table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
                            theirs["f1"], ours["support"]])
@@ -274,6 +272,12 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     chosen = (f"Trial #{best.number}, the first complete repeat of the study's one "
               "configuration (not the best repeat, which its seed would flatter)"
               if view.fixed_configuration else f"Best trial #{best.number}")
+    # What the rest of the section calls the trial: a first repeat is not the best one.
+    if view.fixed_configuration:
+        subject, ours = "the first repeat", "first repeat"
+    else:
+        subject, ours = "the best trial", "best"
+    label = f"{subject.removeprefix('the ')} #{best.number}"
     s.paragraphs.append(
         f"{chosen} ({obtained.how}) and the tutorial's configuration "
         f"({seed_file.name}, trained for the study's {counted(epochs, 'epoch')}"
@@ -281,12 +285,21 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         f"{view.settings.seed}), each evaluated once on the {n_test:,} test images, "
         "which played no part in the search.")
     retrain_check = None
-    if obtained.retrained_val_loss is None:
-        s.paragraphs.append("The best trial's network is its own weights, saved by the trial "
-                            "at its best epoch: the network the trial validated.")
+    if obtained.retrained_val_loss is None and cross_validated:
+        folds = view.settings.cv_folds
+        fold = best.user_attrs.get("checkpoint_fold")
+        which = f"fold {fold} of {folds}" if fold else f"one of its {folds} folds"
+        s.paragraphs.append(
+            f"{subject.capitalize()}'s network is its own weights from {which}, the fold with "
+            "the lowest validation loss, saved at that fold's best epoch: one of the "
+            f"{folds} networks the trial trained (the trial's value is the mean over all "
+            f"{folds} folds, not this network's loss).")
+    elif obtained.retrained_val_loss is None:
+        s.paragraphs.append(f"{subject.capitalize()}'s network is its own weights, saved by "
+                            "the trial at its best epoch: the network the trial validated.")
     elif cross_validated:
         s.paragraphs.append(
-            f"The best trial kept no network, so its configuration was retrained on the "
+            f"{subject.capitalize()} kept no network, so its configuration was retrained on the "
             f"training split for {counted(epochs_run, 'epoch')} "
             "(validation loss "
             f"{obtained.retrained_val_loss:.6f}); the trial's value, {best.value:.6f}, is the "
@@ -295,16 +308,16 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     else:
         assert best.value is not None  # the best trial is complete
         s.paragraphs += retrain_paragraphs(best.value, obtained.retrained_val_loss,
-                                           runtime.device.type, best.user_attrs.get("device"))
+                                           runtime.device.type, best.user_attrs.get("device"),
+                                           subject)
         retrain_check = {"recorded_val_loss": best.value,
                          "retrained_val_loss": obtained.retrained_val_loss}
     s.paragraphs.append(seed_how)
-    s.paragraphs.append(comparison_sentence(test, n_test))
+    s.paragraphs.append(comparison_sentence(test, n_test, subject))
     names = class_labels(arrays, data.num_classes)
     s.tables.append(("Test metrics", metrics_table([
-        (f"best trial #{best.number}", best_metrics),
-        (f"tutorial ({seed_file.name})", seed_metrics)])))
-    s.tables.append(("Per class", per_class_table(best_metrics, seed_metrics, names)))
+        (label, best_metrics), (f"tutorial ({seed_file.name})", seed_metrics)])))
+    s.tables.append(("Per class", per_class_table(best_metrics, seed_metrics, names, ours)))
     untested = [names[c["class"]] for c in best_metrics["per_class"] if c["support"] == 0]
     if untested:
         s.paragraphs.append(
@@ -312,12 +325,11 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
             f"({shorten(', '.join(untested), 200)}): their rows show support 0, and the macro "
             "averages leave each of them out unless the network predicted it, as "
             "scikit-learn's do.")
-    for label, metrics in ((f"best trial #{best.number}", best_metrics),
-                           ("tutorial", seed_metrics)):
+    for shown, metrics in ((label, best_metrics), ("tutorial", seed_metrics)):
         cm = metrics["confusion_matrix"]
-        s.tables.append((f"Confusion matrix, {label} (rows: true class, columns: predicted)",
+        s.tables.append((f"Confusion matrix, {shown} (rows: true class, columns: predicted)",
                          confusion_table(cm, names)))
-        s.figures.append(confusion_heatmap(cm, names, f"Confusion matrix, {label}"))
+        s.figures.append(confusion_heatmap(cm, names, f"Confusion matrix, {shown}"))
     s.metrics = {"best_trial": best.number, "best": best_metrics,  # type: ignore[attr-defined]
                  "tutorial": seed_metrics, "best_model_source": obtained.how,
                  "mcnemar": test, "retrain_check": retrain_check}

@@ -20,12 +20,19 @@ if TYPE_CHECKING:  # the statistics format their numbers with `fmt`: no import c
 
 
 def fmt(value, digits: int = 4) -> str:
-    """A table cell: '-' for nothing or not finite, 4 significant digits for a float."""
+    """A table cell: '-' for nothing or not finite, `digits` significant digits for a float.
+
+    From 0.001 to 9999 a float is written out (0.001234, 0.03400, 1.000, 1235): decimal
+    places alone would show 0.0012345 as 0.0012 and 0.99996 as 1.0000. Beyond, 1.234e-05.
+    """
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else \
-            f"{value:.{digits}f}"
+        # The exponent after rounding: 0.99996 rounds to 1.000, 9999.6 to 1.000e+04.
+        exponent = int(f"{value:.{digits - 1}e}".split("e")[1])
+        if value != 0 and -3 <= exponent < 4:
+            return f"{value:.{digits - 1 - exponent}f}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -19,14 +20,21 @@ from tuning.errors import counted
 from tuning.report_render import Section, Table
 from tuning.report_stats import (
     ADAPTIVE_SAMPLERS,
+    ALPHA,
+    DEFAULT_OPTIMIZER,
+    EXACT_POINTS,
     StudyView,
     mean_and_ci,
     objective_value,
     objective_values,
+    rank_correlation,
     reading,
     spearman,
 )
+from tuning.space import REPEAT
 
+# The prune reason of a trial the run's --budget stopped (tuning.objective).
+BUDGET_STOP = "the run's --budget"
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 # A good range drawn from fewer trials than this would be one trial's learning rate.
 MIN_TRIALS_FOR_RANGE = 4
@@ -40,9 +48,18 @@ def overview(view: StudyView) -> Section:
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
     # A trial's full budget: its epochs on each fold (epochs_run counts them all).
     budget = view.settings.epochs * view.settings.cv_folds
-    # A trial pruned before training (over a size or latency limit) ran no epoch.
-    saved = sum(budget - t.user_attrs.get("epochs_run", len(t.intermediate_values))
-                for t in view.pruned)
+
+    def not_run(trials: list[FrozenTrial]) -> int:
+        # A trial pruned before training (over a size or latency limit) ran no epoch.
+        return sum(budget - t.user_attrs.get("epochs_run", len(t.intermediate_values))
+                   for t in trials)
+
+    # A trial the run's --budget stopped was cut short, not judged: its epochs not run are no
+    # saving of pruning.
+    cut = [t for t in view.pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
+        BUDGET_STOP)]
+    saved = not_run([t for t in view.pruned if t not in cut])
+    full = saved + not_run(cut) + epochs_run
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
@@ -57,8 +74,10 @@ def overview(view: StudyView) -> Section:
         ["compute spent", f"{counted(epochs_run, 'epoch')}, "
                           f"{seconds:.1f} s of training"],
         ["compute saved by pruning",
-         f"{saved} epochs not run ({saved / max(saved + epochs_run, 1):.0%} of the full "
-         "budget)"],
+         f"{saved} epochs not run ({saved / max(full, 1):.0%} of the full budget)"],
+        *([["stopped by the run's --budget", f"{counted(len(cut), 'trial')}, "
+            f"{not_run(cut)} epochs not run (counted as pruned, not as savings)"]]
+          if cut else []),
     ])
     s.tables.append(("Study", table))
     if data.get("leaks"):
@@ -68,11 +87,12 @@ def overview(view: StudyView) -> Section:
             "them; remove the copies from one side to test on unseen images only.")
     coverage = view.grid_coverage()
     if coverage is not None and coverage[0] < coverage[1]:
-        done, size = coverage
+        done, size, points = coverage
         s.paragraphs.append(
             f"Warning: the grid ran {done} of its {size} points ({done / size:.0%}); the "
             "comparisons below cover only those, so an optimizer or learning rate may be missing "
-            f"or have fewer repeats. Run the study to --trials {size} to complete it.")
+            f"or have fewer repeats. Run the study to --trials {points} (the "
+            "sampler's points) to complete it.")
     if view.fixed_configuration:
         s.paragraphs.append(_repeats_summary(view))
         s.tables.append(("Configuration (every parameter fixed)", Table(
@@ -85,9 +105,11 @@ def overview(view: StudyView) -> Section:
             f"Best trial #{best.number}: validation loss {best.value:.4f}, validation accuracy "
             f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}.")
         if view.has_repeats:
+            same = ", the same seeds for each configuration" if _paired(_repeat_cells(view)) \
+                else ""
             s.paragraphs.append(
-                "The study repeats each configuration with paired seeds (`repeat`): one best "
-                "run is partly luck; the per-optimizer means below are the comparison.")
+                f"The study varies the seed (`repeat`){same}: one best run is partly luck; the "
+                "means over repeats below are the comparison.")
         s.tables.append(("Best configuration", Table(
             ["parameter", "best value"], [[k, v] for k, v in view.configuration(best).items()])))
         front = _size_front(view)
@@ -197,13 +219,27 @@ def optimizers(view: StudyView) -> Section:
     s.tables.append(("Per optimizer", table))
     if view.has_repeats or view.is_grid:
         cells = _repeat_cells(view)
-        s.figures.append(figures.optimizer_lr_means(
-            {opt: [figures.Cell(lr, mean, half, n) for (o, lr), (mean, _, half, n, _)
-                   in cells.items() if o == opt] for opt in {o for o, _ in cells}}))
-        caption = ("Optimizer x learning rate over repeats (the same seeds for each)"
-                   if view.has_repeats else "Optimizer x learning rate")
-        repeat_table = _repeat_table(cells)
+        others = [n for n in view.tuned if n not in ("optimizer", "lr")]
+        # One line per configuration but lr: a line through cells of different batch sizes
+        # (say) would zigzag between them.
+        lines: dict[str, list[figures.Cell]] = {}
+        for c in cells:
+            label = ", ".join([c.optimizer, *(f"{n}={c.others[n]}" for n in others
+                                              if n in c.others)])
+            lines.setdefault(label, []).append(figures.Cell(c.lr, c.mean, c.half, c.n))
+        s.figures.append(figures.optimizer_lr_means(lines))
+        caption = "Optimizer x learning rate"
+        if view.has_repeats:
+            caption += (" over repeats (the same seeds for each)" if _paired(cells) else
+                        " over repeats (not the same seeds for each: the means differ by seed "
+                        "as well)")
+        repeat_table = _repeat_table(cells, others)
         repeat_table.note = view.population()
+        short = [c for c in cells if c.pruned]
+        if short:
+            repeat_table.note += (
+                f" {counted(len(short), 'configuration')} lost repeats to pruning (column "
+                "'pruned'): their means are over the repeats that completed only.")
         s.tables.append((caption, repeat_table))
     else:
         s.figures.append(figures.optimizer_boxes(
@@ -217,8 +253,12 @@ def optimizers(view: StudyView) -> Section:
             "sampler spends its budget where it already found good results, so the favoured "
             "optimizer's best value benefits from more tries. For an equal budget with the same "
             "seeds, run studies/compare-optimizers.toml.")
-    elif len(counts) == 1:
+    elif len(counts) == 1 and "optimizer" in view.tuned:
         s.paragraphs.append("Only one optimizer completed a trial.")
+    if "optimizer" not in view.tuned:
+        fixed = view.space.get("optimizer")
+        s.paragraphs.append(f"The optimizer was fixed, not tuned: every trial trained with "
+                            f"{fixed.value if fixed else DEFAULT_OPTIMIZER}.")
     return s
 
 
@@ -229,35 +269,80 @@ def _by_optimizer(view: StudyView, trials: list[FrozenTrial]) -> dict[str, list[
     return groups
 
 
-def _repeat_cells(view: StudyView) -> dict[tuple[str, float], tuple]:
-    """(optimizer, lr) -> (mean loss, sd, CI half-width, repeats, mean accuracy) over the
-    complete trials; accuracy None where no trial of the cell recorded one."""
-    grouped: dict[tuple[str, float], list[FrozenTrial]] = {}
+@dataclass(frozen=True)
+class RepeatCell:
+    """The complete repeats of one configuration (every parameter but `repeat`)."""
+
+    optimizer: str
+    lr: float
+    others: dict
+    """The configuration's other parameters, fixed ones included."""
+    n: int
+    """Complete repeats."""
+    repeats: frozenset
+    """Their `repeat` values (seed indices)."""
+    mean: float
+    sd: float | None
+    half: float | None
+    """Half-width of the 95% interval of the mean; None for a single repeat."""
+    accuracy: float | None
+    """Mean validation accuracy; None where no repeat recorded one."""
+    pruned: int
+    """Repeats pruned: left out of the mean."""
+
+
+def _repeat_cells(view: StudyView) -> list[RepeatCell]:
+    """The complete trials grouped by their whole configuration but `repeat`, so that a cell
+    pools nothing but seeds; each with its mean loss, spread and accuracy."""
+    def key(t: FrozenTrial) -> tuple:
+        config = view.configuration(t)
+        others = {k: v for k, v in config.items() if k not in ("optimizer", "lr")}
+        return view.optimizer(t), float(view.param(t, "lr")), tuple(sorted(others.items()))
+
+    grouped: dict[tuple, list[FrozenTrial]] = {}
+    pruned: dict[tuple, int] = {}
     for t in view.completed:
-        lr = view.param(t, "lr")
-        if lr is not None:
-            grouped.setdefault((view.optimizer(t), float(lr)), []).append(t)
-    cells = {}
-    for key, group in sorted(grouped.items()):
+        if view.param(t, "lr") is not None:
+            grouped.setdefault(key(t), []).append(t)
+    for t in view.pruned:
+        if view.param(t, "lr") is not None:
+            pruned[key(t)] = pruned.get(key(t), 0) + 1
+    cells = []
+    # Values of one parameter may be of several types (an int and a float choice): ordered by
+    # type first, then by value.
+    for (opt, lr, others), group in sorted(grouped.items(), key=lambda kv: (
+            kv[0][:2], [(k, type(v).__name__, v) for k, v in kv[0][2]])):
         mean, sd, half = mean_and_ci(objective_values(group))
         accs = [a for t in group if (a := t.user_attrs.get("val_accuracy")) is not None]
-        cells[key] = (mean, sd, half, len(group), statistics.fmean(accs) if accs else None)
+        cells.append(RepeatCell(opt, lr, dict(others), len(group),
+                                frozenset(view.param(t, REPEAT) for t in group), mean, sd,
+                                half, statistics.fmean(accs) if accs else None,
+                                pruned.get((opt, lr, others), 0)))
     return cells
 
 
-def _repeat_table(cells: dict[tuple[str, float], tuple]) -> Table:
-    table = Table(["optimizer", "lr", "repeats", "mean val loss", "sd", "95% CI",
-                   "mean val acc"])
-    for (opt, lr), (mean, sd, half, n, acc) in cells.items():
-        interval = "-" if half is None else f"{mean - half:.4f} .. {mean + half:.4f}"
-        table.rows.append([opt, lr, n, mean, sd, interval, acc])
+def _paired(cells: list[RepeatCell]) -> bool:
+    """Whether every cell's mean is over the same seeds, so that the cells differ by
+    configuration alone. A complete grid over `repeat` pairs them; a random or adaptive
+    sampler draws `repeat` per trial, and pruning takes repeats out of some cells."""
+    return len({c.repeats for c in cells}) == 1
+
+
+def _repeat_table(cells: list[RepeatCell], others: list[str]) -> Table:
+    """One row per configuration; `others`: the tuned parameters besides optimizer and lr,
+    one column each."""
+    table = Table(["optimizer", "lr", *others, "repeats", "pruned", "mean val loss", "sd",
+                   "95% CI", "mean val acc"])
+    for c in cells:
+        interval = "-" if c.half is None else f"{c.mean - c.half:.4f} .. {c.mean + c.half:.4f}"
+        table.rows.append([c.optimizer, c.lr, *[c.others.get(n) for n in others], c.n,
+                           c.pruned, c.mean, c.sd, interval, c.accuracy])
     return table
 
 
 def learning_rate(view: StudyView) -> Section:
     s = Section("Learning rate")
-    table = Table(["optimizer", "complete trials", "best lr", "good lr range (best quarter)",
-                   "best val loss"])
+    table = Table(["optimizer", "complete trials", "best lr", "good lr range", "best val loss"])
     groups: dict[str, list[figures.Point]] = {}
     for t in view.completed:
         lr = view.param(t, "lr")
@@ -274,14 +359,25 @@ def learning_rate(view: StudyView) -> Section:
         if len(ranked) >= MIN_TRIALS_FOR_RANGE:
             top = ranked[:max(2, math.ceil(len(ranked) / 4))]
             good[name] = (min(p.x for p in top), max(p.x for p in top))
-            span = f"{good[name][0]:.2g} .. {good[name][1]:.2g}"
+            span = f"{_span(*good[name])} (best {len(top)} of {len(ranked)})"
         table.rows.append([name, len(points), ranked[0].x, span, ranked[0].y])
     s.figures.append(figures.lr_scatter(groups, pruned, good))
     table.note = (f"{view.population()} The good range is the span of learning rates among "
-                  "each optimizer's best quarter of complete trials (shaded in the plot), given "
-                  f"from {MIN_TRIALS_FOR_RANGE} trials on.")
+                  "each optimizer's best quarter of complete trials, but at least its best 2 "
+                  "(each row says how many; shaded in the plot), given from "
+                  f"{MIN_TRIALS_FOR_RANGE} trials on.")
     s.tables.append(("Best learning rates per optimizer", table))
     return s
+
+
+def _span(low: float, high: float) -> str:
+    """'0.001 .. 0.003': two significant digits, more where two ends that differ would read
+    the same (0.00101 .. 0.00104)."""
+    for digits in range(2, 17):
+        shown = f"{low:.{digits}g}", f"{high:.{digits}g}"
+        if low == high or shown[0] != shown[1]:
+            break
+    return " .. ".join(shown)
 
 
 def regularization(view: StudyView) -> Section:
@@ -303,13 +399,15 @@ def regularization(view: StudyView) -> Section:
         pts = [(float(x), objective_value(t), view.gap(t), t.user_attrs.get("val_accuracy"))
                for t in view.completed if (x := view.param(t, name)) is not None]
         xs = [p[0] for p in pts]
-        corr_loss = spearman(xs, [p[1] for p in pts])
+        corr_loss = rank_correlation(xs, [p[1] for p in pts])
         with_acc = [(p[0], p[3]) for p in pts if p[3] is not None]
         corr_acc = spearman([p[0] for p in with_acc], [p[1] for p in with_acc])
         with_gap = [(p[0], p[2]) for p in pts if p[2] is not None]
-        corr_gap = spearman([p[0] for p in with_gap], [p[1] for p in with_gap])
+        corr_gap = rank_correlation([p[0] for p in with_gap], [p[1] for p in with_gap])
         table.rows.append([name, len(pts), view.param(best, name) if best else None,
-                           corr_loss, corr_acc, corr_gap, reading(corr_loss, corr_gap)])
+                           corr_loss[0] if corr_loss else None, corr_acc,
+                           corr_gap[0] if corr_gap else None,
+                           reading(corr_loss, len(pts), corr_gap)])
         fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
                                  marker_color=figures.colour(0), showlegend=False),
                       row=1, col=col)
@@ -336,7 +434,9 @@ def regularization(view: StudyView) -> Section:
         "objective (with dropout, augmentation, smoothing and L1) is kept in trials.csv but is "
         "not comparable. Label smoothing raises validation cross-entropy by design (its "
         "predictions are less confident), so judge it by accuracy as well. Correlations across "
-        "an adaptive search are evidence, not proof: parameters were not varied one at a time.")
+        "an adaptive search are evidence, not proof: parameters were not varied one at a time. "
+        f"The reading claims an effect only where its p-value is below {ALPHA:g} (exact up to "
+        f"{EXACT_POINTS} trials).")
     if without_gap:
         s.paragraphs.append(
             f"{without_gap} complete trials were recorded before the training loss was measured "

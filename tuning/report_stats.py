@@ -7,6 +7,7 @@ No tables or figures here: tuning.report_sections lays these out.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning.errors import counted
 from tuning.report_render import fmt
-from tuning.space import BOUNDS, REPEAT, Param, tuned
+from tuning.space import BOUNDS, REPEAT, Param, applies, tuned
 from tuning.study_file import StudySettings
 from tuning.train import TrainConfig
 
@@ -59,9 +60,12 @@ class StudyView:
         left_out = [f"{n} {state.name.lower()}" for state in (TrialState.FAIL, TrialState.RUNNING,
                                                               TrialState.WAITING)
                     if (n := sum(t.state == state for t in self.trials))]
-        epochs = self.settings.epochs
+        epochs = counted(self.settings.epochs, "epoch")
+        folds = self.settings.cv_folds
+        # Under cross-validation a trial trains its epochs once on each fold.
+        full = f"{epochs} on each of its {folds} folds" if folds > 1 else epochs
         text = (f"Counted: the {len(self.completed)} complete trials, each trained for the full "
-                f"{counted(epochs, 'epoch')}, so their losses compare.")
+                f"{full}, so their losses compare.")
         if self.pruned:
             text += (f" The {len(self.pruned)} pruned trials stopped early: they are counted "
                      "apart and their losses are left out.")
@@ -87,15 +91,16 @@ class StudyView:
     def is_grid(self) -> bool:
         return self.settings.sampler == "grid"
 
-    def grid_coverage(self) -> tuple[int, int] | None:
-        """(distinct grid points finished, points in the grid) for a grid study, else None."""
+    def grid_coverage(self) -> tuple[int, int, int] | None:
+        """(distinct configurations finished, distinct configurations in the grid, the
+        sampler's points: the trials that complete the grid) for a grid study, else None."""
         if not self.is_grid:
             return None
         from tuning.strategy import grid_size
 
         done = {tuple(sorted(t.params.items())) for t in self.trials
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-        return len(done), grid_size(self.space)
+        return len(done), grid_configurations(self.space), grid_size(self.space)
 
     def best(self) -> FrozenTrial | None:
         return self.study.best_trial if self.completed else None
@@ -136,14 +141,77 @@ class StudyView:
         return last - train if math.isfinite(last) else None
 
 
+def grid_configurations(space: dict[str, Param]) -> int:
+    """How many different configurations the grid sampler's points train.
+
+    The sampler's grid (tuning.strategy.grid_size) crosses every parameter with every
+    optimizer, but a trial samples only the parameters that apply to its optimizer
+    (tuning.space.applies): adam's points with momentum 0.0 and 0.9 train the same network and
+    record the same parameters, so a finished grid has fewer distinct configurations than
+    points.
+    """
+    from tuning.strategy import grid_space
+
+    grid = grid_space(space)
+    fixed = space.get("optimizer")
+    optimizers = grid.get("optimizer") or [fixed.value if fixed else DEFAULT_OPTIMIZER]
+    return sum(math.prod(len(values) for name, values in grid.items()
+                         if name != "optimizer" and applies(name, {"optimizer": optimizer}))
+               for optimizer in optimizers)
+
+
+ALPHA = 0.05
+"""Significance level of the report's tests (rank correlations, McNemar)."""
+# Up to this many points a rank correlation's p-value counts every ordering (8! = 40,320):
+# spearmanr's t approximation gives p = 0 for 4 trials in perfect order, where 1 ordering in
+# 12 is as extreme.
+EXACT_POINTS = 8
+
+
+def p_text(p: float) -> str:
+    """'p = 0.032': two significant digits, more where rounding would carry p across ALPHA
+    (0.0498 must not read 'p = 0.05' beside 'beyond noise')."""
+    if p < 1e-4:
+        return "p < 0.0001"
+    for digits in range(2, 7):
+        shown = f"{p:.{digits}g}"
+        if (float(shown) < ALPHA) == (p < ALPHA):
+            return f"p = {shown}"
+    return f"p < {ALPHA:g}"  # within 1e-6 below it
+
+
+def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float] | None:
+    """Spearman's rank correlation and its two-sided p-value, tied values sharing their average
+    rank (so the order the trials come in cannot change it); None with fewer than 4 points or
+    no spread. Up to EXACT_POINTS points the p-value is exact: the share of all pairings of
+    the ranks whose correlation is as strong."""
+    import numpy as np
+    from scipy.stats import rankdata, spearmanr
+
+    if not _correlatable(x, y):
+        return None
+    result = spearmanr(x, y)
+    rho = float(result.statistic)
+    if len(x) > EXACT_POINTS:
+        return rho, float(result.pvalue)
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    orderings = np.array(list(itertools.permutations(ry)))
+    rhos = orderings @ rx / (np.linalg.norm(rx) * np.linalg.norm(ry))
+    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-9))
+
+
 def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation, tied values sharing their average rank (so the order the
-    trials come in cannot change it); None with fewer than 4 points or no spread."""
+    """Spearman's rank correlation alone (rank_correlation's, without the cost of its
+    p-value)."""
     from scipy.stats import spearmanr
 
-    if len(x) < 4 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    return float(spearmanr(x, y).statistic)
+    return float(spearmanr(x, y).statistic) if _correlatable(x, y) else None
+
+
+def _correlatable(x: list[float], y: list[float]) -> bool:
+    """At least 4 points, and spread in both."""
+    return len(x) >= 4 and len(set(x)) >= 2 and len(set(y)) >= 2
 
 
 def objective_value(trial: FrozenTrial) -> float:
@@ -169,18 +237,24 @@ def mean_and_ci(values: list[float]) -> tuple[float, float | None, float | None]
     return mean, sd, float(student_t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
 
 
-def reading(corr_loss: float | None, corr_gap: float | None) -> str:
-    """A regularizer's correlations with validation loss and with the gap, in words."""
-    if corr_loss is None:
+def reading(loss: tuple[float, float] | None, n: int,
+            gap: tuple[float, float] | None) -> str:
+    """A regularizer's rank correlations (rho, p) with validation loss and with the gap, over
+    `n` trials, in words: an effect only where its p-value is below ALPHA, since with few
+    trials a strong-looking rho is often chance."""
+    if loss is None:
         return "too few trials"
-    strength = abs(corr_loss)
-    if strength < 0.2:
-        effect = "little effect on validation loss"
+    rho, p = loss
+    evidence = f"n={n}, {p_text(p)}"
+    if p >= ALPHA:
+        effect = f"no clear effect on validation loss ({evidence})"
+    elif abs(rho) < 0.2:
+        effect = f"little effect on validation loss ({evidence})"
     else:
-        effect = ("more helped" if corr_loss < 0 else "more hurt") + \
-            (" (strongly)" if strength >= 0.5 else "")
-    if corr_gap is not None and corr_gap <= -0.2:
-        effect += "; narrows the gap"
+        effect = ("more helped" if rho < 0 else "more hurt") + \
+            (" strongly" if abs(rho) >= 0.5 else "") + f" ({evidence})"
+    if gap is not None and gap[0] <= -0.2 and gap[1] < ALPHA:
+        effect += f"; narrows the gap ({p_text(gap[1])})"
     return effect
 
 
@@ -202,7 +276,10 @@ def edge_warnings(view: StudyView) -> list[str]:
         return []
     best = view.study.best_trial
     found = []
-    for name, p in view.space.items():
+    # Tuned parameters only: `repeat` is a seed index, and no seed is better for being the
+    # first or the last.
+    for name in view.tuned:
+        p = view.space[name]
         if p.kind not in ("float", "int") or name not in best.params:
             continue
         value = best.params[name]

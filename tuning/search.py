@@ -2,7 +2,8 @@
 
 `--trials N` is the study's target of finished trials (complete or pruned), not a number to
 add: a study with 4 finished trials run again with `--trials 6` runs 2 more. With several
-workers (two per GPU by default, else one per core up to 4 on the CPU) the target is exact across all of them.
+workers (two per GPU by default, else one per core up to 4 on the CPU) the target is exact
+across all of them.
 """
 
 from __future__ import annotations
