@@ -110,8 +110,11 @@ def test_table_cells_show_four_significant_digits():
     assert fmt(0.0012345) == "0.001234"
     assert fmt(0.00149) != fmt(0.00151)
     assert fmt(0.99996) == "1.000"  # not 1.0000: that claims a fifth digit
-    assert fmt(0.034) == "0.03400" and fmt(0.25) == "0.2500"
-    assert fmt(1234.56) == "1235" and fmt(12.0) == "12.00"  # no trailing "."
+    assert fmt(0.0340001) == "0.03400" and fmt(0.2500003) == "0.2500"
+    # A value its short form gives exactly (a choice) has no trailing zeros, which say rounded.
+    assert (fmt(0.001), fmt(0.034), fmt(0.1), fmt(12.0), fmt(0.9)) == \
+        ("0.001", "0.034", "0.1", "12", "0.9")
+    assert fmt(1234.56) == "1235" and fmt(12.000001) == "12.00"  # no trailing "."
     assert fmt(1e-5) == "1e-05" and fmt(123456.0) == "1.235e+05"
     assert (fmt(None), fmt(float("nan")), fmt(3), fmt(0.0)) == ("-", "-", "3", "0")
 

@@ -24,6 +24,8 @@ def fmt(value, digits: int = 4) -> str:
 
     From 0.001 to 9999 a float is written out (0.001234, 0.03400, 1.000, 1235): decimal
     places alone would show 0.0012345 as 0.0012 and 0.99996 as 1.0000. Beyond, 1.234e-05.
+    Trailing zeros say a value was rounded: one that its shorter form gives exactly (a
+    choice such as lr 0.001 or dropout 0.1) is written without them.
     """
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -31,7 +33,9 @@ def fmt(value, digits: int = 4) -> str:
         # The exponent after rounding: 0.99996 rounds to 1.000, 9999.6 to 1.000e+04.
         exponent = int(f"{value:.{digits - 1}e}".split("e")[1])
         if value != 0 and -3 <= exponent < 4:
-            return f"{value:.{digits - 1 - exponent}f}"
+            shown = f"{value:.{digits - 1 - exponent}f}"
+            exact = shown.rstrip("0").rstrip(".") if "." in shown else shown
+            return exact if float(exact) == value else shown
         return f"{value:.{digits}g}"
     return str(value)
 
