@@ -111,7 +111,7 @@ def test_a_partial_grid_is_flagged_and_repeat_is_no_hyperparameter():
     study, space = _grid_study(repeats=3, trials=9)
     view = _view(study, space, sampler="grid")
     first = overview(view)
-    assert any("the grid ran 9 of its 12 points" in p for p in first.paragraphs)
+    assert any("the grid ran 9 of its 12 configurations" in p for p in first.paragraphs)
     best_config = dict(first.tables[1][1].rows)
     assert "repeat" not in best_config and "optimizer" in best_config
     what_mattered = importance(view)
@@ -325,7 +325,7 @@ def test_a_finished_grid_with_optimizer_specific_parameters_is_complete():
     assert not any("grid ran" in p for p in overview(_view(study, space, "grid")).paragraphs)
     study, space = _momentum_grid(trials=5)  # adam's 2 configurations, sgd's first of 4
     warning, = [p for p in overview(_view(study, space, "grid")).paragraphs if "grid ran" in p]
-    assert "ran 3 of its 6 points" in warning and "--trials 8" in warning
+    assert "ran 3 of its 6 configurations" in warning and "--trials 8" in warning
 
 
 def test_repeat_is_no_hyperparameter_on_the_edge_of_its_range():

@@ -89,10 +89,12 @@ def overview(view: StudyView) -> Section:
     if coverage is not None and coverage[0] < coverage[1]:
         done, size, points = coverage
         s.paragraphs.append(
-            f"Warning: the grid ran {done} of its {size} points ({done / size:.0%}); the "
-            "comparisons below cover only those, so an optimizer or learning rate may be missing "
-            f"or have fewer repeats. Run the study to --trials {points} (the "
-            "sampler's points) to complete it.")
+            f"Warning: the grid ran {done} of its {size} configurations ({done / size:.0%}); "
+            "the comparisons below cover only those, so an optimizer or learning rate may be "
+            f"missing or have fewer repeats. Run the study to --trials {points} to complete it"
+            + ("." if points == size else
+               f" (the sampler's grid has {points} points: for the optimizers that do not use "
+               "a parameter, its values give the same configuration)."))
     if view.fixed_configuration:
         s.paragraphs.append(_repeats_summary(view))
         s.tables.append(("Configuration (every parameter fixed)", Table(
