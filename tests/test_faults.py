@@ -167,6 +167,33 @@ def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_lef
         assert retry.system_attrs["failed_trial"] == trial.number == expected_parent
 
 
+def test_a_grid_trial_cut_short_is_retried_on_its_own_grid_point(tmp_path):
+    # Given a new point instead, the retry would run the failed configuration again and mark
+    # another point visited that nobody ran: the grid would end with a point missing.
+    from tuning.storage import queue_retry
+
+    grid_space = {"optimizer": Param("optimizer", "categorical", choices=("adam", "sgd")),
+                  "blocks": Param("blocks", "categorical", choices=(1, 2))}
+    url, _ = _sqlite_study(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(url),
+                              sampler=make_sampler("grid", 0, grid_space))
+
+    def run(trial):
+        return (trial.suggest_categorical("optimizer", ["adam", "sgd"]),
+                trial.suggest_categorical("blocks", [1, 2]))
+
+    first = study.ask()
+    cut_short = run(first)
+    study.tell(first, state=TrialState.FAIL)
+    queue_retry(study, study.trials[first.number])
+    ran = []
+    for _ in range(4):
+        trial = study.ask()
+        ran.append(run(trial))
+        study.tell(trial, 0.5)
+    assert ran[0] == cut_short and len(set(ran)) == 4  # every point once, the failed one first
+
+
 def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_completed(tmp_path):
     # Worker A ends its trial; it checks the trial is still running, then is paused before
     # writing, while worker B fails the trial as stale (and would queue it again). Resumed, A

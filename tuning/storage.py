@@ -95,6 +95,8 @@ POSTGRES_CONNECT_ARGS = {
     + " -c tcp_user_timeout=30000"
     + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
+ARTIFACT_ATTR_PREFIX = "artifacts:"
+"""How Optuna names a trial's system attribute for each artifact uploaded to it."""
 MAX_RETRIES = 3
 """How often one configuration is queued again after its trial was cut short (its worker died,
 was stopped, or lost the database): a configuration that keeps failing stops there."""
@@ -449,8 +451,9 @@ def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a trial that was cut short (FAIL: its worker died, was stopped, or lost the
     database) to run again, at most MAX_RETRIES times (then a warning: that configuration is
     given up). Optuna's RetryFailedTrialCallback, but for the warning and for what the retry
-    takes: the configuration, the queued values, the seed (so that it repeats the same run),
-    where a queued configuration came from (so that it still runs whole) and the retry
+    takes: the configuration, the seed (so that it repeats the same run), where a queued
+    configuration came from (so that it still runs whole), Optuna's own attributes (queued
+    values, a grid sampler's point, which the retry must fill, not a new one) and the retry
     history; never what the cut-short run left (its reason, metrics, checkpoint and artifacts,
     which would be taken for the retry's own)."""
     from tuning.warm_start import WARM_START_ATTR  # imports torch: only when a retry is due
@@ -461,9 +464,9 @@ def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                     "already retried %d times (trials %s)", trial.number, MAX_RETRIES,
                     ", ".join(map(str, history[:-1])))
         return
-    system_attrs = {"failed_trial": trial.number, "retry_history": history}
-    if "fixed_params" in trial.system_attrs:
-        system_attrs["fixed_params"] = trial.system_attrs["fixed_params"]
+    system_attrs = {**{key: value for key, value in trial.system_attrs.items()
+                       if not key.startswith(ARTIFACT_ATTR_PREFIX)},
+                    "failed_trial": trial.number, "retry_history": history}
     study.add_trial(optuna.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params,
         distributions=trial.distributions, system_attrs=system_attrs,
