@@ -302,8 +302,8 @@ def test_a_rank_correlation_over_few_trials_claims_no_effect():
 
 
 def _momentum_grid(trials: int) -> tuple[optuna.Study, dict]:
-    """A grid over optimizer x momentum x lr: 8 sampler points, but momentum applies to sgd
-    only, so adam's points train 2 configurations, not 4."""
+    """A grid over optimizer x momentum x lr: momentum applies to sgd only, so adam has 2
+    configurations, not 4: 6 in all."""
     space = {"optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"choices": [0.0, 0.9]},
              "lr": {"choices": [0.001, 0.01]}}
     dists: dict[str, BaseDistribution] = {
@@ -311,7 +311,8 @@ def _momentum_grid(trials: int) -> tuple[optuna.Study, dict]:
              "momentum": CategoricalDistribution([0.0, 0.9]),
              "lr": CategoricalDistribution([0.001, 0.01])}
     study = optuna.create_study()
-    points = [(o, m, lr) for o in ("adam", "sgd") for m in (0.0, 0.9) for lr in (0.001, 0.01)]
+    points = [("adam", None, lr) for lr in (0.001, 0.01)] + \
+        [("sgd", m, lr) for m in (0.0, 0.9) for lr in (0.001, 0.01)]
     for i, (opt, momentum, lr) in enumerate(points[:trials]):
         params = {"optimizer": opt, "lr": lr} | ({"momentum": momentum} if opt == "sgd" else {})
         study.add_trial(optuna.create_trial(
@@ -321,11 +322,11 @@ def _momentum_grid(trials: int) -> tuple[optuna.Study, dict]:
 
 
 def test_a_finished_grid_with_optimizer_specific_parameters_is_complete():
-    study, space = _momentum_grid(trials=8)
+    study, space = _momentum_grid(trials=6)
     assert not any("grid ran" in p for p in overview(_view(study, space, "grid")).paragraphs)
-    study, space = _momentum_grid(trials=5)  # adam's 2 configurations, sgd's first of 4
+    study, space = _momentum_grid(trials=3)  # adam's 2 configurations, sgd's first of 4
     warning, = [p for p in overview(_view(study, space, "grid")).paragraphs if "grid ran" in p]
-    assert "ran 3 of its 6 configurations" in warning and "--trials 8" in warning
+    assert "ran 3 of its 6 configurations" in warning and "--trials 6" in warning
 
 
 def test_repeat_is_no_hyperparameter_on_the_edge_of_its_range():

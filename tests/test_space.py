@@ -12,7 +12,7 @@ from helpers import run_cli
 from tuning.errors import MESSAGE_CHARS, UsageError
 from tuning.model import SEED
 from tuning.space import BOUNDS, build_configs, sample
-from tuning.strategy import grid_space
+from tuning.strategy import grid_size, grid_space, make_sampler
 from tuning.study_file import StudySettings, load_study_file, parse_study
 from tuning.train import TrainConfig
 from tuning.warm_start import enqueue
@@ -195,6 +195,26 @@ def test_grid_covers_choices_and_spreads_ranges():
     assert grid["blocks"] == [1, 2, 3]
     assert grid["lr"] == pytest.approx([1e-4, 1e-3, 1e-2])
     assert "hflip" not in grid
+
+
+@pytest.mark.parametrize("optimizers", [["adam", "sgd"], "sgd", "adam"])
+def test_the_grid_visits_each_configuration_once(optimizers):
+    # Momentum applies to sgd only: crossed with adam, its values would run adam's
+    # configurations twice each.
+    optimizer = {"choices": optimizers} if isinstance(optimizers, list) else optimizers
+    space = parse_study({"study": {"sampler": "grid"}, "space": {
+        "optimizer": optimizer, "momentum": {"choices": [0.0, 0.9]},
+        "lr": {"choices": [0.001, 0.01]}, "repeat": {"choices": [0, 1]}}}).space
+    expected = {("adam", "sgd"): 12, "sgd": 8, "adam": 4}[
+        tuple(optimizers) if isinstance(optimizers, list) else optimizers]
+    assert grid_size(space) == expected
+    study = optuna.create_study(sampler=make_sampler("grid", 3, space))
+    configurations = []
+    for _ in range(expected):
+        trial = study.ask()
+        configurations.append(tuple(sorted(sample(trial, space).items())))
+        study.tell(trial, 1.0)
+    assert len(set(configurations)) == expected
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -87,14 +87,11 @@ def overview(view: StudyView) -> Section:
             "them; remove the copies from one side to test on unseen images only.")
     coverage = view.grid_coverage()
     if coverage is not None and coverage[0] < coverage[1]:
-        done, size, points = coverage
+        done, size = coverage
         s.paragraphs.append(
             f"Warning: the grid ran {done} of its {size} configurations ({done / size:.0%}); "
             "the comparisons below cover only those, so an optimizer or learning rate may be "
-            f"missing or have fewer repeats. Run the study to --trials {points} to complete it"
-            + ("." if points == size else
-               f" (the sampler's grid has {points} points: for the optimizers that do not use "
-               "a parameter, its values give the same configuration)."))
+            f"missing or have fewer repeats. Run the study to --trials {size} to complete it.")
     if view.fixed_configuration:
         s.paragraphs.append(_repeats_summary(view))
         s.tables.append(("Configuration (every parameter fixed)", Table(

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning.errors import counted
 from tuning.report_render import fmt
-from tuning.space import BOUNDS, REPEAT, Param, applies, tuned
+from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
 from tuning.train import TrainConfig
 
@@ -91,16 +91,16 @@ class StudyView:
     def is_grid(self) -> bool:
         return self.settings.sampler == "grid"
 
-    def grid_coverage(self) -> tuple[int, int, int] | None:
-        """(distinct configurations finished, distinct configurations in the grid, the
-        sampler's points: the trials that complete the grid) for a grid study, else None."""
+    def grid_coverage(self) -> tuple[int, int] | None:
+        """(distinct configurations finished, configurations in the grid) for a grid study,
+        else None."""
         if not self.is_grid:
             return None
         from tuning.strategy import grid_size
 
         done = {tuple(sorted(t.params.items())) for t in self.trials
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-        return len(done), grid_configurations(self.space), grid_size(self.space)
+        return len(done), grid_size(self.space)
 
     def best(self) -> FrozenTrial | None:
         return self.study.best_trial if self.completed else None
@@ -139,25 +139,6 @@ class StudyView:
             return None
         last = trial.intermediate_values[max(trial.intermediate_values)]
         return last - train if math.isfinite(last) else None
-
-
-def grid_configurations(space: dict[str, Param]) -> int:
-    """How many different configurations the grid sampler's points train.
-
-    The sampler's grid (tuning.strategy.grid_size) crosses every parameter with every
-    optimizer, but a trial samples only the parameters that apply to its optimizer
-    (tuning.space.applies): adam's points with momentum 0.0 and 0.9 train the same network and
-    record the same parameters, so a finished grid has fewer distinct configurations than
-    points.
-    """
-    from tuning.strategy import grid_space
-
-    grid = grid_space(space)
-    fixed = space.get("optimizer")
-    optimizers = grid.get("optimizer") or [fixed.value if fixed else DEFAULT_OPTIMIZER]
-    return sum(math.prod(len(values) for name, values in grid.items()
-                         if name != "optimizer" and applies(name, {"optimizer": optimizer}))
-               for optimizer in optimizers)
 
 
 ALPHA = 0.05

@@ -16,6 +16,7 @@ import optuna
 import torch
 
 from tuning.space import applies
+from tuning.train import TrainConfig
 from tuning.warm_start import queued_values
 
 if TYPE_CHECKING:
@@ -23,11 +24,31 @@ if TYPE_CHECKING:
 
 
 class TargetGridSampler(optuna.samplers.GridSampler):
-    """GridSampler that leaves stopping to the study's target of finished trials.
+    """GridSampler over a study's search space that visits each configuration once and leaves
+    stopping to the study's target of finished trials.
 
-    GridSampler.after_trial calls study.stop() once the grid is covered, which Optuna allows
-    only inside study.optimize; our worker loop (tuning.runner.run_trials) stops at the target.
+    Optuna's grid crosses every parameter with every other, but a trial never samples a
+    parameter that does not apply to its optimizer (momentum for adam): each of its values
+    would give the same configuration again. The grid keeps one point of each configuration
+    (the first in its shuffled order, the same in every process). GridSampler.after_trial
+    calls study.stop() once the grid is covered, which Optuna allows only inside
+    study.optimize; our worker loop (tuning.runner.run_trials) stops at the target.
     """
+
+    def __init__(self, space: dict[str, Param], seed: int):
+        super().__init__(grid_space(space), seed=seed)
+        fixed = {name: p.value for name, p in space.items() if p.kind == "fixed"}
+        seen: set[tuple] = set()
+        points = []
+        for point in self._all_grids:
+            config = {**fixed, **dict(zip(self._param_names, point, strict=True))}
+            configuration = tuple((name, value) for name, value in config.items()
+                                  if name in self._param_names and applies(name, config))
+            if configuration not in seen:
+                seen.add(configuration)
+                points.append(point)
+        self._all_grids = points
+        self._n_min_trials = len(points)
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
@@ -179,8 +200,15 @@ def grid_space(space: dict[str, Param]) -> dict[str, list]:
 
 
 def grid_size(space: dict[str, Param]) -> int:
-    """How many points the grid sampler would visit."""
-    return math.prod(len(values) for values in grid_space(space).values())
+    """How many configurations the grid sampler visits: for each optimizer, the product of
+    the grids of the parameters that apply to it (TargetGridSampler)."""
+    grid = grid_space(space)
+    fixed = space.get("optimizer")
+    optimizers = grid.get("optimizer") or [fixed.value if fixed is not None else
+                                           TrainConfig.optimizer]
+    return sum(math.prod(len(values) for name, values in grid.items()
+                         if name != "optimizer" and applies(name, {"optimizer": optimizer}))
+               for optimizer in optimizers)
 
 
 def _seeded_per_trial(
@@ -207,7 +235,7 @@ SAMPLERS: dict[str, Callable[[int, dict[str, Param]], optuna.samplers.BaseSample
     "random": _seeded_per_trial(lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
     # One seed for all: it orders the grid, and workers take grid points by number from the
     # study, so they never share one.
-    "grid": lambda seed, space: TargetGridSampler(grid_space(space), seed=seed),
+    "grid": lambda seed, space: TargetGridSampler(space, seed),
     # CMA-ES handles only numbers; categoricals go to its independent (random) sampler.
     "cmaes": _seeded_per_trial(lambda seed, space: optuna.samplers.CmaEsSampler(
         seed=seed, warn_independent_sampling=False)),
