@@ -254,3 +254,14 @@ def test_ctrl_c_while_a_subcommand_imports_is_one_line_and_130(monkeypatch, caps
     assert command.main(["search", "--trials", "1"]) == 130
     err = capsys.readouterr().err
     assert err == "tuning search: stopped by SIGINT\n"
+
+
+def test_a_grid_study_targets_its_configurations_not_the_default_100(tmp_path):
+    # Past the grid's end, the sampler would run its configurations again, seed and all.
+    created = tuning("search", "--study", "compare-optimizers", "--dataset", "mnist-sample",
+                     "--create-only", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "the grid has 48 configurations: the target is 48 trials, not 100" in created.stderr
+    study = optuna.load_study(study_name="compare-optimizers",
+                              storage=f"sqlite:///{tmp_path}/studies/compare-optimizers.db")
+    assert study.user_attrs["target_trials"] == 48

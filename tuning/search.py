@@ -54,7 +54,7 @@ from tuning.runner import StudyLock, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import Param, representative, tuned
+from tuning.space import REPEAT, Param, representative, tuned
 from tuning.storage import (
     artifact_store,
     check_settings,
@@ -171,6 +171,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"grid sampler: the grid of {study_file.path} has "
                          f"{grid_size(study_file.space)} "
                          "points; narrow the space or use another sampler")
+    if settings.sampler == "grid" and args.trials > grid_size(study_file.space):
+        # Past its end the grid would run its configurations again, seed and all.
+        more = ("more values of `repeat`" if REPEAT in study_file.space
+                else "a `repeat` parameter in the space")
+        log.info("the grid has %d configurations: the target is %d trials, not %d (for more "
+                 "repeats: %s)", grid_size(study_file.space), grid_size(study_file.space),
+                 args.trials, more)
+        args.trials = grid_size(study_file.space)
     if settings.sampler == "grid" and (study_file.enqueue or args.warm_start_from):
         raise UsageError("the grid sampler runs every point of its grid: enqueue and "
                          "--warm-start-from need another sampler")
