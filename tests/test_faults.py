@@ -219,7 +219,7 @@ def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_complet
         check(trial_id, state)
         if not b_thread.is_alive() and "b" not in outcome:
             b_thread.start()
-            b_thread.join(timeout=1.0)  # B either fails the trial now or waits for A's write
+            b_thread.join(timeout=5.0)  # B either fails the trial now or waits for A's write
 
     a.check_trial_is_updatable = paused_after_the_check
     a.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
@@ -391,6 +391,10 @@ def test_a_grace_period_under_two_heartbeats_is_refused(monkeypatch):
         grace_period()
     monkeypatch.setenv("TUNING_GRACE_PERIOD", "60")
     assert grace_period() == 60
+    monkeypatch.delenv("TUNING_GRACE_PERIOD")  # the default, 30, under a 20 s interval
+    monkeypatch.setenv("TUNING_HEARTBEAT_INTERVAL", "20")
+    with pytest.raises(UsageError, match=r"\(30 s, the default; set it\) must be"):
+        grace_period()
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "cmaes", "grid"])
@@ -544,6 +548,20 @@ def test_a_trial_created_as_the_study_lock_was_ended_goes_back_to_waiting(monkey
         taken = take_trial(study, 5, lock)  # a new session next time, and the waiting trial
         assert isinstance(taken, optuna.Trial) and taken.number == 0
         assert [t.state for t in study.trials] == [TrialState.RUNNING]
+
+        # Stalled past the grace period as well: another worker failed the new trial as an
+        # orphan meanwhile. This worker waits; it does not crash.
+        def ask_stall_and_be_failed():
+            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
+            with storage.engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            trial = real_ask()
+            open_storage(POSTGRES_URL).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            return trial
+
+        monkeypatch.setattr(study, "ask", ask_stall_and_be_failed)
+        assert take_trial(study, 5, lock) is NoTrial.WAIT
+        assert study.trials[-1].state == TrialState.FAIL
     finally:
         lock.close()
         with contextlib.suppress(KeyError):

@@ -178,8 +178,10 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
         if not lock.still_held():
             # Lost while creating it (the worker stalled there): another worker may have
             # counted without it and filled the target. The trial goes back to waiting, to
-            # be taken by whoever has room for it, so the target is not overshot.
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            # be taken by whoever has room for it, so the target is not overshot. Stalled past
+            # the grace period, it may have been failed (and queued again) by another worker.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
             return NoTrial.WAIT
         # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
         # thread starts is soon seen as stale. Should this beat fail, the trial is failed as

@@ -57,7 +57,8 @@ def grace_period() -> int:
     failed, again and again."""
     grace, interval = _seconds_from_env("TUNING_GRACE_PERIOD", 30), heartbeat_interval()
     if grace < 2 * interval:
-        raise UsageError(f"TUNING_GRACE_PERIOD ({grace} s) must be at least twice "
+        given = "" if setting("TUNING_GRACE_PERIOD") else ", the default; set it"
+        raise UsageError(f"TUNING_GRACE_PERIOD ({grace} s{given}) must be at least twice "
                          f"TUNING_HEARTBEAT_INTERVAL ({interval} s): a live trial would look "
                          "dead between two heartbeats")
     return grace
