@@ -12,6 +12,7 @@ from helpers import run_cli
 from tuning.errors import MESSAGE_CHARS, UsageError
 from tuning.model import SEED
 from tuning.space import BOUNDS, build_configs, sample
+from tuning.storage import queue_retry
 from tuning.strategy import grid_size, grid_space, make_sampler
 from tuning.study_file import StudySettings, load_study_file, parse_study
 from tuning.train import TrainConfig
@@ -42,6 +43,11 @@ def test_inverted_range_is_rejected_naming_key_and_values():
         ({"space": {"optimizer": {"choices": ["adam", "lion"]}}},
          "space.optimizer: 'lion' is not an optimizer; choose from 'adam', 'adamw', 'sgd'"),
         ({"space": {"optimizer": {"choices": []}}}, "non-empty list"),
+        # Equal values of different types: Optuna and the grid take them for one.
+        ({"space": {"hidden": {"choices": [0, 128, 0.0]}}},
+         "space.hidden: choices repeat a value"),
+        ({"study": {"model": "pkg.models:build"},
+          "space": {"model": {"depth": {"choices": [1, True]}}}}, "choices repeat a value"),
         ({"space": {"lr": {"low": 1e-4, "hi": 0.1}}}, "unknown key(s) ['hi']"),
         ({"space": {"batch_norm": {"low": 0, "high": 1}}}, "not a range"),
         ({"study": {"epochs": 0}}, "epochs must be an integer from 1 to 10000, got 0"),
@@ -215,6 +221,37 @@ def test_the_grid_visits_each_configuration_once(optimizers):
         configurations.append(tuple(sorted(sample(trial, space).items())))
         study.tell(trial, 1.0)
     assert len(set(configurations)) == expected
+    # A retried point (its trial failed, then queued again with its grid point) fills its
+    # own place: the grid still ends with every configuration once.
+    study = optuna.create_study(sampler=make_sampler("grid", 3, space))
+    first = study.ask()
+    cut_short = tuple(sorted(sample(first, space).items()))
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    queue_retry(study, study.trials[0])
+    configurations = []
+    for _ in range(expected):
+        trial = study.ask()
+        configurations.append(tuple(sorted(sample(trial, space).items())))
+        study.tell(trial, 1.0)
+    assert configurations[0] == cut_short and len(set(configurations)) == expected
+
+
+def test_a_grid_study_begun_on_the_whole_grid_is_refused_not_run_wrong():
+    # An earlier tuning's grid crossed momentum with adam too: its trials' point numbers mean
+    # other configurations in the grid kept now, which would run some twice and others never.
+    space = parse_study({"study": {"sampler": "grid"}, "space": {
+        "optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"choices": [0.0, 0.9]},
+        "lr": {"choices": [0.001, 0.01]}}}).space
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid_space(space), seed=3))
+    for _ in range(4):
+        trial = study.ask()
+        sample(trial, space)
+        study.tell(trial, 1.0)
+    resumed = optuna.load_study(study_name=study.study_name, storage=study._storage,
+                                sampler=make_sampler("grid", 3, space))
+    with pytest.raises(UsageError, match="run by an earlier tuning"):
+        resumed.ask()
+    assert resumed.trials[-1].state == optuna.trial.TrialState.FAIL  # not left running
 
 
 def test_missing_and_broken_files(tmp_path):

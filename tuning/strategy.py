@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import optuna
 import torch
 
+from tuning.errors import UsageError
 from tuning.space import applies
 from tuning.train import TrainConfig
 from tuning.warm_start import queued_values
@@ -37,18 +38,62 @@ class TargetGridSampler(optuna.samplers.GridSampler):
 
     def __init__(self, space: dict[str, Param], seed: int):
         super().__init__(grid_space(space), seed=seed)
-        fixed = {name: p.value for name, p in space.items() if p.kind == "fixed"}
+        # GridSampler's grid, its names and its count are Optuna 5's private attributes:
+        # checked, so that a release that renames them fails here instead of leaving the
+        # whole grid in place.
+        for attribute in ("_all_grids", "_param_names", "_n_min_trials"):
+            if not hasattr(self, attribute):
+                raise RuntimeError(f"optuna {optuna.__version__}'s GridSampler has no "
+                                   f"{attribute}: tuning's grid needs another Optuna")
+        self._fixed = {name: p.value for name, p in space.items() if p.kind == "fixed"}
         seen: set[tuple] = set()
         points = []
         for point in self._all_grids:
-            config = {**fixed, **dict(zip(self._param_names, point, strict=True))}
-            configuration = tuple((name, value) for name, value in config.items()
-                                  if name in self._param_names and applies(name, config))
+            configuration = tuple(self._configuration(point).items())
             if configuration not in seen:
                 seen.add(configuration)
                 points.append(point)
+        self._repeats_removed = len(points) < len(self._all_grids)
         self._all_grids = points
         self._n_min_trials = len(points)
+        self._checked = False
+
+    def _configuration(self, point: tuple) -> dict:
+        """The parameters a trial given this grid point samples."""
+        config = {**self._fixed, **dict(zip(self._param_names, point, strict=True))}
+        return {name: value for name, value in config.items()
+                if name in self._param_names and applies(name, config)}
+
+    def before_trial(self, study, trial) -> None:
+        if self._repeats_removed and not self._checked:
+            try:
+                self._check_grid_ids(study)
+            except UsageError as refused:
+                # Optuna created the trial before asking the sampler: it must not be left
+                # running, to be taken for a dead worker's and run again.
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", str(refused))
+                study._storage.set_trial_state_values(trial._trial_id,
+                                                      optuna.trial.TrialState.FAIL)
+                raise
+            self._checked = True
+        super().before_trial(study, trial)
+
+    def _check_grid_ids(self, study) -> None:
+        """Refuse a study whose trials took their points from the whole grid (tuning before
+        this grid kept one point per configuration): their point numbers mean other
+        configurations here, and the grid would run some twice and others never."""
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            grid_id = t.system_attrs.get("grid_id")
+            if grid_id is None or not t.params or \
+                    not self._same_search_space(t.system_attrs.get("search_space", {})):
+                continue
+            if grid_id >= len(self._all_grids) or \
+                    self._configuration(self._all_grids[grid_id]) != t.params:
+                raise UsageError(
+                    f"study {study.study_name!r} was run by an earlier tuning, whose grid ran "
+                    "each configuration once for every value of the parameters its optimizer "
+                    "does not use: finish it with that version, or run the grid as a new "
+                    "study (--study NEW_NAME)")
 
     def after_trial(self, study, trial, state, values) -> None:
         return None

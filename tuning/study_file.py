@@ -174,6 +174,15 @@ class StudyFile:
         return json.loads(json.dumps({name: p.to_dict() for name, p in self.space.items()}))
 
 
+def _repeat_a_value(choices: list) -> bool:
+    """Whether two choices are equal: 1, 1.0 and true too, which Optuna and the grid take for
+    one value (unhashable choices, already reported, compare by repr)."""
+    try:
+        return len(set(choices)) != len(choices)
+    except TypeError:
+        return len(set(map(repr, choices))) != len(choices)
+
+
 def _show(value: Any, depth: int = 0) -> str:
     """repr(value), but a table as the study file writes it ({ low = 1 }), cut: how every
     message echoes a value. Only the first SHOWN_ITEMS of a list or table, and SHOWN_ITEMS
@@ -274,7 +283,7 @@ def _parse_param(name: str, spec: Any) -> tuple[Param | None, list[str]]:
             return None, [f"space.{name}: choices must be a non-empty list, "
                           f"got {_show(choices)}"]
         problems = [p for c in choices if (p := _value_problem(name, c))]
-        if len(set(map(repr, choices))) != len(choices):
+        if _repeat_a_value(choices):
             problems.append(f"space.{name}: choices repeat a value: {_show(choices)}")
         if problems:
             return None, problems
@@ -345,7 +354,7 @@ def _parse_model_param(key: str, spec: Any) -> tuple[Param | None, list[str]]:
                 or not all(scalar(c) for c in choices):
             return None, [f"{where}: choices must be a non-empty list of strings, numbers or "
                           f"booleans, alone, got {_show(spec)}"]
-        if len(set(map(repr, choices))) != len(choices):
+        if _repeat_a_value(choices):
             return None, [f"{where}: choices repeat a value: {_show(choices)}"]
         return Param(name, "categorical", choices=tuple(choices)), []
     low: Any = spec.get("low")
