@@ -31,12 +31,18 @@ def fmt(value, digits: int = 4) -> str:
         return "-"
     if isinstance(value, float):
         # The exponent after rounding: 0.99996 rounds to 1.000, 9999.6 to 1.000e+04.
-        exponent = int(f"{value:.{digits - 1}e}".split("e")[1])
-        if value != 0 and -3 <= exponent < 4:
-            shown = f"{value:.{digits - 1 - exponent}f}"
-            exact = shown.rstrip("0").rstrip(".") if "." in shown else shown
-            return exact if float(exact) == value else shown
-        return f"{value:.{digits}g}"
+        if value == 0:
+            return "0"
+        scientific = f"{value:.{digits - 1}e}"
+        mantissa, exponent = scientific.split("e")
+        # Written out while `digits` significant digits need no zeros before the point.
+        if -3 <= int(exponent) <= digits - 1:
+            shown = f"{value:.{digits - 1 - int(exponent)}f}"
+        else:
+            shown = scientific
+        exact = (mantissa.rstrip("0").rstrip(".") + "e" + exponent) if shown == scientific \
+            else shown.rstrip("0").rstrip(".") if "." in shown else shown
+        return exact if float(exact) == value else shown
     return str(value)
 
 
