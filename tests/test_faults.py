@@ -118,6 +118,10 @@ def test_a_trial_stopped_from_outside_is_queued_again(tmp_path, stop):
     assert retry.state == TrialState.WAITING and retry.params == stopped.params
     assert retry.system_attrs["failed_trial"] == stopped.number
     assert "fail_reason" not in retry.user_attrs  # the retry's own run has not failed
+    # A person's Ctrl-C or a scheduler's SIGTERM is no fault of the configuration's: it does
+    # not count towards giving it up, or every stop and resume would spend one of its retries.
+    counted_stops = [] if isinstance(stop, (Interrupted, KeyboardInterrupt)) else [stopped.number]
+    assert retry.system_attrs["retry_history"] == counted_stops
 
 
 def test_a_trial_that_crashes_by_itself_is_not_queued_again(tmp_path):
@@ -157,12 +161,14 @@ def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_lef
         trial.set_user_attr("checkpoint_artifact", "dead-weights")
         trial.set_user_attr("val_accuracy", 0.97)
         study._storage.set_trial_system_attr(trial._trial_id, "artifacts:dead-weights", "{}")
+        study._storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.3)
         study.tell(trial, state=TrialState.FAIL)
         queue_retry(study, study.trials[trial.number])
         retry = study.trials[-1]
         assert retry.state == TrialState.WAITING and retry.params == {"x": 0.5}
         assert retry.user_attrs == {"seed": 7, WARM_START_ATTR: "study file"}
-        assert not any(key.startswith("artifacts:") for key in retry.system_attrs)
+        assert not any(key.startswith(("artifacts:", "completed_rung_"))
+                       for key in retry.system_attrs)  # nor its pruner's record of its rungs
         # A retry of a retry names its own parent.
         assert retry.system_attrs["failed_trial"] == trial.number == expected_parent
 

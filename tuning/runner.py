@@ -224,8 +224,9 @@ def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> 
         trial.set_user_attr("fail_reason", _reason(exc))
     if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
         return
-    if isinstance(exc, (Interrupted, KeyboardInterrupt)) or transient(exc):
-        queue_retry(study, study._storage.get_trial(trial._trial_id))
+    stopped = isinstance(exc, (Interrupted, KeyboardInterrupt))
+    if stopped or transient(exc):
+        queue_retry(study, study._storage.get_trial(trial._trial_id), counts=not stopped)
 
 
 def _reason(exc: BaseException) -> str:

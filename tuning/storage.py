@@ -96,8 +96,9 @@ POSTGRES_CONNECT_ARGS = {
     + " -c tcp_user_timeout=30000"
     + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
-ARTIFACT_ATTR_PREFIX = "artifacts:"
-"""How Optuna names a trial's system attribute for each artifact uploaded to it."""
+RUN_ATTR_PREFIXES = ("artifacts:", "completed_rung_")
+"""How Optuna names the system attributes a run leaves: one per artifact uploaded to the trial,
+and successive halving's record of each rung the trial passed."""
 MAX_RETRIES = 3
 """How often one configuration is queued again after its trial was cut short (its worker died,
 was stopped, or lost the database): a configuration that keeps failing stops there."""
@@ -448,7 +449,8 @@ def sample_study_hint(study_name: str, storage_url: str,
             f"{sample!r}: give --study {sample}")
 
 
-def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                counts: bool = True) -> None:
     """Queue a trial that was cut short (FAIL: its worker died, was stopped, or lost the
     database) to run again, at most MAX_RETRIES times (then a warning: that configuration is
     given up). Optuna's RetryFailedTrialCallback, but for the warning and for what the retry
@@ -456,17 +458,20 @@ def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     configuration came from (so that it still runs whole), Optuna's own attributes (queued
     values, a grid sampler's point, which the retry must fill, not a new one) and the retry
     history; never what the cut-short run left (its reason, metrics, checkpoint and artifacts,
-    which would be taken for the retry's own)."""
+    which would be taken for the retry's own, nor the pruner's record of its rungs, which
+    would let the retry pass them unjudged). `counts`: whether this stop counts towards
+    MAX_RETRIES; a person's Ctrl-C or a scheduler's SIGTERM is no fault of the
+    configuration's, and each resume would otherwise spend one."""
     from tuning.warm_start import WARM_START_ATTR  # imports torch: only when a retry is due
 
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    history = [*trial.system_attrs.get("retry_history", []), *([trial.number] if counts else [])]
     if len(history) > MAX_RETRIES:
         log.warning("trial %d was cut short and is not queued again: its configuration was "
                     "already retried %d times (trials %s)", trial.number, MAX_RETRIES,
                     ", ".join(map(str, history[:-1])))
         return
     system_attrs = {**{key: value for key, value in trial.system_attrs.items()
-                       if not key.startswith(ARTIFACT_ATTR_PREFIX)},
+                       if not key.startswith(RUN_ATTR_PREFIXES)},
                     "failed_trial": trial.number, "retry_history": history}
     study.add_trial(optuna.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params,
