@@ -501,28 +501,14 @@ def test_a_worker_stalled_inside_a_transaction_does_not_block_the_others():
         other.engine.dispose()
 
 
-@pytest.mark.postgres
-def test_a_worker_whose_study_lock_was_ended_under_it_creates_no_trial(monkeypatch):
-    # The server ends a session idle inside its transaction too long: the study lock's, if the
-    # worker's storage calls under it stalled, which lets another worker take the lock.
+@contextlib.contextmanager
+def _postgres_study_and_lock():
+    """A fresh PostgreSQL study, its storage and its study lock; removed afterwards."""
     name = f"lock-lost-{uuid.uuid4().hex[:8]}"
     storage = open_storage(POSTGRES_URL)
     lock = StudyLock(POSTGRES_URL, name)
     try:
-        study = optuna.create_study(study_name=name, storage=storage)
-        real_counts = runner._counts
-
-        def counts_while_the_lock_is_ended(counted):
-            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
-            with storage.engine.connect() as admin:
-                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            return real_counts(counted)
-
-        monkeypatch.setattr(runner, "_counts", counts_while_the_lock_is_ended)
-        assert take_trial(study, 5, lock) is NoTrial.WAIT
-        assert study.trials == []
-        monkeypatch.setattr(runner, "_counts", real_counts)
-        assert isinstance(take_trial(study, 5, lock), optuna.Trial)  # a new session next time
+        yield optuna.create_study(study_name=name, storage=storage), storage, lock
     finally:
         lock.close()
         with contextlib.suppress(KeyError):
@@ -530,21 +516,40 @@ def test_a_worker_whose_study_lock_was_ended_under_it_creates_no_trial(monkeypat
         storage.engine.dispose()
 
 
+def _end_the_lock_session(lock: StudyLock, storage) -> None:
+    """What the server does to a session idle inside its transaction too long."""
+    pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
+    with storage.engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_study_lock_was_ended_under_it_creates_no_trial(monkeypatch):
+    # The server ends a session idle inside its transaction too long: the study lock's, if the
+    # worker's storage calls under it stalled, which lets another worker take the lock.
+    with _postgres_study_and_lock() as (study, storage, lock):
+        real_counts = runner._counts
+
+        def counts_while_the_lock_is_ended(counted):
+            _end_the_lock_session(lock, storage)
+            return real_counts(counted)
+
+        monkeypatch.setattr(runner, "_counts", counts_while_the_lock_is_ended)
+        assert take_trial(study, 5, lock) is NoTrial.WAIT
+        assert study.trials == []
+        monkeypatch.setattr(runner, "_counts", real_counts)
+        assert isinstance(take_trial(study, 5, lock), optuna.Trial)  # a new session next time
+
+
 @pytest.mark.postgres
 def test_a_trial_created_as_the_study_lock_was_ended_goes_back_to_waiting(monkeypatch):
     # Lost after the last check, while creating the trial: another worker may have counted
     # without it and filled the target; kept running, it would overshoot by one.
-    name = f"lock-lost-{uuid.uuid4().hex[:8]}"
-    storage = open_storage(POSTGRES_URL)
-    lock = StudyLock(POSTGRES_URL, name)
-    try:
-        study = optuna.create_study(study_name=name, storage=storage)
+    with _postgres_study_and_lock() as (study, storage, lock):
         real_ask = study.ask
 
         def ask_while_the_lock_is_ended():
-            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
-            with storage.engine.connect() as admin:
-                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            _end_the_lock_session(lock, storage)
             return real_ask()
 
         monkeypatch.setattr(study, "ask", ask_while_the_lock_is_ended)
@@ -558,9 +563,7 @@ def test_a_trial_created_as_the_study_lock_was_ended_goes_back_to_waiting(monkey
         # Stalled past the grace period as well: another worker failed the new trial as an
         # orphan meanwhile. This worker waits; it does not crash.
         def ask_stall_and_be_failed():
-            pid = lock._held.execute(text("SELECT pg_backend_pid()")).scalar()
-            with storage.engine.connect() as admin:
-                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            _end_the_lock_session(lock, storage)
             trial = real_ask()
             open_storage(POSTGRES_URL).set_trial_state_values(trial._trial_id, TrialState.FAIL)
             return trial
@@ -568,11 +571,6 @@ def test_a_trial_created_as_the_study_lock_was_ended_goes_back_to_waiting(monkey
         monkeypatch.setattr(study, "ask", ask_stall_and_be_failed)
         assert take_trial(study, 5, lock) is NoTrial.WAIT
         assert study.trials[-1].state == TrialState.FAIL
-    finally:
-        lock.close()
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=name, storage=storage)
-        storage.engine.dispose()
 
 
 # --- a paused worker comes back after its trial was taken over, end to end -------------------
