@@ -35,6 +35,16 @@ OVER_LIMITS = "over the limits before training"
 """How the prune reason of a trial whose network is over max_params or max_latency_ms begins."""
 
 
+BUDGET_STOP = "the run's --budget ran out"
+"""How the prune reason of a trial stopped by the run's --budget begins."""
+
+
+def stopped_by_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the run's --budget stopped a trial (cut short, not judged by the pruner)."""
+    return (trial.state == optuna.trial.TrialState.PRUNED
+            and str(trial.user_attrs.get("prune_reason", "")).startswith(BUDGET_STOP))
+
+
 def over_limits(trial: optuna.trial.FrozenTrial) -> str | None:
     """What a trial pruned before training was over ("3,256,330 parameters > max_params
     100,000"); None for any other trial."""
@@ -176,7 +186,7 @@ class Objective:
                     if self._out_of_budget(fold, result.epoch):
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason",
-                                            f"the run's --budget ran out after {where}")
+                                            f"{BUDGET_STOP} after {where}")
                         raise optuna.TrialPruned("out of budget")
                     # After the last epoch nothing is left to save: the trial is complete.
                     if not self._last(fold, result.epoch) and trial.should_prune() and prunable:

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning import report_figures as figures
 from tuning.errors import counted
+from tuning.objective import stopped_by_budget
 from tuning.report_render import Section, Table
 from tuning.report_stats import (
     ADAPTIVE_SAMPLERS,
@@ -33,8 +34,6 @@ from tuning.report_stats import (
 )
 from tuning.space import REPEAT
 
-# The prune reason of a trial the run's --budget stopped (tuning.objective).
-BUDGET_STOP = "the run's --budget"
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 # A good range drawn from fewer trials than this would be one trial's learning rate.
 MIN_TRIALS_FOR_RANGE = 4
@@ -56,8 +55,7 @@ def overview(view: StudyView) -> Section:
 
     # A trial the run's --budget stopped was cut short, not judged: its epochs not run are no
     # saving of pruning.
-    cut = [t for t in view.pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
-        BUDGET_STOP)]
+    cut = [t for t in view.pruned if stopped_by_budget(t)]
     saved = not_run([t for t in view.pruned if t not in cut])
     full = saved + not_run(cut) + epochs_run
     data = view.study.user_attrs.get("data", {})
@@ -305,7 +303,8 @@ def _repeat_cells(view: StudyView) -> list[RepeatCell]:
             grouped.setdefault(key(t), []).append(t)
     for t in view.pruned:
         if view.param(t, "lr") is not None:
-            pruned[key(t)] = pruned.get(key(t), 0) + 1
+            pruned_key = key(t)
+            pruned[pruned_key] = pruned.get(pruned_key, 0) + 1
     cells = []
     # Values of one parameter may be of several types (an int and a float choice): ordered by
     # type first, then by value.

@@ -167,21 +167,21 @@ def make_plan(args: argparse.Namespace) -> Plan:
     problems = settings.problems()
     if problems:
         raise UsageError("; ".join(problems))
-    if settings.sampler == "grid" and grid_size(study_file.space) > 100_000:
-        raise UsageError(f"grid sampler: the grid of {study_file.path} has "
-                         f"{grid_size(study_file.space)} "
-                         "points; narrow the space or use another sampler")
-    if settings.sampler == "grid" and args.trials > grid_size(study_file.space):
-        # Past its end the grid would run its configurations again, seed and all.
-        more = ("more values of `repeat`" if REPEAT in study_file.space
-                else "a `repeat` parameter in the space")
-        log.info("the grid has %d configurations: the target is %d trials, not %d (for more "
-                 "repeats: %s)", grid_size(study_file.space), grid_size(study_file.space),
-                 args.trials, more)
-        args.trials = grid_size(study_file.space)
-    if settings.sampler == "grid" and (study_file.enqueue or args.warm_start_from):
-        raise UsageError("the grid sampler runs every point of its grid: enqueue and "
-                         "--warm-start-from need another sampler")
+    if settings.sampler == "grid":
+        size = grid_size(study_file.space)
+        if size > 100_000:
+            raise UsageError(f"grid sampler: the grid of {study_file.path} has {size} "
+                             "points; narrow the space or use another sampler")
+        if study_file.enqueue or args.warm_start_from:
+            raise UsageError("the grid sampler runs every point of its grid: enqueue and "
+                             "--warm-start-from need another sampler")
+        if args.trials > size:
+            # Past its end the grid would run its configurations again, seed and all.
+            more = ("more values of `repeat`" if REPEAT in study_file.space
+                    else "a `repeat` parameter in the space")
+            log.info("the grid has %d configurations: the target is %d trials, not %d (for "
+                     "more repeats: %s)", size, size, args.trials, more)
+            args.trials = size
     check_data_dir(args.data_dir)
     return Plan(study=name, storage=_storage(args, name), study_file=study_file,
                 settings=settings)
