@@ -42,7 +42,15 @@ from tuning.outage import transient
 from tuning.runner import NoTrial, StudyLock, fail_stale_trials, run_trials, take_trial
 from tuning.signals import Interrupted
 from tuning.space import Param
-from tuning.storage import IDLE_IN_TRANSACTION_S, grace_period, mask_url, open_storage
+from tuning.storage import (
+    IDLE_IN_TRANSACTION_S,
+    RETRY_DUE,
+    fail_for_retry,
+    grace_period,
+    mask_url,
+    open_storage,
+    queue_due_retries,
+)
 from tuning.strategy import make_sampler
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
@@ -66,6 +74,7 @@ def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_pa
     fail_stale_trials(study)
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
+    assert "stopped beating" in trials[0].user_attrs["fail_reason"]  # the report says why
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
 
@@ -134,21 +143,71 @@ def test_a_trial_that_crashes_by_itself_is_not_queued_again(tmp_path):
 def test_a_trial_taken_over_before_it_was_stopped_is_queued_once(tmp_path):
     # Another worker failed it (and queued it) while this one was cut off; then this one is
     # stopped: it must not queue the same configuration a second time.
-    from tuning.storage import queue_retry
-
     def taken_over(trial):
-        storage = trial.study._storage
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        queue_retry(trial.study, storage.get_trial(trial._trial_id))
+        fail_for_retry(trial.study._storage, trial._trial_id)
+        queue_due_retries(trial.study)
 
     trials = _stopped_by(tmp_path, Interrupted(signal.SIGINT), taken_over).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
+_KILLED_BEFORE_QUEUING = """
+import os, signal, sys, optuna
+from tuning import runner
+from tuning.storage import open_storage
+
+def killed(*args, **kwargs):  # the moment between failing a trial and queuing its retry
+    os.kill(os.getpid(), signal.SIGKILL)
+
+url, cut_short = sys.argv[1:]
+study = optuna.load_study(study_name="s", storage=open_storage(url))
+lock = runner.StudyLock(url, "s")
+if cut_short == "stale":  # the stale check, before this worker takes a trial, is killed
+    runner.queue_due_retries = killed
+
+def objective(trial):  # this worker's own trial is stopped, and the worker killed
+    trial.suggest_float("x", 0, 1)
+    runner.queue_due_retries = killed
+    raise KeyboardInterrupt
+
+runner.run_trials(study, objective, 5, lock)
+"""
+
+
+@pytest.mark.parametrize("cut_short", ["stopped", "stale"])
+def test_a_worker_killed_between_failing_a_trial_and_queuing_its_retry_loses_nothing(
+        tmp_path, cut_short):
+    # Failing a trial and queuing its retry are two writes. A worker killed between them (its
+    # own trial stopped by Ctrl-C; or another's, found stale) leaves the trial marked as due a
+    # retry, which the next worker to take a trial queues, once.
+    url, study = _sqlite_study(tmp_path)
+    if cut_short == "stale":
+        dead = study.ask()
+        dead.suggest_float("x", 0, 1)
+        study._storage.record_heartbeat(dead._trial_id)
+        time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
+    worker = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_QUEUING, url,
+                             cut_short],
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+    (cut,) = study.get_trials(states=(TrialState.FAIL,))
+    assert RETRY_DUE in cut.system_attrs
+    assert not study.get_trials(states=(TrialState.WAITING,))  # the retry was not queued
+    lock = StudyLock(url, "s")
+    try:
+        taken = take_trial(study, 5, lock)
+        queue_due_retries(study)  # a second look finds the retry there
+    finally:
+        lock.close()
+    assert isinstance(taken, optuna.Trial)
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == cut.number]
+    assert [t.number for t in retries] == [taken.number]
+    assert retries[0].params == cut.params
+
+
 def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_left(tmp_path):
     # A worker killed after saving its checkpoint but before `tell`: the retry must not take
     # that checkpoint, metrics or artifacts for its own (evaluate and export read them).
-    from tuning.storage import queue_retry
     from tuning.warm_start import WARM_START_ATTR
 
     url, study = _sqlite_study(tmp_path)
@@ -162,12 +221,12 @@ def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_lef
         trial.set_user_attr("val_accuracy", 0.97)
         study._storage.set_trial_system_attr(trial._trial_id, "artifacts:dead-weights", "{}")
         study._storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.3)
-        study.tell(trial, state=TrialState.FAIL)
-        queue_retry(study, study.trials[trial.number])
+        assert fail_for_retry(study._storage, trial._trial_id)
+        queue_due_retries(study)
         retry = study.trials[-1]
         assert retry.state == TrialState.WAITING and retry.params == {"x": 0.5}
         assert retry.user_attrs == {"seed": 7, WARM_START_ATTR: "study file"}
-        assert not any(key.startswith(("artifacts:", "completed_rung_"))
+        assert not any(key.startswith(("artifacts:", "completed_rung_", RETRY_DUE))
                        for key in retry.system_attrs)  # nor its pruner's record of its rungs
         # A retry of a retry names its own parent.
         assert retry.system_attrs["failed_trial"] == trial.number == expected_parent
@@ -176,8 +235,6 @@ def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_lef
 def test_a_grid_trial_cut_short_is_retried_on_its_own_grid_point(tmp_path):
     # Given a new point instead, the retry would run the failed configuration again and mark
     # another point visited that nobody ran: the grid would end with a point missing.
-    from tuning.storage import queue_retry
-
     grid_space = {"optimizer": Param("optimizer", "categorical", choices=("adam", "sgd")),
                   "blocks": Param("blocks", "categorical", choices=(1, 2))}
     url, _ = _sqlite_study(tmp_path)
@@ -190,8 +247,8 @@ def test_a_grid_trial_cut_short_is_retried_on_its_own_grid_point(tmp_path):
 
     first = study.ask()
     cut_short = run(first)
-    study.tell(first, state=TrialState.FAIL)
-    queue_retry(study, study.trials[first.number])
+    fail_for_retry(study._storage, first._trial_id)
+    queue_due_retries(study)
     ran = []
     for _ in range(4):
         trial = study.ask()
@@ -236,16 +293,16 @@ def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_complet
 
 def test_a_configuration_cut_short_again_and_again_is_given_up_with_a_warning(tmp_path,
                                                                                caplog):
-    from tuning.storage import MAX_RETRIES, queue_retry
+    from tuning.storage import MAX_RETRIES
 
     url, study = _sqlite_study(tmp_path)
     study.enqueue_trial({"x": 0.5})
     for _ in range(MAX_RETRIES + 1):
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
-        study.tell(trial, state=TrialState.FAIL)
         with caplog.at_level(logging.WARNING, logger="tuning"):
-            queue_retry(study, study.trials[trial.number])
+            assert fail_for_retry(study._storage, trial._trial_id)
+        queue_due_retries(study)
     # The first run and its MAX_RETRIES retries, each taking the queued one; no more.
     assert [t.state for t in study.trials] == [TrialState.FAIL] * (MAX_RETRIES + 1)
     assert len({t.params["x"] for t in study.trials}) == 1

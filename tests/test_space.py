@@ -12,7 +12,7 @@ from helpers import run_cli
 from tuning.errors import MESSAGE_CHARS, UsageError
 from tuning.model import SEED
 from tuning.space import BOUNDS, build_configs, sample
-from tuning.storage import queue_retry
+from tuning.storage import fail_for_retry, queue_due_retries
 from tuning.strategy import grid_size, grid_space, make_sampler
 from tuning.study_file import StudySettings, load_study_file, parse_study
 from tuning.train import TrainConfig
@@ -226,8 +226,8 @@ def test_the_grid_visits_each_configuration_once(optimizers):
     study = optuna.create_study(sampler=make_sampler("grid", 3, space))
     first = study.ask()
     cut_short = tuple(sorted(sample(first, space).items()))
-    study.tell(first, state=optuna.trial.TrialState.FAIL)
-    queue_retry(study, study.trials[0])
+    fail_for_retry(study._storage, first._trial_id)
+    queue_due_retries(study)
     configurations = []
     for _ in range(expected):
         trial = study.ask()

@@ -32,8 +32,9 @@ from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, t
 from tuning.signals import GracefulStop, Interrupted, NoStop
 from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
+    fail_for_retry,
     grace_period,
-    queue_retry,
+    queue_due_retries,
     resolve_url,
     sqlite_path,
 )
@@ -144,10 +145,10 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
         thread.join()
 
 
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
+def _counts(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
+    """Finished and running trials."""
+    return (sum(t.state in FINISHED for t in trials),
+            sum(t.state == TrialState.RUNNING for t in trials))
 
 
 class NoTrial(enum.Enum):
@@ -159,13 +160,16 @@ class NoTrial(enum.Enum):
 
 def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | NoTrial:
     """A new trial if the target leaves room for one, else why not. Dead workers' trials are
-    failed first, under the same lock: their retries are then waiting trials, which `ask`
-    takes before sampling. Failed apart, another worker's retry could land between `ask`
-    finding no waiting trial and creating a new one, which would then take the place in the
-    target that the retry was to fill, leaving the retry waiting at the end."""
+    failed first, and every retry due is queued (a worker killed after failing its trial and
+    before queuing the retry left it due), under the same lock: the retries are then waiting
+    trials, which `ask` takes before sampling. Queued apart, another worker's retry could land
+    between `ask` finding no waiting trial and creating a new one, which would then take the
+    place in the target that the retry was to fill, leaving the retry waiting at the end."""
     with lock.hold():
         fail_stale_trials(study)
-        finished, running = _counts(study)
+        trials = study.get_trials(deepcopy=False)
+        queue_due_retries(study, trials)  # waiting: the counts below stand
+        finished, running = _counts(trials)
         if finished >= target:
             return NoTrial.TARGET_MET
         if finished + running >= target:
@@ -193,15 +197,24 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and re-enqueue) the trials of workers that stopped beating.
+    """Fail (and queue again) the trials of workers that stopped beating. Optuna's
+    fail_stale_trials, but each marked as due its retry before it is failed (a checker killed
+    between failing and queuing would otherwise lose the configuration). Run under the study
+    lock, as `queue_due_retries` is.
 
     Not within a grace period of a database outage seen by this worker: the other workers'
     heartbeats could not be recorded during it either, and they are alive.
     """
-    if outages_of(study._storage).recent(grace_period()):
+    storage = study._storage
+    if (not getattr(storage, "get_heartbeat_interval", lambda: None)()
+            or outages_of(storage).recent(grace_period())):
         return
     try:
-        optuna.storages.fail_stale_trials(study)
+        stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
+        reason = (f"its worker stopped beating (no heartbeat for {grace_period():g} s: killed, "
+                  "paused or cut off from the database)")
+        if sum(fail_for_retry(storage, trial_id, reason=reason) for trial_id in stale):
+            queue_due_retries(study)
     except Exception as exc:  # the database is down: stale trials are found again next time
         if not transient(exc):
             raise
@@ -213,20 +226,23 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
-def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
+def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
+               lock: StudyLock) -> None:
     """Record a trial that raised `exc` as FAIL, with why. One stopped from outside (Ctrl-C,
     SIGTERM, its launcher gone, the database lost past its patience) is queued again, as a dead
     worker's is, so that the next run takes it first and no configuration is lost; a trial
     that raised by itself (a bug) is not, or a configuration that always crashes would run
-    again and again. Queued only where this worker's write failed it: a worker that took the
-    trial over meanwhile has queued it already."""
+    again and again. A worker that took the trial over meanwhile has failed and marked it:
+    the retry is queued once all the same (`queue_due_retries`)."""
     with contextlib.suppress(Exception):  # the reason is for people; the state matters more
         trial.set_user_attr("fail_reason", _reason(exc))
-    if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-        return
     stopped = isinstance(exc, (Interrupted, KeyboardInterrupt))
-    if stopped or transient(exc):
-        queue_retry(study, study._storage.get_trial(trial._trial_id), counts=not stopped)
+    if not (stopped or transient(exc)):
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return
+    if fail_for_retry(study._storage, trial._trial_id, counts=not stopped):
+        with lock.hold():
+            queue_due_retries(study)
 
 
 def _reason(exc: BaseException) -> str:
@@ -297,7 +313,7 @@ def run_trials(
             except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
                 with contextlib.suppress(Exception):
-                    _cut_short(study, trial, exc)
+                    _cut_short(study, trial, exc, lock)
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import logging
 import os
 import random
@@ -52,9 +51,9 @@ def heartbeat_interval() -> int:
 
 def grace_period() -> int:
     """Seconds without a heartbeat before a trial is declared dead (its worker was killed),
-    failed and re-enqueued by the retry callback (TUNING_GRACE_PERIOD, default 30); at least
-    twice the heartbeat interval, else a live trial would look dead between two beats and be
-    failed, again and again."""
+    failed and queued again (TUNING_GRACE_PERIOD, default 30); at least twice the heartbeat
+    interval, else a live trial would look dead between two beats and be failed, again and
+    again."""
     grace, interval = _seconds_from_env("TUNING_GRACE_PERIOD", 30), heartbeat_interval()
     if grace < 2 * interval:
         given = "" if setting("TUNING_GRACE_PERIOD") else ", the default; set it"
@@ -96,19 +95,15 @@ POSTGRES_CONNECT_ARGS = {
     + " -c tcp_user_timeout=30000"
     + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
-RUN_ATTR_PREFIXES = ("artifacts:", "completed_rung_")
-"""How Optuna names the system attributes a run leaves: one per artifact uploaded to the trial,
-and successive halving's record of each rung the trial passed."""
+RETRY_DUE = "retry_due"
+"""The system attribute that marks a failed trial as due a retry (`fail_for_retry`): the retry
+history its retry takes."""
+RUN_ATTR_PREFIXES = ("artifacts:", "completed_rung_", RETRY_DUE)
+"""How the system attributes a run leaves are named: Optuna's, one per artifact uploaded to the
+trial and successive halving's record of each rung the trial passed, and the retry mark."""
 MAX_RETRIES = 3
 """How often one configuration is queued again after its trial was cut short (its worker died,
 was stopped, or lost the database): a configuration that keeps failing stops there."""
-# Optuna 4.9 renamed failed_trial_callback (removed in 6.0).
-_STALE_CALLBACK_ARG = (
-    "heartbeat_stale_trial_callback"
-    if "heartbeat_stale_trial_callback"
-    in inspect.signature(optuna.storages.RDBStorage.__init__).parameters
-    else "failed_trial_callback"
-)
 
 
 def default_storage(study: str) -> str:
@@ -347,8 +342,6 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
         heartbeat_kwargs = {
             "heartbeat_interval": heartbeat_interval(),
             "grace_period": grace_period(),
-            # A dead worker's trial is queued again as a cut-short one is: the same way.
-            _STALE_CALLBACK_ARG: queue_retry,
         }
 
     def open_rdb() -> optuna.storages.RDBStorage:
@@ -449,30 +442,66 @@ def sample_study_hint(study_name: str, storage_url: str,
             f"{sample!r}: give --study {sample}")
 
 
-def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                counts: bool = True) -> None:
-    """Queue a trial that was cut short (FAIL: its worker died, was stopped, or lost the
-    database) to run again, at most MAX_RETRIES times (then a warning: that configuration is
-    given up). Optuna's RetryFailedTrialCallback, but for the warning and for what the retry
-    takes: the configuration, the seed (so that it repeats the same run), where a queued
-    configuration came from (so that it still runs whole), Optuna's own attributes (queued
-    values, a grid sampler's point, which the retry must fill, not a new one) and the retry
-    history; never what the cut-short run left (its reason, metrics, checkpoint and artifacts,
-    which would be taken for the retry's own, nor the pruner's record of its rungs, which
-    would let the retry pass them unjudged). `counts`: whether this stop counts towards
-    MAX_RETRIES; a person's Ctrl-C or a scheduler's SIGTERM is no fault of the
-    configuration's, and each resume would otherwise spend one."""
-    from tuning.warm_start import WARM_START_ATTR  # imports torch: only when a retry is due
-
+def fail_for_retry(storage: optuna.storages.BaseStorage, trial_id: int,
+                   counts: bool = True, reason: str | None = None) -> bool:
+    """Fail a running trial that was cut short by no fault of its configuration (its worker
+    died, was stopped, or lost the database), marked as due a retry (RETRY_DUE), which
+    `queue_due_retries` then queues. Failing and queuing are two writes, and a worker killed
+    between them would lose the configuration if the retry were not recorded before the
+    failure. False where the trial had already finished (another worker failed it first and
+    marked it). `counts`: whether this stop counts towards MAX_RETRIES; a person's Ctrl-C or a
+    scheduler's SIGTERM is no fault of the configuration's, and each resume would otherwise
+    spend one. A configuration already retried MAX_RETRIES times is failed unmarked, with a
+    warning: it is given up. `reason`: the trial's fail_reason, where its worker could not
+    write one."""
+    trial = storage.get_trial(trial_id)
+    if trial.state.is_finished():
+        return False
     history = [*trial.system_attrs.get("retry_history", []), *([trial.number] if counts else [])]
-    if len(history) > MAX_RETRIES:
+    given_up = len(history) > MAX_RETRIES
+    try:
+        if reason is not None:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not given_up:
+            storage.set_trial_system_attr(trial_id, RETRY_DUE, history)
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if given_up:
         log.warning("trial %d was cut short and is not queued again: its configuration was "
                     "already retried %d times (trials %s)", trial.number, MAX_RETRIES,
                     ", ".join(map(str, history[:-1])))
-        return
+    return True
+
+
+def queue_due_retries(study: optuna.Study,
+                      trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
+    """Queue the retry of every failed trial marked due one (`fail_for_retry`) that has none
+    yet; `trials`: the study's trials, if the caller has just read them. Run under the study
+    lock (tuning.runner.StudyLock), so that two workers never both find a retry missing."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for trial in trials:
+        if (trial.state == optuna.trial.TrialState.FAIL and RETRY_DUE in trial.system_attrs
+                and trial.number not in retried):
+            _queue_retry(study, trial)
+
+
+def _queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue failed `trial`'s configuration to run again. Optuna's RetryFailedTrialCallback,
+    but for what the retry takes: the configuration, the seed (so that it repeats the same
+    run), where a queued configuration came from (so that it still runs whole), Optuna's own
+    attributes (queued values, a grid sampler's point, which the retry must fill, not a new
+    one) and the retry history; never what the cut-short run left (its reason, metrics,
+    checkpoint and artifacts, which would be taken for the retry's own, nor the pruner's record
+    of its rungs, which would let the retry pass them unjudged)."""
+    from tuning.warm_start import WARM_START_ATTR  # imports torch: only when a retry is due
+
     system_attrs = {**{key: value for key, value in trial.system_attrs.items()
                        if not key.startswith(RUN_ATTR_PREFIXES)},
-                    "failed_trial": trial.number, "retry_history": history}
+                    "failed_trial": trial.number, "retry_history": trial.system_attrs[RETRY_DUE]}
     study.add_trial(optuna.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params,
         distributions=trial.distributions, system_attrs=system_attrs,
