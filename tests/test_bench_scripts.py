@@ -40,7 +40,8 @@ def test_grouped_measurement_reports_both_paths(tiny_data):
 
 @pytest.mark.parametrize("script", ["bench.py", "bench_budget.py", "bench_cv.py",
                                     "bench_folder.py",
-                                    "bench_grouped.py", "bench_models.py", "bench_startup.py",
+                                    "bench_grouped.py", "bench_models.py", "bench_patience.py",
+                                    "bench_startup.py",
                                     "bench_threads.py", "bench_throughput.py",
                                     "device_wheels.py"])
 def test_benchmark_commands_start(script):
@@ -185,3 +186,42 @@ def test_benchmark_counts_too_small_to_measure_are_refused_on_one_line(script, a
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert words in result.stderr
+
+
+def test_the_patience_replay_stops_where_a_search_with_patience_would_have(tmp_path):
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    from tuning.storage import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
+    zero = datetime(2026, 12, 1)
+    # (state, value, started, ended) in seconds; the best is trial 1 until trial 6.
+    complete, pruned = TrialState.COMPLETE, TrialState.PRUNED
+    for number, (state, value, start, end) in enumerate([
+            (complete, 0.5, 0, 10), (complete, 0.3, 0, 12), (pruned, None, 10, 13),
+            (complete, 0.4, 12, 20), (pruned, None, 13, 14), (complete, 0.35, 14, 25),
+            (complete, 0.1, 20, 30)]):
+        study.add_trial(FrozenTrial(
+            number=number, state=state, value=value,
+            datetime_start=zero + timedelta(seconds=start),
+            datetime_complete=zero + timedelta(seconds=end), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=0))
+    replay = load_script("bench_patience").replay
+    trials = study.get_trials()
+    assert replay(trials, None) == {"patience": None, "trials": 7, "seconds": 30.0, "best": 0.1}
+    # Patience 2 runs out when trial 5 is taken (trials 2 and 4 finished after the best); the
+    # running trial 3 still finishes.
+    assert replay(trials, 2) == {"patience": 2, "trials": 5, "seconds": 20.0, "best": 0.3}
+    assert replay(trials, 3) == {"patience": 3, "trials": 6, "seconds": 25.0, "best": 0.3}
+    assert replay(trials, 4)["trials"] == 7
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_patience.py"), "--storage",
+                             url, "--study", "s", "--patience", "2,4", "--json",
+                             str(tmp_path / "out.json")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| 2 | 5 | 20 | 67% | 0.3000 | +0.2000 |" in result.stdout
+    assert [row["trials"] for row in json.loads((tmp_path / "out.json").read_text())] == [5, 7]

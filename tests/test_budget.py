@@ -15,14 +15,16 @@ import time
 import optuna
 import pytest
 import torch
-from helpers import ROOT, load_study, small_space
+from helpers import ROOT, load_study, run_cli, small_space
 from optuna.trial import TrialState
 
 from tuning.cli import Progress, duration, run_timeout
 from tuning.device import resolve_device
 from tuning.objective import Objective
+from tuning.runner import StudyLock, out_of_patience, run_trials
 from tuning.search import main
 from tuning.space import sample
+from tuning.storage import open_storage
 from tuning.strategy import from_unit, make_pruner, make_sampler
 from tuning.study_file import StudySettings, load_study_file
 from tuning.warm_start import enqueue
@@ -251,3 +253,68 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(given, expecte
                            env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                            check=True).stdout.split()
     assert shown == [expected, "False"]
+
+
+# --- --patience: stop when more trials are unlikely to help ---------------------------------
+
+def _finished(states_and_values) -> list[optuna.trial.FrozenTrial]:
+    return [optuna.trial.create_trial(state=state, value=value) if state == TrialState.COMPLETE
+            else optuna.trial.create_trial(state=state)
+            for state, value in states_and_values]
+
+
+def test_patience_counts_the_finished_trials_after_the_best():
+    complete, pruned = TrialState.COMPLETE, TrialState.PRUNED
+    trials = _finished([(complete, 0.5), (complete, 0.3), (pruned, None), (complete, 0.4),
+                        (TrialState.RUNNING, None), (TrialState.FAIL, None)])
+    for number, trial in enumerate(trials):
+        trial.number = number
+    assert out_of_patience(trials, None) is None  # off
+    stalled = out_of_patience(trials, 2)  # a pruned and a worse trial after the best (#1)
+    assert stalled is not None and stalled.best.number == 1 and stalled.finished_after == 2
+    assert "the 2 finished trials after the best (#1, val_loss 0.3000)" in str(stalled)
+    assert out_of_patience(trials, 3) is None  # running and failed trials do not count
+    assert out_of_patience(trials[:1], 1) is None  # nothing after the best yet
+    assert out_of_patience(_finished([(pruned, None)] * 5), 1) is None  # no best yet
+    tie = _finished([(complete, 0.3), (complete, 0.3)])
+    for number, trial in enumerate(tie):
+        trial.number = number
+    assert out_of_patience(tie, 1).best.number == 0  # an equal loss does not beat it
+
+
+def test_a_worker_stops_taking_trials_once_patience_runs_out(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
+    losses = iter([0.5, 0.3, 0.4, 0.35, 0.6, 0.1, 0.05])
+    lock = StudyLock(url, "s")
+    try:
+        stats = run_trials(study, lambda trial: next(losses), 100, lock, patience=3)
+    finally:
+        lock.close()
+    # The best is trial 1 (0.3); trials 2-4 do not beat it: no trial 5 is started.
+    assert [t.value for t in study.trials] == [0.5, 0.3, 0.4, 0.35, 0.6]
+    assert stats.out_of_patience and stats.finished == 5
+
+
+def test_a_search_stops_early_when_patience_runs_out_and_says_why(workdir, cheap_space):
+    cheap_space(workdir)
+    search = ("--trials", "40", "--patience", "2", "--dataset", "mnist-sample", "--epochs", "1",
+              "--workers", "2")
+    first = run_cli(*search, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    assert "stopped early: the " in first.stdout and "(--patience 2)" in first.stdout
+    study = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) < 40 and study.user_attrs["patience"] == 2
+    assert out_of_patience(study.trials, 2) is not None
+    again = run_cli(*search, cwd=workdir)  # the same command: nothing more to learn
+    assert again.returncode == 0 and "nothing to run; raise --patience" in again.stdout
+    assert len(load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").trials) == \
+        len(study.trials)
+    # Without --patience the search goes on to its target: the setting is this run's.
+    more = run_cli("--trials", str(len(finished) + 1), *search[4:], cwd=workdir)
+    assert more.returncode == 0, more.stderr
+    study = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist")
+    assert study.user_attrs["patience"] is None
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               for t in study.trials) == len(finished) + 1

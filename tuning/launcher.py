@@ -24,9 +24,10 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import Progress, count_finished
+from tuning.cli import FINISHED, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
+from tuning.runner import PATIENCE_ATTR, out_of_patience
 from tuning.settings import whole_number_setting
 from tuning.storage import split_password
 
@@ -237,8 +238,12 @@ class Launcher:
                 raise
             outages_of(self.study._storage).failed(exc, retry_seconds())
 
-    def _target_met(self) -> bool:
-        return count_finished(self.study) >= self.study.user_attrs["target_trials"]
+    def _done(self) -> bool:
+        """Whether the study met its target or ran out of --patience: a worker that dies
+        then is not restarted."""
+        trials = self.study.get_trials(deepcopy=False)
+        return (sum(t.state in FINISHED for t in trials) >= self.study.user_attrs["target_trials"]
+                or out_of_patience(trials, self.study.user_attrs.get(PATIENCE_ATTR)) is not None)
 
     def _handle_signal(self, signum, frame) -> None:
         # Passed on as it came, so that a Ctrl-C is a Ctrl-C in every trial's failure reason.
@@ -288,8 +293,8 @@ class Launcher:
                     status = EXIT_DATABASE_LOST
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                if self._target_met():
-                    self._say(f"worker w{index} (pid {proc.pid}) {how}; target already met")
+                if self._done():
+                    self._say(f"worker w{index} (pid {proc.pid}) {how}; the search is done")
                 elif self.restarts[index] < MAX_RESTARTS_PER_WORKER:
                     self.restarts[index] += 1
                     self._say(f"worker w{index} (pid {proc.pid}) {how}; its trial will be "

@@ -156,9 +156,43 @@ class NoTrial(enum.Enum):
 
     WAIT = "running trials reserve the rest of the target: wait, one may fail and be retried"
     TARGET_MET = "the study has its target of finished trials"
+    OUT_OF_PATIENCE = "--patience trials have finished since the best without beating it"
 
 
-def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Trial | NoTrial:
+PATIENCE_ATTR = "patience"
+"""The study's user attribute holding --patience (None: off), read by every worker."""
+
+
+@dataclass(frozen=True)
+class OutOfPatience:
+    """The search ran out of --patience: `finished_after` trials numbered after the best
+    finished and none beat it."""
+
+    best: optuna.trial.FrozenTrial
+    finished_after: int
+    patience: int
+
+    def __str__(self) -> str:
+        return (f"the {self.finished_after} finished trials after the best (#{self.best.number}, "
+                f"val_loss {self.best.value:.4f}) did not beat it (--patience {self.patience})")
+
+
+def out_of_patience(trials: list[optuna.trial.FrozenTrial],
+                    patience: int | None) -> OutOfPatience | None:
+    """Whether `patience` trials numbered after the best complete trial have finished
+    (complete or pruned) and none beat it: more trials are unlikely to help, and the search
+    stops. None where they have not, or `patience` is None. Counted by trial number, which
+    every host agrees on, not by finishing time, which each host's clock writes."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if patience is None or not complete:
+        return None
+    best = min(complete, key=lambda t: (cast(float, t.value), t.number))
+    after = sum(t.state in FINISHED and t.number > best.number for t in trials)
+    return OutOfPatience(best, after, patience) if after >= patience else None
+
+
+def take_trial(study: optuna.Study, target: int, lock: StudyLock,
+               patience: int | None = None) -> optuna.Trial | NoTrial:
     """A new trial if the target leaves room for one, else why not. Dead workers' trials are
     failed first, and every retry due is queued (a worker killed after failing its trial and
     before queuing the retry left it due), under the same lock: the retries are then waiting
@@ -172,6 +206,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock) -> optuna.Tria
         finished, running = _counts(trials)
         if finished >= target:
             return NoTrial.TARGET_MET
+        if out_of_patience(trials, patience) is not None:
+            return NoTrial.OUT_OF_PATIENCE
         if finished + running >= target:
             return NoTrial.WAIT
         if not lock.still_held():  # another worker may be counting and creating meanwhile
@@ -263,6 +299,8 @@ class RunStats:
     """Trials that failed in this worker."""
     stopped_by_failures: bool = False
     """Stopped because MAX_CONSECUTIVE_FAILURES trials failed in a row."""
+    out_of_patience: bool = False
+    """Stopped because --patience trials finished since the best without beating it."""
     objective_seconds: float = 0.0
     """Wall time inside the objective (training, and the sampler's per-parameter calls)."""
     optuna_seconds: float = 0.0
@@ -278,8 +316,10 @@ def run_trials(
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     stop: GracefulStop | None = None,
+    patience: int | None = None,
 ) -> RunStats:
-    """Run trials until `study` has `target` finished trials (or `timeout` passes).
+    """Run trials until `study` has `target` finished trials (or `timeout` passes, or
+    `patience` trials finish after the best without beating it: `out_of_patience`).
 
     A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
     exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
@@ -291,8 +331,11 @@ def run_trials(
     while deadline is None or time.monotonic() < deadline:
         stop.check()
         started = time.perf_counter()
-        trial = take_trial(study, target, lock)
+        trial = take_trial(study, target, lock, patience)
         if trial is NoTrial.TARGET_MET:
+            break
+        if trial is NoTrial.OUT_OF_PATIENCE:
+            stats.out_of_patience = True
             break
         if trial is NoTrial.WAIT:
             time.sleep(WAIT_POLL_S)

@@ -50,7 +50,7 @@ from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient
-from tuning.runner import StudyLock, run_trials
+from tuning.runner import StudyLock, out_of_patience, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
@@ -106,6 +106,9 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     parser.add_argument("--trials", type=positive_int, default=100,
                         help="target number of finished (complete or pruned) trials in the "
                              "study; a rerun continues to this number (default 100)")
+    parser.add_argument("--patience", metavar="N", type=positive_int,
+                        help="stop before the target once N trials have finished after the "
+                             "best one without beating it (default: run to the target)")
     add_study_arguments(parser)
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes on the CPU (default $TUNING_WORKERS, else one "
@@ -336,7 +339,8 @@ def _storage_arg(plan: Plan) -> str:
 def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
     """The command that goes on with this run: the same study, target and definition (a
     study refuses other epochs, data or split), and the same workers."""
-    given = {"--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
+    given = {"--patience": args.patience,
+             "--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
              "--sampler": args.sampler, "--pruner": args.pruner, "--seed": args.seed,
              "--data-dir": args.data_dir, "--workers": args.workers,
              "--workers-per-gpu": args.workers_per_gpu, "--artifacts": args.artifacts,
@@ -404,7 +408,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     warm_start = _warm_start_configurations(args, plan)
     if plan.storage == default_storage(plan.study):
         Path("studies").mkdir(exist_ok=True)
-    study = open_study(plan, arrays.fingerprint(), args.trials)
+    study = open_study(plan, arrays.fingerprint(), args.trials, args.patience)
     if warm_start:
         added = enqueue(study, warm_start)
         log.info("warm start: %d of the %d best configurations of study %r enqueued (the "
@@ -429,6 +433,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     if finished >= args.trials:
         print(f"study {plan.study!r} already has {finished} finished trials (target "
               f"{args.trials}): nothing to run; raise --trials to run more")
+        summarize(study, plan)
+        return EXIT_OK
+    stalled = out_of_patience(study.get_trials(deepcopy=False), args.patience)
+    if stalled is not None:
+        print(f"study {plan.study!r}: {stalled}: nothing to run; raise --patience or leave it "
+              "out to search on")
         summarize(study, plan)
         return EXIT_OK
     # Under cross-validation a trial's steps run through every fold's epochs.
@@ -456,6 +466,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
                         f"stopped by {stopped}: the running trial is marked failed and "
                         "queued to run again first")
+    stalled = out_of_patience(study.get_trials(deepcopy=False), args.patience)
+    if stalled is not None and count_finished(study) < args.trials:
+        print(f"stopped early: {stalled}")
     summarize(study, plan)
     warning = over_limits_warning(study.get_trials(deepcopy=False))
     if warning is not None:
@@ -504,7 +517,7 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress,
     record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
     stats = run_trials(study, objective, args.trials, lock, run_timeout(args.timeout, deadline),
-                       progress, stop)
+                       progress, stop, args.patience)
     total = stats.objective_seconds + stats.optuna_seconds
     if total > 0:
         log.info("time in Optuna (sampler and storage): %.1f s of %.1f s (%.1f%%)",

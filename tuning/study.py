@@ -26,6 +26,7 @@ from tuning import __version__
 from tuning.cli import count_finished
 from tuning.data import DATA_KEYS
 from tuning.errors import UsageError, shorten
+from tuning.runner import PATIENCE_ATTR
 from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import space_from_dict
 from tuning.storage import mask_url, open_storage, sample_study_hint
@@ -53,7 +54,8 @@ class Plan:
     """The study file's settings with the CLI's overrides."""
 
 
-def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
+def open_study(plan: Plan, data_fingerprint: dict, target: int,
+               patience: int | None = None) -> optuna.Study:
     """Create the study, recording what it is made from, or load it and check it matches.
 
     This is the one place a study is created; workers only load it (`load_existing`).
@@ -86,6 +88,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int) -> optuna.Study:
     # one to the workers that may still be running towards it.
     if target > count_finished(study) or "target_trials" not in study.user_attrs:
         study.set_user_attr("target_trials", target)
+    study.set_user_attr(PATIENCE_ATTR, patience)  # this run's, for the workers it starts
     use_strategy(study, plan.settings, plan.study_file.space)
     return study
 

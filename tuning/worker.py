@@ -29,7 +29,12 @@ from tuning.cli import (
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
 from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of, transient
-from tuning.runner import StudyLock, run_trials
+from tuning.runner import (
+    PATIENCE_ATTR,
+    StudyLock,
+    out_of_patience,
+    run_trials,
+)
 from tuning.signals import GracefulStop, Interrupted
 from tuning.storage import mask_url, resolve_url
 
@@ -117,8 +122,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         resolve_url(url)
         study, objective, target = prepare(args, url)
         objective.deadline = deadline
-        log.info("worker %d joined study %r in %s (target %d)", args.worker_index, args.study,
-                 mask_url(url), target)
+        patience = study.user_attrs.get(PATIENCE_ATTR)
+        log.info("worker %d joined study %r in %s (target %d%s)", args.worker_index, args.study,
+                 mask_url(url), target, "" if patience is None else f", patience {patience}")
         lock = StudyLock(url, args.study, outages_of(study._storage))
         if not (args.quiet or args.no_progress or args.launched):
             progress = Progress.for_study(study, target,
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         if progress is not None:
             progress.deadline = deadline
         stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
-                           progress, objective.stop)
+                           progress, objective.stop, patience)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:
@@ -139,6 +145,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         if not transient(exc):
             raise
         return database_lost(url, exc)
+    if stats.out_of_patience and not args.launched:  # a launcher says it once for all
+        stalled = out_of_patience(study.get_trials(deepcopy=False), patience)
+        if stalled is not None:
+            log.info("stopped early: %s", stalled)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
 
