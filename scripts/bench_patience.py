@@ -3,10 +3,12 @@
 A finished study records when each trial started and finished. Replayed in that order, a
 search with --patience N stops creating trials at the first moment a new trial was created
 while N trials numbered after the best had finished without beating it (the rule
-`tuning.runner.out_of_patience` applies when a worker takes a trial); the trials running then
-still finish. For each N this prints where that search would have stopped: trials created,
-seconds from the first trial's start to the last one's end, its best validation loss, and the
-same for the whole search.
+`tuning.runner.out_of_patience` applies when a worker takes a trial) and none of the trials
+running then went on to beat it; those still finish. For each N this prints where that search
+would have stopped: trials created, seconds from the first trial's start to the last one's
+end, its best validation loss, and the same for the whole search. Where a running trial did
+beat the best, the real search waited for it before going on: its later times are a little
+later than the replay's.
 
     python scripts/bench_patience.py --storage sqlite:///studies/mnist.db --study mnist \
         [--patience 10,20,40,80] [--json out.json]
@@ -50,10 +52,17 @@ def replay(trials: list[FrozenTrial], patience: int | None) -> dict:
     search). Trials are in number order, which is the order they were created in."""
     ran = [t for t in trials if t.datetime_start is not None]
     stop = len(ran)
-    for index, trial in enumerate(ran):
-        taken_at = cast(datetime, trial.datetime_start)
-        if patience is not None and out_of_patience(
-                [_as_of(t, taken_at) for t in ran[:index]], patience) is not None:
+    for index, trial in enumerate(ran if patience is not None else []):
+        seen = [_as_of(t, cast(datetime, trial.datetime_start)) for t in ran[:index]]
+        stalled = out_of_patience(seen, patience)
+        if stalled is None:
+            continue
+        # The workers wait for the trials running then; where one beats the best, the
+        # search goes on (later than it did here, by that wait).
+        running = [t for t, as_seen in zip(ran[:index], seen, strict=True)
+                   if as_seen.state == TrialState.RUNNING]
+        if not any(t.state == TrialState.COMPLETE and t.value is not None
+                   and t.value < cast(float, stalled.best.value) for t in running):
             stop = index
             break
     kept = ran[:stop]
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         trials = study.get_trials(deepcopy=False)
         whole = replay(trials, None)
         print(f"\n{name}: {whole['trials']} trials, {whole['seconds']:.0f} s, best val loss "
-              f"{whole['best']:.4f}" if whole["best"] is not None else f"\n{name}: no trial")
+              f"{whole['best']:.4f}" if whole["best"] is not None
+              else f"\n{name}: no complete trial")
         print("| --patience | trials | seconds | share of the time | best val loss | "
               "over the whole search's |")
         print("|---|---|---|---|---|---|")

@@ -218,6 +218,11 @@ def test_the_patience_replay_stops_where_a_search_with_patience_would_have(tmp_p
     assert replay(trials, 2) == {"patience": 2, "trials": 5, "seconds": 20.0, "best": 0.3}
     assert replay(trials, 3) == {"patience": 3, "trials": 6, "seconds": 25.0, "best": 0.3}
     assert replay(trials, 4)["trials"] == 7
+    assert replay(trials, 1) == {"patience": 1, "trials": 4, "seconds": 20.0, "best": 0.3}
+    # Where a trial running when patience ran out beat the best, the workers that waited for
+    # it go on: with trial 3 at 0.2, patience 1 stops only when trial 6 is taken.
+    trials[3].value = 0.2
+    assert replay(trials, 1) == {"patience": 1, "trials": 6, "seconds": 25.0, "best": 0.2}
     result = subprocess.run([sys.executable, str(SCRIPTS / "bench_patience.py"), "--storage",
                              url, "--study", "s", "--patience", "2,4", "--json",
                              str(tmp_path / "out.json")],

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from tuning.cli import Progress, duration, run_timeout
 from tuning.device import resolve_device
-from tuning.objective import Objective
-from tuning.runner import StudyLock, out_of_patience, run_trials
+from tuning.objective import BUDGET_STOP, OVER_LIMITS, Objective, over_limits, stopped_by_budget
+from tuning.runner import NoTrial, StudyLock, out_of_patience, run_trials, take_trial
 from tuning.search import main
 from tuning.space import sample
 from tuning.storage import open_storage
@@ -280,6 +280,30 @@ def test_patience_counts_the_finished_trials_after_the_best():
     for number, trial in enumerate(tie):
         trial.number = number
     assert out_of_patience(tie, 1).best.number == 0  # an equal loss does not beat it
+    # A trial the run's --budget cut short, or one over the limits, said nothing of its
+    # configuration: neither counts.
+    cut = _finished([(complete, 0.3), (pruned, None), (pruned, None)])
+    for number, trial in enumerate(cut):
+        trial.number = number
+    cut[1].user_attrs["prune_reason"] = f"{BUDGET_STOP} after epoch 2"
+    cut[2].user_attrs["prune_reason"] = f"{OVER_LIMITS}: 3,256,330 parameters > max_params"
+    assert stopped_by_budget(cut[1]) and over_limits(cut[2])
+    assert out_of_patience(cut, 1) is None
+
+
+def test_a_worker_out_of_patience_waits_while_a_trial_runs_that_may_beat_the_best(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
+    for value in (0.3, 0.5):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=value))
+    running = study.ask()
+    lock = StudyLock(url, "s")
+    try:
+        assert take_trial(study, 100, lock, patience=1) is NoTrial.WAIT
+        study.tell(running, 0.2)  # it beat the best: the search goes on
+        assert isinstance(take_trial(study, 100, lock, patience=1), optuna.Trial)
+    finally:
+        lock.close()
 
 
 def test_a_worker_stops_taking_trials_once_patience_runs_out(tmp_path):
@@ -318,3 +342,14 @@ def test_a_search_stops_early_when_patience_runs_out_and_says_why(workdir, cheap
     assert study.user_attrs["patience"] is None
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                for t in study.trials) == len(finished) + 1
+
+
+@pytest.mark.parametrize("study, words", [("compare-optimizers", "a grid runs every"),
+                                          ("seed", "every parameter is fixed")])
+def test_patience_is_refused_where_trials_are_not_a_search_that_can_stall(
+        workdir, monkeypatch, capsys, study, words):
+    monkeypatch.chdir(workdir)
+    assert main(["--study", study, "--patience", "5", "--dataset", "mnist-sample"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not (workdir / "studies" / f"{study}.db").exists()

@@ -153,24 +153,27 @@ def test_a_trial_taken_over_before_it_was_stopped_is_queued_once(tmp_path):
 
 _KILLED_BEFORE_QUEUING = """
 import os, signal, sys, optuna
+from optuna.trial import TrialState
 from tuning import runner
 from tuning.storage import open_storage
 
-def killed(*args, **kwargs):  # the moment between failing a trial and queuing its retry
-    os.kill(os.getpid(), signal.SIGKILL)
-
-url, cut_short = sys.argv[1:]
+url = sys.argv[1]
 study = optuna.load_study(study_name="s", storage=open_storage(url))
-lock = runner.StudyLock(url, "s")
-if cut_short == "stale":  # the stale check, before this worker takes a trial, is killed
-    runner.queue_due_retries = killed
+write_state = study._storage.set_trial_state_values
 
-def objective(trial):  # this worker's own trial is stopped, and the worker killed
+def killed_once_failed(trial_id, state, values=None):  # the moment after failing a trial
+    failed = write_state(trial_id, state, values)
+    if state == TrialState.FAIL:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return failed
+
+study._storage.set_trial_state_values = killed_once_failed
+
+def objective(trial):  # the worker's own trial is stopped (with no stale trial to fail first)
     trial.suggest_float("x", 0, 1)
-    runner.queue_due_retries = killed
     raise KeyboardInterrupt
 
-runner.run_trials(study, objective, 5, lock)
+runner.run_trials(study, objective, 5, runner.StudyLock(url, "s"))
 """
 
 
@@ -186,8 +189,7 @@ def test_a_worker_killed_between_failing_a_trial_and_queuing_its_retry_loses_not
         dead.suggest_float("x", 0, 1)
         study._storage.record_heartbeat(dead._trial_id)
         time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
-    worker = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_QUEUING, url,
-                             cut_short],
+    worker = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_QUEUING, url],
                             capture_output=True, text=True, timeout=120)
     assert worker.returncode == -signal.SIGKILL, worker.stderr
     (cut,) = study.get_trials(states=(TrialState.FAIL,))
@@ -203,6 +205,23 @@ def test_a_worker_killed_between_failing_a_trial_and_queuing_its_retry_loses_not
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == cut.number]
     assert [t.number for t in retries] == [taken.number]
     assert retries[0].params == cut.params
+
+
+def test_a_worker_that_lost_the_study_lock_queues_no_retry(tmp_path):
+    # Stalled past the server's idle limit, a worker's lock session ends and another worker
+    # may take the lock and queue the retry; the first, resumed with the trials it read
+    # before, must not queue it again.
+    url, study = _sqlite_study(tmp_path)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    assert fail_for_retry(study._storage, trial._trial_id)
+    read_before = study.get_trials(deepcopy=False)
+    queue_due_retries(study, read_before, still_held=lambda: False)
+    assert len(study.trials) == 1
+    queue_due_retries(study)  # the worker that holds the lock
+    queue_due_retries(study)
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert len(retries) == 1
 
 
 def test_a_retry_takes_the_configuration_and_seed_not_what_the_cut_short_run_left(tmp_path):

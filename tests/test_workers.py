@@ -208,6 +208,28 @@ def test_storage_roundtrip_on_every_backend(backend, tmp_path):
         optuna.delete_study(study_name=name, storage=resolve_url(url))
 
 
+@pytest.mark.parametrize("changed_to, runs", [(5, 5), (2, 2)])
+def test_running_workers_follow_a_target_raised_or_lowered_by_a_later_search(tmp_path,
+                                                                            changed_to, runs):
+    # Another `tuning search --trials N` on the study while its workers run (to give a cluster
+    # search more trials, or fewer): they follow the stored target, not the one they began with.
+    url, name = f"sqlite:///{tmp_path}/goal.db", "goal"
+    study = optuna.create_study(study_name=name, storage=open_storage(url, create=True))
+    study.set_user_attr("target_trials", 3)
+
+    def objective(trial):
+        if trial.number == 0:
+            study.set_user_attr("target_trials", changed_to)
+        return _quadratic(trial)
+
+    lock = StudyLock(url, name)
+    try:
+        run_trials(study, objective, 3, lock)
+    finally:
+        lock.close()
+    assert len(finished(load(url, name))) == runs
+
+
 def test_the_sampler_runs_outside_the_study_lock(tmp_path):
     """The lock covers reserving a slot of the target (counting and creating the trial); the
     sampler, slow for GP or multivariate TPE on hundreds of trials, runs after it, so that

@@ -344,7 +344,7 @@ def configure_logging(quiet: bool = False, verbose: bool = False,
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("optuna").addFilter(_DropKnownNoise())
-    # Heartbeats, several samplers and the retry callback are marked experimental: noise here.
+    # Heartbeats and several samplers are marked experimental: noise here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Our worker loop (tuning.runner.run_trials) keeps the heartbeats itself.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

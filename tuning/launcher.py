@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning.cli import FINISHED, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
-from tuning.runner import PATIENCE_ATTR, out_of_patience
+from tuning.runner import PATIENCE_ATTR, TARGET_ATTR, out_of_patience
 from tuning.settings import whole_number_setting
 from tuning.storage import split_password
 
@@ -242,7 +242,7 @@ class Launcher:
         """Whether the study met its target or ran out of --patience: a worker that dies
         then is not restarted."""
         trials = self.study.get_trials(deepcopy=False)
-        return (sum(t.state in FINISHED for t in trials) >= self.study.user_attrs["target_trials"]
+        return (sum(t.state in FINISHED for t in trials) >= self.study.user_attrs[TARGET_ATTR]
                 or out_of_patience(trials, self.study.user_attrs.get(PATIENCE_ATTR)) is not None)
 
     def _handle_signal(self, signum, frame) -> None:

@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 from sqlalchemy import Connection, create_engine, text
 
 from tuning.cli import FINISHED
-from tuning.errors import shorten
-from tuning.objective import TrialFailed
+from tuning.errors import counted, shorten
+from tuning.objective import TrialFailed, over_limits, stopped_by_budget
 from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
 from tuning.signals import GracefulStop, Interrupted, NoStop
 from tuning.storage import (
@@ -173,41 +173,64 @@ class OutOfPatience:
     patience: int
 
     def __str__(self) -> str:
-        return (f"the {self.finished_after} finished trials after the best (#{self.best.number}, "
-                f"val_loss {self.best.value:.4f}) did not beat it (--patience {self.patience})")
+        return (f"the {counted(self.finished_after, 'finished trial')} after the best "
+                f"(#{self.best.number}, val_loss {self.best.value:.4f}) did not beat it "
+                f"(--patience {self.patience})")
 
 
 def out_of_patience(trials: list[optuna.trial.FrozenTrial],
                     patience: int | None) -> OutOfPatience | None:
     """Whether `patience` trials numbered after the best complete trial have finished
-    (complete or pruned) and none beat it: more trials are unlikely to help, and the search
-    stops. None where they have not, or `patience` is None. Counted by trial number, which
-    every host agrees on, not by finishing time, which each host's clock writes."""
+    (complete or pruned) and none beat it: more trials are unlikely to help. None where they
+    have not, or `patience` is None. A trial that said nothing of its configuration does not
+    count: one the run's --budget cut short, or one over the study's limits, never trained.
+    Counted by trial number, which every host agrees on, not by finishing time, which each
+    host's clock writes."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if patience is None or not complete:
         return None
     best = min(complete, key=lambda t: (cast(float, t.value), t.number))
-    after = sum(t.state in FINISHED and t.number > best.number for t in trials)
+    after = sum(t.state in FINISHED and t.number > best.number and not stopped_by_budget(t)
+                and over_limits(t) is None for t in trials)
     return OutOfPatience(best, after, patience) if after >= patience else None
+
+
+TARGET_ATTR = "target_trials"
+"""The study's user attribute holding its target of finished trials (tuning.study)."""
+
+
+def current_goal(study: optuna.Study, target: int,
+                 patience: int | None) -> tuple[int, int | None]:
+    """The target and patience the latest search stored in the study, read afresh (a rerun may
+    raise or lower them while workers run: every worker follows); `target` and `patience`
+    where the study stores none (one not made by tuning.search)."""
+    attrs = study.user_attrs
+    if TARGET_ATTR not in attrs:
+        return target, patience
+    return int(attrs[TARGET_ATTR]), attrs.get(PATIENCE_ATTR)
 
 
 def take_trial(study: optuna.Study, target: int, lock: StudyLock,
                patience: int | None = None) -> optuna.Trial | NoTrial:
-    """A new trial if the target leaves room for one, else why not. Dead workers' trials are
-    failed first, and every retry due is queued (a worker killed after failing its trial and
-    before queuing the retry left it due), under the same lock: the retries are then waiting
-    trials, which `ask` takes before sampling. Queued apart, another worker's retry could land
-    between `ask` finding no waiting trial and creating a new one, which would then take the
-    place in the target that the retry was to fill, leaving the retry waiting at the end."""
+    """A new trial if the target leaves room for one, else why not (the target and patience:
+    `current_goal`'s). Dead workers' trials are failed first, and every retry due is queued (a
+    worker killed after failing its trial and before queuing the retry left it due), under the
+    same lock: the retries are then waiting trials, which `ask` takes before sampling. Queued
+    apart, another worker's retry could land between `ask` finding no waiting trial and
+    creating a new one, which would then take the place in the target that the retry was to
+    fill, leaving the retry waiting at the end."""
     with lock.hold():
-        fail_stale_trials(study)
+        fail_stale_trials(study, lock.still_held)
         trials = study.get_trials(deepcopy=False)
-        queue_due_retries(study, trials)  # waiting: the counts below stand
+        queue_due_retries(study, trials, lock.still_held)  # waiting: the counts below stand
         finished, running = _counts(trials)
+        target, patience = current_goal(study, target, patience)
         if finished >= target:
             return NoTrial.TARGET_MET
         if out_of_patience(trials, patience) is not None:
-            return NoTrial.OUT_OF_PATIENCE
+            # Stop once no trial runs: one of them may still beat the best, and the search
+            # then goes on with every worker, not with those whose trials were running.
+            return NoTrial.WAIT if running else NoTrial.OUT_OF_PATIENCE
         if finished + running >= target:
             return NoTrial.WAIT
         if not lock.still_held():  # another worker may be counting and creating meanwhile
@@ -232,11 +255,12 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
         return trial
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study,
+                      still_held: Callable[[], bool] = lambda: True) -> None:
     """Fail (and queue again) the trials of workers that stopped beating. Optuna's
     fail_stale_trials, but each marked as due its retry before it is failed (a checker killed
     between failing and queuing would otherwise lose the configuration). Run under the study
-    lock, as `queue_due_retries` is.
+    lock, as `queue_due_retries` is (`still_held`: whether it still is).
 
     Not within a grace period of a database outage seen by this worker: the other workers'
     heartbeats could not be recorded during it either, and they are alive.
@@ -250,7 +274,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
         reason = (f"its worker stopped beating (no heartbeat for {grace_period():g} s: killed, "
                   "paused or cut off from the database)")
         if sum(fail_for_retry(storage, trial_id, reason=reason) for trial_id in stale):
-            queue_due_retries(study)
+            queue_due_retries(study, still_held=still_held)
     except Exception as exc:  # the database is down: stale trials are found again next time
         if not transient(exc):
             raise
@@ -278,7 +302,7 @@ def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
         return
     if fail_for_retry(study._storage, trial._trial_id, counts=not stopped):
         with lock.hold():
-            queue_due_retries(study)
+            queue_due_retries(study, still_held=lock.still_held)
 
 
 def _reason(exc: BaseException) -> str:
@@ -319,7 +343,8 @@ def run_trials(
     patience: int | None = None,
 ) -> RunStats:
     """Run trials until `study` has `target` finished trials (or `timeout` passes, or
-    `patience` trials finish after the best without beating it: `out_of_patience`).
+    `patience` trials finish after the best without beating it: `out_of_patience`); a study
+    made by tuning.search stores its own target and patience, which are followed instead.
 
     A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
     exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.

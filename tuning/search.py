@@ -50,7 +50,7 @@ from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient
-from tuning.runner import StudyLock, out_of_patience, run_trials
+from tuning.runner import TARGET_ATTR, StudyLock, out_of_patience, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
@@ -170,6 +170,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     problems = settings.problems()
     if problems:
         raise UsageError("; ".join(problems))
+    if args.patience is not None and (settings.sampler == "grid"
+                                      or not tuned(study_file.space)):
+        # Its trials are not a search that may stop finding better configurations: a grid
+        # runs each once, and repeats of one configuration differ only by their seeds.
+        raise UsageError("--patience stops a search that stopped improving: "
+                         + ("a grid runs every configuration" if settings.sampler == "grid"
+                            else "every parameter is fixed, the trials are repeats")
+                         + "; leave it out")
     if settings.sampler == "grid":
         size = grid_size(study_file.space)
         if size > 100_000:
@@ -425,8 +433,10 @@ def _run(args: argparse.Namespace, prog: str) -> int:
              plan.settings.sampler, plan.settings.pruner, counted(plan.settings.epochs, "epoch"),
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
-        target = study.user_attrs["target_trials"]  # kept when --trials is already met
-        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {target}); "
+        target = study.user_attrs[TARGET_ATTR]  # kept when --trials is already met
+        patience = "" if args.patience is None else f", patience {args.patience}"
+        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {target}"
+              f"{patience}); "
               f"start workers with: tuning worker --study {plan.study} "
               f"--storage '{mask_url(plan.storage)}'")
         return EXIT_OK

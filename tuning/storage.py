@@ -475,17 +475,21 @@ def fail_for_retry(storage: optuna.storages.BaseStorage, trial_id: int,
     return True
 
 
-def queue_due_retries(study: optuna.Study,
-                      trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
+def queue_due_retries(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None,
+                      still_held: Callable[[], bool] = lambda: True) -> None:
     """Queue the retry of every failed trial marked due one (`fail_for_retry`) that has none
     yet; `trials`: the study's trials, if the caller has just read them. Run under the study
-    lock (tuning.runner.StudyLock), so that two workers never both find a retry missing."""
+    lock (tuning.runner.StudyLock), so that two workers never both find a retry missing;
+    `still_held` says whether it still is: a worker that stalled past the server's idle limit
+    lost it, and another may have queued the same retry meanwhile."""
     if trials is None:
         trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     for trial in trials:
         if (trial.state == optuna.trial.TrialState.FAIL and RETRY_DUE in trial.system_attrs
                 and trial.number not in retried):
+            if not still_held():
+                return
             _queue_retry(study, trial)
 
 

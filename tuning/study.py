@@ -26,7 +26,7 @@ from tuning import __version__
 from tuning.cli import count_finished
 from tuning.data import DATA_KEYS
 from tuning.errors import UsageError, shorten
-from tuning.runner import PATIENCE_ATTR
+from tuning.runner import PATIENCE_ATTR, TARGET_ATTR
 from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import space_from_dict
 from tuning.storage import mask_url, open_storage, sample_study_hint
@@ -86,8 +86,8 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
         study.set_user_attr("versions", environment())
     # A target at or below what is done runs nothing (tuning.search says so): leave the stored
     # one to the workers that may still be running towards it.
-    if target > count_finished(study) or "target_trials" not in study.user_attrs:
-        study.set_user_attr("target_trials", target)
+    if target > count_finished(study) or TARGET_ATTR not in study.user_attrs:
+        study.set_user_attr(TARGET_ATTR, target)
     study.set_user_attr(PATIENCE_ATTR, patience)  # this run's, for the workers it starts
     use_strategy(study, plan.settings, plan.study_file.space)
     return study
@@ -236,7 +236,7 @@ def load_existing(study_name: str, storage_url: str, heartbeat: bool = True,
         raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
                          f"create it with tuning search{hint}")
     study = optuna.load_study(storage=storage, study_name=study_name)
-    if not {"settings", "space", "data", "target_trials"} <= set(study.user_attrs):
+    if not {"settings", "space", "data", TARGET_ATTR} <= set(study.user_attrs):
         raise UsageError(f"study {study_name!r} was not created by tuning.search "
                          "(its definition is missing)")
     return study

@@ -31,7 +31,9 @@ from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import (
     PATIENCE_ATTR,
+    TARGET_ATTR,
     StudyLock,
+    current_goal,
     out_of_patience,
     run_trials,
 )
@@ -110,7 +112,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
                           artifacts=artifact_store(args.artifacts),
                           stop=GracefulStop().install(), network=settings.network(),
                           limits=settings.limits())
-    return study, objective, int(study.user_attrs["target_trials"])
+    return study, objective, int(study.user_attrs[TARGET_ATTR])
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -> int:
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
             raise
         return database_lost(url, exc)
     if stats.out_of_patience and not args.launched:  # a launcher says it once for all
-        stalled = out_of_patience(study.get_trials(deepcopy=False), patience)
+        stalled = out_of_patience(study.get_trials(deepcopy=False),
+                                  current_goal(study, target, patience)[1])
         if stalled is not None:
             log.info("stopped early: %s", stalled)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
