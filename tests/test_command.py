@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -254,6 +255,27 @@ def test_ctrl_c_while_a_subcommand_imports_is_one_line_and_130(monkeypatch, caps
     assert command.main(["search", "--trials", "1"]) == 130
     err = capsys.readouterr().err
     assert err == "tuning search: stopped by SIGINT\n"
+
+
+@pytest.mark.parametrize("module", ["search", "worker", "report", "dashboard", "export",
+                                    "predict"])
+def test_ctrl_c_while_python_m_imports_its_module_is_one_line_and_130(tmp_path, module):
+    # `python -m tuning.search` loads torch for seconds before its main runs: a Ctrl-C then
+    # (say, on seeing a mistyped flag) must not print a traceback. Sent once the module's
+    # own imports begin: -X importtime reports a module loaded after tuning.command.
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", f"tuning.{module}",
+                             "--study", "x"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stderr is not None
+    command_loaded = False
+    for line in proc.stderr:
+        if command_loaded:
+            proc.send_signal(signal.SIGINT)
+            break
+        command_loaded = line.rstrip().endswith("| tuning.command")
+    rest = [line for line in proc.stderr if not line.startswith("import time:")]
+    assert proc.wait(timeout=120) == 130, rest
+    assert rest == [f"python -m tuning.{module}: stopped by SIGINT\n"]
 
 
 def test_a_grid_study_targets_its_configurations_not_the_default_100(tmp_path):

@@ -19,11 +19,15 @@ import importlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuning import __version__, catalog
-from tuning.cli import OneLineParser, fail
 from tuning.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from tuning.cli import OneLineParser
 
 SUBCOMMANDS = {
     "search": ("tuning.search", "create (or resume) a study and run it to its target"),
@@ -37,6 +41,9 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> OneLineParser:
+    # tuning.cli imports Optuna: here, once a Ctrl-C is caught (`_guarded`), not at import.
+    from tuning.cli import OneLineParser  # noqa: PLC0415
+
     parser = OneLineParser(
         prog="tuning", description="Hyperparameter search for PyTorch image classifiers.",
         epilog="subcommands:\n" + "\n".join(f"  {name:<10} {summary}"
@@ -52,6 +59,8 @@ def build_parser() -> OneLineParser:
 
 def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     """`tuning studies`, also `python -m tuning.studies`: one line per study file."""
+    from tuning.cli import OneLineParser, fail  # noqa: PLC0415 - as in build_parser
+
     parser = OneLineParser(prog=prog, description="List the study files --study can name: the "
                            "built-in ones, and those in ./studies that override them; then the "
                            "studies in ./studies without a file, stored with their definition.")
@@ -110,16 +119,37 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `tuning` command."""
     argv = sys.argv[1:] if argv is None else argv
+    named = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    return _guarded("tuning" + (f" {named}" if named else ""), lambda: _dispatch(argv))
+
+
+def run_module(subcommand: str) -> int:
+    """`python -m tuning.SUBCOMMAND`: `tuning SUBCOMMAND` under that name. Each such module
+    calls it before its own imports, which load torch for seconds: a Ctrl-C then still ends
+    in one line."""
+    module = SUBCOMMANDS[subcommand][0]
+    prog = f"python -m {module}"
+    return _guarded(prog, lambda: importlib.import_module(str(module)).main(sys.argv[1:],
+                                                                             prog=prog))
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     if not argv:
         parser.error("give a subcommand: " + ", ".join(SUBCOMMANDS) + " (tuning --help)")
     args = parser.parse_args(argv)
     module, _ = SUBCOMMANDS[args.subcommand]
+    if module is None:
+        return list_studies(args.args)
+    return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
+
+
+def _guarded(prog: str, command: Callable[[], int]) -> int:
+    """`command()`, with the ends every command shares."""
     try:
-        if module is None:
-            return list_studies(args.args)
-        return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
+        return command()
     except BrokenPipeError:
         # The reader went away (`tuning studies | head -1`): no traceback, and the status a
         # shell gives a program a closed pipe stopped (128 + SIGPIPE), not success: a search
@@ -128,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
-        # A Ctrl-C the subcommand did not handle: it came before it took its signals over
+        # A Ctrl-C the command did not handle: it came before it took its signals over
         # (while torch imports, say). One line rather than a traceback; a trial that was
         # running is retried as a dead worker's is.
-        print(f"tuning {args.subcommand}: stopped by SIGINT", file=sys.stderr)
+        print(f"{prog}: stopped by SIGINT", file=sys.stderr)
         return 128 + signal.SIGINT
 
 

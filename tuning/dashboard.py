@@ -6,6 +6,14 @@ Listens on 127.0.0.1 unless told otherwise: the dashboard can delete studies and
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.dashboard` runs as `tuning dashboard` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("dashboard"))
+
 from pathlib import Path
 
 from tuning.cli import (
@@ -64,6 +72,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,6 +33,15 @@ report's held-out accuracy of the same trial.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.export` runs as `tuning export` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("export"))
+
 import argparse
 import dataclasses
 import io
@@ -41,7 +50,6 @@ import logging
 import math
 import platform
 import shlex
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,6 +486,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
             print(f"{name} {what}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

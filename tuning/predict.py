@@ -16,8 +16,16 @@ classifies the images instead, with the same logits: one INFO line says so.
 
 from __future__ import annotations
 
-import logging
 import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.predict` runs as `tuning predict` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("predict"))
+
+import logging
 from pathlib import Path
 
 from tuning.cli import (
@@ -88,6 +96,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") 
         print("\t".join([image, *(f"{name}\t{p:.4f}" for name, p in top)]))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,16 @@ test set, and the tutorial baseline kept in the study) and report_render (HTML, 
 
 from __future__ import annotations
 
-import json
 import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.report` runs as `tuning report` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("report"))
+
+import json
 from pathlib import Path
 
 import optuna
@@ -133,6 +141,3 @@ def result_line(metrics: dict) -> str:
             f"{accuracy(t)}; McNemar {p_text(test['p_value'])} "
             f"({'beyond noise' if test['p_value'] < ALPHA else 'not beyond noise'})")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

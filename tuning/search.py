@@ -8,6 +8,15 @@ across all of them.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.search` runs as `tuning search` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("search"))
+
 import argparse
 import contextlib
 import logging
@@ -16,7 +25,6 @@ import re
 import shlex
 import signal
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -537,6 +545,3 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress,
         return EXIT_TRIALS_FAILING
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,17 @@ is tuning.runner.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m tuning.worker` runs as `tuning worker` does, before the imports below (which
+    # load torch for seconds): a Ctrl-C meanwhile ends in one line, not a traceback.
+    from tuning.command import run_module
+
+    sys.exit(run_module("worker"))
+
 import argparse
 import logging
-import sys
 import time
 
 from tuning.cli import (
@@ -154,6 +162,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
             log.info("stopped early: %s", stalled)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())
