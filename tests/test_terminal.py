@@ -152,6 +152,11 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     assert re.search(rf"^ +{name} trial    0 epoch 1/1 val_loss \d\.\d+  ETA ", worked.stderr,
                      re.MULTILINE), worked.stderr
     assert re.search(rf"^\[   1/1\] {name} trial    0 COMPLETE ", worked.stderr, re.MULTILINE)
+    # One joining a study that has its target says so, rather than nothing.
+    idle = run_cli("--study", "mnist", module="tuning.worker", cwd=workdir)
+    assert idle.returncode == 0, idle.stderr
+    assert "study 'mnist' already has its target of 1 finished trial: nothing to run" in \
+        idle.stderr
 
 
 # --- 2. reasons; several workers: worker ids, one ordered count, messages once --------------

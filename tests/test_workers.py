@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,7 @@ from helpers import (
 )
 from optuna.trial import TrialState
 
+from tuning.cli import Progress
 from tuning.runner import StudyLock, run_trials
 from tuning.storage import mask_url, open_storage, resolve_url
 
@@ -222,12 +224,14 @@ def test_running_workers_follow_a_target_raised_or_lowered_by_a_later_search(tmp
             study.set_user_attr("target_trials", changed_to)
         return _quadratic(trial)
 
+    lines = io.StringIO()
     lock = StudyLock(url, name)
     try:
-        run_trials(study, objective, 3, lock)
+        run_trials(study, objective, 3, lock, on_trial=Progress(3, 1, stream=lines))
     finally:
         lock.close()
     assert len(finished(load(url, name))) == runs
+    assert f"[   1/{changed_to}]" in lines.getvalue()  # its lines count to the new target
 
 
 def test_the_sampler_runs_outside_the_study_lock(tmp_path):

@@ -20,6 +20,11 @@ from tuning.errors import EXIT_DATABASE_LOST, EXIT_USAGE, MESSAGE_CHARS, shorten
 from tuning.settings import setting
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TARGET_ATTR = "target_trials"
+"""The study's user attribute holding its target of finished trials, set by the latest search
+(tuning.study) and followed by every worker (tuning.runner.current_goal)."""
+PATIENCE_ATTR = "patience"
+"""The study's user attribute holding the latest search's --patience (None: off)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -214,6 +219,8 @@ class Progress:
         """run_trials' on_trial for trials run in this process. Workers elsewhere may finish
         trials too: the study's count keeps n/N true, and their running trials share the work."""
         trials = study.get_trials(deepcopy=False)
+        # A later search may have raised or lowered the target, which the workers follow.
+        self.target = int(study.user_attrs.get(TARGET_ATTR, self.target))
         running_elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
         self.observe(trials, parallel=1 + running_elsewhere)
         self.trial(study, trial, at_least=sum(t.state in FINISHED for t in trials))

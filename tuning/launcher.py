@@ -24,10 +24,10 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import FINISHED, Progress
+from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
-from tuning.runner import PATIENCE_ATTR, TARGET_ATTR, out_of_patience
+from tuning.runner import out_of_patience
 from tuning.settings import whole_number_setting
 from tuning.storage import split_password
 

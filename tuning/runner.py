@@ -25,7 +25,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 from sqlalchemy import Connection, create_engine, text
 
-from tuning.cli import FINISHED
+from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR
 from tuning.errors import counted, shorten
 from tuning.objective import TrialFailed, over_limits, stopped_by_budget
 from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
@@ -159,10 +159,6 @@ class NoTrial(enum.Enum):
     OUT_OF_PATIENCE = "--patience trials have finished since the best without beating it"
 
 
-PATIENCE_ATTR = "patience"
-"""The study's user attribute holding --patience (None: off), read by every worker."""
-
-
 @dataclass(frozen=True)
 class OutOfPatience:
     """The search ran out of --patience: `finished_after` trials numbered after the best
@@ -193,10 +189,6 @@ def out_of_patience(trials: list[optuna.trial.FrozenTrial],
     after = sum(t.state in FINISHED and t.number > best.number and not stopped_by_budget(t)
                 and over_limits(t) is None for t in trials)
     return OutOfPatience(best, after, patience) if after >= patience else None
-
-
-TARGET_ATTR = "target_trials"
-"""The study's user attribute holding its target of finished trials (tuning.study)."""
 
 
 def current_goal(study: optuna.Study, target: int,

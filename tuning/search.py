@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from tuning import catalog
 from tuning.cli import (
     STUDY_NAME,
+    TARGET_ATTR,
     OneLineParser,
     Progress,
     add_run_arguments,
@@ -58,7 +59,7 @@ from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient
-from tuning.runner import TARGET_ATTR, StudyLock, out_of_patience, run_trials
+from tuning.runner import StudyLock, out_of_patience, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path

@@ -23,10 +23,9 @@ from pathlib import Path
 import optuna
 
 from tuning import __version__
-from tuning.cli import count_finished
+from tuning.cli import PATIENCE_ATTR, TARGET_ATTR, count_finished
 from tuning.data import DATA_KEYS
-from tuning.errors import UsageError, shorten
-from tuning.runner import PATIENCE_ATTR, TARGET_ATTR
+from tuning.errors import UsageError, counted, shorten
 from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import space_from_dict
 from tuning.storage import mask_url, open_storage, sample_study_hint
@@ -158,8 +157,8 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
                              f"{getattr(stored, key)!r}, not {getattr(plan.settings, key)!r}; "
                              "use another --study name")
     if "epochs" in attrs and attrs["epochs"] != plan.settings.epochs:
-        raise UsageError(f"study {plan.study!r} runs {attrs['epochs']} epochs per trial, not "
-                         f"--epochs {plan.settings.epochs}; use another --study name")
+        raise UsageError(f"study {plan.study!r} runs {counted(attrs['epochs'], 'epoch')} per "
+                         f"trial, not --epochs {plan.settings.epochs}; use another --study name")
 
 
 def environment() -> dict:

@@ -21,25 +21,29 @@ import argparse
 import logging
 import time
 
+import optuna
+
 from tuning.cli import (
+    PATIENCE_ATTR,
+    TARGET_ATTR,
     OneLineParser,
     Progress,
     add_run_arguments,
     add_storage_arguments,
     add_verbosity_arguments,
     configure_logging,
+    count_finished,
     database_lost,
     fail,
     positive_int,
     run_timeout,
     storage_url,
 )
-from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError
+from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
 from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import (
-    PATIENCE_ATTR,
-    TARGET_ATTR,
+    RunStats,
     StudyLock,
     current_goal,
     out_of_patience,
@@ -155,10 +159,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         if not transient(exc):
             raise
         return database_lost(url, exc)
-    if stats.out_of_patience and not args.launched:  # a launcher says it once for all
-        stalled = out_of_patience(study.get_trials(deepcopy=False),
-                                  current_goal(study, target, patience)[1])
-        if stalled is not None:
-            log.info("stopped early: %s", stalled)
+    if not args.launched:  # a launcher says it once for all its workers
+        say_why_nothing_more(study, target, patience, stats)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
+
+
+def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
+                         stats: RunStats) -> None:
+    """A line where this worker stopped for the study's sake: out of --patience, or a target
+    met before it ran anything (a worker that joins a finished study says so, not nothing)."""
+    target, patience = current_goal(study, target, patience)
+    if stats.out_of_patience:
+        stalled = out_of_patience(study.get_trials(deepcopy=False), patience)
+        if stalled is not None:
+            log.info("stopped early: %s", stalled)
+    elif not (stats.finished or stats.failed) and count_finished(study) >= target:
+        log.info("study %r already has its target of %s: nothing to run; raise it with "
+                 "tuning search --trials N --create-only", study.study_name,
+                 counted(target, "finished trial"))
