@@ -346,3 +346,32 @@ def test_under_cross_validation_the_epochs_are_per_fold():
     parsed = parse_study({"study": {"epochs": 8, "cv_folds": 5}, "space": SPACE})
     view = StudyView(_mixed_study(), _mixed_study().get_trials(), parsed.settings, parsed.space)
     assert "each trained for the full 8 epochs on each of its 5 folds" in view.population()
+
+
+def test_the_best_configuration_marks_a_fixed_value_its_optimizer_does_not_use():
+    # compare-optimizers fixes momentum for sgd; the best trial may be adamw's.
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(value=0.1, params={"optimizer": "adam", "lr": 1e-3,
+                                                           "dropout": 0.1}, distributions=DISTS))
+    section = overview(_view(study, {**SPACE, "momentum": 0.9}))
+    (best,) = [table for title, table in section.tables if title == "Best configuration"]
+    rows = dict(best.rows)
+    assert rows["momentum"] == "0.9 (not used by adam)" and rows["lr"] == 1e-3
+
+
+def test_a_log_axis_under_a_decade_labels_only_1_2_and_5():
+    # Plotly labels every digit of a short log axis, and in a narrow subplot they overlap.
+    space = {**SPACE, "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+             "l1": {"low": 1e-7, "high": 1e-4, "log": True}}
+    dists = {**DISTS, "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+             "l1": FloatDistribution(1e-7, 1e-4, log=True)}
+    study = optuna.create_study()
+    for i in range(5):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.01 * i, distributions=dists,
+            params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1 * i,
+                    "weight_decay": 10 ** (-6 + i), "l1": 2e-7 + 1e-7 * i}))
+    (fig,) = regularization(_view(study, space)).figures
+    ticks = {axis.title.text: axis.dtick for axis in (fig.layout.xaxis, fig.layout.xaxis2,
+                                                      fig.layout.xaxis3)}
+    assert ticks == {"weight decay": None, "l1": "D2", "dropout": None}

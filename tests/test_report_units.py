@@ -137,6 +137,10 @@ def test_rank_correlation_p_value_is_exact_for_few_trials():
     assert rank_correlation([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx((1.0, 2 / 24))
     assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((0.8, 8 / 24))
     assert reading((0.8, 0.2), 4, None) == "no clear effect on validation loss (n=4, p = 0.2)"
+    # No correlation to read: say why, not "too few trials" for 5 trials of one value.
+    assert reading(None, 3, None) == "too few trials (n=3; 4 needed)"
+    assert reading(None, 5, None, values=1).startswith("not varied")
+    assert reading(None, 5, None, values=3).endswith("had the same validation loss")
     assert reading((-0.9, 0.001), 20, (-0.5, 0.3)) == \
         "more helped strongly (n=20, p = 0.001)"  # the gap's correlation is chance
     assert reading((-0.9, 0.001), 20, (-0.5, 0.01)).endswith("; narrows the gap (p = 0.01)")

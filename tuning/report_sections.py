@@ -32,7 +32,7 @@ from tuning.report_stats import (
     reading,
     spearman,
 )
-from tuning.space import REPEAT
+from tuning.space import REPEAT, applies
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 # A good range drawn from fewer trials than this would be one trial's learning rate.
@@ -107,8 +107,10 @@ def overview(view: StudyView) -> Section:
             s.paragraphs.append(
                 f"The study varies the seed (`repeat`){same}: one best run is partly luck; the "
                 "means over repeats below are the comparison.")
-        s.tables.append(("Best configuration", Table(
-            ["parameter", "best value"], [[k, v] for k, v in view.configuration(best).items()])))
+        config = view.configuration(best)
+        s.tables.append(("Best configuration", Table(["parameter", "best value"], [
+            [k, v if applies(k, config) else f"{v} (not used by {config.get('optimizer')})"]
+            for k, v in config.items()])))
         front = _size_front(view)
         if len(front) > 1:
             s.tables.append(("Size against validation loss: the Pareto front (no other complete "
@@ -405,16 +407,21 @@ def regularization(view: StudyView) -> Section:
         table.rows.append([name, len(pts), view.param(best, name) if best else None,
                            corr_loss[0] if corr_loss else None, corr_acc,
                            corr_gap[0] if corr_gap else None,
-                           reading(corr_loss, len(pts), corr_gap)])
+                           reading(corr_loss, len(pts), corr_gap, len(set(xs)))])
         fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
                                  marker_color=figures.colour(0), showlegend=False),
                       row=1, col=col)
         fig.add_trace(go.Scatter(x=[p[0] for p in with_gap], y=[p[1] for p in with_gap],
                                  mode="markers", marker_color="indianred", showlegend=False),
                       row=2, col=col)
-        axis_type = "log" if view.space[name].log else "linear"
-        fig.update_xaxes(type=axis_type, title_text=name.replace("_", " "), row=1, col=col)
-        fig.update_xaxes(type=axis_type, title_text=name.replace("_", " "), row=2, col=col)
+        log_axis: dict = {"type": "log" if view.space[name].log else "linear"}
+        positive = [x for x in xs if x > 0]
+        if view.space[name].log and positive and max(positive) < 10 * min(positive):
+            # Under a decade, plotly labels every digit (1 to 9): in a narrow plot they
+            # overlap. Only 1, 2 and 5 of the decade.
+            log_axis["dtick"] = "D2"
+        fig.update_xaxes(title_text=name.replace("_", " "), row=1, col=col, **log_axis)
+        fig.update_xaxes(title_text=name.replace("_", " "), row=2, col=col, **log_axis)
         fig.update_yaxes(type="log", row=1, col=col)
         fig.update_yaxes(title_text=figures.VAL_LOSS if col == 1 else "", row=1, col=col)
         fig.update_yaxes(title_text="generalization gap (val − train loss)" if col == 1 else "",

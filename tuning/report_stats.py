@@ -219,12 +219,15 @@ def mean_and_ci(values: list[float]) -> tuple[float, float | None, float | None]
 
 
 def reading(loss: tuple[float, float] | None, n: int,
-            gap: tuple[float, float] | None) -> str:
+            gap: tuple[float, float] | None, values: int = 2) -> str:
     """A regularizer's rank correlations (rho, p) with validation loss and with the gap, over
-    `n` trials, in words: an effect only where its p-value is below ALPHA, since with few
-    trials a strong-looking rho is often chance."""
+    `n` trials that tried `values` distinct values of it, in words: an effect only where its
+    p-value is below ALPHA, since with few trials a strong-looking rho is often chance."""
     if loss is None:
-        return "too few trials"
+        if n >= 4 and values < 2:
+            return "not varied: every complete trial had the same value"
+        return f"too few trials (n={n}; 4 needed)" if n < 4 else \
+            "no correlation: every complete trial had the same validation loss"
     rho, p = loss
     evidence = f"n={n}, {p_text(p)}"
     if p >= ALPHA:
