@@ -238,6 +238,8 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert listed.returncode == 0, listed.stderr
     stored = [line.split() for line in listed.stdout.splitlines() if " stored " in line]
     assert [row[0] for row in stored] == ["mnist-sample"]
+    # One column of paths, however long the descriptions before it.
+    assert len({line.rindex(" ") for line in listed.stdout.splitlines()}) == 1
     assert stored[0][-1] == "studies/mnist-sample.db"
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before
     assert (tmp_path / "studies" / "foreign.db").read_bytes() == foreign  # left as it was

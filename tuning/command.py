@@ -70,6 +70,7 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     from tuning.study_file import load_study_file  # noqa: PLC0415 - imports torch: only when needed
 
     entries = catalog.available()
+    rows = []
     for entry in entries:
         try:
             settings = load_study_file(entry.path).settings
@@ -77,9 +78,14 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
                     f"{settings.pruner}")
         except UsageError as exc:
             what = f"invalid: {str(exc)[:120]}"
-        print(f"{entry.name:<20} {entry.origin:<9} {what:<48} {entry.path}")
-    for name, what, path in _stored_studies({entry.name for entry in entries}):
-        print(f"{name:<20} {'stored':<9} {what:<48} {path}")
+        rows.append((entry.name, entry.origin, what, str(entry.path)))
+    rows += [(name, "stored", what, str(path))
+             for name, what, path in _stored_studies({entry.name for entry in entries})]
+    # Columns as wide as their longest entry (an image folder's path can be long).
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        print(" ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + f" {row[3]}")
     return EXIT_OK
 
 

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
                                data_dir=args.data_dir, dataset=args.dataset)
     except UsageError as exc:
         return fail(str(exc))
-    print(f"report written to {out}/index.html (and summary.md, trials.csv)")
+    print(f"report written to {out}/index.html (and summary.md, trials.csv, test_metrics.json)")
     if metrics:
         print(result_line(metrics))
     return 0
