@@ -238,8 +238,6 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert listed.returncode == 0, listed.stderr
     stored = [line.split() for line in listed.stdout.splitlines() if " stored " in line]
     assert [row[0] for row in stored] == ["mnist-sample"]
-    # One column of paths, however long the descriptions before it.
-    assert len({line.rindex(" ") for line in listed.stdout.splitlines()}) == 1
     assert stored[0][-1] == "studies/mnist-sample.db"
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before
     assert (tmp_path / "studies" / "foreign.db").read_bytes() == foreign  # left as it was
@@ -289,3 +287,15 @@ def test_a_grid_study_targets_its_configurations_not_the_default_100(tmp_path):
     study = optuna.load_study(study_name="compare-optimizers",
                               storage=f"sqlite:///{tmp_path}/studies/compare-optimizers.db")
     assert study.user_attrs["target_trials"] == 48
+
+
+def test_tuning_studies_keeps_its_columns_however_long_a_description(monkeypatch, capsys):
+    from tuning import command
+
+    long = "/data/projects/an/image/folder/far/down, 2 epochs, tpe / successive-halving"
+    monkeypatch.setattr(command, "_stored_studies",
+                        lambda known: [("own", long, Path("studies/own.db"))])
+    assert command.list_studies([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("own ") and long in lines[-1]
+    assert len({line.rindex(" ") for line in lines}) == 1  # one column of paths
