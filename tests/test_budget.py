@@ -87,6 +87,7 @@ def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
     assert main(["--trials", "20", "--dataset", "mnist-sample", "--epochs", "8",
                  "--budget", "1s"]) == 0
     out, err = capsys.readouterr()
+    assert "2 configurations queued to run first: the enqueue list of its study file" in err
     study = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist")
     # The study's second queued configuration may still be waiting: it never started.
     trials = [t for t in study.trials if t.state != TrialState.WAITING]

@@ -69,8 +69,13 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
                                     load_if_exists=True)
         queued = enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
         if queued:
-            log.info("%d configuration%s of %s queued to run first (its enqueue list)", queued,
-                     "" if queued == 1 else "s", plan.study_file.path)
+            source = plan.study_file.path
+            # A study named after its data (own images, mnist-sample) starts from another
+            # study's file: say so, since it has no file of its own.
+            whose = "its study file" if Path(source).stem == plan.study else \
+                "the study file it starts from"
+            log.info("%s queued to run first: the enqueue list of %s, %s",
+                     counted(queued, "configuration"), whose, source)
     # optuna-dashboard shows "Objective 0" for a study without a name for its value; studies
     # created before this was set get it when they resume.
     if study.metric_names is None:
