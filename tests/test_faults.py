@@ -72,6 +72,7 @@ def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_pa
     assert study.trials[0].state == TrialState.RUNNING  # younger than the grace period
     time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
     fail_stale_trials(study)
+    queue_due_retries(study)  # as the worker that failed it does next, under the same lock
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert "stopped beating" in trials[0].user_attrs["fail_reason"]  # the report says why

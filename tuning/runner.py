@@ -212,7 +212,7 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
     creating a new one, which would then take the place in the target that the retry was to
     fill, leaving the retry waiting at the end."""
     with lock.hold():
-        fail_stale_trials(study, lock.still_held)
+        fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         queue_due_retries(study, trials, lock.still_held)  # waiting: the counts below stand
         finished, running = _counts(trials)
@@ -247,12 +247,11 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
         return trial
 
 
-def fail_stale_trials(study: optuna.Study,
-                      still_held: Callable[[], bool] = lambda: True) -> None:
-    """Fail (and queue again) the trials of workers that stopped beating. Optuna's
-    fail_stale_trials, but each marked as due its retry before it is failed (a checker killed
-    between failing and queuing would otherwise lose the configuration). Run under the study
-    lock, as `queue_due_retries` is (`still_held`: whether it still is).
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials of workers that stopped beating. Optuna's fail_stale_trials, but each
+    marked as due its retry (which `queue_due_retries` then queues, in `take_trial`) instead
+    of queued by a callback: a checker killed between failing and queuing would otherwise
+    lose the configuration.
 
     Not within a grace period of a database outage seen by this worker: the other workers'
     heartbeats could not be recorded during it either, and they are alive.
@@ -265,8 +264,8 @@ def fail_stale_trials(study: optuna.Study,
         stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
         reason = (f"its worker stopped beating (no heartbeat for {grace_period():g} s: killed, "
                   "paused or cut off from the database)")
-        if sum(fail_for_retry(storage, trial_id, reason=reason) for trial_id in stale):
-            queue_due_retries(study, still_held=still_held)
+        for trial_id in stale:
+            fail_for_retry(storage, trial_id, reason=reason)
     except Exception as exc:  # the database is down: stale trials are found again next time
         if not transient(exc):
             raise

@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 
 from tuning import catalog
 from tuning.cli import (
+    FINISHED,
     STUDY_NAME,
     TARGET_ATTR,
     OneLineParser,
@@ -485,11 +486,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
                         f"stopped by {stopped}: the running trial is marked failed and "
                         "queued to run again first")
-    stalled = out_of_patience(study.get_trials(deepcopy=False), args.patience)
-    if stalled is not None and count_finished(study) < args.trials:
+    trials = study.get_trials(deepcopy=False)
+    stalled = out_of_patience(trials, args.patience)
+    if stalled is not None and sum(t.state in FINISHED for t in trials) < args.trials:
         print(f"stopped early: {stalled}")
     summarize(study, plan)
-    warning = over_limits_warning(study.get_trials(deepcopy=False))
+    warning = over_limits_warning(trials)
     if warning is not None:
         log.warning("%s", warning)
     return status

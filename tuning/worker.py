@@ -164,7 +164,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
 
-
 def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
                          stats: RunStats) -> None:
     """A line where this worker stopped for the study's sake: out of --patience, or a target
