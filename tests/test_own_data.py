@@ -503,6 +503,29 @@ def test_own_images_take_a_study_name_of_the_users_choosing(tmp_path, monkeypatc
         plan("--study", "mnsit")
 
 
+def test_config_names_a_study_file_to_start_a_study_of_ones_own_name_from(tmp_path,
+                                                                           monkeypatch):
+    from tuning.search import build_parser, make_plan
+
+    def plan(*argv: str):
+        return make_plan(build_parser().parse_args(list(argv)))
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="--config NAME to start from one of: .*mnist"):
+        plan("--study", "run-7")
+    run = plan("--study", "run-7", "--config", "compare-optimizers")
+    assert run.study == "run-7"
+    assert run.study_file.path.endswith("compare-optimizers.toml")
+    assert plan("--config", "seed").study == "seed"
+    # A file of that name, here, is the study file; a path is never taken for a name.
+    (tmp_path / "seed").write_text("[space\n")
+    with pytest.raises(UsageError, match="study file 'seed' is not valid TOML"):
+        plan("--config", "seed")
+    for missing in ("seed.toml", "sub/seed"):
+        with pytest.raises(UsageError, match=f"study file '{missing}' not found"):
+            plan("--config", missing)
+
+
 def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, monkeypatch):
     from tuning.search import build_parser, make_plan
 

@@ -47,8 +47,17 @@ def study_file(name: str) -> Path:
     if builtin.is_file():
         return builtin
     names = ", ".join(entry.name for entry in available())
-    raise UsageError(f"no study file for {name!r}: neither {local} nor a built-in one; "
-                     f"give --config FILE, or one of: {names}")
+    raise UsageError(f"no study file for {name!r}: neither {local} nor a built-in one; give "
+                     f"--config FILE, or --config NAME to start from one of: {names}")
+
+
+def config_file(given: Path) -> Path:
+    """The study file `--config` names: a path, else (no such file, and no folder in it) the
+    name of a study file, `--config mnist`, so that a study of one's own name can start from
+    a built-in space without copying its file."""
+    if given.exists() or given.parent != Path(".") or given.suffix:
+        return given
+    return study_file(given.name)
 
 
 def builtin_study_file(name: str) -> Path:

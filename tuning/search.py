@@ -96,8 +96,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The study's definition: its file and the settings the command line overrides."""
     add_storage_arguments(parser, "study name (default: the study file's name, else mnist)")
     parser.add_argument("--config", type=Path,
-                        help="study file (default: ./studies/<study>.toml, else the built-in "
-                             "one; `tuning studies` lists them)")
+                        help="study file, or the name of one (default: ./studies/<study>.toml, "
+                             "else the built-in one; `tuning studies` lists them)")
     parser.add_argument("--dataset",
                         help=f"{', '.join(SOURCES)}, or the path of an image folder "
                              "(root/<class>/<image>) or an .npz file (x_train, y_train, ...)")
@@ -161,7 +161,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         else:
             config = catalog.study_file(name)
     else:
-        config = args.config
+        config = catalog.config_file(args.config)
         name = args.study or config.stem
         try:
             study_name(name)
