@@ -69,10 +69,10 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_search(*args: str, cwd: Path) -> subprocess.Popen:
-    """`python -m tuning.search ARGS` in the background, from `cwd`."""
+def start_search(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m tuning.search ARGS` in the background, from `cwd`, with `env` added."""
     return subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -965,6 +965,32 @@ def test_the_launchers_exit_statuses_mean_one_thing_each(tmp_path):
         assert status == (0 if restarted else code)
 
 
+@pytest.mark.parametrize("finished", [3, 5])
+def test_a_crashed_worker_is_restarted_unless_the_target_is_met(tmp_path, finished):
+    """Out of --patience is not done: a trial still running may beat the best, and the search
+    then goes on with every worker."""
+    study = optuna.create_study(study_name="s",
+                                storage=open_storage(f"sqlite:///{tmp_path}/s.db", create=True))
+    study.set_user_attr("target_trials", 5)
+    study.set_user_attr("patience", 1)
+    for value in (0.5, 0.9, 0.8, 0.7, 0.6)[:finished]:  # two or more after the best
+        study.add_trial(optuna.create_trial(value=value))
+    study.ask()  # running elsewhere: it may beat 0.5
+    spec = plan_workers([], 1, 1, 1)[0]
+    launcher = Launcher(study, f"sqlite:///{tmp_path}/s.db", [spec], None, None, None,
+                        on_trial=lambda s, t: None)
+    starts = []
+
+    def fake_start(spec):
+        starts.append(spec.index)
+        launcher.procs[spec.index] = subprocess.Popen(
+            [sys.executable, "-c", f"raise SystemExit({1 if len(starts) == 1 else 0})"])
+
+    launcher._start = fake_start
+    assert launcher.run() == 0
+    assert len(starts) == (2 if finished < 5 else 1)
+
+
 
 def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():
     """A scheduler signals every process of a job and the launcher passes the same signal on;
@@ -984,6 +1010,34 @@ def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def test_a_stop_during_a_database_outage_ends_the_wait_for_the_database():
+    """Ctrl-C while a worker waits out an outage stops it at once, not when the database is
+    back (or its TUNING_DB_RETRY_S, minutes, has passed); the wait goes on without a stop."""
+    from tuning.outage import Outages, call_with_retry
+    from tuning.signals import GracefulStop
+
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        GracefulStop().install()
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            call_with_retry(Outages(), 1.2, refused)  # no stop: waited out until its end
+        assert len(calls) >= 2
+        threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(Interrupted):  # before the 20 s are over, however long they take
+            call_with_retry(Outages(), 20, refused)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # the stop's handler is gone
+        call_with_retry(Outages(), 0.6, refused)
 
 
 # --- opening a database server: a restart waited out by workers; a creation race -------------
@@ -1078,6 +1132,48 @@ def test_two_processes_creating_the_tables_of_an_empty_database_at_once_both_ope
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.pg_restart
+@pytest.mark.skipif(not Path("/etc/postgresql").is_dir() or os.geteuid() != 0,
+                    reason="stopping the server needs root and pg_ctlcluster")
+def test_ctrl_c_while_the_database_is_down_stops_at_once_and_loses_no_trial(workdir,
+                                                                          cheap_space):
+    cheap_space(workdir)
+    name = f"stopdown-{uuid.uuid4().hex[:8]}"
+    args = ("--study", name, "--config", "studies/mnist.toml", "--storage", POSTGRES_URL,
+            "--trials", "6", "--workers", "2", "--dataset", "mnist-sample", "--epochs", "3")
+    proc = start_search(*args, cwd=workdir)
+    try:
+        cut_short = {t.number for t in wait_for_running_trials(POSTGRES_URL, name, proc, 2)}
+        _pg_ctl("stop")
+        try:
+            time.sleep(2)  # the workers meet the outage and wait for the server
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)  # without the stop: its 300 s of retries
+        finally:
+            _pg_ctl("start")
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        assert "could not be marked failed (the database is unreachable)" in err
+        assert "stopped by SIGINT while the database is unreachable" in err
+        assert f"--study {name} --trials 6 --config studies/mnist.toml" in out  # continue:
+        # The trials left running are found stale by the next run and retried, none lost.
+        env = {"TUNING_HEARTBEAT_INTERVAL": "1", "TUNING_GRACE_PERIOD": "2"}
+        proc = start_search(*args, cwd=workdir, env=env)
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err
+        study = load_study(POSTGRES_URL, name)
+        failed = {t.number for t in study.trials if t.state == TrialState.FAIL}
+        retried = {t.system_attrs.get("failed_trial") for t in study.trials}
+        assert cut_short <= failed <= retried, (cut_short, failed)
+        assert len(finished(study)) == 6
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
 
 
 @pytest.mark.parametrize("module", ["tuning.search", "tuning.worker"])

@@ -24,10 +24,9 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR, Progress
+from tuning.cli import FINISHED, TARGET_ATTR, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
-from tuning.runner import out_of_patience
 from tuning.settings import whole_number_setting
 from tuning.storage import split_password
 
@@ -238,12 +237,13 @@ class Launcher:
                 raise
             outages_of(self.study._storage).failed(exc, retry_seconds())
 
-    def _done(self) -> bool:
-        """Whether the study met its target or ran out of --patience: a worker that dies
-        then is not restarted."""
+    def _target_met(self) -> bool:
+        """Whether the study met its target: a worker that dies then is not restarted. One
+        that dies once --patience is spent is: a trial still running may beat the best, and
+        the search then goes on with every worker (a restarted worker that finds nothing to
+        wait for stops at once)."""
         trials = self.study.get_trials(deepcopy=False)
-        return (sum(t.state in FINISHED for t in trials) >= self.study.user_attrs[TARGET_ATTR]
-                or out_of_patience(trials, self.study.user_attrs.get(PATIENCE_ATTR)) is not None)
+        return sum(t.state in FINISHED for t in trials) >= self.study.user_attrs[TARGET_ATTR]
 
     def _handle_signal(self, signum, frame) -> None:
         # Passed on as it came, so that a Ctrl-C is a Ctrl-C in every trial's failure reason.
@@ -293,7 +293,7 @@ class Launcher:
                     status = EXIT_DATABASE_LOST
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                if self._done():
+                if self._target_met():
                     self._say(f"worker w{index} (pid {proc.pid}) {how}; the search is done")
                 elif self.restarts[index] < MAX_RESTARTS_PER_WORKER:
                     self.restarts[index] += 1
@@ -307,7 +307,7 @@ class Launcher:
             if self.stopping_signal is not None:
                 self._wait_for_stop()
                 break
-        self._report_new_trials()
+        self._poll_study()  # not waiting out an outage: a stopped run must not hang on one
         if self.stopping_signal is not None:
             return 128 + self.stopping_signal
         return status

@@ -35,6 +35,7 @@ from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
 from optuna.trial import TrialState
 
 from tuning.settings import number_setting
+from tuning.signals import check_installed
 
 log = logging.getLogger("tuning")
 
@@ -158,13 +159,26 @@ def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_fu
             if not transient(exc) or time.monotonic() >= deadline:
                 raise
             outages.failed(exc, retry_s)
-            time.sleep(min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)],
-                           max(0.0, deadline - time.monotonic())))
+            _wait(min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)],
+                      max(0.0, deadline - time.monotonic())))
             continue
         outages.succeeded()
         return result
 
 
+def _wait(seconds: float) -> None:
+    """Sleep before the next try, in steps: a Ctrl-C or SIGTERM (GracefulStop) stops the wait
+    within one, where an outage could otherwise hold a stopped worker for minutes."""
+    end = time.monotonic() + seconds
+    while True:
+        check_installed()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, STOP_CHECK_S))
+
+
+STOP_CHECK_S = 0.2
 _depth = threading.local()
 
 

@@ -371,8 +371,17 @@ def run_trials(
                 continue
             except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
-                with contextlib.suppress(Exception):
+                try:
                     _cut_short(study, trial, exc, lock)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker failed it first, and queued its retry
+                except (Exception, Interrupted) as unrecorded:  # stopped during an outage
+                    why = ("the database is unreachable" if isinstance(unrecorded, Interrupted)
+                           else shorten(str(unrecorded) or type(unrecorded).__name__, 120))
+                    log.warning("trial %d could not be marked failed (%s): it stays running "
+                                "in the study until a worker finds it stale, %g s after its "
+                                "last heartbeat, and retries it", trial.number, why,
+                                grace_period())
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

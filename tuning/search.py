@@ -18,7 +18,6 @@ if __name__ == "__main__":
     sys.exit(run_module("search"))
 
 import argparse
-import contextlib
 import logging
 import os
 import re
@@ -59,7 +58,7 @@ from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted, sho
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
-from tuning.outage import StorageFull, outages_of, transient
+from tuning.outage import StorageFull, outages_of, transient, without_retry
 from tuning.runner import StudyLock, out_of_patience, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
@@ -476,16 +475,14 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                               else None).run()
             if status > 128:
                 return _stopped(study, plan, args, prog, progress, status,
-                                f"stopped by {signal.Signals(status - 128).name}: running "
-                                "trials are marked failed and queued to run again first")
+                                "running trials are")
         else:
             artifacts = artifact_store(args.artifacts)
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress,
                                deadline)
     except Interrupted as stopped:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
-                        f"stopped by {stopped}: the running trial is marked failed and "
-                        "queued to run again first")
+                        "the running trial is")
     trials = study.get_trials(deepcopy=False)
     stalled = out_of_patience(trials, args.patience)
     if stalled is not None and sum(t.state in FINISHED for t in trials) < args.trials:
@@ -510,16 +507,26 @@ def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tup
 
 
 def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
-             progress: Progress | None, status: int, message: str) -> int:
-    """After a stop signal: what the study has so far, and how to go on."""
+             progress: Progress | None, status: int, running: str) -> int:
+    """After a stop signal (exit `status`): what became of the `running` trial(s), what the
+    study has so far, and how to go on."""
     if progress is not None:
         progress.close()
-    print(message, file=sys.stderr)
+    stopped_by = f"stopped by {signal.Signals(status - 128).name}"
     # Informative only: a second signal or an unreachable database must not turn a clean stop
-    # into a traceback.
-    with contextlib.suppress(Exception, Interrupted, KeyboardInterrupt):
-        summarize(study, plan)
-        print(f"continue:  {continue_command(prog, plan, args)}")
+    # into a traceback, nor keep it waiting for the database to come back.
+    try:
+        with without_retry(study._storage):
+            study.get_trials(deepcopy=False)
+            print(f"{stopped_by}: {running} marked failed and queued to run again first",
+                  file=sys.stderr)
+            summarize(study, plan)
+    except (Exception, Interrupted, KeyboardInterrupt) as exc:
+        if isinstance(exc, Exception) and transient(exc):
+            print(f"{stopped_by} while the database is unreachable: no summary; a trial that "
+                  "could not be marked failed is retried once a worker finds it stale",
+                  file=sys.stderr)
+    print(f"continue:  {continue_command(prog, plan, args)}")
     return status
 
 

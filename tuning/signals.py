@@ -10,6 +10,7 @@ before every trial; a second signal raises wherever the process is.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 # A scheduler stopping a job signals every process of it, and the launcher passes the same
@@ -41,8 +42,10 @@ class GracefulStop:
         self.first_at = 0.0
 
     def install(self) -> GracefulStop:
+        global _installed
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._handle)
+        _installed = self
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -62,3 +65,16 @@ class NoStop(GracefulStop):
 
     def install(self) -> GracefulStop:
         return self
+
+
+_installed: GracefulStop | None = None
+
+
+def check_installed() -> None:
+    """A safe point for code that is handed no GracefulStop: a storage call waiting out a
+    database outage, which may last minutes, raises Interrupted here if a stop was asked for.
+    In the main thread only, where trials run and Interrupted is handled; not once another
+    handler replaced this one's (a test, a caller restoring its own)."""
+    if (_installed is not None and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) == _installed._handle):
+        _installed.check()
