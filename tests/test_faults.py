@@ -277,6 +277,45 @@ def test_a_grid_trial_cut_short_is_retried_on_its_own_grid_point(tmp_path):
     assert ran[0] == cut_short and len(set(ran)) == 4  # every point once, the failed one first
 
 
+def test_a_grid_with_a_failed_configuration_ends_short_of_its_target_running_none_twice(
+        tmp_path):
+    from tuning.runner import grid_ran_short
+
+    grid_space = {"optimizer": Param("optimizer", "categorical", choices=("adam", "sgd")),
+                  "blocks": Param("blocks", "categorical", choices=(1, 2))}
+    url, _ = _sqlite_study(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(url),
+                              sampler=make_sampler("grid", 0, grid_space))
+    lock = StudyLock(url, "s")
+
+    def run(trial):
+        return (trial.suggest_categorical("optimizer", ["adam", "sgd"]),
+                trial.suggest_categorical("blocks", [1, 2]))
+
+    ran, trials = [], []
+    for _ in range(4):
+        trial = take_trial(study, 4, lock)
+        assert isinstance(trial, optuna.Trial)
+        ran.append(run(trial))
+        trials.append(trial)
+    # One is cut short (due its retry), one runs out of memory (failed by itself).
+    fail_for_retry(study._storage, trials[0]._trial_id)
+    study.tell(trials[1], state=TrialState.FAIL)
+    study.tell(trials[2], 0.5)
+    retry = take_trial(study, 4, lock)  # the cut-short configuration, queued again
+    assert isinstance(retry, optuna.Trial) and run(retry) == ran[0]
+    assert take_trial(study, 4, lock) is NoTrial.WAIT  # two run: nothing new to take
+    study.tell(trials[3], 0.4)
+    assert take_trial(study, 4, lock) is NoTrial.WAIT  # the retry may still fail
+    assert grid_ran_short(study, study.trials, 4) is None
+    study.tell(retry, 0.3)
+    assert take_trial(study, 4, lock) is NoTrial.GRID_RUN
+    assert len(set(ran)) == 4 and len(study.trials) == 5
+    assert grid_ran_short(study, study.trials, 4) == (
+        "every configuration of the grid has run and 2 trials failed (the report says why): "
+        "3 finished of the target 4")
+
+
 def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_completed(tmp_path):
     # Worker A ends its trial; it checks the trial is still running, then is paused before
     # writing, while worker B fails the trial as stale (and would queue it again). Resumed, A

@@ -52,6 +52,11 @@ def wrong_output(params, input_shape, num_classes):
 
 def exits(params, input_shape, num_classes):
     sys.exit(7)
+
+def narrow_only(params, input_shape, num_classes):
+    if params["width"] > 16:
+        raise ValueError("too wide")
+    return build(params, input_shape, num_classes)
 """
 # A builder's network of width w has 10 w + 16 w * 10 + 10 = 170 w + 10 parameters.
 SIZE = {8: 1370, 16: 2730, 64: 10890}
@@ -257,6 +262,24 @@ def test_own_builder_end_to_end_limits_enqueue_and_report(builder_dir, capsys):
     pruned_over = sum("over the limits" in t.user_attrs.get("prune_reason", "") for t in trials)
     assert f"| limits | max_params 5,000: {pruned_over} trial" in summary
     assert "| model.width |" in summary
+
+
+def test_a_grid_whose_builder_fails_one_configuration_runs_none_twice(builder_dir, capsys):
+    workdir, module = builder_dir
+    (workdir / "grid.toml").write_text(study_toml(f"{module}:narrow_only").replace(
+        '"random"', '"grid"').replace("{ low = 0.0, high = 0.3 }", "0.1").replace(
+        "{ low = 1e-3, high = 1e-2, log = true }", "0.003"))
+    argv = ["--config", "grid.toml", "--trials", "3", "--workers", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("every configuration of the grid has run and 1 trial failed (the report says why): "
+            "2 finished of the target 3") in out
+    trials = load_study(f"sqlite:///{workdir}/studies/grid.db", "grid").trials
+    assert sorted(t.params["model.width"] for t in trials) == [8, 16, 64]
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    assert main(argv) == 0  # again: nothing is left to run
+    assert "study 'grid': nothing to run: every configuration" in capsys.readouterr().out
+    assert len(load_study(f"sqlite:///{workdir}/studies/grid.db", "grid").trials) == 3
 
 
 def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir, tmp_path):

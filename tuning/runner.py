@@ -38,6 +38,7 @@ from tuning.storage import (
     resolve_url,
     sqlite_path,
 )
+from tuning.strategy import TargetGridSampler
 
 if TYPE_CHECKING:
     from optuna.storages._heartbeat import BaseHeartbeat
@@ -156,6 +157,7 @@ class NoTrial(enum.Enum):
 
     WAIT = "running trials reserve the rest of the target: wait, one may fail and be retried"
     TARGET_MET = "the study has its target of finished trials"
+    GRID_RUN = "every configuration of the grid has run, some failed: none is left to run"
     OUT_OF_PATIENCE = "--patience trials have finished since the best without beating it"
 
 
@@ -189,6 +191,19 @@ def out_of_patience(trials: list[optuna.trial.FrozenTrial],
     after = sum(t.state in FINISHED and t.number > best.number and not stopped_by_budget(t)
                 and over_limits(t) is None for t in trials)
     return OutOfPatience(best, after, patience) if after >= patience else None
+
+
+def grid_ran_short(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
+                   target: int) -> str | None:
+    """Why a grid search ended short of its target: every configuration ran, some failed
+    (`TargetGridSampler.all_taken`); None where it did not."""
+    finished, running = _counts(trials)
+    if (finished >= target or running or not isinstance(study.sampler, TargetGridSampler)
+            or not study.sampler.all_taken(trials)):
+        return None
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    return (f"every configuration of the grid has run and {counted(failed, 'trial')} failed "
+            f"(the report says why): {finished} finished of the target {target}")
 
 
 def current_goal(study: optuna.Study, target: int,
@@ -225,6 +240,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
             return NoTrial.WAIT if running else NoTrial.OUT_OF_PATIENCE
         if finished + running >= target:
             return NoTrial.WAIT
+        if isinstance(study.sampler, TargetGridSampler) and study.sampler.all_taken(trials):
+            return NoTrial.WAIT if running else NoTrial.GRID_RUN
         if not lock.still_held():  # another worker may be counting and creating meanwhile
             return NoTrial.WAIT
         # Only creates the trial: the sampler runs at its first suggest, in the objective,
@@ -316,6 +333,9 @@ class RunStats:
     """Stopped because MAX_CONSECUTIVE_FAILURES trials failed in a row."""
     out_of_patience: bool = False
     """Stopped because --patience trials finished since the best without beating it."""
+    grid_run: bool = False
+    """Stopped because every configuration of a grid has run, short of the target: some
+    failed."""
     objective_seconds: float = 0.0
     """Wall time inside the objective (training, and the sampler's per-parameter calls)."""
     optuna_seconds: float = 0.0
@@ -349,6 +369,9 @@ def run_trials(
         started = time.perf_counter()
         trial = take_trial(study, target, lock, patience)
         if trial is NoTrial.TARGET_MET:
+            break
+        if trial is NoTrial.GRID_RUN:
+            stats.grid_run = True
             break
         if trial is NoTrial.OUT_OF_PATIENCE:
             stats.out_of_patience = True

@@ -59,7 +59,7 @@ from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient, without_retry
-from tuning.runner import StudyLock, out_of_patience, run_trials
+from tuning.runner import StudyLock, grid_ran_short, out_of_patience, run_trials
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
@@ -454,10 +454,16 @@ def _run(args: argparse.Namespace, prog: str) -> int:
               f"{args.trials}): nothing to run; raise --trials to run more")
         summarize(study, plan)
         return EXIT_OK
-    stalled = out_of_patience(study.get_trials(deepcopy=False), args.patience)
+    trials = study.get_trials(deepcopy=False)
+    stalled = out_of_patience(trials, args.patience)
     if stalled is not None:
         print(f"study {plan.study!r}: {stalled}: nothing to run; raise --patience or leave it "
               "out to search on")
+        summarize(study, plan)
+        return EXIT_OK
+    short = grid_ran_short(study, trials, args.trials)
+    if short is not None:
+        print(f"study {plan.study!r}: nothing to run: {short}")
         summarize(study, plan)
         return EXIT_OK
     # Under cross-validation a trial's steps run through every fold's epochs.
@@ -487,6 +493,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     stalled = out_of_patience(trials, args.patience)
     if stalled is not None and sum(t.state in FINISHED for t in trials) < args.trials:
         print(f"stopped early: {stalled}")
+    short = grid_ran_short(study, trials, args.trials)
+    if short is not None:
+        print(short)
     summarize(study, plan)
     warning = over_limits_warning(trials)
     if warning is not None:

@@ -17,6 +17,7 @@ import torch
 
 from tuning.errors import UsageError
 from tuning.space import applies
+from tuning.storage import RETRY_DUE
 from tuning.train import TrainConfig
 from tuning.warm_start import queued_values
 
@@ -97,6 +98,19 @@ class TargetGridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
+
+    def all_taken(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        """Whether every configuration of the grid has a trial that ran it or runs it. A
+        failed one counts (given up after its retries, or failing by itself: out of memory),
+        unless it is due a retry; a waiting one (a retry) does not, being still to take. Past
+        this point Optuna's grid would run a configuration a second time, so a grid with
+        failed trials ends short of its target."""
+        state = optuna.trial.TrialState
+        taken = {t.system_attrs.get("grid_id") for t in trials
+                 if self._same_search_space(t.system_attrs.get("search_space", {}))
+                 and (t.state == state.RUNNING or t.state.is_finished())
+                 and not (t.state == state.FAIL and RETRY_DUE in t.system_attrs)}
+        return taken >= set(range(len(self._all_grids)))
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):

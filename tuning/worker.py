@@ -46,6 +46,7 @@ from tuning.runner import (
     RunStats,
     StudyLock,
     current_goal,
+    grid_ran_short,
     out_of_patience,
     run_trials,
 )
@@ -166,10 +167,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
 
 def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
                          stats: RunStats) -> None:
-    """A line where this worker stopped for the study's sake: out of --patience, or a target
-    met before it ran anything (a worker that joins a finished study says so, not nothing)."""
+    """A line where this worker stopped for the study's sake: a grid run short of its target,
+    out of --patience, or a target met before it ran anything (a worker that joins a finished
+    study says so, not nothing)."""
     target, patience = current_goal(study, target, patience)
-    if stats.out_of_patience:
+    if stats.grid_run:
+        short = grid_ran_short(study, study.get_trials(deepcopy=False), target)
+        if short is not None:
+            log.info("%s", short)
+    elif stats.out_of_patience:
         stalled = out_of_patience(study.get_trials(deepcopy=False), patience)
         if stalled is not None:
             log.info("stopped early: %s", stalled)
