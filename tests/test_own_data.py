@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -552,6 +553,15 @@ def test_a_study_named_after_its_images_resumes_by_its_name_alone(tmp_path, work
     assert plan.study == "pets" and plan.settings.dataset == str(root)
     assert plan.study_file.space_dict() == stored["space"]
     assert plan.settings.epochs == stored["epochs"]
+    # Named by its images again, or by its name with the images moved: the same definition,
+    # not the default study file's (8 epochs), which the study would refuse.
+    moved = tmp_path / "moved" / "pets"
+    shutil.copytree(root, moved)
+    for argv in (["--dataset", str(root)], ["--study", "pets", "--dataset", str(moved)]):
+        again = make_plan(build_parser().parse_args([*argv, "--trials", "3"]))
+        assert again.study == "pets" and again.settings.epochs == stored["epochs"] != 8
+        assert again.study_file.space_dict() == stored["space"]
+    assert main(["--dataset", str(moved), "--study", "pets", "--trials", "3"]) == 0
     with pytest.raises(UsageError, match="no study file for 'cats'"):
         make_plan(build_parser().parse_args(["--study", "cats"]))
 

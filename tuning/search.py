@@ -144,19 +144,22 @@ def make_plan(args: argparse.Namespace) -> Plan:
     stored = None
     if args.config is None and args.study is None and names_its_study(args.dataset):
         # Other images than the default study's, without a study file: a study named after
-        # them (a run on other images must not land in the same study).
+        # them (a run on other images must not land in the same study), resumed as it was
+        # created if it exists.
         name = data_study_name(args.dataset)
-        config = catalog.study_file(_data_study_file(args.dataset, known))
+        stored = _stored_study_file(args, name)
+        config = (Path(stored.path) if stored is not None
+                  else catalog.study_file(_data_study_file(args.dataset, known)))
     elif args.config is None:
         name = args.study or DEFAULT_STUDY
-        # Such images under a name of the user's choosing get the same study file, unless
-        # the name is a study file's own; a name without a file may be a study that was
-        # named after its data, resumed as it was created.
+        # A name without a study file may be a study that was named after its data (or given
+        # its name with --study), resumed as it was created; new, such images under a name of
+        # the user's choosing get the same study file as under their own.
         own_name = args.study is not None and args.study not in known
-        if own_name and names_its_study(args.dataset):
-            config = catalog.study_file(_data_study_file(args.dataset, known))
-        elif own_name and (stored := _stored_study_file(args, name)) is not None:
+        if own_name and (stored := _stored_study_file(args, name)) is not None:
             config = Path(stored.path)
+        elif own_name and names_its_study(args.dataset):
+            config = catalog.study_file(_data_study_file(args.dataset, known))
         else:
             config = catalog.study_file(name)
     else:
