@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
 import os
 import signal
@@ -340,6 +341,9 @@ def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
     assert [s.index for s in specs] == list(range(6))
     cpu = plan_workers(["0", "1"], workers_per_gpu=3, cpu_workers=4, cores=2)
     assert [(s.device, s.gpu, s.threads) for s in cpu] == [("cpu", None, 1)] * 4
+    # Never more workers than trials left: the others would only load the data and exit.
+    assert [s.gpu for s in plan_workers(["0", "1"], 3, None, 12, most=3)] == ["0", "1", "0"]
+    assert [s.threads for s in plan_workers([], 2, cpu_workers=8, cores=2, most=1)] == [2]
 
 
 def test_the_cpu_runs_one_single_thread_worker_per_core_by_default(monkeypatch):
@@ -374,3 +378,25 @@ def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():
     args = build_parser().parse_args(command[3:])
     assert (args.study, args.device, args.threads, args.compile, args.worker_index) == \
         ("s", "cuda", 4, "reduce-overhead", 1)
+
+
+@pytest.mark.parametrize(("level", "quiet", "verbose"), [(logging.WARNING, True, False),
+                                                         (logging.INFO, False, False),
+                                                         (logging.DEBUG, False, True)])
+def test_launched_workers_log_as_quietly_as_the_search(level, quiet, verbose):
+    from types import SimpleNamespace
+
+    from tuning.launcher import Launcher, plan_workers
+    from tuning.worker import build_parser
+
+    logger = logging.getLogger("tuning")
+    previous = logger.level
+    logger.setLevel(level)  # as the search's --quiet or --verbose set it
+    try:
+        spec = plan_workers([], workers_per_gpu=1, cpu_workers=1, cores=2)[0]
+        launcher = Launcher(SimpleNamespace(study_name="s"), "sqlite:///s.db", [spec], None,
+                            None, None, on_trial=None)
+        args = build_parser().parse_args(launcher._command(spec)[3:])
+    finally:
+        logger.setLevel(previous)
+    assert (args.quiet, args.verbose) == (quiet, verbose)

@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, TextIO
@@ -42,6 +43,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def positive_int_up_to(high: int) -> Callable[[str], int]:
+    """positive_int, refused above `high`: a number no run could mean (100,000 worker
+    processes, which would be started one after another for minutes)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected at most {high:,}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+MAX_WORKERS = 1024
+"""Worker processes one command may start (--workers, --workers-per-gpu, $TUNING_WORKERS)."""
+MAX_TRIALS = 10_000_000
+"""A study's target of finished trials: more than a search could run."""
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")

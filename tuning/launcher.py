@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.cli import FINISHED, TARGET_ATTR, Progress
+from tuning.cli import FINISHED, MAX_WORKERS, TARGET_ATTR, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
 from tuning.settings import whole_number_setting
@@ -33,6 +34,7 @@ from tuning.storage import split_password
 MAX_RESTARTS_PER_WORKER = 3
 POLL_S = 1.0
 STOP_GRACE_S = 60
+log = logging.getLogger("tuning")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -84,19 +86,21 @@ def default_cpu_workers(cores: int, environ: Mapping[str, str] | None = None) ->
     """How many CPU workers a search runs without --workers: $TUNING_WORKERS, else one per
     core up to MAX_DEFAULT_CPU_WORKERS."""
     return whole_number_setting("TUNING_WORKERS", max(1, min(cores, MAX_DEFAULT_CPU_WORKERS)),
-                                low=1, high=1024, unit="workers", environ=environ)
+                                low=1, high=MAX_WORKERS, unit="workers", environ=environ)
 
 
 def plan_workers(gpus: list[str], workers_per_gpu: int, cpu_workers: int | None,
-                 cores: int) -> list[WorkerSpec]:
+                 cores: int, most: int | None = None) -> list[WorkerSpec]:
     """Worker specs: per GPU when there are GPUs (unless --workers asks for the CPU), else
-    `cpu_workers` on the CPU (None: default_cpu_workers)."""
+    `cpu_workers` on the CPU (None: default_cpu_workers); never more than `most` (the trials
+    left to run: a worker more would start, load the data and find nothing to take)."""
     # Read even where the GPUs take the work: a bad $TUNING_WORKERS is an error on any machine.
     cpu_count = cpu_workers or default_cpu_workers(cores)
     if gpus and cpu_workers is None:
-        count = len(gpus) * workers_per_gpu
+        count = min(len(gpus) * workers_per_gpu, most or MAX_WORKERS)
         threads = max(1, cores // count)
         return [WorkerSpec(i, "cuda", gpus[i % len(gpus)], threads) for i in range(count)]
+    cpu_count = min(cpu_count, most or MAX_WORKERS)
     threads = max(1, cores // cpu_count)
     return [WorkerSpec(i, "cpu", None, threads) for i in range(cpu_count)]
 
@@ -156,6 +160,11 @@ class Launcher:
             cmd += ["--timeout", str(self.timeout)]
         if self.deadline is not None:
             cmd += ["--budget", f"{max(self.deadline - time.monotonic(), 0.001):.3f}"]
+        # The search's --quiet or --verbose, for the workers' own log lines too.
+        if not log.isEnabledFor(logging.INFO):
+            cmd.append("--quiet")
+        elif log.isEnabledFor(logging.DEBUG):
+            cmd.append("--verbose")
         return cmd
 
     def _start(self, spec: WorkerSpec) -> None:
@@ -261,9 +270,10 @@ class Launcher:
         try:
             for spec in self.specs:
                 self._start(spec)
-            self._say(f"started {len(self.specs)} workers: " + ", ".join(
-                f"w{s.index} pid {self.procs[s.index].pid} "
-                f"{'gpu ' + s.gpu if s.gpu is not None else 'cpu'}" for s in self.specs))
+            if log.isEnabledFor(logging.INFO):
+                self._say(f"started {len(self.specs)} workers: " + ", ".join(
+                    f"w{s.index} pid {self.procs[s.index].pid} "
+                    f"{'gpu ' + s.gpu if s.gpu is not None else 'cpu'}" for s in self.specs))
             return self._watch()
         finally:
             for s, handler in previous.items():

@@ -36,6 +36,8 @@ from optuna.trial import TrialState
 from tuning import catalog
 from tuning.cli import (
     FINISHED,
+    MAX_TRIALS,
+    MAX_WORKERS,
     STUDY_NAME,
     TARGET_ATTR,
     OneLineParser,
@@ -48,6 +50,7 @@ from tuning.cli import (
     database_lost,
     fail,
     positive_int,
+    positive_int_up_to,
     run_timeout,
     storage_url,
     study_name,
@@ -112,14 +115,14 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
         prog=prog,
         description="Create or resume a study and run it until it has --trials finished trials.",
     )
-    parser.add_argument("--trials", type=positive_int, default=100,
+    parser.add_argument("--trials", type=positive_int_up_to(MAX_TRIALS), default=100,
                         help="target number of finished (complete or pruned) trials in the "
                              "study; a rerun continues to this number (default 100)")
     parser.add_argument("--patience", metavar="N", type=positive_int,
                         help="stop before the target once N trials have finished after the "
                              "best one without beating it (default: run to the target)")
     add_study_arguments(parser)
-    parser.add_argument("--workers", type=positive_int,
+    parser.add_argument("--workers", type=positive_int_up_to(MAX_WORKERS),
                         help="worker processes on the CPU (default $TUNING_WORKERS, else one "
                              "per core up to 4, each with an equal share of the cores' "
                              "threads; on a GPU machine this runs CPU workers instead of GPU "
@@ -132,7 +135,7 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
                              "or $TUNING_STORAGE, else in that study's own file)")
     parser.add_argument("--warm-start-top", metavar="K", type=positive_int, default=3,
                         help="how many of its best trials --warm-start-from takes (default 3)")
-    parser.add_argument("--workers-per-gpu", type=positive_int,
+    parser.add_argument("--workers-per-gpu", type=positive_int_up_to(MAX_WORKERS),
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
     add_verbosity_arguments(parser)
@@ -407,8 +410,6 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     check_settings()
     device_data_limit()
     plan = make_plan(args)
-    if len(specs) == 1 and runtime.device.type == "cpu":
-        set_cpu_threads()
     # Loaded before the study is opened: the data decide its name (name_after_data), and the
     # launcher's workers, told so, do not each repeat what loading them says.
     arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed,
@@ -436,6 +437,10 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                  args.warm_start_from)
     arrays = arrays.normalized_as(study.user_attrs.get("data"))
     finished = count_finished(study)
+    specs = plan_workers(gpus, args.workers_per_gpu or DEFAULT_WORKERS_PER_GPU, args.workers,
+                         cpu_cores(), most=max(1, study.user_attrs[TARGET_ATTR] - finished))
+    if len(specs) == 1 and runtime.device.type == "cpu":
+        set_cpu_threads()
     log.info("study %r (%s): %d/%d finished; data %s (%d train, %d val, %d classes, %s); %s; "
              "sampler %s, pruner %s, %s%s", plan.study, mask_url(plan.storage),
              finished, args.trials, arrays.name, len(arrays.train_y),
