@@ -460,6 +460,19 @@ def test_predict_runs_model_pt2_where_the_builder_cannot_be_imported(exported, a
         assert "worker" not in err and "no model.pt2" in err, err
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_predict_refuses_a_fifo_without_opening_it(exported, tmp_path):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    # A subprocess with a timeout: opening the FIFO to read would wait for a writer, forever.
+    result = run_cli("predict", "--model", str(exported), str(fifo), cwd=tmp_path, timeout=60,
+                     module="tuning")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), result.stderr
+    assert "digit.png' is not a regular file: it is a FIFO" in err, err
+
+
 def test_broken_weights_say_what_is_wrong(exported, tmp_path, capsys):
     garbage = _copy(exported, tmp_path, "garbage")
     (garbage / "weights.pt").write_bytes(b"garbage\n")

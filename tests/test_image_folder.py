@@ -174,6 +174,88 @@ def test_unreadable_files_are_skipped_then_an_error(tmp_path, digits):
         read_image_folder(root, progress=False)
 
 
+def truncated_colour_jpeg(path: Path, digit: np.ndarray) -> None:
+    """`digit` tinted orange, as a JPEG cut off in the middle of its pixels: its header reads
+    (RGB, the digit's size), its pixels do not decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([digit, digit // 2, np.zeros_like(digit)], axis=2)).save(buffer,
+                                                                                        "JPEG")
+    data = buffer.getvalue()
+    pixels = data.index(b"\xff\xda")  # the start of scan: the compressed pixels follow it
+    path.write_bytes(data[:pixels + (len(data) - pixels) // 2])
+
+
+def test_a_file_that_does_not_decode_has_no_say_in_the_channels(tmp_path, digits, monkeypatch,
+                                                                 caplog):
+    """A walkthrough's folder: 40 grayscale digits and one colour JPEG cut short. Skipped, it
+    made the images colour all the same (3x28x28): the images used are grayscale."""
+    root = tmp_path / "f"
+    for name in ("one", "zero"):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(digits[DIGIT[name]][i]).save(root / name / f"{i:02d}.png")
+    truncated_colour_jpeg(root / "one" / "trunc.jpg", digits[1][0])
+    assert Image.open(root / "one" / "trunc.jpg").mode == "RGB"
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert images.x.shape == (40, 28, 28, 1) and images.skipped == ("one/trunc.jpg",)
+    assert np.array_equal(images.x[index_of(images.x, digits[0][3][..., None])][..., 0],
+                          digits[0][3])
+    assert "skipped 1 of 41 image files" in caplog.text and "one/trunc.jpg" in caplog.text
+    assert caplog.text.count("decoding them again") == 1
+    # The cache holds the grayscale images; once the JPEG is whole (a new size and mtime) the
+    # folder is colour, decoded again.
+    opened = count_opens(monkeypatch)
+    again = read_image_folder(root, progress=False)
+    assert opened == [] and np.array_equal(again.x, images.x) and again.skipped == images.skipped
+    digit = digits[1][0]
+    Image.fromarray(np.stack([digit, digit // 2, np.zeros_like(digit)], axis=2)).save(
+        root / "one" / "trunc.jpg")
+    whole = read_image_folder(root, progress=False)
+    assert opened and whole.x.shape == (41, 28, 28, 3) and whole.skipped == ()
+
+
+def test_a_file_that_does_not_decode_has_no_say_in_the_size(tmp_path, digits, caplog):
+    """Without the 32x32 JPEG cut short, the images share one size (28x20), kept as it is."""
+    root = tmp_path / "f"
+    for name in ("one", "zero"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(digits[DIGIT[name]][i][:, 4:24]).save(root / name / f"{i}.png")
+    truncated_colour_jpeg(root / "zero" / "trunc.jpg", pad32(digits[0][9]))
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert images.x.shape == (10, 28, 20, 1) and images.skipped == ("zero/trunc.jpg",)
+    # Chosen with the JPEG's header, then again once it fails: said, and no resizing after.
+    first, again = caplog.text.split("are 1x28x20, not 3x20x20 as with the files that do not")
+    assert "resizing to 20x20" in first and "resizing" not in again
+
+
+FIFO_CHILD = """
+import logging, sys
+from pathlib import Path
+from tuning.image_folder import read_image_folder
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+for options in ({}, {"image_size": 28, "channels": 1}):  # with a pass over headers, without
+    images = read_image_folder(Path(sys.argv[1]), progress=False, **options)
+    print(images.x.shape, images.skipped)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_is_skipped_without_opening_it(tmp_path, digits):
+    root = write_digits(tmp_path / "f", digits, per_class=4)
+    os.mkfifo(root / "one" / "pipe.png")
+    # In a child process, with a timeout: opening the FIFO to read would wait for a writer.
+    result = subprocess.run([sys.executable, "-c", FIFO_CHILD, str(root)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["(12, 28, 28, 1) ('one/pipe.png',)"] * 2
+    assert result.stderr.count("skipped 1 of 13 image files") == 2, result.stderr
+    assert "one/pipe.png" in result.stderr
+
+
 def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     opened: list[str] = []
     real = Image.open

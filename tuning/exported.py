@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from tuning.errors import UsageError, shorten
+from tuning.folder_listing import special_kind
 from tuning.image_folder import convert_mode
 
 FORMAT = "tuning-export"
@@ -167,6 +168,10 @@ def _open(path: Path, mode: str) -> Image.Image:
         raise ExportError(f"image {shown!r} does not exist")
     if path.is_dir():
         raise ExportError(f"image {shown!r} is a directory")
+    # Checked before opening: opening a FIFO waits for a writer, forever if none comes.
+    kind = special_kind(path)
+    if kind is not None:
+        raise ExportError(f"image {shown!r} is not a regular file: it is {kind}")
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,26 @@ def _class_files(root: Path, directory: Path) -> tuple[list[str], list[str]]:
 
 def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it is not a regular file (links followed): "a FIFO", "a socket", "a
+    device", "a directory"; None for a regular file. Only a regular file may be opened to read
+    an image: opening a FIFO waits for a writer (forever, if none comes), and a device may
+    never end. Found by its mode alone, without opening it. OSError when it cannot be stat'ed
+    (a dangling link)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 def no_classes_message(root: Path, listing: Listing) -> str:

@@ -33,13 +33,16 @@ from tuning.folder_listing import (
     list_files,
     log_ignored,
     no_classes_message,
+    special_kind,
 )
 from tuning.settings import setting
 
 log = logging.getLogger("tuning")
 
-FORMAT_VERSION = 2
-"""Part of every cache key: raise it when what a cache holds, or how it is decoded, changes."""
+FORMAT_VERSION = 3
+"""Part of every cache key: raise it when what a cache holds, or how it is decoded, changes.
+(3: the channels and size are chosen from the files that decode, and only regular files are
+read; a cache of 2 may hold a folder made colour by a file it skipped.)"""
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 MAX_UNREADABLE = 0.10
 """The share of image files that may fail to decode before the folder is an error."""
@@ -86,7 +89,8 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
     """The images under `root/<class>/`, from the cache when the folder has not changed.
 
     `image_size`: square side to resize and centre-crop to (default: the images' common size,
-    else a chosen one). `channels`: 1 or 3 (default 3 if any image has colour).
+    else a chosen one). `channels`: 1 or 3 (default 3 if any image has colour). Both defaults
+    count the images that decode only: not the files skipped.
     `class_names`: the label order, naming exactly the class directories (default: sorted).
     `training_classes`: when `root` is a separate test folder, the training folder's classes:
     labels follow them, and the test folder may lack some but have no others.
@@ -214,43 +218,33 @@ def _decode(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
             image_size: int | None, channels: int | None, progress: bool) -> FolderImages:
     started = time.perf_counter()
     failed: dict[int, str] = {}
-    size = (image_size, image_size) if image_size is not None else None
-    if size is None or channels is None:
+    headers: dict[int, tuple[int, int, str]] = {}
+    if image_size is None or channels is None:
         # A first pass over the headers alone (Image.open does not decode) decides the size and
         # channels, so that the decoding pass can write each image straight into the array.
-        headers = {}
-        for i, (rel, _) in enumerate(files):
-            try:
-                with Image.open(root / rel) as img:
-                    headers[i] = (img.height, img.width, img.mode)
-            except Exception as exc:  # Pillow raises many kinds for a bad file: all unreadable
-                failed[i] = str(exc)
+        headers = _read_headers(root, files, failed)
         if not headers:
             _check_failures(root, files, names, failed)  # none is readable; the rest below
-        if channels is None:
-            colour = any(mode not in GRAY_MODES and not mode.startswith("I;16")
-                         for _, _, mode in headers.values())
-            channels = 3 if colour else 1
-        if size is None:
-            size = _choose_size(root, [(h, w) for h, w, _ in headers.values()])
-    mode = "RGB" if channels == 3 else "L"
-    x = np.empty((len(files), *size, channels), np.uint8)
+    shape = _choose_shape(root, headers, image_size, channels)
     bar = progress and sys.stderr.isatty()  # else a log file would fill with redrawn bars
-    if not bar:
-        log.info("decoding %d images from %s", len(files), root)
-    narrow_maxima = []
-    for i, (rel, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", unit="img",
-                                      file=sys.stderr, disable=not bar)):
-        if i not in failed:
-            try:
-                image, deep_max = _decode_one(root / rel, mode, size)
-                x[i] = image.reshape(*size, channels)
-            except Exception as exc:  # as above: truncated, corrupt or an unsupported variant
-                failed[i] = str(exc)
-                continue
-            if deep_max is not None and deep_max < NARROW_16BIT:
-                narrow_maxima.append(deep_max)
-    _check_failures(root, files, names, failed)
+    while True:
+        if image_size is None:
+            _log_resizing(root, [(h, w) for h, w, _ in headers.values()], shape[:2])
+        x, narrow_maxima = _decode_all(root, files, shape, failed, bar)
+        _check_failures(root, files, names, failed)
+        # A file whose header reads but whose pixels do not (a truncated JPEG) took part in the
+        # choice: without it, the images used may all be grayscale, or of one size. Chosen
+        # again from those alone, and only where that changes the shape (rare) decoded again.
+        # It ends: a shape changes only when more files failed, and they only ever join.
+        for i in failed:
+            headers.pop(i, None)
+        chosen = _choose_shape(root, headers, image_size, channels)
+        if chosen == shape:
+            break
+        log.info("the images in %s that decode are %dx%dx%d, not %dx%dx%d as with the files "
+                 "that do not: decoding them again", root, chosen[2], chosen[0], chosen[1],
+                 shape[2], shape[0], shape[1])
+        shape = chosen
     keep = np.array([i not in failed for i in range(len(files))], dtype=bool)
     images = FolderImages(x=x[keep] if failed else x,
                           y=np.array([label for _, label in files], np.int64)[keep],
@@ -264,9 +258,70 @@ def _decode(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],
     return images
 
 
+def _read_headers(root: Path, files: list[tuple[str, int]],
+                  failed: dict[int, str]) -> dict[int, tuple[int, int, str]]:
+    """(height, width, mode) of each file, by index, from its header; those that cannot be
+    opened go into `failed`."""
+    headers = {}
+    for i, (rel, _) in enumerate(files):
+        try:
+            with open_image(root / rel) as img:
+                headers[i] = (img.height, img.width, img.mode)
+        except Exception as exc:  # Pillow raises many kinds for a bad file: all unreadable
+            failed[i] = str(exc)
+    return headers
+
+
+def _choose_shape(root: Path, headers: dict[int, tuple[int, int, str]], image_size: int | None,
+                  channels: int | None) -> tuple[int, int, int]:
+    """(height, width, channels) of the array: those given, else from the images' headers
+    (3 channels if any has colour; their common size, else a chosen one)."""
+    if channels is None:
+        colour = any(mode not in GRAY_MODES and not mode.startswith("I;16")
+                     for _, _, mode in headers.values())
+        channels = 3 if colour else 1
+    if image_size is not None:
+        return image_size, image_size, channels
+    height, width = _choose_size(root, [(h, w) for h, w, _ in headers.values()])
+    return height, width, channels
+
+
+def _decode_all(root: Path, files: list[tuple[str, int]], shape: tuple[int, int, int],
+                failed: dict[int, str], bar: bool) -> tuple[np.ndarray, list[int]]:
+    """The images in an array, each of `shape` (the rows of `failed` files left unset), and
+    the largest values of the narrow 16-bit ones. Files that fail to decode join `failed`."""
+    height, width, channels = shape
+    mode = "RGB" if channels == 3 else "L"
+    x = np.empty((len(files), *shape), np.uint8)
+    if not bar:
+        log.info("decoding %d images from %s", len(files), root)
+    narrow_maxima = []
+    for i, (rel, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", unit="img",
+                                      file=sys.stderr, disable=not bar)):
+        if i not in failed:
+            try:
+                image, deep_max = _decode_one(root / rel, mode, (height, width))
+                x[i] = image.reshape(shape)
+            except Exception as exc:  # as above: truncated, corrupt or an unsupported variant
+                failed[i] = str(exc)
+                continue
+            if deep_max is not None and deep_max < NARROW_16BIT:
+                narrow_maxima.append(deep_max)
+    return x, narrow_maxima
+
+
+def open_image(path: Path) -> Image.Image:
+    """Image.open(path) (the header only) for a regular file; OSError, without opening it, for
+    anything else (folder_listing.special_kind: a FIFO would block the read forever)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise OSError(f"not a regular file ({kind})")
+    return Image.open(path)
+
+
 def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> tuple[np.ndarray, int | None]:
     """The image at `path` as an array of `size`, and for a 16-bit image its largest value."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.load()  # decode now, so that a truncated file fails here (LOAD_TRUNCATED_IMAGES off)
         deep_max = _largest_value(img) if img.mode.startswith("I") else None
         img = convert_mode(img, mode)
@@ -310,14 +365,25 @@ def _choose_size(root: Path, sizes: list[tuple[int, int]]) -> tuple[int, int]:
                              f"{distinct[0][0]}x{distinct[0][1]}; height and width must be at "
                              f"least {MIN_SIDE}: set image_size to resize them")
         return distinct[0]
+    side = min(max(_median_side(sizes), CHOSEN_SIZES[0]), CHOSEN_SIZES[1])
+    return side, side
+
+
+def _median_side(sizes: list[tuple[int, int]]) -> int:
     # median_low: a size that occurs, so those images are not resampled at all.
-    median = statistics.median_low(min(h, w) for h, w in sizes)
-    side = min(max(median, CHOSEN_SIZES[0]), CHOSEN_SIZES[1])
+    return statistics.median_low(min(h, w) for h, w in sizes)
+
+
+def _log_resizing(root: Path, sizes: list[tuple[int, int]], size: tuple[int, int]) -> None:
+    """Says which size images of several `sizes` are resized to (`size`), and why. Apart from
+    _choose_size, which may choose again once files fail to decode."""
+    distinct = sorted(set(sizes))
+    if len(distinct) < 2:
+        return
     shown = ", ".join(f"{h}x{w}" for h, w in distinct[:3]) + (", ..." if len(distinct) > 3 else "")
     log.info("the images in %s have %d sizes (%s): resizing to %dx%d, the median of their shorter "
              "sides (%d) clamped to %d..%d; set image_size to choose another", root,
-             len(distinct), shown, side, side, median, *CHOSEN_SIZES)
-    return side, side
+             len(distinct), shown, *size, _median_side(sizes), *CHOSEN_SIZES)
 
 
 def _check_failures(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],

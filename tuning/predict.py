@@ -5,9 +5,11 @@ One line per image, tab-separated: its path, then the most likely class and its 
 
     digits/7.png	7	0.9981
 
-Every image is decoded before any is classified: a missing file, a directory or a file that is
-not an image stops the command with one line on stderr and exit status 2, before anything is
-printed, so that the output is all the images or none.
+Every image is decoded before any is classified: a missing file, a directory, a file that is not
+an image, or one that is not a regular file (a FIFO, a socket, a device: refused unopened, since
+reading a FIFO waits for a writer, forever if none comes) stops the command with one line on
+stderr and exit status 2, before anything is printed, so that the output is all the images or
+none.
 
 A network made by the user's own builder needs the builder's module to be rebuilt. Where that
 module cannot be imported, the export's portable program (model.pt2, which needs torch alone)
