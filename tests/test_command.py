@@ -278,6 +278,20 @@ def test_ctrl_c_while_python_m_imports_its_module_is_one_line_and_130(tmp_path, 
     assert rest == [f"python -m tuning.{module}: stopped by SIGINT\n"]
 
 
+@pytest.mark.parametrize("args", [
+    ["search", "--dataset", "{long}"], ["search", "--data-dir", "{long}"],
+    ["search", "--dataset", "{long}.npz"], ["predict", "--model", "{long}", "x.png"]])
+def test_a_path_with_a_name_too_long_for_the_file_system_is_one_line(tmp_path, args):
+    long = str(tmp_path / ("y" * 300))  # one name of 300 bytes: over every file system's 255
+    (tmp_path / "studies").mkdir()
+    result = tuning(*[arg.format(long=long) for arg in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: a path given is too long for the file system")
+    assert len(result.stderr) < 300
+    assert [p.name for p in tmp_path.iterdir()] == ["studies"]
+
+
 def test_a_grid_study_targets_its_configurations_not_the_default_100(tmp_path):
     # Past the grid's end, the sampler would run its configurations again, seed and all.
     created = tuning("search", "--study", "compare-optimizers", "--dataset", "mnist-sample",

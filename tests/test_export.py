@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -215,6 +216,32 @@ def test_without_a_checkpoint_the_trial_is_retrained_with_its_seed(study_dir, tm
     assert "for 1 epoch," in weights["how"] and "1 epochs" not in weights["how"]
     # On the CPU a retrain repeats the trial: the same validation loss.
     assert weights["retrained_val_loss"] == pytest.approx(weights["trial_val_loss"], rel=1e-4)
+
+
+def test_a_retrain_runs_with_as_many_cpu_threads_as_its_trial(monkeypatch):
+    # Sums split over another number of threads round differently: a trial trained by one of
+    # two single-thread workers repeats exactly only on one thread.
+    from tuning import evaluate
+
+    threads_seen = []
+
+    def retrain(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(evaluate, "retrain", retrain)
+    monkeypatch.setattr(evaluate, "evaluate", lambda *args: {"loss": 0.5})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a report on two cores runs
+    try:
+        for recorded, expected in ((1, 1), (None, 2)):  # None: a trial that recorded none
+            trial = create_trial(value=0.5, params={}, distributions={},
+                                 user_attrs={"seed": 3, "cpu_threads": recorded})
+            trial_model(trial, {}, SimpleNamespace(val=None), resolve_device("cpu", "off"),
+                        epochs=1)
+            assert threads_seen[-1] == expected and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_best_epoch_is_counted_within_a_cross_validation_fold():

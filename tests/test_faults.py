@@ -279,7 +279,7 @@ def test_a_grid_trial_cut_short_is_retried_on_its_own_grid_point(tmp_path):
 
 def test_a_grid_with_a_failed_configuration_ends_short_of_its_target_running_none_twice(
         tmp_path):
-    from tuning.runner import grid_ran_short
+    from tuning.runner import why_grid_ended_short
 
     grid_space = {"optimizer": Param("optimizer", "categorical", choices=("adam", "sgd")),
                   "blocks": Param("blocks", "categorical", choices=(1, 2))}
@@ -307,13 +307,13 @@ def test_a_grid_with_a_failed_configuration_ends_short_of_its_target_running_non
     assert take_trial(study, 4, lock) is NoTrial.WAIT  # two run: nothing new to take
     study.tell(trials[3], 0.4)
     assert take_trial(study, 4, lock) is NoTrial.WAIT  # the retry may still fail
-    assert grid_ran_short(study, study.trials, 4) is None
+    assert why_grid_ended_short(study, study.trials, 4) is None
     study.tell(retry, 0.3)
     assert take_trial(study, 4, lock) is NoTrial.GRID_RUN
     assert len(set(ran)) == 4 and len(study.trials) == 5
-    assert grid_ran_short(study, study.trials, 4) == (
-        "every configuration of the grid has run and 2 trials failed (the report says why): "
-        "3 finished of the target 4")
+    assert why_grid_ended_short(study, study.trials, 4) == (
+        "every configuration of the grid has run and 1 configuration failed (the report says "
+        "why): 3 finished of the target 4")
 
 
 def test_a_trial_failed_by_another_worker_between_check_and_write_is_not_completed(tmp_path):
@@ -1063,15 +1063,26 @@ def test_a_stop_during_a_database_outage_ends_the_wait_for_the_database():
         calls.append(1)
         raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
 
+    def refused_twice():
+        if len(calls) < 2:
+            refused()
+        return "written"
+
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        GracefulStop().install()
+        stop = GracefulStop().install()
         with pytest.raises(sqlalchemy.exc.OperationalError):
             call_with_retry(Outages(), 1.2, refused)  # no stop: waited out until its end
         assert len(calls) >= 2
         threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(Interrupted):  # before the 20 s are over, however long they take
+        with pytest.raises(Interrupted) as stopped:  # before the 20 s are over
             call_with_retry(Outages(), 20, refused)
+        assert isinstance(stopped.value.__cause__, sqlalchemy.exc.OperationalError)
+        # A blip (under STOP_AFTER_OUTAGE_S) is waited out even after a stop: a result or a
+        # failure is still written.
+        calls.clear()
+        assert stop.signum is not None
+        assert call_with_retry(Outages(), 20, refused_twice) == "written"
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -1182,11 +1193,13 @@ def test_ctrl_c_while_the_database_is_down_stops_at_once_and_loses_no_trial(work
                                                                           cheap_space):
     cheap_space(workdir)
     name = f"stopdown-{uuid.uuid4().hex[:8]}"
+    # No pruning and 6 epochs: both workers are inside a trial when the server stops.
     args = ("--study", name, "--config", "studies/mnist.toml", "--storage", POSTGRES_URL,
-            "--trials", "6", "--workers", "2", "--dataset", "mnist-sample", "--epochs", "3")
+            "--trials", "6", "--workers", "2", "--dataset", "mnist-sample", "--epochs", "6",
+            "--pruner", "none")
     proc = start_search(*args, cwd=workdir)
     try:
-        cut_short = {t.number for t in wait_for_running_trials(POSTGRES_URL, name, proc, 2)}
+        wait_for_running_trials(POSTGRES_URL, name, proc, 2)
         _pg_ctl("stop")
         try:
             time.sleep(2)  # the workers meet the outage and wait for the server
@@ -1199,6 +1212,9 @@ def test_ctrl_c_while_the_database_is_down_stops_at_once_and_loses_no_trial(work
         assert "could not be marked failed (the database is unreachable)" in err
         assert "stopped by SIGINT while the database is unreachable" in err
         assert f"--study {name} --trials 6 --config studies/mnist.toml" in out  # continue:
+        cut_short = {t.number for t in load_study(POSTGRES_URL, name).trials
+                     if t.state == TrialState.RUNNING}
+        assert cut_short
         # The trials left running are found stale by the next run and retried, none lost.
         env = {"TUNING_HEARTBEAT_INTERVAL": "1", "TUNING_GRACE_PERIOD": "2"}
         proc = start_search(*args, cwd=workdir, env=env)

@@ -272,8 +272,8 @@ def test_a_grid_whose_builder_fails_one_configuration_runs_none_twice(builder_di
     argv = ["--config", "grid.toml", "--trials", "3", "--workers", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert ("every configuration of the grid has run and 1 trial failed (the report says why): "
-            "2 finished of the target 3") in out
+    assert ("every configuration of the grid has run and 1 configuration failed (the report "
+            "says why): 2 finished of the target 3") in out
     trials = load_study(f"sqlite:///{workdir}/studies/grid.db", "grid").trials
     assert sorted(t.params["model.width"] for t in trials) == [8, 16, 64]
     assert [t.state for t in trials].count(TrialState.FAIL) == 1

@@ -112,7 +112,7 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     command = ("--dataset", str(root), *FAST)
 
     # Two workers on a fresh cache: this process decodes once, both workers read the cache.
-    first = run_cli(*command, "--trials", "1", "--workers", "2", cwd=workdir)
+    first = run_cli(*command, "--trials", "2", "--workers", "2", cwd=workdir)
     assert first.returncode == 0, first.stderr
     err = first.stderr
     assert err.count("decoding 91 images") == 1, err
@@ -132,14 +132,14 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     assert data["mean"][0] > data["mean"][1] > data["mean"][2]  # the orange tint survives
 
     # The same command with a higher target resumes the study, from the cache.
-    second = run_cli(*command, "--trials", "2", cwd=workdir)
+    second = run_cli(*command, "--trials", "3", cwd=workdir)
     assert second.returncode == 0, second.stderr
     assert "read 90 images from the cache" in second.stderr
     assert "decoding" not in second.stderr
-    assert "1/2 finished" in second.stderr
+    assert "2/3 finished" in second.stderr
     assert list(cache_dir.glob("*.npz")) == [cached] and cached.stat().st_mtime_ns == stamp
     study = load_study(f"sqlite:///{workdir}/studies/pets.db", "pets")
-    assert len(finished(study)) == 2 and len(study.trials) == 2
+    assert len(finished(study)) == 3 and len(study.trials) == 3
 
     report = run_cli("--study", "pets", "--out", str(tmp_path / "report"), cwd=workdir,
                      module="tuning.report")
@@ -162,7 +162,7 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     os.utime(changed, ns=(stamp, stamp + 10**9))
     monkeypatch.chdir(workdir)
     capsys.readouterr()
-    assert main([*command, "--trials", "3"]) == 2
+    assert main([*command, "--trials", "4"]) == 2
     err = capsys.readouterr().err
     line = error_line(err)
     assert "study 'pets' was run on other data" in line and "sha256" in line
@@ -170,7 +170,7 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     assert "decoding 91 images" in err  # rebuilt, not the stale cache
     assert len(list(cache_dir.glob("*.npz"))) == 2
     assert dump(workdir / "studies" / "pets.db") == before
-    assert len(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets").trials) == 2
+    assert len(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets").trials) == 3
 
 
 # --- arrays: .npz without and with a test split (and leaks), CIFAR-10's layout ----------------
@@ -518,6 +518,8 @@ def test_config_names_a_study_file_to_start_a_study_of_ones_own_name_from(tmp_pa
     assert run.study == "run-7"
     assert run.study_file.path.endswith("compare-optimizers.toml")
     assert plan("--config", "seed").study == "seed"
+    (tmp_path / "mnist").mkdir()  # a folder of that name (the MNIST files?) is not a study file
+    assert plan("--config", "mnist").study_file.path.endswith("mnist.toml")
     # A file of that name, here, is the study file; a path is never taken for a name.
     (tmp_path / "seed").write_text("[space\n")
     with pytest.raises(UsageError, match="study file 'seed' is not valid TOML"):
@@ -538,6 +540,14 @@ def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, mon
     assert plan.settings.dataset == str(tmp_path / "photos")
     digits_plan = make_plan(build_parser().parse_args(["--dataset", "mnist-sample"]))
     assert digits_plan.study_file.space["hflip"].value is False
+    # CIFAR has no study file: the default space, made for photos, as for a folder.
+    for argv in (["--dataset", "cifar10"], ["--dataset", "cifar100", "--study", "run-7"]):
+        cifar = make_plan(build_parser().parse_args(argv)).study_file.space
+        assert cifar["hflip"].choices == (False, True)
+        assert cifar["head"].choices == ("flatten", "gap")
+    # Run under a study file's own name, the study file's space stands.
+    named = make_plan(build_parser().parse_args(["--dataset", "cifar10", "--study", "mnist"]))
+    assert named.study_file.space["hflip"].value is False
 
 
 def test_a_study_named_after_its_images_resumes_by_its_name_alone(tmp_path, workdir, digits,

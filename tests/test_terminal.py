@@ -288,6 +288,12 @@ def test_a_target_already_met_runs_nothing_and_says_so(small_study):
     study = load_study(url, "mnist")
     assert len(study.trials) == before
     assert study.user_attrs["target_trials"] == target  # workers elsewhere keep theirs
+    # --create-only sets the target of the workers started elsewhere, lower ones included.
+    lowered = run_cli("--trials", "1", *FAST, "--create-only", cwd=small_study)
+    assert lowered.returncode == 0, lowered.stderr
+    assert (f"(target 1: already met by its {before} finished trials, so workers stop after "
+            "the trials they run)") in lowered.stdout
+    assert load_study(url, "mnist").user_attrs["target_trials"] == 1
 
 
 # --- 4. a changed seed is named as such ------------------------------------------------------

@@ -52,12 +52,14 @@ def study_file(name: str) -> Path:
 
 
 def config_file(given: Path) -> Path:
-    """The study file `--config` names: a path, else (no such file, and no folder in it) the
-    name of a study file, `--config mnist`, so that a study of one's own name can start from
-    a built-in space without copying its file."""
-    if given.exists() or given.parent != Path(".") or given.suffix:
+    """The study file `--config` names: a file, else the name of one (`--config mnist`, as
+    `tuning studies` lists them), so that a study of one's own name can start from a built-in
+    space without copying its file. A path with a folder in it is always a path."""
+    if given.is_file() or given.parent != Path("."):
         return given
-    return study_file(given.name)
+    if given.name in {entry.name for entry in available()}:
+        return study_file(given.name)
+    return given if given.suffix == ".toml" or given.exists() else study_file(given.name)
 
 
 def builtin_study_file(name: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuning import __version__, catalog
-from tuning.errors import EXIT_OK, UsageError
+from tuning.errors import EXIT_OK, EXIT_USAGE, UsageError, shorten
 
 if TYPE_CHECKING:
     from tuning.cli import OneLineParser
@@ -169,6 +170,14 @@ def _guarded(prog: str, command: Callable[[], int]) -> int:
         # running is retried as a dead worker's is.
         print(f"{prog}: stopped by SIGINT", file=sys.stderr)
         return 128 + signal.SIGINT
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # A path given with a name longer than the file system allows (255 bytes): bad input,
+        # met wherever the command first looks at that path, before it stores anything.
+        print(f"error: a path given is too long for the file system (a name over 255 bytes): "
+              f"{shorten(str(exc.filename or ''), 80)!r}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

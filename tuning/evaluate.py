@@ -5,6 +5,7 @@ the same images."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Iterable
@@ -154,9 +155,27 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
             return TrialModel(model, f"checkpoint artifact {artifact_id}", None)
         except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
             pass
-    model = retrain(trial.params, space, data, runtime, seed, epochs, network)
+    threads = trial.user_attrs.get("cpu_threads") if runtime.device.type == "cpu" else None
+    with cpu_threads(threads):
+        model = retrain(trial.params, space, data, runtime, seed, epochs, network)
+        val_loss = evaluate(model, data.val, runtime)["loss"]
     return TrialModel(model, f"retrained with seed {seed} for {counted(epochs, 'epoch')}",
-                      evaluate(model, data.val, runtime)["loss"])
+                      val_loss)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """torch's CPU threads set to `threads` for the block (None: left as they are): a run
+    repeats a trial's exactly only with the trial's number of threads."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_for_trial(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,

@@ -251,8 +251,15 @@ class Launcher:
         that dies once --patience is spent is: a trial still running may beat the best, and
         the search then goes on with every worker (a restarted worker that finds nothing to
         wait for stops at once)."""
-        trials = self.study.get_trials(deepcopy=False)
-        return sum(t.state in FINISHED for t in trials) >= self.study.user_attrs[TARGET_ATTR]
+        try:
+            with without_retry(self.study._storage):  # the launcher has workers to watch
+                trials = self.study.get_trials(deepcopy=False)
+                target = self.study.user_attrs[TARGET_ATTR]
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return False  # unknown while the database is down: the restarted worker waits it out
+        return sum(t.state in FINISHED for t in trials) >= target
 
     def _handle_signal(self, signum, frame) -> None:
         # Passed on as it came, so that a Ctrl-C is a Ctrl-C in every trial's failure reason.

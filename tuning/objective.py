@@ -118,6 +118,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", self.runtime.name)
+        if self.runtime.device.type == "cpu":
+            # A CPU run repeats exactly only with as many threads (sums split otherwise):
+            # a retrain for the report or an export uses these.
+            trial.set_user_attr("cpu_threads", torch.get_num_threads())
         params = sample(trial, self.space)
         # A trial retried after its worker died inherits the dead trial's user attributes,
         # its seed among them, so the retry repeats the same run. A `repeat` parameter fixes

@@ -35,7 +35,7 @@ from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
 from optuna.trial import TrialState
 
 from tuning.settings import number_setting
-from tuning.signals import check_installed
+from tuning.signals import Interrupted, raise_if_stop_requested
 
 log = logging.getLogger("tuning")
 
@@ -149,7 +149,8 @@ def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_fu
     """`fn(*args, **kwargs)`, retried for up to `retry_s` seconds while the database is
     unreachable; StorageFull when the disk of the database `where` is full (`is_full` tells
     from the error)."""
-    deadline = time.monotonic() + retry_s
+    start = time.monotonic()
+    deadline = start + retry_s
     for attempt in itertools.count():
         try:
             result = fn(*args, **kwargs)
@@ -160,25 +161,35 @@ def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_fu
                 raise
             outages.failed(exc, retry_s)
             _wait(min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)],
-                      max(0.0, deadline - time.monotonic())))
+                      max(0.0, deadline - time.monotonic())), start, exc)
             continue
         outages.succeeded()
         return result
 
 
-def _wait(seconds: float) -> None:
-    """Sleep before the next try, in steps: a Ctrl-C or SIGTERM (GracefulStop) stops the wait
-    within one, where an outage could otherwise hold a stopped worker for minutes."""
+# A stop (Ctrl-C, SIGTERM) ends the wait for the database once the call has failed this long:
+# a longer outage could hold a stopped worker for minutes, while a blip is still waited out,
+# so that a trial's result or its failure is written all the same.
+STOP_AFTER_OUTAGE_S = 3.0
+STOP_CHECK_S = 0.2
+
+
+def _wait(seconds: float, failing_since: float, error: Exception) -> None:
+    """Sleep before the next try of a call failing since `failing_since` with `error`, in
+    steps, each a safe point for a stop asked for (GracefulStop) past STOP_AFTER_OUTAGE_S."""
     end = time.monotonic() + seconds
     while True:
-        check_installed()
+        if time.monotonic() - failing_since >= STOP_AFTER_OUTAGE_S:
+            try:
+                raise_if_stop_requested()
+            except Interrupted as stop:
+                raise stop from error  # the cause tells a stop in an outage from a repeated one
         left = end - time.monotonic()
         if left <= 0:
             return
         time.sleep(min(left, STOP_CHECK_S))
 
 
-STOP_CHECK_S = 0.2
 _depth = threading.local()
 
 

@@ -157,7 +157,7 @@ class NoTrial(enum.Enum):
 
     WAIT = "running trials reserve the rest of the target: wait, one may fail and be retried"
     TARGET_MET = "the study has its target of finished trials"
-    GRID_RUN = "every configuration of the grid has run, some failed: none is left to run"
+    GRID_RUN = "every configuration of the grid has run short of the target: none is left"
     OUT_OF_PATIENCE = "--patience trials have finished since the best without beating it"
 
 
@@ -193,17 +193,19 @@ def out_of_patience(trials: list[optuna.trial.FrozenTrial],
     return OutOfPatience(best, after, patience) if after >= patience else None
 
 
-def grid_ran_short(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
-                   target: int) -> str | None:
-    """Why a grid search ended short of its target: every configuration ran, some failed
-    (`TargetGridSampler.all_taken`); None where it did not."""
+def why_grid_ended_short(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
+                         target: int) -> str | None:
+    """Why a grid search ended short of its target: every configuration ran, and some failed
+    (`TargetGridSampler.all_taken`); None where it has not."""
     finished, running = _counts(trials)
-    if (finished >= target or running or not isinstance(study.sampler, TargetGridSampler)
-            or not study.sampler.all_taken(trials)):
+    grid = study.sampler
+    if (finished >= target or running or not isinstance(grid, TargetGridSampler)
+            or not grid.all_taken(study, trials)):
         return None
-    failed = sum(t.state == TrialState.FAIL for t in trials)
-    return (f"every configuration of the grid has run and {counted(failed, 'trial')} failed "
-            f"(the report says why): {finished} finished of the target {target}")
+    failed = grid.configurations_failed(trials)
+    return ("every configuration of the grid has run"
+            + (f" and {counted(failed, 'configuration')} failed (the report says why)"
+               if failed else "") + f": {finished} finished of the target {target}")
 
 
 def current_goal(study: optuna.Study, target: int,
@@ -219,13 +221,13 @@ def current_goal(study: optuna.Study, target: int,
 
 def take_trial(study: optuna.Study, target: int, lock: StudyLock,
                patience: int | None = None) -> optuna.Trial | NoTrial:
-    """A new trial if the target leaves room for one, else why not (the target and patience:
-    `current_goal`'s). Dead workers' trials are failed first, and every retry due is queued (a
-    worker killed after failing its trial and before queuing the retry left it due), under the
-    same lock: the retries are then waiting trials, which `ask` takes before sampling. Queued
-    apart, another worker's retry could land between `ask` finding no waiting trial and
-    creating a new one, which would then take the place in the target that the retry was to
-    fill, leaving the retry waiting at the end."""
+    """A new trial if the target leaves room for one (and a grid a configuration), else why
+    not (the target and patience: `current_goal`'s). Dead workers' trials are failed first,
+    and every retry due is queued (a worker killed after failing its trial and before queuing
+    the retry left it due), under the same lock: the retries are then waiting trials, which
+    `ask` takes before sampling. Queued apart, another worker's retry could land between `ask`
+    finding no waiting trial and creating a new one, which would then take the place in the
+    target that the retry was to fill, leaving the retry waiting at the end."""
     with lock.hold():
         fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -240,7 +242,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
             return NoTrial.WAIT if running else NoTrial.OUT_OF_PATIENCE
         if finished + running >= target:
             return NoTrial.WAIT
-        if isinstance(study.sampler, TargetGridSampler) and study.sampler.all_taken(trials):
+        if isinstance(study.sampler, TargetGridSampler) and study.sampler.all_taken(study,
+                                                                                  trials):
             return NoTrial.WAIT if running else NoTrial.GRID_RUN
         if not lock.still_held():  # another worker may be counting and creating meanwhile
             return NoTrial.WAIT
@@ -309,8 +312,19 @@ def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         return
     if fail_for_retry(study._storage, trial._trial_id, counts=not stopped):
-        with lock.hold():
+        # Failed and marked: should queuing fail too (the database lost, a second Ctrl-C), the
+        # next worker to take a trial queues the retry.
+        with contextlib.suppress(Exception, Interrupted), lock.hold():
             queue_due_retries(study, still_held=lock.still_held)
+
+
+def _why_unrecorded(exc: BaseException) -> str:
+    """Why `_cut_short` could not record its trial's failure: `exc`, what it raised."""
+    if isinstance(exc, Interrupted):
+        # One raised while waiting for the database has the database's error as its cause.
+        return "the database is unreachable" if exc.__cause__ is not None else \
+            f"stopped again by {exc}"
+    return shorten(str(exc) or type(exc).__name__, 120)
 
 
 def _reason(exc: BaseException) -> str:
@@ -398,13 +412,11 @@ def run_trials(
                     _cut_short(study, trial, exc, lock)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # another worker failed it first, and queued its retry
-                except (Exception, Interrupted) as unrecorded:  # stopped during an outage
-                    why = ("the database is unreachable" if isinstance(unrecorded, Interrupted)
-                           else shorten(str(unrecorded) or type(unrecorded).__name__, 120))
+                except (Exception, Interrupted) as unrecorded:
                     log.warning("trial %d could not be marked failed (%s): it stays running "
                                 "in the study until a worker finds it stale, %g s after its "
-                                "last heartbeat, and retries it", trial.number, why,
-                                grace_period())
+                                "last heartbeat, and retries it", trial.number,
+                                _why_unrecorded(unrecorded), grace_period())
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

@@ -18,6 +18,7 @@ if __name__ == "__main__":
     sys.exit(run_module("search"))
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -62,7 +63,7 @@ from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
 from tuning.outage import StorageFull, outages_of, transient, without_retry
-from tuning.runner import StudyLock, grid_ran_short, out_of_patience, run_trials
+from tuning.runner import StudyLock, out_of_patience, run_trials, why_grid_ended_short
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
@@ -174,8 +175,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
                              "give --study") from None
     study_file = stored or load_study_file(config)
-    if args.config is None and stored is None and args.dataset and is_path(args.dataset):
-        study_file = _space_for_own_images(study_file, Path(args.dataset).expanduser().is_dir())
+    if args.config is None and stored is None and names_its_study(args.dataset) and (
+            is_path(args.dataset) or name not in known):
+        # Images without a study file of their own run in the default (digits') space, made
+        # for them: photos in a folder, CIFAR's, may be flipped.
+        flips = (Path(args.dataset).expanduser().is_dir() if is_path(args.dataset)
+                 else SOURCES[args.dataset].hflip)
+        study_file = _space_for_own_images(study_file, flips)
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
     settings = replace(study_file.settings, **overrides)
@@ -255,13 +261,13 @@ def data_study_name(dataset: str) -> str:
     return f"{name}-images" if name in {e.name for e in catalog.available()} else name
 
 
-def _space_for_own_images(study_file: StudyFile, folder: bool) -> StudyFile:
+def _space_for_own_images(study_file: StudyFile, flips: bool) -> StudyFile:
     """The default space, for images of any size: the head is searched (global average
-    pooling keeps the linear layer small on large images), and for a folder of photos whether
-    to flip is searched too, not fixed off as for digits."""
+    pooling keeps the linear layer small on large images), and where flipped images keep their
+    labels (photos) whether to flip is searched too, not fixed off as for digits."""
     space = dict(study_file.space)
     space.setdefault("head", Param("head", "categorical", choices=("flatten", "gap")))
-    if folder:
+    if flips:
         space["hflip"] = Param("hflip", "categorical", choices=(False, True))
     return replace(study_file, space=space)
 
@@ -385,6 +391,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
         return _run(args, prog)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
+    except Interrupted as stopped:  # after the trials: the search's last lines were cut short
+        print(f"stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_status
     except Exception as exc:
         if not transient(exc):
             raise
@@ -429,7 +438,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     warm_start = _warm_start_configurations(args, plan)
     if plan.storage == default_storage(plan.study):
         Path("studies").mkdir(exist_ok=True)
-    study = open_study(plan, arrays.fingerprint(), args.trials, args.patience)
+    study = open_study(plan, arrays.fingerprint(), args.trials, args.patience,
+                       set_target=args.create_only)
     if warm_start:
         added = enqueue(study, warm_start)
         log.info("warm start: %d of the %d best configurations of study %r enqueued (the "
@@ -450,11 +460,11 @@ def _run(args: argparse.Namespace, prog: str) -> int:
              plan.settings.sampler, plan.settings.pruner, counted(plan.settings.epochs, "epoch"),
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
-        target = study.user_attrs[TARGET_ATTR]  # kept when --trials is already met
         patience = "" if args.patience is None else f", patience {args.patience}"
-        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {target}"
-              f"{patience}); "
-              f"start workers with: tuning worker --study {plan.study} "
+        met = (f": already met by its {finished} finished trials, so workers stop after the "
+               "trials they run" if finished >= args.trials else "")
+        print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}"
+              f"{patience}{met}); start workers with: tuning worker --study {plan.study} "
               f"--storage '{mask_url(plan.storage)}'")
         return EXIT_OK
     if finished >= args.trials:
@@ -469,7 +479,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
               "out to search on")
         summarize(study, plan)
         return EXIT_OK
-    short = grid_ran_short(study, trials, args.trials)
+    short = why_grid_ended_short(study, trials, args.trials)
     if short is not None:
         print(f"study {plan.study!r}: nothing to run: {short}")
         summarize(study, plan)
@@ -489,19 +499,19 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                               else None).run()
             if status > 128:
                 return _stopped(study, plan, args, prog, progress, status,
-                                "running trials are")
+                                "the running trials were")
         else:
             artifacts = artifact_store(args.artifacts)
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress,
                                deadline)
     except Interrupted as stopped:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
-                        "the running trial is")
+                        "the running trial was")
     trials = study.get_trials(deepcopy=False)
     stalled = out_of_patience(trials, args.patience)
     if stalled is not None and sum(t.state in FINISHED for t in trials) < args.trials:
         print(f"stopped early: {stalled}")
-    short = grid_ran_short(study, trials, args.trials)
+    short = why_grid_ended_short(study, trials, args.trials)
     if short is not None:
         print(short)
     summarize(study, plan)
@@ -524,9 +534,9 @@ def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tup
 
 
 def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
-             progress: Progress | None, status: int, running: str) -> int:
-    """After a stop signal (exit `status`): what became of the `running` trial(s), what the
-    study has so far, and how to go on."""
+             progress: Progress | None, status: int, trials_were: str) -> int:
+    """After a stop signal (exit `status`): what became of the running trials (`trials_were`:
+    whose they were), what the study has so far, and how to go on."""
     if progress is not None:
         progress.close()
     stopped_by = f"stopped by {signal.Signals(status - 128).name}"
@@ -535,14 +545,17 @@ def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: st
     try:
         with without_retry(study._storage):
             study.get_trials(deepcopy=False)
-            print(f"{stopped_by}: {running} marked failed and queued to run again first",
-                  file=sys.stderr)
-            summarize(study, plan)
     except (Exception, Interrupted, KeyboardInterrupt) as exc:
-        if isinstance(exc, Exception) and transient(exc):
-            print(f"{stopped_by} while the database is unreachable: no summary; a trial that "
-                  "could not be marked failed is retried once a worker finds it stale",
-                  file=sys.stderr)
+        outage = isinstance(exc, Exception) and transient(exc)
+        print(f"{stopped_by} while the database is unreachable: no summary; {trials_were} "
+              "marked failed where they could be, and a trial that could not be is retried "
+              "once a worker finds it stale" if outage else stopped_by, file=sys.stderr)
+    else:
+        print(f"{stopped_by}: {trials_were} marked failed and queued to run again first",
+              file=sys.stderr)
+        with contextlib.suppress(Exception, Interrupted, KeyboardInterrupt):
+            with without_retry(study._storage):
+                summarize(study, plan)
     print(f"continue:  {continue_command(prog, plan, args)}")
     return status
 

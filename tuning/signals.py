@@ -70,7 +70,7 @@ class NoStop(GracefulStop):
 _installed: GracefulStop | None = None
 
 
-def check_installed() -> None:
+def raise_if_stop_requested() -> None:
     """A safe point for code that is handed no GracefulStop: a storage call waiting out a
     database outage, which may last minutes, raises Interrupted here if a stop was asked for.
     In the main thread only, where trials run and Interrupted is handled; not once another

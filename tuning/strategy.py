@@ -99,18 +99,32 @@ class TargetGridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study, trial, state, values) -> None:
         return None
 
-    def all_taken(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+    def all_taken(self, study, trials: list[optuna.trial.FrozenTrial]) -> bool:
         """Whether every configuration of the grid has a trial that ran it or runs it. A
         failed one counts (given up after its retries, or failing by itself: out of memory),
         unless it is due a retry; a waiting one (a retry) does not, being still to take. Past
         this point Optuna's grid would run a configuration a second time, so a grid with
         failed trials ends short of its target."""
+        if self._repeats_removed and not self._checked:
+            self._check_grid_ids(study)  # an earlier tuning's grid ids mean other points
+            self._checked = True
         state = optuna.trial.TrialState
-        taken = {t.system_attrs.get("grid_id") for t in trials
-                 if self._same_search_space(t.system_attrs.get("search_space", {}))
-                 and (t.state == state.RUNNING or t.state.is_finished())
+        taken = {t.system_attrs.get("grid_id") for t in self._own(trials)
+                 if (t.state == state.RUNNING or t.state.is_finished())
                  and not (t.state == state.FAIL and RETRY_DUE in t.system_attrs)}
         return taken >= set(range(len(self._all_grids)))
+
+    def configurations_failed(self, trials: list[optuna.trial.FrozenTrial]) -> int:
+        """How many configurations of the grid have no complete or pruned trial."""
+        state = optuna.trial.TrialState
+        done = {t.system_attrs.get("grid_id") for t in self._own(trials)
+                if t.state in (state.COMPLETE, state.PRUNED)}
+        return len(set(range(len(self._all_grids))) - done)
+
+    def _own(self, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        """The trials that took a point of this grid."""
+        return [t for t in trials if "grid_id" in t.system_attrs
+                and self._same_search_space(t.system_attrs.get("search_space", {}))]
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):

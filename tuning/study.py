@@ -54,8 +54,10 @@ class Plan:
 
 
 def open_study(plan: Plan, data_fingerprint: dict, target: int,
-               patience: int | None = None) -> optuna.Study:
+               patience: int | None = None, set_target: bool = False) -> optuna.Study:
     """Create the study, recording what it is made from, or load it and check it matches.
+    `set_target`: store `target` even at or below the trials finished (--create-only, which
+    sets the target of workers started elsewhere: they stop after their running trials).
 
     This is the one place a study is created; workers only load it (`load_existing`).
     """
@@ -90,7 +92,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
         study.set_user_attr("versions", environment())
     # A target at or below what is done runs nothing (tuning.search says so): leave the stored
     # one to the workers that may still be running towards it.
-    if target > count_finished(study) or TARGET_ATTR not in study.user_attrs:
+    if set_target or target > count_finished(study) or TARGET_ATTR not in study.user_attrs:
         study.set_user_attr(TARGET_ATTR, target)
     study.set_user_attr(PATIENCE_ATTR, patience)  # this run's, for the workers it starts
     use_strategy(study, plan.settings, plan.study_file.space)

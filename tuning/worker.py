@@ -46,9 +46,9 @@ from tuning.runner import (
     RunStats,
     StudyLock,
     current_goal,
-    grid_ran_short,
     out_of_patience,
     run_trials,
+    why_grid_ended_short,
 )
 from tuning.signals import GracefulStop, Interrupted
 from tuning.storage import mask_url, resolve_url
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
             progress.deadline = deadline
         stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
                            progress, objective.stop, patience)
+        if not args.launched:  # a launcher says it once for all its workers
+            say_why_nothing_more(study, target, patience, stats)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:
@@ -160,8 +162,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         if not transient(exc):
             raise
         return database_lost(url, exc)
-    if not args.launched:  # a launcher says it once for all its workers
-        say_why_nothing_more(study, target, patience, stats)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
 
@@ -172,7 +172,7 @@ def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
     study says so, not nothing)."""
     target, patience = current_goal(study, target, patience)
     if stats.grid_run:
-        short = grid_ran_short(study, study.get_trials(deepcopy=False), target)
+        short = why_grid_ended_short(study, study.get_trials(deepcopy=False), target)
         if short is not None:
             log.info("%s", short)
     elif stats.out_of_patience:
