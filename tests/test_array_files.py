@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -458,3 +459,10 @@ def test_cifar_damaged_files_are_usage_errors_naming_the_file(tmp_path, digits, 
     read_cifar("cifar10", tmp_path, download=False)  # intact, it reads
     damage(folder)
     usage_error(lambda: read_cifar("cifar10", tmp_path, download=False), *words)
+
+
+def test_an_npz_path_that_is_a_fifo_is_refused_unopened(tmp_path):
+    fifo = tmp_path / "images.npz"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer, forever
+    with pytest.raises(UsageError, match="images.npz is not a regular file: it is a FIFO"):
+        read_npz(fifo)

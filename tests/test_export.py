@@ -498,6 +498,15 @@ def test_predict_refuses_a_fifo_without_opening_it(exported, tmp_path):
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:"), result.stderr
     assert "digit.png' is not a regular file: it is a FIFO" in err, err
+    # The export's own files too: its config and weights.
+    for name in ("config.json", "weights.pt"):
+        export = _copy(exported, tmp_path, f"fifo-{name}")
+        (export / name).unlink()
+        os.mkfifo(export / name)
+        result = run_cli("predict", "--model", str(export), str(tmp_path / "x.png"),
+                         cwd=tmp_path, timeout=60, module="tuning")
+        assert result.returncode == 2, result.stderr
+        assert f"{name}' is not a regular file: it is a FIFO" in result.stderr
 
 
 def test_broken_weights_say_what_is_wrong(exported, tmp_path, capsys):

@@ -86,4 +86,8 @@ def test_storage_errors_name_where_the_storage_came_from(tmp_path):
     for module in ("tuning.report", "tuning.export"):
         line = _one_line_error(run_cli("--study", "own", module=module, cwd=tmp_path))
         assert "no study database at 'studies/own.db'" in line and "--storage '" not in line
+        assert line.endswith("(or give --storage)")
+        given = _one_line_error(run_cli("--study", "own", "--storage", "sqlite:///x.db",
+                                        module=module, cwd=tmp_path))
+        assert given.endswith("no study database at 'x.db'; create the study with tuning search")
     assert os.listdir(tmp_path) == []

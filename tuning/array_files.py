@@ -21,6 +21,7 @@ import numpy as np
 
 from tuning.downloads import download_once
 from tuning.errors import UsageError, shorten
+from tuning.folder_listing import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def read_npz(path: Path) -> ArrayImages:
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     """The known arrays of `path` (unknown keys are logged, not loaded), or a UsageError."""
     try:
+        kind = special_kind(path)  # opening a FIFO would wait for a writer, maybe forever
+        if kind is not None:
+            raise UsageError(f"{path} is not a regular file: it is {kind}")
         with open(path, "rb") as f:
             head = f.read(6)
     except OSError as exc:

@@ -350,10 +350,10 @@ class _DropKnownNoise(logging.Filter):
         return not any(noise in message for noise in OPTUNA_NOISE)
 
 
-def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+def add_verbosity_arguments(parser: argparse.ArgumentParser,
+                            quiet_help: str = "only warnings and errors") -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quiet", "-q", action="store_true",
-                       help="only warnings and errors (no line per trial)")
+    group.add_argument("--quiet", "-q", action="store_true", help=quiet_help)
     group.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
 
 

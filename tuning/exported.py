@@ -167,7 +167,8 @@ def _open(path: Path, mode: str) -> Image.Image:
     if not path.exists():
         raise ExportError(f"image {shown!r} does not exist")
     if path.is_dir():
-        raise ExportError(f"image {shown!r} is a directory")
+        raise ExportError(f"image {shown!r} is a directory; give the images in it "
+                          f"({shorten(str(path), 40)}/*)")
     # Checked before opening: opening a FIFO waits for a writer, forever if none comes.
     kind = special_kind(path)
     if kind is not None:
@@ -187,6 +188,14 @@ def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return images.to(device).float().div_(255.0)
 
 
+def _refuse_special(file: Path) -> None:
+    """ExportError for a file of the export that is not a regular file: reading a FIFO waits
+    for a writer, forever if none comes. FileNotFoundError where there is none."""
+    kind = special_kind(file)
+    if kind is not None:
+        raise ExportError(f"{shorten(str(file), 200)!r} is not a regular file: it is {kind}")
+
+
 def read_config(path: str | Path) -> dict:
     """config.json of the export in directory `path`; ExportError when there is none."""
     directory = Path(path).expanduser()
@@ -196,6 +205,7 @@ def read_config(path: str | Path) -> dict:
                           "directory `tuning export --out` wrote)")
     file = directory / CONFIG_FILE
     try:
+        _refuse_special(file)
         config = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{shown!r} is not an exported model: it has no {CONFIG_FILE} "
@@ -247,6 +257,11 @@ def _read_state(weights: Path) -> dict:
     weights file (torch's own message for that advises weights_only=False: unsafe, and no
     help with a damaged file)."""
     shown = shorten(str(weights), 200)
+    try:
+        _refuse_special(weights)
+    except FileNotFoundError:
+        raise ExportError(f"{shorten(str(weights.parent), 200)!r} has no {WEIGHTS_FILE}"
+                          ) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notes: the error says enough

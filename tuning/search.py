@@ -139,7 +139,7 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     parser.add_argument("--workers-per-gpu", type=positive_int_up_to(MAX_WORKERS),
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
-    add_verbosity_arguments(parser)
+    add_verbosity_arguments(parser, "only warnings and errors (no line per trial)")
     return parser
 
 

@@ -327,8 +327,9 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
     path = sqlite_path(resolved)
     if path is not None:
         if not create and not path.exists():
+            other = " (or give --storage)" if _given_as(url) == DEFAULT_GIVEN else ""
             raise UsageError(f"no study database at {str(path)!r}; create the study with "
-                             "tuning search (or give --storage)")
+                             f"tuning search{other}")
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
         # A bounded pool per worker: a worker needs one connection, plus one for heartbeats.

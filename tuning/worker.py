@@ -75,7 +75,7 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
     # Started by `tuning search`'s launcher, which prints the progress of all its workers and
     # has already said what every worker would repeat (the data fallback).
     parser.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)
-    add_verbosity_arguments(parser)
+    add_verbosity_arguments(parser, "only warnings and errors (no line per trial)")
     return parser
 
 
