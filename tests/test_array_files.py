@@ -337,6 +337,9 @@ def test_cifar10_layout_round_trip(tmp_path, digits):
     np.testing.assert_array_equal(data.test_x, images[100:])
     np.testing.assert_array_equal(data.test_y, labels[100:])
     assert data.class_names == CIFAR10_NAMES
+    # --data-dir naming the extracted folder itself reads the same.
+    inside = read_cifar("cifar10", tmp_path / "cifar-10-batches-py", download=False)
+    np.testing.assert_array_equal(inside.train_x, data.train_x)
 
 
 def test_cifar100_layout_round_trip(tmp_path, digits):

@@ -337,7 +337,8 @@ def read_cifar(name: str, root: Path, *, download: bool = True) -> ArrayImages:
     if name not in CIFAR:
         raise UsageError(f"unknown CIFAR data set {name!r}; choose one of {', '.join(CIFAR)}")
     layout = CIFAR[name]
-    folder = root / layout.folder
+    # --data-dir may name the extracted folder itself, not the one holding it.
+    folder = root if root.name == layout.folder else root / layout.folder
     if not folder.is_dir() and download:
         _download(name, root)
     if not folder.is_dir():
