@@ -165,6 +165,16 @@ def test_confusion_heatmap_names_the_classes_and_colours_by_share_of_row():
     assert np.asarray(heat.z)[2] == pytest.approx(np.sqrt([0.2, 0.2, 0.6]))
 
 
+def test_a_small_confusion_matrix_has_colour_bar_labels_apart():
+    # On the square-root scale 0%, 1% and 5% sit 0.1 and 0.12 of the bar apart: on the short
+    # bar of 3 classes their labels overlapped.
+    small = confusion_heatmap([[8, 2, 0], [0, 5, 0], [1, 1, 3]], ["0", "1", "2"], "x")
+    assert "1%" not in small.data[0].colorbar.ticktext
+    assert small.layout.height >= 340
+    large = confusion_heatmap(np.eye(10, dtype=int).tolist(), [str(i) for i in range(10)], "x")
+    assert "1%" in large.data[0].colorbar.ticktext
+
+
 # One tiny real study: the section puts it all together.
 
 STUDY_FILE = """

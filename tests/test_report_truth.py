@@ -359,8 +359,9 @@ def test_the_best_configuration_marks_a_fixed_value_its_optimizer_does_not_use()
     assert rows["momentum"] == "0.9 (not used by adam)" and rows["lr"] == 1e-3
 
 
-def test_a_log_axis_under_a_decade_labels_only_1_2_and_5():
-    # Plotly labels every digit of a short log axis, and in a narrow subplot they overlap.
+def test_a_log_axis_is_labelled_at_powers_of_ten_or_at_1_2_and_5_written_in_full():
+    # Plotly labels every digit of some log axes ("4 3 2 0.1 9 8", where 4 is 0.4), and in a
+    # narrow subplot the labels run into each other.
     space = {**SPACE, "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
              "l1": {"low": 1e-7, "high": 1e-4, "log": True}}
     dists = {**DISTS, "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
@@ -368,10 +369,145 @@ def test_a_log_axis_under_a_decade_labels_only_1_2_and_5():
     study = optuna.create_study()
     for i in range(5):
         study.add_trial(optuna.create_trial(
-            value=0.1 + 0.01 * i, distributions=dists,
-            params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1 * i,
+            value=0.3 + 0.5 * i, distributions=dists,
+            params={"optimizer": "adam", "lr": 10 ** (-4 + 0.7 * i), "dropout": 0.1 * i,
                     "weight_decay": 10 ** (-6 + i), "l1": 2e-7 + 1e-7 * i}))
+    view = _view(study, space)
+    (fig,) = regularization(view).figures
+    axes = {axis.title.text: axis for axis in (fig.layout.xaxis, fig.layout.xaxis2,
+                                               fig.layout.xaxis3)}
+    assert axes["weight decay"].dtick == 1  # 4 decades: powers of ten only
+    # Under a decade: 1, 2 and 5 of it, labelled in full (plotly's "D2" writes 0.5 as "5").
+    l1 = dict(zip(axes["l1"].tickvals, axes["l1"].ticktext, strict=True))
+    assert l1[2e-7] == "2e-7" and l1[5e-7] == "5e-7" and axes["l1"].dtick is None
+    assert axes["dropout"].tickvals is None and axes["dropout"].dtick is None  # linear
+    # Validation losses 0.3 .. 2.3: 0.5, 1 and 2, not "5 1 2".
+    (boxes,) = optimizers(view).figures
+    assert {"0.5", "1", "2"} <= set(boxes.layout.yaxis.ticktext)
+    (scatter,) = learning_rate(view).figures
+    assert scatter.layout.xaxis.dtick == 1  # learning rates 1e-4 .. 0.06
+
+
+def _zero_loss_study() -> optuna.Study:
+    """6 complete trials of which 2 reached a validation loss of 0 (a tiny easy data set)."""
+    study = optuna.create_study()
+    for i, loss in enumerate((0.5, 0.0, 0.02, 0.0, 0.3, 1e-4)):
+        study.add_trial(optuna.create_trial(
+            value=loss, distributions=DISTS,
+            params={"optimizer": ["adam", "sgd"][i % 2], "lr": 10 ** (-4 + 0.5 * i),
+                    "dropout": 0.1 * (i % 5)},
+            intermediate_values={1: 0.9, 2: loss}, user_attrs={
+                "val_accuracy": 1.0, "train_eval_loss": 0.0,
+                "train_eval_losses": [0.8, 0.0]}))
+    return study
+
+
+def test_a_loss_of_0_is_drawn_on_every_log_plot_and_said_to_be():
+    view = _view(_zero_loss_study(), SPACE)
+    figures = [fig for section in (optimizers(view), learning_rate(view), regularization(view),
+                                   importance(view)) for fig in section.figures]
+    on_log = [fig for fig in figures if fig.layout.yaxis.type == "log"]
+    assert len(on_log) >= 6  # boxes, lr, regularization, history, curves, train and val
+    for fig in on_log:
+        assert "A loss of 0" in fig.layout.title.text and "drawn at 1e-05" in \
+            fig.layout.title.text, fig.layout.title.text
+        for trace in fig.data:
+            if fig.layout[f"yaxis{(trace.yaxis or 'y')[1:]}"].type != "log":
+                continue
+            assert all(y is None or y > 0 for y in trace.y), fig.layout.title.text
+            clipped = [text for y, text in zip(trace.y, trace.text or [], strict=False)
+                       if y == 1e-5]
+            assert all("loss 0" in text for text in clipped)
+    # Every complete trial is on the box plot, the best-so-far line reaches the floor.
+    boxes = on_log[0]
+    assert sum(len(trace.y) for trace in boxes.data) == 6
+    history = next(fig for fig in figures if fig.layout.title.text.startswith("Search history"))
+    assert history.data[1].y[-1] == 1e-5
+
+
+def test_regularization_axes_stay_within_what_the_parameter_can_take():
+    space = {**SPACE, "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+             "label_smoothing": {"choices": [0.0, 0.05, 0.1]}}
+    dists = {**DISTS, "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+             "label_smoothing": CategoricalDistribution([0.0, 0.05, 0.1])}
+    study = optuna.create_study()
+    for i in range(6):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.01 * i, distributions=dists,
+            params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1 * (i % 5),
+                    "weight_decay": [1e-6, 1e-5, 3e-3][i % 3],
+                    "label_smoothing": [0.0, 0.1][i % 2]}))
     (fig,) = regularization(_view(study, space)).figures
-    ticks = {axis.title.text: axis.dtick for axis in (fig.layout.xaxis, fig.layout.xaxis2,
-                                                      fig.layout.xaxis3)}
-    assert ticks == {"weight decay": None, "l1": "D2", "dropout": None}
+    axes = {axis.title.text: axis for axis in (fig.layout.xaxis, fig.layout.xaxis2,
+                                               fig.layout.xaxis3)}
+    dropout_low, dropout_high = axes["dropout"].range
+    assert dropout_low == 0 and 0.4 < dropout_high <= 0.5  # dropout 0 .. 0.4 tried
+    smoothing_low, smoothing_high = axes["label smoothing"].range
+    assert (smoothing_low, smoothing_high) == (0, 0.1)  # the ends of its choices
+    decay_low, decay_high = axes["weight decay"].range  # log10 on a log axis
+    assert decay_low == pytest.approx(-6) and -2.5 < decay_high <= -2
+    # A trial at the end of the range is drawn whole, over the axis.
+    assert all(trace.cliponaxis is False for trace in fig.data)
+
+
+def test_the_search_history_numbers_trials_in_whole_numbers():
+    from tuning.report_figures import history
+
+    few = history([0, 1, 2], [0.3, 0.2, 0.25])
+    assert few.layout.xaxis.dtick == 1 and few.layout.xaxis.tickformat == "d"
+    assert history(list(range(40)), [0.3] * 40).layout.xaxis.dtick is None
+
+
+def test_learning_curves_are_listed_in_the_order_of_the_trial_numbers():
+    study = optuna.create_study()
+    for i in range(12):
+        pruned = i in (2, 5)
+        study.add_trial(optuna.create_trial(
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+            value=None if pruned else 0.1 + 0.01 * i, distributions=DISTS,
+            params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1},
+            intermediate_values={1: 0.5, 2: 0.1 + 0.01 * i}))
+    curves = next(fig for fig in importance(_view(study, SPACE)).figures
+                  if fig.layout.title.text.startswith("Learning curves"))
+    assert [trace.name for trace in curves.data] == [f"trial {i}" for i in range(12)]
+
+
+def test_parallel_coordinates_show_parameters_that_matter_in_colours_seen_on_white():
+    from plotly.colors import unlabel_rgb
+
+    from tuning.report_history import _parallel
+
+    view = _view(_mixed_study(), SPACE)
+    fig = _parallel(view, {"lr": 0.7, "dropout": 0.3, "optimizer": 0.0})
+    assert set(fig.layout.xaxis.ticktext) == {"validation loss", "lr", "dropout"}
+    assert "1 of importance 0 left out" in fig.layout.title.text
+    lines = [trace for trace in fig.data if trace.mode == "lines"]
+    assert len(lines) == 8
+    for trace in lines:  # no line near the page's white, the worst trial's included
+        colour = trace.line.color
+        red, green, blue = unlabel_rgb(colour) if colour.startswith("rgb") else (
+            int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert 0.299 * red + 0.587 * green + 0.114 * blue < 200, colour
+    # One parameter above 0: a second axis is shown all the same, and said to be of 0.
+    fig = _parallel(view, {"lr": 1.0, "dropout": 0.0, "optimizer": 0.0})
+    assert set(fig.layout.xaxis.ticktext) == {"validation loss", "lr", "dropout"}
+    assert "dropout of importance 0, shown to make two axes" in fig.layout.title.text
+
+
+def test_unequal_trials_count_the_samplers_choices_only():
+    study = optuna.create_study()
+    runs = [("adam", "study file"), ("adam", "study file"), ("rmsprop", None), ("adam", None),
+            ("adam", None), ("adam", None), ("adam", None), ("adam", None)]
+    for i, (name, queued) in enumerate(runs):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.01 * i, params={"optimizer": name, "lr": 1e-3, "dropout": 0.1},
+            distributions={**DISTS, "optimizer": CategoricalDistribution(
+                ["adam", "adamw", "rmsprop"])},
+            user_attrs={"warm_start": queued} if queued else {}))
+    study.add_trial(optuna.create_trial(
+        state=TrialState.PRUNED, params={"optimizer": "adamw", "lr": 1e-2, "dropout": 0.1},
+        distributions={**DISTS, "optimizer": CategoricalDistribution(
+            ["adam", "adamw", "rmsprop"])}, intermediate_values={1: 0.9}))
+    space = {**SPACE, "optimizer": {"choices": ["adam", "adamw", "rmsprop"]}}
+    (unequal,) = [p for p in optimizers(_view(study, space)).paragraphs if "unequal" in p]
+    assert "(adam: 5, adamw: 1, rmsprop: 1;" in unequal

@@ -282,3 +282,88 @@ def test_a_read_only_storage_retrains_the_baseline_without_failing(reportable, t
         assert baselines() == expected and "could not be kept in the study" in summary
         assert 0 <= metrics["tutorial"]["accuracy"] <= 1
     assert BASELINE_ATTR not in study.user_attrs
+
+
+def _searched(study: optuna.Study) -> None:
+    """Mark a hand-made study as tuning.search's, which `tuning report` loads."""
+    from tuning.cli import TARGET_ATTR
+
+    study.set_user_attr(TARGET_ATTR, len(study.trials))
+
+
+def test_bad_input_stops_the_report_before_its_folder_is_created(reportable, tmp_path, capsys):
+    from tuning.report import main as report
+
+    study, _, baselines = reportable
+    _searched(study)
+    storage = ["--study", "s", "--storage", f"sqlite:///{tmp_path}/s.db"]
+    out = tmp_path / "reports" / "s"
+    other_data = {**study.user_attrs["data"], "sha256": "0" * 64}
+    cases = [
+        (["--artifacts", str(tmp_path / "nonexistent")], "--artifacts"),
+        (["--device", "cuda:99"], "--device 'cuda:99'"),
+        (["--dataset", str(tmp_path)], "use --data-dir"),
+        (["--data-dir", str(tmp_path / "nonexistent")], "--data-dir"),
+    ]
+    for args, expected in cases:
+        assert report([*storage, "--out", str(out), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not (tmp_path / "reports").exists(), args
+    # Images other than the study's (the same check stops a folder of one class).
+    study.set_user_attr("data", other_data)
+    assert report([*storage, "--out", str(out)]) == 2
+    assert "run on other data" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+    assert baselines() == 0
+
+
+def test_a_report_stopped_after_creating_its_folder_removes_it(reportable, tmp_path, capsys,
+                                                               monkeypatch):
+    import tuning.report
+    from tuning.errors import UsageError
+    from tuning.report import main as report
+
+    def refused(*args, **kwargs):
+        raise UsageError("refused later")
+
+    _searched(reportable[0])
+    monkeypatch.setattr(tuning.report, "held_out_test", refused)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for out in (tmp_path / "reports" / "s", kept):
+        assert report(["--study", "s", "--storage", f"sqlite:///{tmp_path}/s.db",
+                       "--out", str(out)]) == 2
+        assert "refused later" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+    assert kept.is_dir()  # there before: the report only removes what it created
+
+
+def test_tables_write_losses_and_accuracies_with_four_decimals_and_intervals_not_below_0():
+    from tuning.report_render import Table, fixed
+    from tuning.report_stats import loss_interval
+
+    table = Table(["optimizer", "loss", "lr"], [["adam", 0.72, 0.001], ["sgd", 0.702, 0.0003]],
+                  fixed_columns=("loss",))
+    assert "| adam | 0.7200 | 0.001 |" in table.markdown()
+    assert "<td>0.7020</td><td>3e-04</td>" in table.html().replace("0.0003", "3e-04")
+    assert (fixed(0.0), fixed(1.0), fixed(1.2583e-7), fixed(None)) == \
+        ("0.0000", "1.0000", "1.258e-07", "-")
+    # A t interval of 2 losses spans more than any loss: none is given; 3 or more, cut at 0.
+    assert loss_interval(0.2310, 2.2803, 2) == "too few for an interval: n=2"
+    mean, _, half = mean_and_ci([0.01, 0.02, 0.5])
+    assert loss_interval(mean, half, 3) == f"0.0000 .. {mean + half:.4f}"
+    assert loss_interval(0.3, None, 1) == "-"
+
+
+def test_one_epoch_not_run_is_singular():
+    from tuning.report_sections import overview
+
+    view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
+    epochs = view.settings.epochs
+    view.study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
+        user_attrs={"epochs_run": epochs - 1}))
+    view = StudyView(view.study, view.study.trials, view.settings, view.space)
+    assert dict(overview(view).tables[0][1].rows)["compute saved by pruning"].startswith(
+        "1 epoch not run")

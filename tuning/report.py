@@ -37,6 +37,7 @@ from tuning.cli import (
     storage_url,
 )
 from tuning.data import check_data_dir
+from tuning.device import resolve_device
 from tuning.errors import UsageError
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
@@ -53,31 +54,66 @@ SEED_STUDY_FILE = builtin_study_file("seed")
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
                  with_test: bool = True, seed_file: Path = SEED_STUDY_FILE,
                  data_dir: Path | None = None, dataset: str | None = None) -> dict:
-    """Write the report files for `study` into `out`; returns the held-out test metrics.
+    """Write the report files for `study` into `out` (created where missing); returns the
+    held-out test metrics.
 
-    The test set is read from `data_dir` (default ./data) before anything else, so that data
-    not found stop the report before it spends time on the rest.
+    Bad input changes nothing stored: the test set (read from `data_dir`, default ./data),
+    which must be the study's images, and the test's device are checked before `out` is
+    created, and the folders it created are removed again, while empty, when a UsageError
+    stops the report later. The data come first, so that data not found stop the report before
+    it spends time on the rest.
     """
     settings, space = stored_definition(study)
     settings = with_images_at(settings, dataset)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
-    # Repeats of one fixed configuration answer no question about optimizers, learning rates
-    # or regularization: their overview gives the mean and spread.
-    sections = [overview(view)] if view.fixed_configuration else [
-        overview(view), optimizers(view), learning_rate(view), regularization(view),
-        importance(view)]
-    metrics: dict = {}
-    if with_test:
-        test = held_out_test(view, arrays, device, artifacts, seed_file)
-        sections.append(test)
-        metrics = getattr(test, "metrics", {})
+    if arrays is not None:
+        resolve_device(device)  # the test's device: held_out_test resolves it again to use it
+    created = output_directory(out)
+    try:
+        # Repeats of one fixed configuration answer no question about optimizers, learning
+        # rates or regularization: their overview gives the mean and spread.
+        sections = [overview(view)] if view.fixed_configuration else [
+            overview(view), optimizers(view), learning_rate(view), regularization(view),
+            importance(view)]
+        metrics: dict = {}
+        if with_test:
+            test = held_out_test(view, arrays, device, artifacts, seed_file)
+            sections.append(test)
+            metrics = getattr(test, "metrics", {})
+    except UsageError:
+        remove_empty(created)
+        raise
     title = f"Study {study.study_name}"
     (out / "index.html").write_text(render_html(title, sections), encoding="utf-8")
     (out / "summary.md").write_text(render_markdown(title, sections), encoding="utf-8")
     write_csv(view, out / "trials.csv")
     (out / "test_metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def output_directory(out: Path) -> list[Path]:
+    """Create `out` where missing and check that it can be written; returns the folders it
+    created, outermost first."""
+    created = [p for p in (out, *out.parents) if not p.exists()][::-1]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        remove_empty(created)
+        raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders the report created (outermost first), those still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never created
+            return
 
 
 def build_parser(prog: str = "python -m tuning.report") -> OneLineParser:
@@ -111,13 +147,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
         study = load_existing(args.study, url, heartbeat=False)
         if count_finished(study) == 0:
             raise UsageError(f"study {args.study!r} has no finished trials yet")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
         artifacts = existing_artifact_store(args.artifacts)
         metrics = build_report(study, out, args.device, artifacts, not args.no_test,
                                data_dir=args.data_dir, dataset=args.dataset)

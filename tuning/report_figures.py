@@ -1,6 +1,7 @@
 """The report's plots, made to be read: every axis titled in words, losses on a log axis, numbers
-written 1e-4 (not plotly's SI 100µ), complete trials in colour and pruned ones in grey, failed
-trials nowhere.
+written 1e-4 (not plotly's SI 100µ), a log axis labelled at powers of ten (or at 1, 2 and 5 of
+a short one), complete trials in colour and pruned ones in grey, failed trials nowhere. A loss of
+0, which a log axis cannot place, is drawn at the axis' floor, and the figure says so.
 
 Each function takes plain numbers (the sections in tuning.report_sections choose the trials)
 and returns a plotly figure.
@@ -21,6 +22,13 @@ LEARNING_RATE = "learning rate"
 EPOCH = "epoch"
 PRUNED_COLOUR = "#b0b0b0"
 COLOURS = qualitative.Plotly
+# A log axis spanning more decades than this is labelled at powers of ten only; a shorter one at
+# 1, 2 and 5 of each decade (log_ticks). Plotly's own choice labels every digit of some axes of
+# several decades ("4 3 2 0.1 9 8", where 4 is 0.4), and they run into each other in a narrow
+# plot.
+DECADES_FOR_POWERS_OF_TEN = 2
+ZERO_LOSS_FLOOR = 1e-6
+"""Where a loss of 0 is drawn when no loss of the figure is above 0."""
 
 
 def colour(index: int) -> str:
@@ -33,7 +41,84 @@ def finish(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
                       legend={"title": {"text": ""}})
     fig.update_xaxes(exponentformat="e", showexponent="all")
     fig.update_yaxes(exponentformat="e", showexponent="all")
+    floor = _draw_zero_losses(fig)
+    if floor is not None:
+        fig.update_layout(title=f"{title}<br><sup>A loss of 0 cannot sit on the log axis: it is "
+                                f"drawn at {floor:g} (its hover says 0).</sup>")
+    _label_log_axes(fig)
     return fig
+
+
+def _axis(fig: go.Figure, trace, letter: str):
+    """The layout axis ('x' or 'y') a trace is drawn on: 'y2' is layout.yaxis2."""
+    anchor = getattr(trace, f"{letter}axis", None) or letter
+    return fig.layout[f"{letter}axis{anchor[1:]}"]
+
+
+def _draw_zero_losses(fig: go.Figure) -> float | None:
+    """Move every value of 0 on a log y axis (a loss: a tiny easy data set reaches it) to a
+    floor a decade below the smallest positive value shown, which plotly would otherwise leave
+    out; its hover text gives the true value. Returns the floor, None where no value was 0."""
+    on_log = [t for t in fig.data
+              if getattr(t, "y", None) is not None and _axis(fig, t, "y").type == "log"]
+    values = [v for t in on_log for v in t.y if v is not None and math.isfinite(v)]
+    if not any(v <= 0 for v in values):
+        return None
+    positive = [v for v in values if v > 0]
+    floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else ZERO_LOSS_FLOOR
+    for trace in on_log:
+        if not any(v is not None and v <= 0 for v in trace.y):
+            continue
+        labels = trace.text if isinstance(trace.text, (list, tuple)) else \
+            [trace.text or ""] * len(trace.y)
+        trace.text = [f"{label}: " * bool(label) + f"loss 0, drawn at {floor:g}"
+                      if v is not None and v <= 0 else label
+                      for v, label in zip(trace.y, labels, strict=True)]
+        trace.y = [floor if v is not None and v <= 0 else v for v in trace.y]
+    return floor
+
+
+def _label_log_axes(fig: go.Figure) -> None:
+    """Label each log axis by the span of its data (log_ticks)."""
+    spans: dict[str, list[float]] = {}
+    for trace in fig.data:
+        for letter in ("x", "y"):
+            values = getattr(trace, letter, None)
+            if values is not None and (axis := _axis(fig, trace, letter)).type == "log":
+                spans.setdefault(axis.plotly_name, []).extend(
+                    v for v in values if isinstance(v, (int, float)) and 0 < v < math.inf)
+    for name, values in spans.items():
+        domain = fig.layout[name].domain
+        # An x axis of one of several plots side by side has room for about 4 labels.
+        narrow = name.startswith("xaxis") and domain is not None and domain[1] - domain[0] < 0.5
+        if values:
+            fig.layout[name].update(log_ticks(min(values), max(values), narrow))
+
+
+def log_ticks(low: float, high: float, narrow: bool = False) -> dict:
+    """The tick settings of a log axis whose data run from `low` to `high` (both above 0):
+    powers of ten on an axis of more than DECADES_FOR_POWERS_OF_TEN decades (one, if
+    `narrow`); else 1, 2 and 5 of each decade, each labelled in full (plotly's own "D2" labels
+    0.5 as "5"); on an axis too short for two of those, every digit. Shorter still, plotly's own
+    labels, which are whole numbers there (0.28, 0.29)."""
+    decades = math.log10(high / low)
+    if decades > (1 if narrow else DECADES_FOR_POWERS_OF_TEN):
+        return {"dtick": 1}
+    powers = range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 2)
+    for digits in ((1, 2, 5), range(1, 10)):
+        ticks = [float(f"{d}e{k}") for k in powers for d in digits]  # 5e-6, not 4.999e-6
+        if sum(low <= t <= high for t in ticks) >= 2:
+            return {"tickvals": ticks, "ticktext": [_tick_text(t) for t in ticks]}
+    return {}
+
+
+def _tick_text(value: float) -> str:
+    """0.5, 20, 2e-7: as plotly writes a tick with exponentformat 'e'."""
+    text = f"{value:g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 @dataclass(frozen=True)
@@ -160,13 +245,22 @@ def history(numbers: list[int], values: list[float]) -> go.Figure:
         go.Scatter(x=numbers, y=values, mode="markers", name="trial", marker_color=colour(0)),
         go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line_color=colour(1)),
     ])
-    fig.update_xaxes(title_text="trial number")
+    # Trial numbers are whole: over a few trials plotly's own ticks fall at 0.5, 1.5.
+    few = bool(numbers) and max(numbers) - min(numbers) <= 10
+    fig.update_xaxes(title_text="trial number", dtick=1 if few else None, tickformat="d")
     fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
     return finish(fig, "Search history (complete trials)")
 
 
 def _epochs(curves: list[Curve]) -> int:
     return max((max(c.epochs) for c in curves if c.epochs), default=0)
+
+
+# The colour bar is as tall as the matrix: a matrix of a few classes is drawn at least
+# MIN_HEATMAP_HEIGHT pixels high, and below FEW_CLASSES classes its bar is labelled at 0, 5, 20,
+# 50 and 100% only. With 3 classes the labels of the square-root scale's 0, 1 and 5% overlapped.
+FEW_CLASSES = 6
+MIN_HEATMAP_HEIGHT = 340
 
 
 def confusion_heatmap(cm: list[list[int]], names: list[str], title: str):
@@ -179,7 +273,8 @@ def confusion_heatmap(cm: list[list[int]], names: list[str], title: str):
     counts = np.asarray(cm)
     support = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-    ticks = [0.0, 0.01, 0.05, 0.2, 0.5, 1.0]
+    ticks = [0.0, 0.01, 0.05, 0.2, 0.5, 1.0] if len(names) >= FEW_CLASSES else \
+        [0.0, 0.05, 0.2, 0.5, 1.0]
     fig = go.Figure(go.Heatmap(
         z=np.sqrt(share), x=names, y=names, text=counts, texttemplate="%{text}",
         customdata=100 * share, colorscale="Blues", zmin=0, zmax=1,
@@ -187,7 +282,8 @@ def confusion_heatmap(cm: list[list[int]], names: list[str], title: str):
                       "(%{customdata:.1f}% of the true class)<extra></extra>",
         colorbar={"title": {"text": "share of the true class"},
                   "tickvals": np.sqrt(ticks).tolist(), "ticktext": [f"{t:.0%}" for t in ticks]}))
-    fig.update_layout(title=title, height=160 + 42 * len(names), width=260 + 60 * len(names))
+    fig.update_layout(title=title, height=max(160 + 42 * len(names), MIN_HEATMAP_HEIGHT),
+                      width=260 + 60 * len(names))
     # Category axes: digits' names ("0".."9") would otherwise become a numeric axis. True
     # class 0 at the top, as in the table.
     fig.update_xaxes(title_text="predicted class", type="category", tickangle=-30)

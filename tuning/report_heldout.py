@@ -219,7 +219,8 @@ def retrain_paragraphs(recorded: float, retrained: float, device_type: str,
 
 def metrics_table(rows: list[tuple[str, dict]]) -> Table:
     table = Table(["configuration", "accuracy", "accuracy 95% CI", "macro precision",
-                   "macro recall", "macro F1"])
+                   "macro recall", "macro F1"],
+                  fixed_columns=("accuracy", "macro precision", "macro recall", "macro F1"))
     for label, m in rows:
         low, high = m["accuracy_ci"]
         table.rows.append([label, m["accuracy"], f"{low:.4f} .. {high:.4f}",
@@ -229,8 +230,8 @@ def metrics_table(rows: list[tuple[str, dict]]) -> Table:
 
 def per_class_table(best: dict, tutorial: dict, names: list[str], named: str = "best") -> Table:
     """Per class, the reported trial's (`named`: how its columns call it) and the tutorial's."""
-    table = Table(["class", f"precision ({named})", f"recall ({named})", f"F1 ({named})",
-                   "F1 (tutorial)", "support"])
+    scores = (f"precision ({named})", f"recall ({named})", f"F1 ({named})", "F1 (tutorial)")
+    table = Table(["class", *scores, "support"], fixed_columns=scores)
     for ours, theirs in zip(best["per_class"], tutorial["per_class"], strict=True):
         table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
                            theirs["f1"], ours["support"]])

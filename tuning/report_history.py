@@ -22,6 +22,8 @@ IMPORTANCE_EVALUATOR = ("fANOVA (optuna.importance.FanovaImportanceEvaluator, se
 MIN_TRIALS_FOR_IMPORTANCE = 20
 # Parallel coordinates with more axes than this are a tangle nobody reads.
 PARALLEL_AXES = 5
+# Low loss dark blue, high loss orange: optuna's Blues drew the worst trials white on white.
+PARALLEL_COLOURS = [[0.0, "#08306b"], [0.5, "#807dba"], [1.0, "#e6550d"]]
 BEST_CURVES = 3
 
 
@@ -32,8 +34,10 @@ def importance(view: StudyView) -> Section:
     if complete:
         s.figures.append(figures.history([t.number for t in complete],
                                          objective_values(complete)))
+    # In the order of the trials' numbers, pruned ones among them: the legend lists them so.
     curves = [_curve(t, pruned=t.state == TrialState.PRUNED)
-              for t in complete + view.pruned if t.intermediate_values]
+              for t in sorted(complete + view.pruned, key=lambda t: t.number)
+              if t.intermediate_values]
     if curves:
         s.figures.append(figures.learning_curves(curves))
     best = sorted(complete, key=objective_value)[:BEST_CURVES]
@@ -88,16 +92,46 @@ def _curve(trial: optuna.trial.FrozenTrial, pruned: bool = False) -> figures.Cur
 
 
 def _parallel(view: StudyView, scores: dict[str, float]):
-    """Parallel coordinates of the most important tuned parameters (complete trials only)."""
+    """Parallel coordinates of the most important tuned parameters (complete trials only):
+    those of importance above 0, at least 2; every tuned one up to PARALLEL_AXES where
+    importance was not computed."""
     from optuna import visualization as vis
 
-    ranked = list(scores) or view.tuned
-    shown = ranked[:PARALLEL_AXES]
+    title = "Parallel coordinates (complete trials)"
+    if scores:
+        important = [n for n, score in scores.items() if score > 0]
+        shown = important[:PARALLEL_AXES] if len(important) >= 2 else list(scores)[:2]
+        if len(shown) < len(scores):
+            title += f": the {len(shown)} most important of {len(scores)} parameters"
+        zero_shown = [n for n in shown if scores[n] <= 0]
+        zero_left_out = sum(scores[n] <= 0 and n not in shown for n in scores)
+        if zero_shown:
+            title += f"; {', '.join(zero_shown)} of importance 0, shown to make two axes"
+        if zero_left_out:
+            title += f"; {zero_left_out} of importance 0 left out"
+    else:
+        shown = view.tuned[:PARALLEL_AXES]
+        if len(shown) < len(view.tuned):
+            title += f": the first {len(shown)} of {len(view.tuned)} parameters (importance " \
+                     "not computed)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig = vis.plot_parallel_coordinate(view.study, params=shown,
                                            target_name="validation loss")
-    title = "Parallel coordinates (complete trials)"
-    if len(ranked) > len(shown):
-        title += f": the {len(shown)} most important of {len(ranked)} parameters"
+    _recolour(fig)
     return figures.finish(fig, title)
+
+
+def _recolour(fig) -> None:
+    """Optuna draws each trial as a line coloured from Blues, the worst trial white on the white
+    page: its lines and colour bar in PARALLEL_COLOURS instead. A line starts on the validation
+    loss axis at its loss's place between the lowest (0) and highest (1), which is where the
+    colour bar's scale puts it too."""
+    from plotly.colors import sample_colorscale
+
+    for trace in fig.data:
+        if trace.mode == "lines" and trace.y:
+            place = min(1.0, max(0.0, trace.y[0]))
+            trace.line.color = sample_colorscale(PARALLEL_COLOURS, place)[0]
+        elif trace.marker.colorscale is not None:  # the trace that carries the colour bar
+            trace.marker.update(colorscale=PARALLEL_COLOURS, reversescale=False)

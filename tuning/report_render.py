@@ -46,6 +46,21 @@ def fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+DECIMALS = 4
+"""Decimal places of the losses, accuracies and scores the report writes."""
+
+
+def fixed(value) -> str:
+    """A loss, accuracy or score: DECIMALS decimal places, so that a column reads 0.7200 above
+    0.7020 (fmt writes the first 0.72, which looks like another kind of number). A value that
+    would read 0.0000 but is not 0 keeps fmt's 4 significant digits (1.258e-07)."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return fmt(value)
+    if value != 0 and abs(value) < 0.5 * 10 ** -DECIMALS:
+        return fmt(value)
+    return f"{value:.{DECIMALS}f}"
+
+
 @dataclass
 class Table:
     """A table rendered both as HTML and as Markdown."""
@@ -54,18 +69,25 @@ class Table:
     rows: list[list] = field(default_factory=list)
     note: str = ""
     """Printed under the table: which trials it counts, what its columns mean."""
+    fixed_columns: tuple[str, ...] = ()
+    """Columns of losses, accuracies or scores, written with `fixed`; the others with `fmt`."""
+
+    def cells(self, row: list) -> list[str]:
+        return [fixed(v) if column in self.fixed_columns else fmt(v)
+                for column, v in zip(self.columns, row, strict=True)]
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(self.cells(row)) + " |" for row in self.rows]
         if self.note:
             lines += ["", f"*{self.note}*"]
         return "\n".join(lines)
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>"
+                                        for cell in self.cells(row))
                        + "</tr>" for row in self.rows)
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"

@@ -18,13 +18,14 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning import report_figures as figures
 from tuning.errors import counted
 from tuning.objective import stopped_by_budget
-from tuning.report_render import Section, Table
+from tuning.report_render import Section, Table, fixed
 from tuning.report_stats import (
     ADAPTIVE_SAMPLERS,
     ALPHA,
     DEFAULT_OPTIMIZER,
     EXACT_POINTS,
     StudyView,
+    loss_interval,
     mean_and_ci,
     objective_value,
     objective_values,
@@ -32,7 +33,8 @@ from tuning.report_stats import (
     reading,
     spearman,
 )
-from tuning.space import REPEAT, applies
+from tuning.space import REPEAT, Param, applies
+from tuning.warm_start import WARM_START_ATTR
 
 REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 # A good range drawn from fewer trials than this would be one trial's learning rate.
@@ -72,9 +74,9 @@ def overview(view: StudyView) -> Section:
         ["compute spent", f"{counted(epochs_run, 'epoch')}, "
                           f"{seconds:.1f} s of training"],
         ["compute saved by pruning",
-         f"{saved} epochs not run ({saved / max(full, 1):.0%} of the full budget)"],
+         f"{counted(saved, 'epoch')} not run ({saved / max(full, 1):.0%} of the full budget)"],
         *([["stopped by the run's --budget", f"{counted(len(cut), 'trial')}, "
-            f"{not_run(cut)} epochs not run (counted as pruned, not as savings)"]]
+            f"{counted(not_run(cut), 'epoch')} not run (counted as pruned, not as savings)"]]
           if cut else []),
     ])
     s.tables.append(("Study", table))
@@ -99,7 +101,7 @@ def overview(view: StudyView) -> Section:
     best = view.best()
     if best is not None:
         s.paragraphs.append(
-            f"Best trial #{best.number}: validation loss {best.value:.4f}, validation accuracy "
+            f"Best trial #{best.number}: validation loss {fixed(best.value)}, validation accuracy "
             f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}.")
         if view.has_repeats:
             same = ", the same seeds for each configuration" if _paired(_repeat_cells(view)) \
@@ -116,7 +118,7 @@ def overview(view: StudyView) -> Section:
             s.tables.append(("Size against validation loss: the Pareto front (no other complete "
                              "trial is both smaller and better), smallest first", Table(
                 ["trial", "parameters", "validation loss", "validation accuracy"],
-                [[f"#{t.number}", f"{t.user_attrs['param_count']:,}", f"{t.value:.4f}",
+                [[f"#{t.number}", f"{t.user_attrs['param_count']:,}", fixed(t.value),
                   f"{t.user_attrs.get('val_accuracy', float('nan')):.4f}"] for t in front])))
     s.tables.append(("Search space", Table(["parameter", "search range"], [
         [n, (f"{p.low} .. {p.high}" + (" (log)" if p.log else "")) if p.kind in ("float", "int")
@@ -182,10 +184,10 @@ def _repeats_summary(view: StudyView) -> str:
     mean, sd, half = mean_and_ci(objective_values(complete))
     accs = [a for t in complete if (a := t.user_attrs.get("val_accuracy")) is not None]
     text = (f"Every parameter is fixed: the {len(complete)} complete trials are repeats of one "
-            f"configuration with different seeds. Validation loss {mean:.4f}")
-    if sd is not None and half is not None:
-        text += (f" ± {sd:.4f} (sd; 95% interval of the mean {mean - half:.4f} .. "
-                 f"{mean + half:.4f})")
+            f"configuration with different seeds. Validation loss {fixed(mean)}")
+    if sd is not None:
+        interval = loss_interval(mean, half, len(complete))
+        text += f" ± {fixed(sd)} (sd; 95% interval of the mean: {interval})"
     if accs:
         acc_mean = statistics.fmean(accs)
         acc_sd = f" ± {statistics.stdev(accs):.4f} (sd)" if len(accs) > 1 else ""
@@ -198,7 +200,9 @@ def optimizers(view: StudyView) -> Section:
     groups = _by_optimizer(view, view.completed)
     pruned = _by_optimizer(view, view.pruned)
     table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
-                   "mean ± 95% CI", "best val acc", "median val acc", "lr of the best"])
+                   "mean val loss (95% CI)", "best val acc", "median val acc", "lr of the best"],
+                  fixed_columns=("best val loss", "median val loss", "best val acc",
+                                 "median val acc"))
     for name in sorted(groups.keys() | pruned.keys()):
         trials = groups.get(name, [])
         losses = objective_values(trials)
@@ -206,7 +210,7 @@ def optimizers(view: StudyView) -> Section:
         ci = "-"
         if len(trials) > 1:
             mean, sd, half = mean_and_ci(losses)
-            ci = f"{mean:.4f} ± {half:.4f} (sd {sd:.4f}, n={len(trials)})"
+            ci = f"{fixed(mean)} ({loss_interval(mean, half, len(trials))}; sd {fixed(sd)})"
         best = min(trials, key=objective_value) if trials else None
         table.rows.append([name, len(trials), len(pruned.get(name, [])),
                            min(losses) if losses else None,
@@ -243,22 +247,38 @@ def optimizers(view: StudyView) -> Section:
     else:
         s.figures.append(figures.optimizer_boxes(
             {name: objective_values(trials) for name, trials in groups.items()}))
-    counts = [len(v) for v in groups.values()]
-    if len(counts) > 1 and max(counts) > 1.5 * min(counts) and \
-            view.settings.sampler in ADAPTIVE_SAMPLERS:
+    proposed = _sampler_choices(view)
+    counts = list(proposed.values())
+    # Unequal only once the sampler had the trials to give each optimizer 2.
+    if len(counts) > 1 and sum(counts) >= 2 * len(counts) and \
+            max(counts) > 1.5 * min(counts) and view.settings.sampler in ADAPTIVE_SAMPLERS:
         s.paragraphs.append(
             "The comparison is unequal: the sampler gave some optimizers more trials than others "
-            f"({', '.join(f'{k}: {len(v)}' for k, v in sorted(groups.items()))}). An adaptive "
+            f"({', '.join(f'{k}: {n}' for k, n in sorted(proposed.items()))}; its complete and "
+            "pruned trials, not the configurations queued to run first). An adaptive "
             "sampler spends its budget where it already found good results, so the favoured "
             "optimizer's best value benefits from more tries. For an equal budget with the same "
             "seeds, run studies/compare-optimizers.toml.")
-    elif len(counts) == 1 and "optimizer" in view.tuned:
+    if len(groups) == 1 and "optimizer" in view.tuned:
         s.paragraphs.append("Only one optimizer completed a trial.")
     if "optimizer" not in view.tuned:
-        fixed = view.space.get("optimizer")
+        chosen = view.space.get("optimizer")
         s.paragraphs.append(f"The optimizer was fixed, not tuned: every trial trained with "
-                            f"{fixed.value if fixed else DEFAULT_OPTIMIZER}.")
+                            f"{chosen.value if chosen else DEFAULT_OPTIMIZER}.")
     return s
+
+
+def _sampler_choices(view: StudyView) -> dict[str, int]:
+    """How many finished (complete or pruned) trials the sampler gave each optimizer of the
+    space, none left out. Trials queued to run first (the study file's `enqueue`, a warm
+    start) were the user's choice, not the sampler's."""
+    space = view.space.get("optimizer")
+    counts = {str(name): 0 for name in space.choices} \
+        if space is not None and space.kind == "categorical" else {}
+    for t in view.completed + view.pruned:
+        if WARM_START_ATTR not in t.user_attrs:
+            counts[view.optimizer(t)] = counts.get(view.optimizer(t), 0) + 1
+    return counts
 
 
 def _by_optimizer(view: StudyView, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
@@ -332,9 +352,10 @@ def _repeat_table(cells: list[RepeatCell], others: list[str]) -> Table:
     """One row per configuration; `others`: the tuned parameters besides optimizer and lr,
     one column each."""
     table = Table(["optimizer", "lr", *others, "repeats", "pruned", "mean val loss", "sd",
-                   "95% CI", "mean val acc"])
+                   "95% CI", "mean val acc"],
+                  fixed_columns=("mean val loss", "sd", "mean val acc"))
     for c in cells:
-        interval = "-" if c.half is None else f"{c.mean - c.half:.4f} .. {c.mean + c.half:.4f}"
+        interval = loss_interval(c.mean, c.half, c.n)
         table.rows.append([c.optimizer, c.lr, *[c.others.get(n) for n in others], c.n,
                            c.pruned, c.mean, c.sd, interval, c.accuracy])
     return table
@@ -342,7 +363,8 @@ def _repeat_table(cells: list[RepeatCell], others: list[str]) -> Table:
 
 def learning_rate(view: StudyView) -> Section:
     s = Section("Learning rate")
-    table = Table(["optimizer", "complete trials", "best lr", "good lr range", "best val loss"])
+    table = Table(["optimizer", "complete trials", "best lr", "good lr range", "best val loss"],
+                  fixed_columns=("best val loss",))
     groups: dict[str, list[figures.Point]] = {}
     for t in view.completed:
         lr = view.param(t, "lr")
@@ -388,7 +410,9 @@ def regularization(view: StudyView) -> Section:
     tuned = [n for n in REGULARIZERS if n in view.tuned]
     table = Table(["regularizer", "complete trials", "best trial's value",
                    "rank corr. with val loss", "rank corr. with val accuracy",
-                   "rank corr. with generalization gap", "reading"])
+                   "rank corr. with generalization gap", "reading"],
+                  fixed_columns=("rank corr. with val loss", "rank corr. with val accuracy",
+                                 "rank corr. with generalization gap"))
     if not tuned:
         s.paragraphs.append("No regularization parameter was tuned in this study.")
         return s
@@ -408,21 +432,21 @@ def regularization(view: StudyView) -> Section:
                            corr_loss[0] if corr_loss else None, corr_acc,
                            corr_gap[0] if corr_gap else None,
                            reading(corr_loss, len(pts), corr_gap, len(set(xs)))])
+        # Not clipped at the axis: a trial at the end of the range (dropout 0) shows whole.
         fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
-                                 marker_color=figures.colour(0), showlegend=False),
-                      row=1, col=col)
+                                 marker_color=figures.colour(0), showlegend=False,
+                                 cliponaxis=False), row=1, col=col)
         fig.add_trace(go.Scatter(x=[p[0] for p in with_gap], y=[p[1] for p in with_gap],
-                                 mode="markers", marker_color="indianred", showlegend=False),
-                      row=2, col=col)
-        log_axis: dict = {"type": "log" if view.space[name].log else "linear"}
-        positive = [x for x in xs if x > 0]
-        if view.space[name].log and positive and max(positive) < 10 * min(positive):
-            # Under a decade, plotly labels every digit (1 to 9): in a narrow plot they
-            # overlap. Only 1, 2 and 5 of the decade.
-            log_axis["dtick"] = "D2"
-        fig.update_xaxes(title_text=name.replace("_", " "), row=1, col=col, **log_axis)
-        fig.update_xaxes(title_text=name.replace("_", " "), row=2, col=col, **log_axis)
+                                 mode="markers", marker_color="indianred", showlegend=False,
+                                 cliponaxis=False), row=2, col=col)
+        axis = {"type": "log" if view.space[name].log else "linear",
+                "range": _axis_range(view.space[name], xs)}
+        fig.update_xaxes(title_text=name.replace("_", " "), row=1, col=col, **axis)
+        fig.update_xaxes(title_text=name.replace("_", " "), row=2, col=col, **axis)
         fig.update_yaxes(type="log", row=1, col=col)
+        # Labels a little apart from the axis: a trial at 0 is drawn on it.
+        fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=1, col=col)
+        fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=2, col=col)
         fig.update_yaxes(title_text=figures.VAL_LOSS if col == 1 else "", row=1, col=col)
         fig.update_yaxes(title_text="generalization gap (val − train loss)" if col == 1 else "",
                          row=2, col=col)
@@ -447,6 +471,30 @@ def regularization(view: StudyView) -> Section:
             f"{without_gap} complete trials were recorded before the training loss was measured "
             "in eval mode: they have no generalization gap.")
     return s
+
+
+def _axis_range(param: Param, xs: list[float]) -> list[float] | None:
+    """A regularizer's x axis: the values the trials tried, with a margin of 5% of their spread,
+    but never past the ends of the search space (plotly's own range showed dropout from -0.5).
+    On a log axis in powers of ten, as plotly takes it."""
+    if param.kind == "categorical":
+        numbers = [float(c) for c in param.choices if isinstance(c, (int, float))]
+        if not numbers:
+            return None
+        ends = min(numbers), max(numbers)
+    elif param.kind in ("float", "int"):
+        ends = param.bounds()
+    else:
+        return None
+    scale = math.log10 if param.log else float
+    values = [scale(x) for x in xs if x > 0 or not param.log]
+    if not values or (param.log and ends[0] <= 0):
+        return None
+    low, high = min(values), max(values)
+    margin = 0.05 * (high - low) or (0.1 if param.log else 0.05 * (abs(high) or 1))
+    # A trial outside the space (changed since it ran) stays on the plot.
+    return [max(low - margin, min(scale(ends[0]), low)),
+            min(high + margin, max(scale(ends[1]), high))]
 
 
 def _data_rows(data: dict) -> list[list]:

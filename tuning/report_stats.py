@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.errors import counted
-from tuning.report_render import fmt
+from tuning.report_render import fixed, fmt
 from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
 from tuning.train import TrainConfig
@@ -216,6 +216,22 @@ def mean_and_ci(values: list[float]) -> tuple[float, float | None, float | None]
         return mean, None, None
     sd = statistics.stdev(values)
     return mean, sd, float(student_t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+
+
+MIN_FOR_INTERVAL = 3
+"""Values an interval of the mean is given from: from 2, Student's t (12.7 sd / sqrt 2) spans
+more than any loss in the study, and says nothing."""
+
+
+def loss_interval(mean: float, half: float | None, n: int) -> str:
+    """'0.2310 .. 0.4120': the 95% interval of a mean loss (mean_and_ci's `half`), cut at 0,
+    below which no loss lies; '-' for a single value, and no interval from fewer than
+    MIN_FOR_INTERVAL values."""
+    if half is None:
+        return "-"
+    if n < MIN_FOR_INTERVAL:
+        return f"too few for an interval: n={n}"
+    return f"{fixed(max(0.0, mean - half))} .. {fixed(mean + half)}"
 
 
 def reading(loss: tuple[float, float] | None, n: int,
