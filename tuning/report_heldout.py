@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     UsageError, never a stand-in. `way_round` ends both messages: the report's is to skip the
     test; None for a command that needs the data (tuning export).
     """
-    from tuning.sources import SOURCES, is_path
+    from tuning.sources import SOURCES
     from tuning.study import point_at_data, stored_data_config
 
     stored = study.user_attrs.get("data", {})
@@ -69,7 +70,7 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
         arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
                              settings.seed, config=stored_data_config(study), download=False)
     except UsageError as exc:
-        remedy = "give the images' place with --dataset" if is_path(settings.dataset) else ""
+        remedy = _where_the_data_were(settings.dataset, stored.get("source"), data_dir)
         if way_round:
             remedy = f"{remedy}, or {way_round}" if remedy else f"or {way_round}"
         raise UsageError(f"{exc}; {remedy}" if remedy else str(exc)) from None
@@ -77,6 +78,20 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     check_data_matches(study, arrays.fingerprint(),
                        remedy=f"{remedy}, or {way_round}" if way_round else remedy)
     return arrays.normalized_as(stored)
+
+
+def _where_the_data_were(dataset: str, source: str | None, data_dir: Path | None) -> str:
+    """How to give a study the data that were not found or not usable where looked for."""
+    from tuning.sources import is_path
+
+    if is_path(dataset):
+        there = Path(dataset).expanduser().exists()
+        return ("point --dataset at the images it was run on" if there
+                else "give the images' place with --dataset")
+    if source and Path(source).is_dir() and (data_dir is None
+                                              or Path(source) != data_dir.absolute()):
+        return f"it read them from {source}: give --data-dir {shlex.quote(source)}"
+    return ""
 
 
 def reported_trial(view: StudyView) -> FrozenTrial:
