@@ -131,6 +131,8 @@ def _recolour(fig) -> None:
 
     for trace in fig.data:
         if trace.mode == "lines" and trace.y:
+            if trace.y[0] is None:  # no loss to place (a trial pruned before it trained)
+                continue
             place = min(1.0, max(0.0, trace.y[0]))
             trace.line.color = sample_colorscale(PARALLEL_COLOURS, place)[0]
         elif trace.marker.colorscale is not None:  # the trace that carries the colour bar
