@@ -217,6 +217,27 @@ def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
         proc.wait(timeout=10)
 
 
+def test_dashboard_refuses_where_it_cannot_listen_before_it_starts(small_study, monkeypatch,
+                                                                      capsys):
+    from tuning.dashboard import main as dashboard
+
+    monkeypatch.chdir(small_study)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args, expected in ((["--port", port], "Address already in use"),
+                               (["--host", "", "--port", port], "--host is empty"),
+                               (["--host", "no.such.host.invalid"], "is not an address here")):
+            assert dashboard(["--study", "small", *args]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and expected in err, err
+            assert len(err.strip().splitlines()) == 1  # nothing said of a server starting
+    with pytest.raises(SystemExit) as refused:
+        dashboard(["--study", "small", "--port", "70000"])
+    assert refused.value.code == 2 and "at most 65,535" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_report_bad_input_exits_2(small_study, tmp_path, monkeypatch, capsys):
     """The report's main in this process, as tests/test_cli.py runs bad input (a second each,

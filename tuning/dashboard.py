@@ -5,6 +5,7 @@ Listens on 127.0.0.1 unless told otherwise: the dashboard can delete studies and
 
 from __future__ import annotations
 
+import socket
 import sys
 
 if __name__ == "__main__":
@@ -22,10 +23,10 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     fail,
-    positive_int,
+    positive_int_up_to,
     storage_url,
 )
-from tuning.errors import UsageError
+from tuning.errors import UsageError, shorten
 from tuning.storage import existing_artifact_store, mask_url, open_storage, sample_study_hint
 
 
@@ -36,8 +37,10 @@ def build_parser(prog: str = "python -m tuning.dashboard") -> OneLineParser:
                                   "with --storage, a study that must exist there")
     parser.add_argument("--artifacts", type=Path,
                         help="artifact directory (default: ./artifacts or $TUNING_ARTIFACTS)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=positive_int_up_to(65535), default=8080,
+                        help="port (default 8080)")
     add_verbosity_arguments(parser)
     return parser
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
             raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}"
                              + (f" (it has: {', '.join(sorted(names))})" if names else ""))
         store = existing_artifact_store(args.artifacts)
+        check_can_listen(args.host, args.port)
     except UsageError as exc:
         return fail(str(exc))
     from optuna_dashboard import run_server
@@ -67,8 +71,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
         run_server(storage, host=args.host, port=args.port, artifact_store=store)
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # taken between the check and the server's own bind
+        return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
     return 0
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """UsageError where the server could not listen on `host`:`port` (in use, no such address),
+    said before the dashboard announces itself; an empty host, which would listen on every
+    address of the machine, is refused: give 0.0.0.0 to mean that."""
+    if not host.strip():
+        raise UsageError("--host is empty; give an address (127.0.0.1 for this machine only, "
+                         "0.0.0.0 for every address: the dashboard can delete studies)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"--host {shorten(host, 60)!r} is not an address here: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {shorten(host, 60)}:{port}: {exc.strerror}"
+                             ) from None
 
