@@ -155,8 +155,8 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     # One joining a study that has its target says so, rather than nothing.
     idle = run_cli("--study", "mnist", module="tuning.worker", cwd=workdir)
     assert idle.returncode == 0, idle.stderr
-    assert "study 'mnist' already has its target of 1 finished trial: nothing to run" in \
-        idle.stderr
+    assert "study 'mnist' already has its target of 1 finished trial: nothing to run; raise " \
+        "it with tuning search --study mnist --trials N --create-only\n" in idle.stderr
 
 
 # --- 2. reasons; several workers: worker ids, one ordered count, messages once --------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuning import __version__, catalog
-from tuning.errors import EXIT_OK, EXIT_USAGE, UsageError, shorten
+from tuning.errors import EXIT_OK, EXIT_USAGE, UsageError, counted, shorten
 
 if TYPE_CHECKING:
     from tuning.cli import OneLineParser
@@ -75,8 +75,8 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     for entry in entries:
         try:
             settings = load_study_file(entry.path).settings
-            what = (f"{settings.dataset}, {settings.epochs} epochs, {settings.sampler} / "
-                    f"{settings.pruner}")
+            what = (f"{settings.dataset}, {counted(settings.epochs, 'epoch')}, "
+                    f"{settings.sampler} / {settings.pruner}")
         except UsageError as exc:
             what = f"invalid: {str(exc)[:120]}"
         rows.append((entry.name, entry.origin, what, str(entry.path)))
@@ -120,7 +120,7 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
                                                           heartbeat=False))
         except Exception:  # another program's database, or damaged: not a study to list
             continue
-        found.append((path.stem, f"{settings.dataset}, {settings.epochs} epochs, "
+        found.append((path.stem, f"{settings.dataset}, {counted(settings.epochs, 'epoch')}, "
                       f"{settings.sampler} / {settings.pruner}", path))
     return found
 

@@ -19,6 +19,7 @@ if __name__ == "__main__":
 
 import argparse
 import logging
+import shlex
 import time
 
 import optuna
@@ -51,7 +52,7 @@ from tuning.runner import (
     why_grid_ended_short,
 )
 from tuning.signals import GracefulStop, Interrupted
-from tuning.storage import mask_url, resolve_url
+from tuning.storage import default_storage, mask_url, resolve_url
 
 log = logging.getLogger("tuning")
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
                            progress, objective.stop, patience)
         if not args.launched:  # a launcher says it once for all its workers
-            say_why_nothing_more(study, target, patience, stats)
+            say_why_nothing_more(study, target, patience, stats, url)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
 
 
 def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
-                         stats: RunStats) -> None:
+                         stats: RunStats, url: str) -> None:
     """A line where this worker stopped for the study's sake: a grid run short of its target,
     out of --patience, or a target met before it ran anything (a worker that joins a finished
     study says so, not nothing)."""
@@ -180,6 +181,8 @@ def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
         if stalled is not None:
             log.info("stopped early: %s", stalled)
     elif not (stats.finished or stats.failed) and count_finished(study) >= target:
+        storage = "" if url == default_storage(study.study_name) else \
+            f" --storage {shlex.quote(mask_url(url))}"
         log.info("study %r already has its target of %s: nothing to run; raise it with "
-                 "tuning search --trials N --create-only", study.study_name,
-                 counted(target, "finished trial"))
+                 "tuning search --study %s --trials N --create-only%s", study.study_name,
+                 counted(target, "finished trial"), study.study_name, storage)
