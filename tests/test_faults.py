@@ -1259,3 +1259,24 @@ def test_a_worker_that_waited_for_the_database_in_vain_ends_with_status_4(monkey
         open_storage(url)
     assert worker(["--study", "s", "--storage", url]) == 4
     assert "could not be reached for 1 s" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("url", "refusal"), [
+    ("postgresql://postgres@127.0.0.1:5432/no_such_database", 'database "no_such_database"'),
+    ("postgresql://no_such_user@127.0.0.1:5432/test", 'role "no_such_user"')])
+def test_a_worker_given_a_database_or_user_the_server_refuses_stops_at_once(url, refusal,
+                                                                            monkeypatch, capsys):
+    # Not an outage: waiting TUNING_DB_RETRY_S would not help, and a scheduler should see the
+    # usage error (2), not "run it again" (4).
+    from tuning.outage import transient
+    from tuning.worker import main as worker
+
+    monkeypatch.setenv("TUNING_DB_RETRY_S", "60")
+    assert worker(["--study", "s", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open storage") and refusal in err, err
+    assert "retrying" not in err  # not waited out as an outage
+    restarting = sqlalchemy.exc.OperationalError("connect", {}, Exception(
+        "FATAL:  the database system is starting up"))
+    assert transient(restarting)  # a server restarting is waited for, as before

@@ -102,8 +102,26 @@ def no_space_left(directory: str) -> bool:
     return stats.f_bavail * stats.f_frsize < 64 * 1024
 
 
+# What a PostgreSQL server answers to a connection it will never accept: a database or a user
+# that does not exist, a wrong password, a host it does not let in. Waiting does not help (a
+# worker would wait out TUNING_DB_RETRY_S for nothing); the command's URL or password is wrong.
+# psycopg gives no SQLSTATE for a refused connection: the server's words are matched, in
+# English (a server in another language is waited for, as before).
+REFUSALS = (("FATAL:", "database \"", "does not exist"), ("FATAL:", "role \"", "does not exist"),
+            ("password authentication failed",), ("authentication failed for user",),
+            ("no pg_hba.conf entry",), ("no password supplied",))
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether the database server refused the connection for a reason waiting cannot fix."""
+    text = " ".join(str(link) for link in _chain(exc))
+    return any(all(words in text for words in refusal) for refusal in REFUSALS)
+
+
 def transient(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached right now (worth retrying)."""
+    if refused_for_good(exc):
+        return False
     for link in _chain(exc):
         if isinstance(link, sqlalchemy.exc.DBAPIError) and link.connection_invalidated:
             return True
