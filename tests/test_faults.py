@@ -1150,7 +1150,8 @@ def test_every_host_writes_heartbeats_in_one_time_zone(monkeypatch):
 
 @pytest.mark.postgres
 def test_two_processes_creating_the_tables_of_an_empty_database_at_once_both_open_it():
-    # PostgreSQL refuses the second of two concurrent CREATE TABLEs (optuna#1092).
+    # PostgreSQL refuses the second of two concurrent CREATE TABLEs (optuna#1092): searches
+    # creating their studies in a new database at once.
     name = f"race_{uuid.uuid4().hex[:8]}"
     admin = sqlalchemy.create_engine(POSTGRES_URL.replace("postgresql://",
                                                           "postgresql+psycopg://"),
@@ -1164,7 +1165,7 @@ def test_two_processes_creating_the_tables_of_an_empty_database_at_once_both_ope
     def open_it():
         start.wait()
         try:
-            results.append(open_storage(url, heartbeat=False))
+            results.append(open_storage(url, heartbeat=False, create=True))
         except Exception as exc:  # noqa: BLE001 - the failure is what the test reports
             results.append(exc)
 

@@ -91,3 +91,34 @@ def test_storage_errors_name_where_the_storage_came_from(tmp_path):
                                         module=module, cwd=tmp_path))
         assert given.endswith("no study database at 'x.db'; create the study with tuning search")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.postgres
+def test_readers_leave_an_empty_postgresql_database_empty(monkeypatch, tmp_path, capsys):
+    # Opened with Optuna, any database gets its tables: only a study's creation may make them.
+    import importlib
+    import uuid
+
+    import psycopg
+    from helpers import POSTGRES_URL
+
+    admin = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = admin.rsplit("/", 1)[0] + f"/{name}"
+    monkeypatch.chdir(tmp_path)
+    try:
+        for module in READERS + ["tuning.export"]:
+            extra = ["--port", "1"] if module == "tuning.dashboard" else []
+            code = importlib.import_module(module).main(["--study", "x", "--storage", url,
+                                                         *extra])
+            err = capsys.readouterr().err
+            assert code == 2 and err.startswith("error: no study in "), (module, err)
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT count(*) FROM information_schema.tables "
+                                  "WHERE table_schema = 'public'").fetchone()
+        assert tables == (0,)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

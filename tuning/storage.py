@@ -20,7 +20,9 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.pool
 from filelock import FileLock
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -315,10 +317,11 @@ def _open_sqlite(path: Path, create: bool,
 
 def open_storage(url: str, heartbeat: bool = True, create: bool = False,
                  wait: bool = False) -> optuna.storages.RDBStorage:
-    """Open the storage behind a URL checked by `resolve_url` (tables are created as needed).
+    """Open the storage behind a URL checked by `resolve_url`.
 
-    A SQLite file must exist unless `create`: only the command that creates a study makes
-    one, so a mistyped --study never leaves an empty database behind. `wait`: a database
+    A SQLite file must exist, and a server's database must hold Optuna's tables, unless
+    `create`: only the command that creates a study makes them, so a mistyped --study or
+    --storage never leaves an empty database or tables behind. `wait`: a database
     server that cannot be reached is waited for, up to TUNING_DB_RETRY_S, as any later call
     waits out an outage (a worker started by a scheduler while the server restarts); without
     it, a command says so at once (a mistyped host should not take minutes to report).
@@ -346,6 +349,8 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
         }
 
     def open_rdb() -> optuna.storages.RDBStorage:
+        if path is None and not create:
+            _check_holds_studies(resolved, url)  # Optuna would make its tables in any database
         return ResilientStorage(resolved, patience=patience, engine_kwargs=engine_kwargs,
                                 **heartbeat_kwargs)
 
@@ -361,6 +366,22 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
             raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+
+
+def _check_holds_studies(resolved: str, url: str) -> None:
+    """UsageError where the database server's database holds no Optuna tables: a command that
+    only reads (a report, a dashboard, a worker of a study not created yet) must not create
+    them, as opening it with Optuna would."""
+    engine = create_engine(resolved, poolclass=sqlalchemy.pool.NullPool,
+                           connect_args=POSTGRES_CONNECT_ARGS)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    if "studies" not in tables:
+        raise UsageError(f"no study in {mask_url(url)}: it holds no Optuna tables; create the "
+                         "study there with tuning search --create-only --storage URL")
 
 
 def _open_server(open_rdb: Callable[[], optuna.storages.RDBStorage],
