@@ -8,6 +8,7 @@ import collections
 import io
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,30 @@ def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
     waiting = sum(t.state == TrialState.WAITING for t in study.trials)
     assert "the run's --budget ran out after epoch 1" in err if trials else \
         f": {waiting} waiting\n" in out
+    assert re.search(r"stopped at the --budget 1 s: [01] of the target 20 finished; the same "
+                     "command goes on", out), out
+
+
+def test_a_budget_counts_from_the_commands_start_before_torch_loads(workdir, monkeypatch,
+                                                                    capsys):
+    # Importing torch and reading the data take seconds of the user's budget too.
+    from tuning import command
+
+    def body() -> int:
+        time.sleep(0.2)
+        seen.append((command.run_started(), time.monotonic()))
+        return 0
+
+    seen: list[tuple[float, float]] = []
+    assert command._guarded("tuning x", body) == 0
+    started, now = seen[0]
+    assert now - started >= 0.2 and command._started is None  # outside a command: now
+    monkeypatch.setattr(command, "_started", time.monotonic() - 10)  # began 10 s ago
+    monkeypatch.chdir(workdir)
+    assert main(["--trials", "4", "--dataset", "mnist-sample", "--budget", "5s"]) == 0
+    assert "stopped at the --budget 5 s: 0 of the target 4 finished" in capsys.readouterr().out
+    trials = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").trials
+    assert all(t.state == TrialState.WAITING for t in trials)  # none started
 
 
 def _run(study: optuna.Study, losses: list[float]) -> TrialState:

@@ -20,6 +20,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,8 +154,28 @@ def _dispatch(argv: list[str]) -> int:
     return importlib.import_module(module).main(args.args, prog=f"tuning {args.subcommand}")
 
 
+_started: float | None = None
+
+
+def run_started() -> float:
+    """When this command began (time.monotonic()), before the imports that load torch for
+    seconds: a --budget counts from there, as the user's watch does. Outside a command (a
+    test, a library call): now."""
+    return _started if _started is not None else time.monotonic()
+
+
 def _guarded(prog: str, command: Callable[[], int]) -> int:
     """`command()`, with the ends every command shares."""
+    global _started
+    _started = time.monotonic()
+    try:
+        return _ended(prog, command)
+    finally:
+        _started = None
+
+
+def _ended(prog: str, command: Callable[[], int]) -> int:
+    """`command()`, its common failures each one line and an exit status."""
     try:
         return command()
     except BrokenPipeError:

@@ -25,7 +25,6 @@ import re
 import shlex
 import signal
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO, cast
@@ -56,6 +55,7 @@ from tuning.cli import (
     storage_url,
     study_name,
 )
+from tuning.command import run_started
 from tuning.data import Arrays, check_data_dir, device_data_limit, load_arrays
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted, shorten
@@ -403,8 +403,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
-    # The budget counts from here: loading the data is part of the run.
-    deadline = None if args.budget is None else time.monotonic() + args.budget
+    # The budget counts from the command's start: importing torch and loading the data are
+    # part of the run.
+    deadline = None if args.budget is None else run_started() + args.budget
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
@@ -508,12 +509,18 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return _stopped(study, plan, args, prog, progress, stopped.exit_status,
                         "the running trial was")
     trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in FINISHED for t in trials)
     stalled = out_of_patience(trials, args.patience)
-    if stalled is not None and sum(t.state in FINISHED for t in trials) < args.trials:
-        print(f"stopped early: {stalled}")
     short = why_grid_ended_short(study, trials, args.trials)
-    if short is not None:
+    if stalled is not None and finished < args.trials:
+        print(f"stopped early: {stalled}")
+    elif short is not None:
         print(short)
+    elif finished < args.trials and (args.budget is not None or args.timeout is not None):
+        limit = (f"--budget {args.budget:g} s" if args.budget is not None
+                 else f"--timeout {args.timeout:g} s")
+        print(f"stopped at the {limit}: {finished} of the target {args.trials} finished; "
+              "the same command goes on")
     summarize(study, plan)
     warning = over_limits_warning(trials)
     if warning is not None:

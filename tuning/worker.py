@@ -20,7 +20,6 @@ if __name__ == "__main__":
 import argparse
 import logging
 import shlex
-import time
 
 import optuna
 
@@ -40,6 +39,7 @@ from tuning.cli import (
     run_timeout,
     storage_url,
 )
+from tuning.command import run_started
 from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
 from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of, transient
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose, label=worker_id())
     url = storage_url(args.storage, args.study)
-    deadline = None if args.budget is None else time.monotonic() + args.budget
+    deadline = None if args.budget is None else run_started() + args.budget
     try:
         resolve_url(url)
         study, objective, target = prepare(args, url)
