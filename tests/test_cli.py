@@ -46,6 +46,41 @@ def test_search_runs_and_a_rerun_continues_to_the_new_target(workdir, cheap_spac
     assert [t.number for t in study.trials[4:]] == [4, 5]
 
 
+def test_a_resumed_study_keeps_its_sampler_and_pruner_and_refuses_others(workdir,
+                                                                       monkeypatch, capsys):
+    # Its workers follow the stored ones: a run in this process must too, or the same command
+    # would search differently by its number of workers.
+    monkeypatch.chdir(workdir)
+    assert main(["--create-only", "--trials", "2", "--pruner", "none", "--sampler", "random",
+                 *FAST]) == 0
+    capsys.readouterr()
+    assert main(["--create-only", "--trials", "2", "--pruner", "median", *FAST]) == 2
+    assert ("study 'mnist' runs pruner none, not --pruner median: its workers follow what it "
+            "was created with; use another --study name") in capsys.readouterr().err
+    assert main(["--create-only", "--trials", "3", *FAST]) == 0  # the study file's are others
+    assert "sampler random, pruner none" in capsys.readouterr().err
+    settings = load(workdir).user_attrs["settings"]
+    assert (settings["sampler"], settings["pruner"]) == ("random", "none")
+
+
+def test_create_only_again_changes_what_it_is_given_and_keeps_the_rest(workdir, monkeypatch,
+                                                                        capsys):
+    # Workers elsewhere follow the stored target and patience: a --create-only that sets one
+    # must not reset the other to its default.
+    monkeypatch.chdir(workdir)
+
+    def stored():
+        attrs = load(workdir).user_attrs
+        return attrs["target_trials"], attrs["patience"]
+
+    assert main(["--create-only", "--trials", "5", "--patience", "2", *FAST]) == 0
+    assert main(["--create-only", "--patience", "3", *FAST]) == 0
+    assert stored() == (5, 3)
+    assert main(["--create-only", "--trials", "9", *FAST]) == 0
+    assert stored() == (9, 3)
+    assert "(target 9, patience 3)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_seed_study_runs_the_tutorial_configuration(workdir):
     # One epoch of the tutorial's 32-channel network is enough to show that it learns.

@@ -38,6 +38,7 @@ from tuning.cli import (
     FINISHED,
     MAX_TRIALS,
     MAX_WORKERS,
+    PATIENCE_ATTR,
     STUDY_NAME,
     TARGET_ATTR,
     OneLineParser,
@@ -111,14 +112,24 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
+class _Given(argparse.Action):
+    """Stores the value, and that it was given (`<dest>_given`): a default is not a choice."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
         description="Create or resume a study and run it until it has --trials finished trials.",
     )
     parser.add_argument("--trials", type=positive_int_up_to(MAX_TRIALS), default=100,
+                        action=_Given,
                         help="target number of finished (complete or pruned) trials in the "
-                             "study; a rerun continues to this number (default 100)")
+                             "study; a rerun continues to this number (default 100; with "
+                             "--create-only, an existing study's own)")
     parser.add_argument("--patience", metavar="N", type=positive_int,
                         help="stop before the target once N trials have finished after the "
                              "best one without beating it (default: run to the target)")
@@ -216,7 +227,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             args.trials = size
     check_data_dir(args.data_dir)
     return Plan(study=name, storage=_storage(args, name), study_file=study_file,
-                settings=settings)
+                settings=settings, strategy_given=frozenset(
+                    key for key in ("sampler", "pruner") if getattr(args, key) is not None))
 
 
 def _stored_study_file(args: argparse.Namespace, name: str) -> StudyFile | None:
@@ -439,8 +451,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     warm_start = _warm_start_configurations(args, plan)
     if plan.storage == default_storage(plan.study):
         Path("studies").mkdir(exist_ok=True)
-    study = open_study(plan, arrays.fingerprint(), args.trials, args.patience,
-                       set_target=args.create_only)
+    # --create-only sets what it is given for the workers elsewhere, and keeps the rest.
+    keep_target = args.create_only and not getattr(args, "trials_given", False)
+    study, plan = open_study(plan, arrays.fingerprint(), args.trials, args.patience,
+                             set_target=args.create_only, keep_unset=keep_target)
+    if keep_target:
+        args.trials = study.user_attrs[TARGET_ATTR]
     if warm_start:
         added = enqueue(study, warm_start)
         log.info("warm start: %d of the %d best configurations of study %r enqueued (the "
@@ -461,7 +477,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
              plan.settings.sampler, plan.settings.pruner, counted(plan.settings.epochs, "epoch"),
              f" in each of {plan.settings.cv_folds} folds" if plan.settings.cv_folds > 1 else "")
     if args.create_only:
-        patience = "" if args.patience is None else f", patience {args.patience}"
+        stored_patience = study.user_attrs.get(PATIENCE_ATTR)  # kept where not given
+        patience = "" if stored_patience is None else f", patience {stored_patience}"
         met = (f": already met by its {finished} finished trials, so workers stop after the "
                "trials they run" if finished >= args.trials else "")
         print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}"

@@ -51,13 +51,20 @@ class Plan:
     """The parsed study file."""
     settings: StudySettings
     """The study file's settings with the CLI's overrides."""
+    strategy_given: frozenset[str] = frozenset()
+    """The strategy settings the command line gave (`sampler`, `pruner`): a resumed study
+    keeps its own others (`with_stored_strategy`)."""
 
 
 def open_study(plan: Plan, data_fingerprint: dict, target: int,
-               patience: int | None = None, set_target: bool = False) -> optuna.Study:
-    """Create the study, recording what it is made from, or load it and check it matches.
-    `set_target`: store `target` even at or below the trials finished (--create-only, which
-    sets the target of workers started elsewhere: they stop after their running trials).
+               patience: int | None = None, set_target: bool = False,
+               keep_unset: bool = False) -> tuple[optuna.Study, Plan]:
+    """Create the study, recording what it is made from, or load it and check it matches;
+    with the plan it runs (a resumed study's own sampler and pruner). `set_target`: store
+    `target` even at or below the trials finished, and `patience` only where given
+    (--create-only, which sets them for workers started elsewhere: they stop after their
+    running trials); `keep_unset`: the target was not given either, an existing study keeps
+    its own.
 
     This is the one place a study is created; workers only load it (`load_existing`).
     """
@@ -66,6 +73,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
         study = optuna.load_study(storage=storage, study_name=plan.study)
         check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
         check_definition_matches(study, plan)
+        plan = with_stored_strategy(study, plan)
     else:
         study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
                                     load_if_exists=True)
@@ -92,11 +100,33 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
         study.set_user_attr("versions", environment())
     # A target at or below what is done runs nothing (tuning.search says so): leave the stored
     # one to the workers that may still be running towards it.
-    if set_target or target > count_finished(study) or TARGET_ATTR not in study.user_attrs:
+    if TARGET_ATTR not in study.user_attrs or (not keep_unset and (
+            set_target or target > count_finished(study))):
         study.set_user_attr(TARGET_ATTR, target)
-    study.set_user_attr(PATIENCE_ATTR, patience)  # this run's, for the workers it starts
+    if patience is not None or not set_target:
+        study.set_user_attr(PATIENCE_ATTR, patience)  # this run's, for the workers it starts
     use_strategy(study, plan.settings, plan.study_file.space)
-    return study
+    return study, plan
+
+
+def with_stored_strategy(study: optuna.Study, plan: Plan) -> Plan:
+    """The plan with the sampler and pruner the study was created with, which its workers
+    use (they read the stored settings), where the command line gave none; UsageError where
+    it gave others. A study file's own may have changed since (a newer default)."""
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        return plan
+    kept = {}
+    for key in ("sampler", "pruner"):
+        if stored.get(key) in (None, getattr(plan.settings, key)):
+            continue
+        if key in plan.strategy_given:
+            raise UsageError(f"study {plan.study!r} runs {key} {stored[key]}, not --{key} "
+                             f"{getattr(plan.settings, key)}: its workers follow what it was "
+                             "created with; use another --study name")
+        kept[key] = stored[key]
+    return dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, **kept)) \
+        if kept else plan
 
 
 def point_at_data(study: optuna.Study) -> str:
