@@ -148,7 +148,8 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     assert created.returncode == 0, created.stderr
     worked = run_cli("--study", "mnist", module="tuning.worker", cwd=workdir)
     assert worked.returncode == 0, worked.stderr
-    name = re.search(r"\[([^\]]+:\d+)\] worker 0 joined", worked.stderr).group(1)
+    # Started by hand, unnumbered: its host:pid names it.
+    name = re.search(r"\[([^\]]+:\d+)\] worker joined", worked.stderr).group(1)
     assert re.search(rf"^ +{name} trial    0 epoch 1/1 val_loss \d\.\d+  ETA ", worked.stderr,
                      re.MULTILINE), worked.stderr
     assert re.search(rf"^\[   1/1\] {name} trial    0 COMPLETE ", worked.stderr, re.MULTILINE)
@@ -157,6 +158,9 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     assert idle.returncode == 0, idle.stderr
     assert "study 'mnist' already has its target of 1 finished trial: nothing to run; raise " \
         "it with tuning search --study mnist --trials N --create-only\n" in idle.stderr
+    negative = run_cli("--study", "mnist", "--worker-index", "-1", module="tuning.worker",
+                       cwd=workdir)
+    assert negative.returncode == 2 and "expected a whole number from 0" in negative.stderr
 
 
 # --- 2. reasons; several workers: worker ids, one ordered count, messages once --------------

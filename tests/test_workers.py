@@ -194,6 +194,17 @@ def test_postgres_url_is_mapped_to_the_installed_driver_and_masked():
         del os.environ["PGPASSWORD"]
 
 
+
+def test_a_password_file_keeps_the_spaces_of_its_password(tmp_path, monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    secret = tmp_path / "pgpassword"
+    secret.write_text(" pass word \n")  # as `echo` writes it: the line end is not the password
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSWORD_FILE", str(secret))
+    assert make_url(resolve_url("postgresql://u@h:5432/db")).password == " pass word "
+
+
 @pytest.mark.parametrize("backend", ["sqlite",
                                      pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_storage_roundtrip_on_every_backend(backend, tmp_path):
@@ -330,6 +341,12 @@ def test_compose_file_structure():
     text = (ROOT / "docker-compose.yml").read_text()
     assert "password:" not in text.lower().replace("pgpassword:", "")
     assert (ROOT / "Dockerfile").is_file()
+    # The build context holds what the Dockerfile copies and nothing else (no .pgpassword).
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    copied = {source for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY") for source in line.split()[1:-1]}
+    assert set(ignored[ignored.index("*") + 1:]) == {f"!{path}" for path in copied} | {
+        "**/__pycache__"}
 
 
 def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():

@@ -45,6 +45,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number from 0 (an index)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0, got {text[:40]!r}")
+    return value
+
+
 def positive_int_up_to(high: int) -> Callable[[str], int]:
     """positive_int, refused above `high`: a number no run could mean (100,000 worker
     processes, which would be started one after another for minutes)."""

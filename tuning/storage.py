@@ -142,7 +142,8 @@ def _password_from_env(url: URL) -> URL:
     path = setting("PGPASSWORD_FILE")
     if path:
         try:
-            return url.set(password=Path(path).read_text().strip())
+            # Only the line end a text file has: spaces may be part of a password.
+            return url.set(password=Path(path).read_text().rstrip("\r\n"))
         except OSError as exc:
             raise UsageError(f"PGPASSWORD_FILE {path!r} cannot be read: {exc.strerror}") from None
     return url

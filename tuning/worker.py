@@ -35,6 +35,7 @@ from tuning.cli import (
     count_finished,
     database_lost,
     fail,
+    non_negative_int,
     positive_int,
     run_timeout,
     storage_url,
@@ -68,7 +69,7 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
                              "when not where the study recorded it")
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: all cores)")
-    parser.add_argument("--worker-index", type=int, default=0,
+    parser.add_argument("--worker-index", type=non_negative_int,
                         help="a label for this worker in log lines (the launcher numbers its "
                              "workers; seeds differ per trial without it)")
     parser.add_argument("--no-progress", action="store_true",
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         study, objective, target = prepare(args, url)
         objective.deadline = deadline
         patience = study.user_attrs.get(PATIENCE_ATTR)
-        log.info("worker %d joined study %r in %s (target %d%s)", args.worker_index, args.study,
+        numbered = "" if args.worker_index is None else f" {args.worker_index}"
+        log.info("worker%s joined study %r in %s (target %d%s)", numbered, args.study,
                  mask_url(url), target, "" if patience is None else f", patience {patience}")
         lock = StudyLock(url, args.study, outages_of(study._storage))
         if not (args.quiet or args.no_progress or args.launched):
