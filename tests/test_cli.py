@@ -205,10 +205,16 @@ def test_timeout_stops_starting_trials(workdir, cheap_space):
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
 
-def test_workers_per_gpu_without_a_gpu_says_it_does_not_apply(workdir, monkeypatch, capsys):
+def test_workers_per_gpu_without_a_gpu_says_it_does_not_apply(workdir, cheap_space,
+                                                                 monkeypatch, capsys):
+    cheap_space(workdir)
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever the machine has
-    assert main(["--workers-per-gpu", "3", "--create-only", "--trials", "1", *FAST]) == 0
+    assert main(["--workers-per-gpu", "3", "--trials", "1", *FAST]) == 0
     err = capsys.readouterr().err
     assert "--workers-per-gpu 3 does not apply: no GPU is visible, so 1 worker runs on the " \
            "CPU" in err
+    # With --create-only no worker runs here at all: such flags are refused.
+    assert main(["--workers-per-gpu", "3", "--budget", "1m", "--create-only", *FAST]) == 2
+    assert ("--workers-per-gpu and --budget with --create-only: no trial runs here, so they do "
+            "nothing; leave them out") in capsys.readouterr().err

@@ -414,10 +414,26 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
         return database_lost(args.storage or setting("TUNING_STORAGE"), exc)
 
 
+def _refuse_idle_flags(args: argparse.Namespace) -> None:
+    """UsageError for flags that would do nothing: with --create-only no trial runs here."""
+    if not args.create_only:
+        return
+    idle = [flag for flag, value in (("--workers", args.workers),
+                                     ("--workers-per-gpu", args.workers_per_gpu),
+                                     ("--timeout", args.timeout), ("--budget", args.budget))
+            if value is not None]
+    if idle:
+        raise UsageError(f"{' and '.join(idle)} with --create-only: no trial runs here, so "
+                         f"{'it does' if len(idle) == 1 else 'they do'} nothing; leave "
+                         f"{'it' if len(idle) == 1 else 'them'} out (tuning worker takes "
+                         "--timeout and --budget)")
+
+
 def _run(args: argparse.Namespace, prog: str) -> int:
     # The budget counts from the command's start: importing torch and loading the data are
     # part of the run.
     deadline = None if args.budget is None else run_started() + args.budget
+    _refuse_idle_flags(args)
     runtime = resolve_device(args.device, args.compile)
     gpus = visible_gpus(args.device, torch.cuda.device_count() if torch.cuda.is_available()
                         else 0)
