@@ -150,6 +150,24 @@ def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, cheap_space, 
         {f"stopped by {signal.Signals(sig).name}"}
 
 
+@pytest.mark.slow
+def test_a_worker_started_by_hand_says_why_it_stopped(workdir, cheap_space):
+    cheap_space(workdir)
+    created = run_cli("--create-only", "--trials", "4", "--dataset", "mnist-sample", "--epochs",
+                      "20", "--pruner", "none", cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    worker = subprocess.Popen([sys.executable, "-m", "tuning.worker", "--study", "mnist"],
+                              cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    wait_for_running_trials(url, "mnist", worker)
+    worker.send_signal(signal.SIGTERM)  # a scheduler ending the job
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 143 and "Traceback" not in err, err
+    assert "stopped by SIGTERM: a trial it was running is marked failed and queued to run " \
+        "again first" in err
+
+
 # --- PostgreSQL: the real server ------------------------------------------------------------
 
 @pytest.fixture

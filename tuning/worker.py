@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:
+        if not args.launched:  # a launcher says it once for all its workers
+            log.warning("stopped by %s: a trial it was running is marked failed and queued "
+                        "to run again first", stopped)
         return stopped.exit_status
     except Exception as exc:
         if not transient(exc):
