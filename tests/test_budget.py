@@ -39,7 +39,8 @@ def test_durations(text, seconds):
     assert duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "0s", "5 minutes", "-5m", "m", "1d", "5m1h"])
+@pytest.mark.parametrize("text", ["", "0", "0s", "5 minutes", "-5m", "m", "1d", "5m1h", "inf",
+                                  "1e309", "nan"])
 def test_bad_durations(text):
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)

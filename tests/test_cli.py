@@ -132,6 +132,7 @@ BAD_INPUTS = {
                                      "at most 10,000,000"),
     "a hundred thousand workers": (["--workers", "100000"], "--workers: expected at most 1,024"),
     "too many workers per gpu": (["--workers-per-gpu", "2000"], "--workers-per-gpu"),
+    "an endless timeout": (["--timeout", "inf"], "--timeout: expected a duration"),
     "zero epochs": (["--epochs", "0"], "--epochs"),
     "unknown dataset": (["--dataset", "cifar"], "unknown dataset 'cifar'"),
     "unknown sampler": (["--sampler", "bayes"], "'bayes'"),

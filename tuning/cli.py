@@ -99,16 +99,6 @@ def run_timeout(timeout: float | None, deadline: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 # A study name becomes a file name (studies/NAME.db) and part of URLs and lock keys: no path
 # separators, no URL syntax, nothing that could reach outside studies/.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -160,9 +150,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory with the data set's IDX or CIFAR files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_compile_argument(parser)
-    parser.add_argument("--timeout", type=positive_float,
-                        help="stop starting trials after this many seconds (running ones "
-                             "finish)")
+    parser.add_argument("--timeout", type=duration, metavar="DURATION",
+                        help="stop starting trials after this long (300, 90s, 5m, 1h30m; "
+                             "running ones finish)")
     parser.add_argument("--budget", type=duration, metavar="DURATION",
                         help="end the run within this wall time (300, 90s, 5m, 1h30m): no "
                              "trial starts after it, and a running trial stops at its first "
