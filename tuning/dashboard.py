@@ -5,6 +5,7 @@ Listens on 127.0.0.1 unless told otherwise: the dashboard can delete studies and
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
@@ -67,12 +68,26 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
 
     print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",
           file=sys.stderr, flush=True)
+    # The server (bottle) ends quietly on a Ctrl-C: noted here, so that the command still
+    # exits as a stopped one does (130), not as if it had ended by itself.
+    interrupted: list[int] = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         run_server(storage, host=args.host, port=args.port, artifact_store=store)
     except KeyboardInterrupt:
-        return 130
+        interrupted.append(signal.SIGINT)
     except OSError as exc:  # taken between the check and the server's own bind
         return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 
