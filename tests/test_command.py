@@ -241,6 +241,15 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert stored[0][-1] == "studies/mnist-sample.db"
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == before
     assert (tmp_path / "studies" / "foreign.db").read_bytes() == foreign  # left as it was
+    # A storage elsewhere (a PostgreSQL URL on a cluster): every study there, with its target.
+    elsewhere = f"sqlite:///{tmp_path}/studies/mnist-sample.db"
+    there = tuning("studies", "--storage", elsewhere, cwd=tmp_path / "studies")
+    assert there.returncode == 0, there.stderr
+    (row,) = [line for line in there.stdout.splitlines() if line.endswith(elsewhere)]
+    assert row.startswith("mnist-sample ") and "0 of target 100 finished" in row
+    refused = tuning("studies", "--storage", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: no study database")
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_ctrl_c_while_a_subcommand_imports_is_one_line_and_130(monkeypatch, capsys):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from tuning import __version__, catalog
 from tuning.errors import EXIT_OK, EXIT_USAGE, UsageError, counted, shorten
+from tuning.settings import setting
 
 if TYPE_CHECKING:
     from tuning.cli import OneLineParser
@@ -65,10 +66,14 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
 
     parser = OneLineParser(prog=prog, description="List the study files --study can name: the "
                            "built-in ones, and those in ./studies that override them; then the "
-                           "studies in ./studies without a file, stored with their definition.")
-    _, extra = parser.parse_known_args(argv)  # only --help: nothing else to parse
+                           "studies in ./studies without a file, stored with their definition; "
+                           "then those in --storage.")
+    parser.add_argument("--storage", help="also list every study in this storage (a "
+                                          "PostgreSQL URL, or sqlite:///path.db; default "
+                                          "$TUNING_STORAGE), with its target")
+    args, extra = parser.parse_known_args(argv)
     if extra:
-        return fail(f"{prog} takes no arguments, got {' '.join(extra)[:60]!r}")
+        return fail(f"{prog} takes only --storage, got {' '.join(extra)[:60]!r}")
     from tuning.study_file import load_study_file  # noqa: PLC0415 - imports torch: only when needed
 
     entries = catalog.available()
@@ -83,6 +88,12 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         rows.append((entry.name, entry.origin, what, str(entry.path)))
     rows += [(name, "stored", what, str(path))
              for name, what, path in _stored_studies({entry.name for entry in entries})]
+    url = args.storage or setting("TUNING_STORAGE")
+    if url:
+        try:
+            rows += _studies_in(url)
+        except UsageError as exc:
+            return fail(str(exc))
     # Columns as wide as their longest entry (an image folder's path can be long).
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for row in rows:
@@ -124,6 +135,29 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
         found.append((path.stem, f"{settings.dataset}, {counted(settings.epochs, 'epoch')}, "
                       f"{settings.sampler} / {settings.pruner}", path))
     return found
+
+
+def _studies_in(url: str) -> list[tuple[str, str, str, str]]:
+    """A row for every study in the storage at `url` (which must hold Optuna's tables: a
+    listing creates nothing), tuning's own with their settings and target."""
+    import optuna  # noqa: PLC0415 - as above
+
+    from tuning.cli import FINISHED  # noqa: PLC0415
+    from tuning.storage import mask_url, open_storage  # noqa: PLC0415
+
+    storage = open_storage(url, heartbeat=False)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage):
+        attrs = summary.user_attrs
+        settings = attrs.get("settings")
+        finished = len(optuna.load_study(study_name=summary.study_name, storage=storage)
+                       .get_trials(deepcopy=False, states=FINISHED))
+        what = (f"{settings['dataset']}, {counted(settings['epochs'], 'epoch')}, "
+                f"{settings['sampler']} / {settings['pruner']}, {finished} of target "
+                f"{attrs.get('target_trials')} finished" if settings
+                else "not made by tuning search")
+        rows.append((summary.study_name, "stored", what, mask_url(url)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
