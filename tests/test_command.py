@@ -78,7 +78,7 @@ def test_python_m_tuning_studies_is_tuning_studies(tmp_path):
     assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m tuning.studies")
     refused = python_m("tuning.studies", "extra", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
-    assert "takes no arguments" in refused.stderr
+    assert "takes only --storage" in refused.stderr
 
 
 @pytest.mark.slow
