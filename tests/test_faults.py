@@ -208,6 +208,38 @@ def test_a_worker_killed_between_failing_a_trial_and_queuing_its_retry_loses_not
     assert retries[0].params == cut.params
 
 
+def test_a_worker_waiting_for_a_paused_holder_of_the_sqlite_lock_says_so_and_can_stop(
+        tmp_path, monkeypatch, caplog):
+    from filelock import FileLock
+
+    from tuning.signals import GracefulStop
+
+    monkeypatch.setenv("TUNING_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("TUNING_GRACE_PERIOD", "2")
+    url, _ = _sqlite_study(tmp_path)
+    # Another worker's, stopped while it held it (released from a timer's thread).
+    paused = FileLock(f"{tmp_path}/s.db.lock", thread_local=False)
+    paused.acquire()
+    lock = StudyLock(url, "s")
+    threading.Timer(3, paused.release).start()
+    with caplog.at_level(logging.WARNING, logger="tuning"), lock.hold():
+        assert lock.still_held()
+    assert "held by another worker for over 2 s: a worker paused while taking a trial" in \
+        caplog.text
+    # A Ctrl-C ends the wait, however long the holder stays paused.
+    paused.acquire()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        GracefulStop().install()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(Interrupted), lock.hold():
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        paused.release()
+
+
 def test_a_worker_that_lost_the_study_lock_queues_no_retry(tmp_path):
     # Stalled past the server's idle limit, a worker's lock session ends and another worker
     # may take the lock and queue the retry; the first, resumed with the trials it read

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import optuna
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 from sqlalchemy import Connection, create_engine, text
 
@@ -29,7 +29,7 @@ from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR
 from tuning.errors import counted, shorten
 from tuning.objective import TrialFailed, over_limits, stopped_by_budget
 from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
-from tuning.signals import GracefulStop, Interrupted, NoStop
+from tuning.signals import GracefulStop, Interrupted, NoStop, raise_if_stop_requested
 from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
     fail_for_retry,
@@ -48,6 +48,8 @@ log = logging.getLogger("tuning")
 # A worker whose trials all fail (a bug, a broken GPU) stops instead of spinning forever.
 MAX_CONSECUTIVE_FAILURES = 5
 WAIT_POLL_S = 1.0
+LOCK_POLL_S = 0.5
+"""How often a worker waiting for the SQLite study lock checks for a stop."""
 
 
 class StudyLock:
@@ -76,11 +78,34 @@ class StudyLock:
             raise
         return conn
 
+    def _acquire_file_lock(self) -> None:
+        """Take the file lock, however long another worker holds it, a stop (Ctrl-C, SIGTERM)
+        ending the wait. One paused (SIGSTOP, Ctrl-Z) while it takes a trial keeps the lock,
+        and every other worker waits until it resumes: said once the wait passes the grace
+        period, which no worker's turn at the lock comes near."""
+        assert self._file_lock is not None  # only with a SQLite database
+        started, warned = time.monotonic(), False
+        while True:
+            try:
+                self._file_lock.acquire(timeout=LOCK_POLL_S)
+                return
+            except Timeout:
+                raise_if_stop_requested()
+            if not warned and time.monotonic() - started > grace_period():
+                warned = True
+                log.warning("waiting for the study lock %s, held by another worker for over "
+                            "%g s: a worker paused while taking a trial (SIGSTOP, Ctrl-Z) "
+                            "keeps the others waiting until it resumes",
+                            self._file_lock.lock_file, grace_period())
+
     @contextlib.contextmanager
     def hold(self):
         if self._file_lock is not None:
-            with self._file_lock:
+            self._acquire_file_lock()
+            try:
                 yield
+            finally:
+                self._file_lock.release()
             return
         conn = call_with_retry(self._outages, retry_seconds(), self._acquire)
         self._held = conn
