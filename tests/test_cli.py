@@ -57,6 +57,9 @@ def test_a_resumed_study_keeps_its_sampler_and_pruner_and_refuses_others(workdir
     assert main(["--create-only", "--trials", "2", "--pruner", "median", *FAST]) == 2
     assert ("study 'mnist' runs pruner none, not --pruner median: its workers follow what it "
             "was created with; use another --study name") in capsys.readouterr().err
+    assert main(["--create-only", "--trials", "3", "--dataset", "mnist-sample"]) == 2
+    assert ("study 'mnist' runs 2 epochs per trial, not 8: give --epochs 2 to go on with it, or "
+            "another --study name for a new one") in capsys.readouterr().err
     assert main(["--create-only", "--trials", "3", *FAST]) == 0  # the study file's are others
     assert "sampler random, pruner none" in capsys.readouterr().err
     settings = load(workdir).user_attrs["settings"]

@@ -195,7 +195,8 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
                              "use another --study name")
     if "epochs" in attrs and attrs["epochs"] != plan.settings.epochs:
         raise UsageError(f"study {plan.study!r} runs {counted(attrs['epochs'], 'epoch')} per "
-                         f"trial, not --epochs {plan.settings.epochs}; use another --study name")
+                         f"trial, not {plan.settings.epochs}: give --epochs {attrs['epochs']} to "
+                         "go on with it, or another --study name for a new one")
 
 
 def environment() -> dict:
