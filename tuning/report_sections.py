@@ -258,7 +258,7 @@ def optimizers(view: StudyView) -> Section:
             "pruned trials, not the configurations queued to run first). An adaptive "
             "sampler spends its budget where it already found good results, so the favoured "
             "optimizer's best value benefits from more tries. For an equal budget with the same "
-            "seeds, run studies/compare-optimizers.toml.")
+            "seeds, run the built-in grid: tuning search --study compare-optimizers.")
     if len(groups) == 1 and "optimizer" in view.tuned:
         s.paragraphs.append("Only one optimizer completed a trial.")
     if "optimizer" not in view.tuned:

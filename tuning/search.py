@@ -289,9 +289,10 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         args.trials = study.user_attrs[TARGET_ATTR]
     if warm_start:
         added = enqueue(study, warm_start)
-        log.info("warm start: %d of the %d best configurations of study %r enqueued (the "
-                 "others were run or queued already)", added, len(warm_start),
-                 args.warm_start_from)
+        skipped = "" if added == len(warm_start) else \
+            " (the others were run or queued already)"
+        log.info("warm start: %d of the %d best configurations of study %r enqueued%s", added,
+                 len(warm_start), args.warm_start_from, skipped)
     arrays = arrays.normalized_as(study.user_attrs.get("data"))
     finished = count_finished(study)
     specs = plan_workers(gpus, args.workers_per_gpu or DEFAULT_WORKERS_PER_GPU, args.workers,
