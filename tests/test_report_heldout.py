@@ -73,7 +73,8 @@ def test_comparison_sentence_says_beyond_noise_only_when_it_is():
                           "10,000 images.")
     worse = comparison_sentence({"b": 41, "c": 12, "p_value": 8e-5}, 10_000)
     assert "beyond noise, in the tutorial's favour" in worse
-    assert "exactly the same" in comparison_sentence({"b": 0, "c": 0, "p_value": 1.0}, 100)
+    assert "are right and wrong on exactly the same test images" in comparison_sentence(
+        {"b": 0, "c": 0, "p_value": 1.0}, 100)  # both right on all of them, say
 
 
 def test_a_p_value_just_below_the_level_is_not_rounded_to_it():

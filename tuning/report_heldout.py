@@ -194,8 +194,8 @@ def comparison_sentence(test: dict, n_test: int, subject: str = "the best trial"
     """McNemar's test of the reported trial (`subject`) against the tutorial, in words."""
     b, c, p = test["b"], test["c"], test["p_value"]
     if b + c == 0:
-        return (f"{subject.capitalize()} and the tutorial are wrong on exactly the same test "
-                f"images: nothing tells them apart on these {n_test:,} images.")
+        return (f"{subject.capitalize()} and the tutorial are right and wrong on exactly the "
+                f"same test images: nothing tells them apart on these {n_test:,} images.")
     counts = (f"{subject.capitalize()} is right on {c} images the tutorial gets wrong and wrong "
               f"on {b} it gets right (McNemar exact {p_text(p)})")
     if p >= ALPHA:
