@@ -17,7 +17,7 @@ from typing import NoReturn, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.errors import EXIT_DATABASE_LOST, EXIT_USAGE, MESSAGE_CHARS, shorten
+from tuning.errors import EXIT_DATABASE_LOST, EXIT_USAGE, MESSAGE_CHARS, UsageError, shorten
 from tuning.settings import setting
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -97,6 +97,19 @@ def run_timeout(timeout: float | None, deadline: float | None) -> float | None:
         return timeout
     left = max(deadline - time.monotonic(), 0.0)
     return left if timeout is None else min(timeout, left)
+
+
+def make_out_directory(out: Path) -> None:
+    """Create --out `out` where missing and check that a file can be written in it, before any
+    time is spent on what goes there; UsageError if it cannot."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {shorten(str(out), 200)!r} cannot be written: "
+                         f"{exc.strerror or exc}") from None
 
 
 # A study name becomes a file name (studies/NAME.db) and part of URLs and lock keys: no path

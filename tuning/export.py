@@ -67,6 +67,7 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     fail,
+    make_out_directory,
     storage_url,
 )
 from tuning.data import Arrays, DeviceData, check_data_dir, to_device
@@ -269,18 +270,6 @@ def check_out(out: Path) -> None:
                          f"{CONFIG_FILE} of tuning export): give a new or empty directory")
 
 
-def prepare_out(out: Path) -> None:
-    """Create --out, before any time is spent; UsageError if it cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--out {shorten(str(out), 200)!r} cannot be written: "
-                         f"{exc.strerror or exc}") from None
-
-
 
 def versions() -> dict:
     import torchvision
@@ -462,7 +451,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         artifacts = existing_artifact_store(args.artifacts)
         runtime = resolve_device(args.device)
         arrays = study_arrays(study, settings, args.data_dir, way_round=None)
-        prepare_out(args.out)
+        make_out_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
                             artifacts, args.refit, reproduce_command(args, trial.number))

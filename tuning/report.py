@@ -34,6 +34,7 @@ from tuning.cli import (
     configure_logging,
     count_finished,
     fail,
+    make_out_directory,
     storage_url,
 )
 from tuning.data import check_data_dir
@@ -97,13 +98,10 @@ def output_directory(out: Path) -> list[Path]:
     created, outermost first."""
     created = [p for p in (out, *out.parents) if not p.exists()][::-1]
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
+        make_out_directory(out)
+    except UsageError:
         remove_empty(created)
-        raise UsageError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
+        raise
     return created
 
 
