@@ -441,7 +441,8 @@ def ray_available(python: str) -> bool:
 
 def main() -> None:
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=240.0, help="seconds per run")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="seconds per run (the defaults run 18 runs: about 72 min)")
     parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--seed", type=int, default=0,
                         help="round r runs every tool with seed + r - 1: the data split, the "
@@ -488,9 +489,13 @@ def main() -> None:
                   file=sys.stderr)
         else:
             runs.append((tool, tool, []))
+    loads = args.load.split(",")
+    total_s = args.budget * args.rounds * len(loads) * len(runs)
+    print(f"{len(runs)} tools x {len(loads)} loads x {args.rounds} rounds x {args.budget:g} s: "
+          f"about {total_s / 60:.0f} min in all", file=sys.stderr, flush=True)
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for load in args.load.split(","):
+        for load in loads:
             for name, tool, extra in runs:
                 row = {"round": round_, **run_one(name, tool, extra, args.budget,
                                                   args.seed + round_ - 1, load,

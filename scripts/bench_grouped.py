@@ -1,4 +1,4 @@
-"""Issue 5 experiment: train K trials at once in one process (torch.func + vmap) vs one by one.
+"""Grouped trials: train K trials at once in one process (torch.func + vmap) vs one by one.
 
 K networks of one architecture, each with its own learning rate and weight decay, its own
 initialization and its own shuffled, augmented batches, are stacked with

@@ -491,6 +491,23 @@ def test_an_empty_variable_reads_as_unset(monkeypatch, tmp_path):
         grace_period()
 
 
+def test_an_artifact_directory_is_made_when_first_written_and_again_if_removed(tmp_path):
+    import io
+
+    from tuning.storage import artifact_store
+
+    where = tmp_path / "shared" / "artifacts"
+    store = artifact_store(where, create_now=False)
+    assert not where.parent.exists()
+    store.write("a", io.BytesIO(b"weights"))
+    (where / "a").unlink()
+    where.rmdir()  # cleaned up by someone while workers run
+    store.write("b", io.BytesIO(b"curves"))
+    assert store.open_reader("b").read() == b"curves"
+    with pytest.raises(UsageError, match="cannot be created"):
+        artifact_store(tmp_path / "shared" / "artifacts" / "b" / "x")  # under a file
+
+
 @pytest.mark.parametrize("name", ["TUNING_HEARTBEAT_INTERVAL", "TUNING_GRACE_PERIOD",
                                   "TUNING_DB_RETRY_S", "TUNING_WORKERS", "TUNING_DEVICE_DATA_MB"])
 @pytest.mark.parametrize("value", ["abc", "-5", "nan", "inf", "1e12", "\u00b2" * 100, "9" * 5000],

@@ -153,11 +153,14 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     assert re.search(rf"^ +{name} trial    0 epoch 1/1 val_loss \d\.\d+  ETA ", worked.stderr,
                      re.MULTILINE), worked.stderr
     assert re.search(rf"^\[   1/1\] {name} trial    0 COMPLETE ", worked.stderr, re.MULTILINE)
-    # One joining a study that has its target says so, rather than nothing.
-    idle = run_cli("--study", "mnist", module="tuning.worker", cwd=workdir)
+    # One joining a study that has its target says so, rather than nothing, and makes no
+    # artifact directory it has nothing to put in.
+    idle = run_cli("--study", "mnist", "--artifacts", "unused", module="tuning.worker",
+                   cwd=workdir)
     assert idle.returncode == 0, idle.stderr
     assert "study 'mnist' already has its target of 1 finished trial: nothing to run; raise " \
         "it with tuning search --study mnist --trials N --create-only\n" in idle.stderr
+    assert not (workdir / "unused").exists()
     negative = run_cli("--study", "mnist", "--worker-index", "-1", module="tuning.worker",
                        cwd=workdir)
     assert negative.returncode == 2 and "expected a whole number from 0" in negative.stderr

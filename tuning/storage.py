@@ -16,12 +16,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy.exc
 import sqlalchemy.pool
 from filelock import FileLock
+from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -434,18 +435,35 @@ def existing_artifact_store(directory: Path | None = None):
     return artifact_store(path)
 
 
-def artifact_store(directory: Path | None = None):
+def artifact_store(directory: Path | None = None, create_now: bool = True):
     """Where trials' checkpoints and curves are kept: a directory every worker can reach
-    (--artifacts, else $TUNING_ARTIFACTS, else ./artifacts)."""
-    from optuna.artifacts import FileSystemArtifactStore
-
+    (--artifacts, else $TUNING_ARTIFACTS, else ./artifacts). It is created now, so that one
+    that cannot be is found before a trial trains; with create_now=False (a worker joining a
+    study that may have nothing left to run) only when a trial first saves something."""
     path = artifact_directory(directory)
+    if create_now:
+        _make_artifact_directory(path)
+    return _ArtifactDirectory(path)
+
+
+def _make_artifact_directory(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"artifact directory {str(path)!r} cannot be created: "
                          f"{exc.strerror}") from None
-    return FileSystemArtifactStore(str(path))
+
+
+class _ArtifactDirectory(FileSystemArtifactStore):
+    """Optuna's file-system store, which makes its directory (again) before each write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.path = path
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        super().write(artifact_id, content_body)
 
 
 def sample_study_hint(study_name: str, storage_url: str,

@@ -122,12 +122,15 @@ def prepare(args: argparse.Namespace, storage_url: str):
     use_strategy(study, settings, space)
     record_worker(study, worker_id())
     data, folds = objective_data(arrays, settings.cv_folds, settings.seed, runtime.device)
+    target = int(study.user_attrs[TARGET_ATTR])
+    # A worker joining a study with nothing left to run leaves no empty directory behind.
+    artifacts = artifact_store(args.artifacts, create_now=count_finished(study) < target)
     objective = Objective(data=data, folds=folds, runtime=runtime, space=space,
                           epochs=settings.epochs, seed=settings.seed,
-                          artifacts=artifact_store(args.artifacts),
+                          artifacts=artifacts,
                           stop=GracefulStop().install(), network=settings.network(),
                           limits=settings.limits())
-    return study, objective, int(study.user_attrs[TARGET_ATTR])
+    return study, objective, target
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -> int:
