@@ -262,6 +262,7 @@ def test_own_builder_end_to_end_limits_enqueue_and_report(builder_dir, capsys):
     pruned_over = sum("over the limits" in t.user_attrs.get("prune_reason", "") for t in trials)
     assert f"| limits | max_params 5,000: {pruned_over} trial" in summary
     assert "| model.width |" in summary
+    assert "## Held-out test\n\nNot run: this report was made with --no-test." in summary
 
 
 def test_a_grid_whose_builder_fails_one_configuration_runs_none_twice(builder_dir, capsys):

@@ -42,7 +42,7 @@ from tuning.device import resolve_device
 from tuning.errors import UsageError
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
-from tuning.report_render import render_html, render_markdown, write_csv
+from tuning.report_render import Section, render_html, render_markdown, write_csv
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.storage import existing_artifact_store, resolve_url
@@ -82,6 +82,10 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
             test = held_out_test(view, arrays, device, artifacts, seed_file)
             sections.append(test)
             metrics = getattr(test, "metrics", {})
+        else:
+            sections.append(Section("Held-out test", [
+                "Not run: this report was made with --no-test. Without it, the best "
+                "configuration is evaluated once on the test set, beside the tutorial's."]))
     except UsageError:
         remove_empty(created)
         raise
