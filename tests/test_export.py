@@ -129,6 +129,9 @@ def test_export_writes_weights_config_programs_and_card(exported, study_dir, cap
     low, high = config["test"]["accuracy_ci"]
     assert low < config["test"]["accuracy"] < high
     assert {"torch", "torchvision", "tuning"} <= set(config["versions"])
+    # The same strings as the study's worker records give.
+    worker = next(v for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    assert config["versions"]["torchvision"] == worker["torchvision"]
     # Loadable as plain tensors, into the network the config describes.
     state = torch.load(exported / "weights.pt", weights_only=True)
     network = ModelSpec(**config["model"]).build(config["params"], (1, 28, 28), 10,

@@ -89,7 +89,7 @@ from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
 from tuning.space import Param, applies, build_configs
 from tuning.storage import existing_artifact_store, mask_url, resolve_url
-from tuning.study import load_existing, stored_definition, with_images_at
+from tuning.study import load_existing, stored_definition, torchvision_version, with_images_at
 from tuning.study_file import StudySettings
 
 log = logging.getLogger("tuning")
@@ -272,10 +272,8 @@ def check_out(out: Path) -> None:
 
 
 def versions() -> dict:
-    import torchvision
-
     return {"tuning": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}
+            "torchvision": torchvision_version(), "python": platform.python_version()}
 
 
 def reproduce_command(args: argparse.Namespace, trial: int) -> str:

@@ -213,7 +213,7 @@ def environment() -> dict:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": _torchvision_version(),
+        "torchvision": torchvision_version(),
         "optuna": optuna.__version__,
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
@@ -221,15 +221,15 @@ def environment() -> dict:
     }
 
 
-def _torchvision_version() -> str | None:
-    """torchvision's version, without importing it where nothing has: the import costs every
-    worker's start a second (it imports torch._dynamo), and the family CNN does not use it."""
-    if "torchvision" in sys.modules:
-        return sys.modules["torchvision"].__version__
+def torchvision_version() -> str | None:
+    """torchvision's version as its installed metadata gives it (0.29.1, where the module's own
+    string adds the build, 0.29.1+cu130), so that every record gives the same string whether
+    or not the process imported it; read without importing it, which costs every worker's start
+    a second (it imports torch._dynamo) where the family CNN does not use it."""
     try:
         return importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:  # a build without installed metadata
-        return None
+        return getattr(sys.modules.get("torchvision"), "__version__", None)
 
 
 def _git_commit() -> str | None:
