@@ -450,6 +450,19 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
     moved = tmp_path / "new" / "pets"
     moved.parent.mkdir()
     root.rename(moved)
+    # Resumed by its name alone, the study says where its images were and how to give them.
+    from tuning.command import main as tuning
+    from tuning.worker import main as worker
+
+    monkeypatch.chdir(workdir)
+    for resume in (lambda: tuning(["search", "--study", "pets", "--trials", "3"]),
+                   lambda: worker(["--study", "pets"])):
+        assert resume() == 2
+        assert error_line(capsys.readouterr().err) == (
+            f"error: study 'pets' was run on {str(root)!r}, which is not there on this host: "
+            "give the images' place with --dataset")
+    assert tuning(["studies"]) == 0
+    assert f"{root} (not found here), 1 epoch" in capsys.readouterr().out
     # The same images elsewhere are the same data: the launcher's workers read them there.
     again = run_cli("--dataset", str(moved), "--trials", "3", "--workers", "2", *FAST,
                     cwd=workdir)
@@ -457,7 +470,6 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
     assert len(finished(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets"))) == 3
     from tuning.report import main as report  # refused in this process, as bad input here
 
-    monkeypatch.chdir(workdir)
     assert report(["--study", "pets", "--out", str(tmp_path / "r")]) == 2
     assert "give the images' place with --dataset" in error_line(capsys.readouterr().err)
     # Other images there: the remedy names the flag that gives a study its images.

@@ -132,9 +132,19 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
                                                           heartbeat=False))
         except Exception:  # another program's database, or damaged: not a study to list
             continue
-        found.append((path.stem, f"{settings.dataset}, {counted(settings.epochs, 'epoch')}, "
-                      f"{settings.sampler} / {settings.pruner}", path))
+        found.append((path.stem, f"{_data_shown(settings.dataset)}, "
+                      f"{counted(settings.epochs, 'epoch')}, {settings.sampler} / "
+                      f"{settings.pruner}", path))
     return found
+
+
+def _data_shown(dataset: str) -> str:
+    """A stored study's data set, its images' path marked where they are not on this host
+    (moved: `--dataset` gives their new place)."""
+    from tuning.sources import is_path  # noqa: PLC0415 - as above
+
+    missing = is_path(dataset) and not Path(dataset).exists()
+    return f"{dataset} (not found here)" if missing else dataset
 
 
 def _studies_in(url: str) -> list[tuple[str, str, str, str]]:
@@ -152,7 +162,7 @@ def _studies_in(url: str) -> list[tuple[str, str, str, str]]:
         settings = attrs.get("settings")
         finished = len(optuna.load_study(study_name=summary.study_name, storage=storage)
                        .get_trials(deepcopy=False, states=FINISHED))
-        what = (f"{settings['dataset']}, {counted(settings['epochs'], 'epoch')}, "
+        what = (f"{_data_shown(settings['dataset'])}, {counted(settings['epochs'], 'epoch')}, "
                 f"{settings['sampler']} / {settings['pruner']}, {finished} of target "
                 f"{attrs.get('target_trials')} finished" if settings
                 else "not made by tuning search")

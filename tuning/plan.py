@@ -25,7 +25,13 @@ from tuning.sources import SOURCES, is_path
 from tuning.space import REPEAT, Param, tuned
 from tuning.storage import default_storage, open_storage, resolve_url
 from tuning.strategy import grid_size
-from tuning.study import Plan, load_existing, stored_data_config, stored_definition
+from tuning.study import (
+    Plan,
+    check_images_found,
+    load_existing,
+    stored_data_config,
+    stored_definition,
+)
 from tuning.study_file import StudyFile, load_study_file
 
 log = logging.getLogger("tuning")
@@ -80,6 +86,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if is_path(settings.dataset):  # recorded absolute: workers and the report find it again
         settings = replace(settings, dataset=os.path.normpath(
             Path(settings.dataset).expanduser().absolute()))
+    if stored is not None:
+        check_images_found(name, settings)
     problems = settings.problems()
     if problems:
         raise UsageError("; ".join(problems))

@@ -303,6 +303,15 @@ def with_images_at(settings: StudySettings, dataset: str | None) -> StudySetting
         Path(dataset).expanduser().absolute()))
 
 
+def check_images_found(study_name: str, settings: StudySettings) -> None:
+    """UsageError where the images a stored study was run on are not at the path it recorded
+    (moved, or mounted elsewhere on this host), saying how to give their place."""
+    if is_path(settings.dataset) and not Path(settings.dataset).exists():
+        raise UsageError(f"study {study_name!r} was run on {shorten(settings.dataset, 200)!r}, "
+                         "which is not there on this host: give the images' place with "
+                         "--dataset")
+
+
 def stored_data_config(study: optuna.Study) -> DataConfig:
     """How the study's images are read and split; studies from before [data] tables have the
     defaults."""

@@ -97,6 +97,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.storage import artifact_store
     from tuning.study import (
         check_data_matches,
+        check_images_found,
         load_existing,
         record_worker,
         stored_data_config,
@@ -111,6 +112,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     study = load_existing(args.study, storage_url, wait=True)
     settings, space = stored_definition(study)
     settings = with_images_at(settings, args.dataset)
+    check_images_found(args.study, settings)
     if runtime.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed,
