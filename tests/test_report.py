@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -212,9 +214,32 @@ def test_dashboard_serves_the_study_and_its_artifacts_on_loopback(small_study):
         artifacts = [a for t in detail["trials"] for a in t.get("artifacts", [])]
         assert any(a["filename"].endswith(".pt") for a in artifacts)
         assert any(a["filename"].endswith("-curves.json") for a in artifacts)
+        # Ctrl-C while it answers requests (a browser polls it): stopped, not answered with a
+        # 500 and served on, and with a stopped command's status.
+        polling = threading.Thread(target=_poll_until_gone, args=(f"{base}/api/studies/"
+                                                                  f"{study_id}?after=0",),
+                                   daemon=True)
+        polling.start()
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        err = proc.stderr.read()
+        assert f"on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n" in err
+        assert err.endswith("stopped by SIGINT\n") and "Traceback" not in err, err
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _poll_until_gone(url: str) -> None:
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+        except urllib.error.HTTPError:
+            continue  # what the server used to answer a Ctrl-C met in a request with
+        except OSError:
+            return
 
 
 def test_dashboard_refuses_where_it_cannot_listen_before_it_starts(small_study, monkeypatch,

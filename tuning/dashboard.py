@@ -5,9 +5,12 @@ Listens on 127.0.0.1 unless told otherwise: the dashboard can delete studies and
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 if __name__ == "__main__":
     # `python -m tuning.dashboard` runs as `tuning dashboard` does, before the imports below (which
@@ -61,40 +64,73 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
             raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}"
                              + (f" (it has: {', '.join(sorted(names))})" if names else ""))
         store = existing_artifact_store(args.artifacts)
-        check_can_listen(args.host, args.port)
+        family = check_can_listen(args.host, args.port)
     except UsageError as exc:
         return fail(str(exc))
-    from optuna_dashboard import run_server
+    from optuna_dashboard import wsgi
 
-    print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",
-          file=sys.stderr, flush=True)
-    # The server (bottle) ends quietly on a Ctrl-C: noted here, so that the command still
-    # exits as a stopped one does (130), not as if it had ended by itself.
-    interrupted: list[int] = []
-
-    def on_interrupt(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        run_server(storage, host=args.host, port=args.port, artifact_store=store)
-    except KeyboardInterrupt:
-        interrupted.append(signal.SIGINT)
-    except OSError as exc:  # taken between the check and the server's own bind
+        server = _server(args.host, args.port, family, wsgi(storage, artifact_store=store),
+                         log_requests=args.verbose)
+    except OSError as exc:  # taken between the check and the bind
         return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"optuna-dashboard for {mask_url(url)} on http://{shown_host}:{args.port}/ "
+          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+    stopped_by = serve_until_stopped(server)
+    if stopped_by is None:
+        return 0
+    print(f"stopped by {signal.Signals(stopped_by).name}", file=sys.stderr)
+    return 128 + stopped_by
+
+
+def _server(host: str, port: int, family: socket.AddressFamily, app,
+            log_requests: bool) -> WSGIServer:
+    class Handler(WSGIRequestHandler):
+        def address_string(self) -> str:  # the client's address, without a reverse lookup
+            return self.client_address[0]
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            if log_requests:
+                super().log_request(code, size)
+
+    class Server(WSGIServer):
+        address_family = family
+
+    return make_server(host, port, app, Server, Handler)
+
+
+def serve_until_stopped(server: WSGIServer) -> int | None:
+    """Serve until SIGINT or SIGTERM; the signal that stopped it (None if it ended by itself).
+
+    The signal is not raised as KeyboardInterrupt: one arriving while a request is handled
+    would be caught by wsgiref's handler, which answers 500 and serves on. It asks the server
+    to stop after the request instead; a second one ends the process at once (a request that
+    hangs on the database).
+    """
+    stopped: list[int] = []
+
+    def on_signal(signum, frame):
+        if stopped:
+            os._exit(128 + signum)
+        stopped.append(signum)
+        # shutdown() waits for serve_forever to return: from another thread, not this one.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever(poll_interval=0.2)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        print("stopped by SIGINT", file=sys.stderr)
-        return 128 + signal.SIGINT
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.server_close()
+    return stopped[0] if stopped else None
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int) -> socket.AddressFamily:
     """UsageError where the server could not listen on `host`:`port` (in use, no such address),
     said before the dashboard announces itself; an empty host, which would listen on every
-    address of the machine, is refused: give 0.0.0.0 to mean that."""
+    address of the machine, is refused: give 0.0.0.0 to mean that. The address's family."""
     if not host.strip():
         raise UsageError("--host is empty; give an address (127.0.0.1 for this machine only, "
                          "0.0.0.0 for every address: the dashboard can delete studies)")
@@ -111,4 +147,5 @@ def check_can_listen(host: str, port: int) -> None:
         except OSError as exc:
             raise UsageError(f"cannot listen on {shorten(host, 60)}:{port}: {exc.strerror}"
                              ) from None
+    return family
 
