@@ -122,3 +122,28 @@ def test_readers_leave_an_empty_postgresql_database_empty(monkeypatch, tmp_path,
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_readers_leave_an_empty_sqlite_file_empty(monkeypatch, tmp_path, capsys):
+    # What a creation stopped before its tables leaves; not a database at all, as found.
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    empty, other = tmp_path / "studies" / "x.db", tmp_path / "notes.db"
+    empty.write_bytes(b"")
+    other.write_text("not a database")
+    for module in READERS + ["tuning.export", "tuning.command"]:
+        extra = ["--port", "1"] if module == "tuning.dashboard" else []
+        argv = ["studies", "--storage", "sqlite:///studies/x.db"] if module == "tuning.command" \
+            else ["--study", "x", *extra]
+        assert importlib.import_module(module).main(argv) == 2
+        assert capsys.readouterr().err == (
+            "error: no study in 'studies/x.db': it holds no Optuna tables (a creation cut short "
+            "leaves an empty file); create the study with tuning search\n"), module
+        assert importlib.import_module(module).main(
+            [*argv[:-1], "sqlite:///notes.db"] if module == "tuning.command"
+            else [*argv, "--storage", "sqlite:///notes.db"]) == 2
+        assert "'notes.db' is not a usable SQLite database" in capsys.readouterr().err
+    assert empty.read_bytes() == b"" and other.read_text() == "not a database"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.db", "studies", "x.db"]

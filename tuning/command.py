@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import importlib
 import os
@@ -107,14 +106,12 @@ def _optuna_database(path: Path) -> bool:
     as a storage would write Optuna's tables into it, and a listing changes nothing."""
     import sqlite3  # noqa: PLC0415 - only here
 
+    from tuning.storage import optuna_tables  # noqa: PLC0415 - as above
+
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path.absolute()}?mode=ro",
-                                                uri=True)) as conn:
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return optuna_tables(path) == {"studies", "version_info"}
     except sqlite3.Error:  # not a database, or damaged
         return False
-    return {"studies", "version_info"} <= tables
 
 
 def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:

@@ -239,6 +239,29 @@ def _prepare_sqlite(path: Path) -> None:
         raise UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})") from None
 
 
+def optuna_tables(path: Path) -> set[str]:
+    """The Optuna tables in the SQLite file `path`, read without writing to it (opened
+    read-only: Optuna would create its tables, and setting WAL would write the header of an
+    empty file); sqlite3.DatabaseError where it is not a database."""
+    with contextlib.closing(sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True,
+                                            timeout=SQLITE_TIMEOUT_S)) as conn:
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return tables & {"studies", "version_info"}
+
+
+def _check_sqlite_holds_studies(path: Path) -> None:
+    """UsageError where the SQLite file `path` holds no Optuna tables (empty: its creation was
+    cut short) or is no database: a command that only reads changes nothing in it."""
+    try:
+        tables = optuna_tables(path)
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})") from None
+    if "studies" not in tables:
+        raise UsageError(f"no study in {str(path)!r}: it holds no Optuna tables (a creation "
+                         "cut short leaves an empty file); create the study with tuning search")
+
+
 @contextlib.contextmanager
 def still_the_file_found(path: Path) -> Iterator[Callable[[], bool]]:
     """For the block, a test: is the file at `path` the one that was there on entry? False if
@@ -289,6 +312,7 @@ def _open_sqlite(path: Path, create: bool,
     """
     lock_path = Path(f"{path}.init.lock")
     if not create and not (lock_path.exists() and os.access(lock_path, os.W_OK)):
+        _check_sqlite_holds_studies(path)
         _prepare_sqlite(path)
         return open_rdb()
     existed = path.exists()  # before the lock: one made while waiting is another creator's
@@ -296,6 +320,8 @@ def _open_sqlite(path: Path, create: bool,
         found = {p for p in (path, *_sidecars(path)) if p.exists()}
         prepared = False
         try:
+            if not create:  # its creator, waited for, may have been stopped before the tables
+                _check_sqlite_holds_studies(path)
             _prepare_sqlite(path)
             prepared = True
             return open_rdb()
