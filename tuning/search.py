@@ -144,7 +144,8 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     return parser
 
 
-def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> None:
+def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
+              stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout  # at call time: a default of sys.stdout is the one at import
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
@@ -169,7 +170,8 @@ def summarize(study: optuna.Study, plan: Plan, stream: TextIO | None = None) -> 
             print(f"  {name} = {shown}", file=stream)
     storage_arg = _storage_arg(plan)
     print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
-    print(f"report:    tuning report --study {plan.study}{storage_arg}", file=stream)
+    print(f"report:    tuning report --study {plan.study}{storage_arg}"
+          f"{_data_args(study, plan, args)}", file=stream)
 
 
 def over_limits_warning(trials: list[optuna.trial.FrozenTrial]) -> str | None:
@@ -184,6 +186,18 @@ def over_limits_warning(trials: list[optuna.trial.FrozenTrial]) -> str | None:
     return (f"{every} over the limits and pruned before training, none trained (trial "
             f"{last.number}: {over_limits(last)}): allow more with max_params or "
             "max_latency_ms, or search smaller networks")
+
+
+def _data_args(study: optuna.Study, plan: Plan, args: argparse.Namespace) -> str:
+    """What the report needs to find the data this run read: the --data-dir it was given, and
+    the images' place where it is not the one the study recorded (they moved)."""
+    shown = ""
+    if args.data_dir is not None:
+        shown += f" --data-dir {shlex.quote(str(args.data_dir))}"
+    recorded = study.user_attrs.get("settings", {}).get("dataset")
+    if is_path(plan.settings.dataset) and plan.settings.dataset != recorded:
+        shown += f" --dataset {shlex.quote(plan.settings.dataset)}"
+    return shown
 
 
 def _storage_arg(plan: Plan) -> str:
@@ -319,19 +333,19 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     if finished >= args.trials:
         print(f"study {plan.study!r} already has {finished} finished trials (target "
               f"{args.trials}): nothing to run; raise --trials to run more")
-        summarize(study, plan)
+        summarize(study, plan, args)
         return EXIT_OK
     trials = study.get_trials(deepcopy=False)
     stalled = out_of_patience(trials, args.patience)
     if stalled is not None:
         print(f"study {plan.study!r}: {stalled}: nothing to run; raise --patience or leave it "
               "out to search on")
-        summarize(study, plan)
+        summarize(study, plan, args)
         return EXIT_OK
     short = why_grid_ended_short(study, trials, args.trials)
     if short is not None:
         print(f"study {plan.study!r}: nothing to run: {short}")
-        summarize(study, plan)
+        summarize(study, plan, args)
         return EXIT_OK
     # Under cross-validation a trial's steps run through every fold's epochs.
     progress = None if args.quiet else Progress.for_study(
@@ -369,7 +383,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                  else f"--timeout {args.timeout:g} s")
         print(f"stopped at the {limit}: {finished} of the target {args.trials} finished; "
               "the same command goes on")
-    summarize(study, plan)
+    summarize(study, plan, args)
     warning = over_limits_warning(trials)
     if warning is not None:
         log.warning("%s", warning)
@@ -410,7 +424,7 @@ def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: st
               file=sys.stderr)
         with contextlib.suppress(Exception, Interrupted, KeyboardInterrupt):
             with without_retry(study._storage):
-                summarize(study, plan)
+                summarize(study, plan, args)
     print(f"continue:  {continue_command(prog, plan, args)}")
     return status
 
