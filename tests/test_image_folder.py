@@ -162,6 +162,36 @@ def test_alpha_16_bit_and_palette_images(tmp_path, digits):
     assert palette[..., 0].max() > 200 and palette[..., 1:].max() < 50
 
 
+def test_float_images_in_0_1_or_0_255_are_both_read_as_the_digit(tmp_path, digits):
+    root = tmp_path / "floats"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    digit = digits[0][0]
+    Image.fromarray(digit.astype(np.float32) / 255).save(root / "a" / "unit.tif")
+    Image.fromarray(digit.astype(np.float32)).save(root / "b" / "bytes.tif")
+    assert Image.open(root / "a" / "unit.tif").mode == "F"
+    images = read_image_folder(root, progress=False)
+    assert images.x.shape == (2, 28, 28, 1)
+    for decoded in images.x:  # not clipped to black (0..1) by Pillow's convert
+        assert np.array_equal(decoded[..., 0], digit)
+
+
+def test_a_large_image_is_read_without_pillows_decompression_bomb_warning(tmp_path, digits,
+                                                                          monkeypatch):
+    import warnings
+
+    from tuning.exported import _open
+    from tuning.image_folder import open_image
+
+    Image.fromarray(digits[0][0]).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 784 pixels: over it, under twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with open_image(tmp_path / "big.png") as img:
+            assert img.size == (28, 28)
+        assert _open(tmp_path / "big.png", "L").size == (28, 28)
+
+
 def test_unreadable_files_are_skipped_then_an_error(tmp_path, digits):
     root = write_folder(tmp_path / "f", digits)
     truncated = png_bytes(digits[0][7])

@@ -30,7 +30,7 @@ from torch import nn
 
 from tuning.errors import UsageError, shorten
 from tuning.folder_listing import special_kind
-from tuning.image_folder import convert_mode
+from tuning.image_folder import convert_mode, open_image
 
 FORMAT = "tuning-export"
 """config.json's `format`: how a directory written by `tuning export` is told from others."""
@@ -174,7 +174,7 @@ def _open(path: Path, mode: str) -> Image.Image:
     if kind is not None:
         raise ExportError(f"image {shown!r} is not a regular file: it is {kind}")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()  # decode now: a truncated file fails here, not later
             return convert_mode(img, mode)
     except Exception as exc:  # Pillow raises many kinds for a bad file: all mean unreadable

@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -316,7 +317,12 @@ def open_image(path: Path) -> Image.Image:
     kind = special_kind(path)
     if kind is not None:
         raise OSError(f"not a regular file ({kind})")
-    return Image.open(path)
+    with warnings.catch_warnings():
+        # Pillow warns of an image over 89M pixels as a possible decompression bomb and
+        # refuses one over twice that (an error, said in one line): a large photo between is
+        # read as any other, without a raw warning among the command's lines.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def _decode_one(path: Path, mode: str, size: tuple[int, int]) -> tuple[np.ndarray, int | None]:
@@ -339,12 +345,20 @@ def _largest_value(img: Image.Image) -> int:
 
 def convert_mode(img: Image.Image, mode: str) -> Image.Image:
     """`img` in `mode` ("L" or "RGB"), as the study's images were decoded: 16-bit grayscale
-    scaled to 8 bits, transparency composited on black. Multi-frame files (GIF, TIFF) give
-    their first frame. Also what tuning.exported decodes a user's image with."""
+    scaled to 8 bits, float grayscale from 0..1 or 0..255, transparency composited on black.
+    Multi-frame files (GIF, TIFF) give their first frame. Also what tuning.exported decodes a
+    user's image with."""
     if img.mode.startswith("I"):
         # 16-bit grayscale (PNG, TIFF, PGM): Pillow's convert clips at 255, which turns most of
         # such an image white; scale 0..65535 to 0..255 instead.
         img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) // 257).astype(np.uint8))
+    if img.mode == "F":
+        # 32-bit float grayscale (TIFF): Pillow's convert clips, which turns an image in 0..1
+        # black. As an .npz's floats: 0..1 where its brightest pixel is at most 1, else 0..255.
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0,
+                               neginf=0.0)
+        scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
+        img = Image.fromarray(np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8))
     if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
