@@ -33,7 +33,7 @@ from tuning.warm_start import enqueue
 
 @pytest.mark.parametrize("text, seconds", [
     ("300", 300), ("90s", 90), ("5m", 300), ("2h", 7200), ("1h30m", 5400), ("1m30s", 90),
-    ("0.5m", 30), (" 5M ", 300),
+    ("0.5m", 30), (" 5M ", 300), ("1h30s", 3630),
 ])
 def test_durations(text, seconds):
     assert duration(text) == seconds
@@ -43,6 +43,12 @@ def test_durations(text, seconds):
                                   "1e309", "nan"])
 def test_bad_durations(text):
     with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+@pytest.mark.parametrize("text", ["1h30", "5m30", "1h0m30"])
+def test_a_last_number_without_its_unit_after_hours_or_minutes_is_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="give the last number its unit"):
         duration(text)
 
 

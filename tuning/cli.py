@@ -75,16 +75,21 @@ MAX_TRIALS = 10_000_000
 """A study's target of finished trials: more than a search could run."""
 
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)(s?))?")
 
 
 def duration(text: str) -> float:
-    """Seconds from `300`, `90s`, `5m`, `2h` or `1h30m`."""
+    """Seconds from `300`, `90s`, `5m`, `2h` or `1h30m`; a number without its unit after
+    hours or minutes (`1h30`: minutes or seconds?) is refused."""
     match = _DURATION.fullmatch(text.strip().lower())
-    if match is None or not any(match.groups()):
+    if match is None or not any(match.groups()[:3]):
         raise argparse.ArgumentTypeError(f"expected a duration such as 300, 90s, 5m or 1h30m, "
                                          f"got {text[:40]!r}")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    *parts, seconds_unit = match.groups()
+    if parts[2] and not seconds_unit and (parts[0] or parts[1]):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: give the last number its unit "
+                                         "(m or s), as in 1h30m or 5m30s")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts)
     total = 3600 * hours + 60 * minutes + seconds
     if not total > 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration, got {text[:40]!r}")
