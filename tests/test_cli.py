@@ -150,6 +150,10 @@ BAD_INPUTS = {
     "unwritable storage": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
     "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),
+    "artifacts in a file": (["--artifacts", "studies/broken.toml"],
+                            "artifact directory 'studies/broken.toml' is not a directory"),
+    "artifacts under a file": (["--artifacts", "studies/broken.toml/a"],
+                               "cannot be created: 'studies/broken.toml' is not a directory"),
     "bad device": (["--device", "tpu"], "--device"),
     "unknown compile mode": (["--compile", "fast"], "'fast'"),
 }

@@ -164,6 +164,15 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     negative = run_cli("--study", "mnist", "--worker-index", "-1", module="tuning.worker",
                        cwd=workdir)
     assert negative.returncode == 2 and "expected a whole number from 0" in negative.stderr
+    threads = run_cli("--study", "mnist", "--threads", "100000", module="tuning.worker",
+                      cwd=workdir)
+    assert threads.returncode == 2 and "--threads: expected at most 1,024" in threads.stderr
+    before = load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").user_attrs
+    unusable = run_cli("--study", "mnist", "--artifacts", "studies/mnist.db",
+                       module="tuning.worker", cwd=workdir)
+    assert unusable.returncode == 2 and "is not a directory" in unusable.stderr
+    # Refused before it joined: no record of a worker that never ran.
+    assert load_study(f"sqlite:///{workdir}/studies/mnist.db", "mnist").user_attrs == before
 
 
 # --- 2. reasons; several workers: worker ids, one ordered count, messages once --------------

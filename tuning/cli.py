@@ -71,6 +71,8 @@ def positive_int_up_to(high: int) -> Callable[[str], int]:
 
 MAX_WORKERS = 1024
 """Worker processes one command may start (--workers, --workers-per-gpu, $TUNING_WORKERS)."""
+MAX_THREADS = 1024
+"""torch CPU threads a worker may be given (--threads): past the cores of any machine."""
 MAX_TRIALS = 10_000_000
 """A study's target of finished trials: more than a search could run."""
 

@@ -67,6 +67,7 @@ from tuning.sources import SOURCES, is_path
 from tuning.space import representative, tuned
 from tuning.storage import (
     artifact_store,
+    check_artifact_directory,
     check_settings,
     default_storage,
     mask_url,
@@ -275,6 +276,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     # Settings read later, checked before anything is created: a bad one changes nothing.
     check_settings()
     device_data_limit()
+    check_artifact_directory(args.artifacts)
     plan = make_plan(args)
     # Loaded before the study is opened: the data decide its name (name_after_data), and the
     # launcher's workers, told so, do not each repeat what loading them says.

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from tuning.errors import UsageError
+from tuning.errors import UsageError, shorten
 from tuning.outage import (
     Outages,
     ResilientStorage,
@@ -470,6 +470,27 @@ def artifact_store(directory: Path | None = None, create_now: bool = True):
     if create_now:
         _make_artifact_directory(path)
     return _ArtifactDirectory(path)
+
+
+def check_artifact_directory(directory: Path | None = None) -> None:
+    """UsageError where the artifact directory (`artifact_directory`) is not one, or could not
+    be created or written; checked before a study is created or a worker joins one, so that a
+    bad --artifacts changes nothing stored. Nothing is created here."""
+    path = artifact_directory(directory)
+    shown = shorten(str(path), 200)
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"artifact directory {shown!r} cannot be written")
+        return
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"artifact directory {shown!r} is not a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is not a directory" if not parent.is_dir() else "cannot be written"
+        raise UsageError(f"artifact directory {shown!r} cannot be created: "
+                         f"{shorten(str(parent), 200)!r} {why}")
 
 
 def _make_artifact_directory(path: Path) -> None:

@@ -24,6 +24,7 @@ import shlex
 import optuna
 
 from tuning.cli import (
+    MAX_THREADS,
     PATIENCE_ATTR,
     TARGET_ATTR,
     OneLineParser,
@@ -36,7 +37,7 @@ from tuning.cli import (
     database_lost,
     fail,
     non_negative_int,
-    positive_int,
+    positive_int_up_to,
     run_timeout,
     storage_url,
 )
@@ -67,7 +68,7 @@ def build_parser(prog: str = "python -m tuning.worker") -> argparse.ArgumentPars
     parser.add_argument("--dataset",
                         help="where the study's image folder or .npz file is on this host, "
                              "when not where the study recorded it")
-    parser.add_argument("--threads", type=positive_int,
+    parser.add_argument("--threads", type=positive_int_up_to(MAX_THREADS),
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--worker-index", type=non_negative_int,
                         help="a label for this worker in log lines (the launcher numbers its "
@@ -94,7 +95,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.folds import objective_data
     from tuning.objective import Objective
     from tuning.space import representative
-    from tuning.storage import artifact_store
+    from tuning.storage import artifact_store, check_artifact_directory
     from tuning.study import (
         check_data_matches,
         check_images_found,
@@ -107,6 +108,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     )
 
     check_data_dir(args.data_dir)
+    check_artifact_directory(args.artifacts)
     device_data_limit()  # read as the data go to the device: checked before anything is stored
     runtime = resolve_device(args.device, args.compile)
     study = load_existing(args.study, storage_url, wait=True)
