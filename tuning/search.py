@@ -111,6 +111,9 @@ class _Given(argparse.Action):
         setattr(namespace, f"{self.dest}_given", True)
 
 
+DEFAULT_WARM_START_TOP = 3
+
+
 def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
@@ -136,8 +139,9 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     parser.add_argument("--warm-start-from", metavar="STUDY", type=study_name,
                         help="try the best configurations of another study first (in --storage "
                              "or $TUNING_STORAGE, else in that study's own file)")
-    parser.add_argument("--warm-start-top", metavar="K", type=positive_int, default=3,
-                        help="how many of its best trials --warm-start-from takes (default 3)")
+    parser.add_argument("--warm-start-top", metavar="K", type=positive_int,
+                        help=f"how many of its best trials --warm-start-from takes (default "
+                             f"{DEFAULT_WARM_START_TOP})")
     parser.add_argument("--workers-per-gpu", type=positive_int_up_to(MAX_WORKERS),
                         help=f"worker processes per visible GPU (default "
                              f"{DEFAULT_WORKERS_PER_GPU})")
@@ -244,7 +248,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
 
 
 def _refuse_idle_flags(args: argparse.Namespace) -> None:
-    """UsageError for flags that would do nothing: with --create-only no trial runs here."""
+    """UsageError for flags that would do nothing: --warm-start-top without the study it takes
+    from; with --create-only, those of running trials (none runs here)."""
+    if args.warm_start_top is not None and args.warm_start_from is None:
+        raise UsageError("--warm-start-top takes the best trials of the study --warm-start-from "
+                         "names: give that too, or leave it out")
     if not args.create_only:
         return
     idle = [flag for flag, value in (("--workers", args.workers),
@@ -401,7 +409,8 @@ def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tup
         raise UsageError(f"--warm-start-from {plan.study!r} is this study itself; name another")
     source = load_existing(args.warm_start_from, storage_url(args.storage, args.warm_start_from),
                            heartbeat=False)
-    return top_configurations(source, plan.study_file.space, args.warm_start_top)
+    return top_configurations(source, plan.study_file.space,
+                              args.warm_start_top or DEFAULT_WARM_START_TOP)
 
 
 def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
