@@ -456,6 +456,9 @@ def test_the_search_history_numbers_trials_in_whole_numbers():
     few = history([0, 1, 2], [0.3, 0.2, 0.25])
     assert few.layout.xaxis.dtick == 1 and few.layout.xaxis.tickformat == "d"
     assert history(list(range(40)), [0.3] * 40).layout.xaxis.dtick is None
+    # The best so far steps down at the trial that improved it, not on a slope before it.
+    best = few.data[1]
+    assert list(best.y) == [0.3, 0.2, 0.2] and best.line.shape == "hv"
 
 
 def test_learning_curves_are_listed_in_the_order_of_the_trial_numbers():
@@ -511,3 +514,21 @@ def test_unequal_trials_count_the_samplers_choices_only():
     space = {**SPACE, "optimizer": {"choices": ["adam", "adamw", "rmsprop"]}}
     (unequal,) = [p for p in optimizers(_view(study, space)).paragraphs if "unequal" in p]
     assert "(adam: 5, adamw: 1, rmsprop: 1;" in unequal
+
+
+def test_the_counted_sentence_speaks_of_one_trial_in_the_singular():
+    study = optuna.create_study()
+    for state, value in ((TrialState.COMPLETE, 0.2), (TrialState.PRUNED, None)):
+        study.add_trial(optuna.create_trial(
+            state=state, value=value, distributions=DISTS,
+            params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1},
+            intermediate_values={1: 0.5}))
+    assert _view(study, SPACE).population() == (
+        "Counted: the complete trial, trained for the full 3 epochs. The pruned trial stopped "
+        "early: it is counted apart and its loss is left out.")
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=0.3,
+                                        distributions=DISTS, params={
+                                            "optimizer": "sgd", "lr": 1e-2, "dropout": 0.2}))
+    assert _view(study, SPACE).population().startswith(
+        "Counted: the 2 complete trials, each trained for the full 3 epochs, so their losses "
+        "compare.")

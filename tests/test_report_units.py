@@ -33,17 +33,22 @@ from tuning.space import BOUNDS
 from tuning.study_file import StudySettings, parse_study
 
 
-def _view(best_params: dict) -> StudyView:
+def _view(best_params: dict, others: int = 3, queued: bool = False) -> StudyView:
+    """A study whose best trial has `best_params` (queued by hand if `queued`), beside `others`
+    worse ones inside every range."""
     space = parse_study({"space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True},
                                    "blocks": {"low": 1, "high": 3},
                                    "dropout": {"low": 0.0, "high": 0.5}}}).space
     dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "blocks": IntDistribution(1, 3),
              "dropout": FloatDistribution(0.0, 0.5)}
     study = optuna.create_study()
-    study.add_trial(optuna.create_trial(value=0.1, params=best_params, distributions=dists))
-    study.add_trial(optuna.create_trial(value=0.5, params={"lr": 1e-2, "blocks": 2,
-                                                           "dropout": 0.2},
-                                        distributions=dists))
+    study.add_trial(optuna.create_trial(value=0.1, params=best_params, distributions=dists,
+                                        user_attrs={"warm_start": "study file"} if queued
+                                        else {}))
+    for i in range(others):
+        study.add_trial(optuna.create_trial(value=0.5 + i, params={"lr": 1e-2, "blocks": 2,
+                                                                   "dropout": 0.2},
+                                            distributions=dists))
     return StudyView(study, study.trials, StudySettings(), space)
 
 
@@ -71,11 +76,18 @@ def test_best_value_inside_its_range_is_not_flagged():
     assert edge_warnings(_view({"lr": 1e-2, "blocks": 2, "dropout": 0.25})) == []
 
 
+def test_an_edge_says_nothing_before_four_trials_or_of_a_configuration_queued_by_hand():
+    on_edges = {"lr": 1e-4, "blocks": 3, "dropout": 0.0}
+    assert len(edge_warnings(_view(on_edges))) == 3
+    assert edge_warnings(_view(on_edges, others=2)) == []
+    assert edge_warnings(_view(on_edges, queued=True)) == []
+
+
 def test_a_space_without_an_optimizer_reports_the_default_one_trained_with():
     from tuning.report_sections import optimizers
 
     view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
-    assert [view.optimizer(t) for t in view.trials] == ["adam", "adam"]
+    assert [view.optimizer(t) for t in view.trials] == ["adam"] * 4
     assert "None" not in render_markdown("r", [optimizers(view)])
 
 

@@ -243,7 +243,8 @@ def history(numbers: list[int], values: list[float]) -> go.Figure:
         best.append(running)
     fig = go.Figure([
         go.Scatter(x=numbers, y=values, mode="markers", name="trial", marker_color=colour(0)),
-        go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line_color=colour(1)),
+        go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line_color=colour(1),
+                   line_shape="hv"),  # a step: the best changes at a trial, not between
     ])
     # Trial numbers are whole: over a few trials plotly's own ticks fall at 0.5, 1.5.
     few = bool(numbers) and max(numbers) - min(numbers) <= 10

@@ -21,6 +21,7 @@ from tuning.report_render import fixed, fmt
 from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
 from tuning.train import TrainConfig
+from tuning.warm_start import WARM_START_ATTR
 
 DEFAULT_OPTIMIZER = TrainConfig().optimizer
 
@@ -64,10 +65,14 @@ class StudyView:
         folds = self.settings.cv_folds
         # Under cross-validation a trial trains its epochs once on each fold.
         full = f"{epochs} on each of its {folds} folds" if folds > 1 else epochs
-        text = (f"Counted: the {len(self.completed)} complete trials, each trained for the full "
-                f"{full}, so their losses compare.")
+        n = len(self.completed)
+        text = (f"Counted: the complete trial, trained for the full {full}." if n == 1 else
+                f"Counted: the {n} complete trials, each trained for the full {full}, so their "
+                "losses compare.")
         if self.pruned:
-            text += (f" The {len(self.pruned)} pruned trials stopped early: they are counted "
+            text += (" The pruned trial stopped early: it is counted apart and its loss is left "
+                     "out." if len(self.pruned) == 1 else
+                     f" The {len(self.pruned)} pruned trials stopped early: they are counted "
                      "apart and their losses are left out.")
         if left_out:
             text += f" Left out: {', '.join(left_out)}."
@@ -269,12 +274,19 @@ def hard_limit(name: str, edge: str) -> float | None:
     return None if bounds.high_open or math.isinf(bounds.high) else bounds.high
 
 
+MIN_FOR_EDGES = 4
+"""Complete trials before a best value on the edge of its range says something of the range."""
+
+
 def edge_warnings(view: StudyView) -> list[str]:
     """Google's tuning playbook: a best value on the edge of its range means the range may be
-    too narrow."""
-    if not view.completed:
+    too narrow. Said where the search chose the best: not of a configuration queued by hand
+    (its values were chosen, not found), nor before MIN_FOR_EDGES trials completed."""
+    if len(view.completed) < MIN_FOR_EDGES:
         return []
     best = view.study.best_trial
+    if WARM_START_ATTR in best.user_attrs:
+        return []
     found = []
     # Tuned parameters only: `repeat` is a seed index, and no seed is better for being the
     # first or the last.
