@@ -192,6 +192,15 @@ def test_a_large_image_is_read_without_pillows_decompression_bomb_warning(tmp_pa
         assert _open(tmp_path / "big.png", "L").size == (28, 28)
 
 
+def test_a_class_folder_named_in_another_encoding_is_one_line_naming_its_bytes(tmp_path,
+                                                                               digits):
+    root = write_folder(tmp_path / "f", digits)
+    os.rename(root / "two", os.fsencode(root) + b"/tw\xff")  # Latin-1 from a Windows archive
+    with pytest.raises(UsageError, match=r"class folder b'tw\\xff' in .* has a name that is "
+                                         r"not UTF-8: rename it"):
+        read_image_folder(root, progress=False)
+
+
 def test_unreadable_files_are_skipped_then_an_error(tmp_path, digits):
     root = write_folder(tmp_path / "f", digits)
     truncated = png_bytes(digits[0][7])

@@ -43,6 +43,7 @@ def list_files(root: Path) -> Listing:
         if not entry.is_dir():
             listing.outside.append(entry.name)
             continue
+        _check_class_name(root, entry.name)
         images, others = _class_files(root, entry)
         listing.others.extend(others)
         if images:
@@ -50,6 +51,19 @@ def list_files(root: Path) -> Listing:
         else:
             listing.no_images.append(entry.name)
     return listing
+
+
+def _check_class_name(root: Path, name: str) -> None:
+    """UsageError for a class directory whose name is not UTF-8 (bytes Python decoded as
+    surrogates, from an archive made on another system): the class names are written into the
+    study, the report and the export, which cannot hold such a name."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        raise UsageError(f"class folder {shorten(repr(raw), 80)} in {shorten(str(root), 150)!r}"
+                         " has a name that is not UTF-8: rename it (its class is named after "
+                         "it)") from None
 
 
 def _class_files(root: Path, directory: Path) -> tuple[list[str], list[str]]:
