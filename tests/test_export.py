@@ -208,6 +208,28 @@ def test_refit_trains_on_train_and_validation_and_says_so(study_dir, capsys):
     assert load_model(out).config["weights"]["source"] == "refit"
 
 
+def test_an_export_cut_short_leaves_the_earlier_one_whole(exported, study_dir, tmp_path,
+                                                          monkeypatch):
+    import shutil
+
+    import tuning.export
+
+    out = tmp_path / "earlier"
+    shutil.copytree(exported, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (out / ".export-in-progress-x1").mkdir()  # left by an export killed before it cleaned up
+
+    def card_fails(config, where):
+        raise RuntimeError("the process dies while writing the card")
+
+    monkeypatch.setattr(tuning.export, "model_card", card_fails)
+    with pytest.raises(RuntimeError, match="dies while writing"):
+        _export(study_dir, "tiny", out, "--trial", "0")
+    # Not a mix of two exports, nor a half-written one that predict would take.
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert load_model(out).config["trial"] == json.loads(before["config.json"])["trial"]
+
+
 def test_without_a_checkpoint_the_trial_is_retrained_with_its_seed(study_dir, tmp_path,
                                                                      capsys):
     (tmp_path / "empty").mkdir()

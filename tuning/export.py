@@ -48,8 +48,11 @@ import io
 import json
 import logging
 import math
+import os
 import platform
 import shlex
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +268,8 @@ def check_out(out: Path) -> None:
     shown = shorten(str(out), 200)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {shown!r} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not _is_previous_export(out):
+    if out.is_dir() and any(not f.name.startswith(STAGING_PREFIX) for f in out.iterdir()) \
+            and not _is_previous_export(out):
         raise UsageError(f"--out {shown!r} is not empty and holds no earlier export (no "
                          f"{CONFIG_FILE} of tuning export): give a new or empty directory")
 
@@ -382,28 +386,48 @@ def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
     metrics = held_out_metrics(obtained.model, obtained.data, runtime)
     config = build_config(study, trial, settings, space, arrays, obtained, metrics, runtime,
                           command)
-    # An earlier export's files go only now that this one has its network: a program that
-    # this export cannot write must not be left over from another trial.
-    for name in EXPORT_FILES:
-        (out / name).unlink(missing_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in obtained.model.state_dict().items()}
+    # Written into a hidden folder inside `out`, then moved in, config.json last: an export
+    # cut short (a crash, a full disk, a kill) leaves the earlier one whole, or nothing that
+    # loads, never a mix of two or a half-written one that `tuning predict` would take.
+    for left in out.glob(f"{STAGING_PREFIX}*"):  # by an export killed before it could clean
+        shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        _write_export(staging, out, config, obtained.model, arrays)
+        # An earlier export's files go only now: a program that this export could not write
+        # must not be left over from another trial.
+        for name in EXPORT_FILES:
+            (out / name).unlink(missing_ok=True)
+        for file in sorted(staging.iterdir(), key=lambda f: f.name == CONFIG_FILE):
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return config
+
+
+STAGING_PREFIX = ".export-in-progress-"
+
+
+def _write_export(staging: Path, out: Path, config: dict, model: torch.nn.Module,
+                  arrays: Arrays) -> None:
+    """The export's files, written into `staging`; `out`, where they will be, for the card."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # Serialized in memory first: on a full disk torch.save fails in its zip writer with a
     # RuntimeError that does not say why, where a plain write raises an OSError that does.
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    (out / WEIGHTS_FILE).write_bytes(buffer.getbuffer())
+    (staging / WEIGHTS_FILE).write_bytes(buffer.getbuffer())
     config["files"] = {name: "not written yet" for name in PROGRAM_FILES}
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
     # The programs are made from the export as load_model reads it back: what they run is
     # what the files hold.
-    loaded = load_model(out)
+    loaded = load_model(staging)
     classifier = Classifier(loaded.network, loaded.config["normalization"]["mean"],
                             loaded.config["normalization"]["std"]).eval()
-    config["files"] = write_programs(classifier, arrays.input_shape, out, test_sample(arrays))
+    config["files"] = write_programs(classifier, arrays.input_shape, staging, test_sample(arrays))
     config["program_checks"] = [*CHECK_INPUTS, "test images"]
-    (out / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
-    return config
+    (staging / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
 
 
 def build_parser(prog: str = "python -m tuning.export") -> OneLineParser:
