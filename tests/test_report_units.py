@@ -18,7 +18,7 @@ from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
 from tuning.report import build_report, result_line
 from tuning.report_heldout import BASELINE_ATTR
-from tuning.report_render import fmt, render_markdown
+from tuning.report_render import Table, fmt, render_markdown
 from tuning.report_stats import (
     StudyView,
     edge_warnings,
@@ -379,3 +379,15 @@ def test_one_epoch_not_run_is_singular():
     view = StudyView(view.study, view.study.trials, view.settings, view.space)
     assert dict(overview(view).tables[0][1].rows)["compute saved by pruning"].startswith(
         "1 epoch not run")
+
+
+def test_markdown_cells_keep_a_class_named_with_a_pipe_in_its_column():
+    table = Table(["class", "recall"], [["cats|dogs", 0.5], ["two\nlines", 1.0]])
+    assert table.markdown().splitlines()[2:] == ["| cats\\|dogs | 0.5 |", "| two lines | 1 |"]
+
+
+def test_predict_escapes_tabs_and_line_breaks_in_its_fields():
+    from tuning.predict import _field
+
+    assert _field("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
+    assert _field("/data/ümlaut image.png") == "/data/ümlaut image.png"

@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") 
     except UsageError as exc:
         return fail(str(exc))
     for image, top in zip(args.images, results, strict=True):
-        print("\t".join([image, *(f"{name}\t{p:.4f}" for name, p in top)]))
+        print("\t".join([_field(image), *(f"{_field(name)}\t{p:.4f}" for name, p in top)]))
     return 0
+
+
+def _field(text: str) -> str:
+    """`text` as one field of a tab-separated line: a tab or line break in an image's path or
+    a class's name, escaped as \\t and \\n, would otherwise add fields or lines."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 

@@ -61,6 +61,11 @@ def fixed(value) -> str:
     return f"{value:.{DECIMALS}f}"
 
 
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: a class named "a|b" would split its row, a line break end it."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split("\n"))
+
+
 @dataclass
 class Table:
     """A table rendered both as HTML and as Markdown."""
@@ -77,9 +82,9 @@ class Table:
                 for column, v in zip(self.columns, row, strict=True)]
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |",
+        lines = ["| " + " | ".join(map(_md_cell, self.columns)) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(self.cells(row)) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(map(_md_cell, self.cells(row))) + " |" for row in self.rows]
         if self.note:
             lines += ["", f"*{self.note}*"]
         return "\n".join(lines)
