@@ -10,6 +10,7 @@ five); one of them also runs in a real process.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -271,6 +272,23 @@ def test_cifar10_layout(workdir, digits):
 
 
 # --- a [data] table ----------------------------------------------------------------------------
+
+def test_a_study_file_without_a_space_table_is_warned_about_before_it_runs(tmp_path, caplog):
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
+
+    data_only = tmp_path / "data-only.toml"
+    data_only.write_text('[study]\nepochs = 1\n\n[data]\nval_fraction = 0.2\n')
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        make_plan(build_parser().parse_args(["--config", str(data_only)]))
+    assert "has no [space] table: every parameter keeps its default, so the trials repeat one " \
+        "configuration" in caplog.text
+    caplog.clear()
+    data_only.write_text('[study]\nepochs = 1\n\n[space]\nlr = 0.01\n')  # fixed on purpose
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        make_plan(build_parser().parse_args(["--config", str(data_only)]))
+    assert "[space]" not in caplog.text
+
 
 @pytest.mark.slow
 def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_folder(

@@ -73,6 +73,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--config {shorten(str(config))!r} names the study: {exc}; "
                              "give --study") from None
     study_file = stored or load_study_file(config)
+    if not study_file.space_given:
+        # A file written for its [data] table alone would otherwise run one configuration
+        # again and again, and say so only at the end.
+        log.warning("study file %s has no [space] table: every parameter keeps its default, so "
+                    "the trials repeat one configuration; copy "
+                    "the [space] of a built-in study (tuning studies lists them) to search",
+                    shorten(str(config), 120))
     if args.config is None and stored is None and names_its_study(args.dataset) and (
             is_path(args.dataset) or name not in known):
         # Images without a study file of their own run in the default (digits') space, made

@@ -168,6 +168,8 @@ class StudyFile:
     enqueue: tuple[dict, ...] = ()
     """Configurations to try first (the `enqueue` list), each a dict of some of the space's
     parameters; the sampler chooses the rest."""
+    space_given: bool = True
+    """Whether the file has a [space] table: without one every parameter keeps its default."""
 
     def space_dict(self) -> dict:
         """The space in the JSON form a study stores it in (tuples become lists)."""
@@ -486,7 +488,8 @@ def parse_study(raw: dict, path: str = "<study>") -> StudyFile:
         settings = dataclasses.replace(settings, dataset=data_path)
     if problems:
         raise UsageError(_message(f"study file {_show(path)}", problems))
-    return StudyFile(path=path, settings=settings, space=space, data=data, enqueue=enqueue)
+    return StudyFile(path=path, settings=settings, space=space, data=data, enqueue=enqueue,
+                     space_given="space" in raw)
 
 
 def _parse_data(table: object, base: Path,
