@@ -316,6 +316,18 @@ def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_fold
     assert config["class_names"] == ["zero", "one", "two"] and config["hflip"] is False
     assert os.path.normpath(config["test"]) == str(workdir / "images" / "test")
     assert len(finished(study)) == 1
+    # Moved together, the test folder is found beside the training images as before.
+    (workdir / "images").rename(workdir / "moved")
+    resumed = run_cli("--study", "digits", "--dataset", "moved/train", "--trials", "2",
+                      cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(finished(load_study(f"sqlite:///{workdir}/studies/digits.db", "digits"))) == 2
+    # Apart, the message names the folder and where it was looked for.
+    (workdir / "moved" / "train").rename(workdir / "train")
+    apart = run_cli("--study", "digits", "--dataset", "train", "--trials", "3", cwd=workdir)
+    assert apart.returncode == 2
+    assert f"the [data] test folder {str(workdir / 'images' / 'test')!r} does not exist " \
+        "(moved with the training images, it is looked for beside them" in apart.stderr
 
 
 # --- bad input: exit 2, one line, nothing stored -----------------------------------------------

@@ -68,7 +68,8 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     name = stored.get("name", settings.dataset)
     try:
         arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
-                             settings.seed, config=stored_data_config(study), download=False)
+                             settings.seed, config=stored_data_config(study, settings.dataset),
+                             download=False)
     except UsageError as exc:
         remedy = _where_the_data_were(settings.dataset, stored.get("source"), data_dir)
         if way_round:

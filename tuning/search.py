@@ -78,6 +78,7 @@ from tuning.study import (
     load_existing,
     open_study,
     record_worker,
+    test_folder_moved_with,
 )
 from tuning.warm_start import enqueue, top_configurations
 
@@ -289,7 +290,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     # Loaded before the study is opened: the data decide its name (name_after_data), and the
     # launcher's workers, told so, do not each repeat what loading them says.
     arrays = load_arrays(plan.settings.dataset, args.data_dir, plan.settings.seed,
-                         config=plan.study_file.data)
+                         config=test_folder_moved_with(plan.study_file.data,
+                                                       plan.study_file.settings.dataset,
+                                                       plan.settings.dataset))
     plan = name_after_data(plan, args, arrays)
     plan.settings.network().check(representative(plan.study_file.space), arrays.input_shape,
                                   arrays.num_classes, plan.settings.limits())

@@ -192,6 +192,10 @@ def _read_path(path: Path, config: DataConfig) -> tuple[str, str, ArrayImages]:
                                   class_names=config.class_names)
         test_x = test_y = None
         if config.test is not None:
+            if not Path(config.test).expanduser().exists():
+                raise UsageError(f"the [data] test folder {shorten(config.test, 200)!r} does "
+                                 "not exist (moved with the training images, it is looked for "
+                                 "beside them, where it lay before)")
             size = train.x.shape[1] if train.x.shape[1] == train.x.shape[2] else None
             test = read_image_folder(Path(config.test).expanduser(),
                                      image_size=config.image_size or size,

@@ -312,10 +312,25 @@ def check_images_found(study_name: str, settings: StudySettings) -> None:
                          "--dataset")
 
 
-def stored_data_config(study: optuna.Study) -> DataConfig:
+def stored_data_config(study: optuna.Study, dataset: str | None = None) -> DataConfig:
     """How the study's images are read and split; studies from before [data] tables have the
-    defaults."""
-    return DataConfig.from_dict(study.user_attrs.get("data_config", {}))
+    defaults. `dataset`: where its images are read from now (`with_images_at`), which finds
+    a separate test folder again where it moved with them (`test_folder_moved_with`)."""
+    config = DataConfig.from_dict(study.user_attrs.get("data_config", {}))
+    recorded = study.user_attrs.get("settings", {}).get("dataset")
+    if dataset is None or recorded is None:
+        return config
+    return test_folder_moved_with(config, recorded, dataset)
+
+
+def test_folder_moved_with(config: DataConfig, recorded: str, dataset: str) -> DataConfig:
+    """`config` with its [data] test folder where it lies now beside the training images,
+    which moved from `recorded` to `dataset` (../flowers-test beside ../flowers, as before);
+    unchanged where they did not move, the folder is still where it was, or is not there."""
+    if config.test is None or dataset == recorded or Path(config.test).exists():
+        return config
+    moved = Path(os.path.normpath(Path(dataset) / os.path.relpath(config.test, recorded)))
+    return dataclasses.replace(config, test=str(moved)) if moved.is_dir() else config
 
 
 def use_strategy(study: optuna.Study, settings: StudySettings, space: dict) -> None:

@@ -118,7 +118,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     if runtime.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed,
-                         config=stored_data_config(study),
+                         config=stored_data_config(study, settings.dataset),
                          fallback_level=logging.DEBUG if args.launched else logging.WARNING)
     check_data_matches(study, arrays.fingerprint())
     arrays = arrays.normalized_as(study.user_attrs["data"])
