@@ -147,3 +147,17 @@ def test_readers_leave_an_empty_sqlite_file_empty(monkeypatch, tmp_path, capsys)
         assert "'notes.db' is not a usable SQLite database" in capsys.readouterr().err
     assert empty.read_bytes() == b"" and other.read_text() == "not a database"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.db", "studies", "x.db"]
+
+
+def test_a_database_in_a_read_only_directory_says_why_reading_needs_writing(monkeypatch,
+                                                                            tmp_path):
+    import tuning.storage
+    from tuning.errors import UsageError
+
+    (tmp_path / "studies").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning.storage.os, "access", lambda path, mode: False)  # root ignores
+    with pytest.raises(UsageError, match=r"'studies/x.db' cannot be written \(SQLite writes "
+                                         r"its lock and log files beside the database, even to "
+                                         r"read it: copy it somewhere writable\)"):
+        tuning.storage.resolve_url("sqlite:///studies/x.db")

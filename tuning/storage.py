@@ -186,7 +186,9 @@ def resolve_url(url: str) -> str:
         if not parent.is_dir():
             raise UsageError(f"{given} {url!r}: directory {str(parent)!r} does not exist")
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise UsageError(f"{given} {url!r}: {str(path)!r} cannot be written")
+            raise UsageError(f"{given} {url!r}: {str(path)!r} cannot be written (SQLite writes "
+                             "its lock and log files beside the database, even to read it: "
+                             "copy it somewhere writable)")
         return url
     if backend in ("postgresql", "postgres"):
         if "+" not in parsed.drivername:
