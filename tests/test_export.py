@@ -556,6 +556,15 @@ def test_broken_weights_say_what_is_wrong(exported, tmp_path, capsys):
         load_model(other)
 
 
+def test_the_loaded_model_refuses_a_tensor_of_another_shape_than_the_studys(exported):
+    model = load_model(exported)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    for shape in ((2, 3, 28, 28), (1, 28, 28), (2, 1, 32, 32)):
+        with pytest.raises(ExportError, match=r"takes float images \(N, 1, 28, 28\) in \[0, 1\], "
+                                              rf"got a tensor of shape \({shape[0]}, "):
+            model(torch.zeros(shape))
+
+
 def test_predict_top_refuses_fewer_than_one_class(exported):
     model = load_model(exported)
     image = Image.fromarray(np.zeros((28, 28), np.uint8))

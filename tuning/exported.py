@@ -97,6 +97,16 @@ class ExportedModel(Classifier):
         self.input_shape: tuple[int, int, int] = tuple(config["input_shape"])
         """(C, H, W) of the images the network takes."""
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The normalization would broadcast a 1-channel batch to 3 channels and classify it
+        # without a word; model.pt2 refuses any shape but the study's, and so does this.
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
+            c, h, w = self.input_shape
+            raise ExportError(f"the model takes float images (N, {c}, {h}, {w}) in [0, 1], got "
+                              f"a tensor of shape {tuple(images.shape)}: preprocess(image) "
+                              "converts and fits an image")
+        return super().forward(images)
+
     @property
     def device(self) -> torch.device:
         return self.mean.device
