@@ -292,8 +292,11 @@ def test_by_default_a_fixed_configuration_exports_its_first_repeat_as_the_report
     view = StudyView(study, study.get_trials(), settings, fixed)
     assert reported_trial(view).number == 1
     assert choose_trial(study, settings, fixed, None).number == 1
-    # --trial still chooses any complete trial.
+    # --trial still chooses any complete trial; one that is not names the default instead.
     assert choose_trial(study, settings, fixed, 2).number == 2
+    with pytest.raises(UsageError, match=r"trial 0 .* is PRUNED, not COMPLETE: .*; without "
+                                         r"--trial the export takes #1$"):
+        choose_trial(study, settings, fixed, 0)
     searched = {**fixed, "lr": Param("lr", "float", low=1e-3, high=1e-1, log=True)}
     assert choose_trial(study, settings, searched, None).number == 2
 

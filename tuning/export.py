@@ -144,18 +144,20 @@ def _no_complete_trial(name: str, trials: list[FrozenTrial]) -> str:
             "nothing to export")
 
 
-def _not_complete(trial: FrozenTrial, study: optuna.Study, complete: list[FrozenTrial]) -> str:
+def _not_complete(trial: FrozenTrial, study: optuna.Study, default: FrozenTrial | None) -> str:
     """Why trial `trial` (not complete) cannot be exported, with its prune or fail reason where
-    it has one, and the trial to export instead."""
+    it has one, and the trial to export instead (`default`, what a plain export takes)."""
     reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason")
     why = f" ({shorten(str(reason), 200)})" if reason else ""
     return (f"trial {trial.number} of study {study.study_name!r} is {trial.state.name}, not "
             f"COMPLETE{why}: only a complete trial has a result to stand on; "
-            f"{_instead(study, complete)}")
+            f"{_instead(default)}")
 
 
-def _instead(study: optuna.Study, complete: list[FrozenTrial]) -> str:
-    return (f"its best is #{study.best_trial.number}" if complete
+def _instead(default: FrozenTrial | None) -> str:
+    """What to export instead: the trial an export without --trial takes (the best, or the
+    first of repeats of one configuration)."""
+    return (f"without --trial the export takes #{default.number}" if default is not None
             else "the study has no complete trial")
 
 
@@ -165,19 +167,20 @@ def choose_trial(study: optuna.Study, settings: StudySettings, space: dict[str, 
     evaluates: the best, or for repeats of one fixed configuration the first complete one."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    default = reported_trial(StudyView(study, trials, settings, space)) if complete else None
     if number is None:
-        if not complete:
+        if default is None:
             raise UsageError(_no_complete_trial(study.study_name, trials))
-        return reported_trial(StudyView(study, trials, settings, space))
+        return default
     by_number = {t.number: t for t in trials}
     if not by_number:
         raise UsageError(_no_complete_trial(study.study_name, trials))
     if number not in by_number:
         raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
-                         f"0-{max(by_number)}); {_instead(study, complete)}")
+                         f"0-{max(by_number)}); {_instead(default)}")
     trial = by_number[number]
     if trial.state != TrialState.COMPLETE:
-        raise UsageError(_not_complete(trial, study, complete))
+        raise UsageError(_not_complete(trial, study, default))
     return trial
 
 
