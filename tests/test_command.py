@@ -247,6 +247,11 @@ def test_studies_lists_a_stored_study_without_a_file_and_creates_nothing(tmp_pat
     assert there.returncode == 0, there.stderr
     (row,) = [line for line in there.stdout.splitlines() if line.endswith(elsewhere)]
     assert row.startswith("mnist-sample ") and "0 of target 100 finished" in row
+    # Named by --storage where it is also the local database: listed once, with its target.
+    same = tuning("studies", "--storage", "sqlite:///studies/mnist-sample.db", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    (row,) = [line for line in same.stdout.splitlines() if line.startswith("mnist-sample ")]
+    assert "0 of target 100 finished" in row
     refused = tuning("studies", "--storage", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.startswith("error: no study database")
     assert not (tmp_path / "none.db").exists()

@@ -85,9 +85,12 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         except UsageError as exc:
             what = f"invalid: {str(exc)[:120]}"
         rows.append((entry.name, entry.origin, what, str(entry.path)))
-    rows += [(name, "stored", what, str(path))
-             for name, what, path in _stored_studies({entry.name for entry in entries})]
     url = args.storage or setting("TUNING_STORAGE")
+    # A local database that --storage names too is listed once, with the storage's details.
+    listed = _same_file(url)
+    rows += [(name, "stored", what, str(path))
+             for name, what, path in _stored_studies({entry.name for entry in entries})
+             if listed is None or not path.exists() or not path.samefile(listed)]
     if url:
         try:
             rows += _studies_in(url)
@@ -99,6 +102,17 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         print(" ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
               + f" {row[3]}")
     return EXIT_OK
+
+
+def _same_file(url: str | None) -> Path | None:
+    """The SQLite file a storage URL names, where it exists (else None)."""
+    from tuning.storage import sqlite_path  # noqa: PLC0415 - as above
+
+    try:
+        path = sqlite_path(url) if url else None
+    except Exception:  # not a URL: the listing of --storage says so
+        return None
+    return path if path is not None and path.is_file() else None
 
 
 def _optuna_database(path: Path) -> bool:
