@@ -64,14 +64,17 @@ def _sqlite_study(tmp_path, name="s"):
 
 # --- a trial must never stay RUNNING without a heartbeat ------------------------------------
 
-def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_path):
+def test_a_running_trial_that_never_got_a_heartbeat_is_failed_and_retried(tmp_path, caplog):
     url, study = _sqlite_study(tmp_path)
     orphan = study.ask()  # created, then its worker lost the database before any heartbeat
     orphan.suggest_float("x", 0, 1)
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.RUNNING  # younger than the grace period
     time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
-    fail_stale_trials(study)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        fail_stale_trials(study, announce=True)  # as a worker not under a launcher does
+    assert "trial 0 failed: its worker stopped beating (no heartbeat for" in caplog.text
+    assert caplog.text.rstrip().endswith("it runs again first")
     queue_due_retries(study)  # as the worker that failed it does next, under the same lock
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
@@ -1139,6 +1142,36 @@ def test_a_stop_during_a_database_outage_ends_the_wait_for_the_database():
         call_with_retry(Outages(), 0.6, refused)
 
 
+def test_every_call_in_one_outage_shares_one_retry_window(caplog):
+    """TUNING_DB_RETRY_S bounds the outage, not each call: a worker's calls after the first
+    gave up (recording its trial's end) give up at once, where each waited a whole window."""
+    from tuning.outage import Outages, call_with_retry
+
+    def refused():
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
+
+    outages = Outages()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            call_with_retry(outages, 1.0, refused)
+        first = time.monotonic() - started
+        for _ in range(3):  # the trial's fail reason, its state, its retry: no more waiting
+            with pytest.raises(sqlalchemy.exc.OperationalError):
+                call_with_retry(outages, 1.0, refused)
+    assert 1.0 <= first and time.monotonic() - started < first + 0.5
+    assert caplog.text.count("database unreachable") == 1
+    # Reachable again: the next outage has a window of its own.
+    assert call_with_retry(outages, 1.0, lambda: "written") == "written"
+    assert outages.down_since is None
+    # Without a window (SQLite), an error is raised at once and no outage is announced.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            call_with_retry(Outages(), 0.0, refused)
+    assert "unreachable" not in caplog.text
+
+
 # --- opening a database server: a restart waited out by workers; a creation race -------------
 
 def test_a_worker_waits_for_a_database_server_being_restarted_and_a_command_does_not():
@@ -1298,6 +1331,29 @@ def test_a_database_lost_past_its_patience_is_one_line_and_status_4(module, monk
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "could not be reached" in err and "run the same command again" in err
     assert "s3cret" not in err
+
+
+def test_the_status_4_line_gives_the_drivers_words_under_optunas_wrapper(capsys):
+    from optuna.exceptions import StorageInternalError
+
+    from tuning.cli import database_lost
+
+    refused = sqlalchemy.exc.OperationalError("COMMIT", {}, Exception(
+        'connection to server at "127.0.0.1", port 5432 failed: Connection refused\nIs it up?'))
+    try:
+        try:
+            raise refused
+        except sqlalchemy.exc.OperationalError as exc:
+            raise StorageInternalError("An exception is raised during the commit. This "
+                                       "typically happens due to invalid data.") from exc
+    except StorageInternalError as wrapped:
+        assert database_lost("postgresql://u@db/x", wrapped) == 4
+    err = capsys.readouterr().err
+    assert "(TUNING_DB_RETRY_S): connection to server at \"127.0.0.1\", port 5432 failed: " \
+        "Connection refused; run the same command again" in err
+    assert "invalid data" not in err and len(err.splitlines()) == 1
+    assert database_lost(None, None) == 4  # the workers said why: the launcher's line does not
+    assert "(TUNING_DB_RETRY_S); run the same command again" in capsys.readouterr().err
 
 
 def test_a_worker_that_waited_for_the_database_in_vain_ends_with_status_4(monkeypatch, capsys):

@@ -132,16 +132,17 @@ def study_name(text: str) -> str:
     return text
 
 
-def database_lost(url: str | None, exc: BaseException) -> int:
+def database_lost(url: str | None, exc: BaseException | None) -> int:
     """A command's end when the database stayed unreachable past its patience: one line, and
-    the status that says "run me again", not "fix me" (a scheduler retries it)."""
-    from tuning.outage import retry_seconds  # noqa: PLC0415 - keeps `cli` light to import
+    the status that says "run me again", not "fix me" (a scheduler retries it). `exc`: the
+    error, whose driver's words the line gives; None where the workers' lines gave them."""
+    from tuning.outage import retry_seconds, root_reason  # noqa: PLC0415 - keeps `cli` light
     from tuning.storage import mask_url  # noqa: PLC0415
 
-    reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+    reason = "" if exc is None else f": {shorten(mask_url(root_reason(exc)), 200)}"
     which = f"the database {mask_url(url)}" if url else "the study's database"
     print(f"error: {which} could not be reached for "
-          f"{retry_seconds():g} s (TUNING_DB_RETRY_S): {shorten(mask_url(reason), 200)}; run "
+          f"{retry_seconds():g} s (TUNING_DB_RETRY_S){reason}; run "
           "the same command again once it is back: the study is intact, and the trials that "
           "were running are retried", file=sys.stderr)
     return EXIT_DATABASE_LOST

@@ -78,6 +78,15 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
+def root_reason(exc: BaseException) -> str:
+    """The first line of what the database's driver said, under the layers Optuna and
+    SQLAlchemy wrap it in (Optuna's StorageInternalError says only that a commit failed)."""
+    links = list(_chain(exc))
+    origins = [origin for link in links if (origin := getattr(link, "orig", None)) is not None]
+    said = next((origin for origin in origins if str(origin).strip()), links[-1])
+    return (str(said).strip().splitlines() or [type(said).__name__])[0]
+
+
 def disk_full(exc: BaseException, sqlite_file: str | None = None) -> bool:
     """Whether an error from the database (any layer of it) means its disk is full.
 
@@ -143,7 +152,7 @@ class Outages:
         with self._lock:
             if self.down_since is None:
                 self.down_since = time.monotonic()
-                reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
+                reason = root_reason(exc)[:200]
                 log.warning("database unreachable (%s); retrying for up to %.0f s", reason,
                             retry_s)
 
@@ -164,18 +173,22 @@ class Outages:
 
 def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_full,
                     where: str = "the database", **kwargs):
-    """`fn(*args, **kwargs)`, retried for up to `retry_s` seconds while the database is
-    unreachable; StorageFull when the disk of the database `where` is full (`is_full` tells
-    from the error)."""
-    start = time.monotonic()
-    deadline = start + retry_s
+    """`fn(*args, **kwargs)`, retried while the database is unreachable, up to `retry_s`
+    seconds from the start of the outage (not of this call: each call a worker makes after
+    the first failed, to record its trial's end, would wait a whole window again); StorageFull
+    when the disk of the database `where` is full (`is_full` tells from the error)."""
     for attempt in itertools.count():
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             if is_full(exc):
                 raise StorageFull(full_disk_message(where)) from exc
-            if not transient(exc) or time.monotonic() >= deadline:
+            if not transient(exc):
+                raise
+            now = time.monotonic()
+            start = now if outages.down_since is None else outages.down_since
+            deadline = start + retry_s
+            if now >= deadline:
                 raise
             outages.failed(exc, retry_s)
             _wait(min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)],

@@ -245,16 +245,17 @@ def current_goal(study: optuna.Study, target: int,
 
 
 def take_trial(study: optuna.Study, target: int, lock: StudyLock,
-               patience: int | None = None) -> optuna.Trial | NoTrial:
+               patience: int | None = None, announce: bool = True) -> optuna.Trial | NoTrial:
     """A new trial if the target leaves room for one (and a grid a configuration), else why
     not (the target and patience: `current_goal`'s). Dead workers' trials are failed first,
     and every retry due is queued (a worker killed after failing its trial and before queuing
     the retry left it due), under the same lock: the retries are then waiting trials, which
     `ask` takes before sampling. Queued apart, another worker's retry could land between `ask`
     finding no waiting trial and creating a new one, which would then take the place in the
-    target that the retry was to fill, leaving the retry waiting at the end."""
+    target that the retry was to fill, leaving the retry waiting at the end. `announce`: say
+    which trials of dead workers it failed (a launcher's workers leave it to the launcher)."""
     with lock.hold():
-        fail_stale_trials(study)
+        fail_stale_trials(study, announce)
         trials = study.get_trials(deepcopy=False)
         queue_due_retries(study, trials, lock.still_held)  # waiting: the counts below stand
         finished, running = _counts(trials)
@@ -292,7 +293,7 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
         return trial
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study, announce: bool = False) -> None:
     """Fail the trials of workers that stopped beating. Optuna's fail_stale_trials, but each
     marked as due its retry (which `queue_due_retries` then queues, in `take_trial`) instead
     of queued by a callback: a checker killed between failing and queuing would otherwise
@@ -310,7 +311,9 @@ def fail_stale_trials(study: optuna.Study) -> None:
         reason = (f"its worker stopped beating (no heartbeat for {grace_period():g} s: killed, "
                   "paused or cut off from the database)")
         for trial_id in stale:
-            fail_for_retry(storage, trial_id, reason=reason)
+            if fail_for_retry(storage, trial_id, reason=reason) and announce:
+                log.warning("trial %d failed: %s; it runs again first",
+                            storage.get_trial(trial_id).number, reason)
     except Exception as exc:  # the database is down: stale trials are found again next time
         if not transient(exc):
             raise
@@ -391,10 +394,13 @@ def run_trials(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     stop: GracefulStop | None = None,
     patience: int | None = None,
+    announce_stale: bool = True,
 ) -> RunStats:
     """Run trials until `study` has `target` finished trials (or `timeout` passes, or
     `patience` trials finish after the best without beating it: `out_of_patience`); a study
     made by tuning.search stores its own target and patience, which are followed instead.
+    `announce_stale`: say which dead workers' trials it failed (not under a launcher, which
+    says it).
 
     A trial that raises TrialFailed is recorded as FAIL and the worker goes on; any other
     exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
@@ -406,7 +412,7 @@ def run_trials(
     while deadline is None or time.monotonic() < deadline:
         stop.check()
         started = time.perf_counter()
-        trial = take_trial(study, target, lock, patience)
+        trial = take_trial(study, target, lock, patience, announce_stale)
         if trial is NoTrial.TARGET_MET:
             break
         if trial is NoTrial.GRID_RUN:

@@ -54,7 +54,14 @@ from tuning.cli import (
 from tuning.command import run_started
 from tuning.data import device_data_limit, load_arrays
 from tuning.device import cpu_cores, resolve_device, set_cpu_threads
-from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted, shorten
+from tuning.errors import (
+    EXIT_DATABASE_LOST,
+    EXIT_OK,
+    EXIT_TRIALS_FAILING,
+    UsageError,
+    counted,
+    shorten,
+)
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
@@ -376,6 +383,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             if status > 128:
                 return _stopped(study, plan, args, prog, progress, status,
                                 "the running trials were")
+            if status == EXIT_DATABASE_LOST:  # its workers waited it out: not again here
+                return database_lost(plan.storage, None)
         else:
             artifacts = artifact_store(args.artifacts)
             status = _run_here(study, plan, arrays, runtime, artifacts, args, progress,

@@ -42,7 +42,7 @@ from tuning.cli import (
     storage_url,
 )
 from tuning.command import run_started
-from tuning.errors import EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
+from tuning.errors import EXIT_DATABASE_LOST, EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
 from tuning.objective import worker_id
 from tuning.outage import StorageFull, outages_of, transient
 from tuning.runner import (
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         if progress is not None:
             progress.deadline = deadline
         stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
-                           progress, objective.stop, patience)
+                           progress, objective.stop, patience, announce_stale=not args.launched)
         if not args.launched:  # a launcher says it once for all its workers
             say_why_nothing_more(study, target, patience, stats, url)
     except (UsageError, StorageFull) as exc:
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
     except Exception as exc:
         if not transient(exc):
             raise
+        if args.launched:  # its launcher says it once for all its workers
+            return EXIT_DATABASE_LOST
         return database_lost(url, exc)
     return EXIT_TRIALS_FAILING if stats.stopped_by_failures else EXIT_OK
 
