@@ -1348,6 +1348,8 @@ def test_the_status_4_line_gives_the_drivers_words_under_optunas_wrapper(capsys)
                                        "typically happens due to invalid data.") from exc
     except StorageInternalError as wrapped:
         assert database_lost("postgresql://u@db/x", wrapped) == 4
+        # So does the warning of a trial its worker could not mark failed.
+        assert runner._why_unrecorded(wrapped).startswith('connection to server at "127.0.0.1"')
     err = capsys.readouterr().err
     assert "(TUNING_DB_RETRY_S): connection to server at \"127.0.0.1\", port 5432 failed: " \
         "Connection refused; run the same command again" in err

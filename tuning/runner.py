@@ -28,7 +28,14 @@ from sqlalchemy import Connection, create_engine, text
 from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR
 from tuning.errors import counted, shorten
 from tuning.objective import TrialFailed, over_limits, stopped_by_budget
-from tuning.outage import Outages, call_with_retry, outages_of, retry_seconds, transient
+from tuning.outage import (
+    Outages,
+    call_with_retry,
+    outages_of,
+    retry_seconds,
+    root_reason,
+    transient,
+)
 from tuning.signals import GracefulStop, Interrupted, NoStop, raise_if_stop_requested
 from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
@@ -352,7 +359,8 @@ def _why_unrecorded(exc: BaseException) -> str:
         # One raised while waiting for the database has the database's error as its cause.
         return "the database is unreachable" if exc.__cause__ is not None else \
             f"stopped again by {exc}"
-    return shorten(str(exc) or type(exc).__name__, 120)
+    # The driver's words, not Optuna's wrapper's ("invalid data in the commit").
+    return shorten(root_reason(exc), 120)
 
 
 def _reason(exc: BaseException) -> str:
