@@ -440,3 +440,6 @@ def test_worker_pods_wait_for_the_creator_job(workdir, tiny):
         waiting.kill()
     assert waiting.returncode == 0, err
     assert "study 'tiny' is ready" in out
+    # Before the creator made the tables, in words, not the database's error.
+    assert re.search(r"waiting for study 'tiny' in \S+: not created yet", out), out
+    assert "no such table" not in out
