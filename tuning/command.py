@@ -90,7 +90,7 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     listed = _same_file(url)
     rows += [(name, "stored", what, str(path))
              for name, what, path in _stored_studies({entry.name for entry in entries})
-             if listed is None or not path.exists() or not path.samefile(listed)]
+             if listed is None or not path.samefile(listed)]
     if url:
         try:
             rows += _studies_in(url)
@@ -152,10 +152,9 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
 def _data_shown(dataset: str) -> str:
     """A stored study's data set, its images' path marked where they are not on this host
     (moved: `--dataset` gives their new place)."""
-    from tuning.sources import is_path  # noqa: PLC0415 - as above
+    from tuning.study import images_missing  # noqa: PLC0415 - as above
 
-    missing = is_path(dataset) and not Path(dataset).exists()
-    return f"{dataset} (not found here)" if missing else dataset
+    return f"{dataset} (not found here)" if images_missing(dataset) else dataset
 
 
 def _studies_in(url: str) -> list[tuple[str, str, str, str]]:

@@ -192,12 +192,13 @@ def _read_path(path: Path, config: DataConfig) -> tuple[str, str, ArrayImages]:
                                   class_names=config.class_names)
         test_x = test_y = None
         if config.test is not None:
-            if not Path(config.test).expanduser().exists():
+            test_folder = Path(config.test).expanduser()
+            if not test_folder.exists():
                 raise UsageError(f"the [data] test folder {shorten(config.test, 200)!r} does "
                                  "not exist (moved with the training images, it is looked for "
                                  "beside them, where it lay before)")
             size = train.x.shape[1] if train.x.shape[1] == train.x.shape[2] else None
-            test = read_image_folder(Path(config.test).expanduser(),
+            test = read_image_folder(test_folder,
                                      image_size=config.image_size or size,
                                      channels=train.x.shape[3],
                                      training_classes=train.class_names)

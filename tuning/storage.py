@@ -238,7 +238,11 @@ def _prepare_sqlite(path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         if disk_full(exc, str(path)):
             raise UsageError(full_disk_message(str(path))) from None
-        raise UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})") from None
+        raise _not_a_database(path, exc) from None
+
+
+def _not_a_database(path: Path, exc: sqlite3.DatabaseError) -> UsageError:
+    return UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})")
 
 
 def optuna_tables(path: Path) -> set[str]:
@@ -258,7 +262,7 @@ def _check_sqlite_holds_studies(path: Path) -> None:
     try:
         tables = optuna_tables(path)
     except sqlite3.DatabaseError as exc:
-        raise UsageError(f"{str(path)!r} is not a usable SQLite database ({exc})") from None
+        raise _not_a_database(path, exc) from None
     if "studies" not in tables:
         raise UsageError(f"no study in {str(path)!r}: it holds no Optuna tables (a creation "
                          "cut short leaves an empty file); create the study with tuning search")

@@ -303,10 +303,16 @@ def with_images_at(settings: StudySettings, dataset: str | None) -> StudySetting
         Path(dataset).expanduser().absolute()))
 
 
+def images_missing(dataset: str) -> bool:
+    """Whether a study's data set is its own images' path with nothing there on this host
+    (moved, or mounted elsewhere)."""
+    return is_path(dataset) and not Path(dataset).exists()
+
+
 def check_images_found(study_name: str, settings: StudySettings) -> None:
     """UsageError where the images a stored study was run on are not at the path it recorded
-    (moved, or mounted elsewhere on this host), saying how to give their place."""
-    if is_path(settings.dataset) and not Path(settings.dataset).exists():
+    (`images_missing`), saying how to give their place."""
+    if images_missing(settings.dataset):
         raise UsageError(f"study {study_name!r} was run on {shorten(settings.dataset, 200)!r}, "
                          "which is not there on this host: give the images' place with "
                          "--dataset")
