@@ -251,8 +251,13 @@ def test_own_builder_end_to_end_limits_enqueue_and_report(builder_dir, capsys):
         assert trial.user_attrs["param_count"] == SIZE[trial.params["model.width"]]
         if trial.state == TrialState.COMPLETE:
             assert trial.user_attrs["param_count"] <= 5000
-    # The report's tables carry the builder's parameters, the sizes and the limit.
+    # The report's tables carry the builder's parameters, the sizes and the limit. Without the
+    # test it writes no metrics, and removes an earlier report's, which would contradict it.
+    stale = workdir / "reports" / "own" / "test_metrics.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"best": {"accuracy": 0.99}}')
     assert report_main(["--study", "own", "--no-test", "--quiet"]) == 0
+    assert not stale.exists()
     rows = list(csv.DictReader((workdir / "reports" / "own" / "trials.csv").open()))
     assert [int(r["model.width"]) for r in rows] == [t.params["model.width"] for t in trials]
     assert [int(r["param_count"]) for r in rows] == [SIZE[t.params["model.width"]]

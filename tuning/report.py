@@ -2,7 +2,7 @@
 regularization, with the evidence; and the best configuration once on the held-out test set.
 
 Writes `index.html` (self-contained: plotly.js is inlined, nothing is fetched), `summary.md`
-with the same tables, `trials.csv`, and `test_metrics.json`.
+with the same tables, `trials.csv`, and `test_metrics.json` when the held-out test ran.
 
 This module is the command and `build_report`, which puts the report together from:
 report_stats (what the numbers say), report_sections (one section per question),
@@ -50,6 +50,7 @@ from tuning.study import load_existing, stored_definition, with_images_at
 
 # The tutorial's configuration, trained beside the best trial as the baseline of the test.
 SEED_STUDY_FILE = builtin_study_file("seed")
+METRICS_FILE = "test_metrics.json"
 
 
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
@@ -93,7 +94,13 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     (out / "index.html").write_text(render_html(title, sections), encoding="utf-8")
     (out / "summary.md").write_text(render_markdown(title, sections), encoding="utf-8")
     write_csv(view, out / "trials.csv")
-    (out / "test_metrics.json").write_text(json.dumps(metrics, indent=1))
+    # Without a test there are no metrics to write; an earlier report's file would contradict
+    # the "Not run" this one says.
+    metrics_file = out / METRICS_FILE
+    if metrics:
+        metrics_file.write_text(json.dumps(metrics, indent=1))
+    else:
+        metrics_file.unlink(missing_ok=True)
     return metrics
 
 
@@ -154,7 +161,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
                                data_dir=args.data_dir, dataset=args.dataset)
     except UsageError as exc:
         return fail(str(exc))
-    print(f"report written to {out}/index.html (and summary.md, trials.csv, test_metrics.json)")
+    also = "summary.md, trials.csv" + (f", {METRICS_FILE}" if metrics else "")
+    print(f"report written to {out}/index.html (and {also})")
     if metrics:
         print(result_line(metrics))
     return 0
