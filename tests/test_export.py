@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,10 +39,12 @@ from tuning.networks import ModelSpec
 from tuning.portable import ProgramRejected, check_inputs, check_program, write_programs
 from tuning.report_heldout import reported_trial
 from tuning.report_stats import StudyView
+from tuning.reproduce import reproduction
+from tuning.sources import DataConfig
 from tuning.space import Param
 from tuning.storage import artifact_store, open_storage
 from tuning.study import stored_definition
-from tuning.study_file import StudySettings
+from tuning.study_file import StudySettings, load_study_file, tomllib
 from tuning.train import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -624,3 +628,57 @@ def test_an_export_written_before_the_resolved_configuration_still_loads(exporte
     assert model.config["params"]["channels"] == 4
     card = model_card(model.config, old)
     assert "| channels | 4 |" in card
+
+
+def test_the_cards_commands_train_the_trial_again_to_the_same_loss(exported, study_dir):
+    """reproduce.toml and the card's commands, run as written from another directory: a new
+    study of one trial with the original's seed, split, epochs and threads, which reaches the
+    same validation loss and exports to the same test accuracy."""
+    config = json.loads((exported / "config.json").read_text())
+    card = (exported / "README.md").read_text()
+    commands = config["reproduce"]["commands"]
+    assert "\n".join(commands) in card and config["reproduce"]["same_seed"]
+    study_file = load_study_file(exported / "reproduce.toml")
+    assert all(p.kind == "fixed" for p in study_file.space.values())
+    original = _load(study_dir, "tiny").trials[config["trial"]]
+    assert study_file.space["repeat"].value == original.user_attrs["seed"]
+    again = study_dir / "again"
+    again.mkdir()
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "tuning"
+        result = subprocess.run([sys.executable, "-m", "tuning", *argv[1:]], cwd=again,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (command, result.stderr)
+    name = f"tiny-trial-{config['trial']}"
+    trial = _load(again, name).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.params == {}
+    assert trial.user_attrs["seed"] == original.user_attrs["seed"]
+    assert trial.value == original.value
+    reexported = json.loads((again / "exports" / name / "config.json").read_text())
+    assert reexported["test"]["accuracy"] == config["test"]["accuracy"]
+
+
+def test_reproduce_toml_quotes_what_toml_needs_and_says_when_the_seed_cannot_follow():
+    trial = create_trial(
+        value=0.5, params={"model.größe": 8, "lr": 1},
+        distributions={"model.größe": CategoricalDistribution([8, 16]),
+                       "lr": CategoricalDistribution([1, 2])},
+        user_attrs={"seed": 20_000, "device": "cuda:0"})
+    settings = StudySettings(dataset='/data/my "pets"', model="mymodels:build", seed=3)
+    data = DataConfig(test="/data/pets\\test", class_names=("cat", "dög"))
+    reproduced = reproduction("a" * 64, trial, settings, {**trial.params, "hflip": True}, data,
+                              Path("/out/reproduce.toml"), None, refit=True)
+    raw = tomllib.loads(reproduced.text)
+    assert raw["study"]["dataset"] == '/data/my "pets"' and raw["study"]["pruner"] == "none"
+    assert raw["data"]["test"] == "/data/pets\\test" and raw["data"]["class_names"] == [
+        "cat", "dög"]
+    assert raw["space"] == {"hflip": True, "lr": 1.0, "model": {"größe": 8}}
+    assert isinstance(raw["space"]["lr"], float)  # a float parameter, whatever Optuna stored
+    assert not reproduced.exact and "repeat" not in raw["space"]  # 20,000 - 3 > 10,000
+    assert reproduced.cpu_threads is None and reproduced.device == "cuda:0"
+    name = shlex.split(reproduced.commands[0])[shlex.split(reproduced.commands[0]).index(
+        "--study") + 1]
+    assert len(name) == 64 and name.endswith(f"-trial-{trial.number}")
+    assert "--threads" not in reproduced.commands[1] and "--refit" in reproduced.commands[2]

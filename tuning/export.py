@@ -86,18 +86,25 @@ from tuning.exported import (
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
-from tuning.objective import OVER_LIMITS, over_limits
+from tuning.objective import OVER_LIMITS, fixed_params, over_limits
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
+from tuning.reproduce import REPRODUCE_FILE, Reproduction, reproduction
 from tuning.space import Param, applies, build_configs
 from tuning.storage import existing_artifact_store, mask_url, resolve_url
-from tuning.study import load_existing, stored_definition, torchvision_version, with_images_at
+from tuning.study import (
+    load_existing,
+    stored_data_config,
+    stored_definition,
+    torchvision_version,
+    with_images_at,
+)
 from tuning.study_file import StudySettings
 
 log = logging.getLogger("tuning")
 
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *PROGRAM_FILES, CARD_FILE)
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *PROGRAM_FILES, CARD_FILE, REPRODUCE_FILE)
 """Every file an export may write: a new export into the same directory replaces them all."""
 
 
@@ -306,8 +313,6 @@ def resolved_configuration(params: dict, space: dict[str, Param], network: Model
     builder's own parameters; a torchvision architecture has none), each value as the trial's
     network was built with it; which of them the search chose (`searched`) or the study fixed
     (`fixed`), the rest being defaults; and which had no effect, and why (`no_effect`)."""
-    from tuning.objective import fixed_params
-
     fixed = fixed_params(space)
     values = {**fixed, **params}
     arch, train = build_configs(values)
@@ -332,10 +337,8 @@ def resolved_configuration(params: dict, space: dict[str, Param], network: Model
 
 def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
                  space: dict[str, Param], arrays: Arrays, obtained: Obtained, metrics: dict,
-                 runtime: Runtime, command: str) -> dict:
+                 runtime: Runtime, command: str, reproduced: Reproduction) -> dict:
     """config.json, less the outcome of the portable programs (`files`)."""
-    from tuning.objective import fixed_params
-
     stored = study.user_attrs.get("data", {})
     ci_low, ci_high = metrics["accuracy_ci"]
     return {
@@ -365,6 +368,9 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
                      "cv_folds": settings.cv_folds, "seed": settings.seed},
         "versions": versions(),
         "command": command,
+        "reproduce": {"file": REPRODUCE_FILE, "commands": list(reproduced.commands),
+                      "same_seed": reproduced.exact, "cpu_threads": reproduced.cpu_threads,
+                      "device": reproduced.device},
     }
 
 
@@ -378,7 +384,7 @@ def test_sample(arrays: Arrays, count: int = 16) -> torch.Tensor:
 
 def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
            space: dict[str, Param], arrays: Arrays, out: Path, runtime: Runtime, artifacts,
-           refit_weights: bool, command: str) -> dict:
+           refit_weights: bool, command: str, reproduced: Reproduction) -> dict:
     """Write the export of `trial` into `out` (checked and prepared); returns config.json."""
     from tuning.evaluate import held_out_metrics
 
@@ -388,7 +394,7 @@ def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
         obtained = trial_weights(trial, settings, space, arrays, runtime, artifacts)
     metrics = held_out_metrics(obtained.model, obtained.data, runtime)
     config = build_config(study, trial, settings, space, arrays, obtained, metrics, runtime,
-                          command)
+                          command, reproduced)
     # Written into a hidden folder inside `out`, then moved in, config.json last: an export
     # cut short (a crash, a full disk, a kill) leaves the earlier one whole, or nothing that
     # loads, never a mix of two or a half-written one that `tuning predict` would take.
@@ -396,6 +402,7 @@ def export(study: optuna.Study, trial: FrozenTrial, settings: StudySettings,
         shutil.rmtree(left, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
+        (staging / REPRODUCE_FILE).write_text(reproduced.text, encoding="utf-8")
         _write_export(staging, out, config, obtained.model, arrays)
         # An earlier export's files go only now: a program that this export could not write
         # must not be left over from another trial.
@@ -476,10 +483,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         artifacts = existing_artifact_store(args.artifacts)
         runtime = resolve_device(args.device)
         arrays = study_arrays(study, settings, args.data_dir, way_round=None)
+        reproduced = reproduction(
+            args.study, trial, settings, {**fixed_params(space), **trial.params},
+            stored_data_config(study, settings.dataset), args.out / REPRODUCE_FILE,
+            args.data_dir, args.refit)
         make_out_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
-                            artifacts, args.refit, reproduce_command(args, trial.number))
+                            artifacts, args.refit, reproduce_command(args, trial.number),
+                            reproduced)
         except OSError as exc:
             raise UsageError(f"the export into {shorten(str(args.out), 200)!r} failed: "
                              f"{exc.strerror or exc}") from None

@@ -141,6 +141,27 @@ def model_card(config: dict, out: Path) -> str:
                 else "")
     lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
               f"image.png`.{fallback}", "",
-              "## Reproduce", "", "```", config["command"], "```", "",
+              *_reproduce(config, out),
               "Versions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _reproduce(config: dict, out: Path) -> list[str]:
+    """The card's Reproduce section: train the configuration again, or export it again."""
+    again = [f"Export this trial again (into `{out}`):", "", "```", config["command"], "```",
+             ""]
+    reproduce = config.get("reproduce")
+    if reproduce is None:  # an export from before reproduce.toml
+        return ["## Reproduce", "", *again]
+    threads = reproduce["cpu_threads"]
+    where = (f"on {threads} CPU thread{'s' if threads != 1 else ''}, as this one did"
+             if threads else f"on the same kind of device ({reproduce['device']})")
+    same = (f"With the same versions (below), the new trial's validation loss is this one's, "
+            f"{config['trial_val_loss']:.6f}, when it trains {where}." if reproduce["same_seed"]
+            else "The trial's seed is beyond what a study file can give (repeat <= 10,000): "
+                 "the new trial trains with another seed, so its results differ a little.")
+    return ["## Reproduce", "",
+            f"Train this configuration again from scratch: `{reproduce['file']}` is a study "
+            "file that fixes every parameter to this trial's, with its data split, epochs and "
+            "seed. These commands make a new study of it, train its one trial and export it:",
+            "", "```", *reproduce["commands"], "```", "", same, "", *again]
