@@ -1030,8 +1030,12 @@ def test_no_worker_outlives_its_launcher(workdir, cheap_space, how):
     assert proc.returncode == (128 + signal.SIGHUP if how == "SIGHUP" else -signal.SIGKILL)
     _wait_dead(workers)
     study = load_study(url, "mnist")
-    # Stopped by SIGTERM from the launcher or from the kernel: trials are marked failed.
+    # Stopped by the signal the launcher passed on, or by the kernel's SIGTERM when the
+    # launcher died: trials are marked failed, with which it was.
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    stopped = {t.user_attrs["fail_reason"] for t in study.trials if t.state == TrialState.FAIL}
+    assert stopped == {"stopped by SIGHUP" if how == "SIGHUP"
+                       else "stopped by SIGTERM after its parent process ended"}
 
 
 def test_the_launchers_exit_statuses_mean_one_thing_each(tmp_path):

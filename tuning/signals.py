@@ -9,6 +9,7 @@ before every trial; a second signal raises wherever the process is.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -24,8 +25,11 @@ class Interrupted(BaseException):
     A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
     """
 
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int, orphaned: bool = False):
+        # A launcher's worker gets SIGTERM from the kernel when the launcher dies: the reason
+        # then is the launcher, not whoever sends SIGTERM.
+        super().__init__(signal.Signals(signum).name
+                         + (" after its parent process ended" if orphaned else ""))
         self.signum = signum
 
     @property
@@ -40,9 +44,12 @@ class GracefulStop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.first_at = 0.0
+        self.parent = os.getppid()
+        self.orphaned = False
 
     def install(self) -> GracefulStop:
         global _installed
+        self.parent = os.getppid()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._handle)
         _installed = self
@@ -51,13 +58,15 @@ class GracefulStop:
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
             self.signum, self.first_at = signum, time.monotonic()
+            # The kernel reparents the orphans before it sends the parent-death signal.
+            self.orphaned = os.getppid() != self.parent
         elif signum != self.signum or time.monotonic() - self.first_at > REPEAT_WINDOW_S:
-            raise Interrupted(self.signum)  # asked twice: stop now
+            raise Interrupted(self.signum, self.orphaned)  # asked twice: stop now
 
     def check(self) -> None:
         """A safe point: raise if a stop was asked for."""
         if self.signum is not None:
-            raise Interrupted(self.signum)
+            raise Interrupted(self.signum, self.orphaned)
 
 
 class NoStop(GracefulStop):
