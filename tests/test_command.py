@@ -271,6 +271,35 @@ def test_ctrl_c_while_a_subcommand_imports_is_one_line_and_130(monkeypatch, caps
     assert err == "tuning search: stopped by SIGINT\n"
 
 
+def test_an_error_after_a_stop_was_asked_for_is_the_stops_end(monkeypatch, capsys):
+    """A second Ctrl-C raised inside the database driver comes out as the driver's error
+    (psycopg's 'can't change autocommit now' inside Optuna's StorageInternalError): the
+    command was asked to stop, and stops with one line and the stop's status."""
+    from optuna.exceptions import StorageInternalError
+
+    from tuning import command, signals
+
+    stop = signals.GracefulStop()
+    monkeypatch.setattr(signals, "_installed", stop)
+
+    def stopped_then_failed():
+        stop._handle(signal.SIGTERM, None)
+        raise StorageInternalError("An exception is raised during the commit.")
+
+    assert command._ended("tuning worker", stopped_then_failed) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "tuning worker: stopped by SIGTERM\n"
+    # Without a stop asked for, the error is a crash, as it was.
+    monkeypatch.setattr(signals, "_installed", signals.GracefulStop())
+    with pytest.raises(StorageInternalError):
+        command._ended("tuning worker", _crash)
+
+
+def _crash():
+    from optuna.exceptions import StorageInternalError
+
+    raise StorageInternalError("a bug")
+
+
 @pytest.mark.parametrize("module", ["search", "worker", "report", "dashboard", "export",
                                     "predict"])
 def test_ctrl_c_while_python_m_imports_its_module_is_one_line_and_130(tmp_path, module):

@@ -35,7 +35,7 @@ from helpers import (
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from tuning import runner
+from tuning import outage, runner
 from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.outage import transient
@@ -1337,6 +1337,32 @@ def test_a_database_lost_past_its_patience_is_one_line_and_status_4(module, monk
     assert "s3cret" not in err
 
 
+@pytest.mark.parametrize("module", ["tuning.search", "tuning.worker"])
+def test_a_refusal_in_the_middle_of_a_run_is_one_line_and_status_2(module, monkeypatch,
+                                                                    capsys, tmp_path):
+    """A password changed or a role dropped while the workers run: the server's refusal,
+    wrapped by Optuna, is one line and status 2, as it is at the start, not a traceback."""
+    from optuna.exceptions import StorageInternalError
+
+    command = importlib.import_module(module)
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
+        'connection to server at "db", port 5432 failed: fe_sendauth: no password supplied'))
+
+    def refusing(*args, **kwargs):
+        try:
+            raise refused
+        except sqlalchemy.exc.OperationalError as exc:
+            raise StorageInternalError("An exception is raised during the commit.") from exc
+
+    monkeypatch.setattr(command, "_run" if module == "tuning.search" else "prepare", refusing)
+    monkeypatch.chdir(tmp_path)
+    assert command.main(["--study", "s", "--storage", "postgresql://u:s3cret@db:5432/x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: the database postgresql://u:***@db:5432/x refused the connection: "
+                   'connection to server at "db", port 5432 failed: fe_sendauth: no password '
+                   "supplied\n")
+
+
 def test_the_status_4_line_gives_the_drivers_words_under_optunas_wrapper(capsys):
     from optuna.exceptions import StorageInternalError
 
@@ -1355,11 +1381,33 @@ def test_the_status_4_line_gives_the_drivers_words_under_optunas_wrapper(capsys)
         # So does the warning of a trial its worker could not mark failed.
         assert runner._why_unrecorded(wrapped).startswith('connection to server at "127.0.0.1"')
     err = capsys.readouterr().err
-    assert "(TUNING_DB_RETRY_S): connection to server at \"127.0.0.1\", port 5432 failed: " \
-        "Connection refused; run the same command again" in err
+    assert "(TUNING_DB_RETRY_S 300): connection to server at \"127.0.0.1\", port 5432 " \
+        "failed: Connection refused; run the same command again" in err
     assert "invalid data" not in err and len(err.splitlines()) == 1
-    assert database_lost(None, None) == 4  # the workers said why: the launcher's line does not
-    assert "(TUNING_DB_RETRY_S); run the same command again" in capsys.readouterr().err
+
+
+def test_the_launchers_status_4_line_gives_what_its_storage_met_and_how_long(monkeypatch,
+                                                                              capsys):
+    """The launcher's workers met the outage; its own storage met it too, as it watched them:
+    its line gives the driver's words and the time waited since the outage was first seen
+    (a network cut shows only when TCP gives up, so it can exceed TUNING_DB_RETRY_S)."""
+    from tuning.cli import database_lost
+
+    monkeypatch.setenv("TUNING_DB_RETRY_S", "20")
+    monkeypatch.setattr(outage, "_latest", None)
+    assert database_lost(None, None) == 4
+    assert "could not be reached for 20 s (TUNING_DB_RETRY_S 20); run the same" in \
+        capsys.readouterr().err
+    seen = outage.Outages()
+    seen.failed(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
+        "connection timeout expired")), 20)
+    seen.down_since -= 64
+    assert database_lost("postgresql://u:pw@db/x", None) == 4
+    err = capsys.readouterr().err
+    assert "postgresql://u:***@db/x could not be reached for 64 s (TUNING_DB_RETRY_S 20): " \
+        "connection timeout expired; run the same command again" in err
+    seen.succeeded()
+    assert outage.ongoing_outage() is None
 
 
 def test_a_worker_that_waited_for_the_database_in_vain_ends_with_status_4(monkeypatch, capsys):

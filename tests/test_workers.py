@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from tuning.cli import Progress
 from tuning.runner import StudyLock, run_trials
+from tuning.signals import Interrupted
 from tuning.storage import mask_url, open_storage, resolve_url
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
@@ -164,8 +165,21 @@ def test_a_worker_started_by_hand_says_why_it_stopped(workdir, cheap_space):
     worker.send_signal(signal.SIGTERM)  # a scheduler ending the job
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 143 and "Traceback" not in err, err
-    assert "stopped by SIGTERM: a trial it was running is marked failed and queued to run " \
-        "again first" in err
+    running = load_study(url, "mnist").trials[0]
+    assert running.state == TrialState.FAIL
+    assert f"stopped by SIGTERM: its trial {running.number} is marked failed and queued to " \
+        "run again first" in err
+
+
+def test_a_stop_says_what_became_of_the_trial_or_that_there_was_none():
+    stop = Interrupted(signal.SIGTERM)
+    assert stop.outcome() == "stopped by SIGTERM"  # between trials, or waiting for one
+    stop.trial = 4
+    assert stop.outcome() == "stopped by SIGTERM: its trial 4 could not be marked failed and " \
+        "is retried once a worker finds it stale"
+    stop.trial_recorded = True
+    assert stop.outcome() == "stopped by SIGTERM: its trial 4 is marked failed and queued to " \
+        "run again first"
 
 
 # --- PostgreSQL: the real server ------------------------------------------------------------

@@ -135,14 +135,25 @@ def study_name(text: str) -> str:
 def database_lost(url: str | None, exc: BaseException | None) -> int:
     """A command's end when the database stayed unreachable past its patience: one line, and
     the status that says "run me again", not "fix me" (a scheduler retries it). `exc`: the
-    error, whose driver's words the line gives; None where the workers' lines gave them."""
-    from tuning.outage import retry_seconds, root_reason  # noqa: PLC0415 - keeps `cli` light
+    error, whose driver's words the line gives; None for a launcher, whose workers met it: the
+    words its own storage met then.""" 
+    from tuning.outage import (  # noqa: PLC0415 - keeps `cli` light
+        ongoing_outage,
+        retry_seconds,
+        root_reason,
+    )
     from tuning.storage import mask_url  # noqa: PLC0415
 
-    reason = "" if exc is None else f": {shorten(mask_url(root_reason(exc)), 200)}"
+    # As this process saw it: a network cut shows only once TCP gives up on it, and the last
+    # try may have hung as long again, so the time waited can be longer than the setting.
+    outage = ongoing_outage()
+    said = root_reason(exc) if exc is not None else outage.reason if outage else ""
+    reason = f": {shorten(mask_url(said), 200)}" if said else ""
+    seconds = outage.seconds_down() if outage else None
+    waited = max(seconds or 0.0, retry_seconds())
     which = f"the database {mask_url(url)}" if url else "the study's database"
-    print(f"error: {which} could not be reached for "
-          f"{retry_seconds():g} s (TUNING_DB_RETRY_S){reason}; run "
+    print(f"error: {which} could not be reached for {waited:.0f} s (TUNING_DB_RETRY_S "
+          f"{retry_seconds():g}){reason}; run "
           "the same command again once it is back: the study is intact, and the trials that "
           "were running are retried", file=sys.stderr)
     return EXIT_DATABASE_LOST

@@ -247,12 +247,27 @@ def _ended(prog: str, command: Callable[[], int]) -> int:
         return 128 + signal.SIGINT
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
-            raise
+            return _stopped_or_raise(prog)
         # A path given with a name longer than the file system allows (255 bytes): bad input,
         # met wherever the command first looks at that path, before it stores anything.
         print(f"error: a path given is too long for the file system (a name over 255 bytes): "
               f"{shorten(str(exc.filename or ''), 80)!r}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception:
+        return _stopped_or_raise(prog)
+
+
+def _stopped_or_raise(prog: str) -> int:
+    """In an `except` block: the end of a command that was asked to stop and then failed (a
+    second Ctrl-C raised inside the database driver, which wrapped it in errors of its own),
+    as one line with the stop's status; any other error goes on up."""
+    from tuning.signals import requested_stop  # noqa: PLC0415 - keeps startup light
+
+    stop = requested_stop()
+    if stop is None:
+        raise  # noqa: PLE0704 - called only from an except block: re-raises its error
+    print(f"{prog}: stopped by {stop}", file=sys.stderr)
+    return stop.exit_status
 
 
 if __name__ == "__main__":

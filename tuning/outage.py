@@ -127,6 +127,14 @@ def refused_for_good(exc: BaseException) -> bool:
     return any(all(words in text for words in refusal) for refusal in REFUSALS)
 
 
+def refusal(url: str | None, exc: BaseException) -> str:
+    """The line for a connection the server refused for good (`refused_for_good`)."""
+    from tuning.storage import mask_url  # noqa: PLC0415 - storage imports this module
+
+    which = f"the database {mask_url(url)}" if url else "the study's database"
+    return f"{which} refused the connection: {mask_url(root_reason(exc))}"
+
+
 def transient(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached right now (worth retrying)."""
     if refused_for_good(exc):
@@ -146,15 +154,19 @@ class Outages:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.down_since: float | None = None
+        self.reason = ""
+        """What the driver said when the outage began."""
         self.last_recovery: float = -float("inf")
 
     def failed(self, exc: BaseException, retry_s: float) -> None:
+        global _latest
         with self._lock:
             if self.down_since is None:
                 self.down_since = time.monotonic()
-                reason = root_reason(exc)[:200]
-                log.warning("database unreachable (%s); retrying for up to %.0f s", reason,
-                            retry_s)
+                self.reason = root_reason(exc)[:200]
+                log.warning("database unreachable (%s); retrying for up to %.0f s",
+                            self.reason, retry_s)
+            _latest = self
 
     def succeeded(self) -> None:
         if self.down_since is None:
@@ -166,9 +178,24 @@ class Outages:
                 self.down_since = None
                 self.last_recovery = time.monotonic()
 
+    def seconds_down(self) -> float | None:
+        """How long the outage going on has lasted since it was first seen (None: none is)."""
+        since = self.down_since
+        return None if since is None else time.monotonic() - since
+
     def recent(self, seconds: float) -> bool:
         """Whether the database was down within the last `seconds` (or is down now)."""
         return self.down_since is not None or time.monotonic() - self.last_recovery < seconds
+
+
+_latest: Outages | None = None
+
+
+def ongoing_outage() -> Outages | None:
+    """The database outage this process is in, as the last of its storages to fail saw it
+    (None: none is): for the line a command ends with once it gave up waiting."""
+    latest = _latest
+    return latest if latest is not None and latest.down_since is not None else None
 
 
 def call_with_retry(outages: Outages, retry_s: float, fn, *args, is_full=disk_full,

@@ -447,15 +447,19 @@ def run_trials(
                 continue
             except BaseException as exc:
                 # Record the failure if the database lets us; the original error is the news.
+                recorded = False
                 try:
                     _cut_short(study, trial, exc, lock)
+                    recorded = True
                 except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # another worker failed it first, and queued its retry
+                    recorded = True  # another worker failed it first, and queued its retry
                 except (Exception, Interrupted) as unrecorded:
                     log.warning("trial %d could not be marked failed (%s): it stays running "
                                 "in the study until a worker finds it stale, %g s after its "
                                 "last heartbeat, and retries it", trial.number,
                                 _why_unrecorded(unrecorded), grace_period())
+                if isinstance(exc, Interrupted):
+                    exc.trial, exc.trial_recorded = trial.number, recorded
                 raise
             stats.objective_seconds += time.perf_counter() - started
             started = time.perf_counter()

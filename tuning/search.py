@@ -65,7 +65,14 @@ from tuning.errors import (
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.objective import Objective, over_limits, worker_id
-from tuning.outage import StorageFull, outages_of, transient, without_retry
+from tuning.outage import (
+    StorageFull,
+    outages_of,
+    refusal,
+    refused_for_good,
+    transient,
+    without_retry,
+)
 from tuning.plan import DEFAULT_STUDY, make_plan, name_after_data
 from tuning.runner import StudyLock, out_of_patience, run_trials, why_grid_ended_short
 from tuning.settings import setting
@@ -248,11 +255,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
         print(f"stopped by {stopped}", file=sys.stderr)
         return stopped.exit_status
     except Exception as exc:
-        if not transient(exc):
-            raise
         # The study's name may come from its data, known only inside _run: name the URL
         # only where the user gave it.
-        return database_lost(args.storage or setting("TUNING_STORAGE"), exc)
+        url = args.storage or setting("TUNING_STORAGE")
+        if refused_for_good(exc):  # as at the start: the password changed, the role went
+            return fail(refusal(url, exc))
+        if not transient(exc):
+            raise
+        return database_lost(url, exc)
 
 
 def _refuse_idle_flags(args: argparse.Namespace) -> None:

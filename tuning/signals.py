@@ -31,6 +31,20 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name
                          + (" after its parent process ended" if orphaned else ""))
         self.signum = signum
+        self.trial: int | None = None
+        """The number of the trial it stopped (None: it came between trials)."""
+        self.trial_recorded = False
+        """Whether that trial was marked failed and queued again."""
+
+    def outcome(self) -> str:
+        """What the stop did, for the worker's last line."""
+        if self.trial is None:
+            return f"stopped by {self}"
+        if self.trial_recorded:
+            return (f"stopped by {self}: its trial {self.trial} is marked failed and queued to "
+                    "run again first")
+        return (f"stopped by {self}: its trial {self.trial} could not be marked failed and is "
+                "retried once a worker finds it stale")
 
     @property
     def exit_status(self) -> int:
@@ -77,6 +91,15 @@ class NoStop(GracefulStop):
 
 
 _installed: GracefulStop | None = None
+
+
+def requested_stop() -> Interrupted | None:
+    """The stop this process was asked for, if any: an error that follows one (a second signal
+    raised inside the database's driver, which wraps it in errors of its own) is that stop's
+    end, not a crash."""
+    if _installed is None or _installed.signum is None:
+        return None
+    return Interrupted(_installed.signum, _installed.orphaned)
 
 
 def raise_if_stop_requested() -> None:

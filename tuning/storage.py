@@ -77,10 +77,13 @@ def check_settings() -> None:
 SQLITE_TIMEOUT_S = 120
 # A partitioned host's connections do not fail, they hang: a query waits on a socket whose
 # peer is gone until TCP gives up, about 15 minutes. Keepalives and a TCP user timeout make
-# such a connection fail within about 30 s, on both ends: here the error starts the worker's
+# such a connection fail within about 10 s, on both ends: here the error starts the worker's
 # retries (tuning.outage), and on the server it ends the session, releasing the study lock
-# (an advisory lock) that a cut-off worker may hold.
-_DEAD_PEER = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# (an advisory lock) that a cut-off worker may hold. A reachable server's kernel acknowledges
+# at once, however busy the server; and a stopped worker (Ctrl-C, SIGTERM) waits for a write
+# that hangs no longer than this, so that it stops within seconds even while cut off.
+_DEAD_PEER = {"keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 10_000
 # TCP cannot tell a worker that is paused (SIGSTOP, a frozen VM) or cut off behind a live
 # proxy (a relay, a VPN) from a healthy one. Should that happen inside a transaction, the
 # session keeps its locks (a heartbeat or report holds one on the trial's row; the study lock
@@ -93,9 +96,9 @@ POSTGRES_CONNECT_ARGS = {
     "connect_timeout": 10,
     "keepalives": 1,
     **_DEAD_PEER,
-    "tcp_user_timeout": 30_000,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     "options": " ".join(f"-c tcp_{key}={value}" for key, value in _DEAD_PEER.items())
-    + " -c tcp_user_timeout=30000"
+    + f" -c tcp_user_timeout={TCP_USER_TIMEOUT_MS}"
     + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
 }
 RETRY_DUE = "retry_due"

@@ -44,7 +44,7 @@ from tuning.cli import (
 from tuning.command import run_started
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
 from tuning.objective import worker_id
-from tuning.outage import StorageFull, outages_of, transient
+from tuning.outage import StorageFull, outages_of, refusal, refused_for_good, transient
 from tuning.runner import (
     RunStats,
     StudyLock,
@@ -168,10 +168,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
         return fail(str(exc))
     except Interrupted as stopped:
         if not args.launched:  # a launcher says it once for all its workers
-            log.warning("stopped by %s: a trial it was running is marked failed and queued "
-                        "to run again first", stopped)
+            log.warning("%s", stopped.outcome())
         return stopped.exit_status
     except Exception as exc:
+        if refused_for_good(exc):  # as at the start: the password changed, the role went
+            return fail(refusal(url, exc))
         if not transient(exc):
             raise
         if args.launched:  # its launcher says it once for all its workers
