@@ -295,3 +295,21 @@ def test_the_cuda_settings_train_correctly_when_run_on_the_cpu(tiny_data):
     assert math.isfinite(values["bf16"])
     # bf16 rounds activations, so not equal; but the same training, so close.
     assert values["bf16"] == pytest.approx(values["fp32"], rel=0.02)
+
+
+def test_a_last_batch_of_one_image_is_left_out_so_batch_norm_trains(tiny_data):
+    """Batch norm cannot train on one value per channel: a network whose last block ends in a
+    1 x 1 map, or a vector, raised on a last batch of one image (training set size % batch
+    size == 1). That batch is left out; every other batch, however small, is kept."""
+    from tuning.model import ArchConfig, build_model
+    from tuning.train import TrainConfig, fit, seed_everything, steps_per_epoch
+
+    assert [steps_per_epoch(n, 5) for n in (1, 5, 6, 7, 11)] == [1, 1, 1, 2, 2]
+    batch = len(tiny_data.train) - 1
+    assert len(tiny_data.train) % batch == 1
+    runtime = resolve_device("cpu")
+    arch = ArchConfig(blocks=5, channels=4, activation="relu", batch_norm=True, hidden=8)
+    model = build_model(arch, tiny_data.input_shape, tiny_data.num_classes)
+    generator = seed_everything(0, runtime.device)
+    results = list(fit(model, tiny_data, TrainConfig(batch_size=batch), runtime, generator, 2))
+    assert len(results) == 2 and all(math.isfinite(r.val["loss"]) for r in results)

@@ -6,6 +6,7 @@ step loop would force a CPU-GPU sync per step.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -115,10 +116,20 @@ def make_scheduler(
 def training_batches(
     data: DeviceData, cfg: TrainConfig, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented training batches, all on the device."""
+    """One epoch of shuffled, augmented training batches, all on the device; a last batch of
+    one image is left out (`steps_per_epoch`)."""
     hflip = cfg.hflip and data.hflip_allowed
-    for x, y in batches(data.train, cfg.batch_size, generator):
+    for x, y in itertools.islice(batches(data.train, cfg.batch_size, generator),
+                                 steps_per_epoch(len(data.train), cfg.batch_size)):
         yield augment(x, cfg.crop_padding, hflip, data.pad_value, generator), y
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Training batches in an epoch: a last batch of a single image is left out (another one
+    each epoch, as they are shuffled), since batch norm cannot train on one value per channel
+    (a 1 x 1 map, or a vector) and one image makes a step of noise."""
+    steps = -(-images // batch_size)
+    return steps - 1 if steps > 1 and images % batch_size == 1 else steps
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -214,8 +225,8 @@ def fit(
     parameters: `model` itself stays a plain module (its state_dict keys unchanged)."""
     network = runtime.compiled(model)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = -(-len(data.train) // cfg.batch_size)
-    scheduler = make_scheduler(optimizer, cfg, epochs, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, cfg, epochs,
+                               steps_per_epoch(len(data.train), cfg.batch_size))
     probe = training_probe(data)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
