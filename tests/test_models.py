@@ -57,6 +57,32 @@ def narrow_only(params, input_shape, num_classes):
     if params["width"] > 16:
         raise ValueError("too wide")
     return build(params, input_shape, num_classes)
+
+class FirstPixels(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return x.flatten(1)[:, :self.num_classes]
+
+def no_parameters(params, input_shape, num_classes):
+    return FirstPixels(num_classes)
+
+def frozen(params, input_shape, num_classes):
+    network = build(params, input_shape, num_classes)
+    for parameter in network.parameters():
+        parameter.requires_grad = False
+    return network
+
+class FewerClassesWhenTraining(nn.Sequential):
+    def forward(self, x):
+        out = super().forward(x)
+        return out[:, :2] if self.training else out
+
+def wide_fails_training(params, input_shape, num_classes):
+    network = build(params, input_shape, num_classes)
+    return FewerClassesWhenTraining(*network) if params["width"] == 64 else network
 """
 # A builder's network of width w has 10 w + 16 w * 10 + 10 = 170 w + 10 parameters.
 SIZE = {8: 1370, 16: 2730, 64: 10890}
@@ -309,6 +335,8 @@ def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir
     ("wrong_output", "output"),
     ("missing", "has no function 'missing'"),
     ("exits", "called sys.exit(7) for {"),
+    ("no_parameters", "has no parameter to train (it has none, or every one is frozen"),
+    ("frozen", "has no parameter to train"),
 ])
 def test_a_bad_builder_is_one_line_and_stores_nothing(builder_dir, capsys, function, expected):
     workdir, module = builder_dir
@@ -316,6 +344,27 @@ def test_a_bad_builder_is_one_line_and_stores_nothing(builder_dir, capsys, funct
     assert main(["--config", "bad.toml", "--trials", "1"]) == 2
     assert expected in error_line(capsys.readouterr().err)
     assert db_files(workdir) == []
+
+
+def test_a_network_that_fails_in_training_fails_its_trial_and_the_search_goes_on(
+        builder_dir, capsys):
+    """The builder gives a network that trains for widths 8 and 16, and raises in training
+    for 64 (its loss cannot take the output): each such trial is FAIL with the reason in one
+    line, and the worker goes on to the next trial, where it crashed with a traceback."""
+    workdir, module = builder_dir
+    (workdir / "wide.toml").write_text(study_toml(f"{module}:wide_fails_training") + (
+        '\n[[enqueue]]\n"model.width" = 64\n\n[[enqueue]]\n"model.width" = 8\n'))
+    assert main(["--config", "wide.toml", "--trials", "2", "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    trials = load_study(f"sqlite:///{workdir}/studies/wide.db", "wide").trials
+    assert trials[0].params["model.width"] == 64 and trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"].startswith("training failed: ")
+    assert trials[0].user_attrs["fail_reason"] in captured.out + captured.err
+    # Its configuration's fault: not queued to run again, as a dead worker's trial is.
+    assert not [t for t in trials if t.system_attrs.get("failed_trial") == trials[0].number]
+    assert trials[1].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
 
 
 def test_a_builder_that_does_not_import_is_one_line(builder_dir, capsys):

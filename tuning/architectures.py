@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -131,6 +132,29 @@ def check_runs(model: nn.Module, input_shape: tuple[int, int, int], num_classes:
     if shape != (2, num_classes):
         raise UsageError(f"architecture {shorten(name)!r} turns 2 images of {size} into "
                          f"{shorten(str(shape))}; expected logits of shape (2, {num_classes})")
+    _check_trains(model, images, name, size)
+
+
+def _check_trains(model: nn.Module, images: torch.Tensor, name: str, size: str) -> None:
+    """Raise UsageError unless `model` takes a training step on `images`: a network with
+    nothing to train (no parameters, or all frozen) or whose training pass fails would fail
+    every trial, each with a traceback of the user's code."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"architecture {shorten(name)!r} has no parameter to train (it has "
+                         "none, or every one is frozen: requires_grad False)")
+    was_training = model.training
+    model.train()
+    try:
+        output = model(images)
+        loss = F.cross_entropy(output, torch.zeros(len(images), dtype=torch.long,
+                                                    device=images.device))
+        loss.backward()
+    except Exception as exc:  # noqa: BLE001 - the user's module: any failure is theirs
+        raise UsageError(f"architecture {shorten(name)!r} cannot train on {size} images "
+                         f"(C x H x W): {_first_line(str(exc), exc, 160)}") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def load_weights(model: nn.Module, path: Path) -> str:

@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +21,12 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
+from tuning.errors import shorten
 from tuning.limits import Limits
 from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample
-from tuning.train import fit, seed_everything
+from tuning.train import EpochResult, fit, seed_everything
 from tuning.warm_start import WARM_START_ATTR
 
 log = logging.getLogger("tuning")
@@ -55,7 +56,30 @@ def over_limits(trial: optuna.trial.FrozenTrial) -> str | None:
 
 
 class TrialFailed(Exception):
-    """A trial that failed by itself (out of memory): recorded as FAIL, the worker goes on."""
+    """A trial that failed by itself (out of memory, a network that cannot train with its
+    configuration): recorded as FAIL, not retried, and the worker goes on."""
+
+
+def _failing_the_trial(trial: optuna.Trial, epochs: Iterator[EpochResult]
+                       ) -> Iterator[EpochResult]:
+    """`fit`'s epochs, where an error raised while training (in the network's forward or
+    backward pass, or the optimizer's step: a network that cannot train with this
+    configuration) fails the trial with its reason, and the worker goes on to the next one.
+    Out of memory is the caller's to say; the traceback is logged with --verbose."""
+    while True:
+        try:
+            result = next(epochs)
+        except StopIteration:
+            return
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            reason = shorten(f"training failed: {type(exc).__name__}: {first}".rstrip(": "), 200)
+            log.debug("trial %d: %s", trial.number, reason, exc_info=True)
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason) from exc
+        yield result
 
 
 def worker_id() -> str:
@@ -158,8 +182,9 @@ class Objective:
                     raise TrialFailed(str(exc)) from exc
                 if fold == 1:
                     self._check_limits(trial, model, data)
-                for result in fit(model, data, cfg, self.runtime, generator, self.epochs,
-                                  on_step=self.stop.check):
+                for result in _failing_the_trial(trial, fit(
+                        model, data, cfg, self.runtime, generator, self.epochs,
+                        on_step=self.stop.check)):
                     step = (fold - 1) * self.epochs + result.epoch
                     where = (f"epoch {result.epoch} of fold {fold}" if cross_validated
                              else f"epoch {result.epoch}")
