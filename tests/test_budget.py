@@ -109,6 +109,32 @@ def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
                      "command goes on", out), out
 
 
+def test_a_budget_spent_before_the_workers_start_starts_none(workdir, monkeypatch, capsys):
+    """Reading the data took the whole budget: workers started now would each read the data
+    again, then stop, overrunning it several times; none is started."""
+    import tuning.search
+
+    def no_launcher(*args, **kwargs):
+        raise AssertionError("workers were started after the budget ran out")
+
+    monkeypatch.setattr(tuning.search, "Launcher", no_launcher)
+    monkeypatch.chdir(workdir)
+    assert main(["--trials", "4", "--dataset", "mnist-sample", "--workers", "2",
+                 "--budget", "0.01s"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at the --budget 0.01 s: 0 of the target 4 finished" in out
+
+
+def test_a_worker_stopped_by_its_budget_says_so(workdir, monkeypatch, capsys):
+    from tuning.worker import main as worker
+
+    monkeypatch.chdir(workdir)
+    assert main(["--trials", "4", "--dataset", "mnist-sample", "--create-only"]) == 0
+    assert worker(["--study", "mnist", "--budget", "0.01s"]) == 0
+    assert "stopped at the --budget 0.01 s: 0 of the target 4 finished" in \
+        capsys.readouterr().err
+
+
 def test_a_budget_counts_from_the_commands_start_before_torch_loads(workdir, monkeypatch,
                                                                     capsys):
     # Importing torch and reading the data take seconds of the user's budget too.

@@ -23,6 +23,7 @@ import logging
 import shlex
 import signal
 import statistics
+import time
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -383,7 +384,10 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     if progress is not None:
         progress.deadline = deadline
     try:
-        if len(specs) > 1:
+        if deadline is not None and time.monotonic() >= deadline:
+            # Spent on reading the data: workers started now would each load it, then stop.
+            status = EXIT_OK
+        elif len(specs) > 1:
             # Extra processes; this one only watches (and restarts the ones that crash).
             status = Launcher(study, plan.storage, specs, args.data_dir, args.artifacts,
                               args.timeout, progress=progress, compile_mode=args.compile,

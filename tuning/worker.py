@@ -20,6 +20,7 @@ if __name__ == "__main__":
 import argparse
 import logging
 import shlex
+import time
 
 import optuna
 
@@ -164,6 +165,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
                            progress, objective.stop, patience, announce_stale=not args.launched)
         if not args.launched:  # a launcher says it once for all its workers
             say_why_nothing_more(study, target, patience, stats, url)
+            goal, done = current_goal(study, target, patience)[0], count_finished(study)
+            if deadline is not None and time.monotonic() >= deadline and done < goal:
+                log.info("stopped at the --budget %g s: %d of the target %d finished",
+                         args.budget, done, goal)
     except (UsageError, StorageFull) as exc:
         return fail(str(exc))
     except Interrupted as stopped:
