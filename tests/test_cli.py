@@ -7,8 +7,10 @@ import signal
 import pytest
 from helpers import exit_status, load_study, run_cli, start_search, wait_for_running_trials
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from tuning.search import main
+from tuning.storage import mask_url, shareable_url
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "2")
 
@@ -82,6 +84,18 @@ def test_create_only_again_changes_what_it_is_given_and_keeps_the_rest(workdir, 
     assert main(["--create-only", "--trials", "9", *FAST]) == 0
     assert stored() == (9, 3)
     assert "(target 9, patience 3)" in capsys.readouterr().out
+
+
+def test_a_search_without_trials_keeps_an_existing_studys_target(workdir, monkeypatch,
+                                                                   capsys):
+    """Joining a shared study from another host without --trials must not reset the target
+    every worker follows to the default 100 (cutting a study of 500 short)."""
+    monkeypatch.chdir(workdir)
+    assert main(["--create-only", "--trials", "500", *FAST]) == 0
+    assert main(["--create-only", *FAST]) == 0
+    assert main(["--budget", "0.01s", *FAST]) == 0  # a run joining it, that starts no trial
+    assert load(workdir).user_attrs["target_trials"] == 500
+    assert "0/500 finished" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -228,3 +242,35 @@ def test_workers_per_gpu_without_a_gpu_says_it_does_not_apply(workdir, cheap_spa
     assert main(["--workers-per-gpu", "3", "--budget", "1m", "--create-only", *FAST]) == 2
     assert ("--workers-per-gpu and --budget with --create-only: no trial runs here, so they do "
             "nothing; leave them out") in capsys.readouterr().err
+
+
+# --- URLs shown and URLs to copy --------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "masked", "shareable"), [
+    ("postgresql://u@h/db?sslpassword=abc&password=x",
+     "postgresql://u@h/db?sslpassword=***&password=***", "postgresql://u@h/db"),
+    ("postgresql://postgres:secret@127.0.0.1:5432/test",
+     "postgresql://postgres:***@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+    ("postgresql://u:secret@h:5432/db?sslmode=require&SSLPassword=secret&application_name=w",
+     "postgresql://u:***@h:5432/db?sslmode=require&SSLPassword=***&application_name=w",
+     "postgresql://u@h:5432/db?sslmode=require&application_name=w"),
+    ("postgresql://u@h/db?pass%77ord=secret&sslmode=require",
+     "postgresql://u@h/db?pass%77ord=***&sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    ("postgresql+psycopg://u:secret@with@h/db", "postgresql+psycopg://u:***@h/db",
+     "postgresql+psycopg://u@h/db"),  # a raw '@' in the password: left out whole
+    ("postgresql://u@h/db?application_name=a@b&passwords=kept",
+     "postgresql://u@h/db?application_name=a@b&passwords=kept",
+     "postgresql://u@h/db?application_name=a@b&passwords=kept"),
+    ("sqlite:///studies/mnist.db", "sqlite:///studies/mnist.db", "sqlite:///studies/mnist.db"),
+])
+def test_every_password_in_a_url_is_masked_for_showing_and_left_out_for_copying(
+        url, masked, shareable):
+    assert mask_url(url) == masked
+    # A copied command must not send *** as the password: PGPASSWORD(_FILE) gives it.
+    assert shareable_url(url) == shareable and "secret" not in shareable and "*" not in shareable
+    parsed = make_url(shareable)
+    assert parsed.password is None
+    assert not any(key.lower().endswith("password") for key in parsed.query)
+    kept = make_url(url.replace("secret@with@", "secret%40with@"))  # as resolve_url asks
+    assert (parsed.username, parsed.host, parsed.port, parsed.database) == (
+        kept.username, kept.host, kept.port, kept.database)

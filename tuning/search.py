@@ -138,8 +138,8 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
     parser.add_argument("--trials", type=positive_int_up_to(MAX_TRIALS), default=100,
                         action=_Given,
                         help="target number of finished (complete or pruned) trials in the "
-                             "study; a rerun continues to this number (default 100; with "
-                             "--create-only, an existing study's own)")
+                             "study; a rerun continues to this number (default: 100 for a new "
+                             "study, an existing study's own target)")
     parser.add_argument("--patience", metavar="N", type=positive_int,
                         help="stop before the target once N trials have finished after the "
                              "best one without beating it (default: run to the target)")
@@ -326,8 +326,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     warm_start = _warm_start_configurations(args, plan)
     if plan.storage == default_storage(plan.study):
         Path("studies").mkdir(exist_ok=True)
-    # --create-only sets what it is given for the workers elsewhere, and keeps the rest.
-    keep_target = args.create_only and not getattr(args, "trials_given", False)
+    # A target not given is the study's own: the default of a new study must not cut a
+    # shared study's target short, or raise it, for every worker on every host.
+    keep_target = not getattr(args, "trials_given", False)
     study, plan = open_study(plan, arrays.fingerprint(), args.trials, args.patience,
                              set_target=args.create_only, keep_unset=keep_target)
     if keep_target:
