@@ -52,6 +52,7 @@ from tuning.storage import (
     queue_due_retries,
 )
 from tuning.strategy import make_sampler
+from tuning.study import load_existing
 
 FAST = ("--dataset", "mnist-sample", "--epochs", "1")
 
@@ -1440,3 +1441,35 @@ def test_a_worker_given_a_database_or_user_the_server_refuses_stops_at_once(url,
     restarting = sqlalchemy.exc.OperationalError("connect", {}, Exception(
         "FATAL:  the database system is starting up"))
     assert transient(restarting)  # a server restarting is waited for, as before
+
+
+def test_a_study_whose_creation_was_stopped_is_finished_by_the_next_search(workdir, monkeypatch,
+                                                                           capsys):
+    """Ctrl-C between creating a study and writing its definition left one that every command
+    refused as not tuning's, and resuming it lost the configurations its file queues: the same
+    command again finishes the creation, queuing them once."""
+    import tuning.study
+    from tuning.search import main as search
+
+    monkeypatch.chdir(workdir)
+    argv = ["--create-only", "--trials", "3", "--dataset", "mnist-sample", "--epochs", "1"]
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tuning.study, "environment", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            search(argv)
+    url = f"sqlite:///{workdir}/studies/mnist.db"
+    half = load_study(url, "mnist")
+    assert "versions" not in half.user_attrs and len(half.trials) == 2  # queued, waiting
+    with pytest.raises(UsageError, match="its creation was stopped before it had its "
+                                         "definition: run the tuning search command"):
+        load_existing("mnist", url)
+    assert search(argv) == 0
+    study = load_existing("mnist", url)
+    assert "versions" in study.user_attrs and study.user_attrs["target_trials"] == 3
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
+    assert search(argv) == 0  # complete now: resumed as any study is, nothing queued again
+    assert len(load_study(url, "mnist").trials) == 2

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from tuning import __version__
 from tuning.cli import PATIENCE_ATTR, TARGET_ATTR, count_finished
@@ -56,6 +57,18 @@ class Plan:
     keeps its own others (`with_stored_strategy`)."""
 
 
+CREATED_ATTR = "versions"
+"""The user attribute a study's creation writes last, what produced it: a study without it was
+created by a command stopped before it had written the whole definition."""
+
+
+def _creation_cut_short(study: optuna.Study) -> bool:
+    """Whether `study` was created by a command stopped before it wrote the whole definition:
+    without its last attribute, and with no trial run yet (those queued at its creation wait)."""
+    return CREATED_ATTR not in study.user_attrs and all(
+        t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
 def open_study(plan: Plan, data_fingerprint: dict, target: int,
                patience: int | None = None, set_target: bool = False,
                keep_unset: bool = False) -> tuple[optuna.Study, Plan]:
@@ -69,14 +82,21 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
     This is the one place a study is created; workers only load it (`load_existing`).
     """
     storage = open_storage(plan.storage, create=True)
-    if _exists(storage, plan.study):
-        study = optuna.load_study(storage=storage, study_name=plan.study)
+    existed = _exists(storage, plan.study)
+    study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
+                                load_if_exists=True)
+    cut_short = existed and _creation_cut_short(study)
+    if existed and not cut_short:
         check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
         check_definition_matches(study, plan)
         plan = with_stored_strategy(study, plan)
     else:
-        study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
-                                    load_if_exists=True)
+        # New, or created by a command stopped before it wrote the definition (a Ctrl-C
+        # between the storage calls): every step again, and queuing skips what is queued.
+        if cut_short and "data" in study.user_attrs:
+            check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
+        if cut_short and "settings" in study.user_attrs:
+            check_definition_matches(study, plan)
         queued = enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
         if queued:
             source = plan.study_file.path
@@ -90,14 +110,14 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
     # created before this was set get it when they resume.
     if study.metric_names is None:
         study.set_metric_names([METRIC])
-    if "data" not in study.user_attrs:
+    if cut_short or "data" not in study.user_attrs:
         study.set_user_attr("data", data_fingerprint)
         study.set_user_attr("space", plan.study_file.space_dict())
         study.set_user_attr("data_config", plan.study_file.data.to_dict())
         study.set_user_attr("epochs", plan.settings.epochs)
         study.set_user_attr("settings", dataclasses.asdict(plan.settings))
         study.set_user_attr("config_path", plan.study_file.path)
-        study.set_user_attr("versions", environment())
+        study.set_user_attr(CREATED_ATTR, environment())  # last: the definition is whole
     # A target at or below what is done runs nothing (tuning.search says so): leave the stored
     # one to the workers that may still be running towards it.
     if TARGET_ATTR not in study.user_attrs or (not keep_unset and (
@@ -274,8 +294,9 @@ def load_existing(study_name: str, storage_url: str, heartbeat: bool = True,
                          f"create it with tuning search{hint}")
     study = optuna.load_study(storage=storage, study_name=study_name)
     if not {"settings", "space", "data", TARGET_ATTR} <= set(study.user_attrs):
-        raise UsageError(f"study {study_name!r} was not created by tuning.search "
-                         "(its definition is missing)")
+        raise UsageError(f"study {study_name!r} was not created by tuning.search, or its "
+                         "creation was stopped before it had its definition: run the tuning "
+                         "search command that created it again to finish it")
     return study
 
 
