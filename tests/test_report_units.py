@@ -391,3 +391,47 @@ def test_predict_escapes_tabs_and_line_breaks_in_its_fields():
 
     assert _field("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
     assert _field("/data/ümlaut image.png") == "/data/ümlaut image.png"
+
+
+def test_a_checkpoint_that_does_not_fit_the_network_built_now_is_said(tmp_path, tiny_data,
+                                                                       caplog):
+    """A builder changed since the search builds another network from the trial's
+    parameters: its checkpoint no longer loads. The retrain says why, loudly, where it said
+    that no checkpoint was found."""
+    import io
+
+    import torch
+
+    from tuning.device import resolve_device
+    from tuning.model import ArchConfig, build_model
+    from tuning.space import Param
+    from tuning.storage import artifact_store
+
+    store = artifact_store(tmp_path / "artifacts")
+    other = build_model(ArchConfig(channels=8), tiny_data.input_shape, tiny_data.num_classes)
+    buffer = io.BytesIO()
+    torch.save(other.state_dict(), buffer)
+    (tmp_path / "weights.pt").write_bytes(buffer.getvalue())
+    study = optuna.create_study()
+    trial = study.ask()
+    artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, study_or_trial=trial,
+                                                   file_path=str(tmp_path / "weights.pt"))
+    study.tell(trial, 0.5)
+    frozen = optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs={
+        "seed": 3, "checkpoint_artifact": artifact_id})
+    space = {"channels": Param("channels", "fixed", value=4),
+             "batch_size": Param("batch_size", "fixed", value=256)}
+    with caplog.at_level("WARNING", logger="tuning"):
+        obtained = tuning.evaluate.trial_model(frozen, space, tiny_data, resolve_device("cpu"),
+                                               1, store)
+    assert obtained.retrained_val_loss is not None
+    assert obtained.unused_checkpoint.startswith(
+        "its checkpoint does not fit the network built here from its parameters (was the "
+        "model builder or torchvision changed since?): Error(s) in loading state_dict")
+    assert obtained.unused_checkpoint in caplog.text
+    missing = optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs={
+        "seed": 3, "checkpoint_artifact": "no-such-artifact"})
+    obtained = tuning.evaluate.trial_model(missing, space, tiny_data, resolve_device("cpu"), 1,
+                                           store)
+    assert obtained.unused_checkpoint == \
+        "its checkpoint artifact no-such-artifact was not found or does not load"

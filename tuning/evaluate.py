@@ -6,6 +6,7 @@ the same images."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import tempfile
 from collections.abc import Iterable
@@ -18,11 +19,13 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
-from tuning.errors import counted
+from tuning.errors import counted, shorten
 from tuning.networks import FAMILY_MODEL, ModelSpec
 from tuning.objective import build_trial_model
 from tuning.space import Param
 from tuning.train import evaluate, fit
+
+log = logging.getLogger("tuning")
 
 Z95 = 1.959963984540054
 """The standard normal's 97.5% quantile: two-sided 95% intervals."""
@@ -132,6 +135,8 @@ class TrialModel:
     retrained_val_loss: float | None
     """The retrained network's validation loss, to hold against the trial's recorded value;
     None when the weights are the trial's own (its checkpoint)."""
+    unused_checkpoint: str | None = None
+    """Why a retrained trial's checkpoint was not used (None: it kept none)."""
 
 
 def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
@@ -142,6 +147,7 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
     where it reproduces the trial's validation loss)."""
     seed = trial.user_attrs.get("seed", 0)
     artifact_id = trial.user_attrs.get("checkpoint_artifact")
+    unused: str | None = None
     if artifact_id and artifacts is not None:
         model, _, _ = build_trial_model(trial.params, space, data, runtime, seed, network,
                                         load_weights=False)
@@ -151,16 +157,28 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
                 optuna.artifacts.download_artifact(artifact_store=artifacts,
                                                    file_path=str(path), artifact_id=artifact_id)
                 state = torch.load(path, map_location=runtime.device, weights_only=True)
-            model.load_state_dict(state)
-            return TrialModel(model, f"checkpoint artifact {artifact_id}", None)
-        except Exception:  # noqa: BLE001 - a missing or foreign artifact: retrain instead
-            pass
+        except Exception:  # noqa: BLE001 - missing, or not a state dict: retrain instead
+            unused = f"its checkpoint artifact {artifact_id} was not found or does not load"
+        else:
+            try:
+                model.load_state_dict(state)
+                return TrialModel(model, f"checkpoint artifact {artifact_id}", None)
+            except Exception as exc:  # noqa: BLE001 - shapes or names differ
+                # The network is built anew from the trial's parameters: a changed builder or
+                # torchvision builds another. The retrain is of that network too.
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                unused = (f"its checkpoint does not fit the network built here from its "
+                          f"parameters (was the model builder or torchvision changed since?): "
+                          f"{shorten(first, 160)}")
+                log.warning("trial %d: %s; retraining it instead", trial.number, unused)
+    elif artifact_id:
+        unused = f"its checkpoint artifact {artifact_id} is in no artifact directory given"
     threads = trial.user_attrs.get("cpu_threads") if runtime.device.type == "cpu" else None
     with cpu_threads(threads):
         model = retrain(trial.params, space, data, runtime, seed, epochs, network)
         val_loss = evaluate(model, data.val, runtime)["loss"]
     return TrialModel(model, f"retrained with seed {seed} for {counted(epochs, 'epoch')}",
-                      val_loss)
+                      val_loss, unused)
 
 
 @contextlib.contextmanager
