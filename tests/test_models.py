@@ -504,3 +504,40 @@ def test_warm_start_from_another_study_runs_its_best_first(builder_dir, capsys):
                  "--warm-start-from", "nosuch"]) == 2
     assert "no study database at 'studies/nosuch.db'" in error_line(capsys.readouterr().err)
     assert db_files(workdir) == ["first.db", "second.db"]
+
+
+def test_weights_changed_after_the_study_was_created_are_refused(workdir, tiny_colour,
+                                                                  monkeypatch, capsys):
+    """The study records the path of its weights file, and now what it holds: other weights
+    copied over it would start later trials elsewhere than the first, unnoticed."""
+    from tuning.study import WEIGHTS_ATTR
+    from tuning.worker import main as worker
+
+    monkeypatch.chdir(workdir)
+    torch.manual_seed(0)
+    torch.save(ModelSpec("mobilenet_v3_small").build({}, (3, 12, 12), 10).state_dict(),
+               workdir / "start.pth")
+    (workdir / "studies" / "ft.toml").write_text(textwrap.dedent(f"""
+        [study]
+        dataset = "{tiny_colour}"
+        epochs = 1
+        model = "mobilenet_v3_small"
+        weights = "../start.pth"
+    """))
+    assert main(["--study", "ft", "--trials", "1", "--create-only"]) == 0
+    url = f"sqlite:///{workdir}/studies/ft.db"
+    recorded = load_study(url, "ft").user_attrs[WEIGHTS_ATTR]
+    assert len(recorded) == 64
+    assert main(["--study", "ft", "--trials", "1", "--create-only"]) == 0  # the same: fine
+    capsys.readouterr()
+    torch.manual_seed(1)
+    torch.save(ModelSpec("mobilenet_v3_small").build({}, (3, 12, 12), 10).state_dict(),
+               workdir / "start.pth")
+    before = (workdir / "studies" / "ft.db").read_bytes()
+    assert main(["--study", "ft", "--trials", "1"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"start.pth' has changed since study 'ft' was created (sha256 {recorded[:12]} then" \
+        in line and "put them back, or use another --study name" in line
+    assert worker(["--study", "ft"]) == 2
+    assert "has changed since study 'ft' was created" in error_line(capsys.readouterr().err)
+    assert (workdir / "studies" / "ft.db").read_bytes() == before

@@ -46,7 +46,12 @@ from tuning.report_render import Section, render_html, render_markdown, write_cs
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.storage import existing_artifact_store, resolve_url
-from tuning.study import load_existing, stored_definition, with_images_at
+from tuning.study import (
+    check_weights_match,
+    load_existing,
+    stored_definition,
+    with_images_at,
+)
 
 # The tutorial's configuration, trained beside the best trial as the baseline of the test.
 SEED_STUDY_FILE = builtin_study_file("seed")
@@ -67,6 +72,7 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     """
     settings, space = stored_definition(study)
     settings = with_images_at(settings, dataset)
+    check_weights_match(study, settings)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     if arrays is not None:

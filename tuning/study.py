@@ -9,6 +9,7 @@ refused instead of mixing results.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -89,6 +90,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
     if existed and not cut_short:
         check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
         check_definition_matches(study, plan)
+        check_weights_match(study, plan.settings)
         plan = with_stored_strategy(study, plan)
     else:
         # New, or created by a command stopped before it wrote the definition (a Ctrl-C
@@ -97,6 +99,7 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
             check_data_matches(study, data_fingerprint, seed=plan.settings.seed)
         if cut_short and "settings" in study.user_attrs:
             check_definition_matches(study, plan)
+            check_weights_match(study, plan.settings)
         queued = enqueue(study, [(config, "study file") for config in plan.study_file.enqueue])
         if queued:
             source = plan.study_file.path
@@ -117,6 +120,8 @@ def open_study(plan: Plan, data_fingerprint: dict, target: int,
         study.set_user_attr("epochs", plan.settings.epochs)
         study.set_user_attr("settings", dataclasses.asdict(plan.settings))
         study.set_user_attr("config_path", plan.study_file.path)
+        if (weights := weights_fingerprint(plan.settings)) is not None:
+            study.set_user_attr(WEIGHTS_ATTR, weights)
         study.set_user_attr(CREATED_ATTR, environment())  # last: the definition is whole
     # A target at or below what is done runs nothing (tuning.search says so): leave the stored
     # one to the workers that may still be running towards it.
@@ -217,6 +222,38 @@ def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
         raise UsageError(f"study {plan.study!r} runs {counted(attrs['epochs'], 'epoch')} per "
                          f"trial, not {plan.settings.epochs}: give --epochs {attrs['epochs']} to "
                          "go on with it, or another --study name for a new one")
+
+
+WEIGHTS_ATTR = "weights_sha256"
+"""The sha256 of the study's `weights` file when it was created: every trial starts from it."""
+
+
+def weights_fingerprint(settings: StudySettings) -> str | None:
+    """The sha256 of the study's weights file (None: it has none, or the file is not there,
+    which loading it says)."""
+    if settings.weights is None:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(settings.weights, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def check_weights_match(study: optuna.Study, settings: StudySettings) -> None:
+    """UsageError where the study's weights file holds other weights than when it was created:
+    a trial from them would not start where the others did, and a retrain would not repeat
+    its trial."""
+    stored = study.user_attrs.get(WEIGHTS_ATTR)
+    now = weights_fingerprint(settings) if stored is not None else None
+    if now is not None and now != stored:
+        raise UsageError(f"weights file {shorten(str(settings.weights), 200)!r} has changed "
+                         f"since study {study.study_name!r} was created (sha256 {stored[:12]} "
+                         f"then, {now[:12]} now): its trials start from the weights it had; "
+                         "put them back, or use another --study name")
 
 
 def environment() -> dict:

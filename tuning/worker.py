@@ -100,6 +100,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.study import (
         check_data_matches,
         check_images_found,
+        check_weights_match,
         load_existing,
         record_worker,
         stored_data_config,
@@ -116,6 +117,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     settings, space = stored_definition(study)
     settings = with_images_at(settings, args.dataset)
     check_images_found(args.study, settings)
+    check_weights_match(study, settings)
     if runtime.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     arrays = load_arrays(settings.dataset, args.data_dir, settings.seed,
