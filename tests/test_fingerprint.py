@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -212,3 +213,19 @@ def test_garbage_idx_file_is_one_line_and_exit_2(case, workdir):
     assert stem in lines[0] and expected in lines[0], lines[0]
     assert len(lines[0]) < 300
     assert not (workdir / "studies" / "mnist.db").exists()  # refused before anything is stored
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: {**d, "train_y": np.zeros_like(d["train_y"])},
+     "its training images are all of one class (label 0); a classifier needs at least 2"),
+    (lambda d: {**d, "train_x": d["train_x"][d["train_y"] != 9],
+                "train_y": d["train_y"][d["train_y"] != 9]},
+     "its test images hold label 9 ('9'), which no training image has"),
+], ids=["one class", "a test class never trained"])
+def test_idx_files_of_a_subset_of_the_classes_are_refused_as_arrays_are(tmp_path, change,
+                                                                         message):
+    """A model of one class validates at 100%, and one that never saw a class cannot be
+    tested on it: refused, as a .npz of the same is, where it was a warning."""
+    directory = write_mnist(tmp_path / "mnist", change(digits()))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_arrays("mnist", directory)

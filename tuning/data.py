@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuning.errors import UsageError
+from tuning.errors import UsageError, shorten
 from tuning.settings import number_setting
 from tuning.sources import DataConfig, dataset_problem, read
 
@@ -205,6 +205,7 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
         test_x, test_y = images.train_x[held], images.train_y[held]
     else:
         x, y, test_x, test_y = images.train_x, images.train_y, images.test_x, images.test_y
+        check_test_classes_trained(got.name, y, test_y, images.class_names)
     train_idx, val_idx = stratified_split(y, config.val_fraction, split_seed)
     if len(val_idx) == 0 or len(test_y) == 0 or len(train_idx) == 0:
         raise UsageError(f"dataset {name!r} has {len(images.train_y)} images: too few to hold "
@@ -216,6 +217,27 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
                   val_x=val_x, val_y=y[val_idx], test_x=test_x, test_y=test_y,
                   class_names=images.class_names, hflip_allowed=got.hflip, mean=mean, std=std,
                   leaks=leaks)
+
+
+def check_test_classes_trained(name: str, train_y: np.ndarray, test_y: np.ndarray,
+                               class_names=None) -> None:
+    """UsageError unless a data set's own training images hold at least 2 classes and every
+    class of its own test images: a classifier of one class scores 100% on validation, and a
+    test class it never saw is a test it cannot pass (IDX or CIFAR files of a subset)."""
+    present = np.unique(train_y)
+    if len(present) < 2:
+        raise UsageError(f"dataset {shorten(name)!r}: its training images are all of one class "
+                         f"(label {present[0] if len(present) else 'none'}); a classifier "
+                         "needs at least 2")
+    unseen = np.setdiff1d(np.unique(test_y), present)
+    if len(unseen):
+        more = f" and {len(unseen) - 1} other(s)" if len(unseen) > 1 else ""
+        label = int(unseen[0])
+        named = f" ({shorten(str(class_names[label]), 60)!r})" if class_names is not None \
+            and label < len(class_names) else ""
+        raise UsageError(f"dataset {shorten(name)!r}: its test images hold label {label}"
+                         f"{named}{more}, which no training image has: a class the model never "
+                         "saw cannot be tested")
 
 
 def device_data_limit() -> float | None:

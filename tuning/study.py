@@ -248,7 +248,9 @@ def check_weights_match(study: optuna.Study, settings: StudySettings) -> None:
     a trial from them would not start where the others did, and a retrain would not repeat
     its trial."""
     stored = study.user_attrs.get(WEIGHTS_ATTR)
-    now = weights_fingerprint(settings) if stored is not None else None
+    if stored is None:  # no weights, or a study from before they were recorded
+        return
+    now = weights_fingerprint(settings)
     if now is not None and now != stored:
         raise UsageError(f"weights file {shorten(str(settings.weights), 200)!r} has changed "
                          f"since study {study.study_name!r} was created (sha256 {stored[:12]} "
