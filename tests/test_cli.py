@@ -5,7 +5,14 @@ from __future__ import annotations
 import signal
 
 import pytest
-from helpers import exit_status, load_study, run_cli, start_search, wait_for_running_trials
+from helpers import (
+    POSTGRES_URL,
+    exit_status,
+    load_study,
+    run_cli,
+    start_search,
+    wait_for_running_trials,
+)
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -96,6 +103,36 @@ def test_a_search_without_trials_keeps_an_existing_studys_target(workdir, monkey
     assert main(["--budget", "0.01s", *FAST]) == 0  # a run joining it, that starts no trial
     assert load(workdir).user_attrs["target_trials"] == 500
     assert "0/500 finished" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_the_workers_command_a_create_only_prints_runs_as_copied(workdir, monkeypatch, capsys):
+    """With the password in the URL, the printed worker command leaves it out (a *** copied
+    with it would be sent as the password) and says where it goes."""
+    import shlex
+    import uuid
+
+    import optuna
+
+    from tuning.storage import open_storage
+    from tuning.worker import main as worker
+
+    monkeypatch.chdir(workdir)
+    name = f"hint-{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(password="pw").render_as_string(hide_password=False)
+    try:
+        assert main(["--create-only", "--study", name, "--config", "mnist", "--trials", "1",
+                     "--storage", url, *FAST]) == 0
+        out = capsys.readouterr().out
+        command = out.split("start workers with: ")[1].split(";")[0]
+        assert "pw" not in command and "***" not in command
+        assert out.rstrip().endswith("; give the password in PGPASSWORD or PGPASSWORD_FILE")
+        argv = shlex.split(command)
+        assert argv[:2] == ["tuning", "worker"]
+        monkeypatch.setenv("PGPASSWORD", "pw")  # trust authentication takes any
+        assert worker([*argv[2:], "--budget", "0.01s"]) == 0
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL, heartbeat=False))
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, load_study, wait_for_running_trials
+from helpers import POSTGRES_URL, ROOT, load_study, wait_for_running_trials
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -326,6 +326,10 @@ def test_sbatch_create_mode_runs_search_create_only():
     parsed = parse_cli(module, args)
     assert module == "tuning.search" and parsed.create_only
     assert (parsed.study, parsed.trials, parsed.epochs, parsed.seed) == ("fashion-mnist", 40, 3, 7)
+    # Without TUNING_TRIALS the study keeps its own target: the create job run again must not
+    # reset a study's target to the default 100.
+    ((env, module, args),) = dry_run("create")
+    assert "--trials" not in args
 
 
 @pytest.mark.parametrize(("args", "settings", "message"), [
@@ -443,3 +447,25 @@ def test_worker_pods_wait_for_the_creator_job(workdir, tiny):
     # Before the creator made the tables, in words, not the database's error.
     assert re.search(r"waiting for study 'tiny' in \S+: not created yet", out), out
     assert "no such table" not in out
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", [{"database": "no_such_db"}, {"username": "no_such_role"}])
+def test_worker_pods_stop_at_once_on_a_database_that_refuses_them_for_good(tmp_path, change):
+    """The init container does not wait out its 30 minutes for a database or role that does
+    not exist (or a wrong password): one line, exit 2, and the Job fails."""
+    objects = manifests()
+    (init,) = pod_spec(objects[("Job", "tuning-worker")])["initContainers"]
+    _, flag, script = expanded_command(init, objects)
+    url = make_url(POSTGRES_URL).set(**change).render_as_string(hide_password=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNING_STORAGE": url,
+           "TUNING_STUDY": "tiny", "TUNING_WAIT_S": "120"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, flag, script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert time.monotonic() - started < 30  # not waited for
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: the database ") and "refused the connection" in line
+    assert f'"{next(iter(change.values()))}" does not exist' in line

@@ -6,6 +6,7 @@ input as one line with exit status 2."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -35,7 +36,7 @@ from tuning.export import main as export_main
 from tuning.exported import BuilderUnavailable, Classifier, ExportError, load_model
 from tuning.model import ArchConfig
 from tuning.model_card import model_card
-from tuning.networks import ModelSpec
+from tuning.networks import ModelBuildError, ModelSpec
 from tuning.portable import ProgramRejected, check_inputs, check_program, write_programs
 from tuning.report_heldout import reported_trial
 from tuning.report_stats import StudyView
@@ -232,6 +233,38 @@ def test_an_export_cut_short_leaves_the_earlier_one_whole(exported, study_dir, t
     # Not a mix of two exports, nor a half-written one that predict would take.
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert load_model(out).config["trial"] == json.loads(before["config.json"])["trial"]
+
+
+def test_a_failed_export_leaves_no_folders_behind(study_dir, tmp_path, capsys, monkeypatch):
+    """The network cannot be had (a torchvision study's weights file gone, a builder that
+    fails, a Ctrl-C) after --out was made: the folders the export created go again, and an
+    --out that was there before stays."""
+    import tuning.export
+
+    def failing(failure: BaseException, out: Path):
+        def trial_weights(*args, **kwargs):
+            assert out.is_dir()  # made before the network is obtained, to fail early
+            raise failure
+
+        monkeypatch.setattr(tuning.export, "trial_weights", trial_weights)
+
+    out = tmp_path / "new" / "deeper" / "out"
+    for failure in (UsageError("weights file /gone/resnet18.pth does not exist or is not a file"),
+                    ModelBuildError("builder 'mine:build' returned None")):
+        failing(failure, out)
+        assert _export(study_dir, "tiny", out) == 2
+        assert str(failure) in _one_line_error(capsys)
+        assert not (tmp_path / "new").exists(), failure
+    failing(KeyboardInterrupt(), out)
+    with pytest.raises(KeyboardInterrupt):
+        _export(study_dir, "tiny", out)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    failing(UsageError("weights file /gone/resnet18.pth does not exist"), mine)
+    assert _export(study_dir, "tiny", mine) == 2
+    _one_line_error(capsys)
+    assert mine.is_dir() and not list(mine.iterdir())
 
 
 def test_without_a_checkpoint_the_trial_is_retrained_with_its_seed(study_dir, tmp_path,
@@ -517,6 +550,64 @@ def test_predict_runs_model_pt2_where_the_builder_cannot_be_imported(exported, a
         err = _one_line_error(capsys)
         assert "no_such_module_here" in err and "cannot be imported here" in err, err
         assert "worker" not in err and "no model.pt2" in err, err
+
+
+def test_predict_says_in_one_line_why_model_pt2_cannot_stand_in(exported, tmp_path, capsys):
+    """Where the builder cannot be imported and model.pt2 is missing or damaged, torch's own
+    warning (a traceback of twenty lines) stays off the terminal: the error line says why."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    moved = _copy(exported, tmp_path, model={"model": "no_such_module_here:build",
+                                             "weights": None})
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    (moved / "model.pt2").write_bytes(b"not a program")
+    assert tuning_main(["predict", "--quiet", "--model", str(moved), str(image)]) == 2
+    assert "model.pt2' cannot be loaded: " in _one_line_error(capsys)
+    (moved / "model.pt2").unlink()
+    assert tuning_main(["predict", "--quiet", "--model", str(moved), str(image)]) == 2
+    assert "has no model.pt2" in _one_line_error(capsys)
+    assert logger.level == level  # quiet for the load only
+
+
+def test_a_hand_edited_config_is_refused_in_one_line_naming_the_field(exported, tmp_path,
+                                                                     capsys):
+    """Fields that rebuild the model, of the wrong type or count, would fail far from the
+    cause (an IndexError in predict, NaN probabilities with exit status 0)."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    names = [str(i) for i in range(10)]
+    for i, (change, expected) in enumerate((
+            ({"class_names": names[:3]}, "class_names has 3 names, not one per class "
+                                         "(num_classes is 10)"),
+            ({"class_names": None}, "class_names is null, not a list of names"),
+            ({"class_names": [*names[:9], 9]}, "class_names is [\"0\""),
+            ({"num_classes": "10"}, "num_classes is \"10\", not a positive integer"),
+            ({"input_shape": [1, 28]}, "input_shape is [1, 28], not [channels, height, width]"),
+            ({"params": []}, "params is [], not an object"),
+            ({"normalization": {"mean": [0.1], "std": [0]}}, "normalization.std is [0]: "),
+            ({"normalization": {"mean": [float("nan")], "std": [1]}},
+             "normalization.mean is [NaN], not a list of finite numbers"),
+            ({"normalization": {"mean": [0.1, 0.1], "std": [1]}},
+             "normalization.mean has 2 values, not one per channel (input_shape has 1)"),
+            ({"normalization": None}, "normalization is null"))):
+        bad = _copy(exported, tmp_path, f"bad{i}")
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, **change}))
+        assert tuning_main(["predict", "--model", str(bad), str(image)]) == 2, change
+        err = _one_line_error(capsys)
+        assert "config.json' cannot be used: " in err and expected in err, err
+        with pytest.raises(ExportError, match="cannot be used"):
+            load_model(bad)
+    # Classes renamed consistently: the rebuilt network's weights do not fit, and model.pt2,
+    # which stands in for a builder's network, gives another number of logits.
+    with pytest.raises(ExportError, match="does not fit the network"):
+        load_model(_copy(exported, tmp_path, "three", num_classes=3, class_names=names[:3]))
+    fewer = _copy(exported, tmp_path, "fewer", num_classes=3, class_names=names[:3],
+                  model={"model": "no_such_module_here:build", "weights": None})
+    assert tuning_main(["predict", "--quiet", "--model", str(fewer), str(image)]) == 2
+    assert "logits of shape (1, 10) (images, classes), but its config.json names 3 classes" \
+        in _one_line_error(capsys)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

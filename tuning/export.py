@@ -70,7 +70,6 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     fail,
-    make_out_directory,
     storage_url,
 )
 from tuning.data import Arrays, DeviceData, check_data_dir, to_device
@@ -88,12 +87,14 @@ from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
 from tuning.objective import OVER_LIMITS, fixed_params, over_limits
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
+from tuning.report import output_directory, remove_empty
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
 from tuning.reproduce import REPRODUCE_FILE, Reproduction, reproduction
 from tuning.space import Param, applies, build_configs
-from tuning.storage import existing_artifact_store, mask_url, resolve_url
+from tuning.storage import existing_artifact_store, resolve_url, shareable_url
 from tuning.study import (
+    check_weights_match,
     load_existing,
     stored_data_config,
     stored_definition,
@@ -255,9 +256,9 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
             "artifact_id": trial.user_attrs.get("checkpoint_artifact"), "epochs": None,
             # Under cross-validation the checkpoint is one fold's network, trained on its fold.
             "train_images": len(data.train) if settings.cv_folds == 1 else None})
-    how = (f"{obtained.how}, keeping the best validation epoch (no checkpoint of the trial was "
-           f"found); validation loss {obtained.retrained_val_loss:.6f}, the trial recorded "
-           f"{trial.value:.6f}")
+    why = obtained.unused_checkpoint or "the trial kept no checkpoint"
+    how = (f"{obtained.how}, keeping the best validation epoch ({why}); validation loss "
+           f"{obtained.retrained_val_loss:.6f}, the trial recorded {trial.value:.6f}")
     return Obtained(obtained.model, data, {
         "source": "retrained", "how": how, "seed": seed, "epochs": epochs,
         "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": trial.value,
@@ -296,7 +297,7 @@ def reproduce_command(args: argparse.Namespace, trial: int) -> str:
                "--out", str(args.out)]
     if args.refit:
         command.append("--refit")
-    for flag, value in (("--storage", args.storage and mask_url(args.storage)),
+    for flag, value in (("--storage", args.storage and shareable_url(args.storage)),
                         ("--artifacts", args.artifacts), ("--data-dir", args.data_dir),
                         ("--dataset", args.dataset)):
         if value is not None:
@@ -480,6 +481,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         settings, space = stored_definition(study)
         trial = choose_trial(study, settings, space, args.trial)
         settings = with_images_at(settings, args.dataset)
+        check_weights_match(study, settings)
         artifacts = existing_artifact_store(args.artifacts)
         runtime = resolve_device(args.device)
         arrays = study_arrays(study, settings, args.data_dir, way_round=None)
@@ -487,14 +489,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
             args.study, trial, settings, {**fixed_params(space), **trial.params},
             stored_data_config(study, settings.dataset), args.out / REPRODUCE_FILE,
             args.data_dir, args.refit)
-        make_out_directory(args.out)
+        created = output_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
                             artifacts, args.refit, reproduce_command(args, trial.number),
                             reproduced)
-        except OSError as exc:
-            raise UsageError(f"the export into {shorten(str(args.out), 200)!r} failed: "
-                             f"{exc.strerror or exc}") from None
+        except BaseException as exc:
+            # A failed export changes nothing stored: the folders it created go again while
+            # empty (a missing weights file, a builder that does not import, a Ctrl-C before
+            # anything was written); an --out that was there stays.
+            remove_empty(created)
+            if isinstance(exc, OSError):
+                raise UsageError(f"the export into {shorten(str(args.out), 200)!r} failed: "
+                                 f"{exc.strerror or exc}") from None
+            raise
     except (UsageError, ModelBuildError) as exc:
         return fail(str(exc))
     files = config["files"]

@@ -18,8 +18,11 @@ when the network's builder cannot be imported where it runs.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -137,9 +140,19 @@ class ExportedModel(Classifier):
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits of float images (N, C, H, W) in [0, 1], in batches."""
-        out = [torch.softmax(self(images[i:i + PREDICT_BATCH].to(self.device)).float(), dim=1)
+        out = [torch.softmax(self._logits(images[i:i + PREDICT_BATCH]).float(), dim=1)
                for i in range(0, len(images), PREDICT_BATCH)]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self(images.to(self.device))
+        # A rebuilt network has as many outputs as config.json's classes (its weights must
+        # fit); a program need not, where config.json was edited after the export.
+        if logits.dim() != 2 or logits.shape[1] != len(self.class_names):
+            raise ExportError(f"the model gives logits of shape {tuple(logits.shape)} "
+                              f"(images, classes), but its {CONFIG_FILE} names "
+                              f"{len(self.class_names)} classes")
+        return logits
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, float]]:
         """The most likely class of each image (paths or PIL images) and its probability."""
@@ -207,7 +220,8 @@ def _refuse_special(file: Path) -> None:
 
 
 def read_config(path: str | Path) -> dict:
-    """config.json of the export in directory `path`; ExportError when there is none."""
+    """config.json of the export in directory `path`; ExportError when there is none, or
+    when a field the model is rebuilt from is missing or of the wrong type or count."""
     directory = Path(path).expanduser()
     shown = shorten(str(directory), 200)
     if not directory.is_dir():
@@ -233,7 +247,74 @@ def read_config(path: str | Path) -> dict:
                                "normalization") if key not in config]
     if missing:
         raise ExportError(f"{shorten(str(file), 200)!r} lacks {', '.join(missing)}")
+    problems = _field_problems(config)
+    if problems:
+        raise ExportError(shorten(f"{shorten(str(file), 200)!r} cannot be used: "
+                                  + "; ".join(problems), 600))
     return config
+
+
+def _field_problems(config: dict) -> list[str]:
+    """What config.json's fields that rebuild the model get wrong (a hand edit, say), each
+    naming the field and its value. Unchecked, they fail far from the cause: too few class
+    names an IndexError in predict, a std of 0 NaN probabilities with exit status 0."""
+    problems = []
+    for key in ("model", "params"):
+        if not isinstance(config[key], dict):
+            problems.append(f"{key} is {_shown(config[key])}, not an object")
+    shape = config["input_shape"]
+    channels = None
+    if isinstance(shape, list) and len(shape) == 3 and all(_count(n) for n in shape):
+        channels = shape[0]
+    else:
+        problems.append(f"input_shape is {_shown(shape)}, not [channels, height, width] "
+                        "(positive integers)")
+    classes = config["num_classes"]
+    if not _count(classes):
+        problems.append(f"num_classes is {_shown(classes)}, not a positive integer")
+    names = config["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        problems.append(f"class_names is {_shown(names)}, not a list of names (strings)")
+    elif _count(classes) and len(names) != classes:
+        problems.append(f"class_names has {len(names)} names, not one per class "
+                        f"(num_classes is {classes})")
+    norm = config["normalization"]
+    if not isinstance(norm, dict):
+        problems.append(f"normalization is {_shown(norm)}, not an object with mean and std")
+        return problems
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        field = f"normalization.{key}"
+        if not isinstance(values, list) or not values or not all(map(_finite, values)):
+            problems.append(f"{field} is {_shown(values)}, not a list of finite numbers")
+        elif channels is not None and len(values) != channels:
+            problems.append(f"{field} has {len(values)} values, not one per channel "
+                            f"(input_shape has {channels})")
+        elif key == "std" and any(value <= 0 for value in values):
+            problems.append(f"{field} is {_shown(values)}: each must be above 0 (the images "
+                            "are divided by it)")
+    return problems
+
+
+def _shown(value: object) -> str:
+    """A value of config.json as it is written there (null, true), cut short."""
+    return shorten(json.dumps(value, ensure_ascii=False), 80)
+
+
+def _count(value: object) -> bool:
+    """Whether `value` is a positive integer (JSON's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite(value: object) -> bool:
+    """Whether `value` is a finite number (JSON reads NaN and Infinity, and integers of any
+    size, which float() cannot hold)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
@@ -433,11 +514,30 @@ def load_program(path: str | Path, device: str | torch.device = "cpu") -> Progra
                           "instead of its network")
     file = Path(path).expanduser() / name
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation: the card says so
+        _refuse_special(file)  # torch would wait on a FIFO for a writer, forever if none came
+        with warnings.catch_warnings(), _quiet(logging.getLogger("torch.export")):
+            # torch.jit's deprecation: the card says so. torch.export logs a warning with the
+            # whole traceback of a file it cannot read, then raises: the error says enough.
+            warnings.simplefilter("ignore")
             program = (torch.export.load(file).module() if name == "model.pt2"
                        else torch.jit.load(str(file), map_location="cpu"))
+    except FileNotFoundError:
+        raise ExportError(f"{shown!r} has no {name}, though its {CONFIG_FILE} lists it"
+                          ) from None
+    except ExportError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a missing or damaged program file
         reason = shorten(" ".join(str(exc).split()) or type(exc).__name__, 120)
         raise ExportError(f"{shorten(str(file), 200)!r} cannot be loaded: {reason}") from None
     return _placed(ProgramModel(program, config), target, device)
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """`logger` silent but for errors while the block runs, its own level restored after."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -86,6 +86,7 @@ from tuning.storage import (
     check_settings,
     default_storage,
     mask_url,
+    shareable_url,
 )
 from tuning.strategy import PRUNERS, SAMPLERS
 from tuning.study import (
@@ -223,7 +224,7 @@ def _data_args(study: optuna.Study, plan: Plan, args: argparse.Namespace) -> str
 
 def _storage_arg(plan: Plan) -> str:
     return "" if plan.storage == default_storage(plan.study) else \
-        f" --storage '{mask_url(plan.storage)}'"
+        f" --storage {shlex.quote(shareable_url(plan.storage))}"
 
 
 def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
@@ -358,9 +359,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         patience = "" if stored_patience is None else f", patience {stored_patience}"
         met = (f": already met by its {finished} finished trials, so workers stop after the "
                "trials they run" if finished >= args.trials else "")
+        shared = shareable_url(plan.storage)
+        password = ("; give the password in PGPASSWORD or PGPASSWORD_FILE"
+                    if shared != plan.storage else "")
         print(f"study {plan.study!r} ready in {mask_url(plan.storage)} (target {args.trials}"
               f"{patience}{met}); start workers with: tuning worker --study {plan.study} "
-              f"--storage '{mask_url(plan.storage)}'")
+              f"--storage {shlex.quote(shared)}{password}")
         return EXIT_OK
     if finished >= args.trials:
         print(f"study {plan.study!r} already has {finished} finished trials (target "

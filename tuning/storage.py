@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import unquote_plus
 
 import optuna
 import sqlalchemy.exc
@@ -116,13 +117,41 @@ def default_storage(study: str) -> str:
     return f"sqlite:///studies/{study}.db"
 
 
+def _names_a_password(key: str) -> bool:
+    """Whether a URL's query parameter `key` holds a password: `password`, libpq's
+    `sslpassword`, any name ending in 'password' in any case, percent-encoded or not."""
+    return unquote_plus(key).lower().endswith("password")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password (user:password@ or ?password=) replaced by ***.
+    """The URL with any password (user:password@, or a query parameter whose name ends in
+    'password': ?password=, ?sslpassword=) replaced by ***. For showing a URL; a command to
+    copy and run takes `shareable_url`.
 
     Greedy up to the last '@', so that a password with a raw '@' in it is hidden whole.
     """
-    masked = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    masked = re.sub(r"([?&])([^&=#]*)=[^&]*",
+                    lambda m: f"{m[1]}{m[2]}=***" if _names_a_password(m[2]) else m[0], url)
     return re.sub(r"(://[^:/@]*:).*@", r"\1***@", masked)
+
+
+def shareable_url(url: str) -> str:
+    """The URL without any password, for a command printed to be copied and run (`tuning
+    worker --storage ...`): user:password@ becomes user@, and every query parameter whose name
+    ends in 'password' (?password=, ?sslpassword=) is left out. Removed, not masked as by
+    `mask_url`: a *** copied with the command would be sent as the password. The password
+    goes in PGPASSWORD or in a file named by PGPASSWORD_FILE, which every command reads.
+
+    The password ends at the first '@', as SQLAlchemy reads it, or at a later one before the
+    host's end: a password with a raw '@' in it (refused by `resolve_url`) is left out whole.
+    """
+    url = re.sub(r"^([^:/?#]+://[^:/@?#]*):[^@]*@(?:[^/?#@]*@)*", r"\1@", url, count=1)
+    head, mark, query = url.partition("?")
+    if not mark:
+        return url
+    kept = [param for param in query.split("&")
+            if not _names_a_password(param.split("=", 1)[0])]
+    return f"{head}?{'&'.join(kept)}" if kept else head
 
 
 def split_password(url: str) -> tuple[str, str | None]:

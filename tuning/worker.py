@@ -55,7 +55,7 @@ from tuning.runner import (
     why_grid_ended_short,
 )
 from tuning.signals import GracefulStop, Interrupted
-from tuning.storage import default_storage, mask_url, resolve_url
+from tuning.storage import default_storage, mask_url, resolve_url, shareable_url
 
 log = logging.getLogger("tuning")
 
@@ -204,7 +204,7 @@ def say_why_nothing_more(study: optuna.Study, target: int, patience: int | None,
             log.info("stopped early: %s", stalled)
     elif not (stats.finished or stats.failed) and count_finished(study) >= target:
         storage = "" if url == default_storage(study.study_name) else \
-            f" --storage {shlex.quote(mask_url(url))}"
+            f" --storage {shlex.quote(shareable_url(url))}"
         log.info("study %r already has its target of %s: nothing to run; raise it with "
                  "tuning search --study %s --trials N --create-only%s", study.study_name,
                  counted(target, "finished trial"), study.study_name, storage)
