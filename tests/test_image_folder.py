@@ -583,3 +583,55 @@ def test_bad_input_is_a_usage_error(tmp_path, digits, setup, kwargs, message):
             Image.fromarray(digits[DIGIT[name]][0]).save(root / name / "0.png")
     with pytest.raises(UsageError, match=message):
         read_image_folder(root, progress=False, **kwargs)
+
+
+def break_folder(root: Path, how: str) -> None:
+    """Makes the folder of write_digits one that fails to decode, in one of four ways."""
+    if how == "too many unreadable":  # 2 of 11 in all
+        for i in range(2):
+            (root / "one" / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    elif how == "a class without images":
+        (root / "seven").mkdir()
+        (root / "seven" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    elif how == "none decodes":
+        for path in root.glob("*/*.png"):
+            path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50))
+    else:  # "too small": 2x3 images, decoded, refused for their size
+        for path in root.glob("*/*.png"):
+            Image.fromarray(np.zeros((2, 3), np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("how", ["too many unreadable", "a class without images",
+                                 "none decodes", "too small"])
+def test_a_folder_that_fails_to_decode_leaves_no_cache_or_lock_file(tmp_path, digits,
+                                                                    cache_dir, how):
+    good = write_digits(tmp_path / "good", digits)
+    bad = write_digits(tmp_path / "bad", digits)
+    break_folder(bad, how)
+    with pytest.raises(UsageError):
+        read_image_folder(bad, progress=False)
+    assert list(cache_dir.iterdir()) == []
+    read_image_folder(good, progress=False)
+    kept = sorted(p.name for p in cache_dir.iterdir())
+    assert [Path(name).suffix for name in kept] == [".lock", ".npz"]
+    with pytest.raises(UsageError):
+        read_image_folder(bad, progress=False)
+    assert sorted(p.name for p in cache_dir.iterdir()) == kept  # the good folder's only
+
+
+def test_a_lock_file_found_is_left_as_found(tmp_path, digits, cache_dir, monkeypatch):
+    """One an earlier run left beside a cache removed since is not a failed read's to remove."""
+    import tuning.image_folder
+
+    root = write_digits(tmp_path / "f", digits)
+    read_image_folder(root, progress=False)
+    (npz,) = cache_dir.glob("*.npz")
+    npz.unlink()
+
+    def fail(*args, **kwargs):
+        raise UsageError("the disk went away")
+
+    monkeypatch.setattr(tuning.image_folder, "_decode", fail)
+    with pytest.raises(UsageError, match="the disk went away"):
+        read_image_folder(root, progress=False)
+    assert [p.name for p in cache_dir.iterdir()] == [npz.with_suffix(".lock").name]

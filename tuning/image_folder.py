@@ -7,6 +7,7 @@ the options, not by its location. Workers that start together decode once, under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -153,26 +154,41 @@ def _cached(cache_dir: Path, key: str, decode: Callable[[], FolderImages]) -> Fo
     images = _load(path, warn=True)
     if images is not None:
         return images
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(cache_dir / f"{key}.lock"))
+    from tuning.storage import still_the_file_found
+
+    lock_path = cache_dir / f"{key}.lock"
+    with contextlib.ExitStack() as held:
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("waiting for another process decoding the same images (%s)", lock.lock_file)
-            lock.acquire()
-    except OSError as exc:
-        log.warning("cannot write the image cache in %s (%s): decoding without caching",
-                    cache_dir, exc.strerror or exc)
-        return decode()
-    try:
-        images = _load(path, warn=False)  # built by the process that held the lock before us
-        if images is None:
-            images = decode()
-            _save(images, path)
-        return images
-    finally:
-        lock.release()
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            found_there = held.enter_context(still_the_file_found(lock_path))
+            lock = FileLock(str(lock_path))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("waiting for another process decoding the same images (%s)",
+                         lock.lock_file)
+                lock.acquire()
+        except OSError as exc:
+            log.warning("cannot write the image cache in %s (%s): decoding without caching",
+                        cache_dir, exc.strerror or exc)
+            return decode()
+        try:
+            images = _load(path, warn=False)  # built by the process that held the lock before
+            if images is None:
+                try:
+                    images = decode()
+                except BaseException:
+                    # Bad images leave no lock file behind (one found here is not ours).
+                    # Removed while still held: a process waiting for it finds the file it
+                    # opened gone and makes its own, which filelock checks for.
+                    if not found_there():
+                        with contextlib.suppress(OSError):
+                            lock_path.unlink()
+                    raise
+                _save(images, path)
+            return images
+        finally:
+            lock.release()
 
 
 def _load(path: Path, *, warn: bool) -> FolderImages | None:
