@@ -536,6 +536,8 @@ def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):
     assert study("--dataset", str(tmp_path / "scans.npz")) == "scans"
     # A folder called like a study file does not resume that study.
     assert study("--dataset", "./mnist") == "mnist-images"
+    # Nor does a file called like a built-in data set resume the study named after it.
+    assert study("--dataset", str(tmp_path / "mnist-sample.npz")) == "mnist-sample-images"
 
 
 def test_own_images_take_a_study_name_of_the_users_choosing(tmp_path, monkeypatch):

