@@ -284,6 +284,7 @@ def test_a_cross_validated_study_runs_from_the_command_line(workdir):
     result = run_cli("--config", str(config), "--dataset", "mnist-sample", "--epochs", "1",
                      "--trials", "2", "--pruner", "none", cwd=workdir)
     assert result.returncode == 0, result.stderr
+    assert ", 1 epoch in each of 2 folds\n" in result.stdout  # the best trial's line
     study = optuna.load_study(study_name="cv", storage=f"sqlite:///{workdir}/studies/cv.db")
     assert study.user_attrs["settings"]["cv_folds"] == 2
     trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

@@ -184,9 +184,13 @@ def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
               f"{statistics.fmean(losses):.4f}{spread}", file=stream)
     elif completed:
         best = study.best_trial
+        folds = plan.settings.cv_folds
+        # Under cross-validation a trial's steps are its epochs of every fold, one after another.
+        epochs = (f"{counted(plan.settings.epochs, 'epoch')} in each of {folds} folds"
+                  if folds > 1 else f"epochs {best.user_attrs.get('epochs_run')}")
         print(f"best trial #{best.number}: val_loss {best.value:.4f}, "
               f"val_accuracy {best.user_attrs.get('val_accuracy', float('nan')):.4f}, "
-              f"epochs {best.user_attrs.get('epochs_run')}", file=stream)
+              f"{epochs}", file=stream)
         for name, value in best.params.items():
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"  {name} = {shown}", file=stream)
