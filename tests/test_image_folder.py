@@ -517,7 +517,8 @@ def test_16_bit_images_using_little_of_their_range_are_warned_about(tmp_path, di
         # The scaling stays what tuning.exported does: a/full.png (index 2) reaches 255.
         assert np.delete(images.x, 2, axis=0).max() == 4080 // 257
         (warning,) = [r.getMessage() for r in caplog.records]
-        assert "4 of the 5 images" in warning and "16-bit with values up to 4080" in warning
+        assert "4 of the 5 images" in warning and "32-bit integer images with values up to 4080" \
+            in warning
         assert "keep 16 grey levels" in warning and "save them as 8-bit" in warning
 
 

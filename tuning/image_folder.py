@@ -130,10 +130,12 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
                     len(images.skipped), len(files), root, first_names(images.skipped))
     if images.narrow_16bit:
         # The scaling stays: the exported model decodes a user's image the same way.
-        log.warning("%d of the %d images in %s are 16-bit with values up to %d only (of "
-                    "0..65535): scaled to 8 bits they keep %d grey levels; save them as 8-bit "
-                    "images, scaled as you want them", images.narrow_16bit, len(images.y), root,
-                    images.narrow_16bit_max, images.narrow_16bit_max // 257 + 1)
+        levels = images.narrow_16bit_max // 257 + 1
+        log.warning("%d of the %d images in %s are 16- or 32-bit integer images with values up "
+                    "to %d only (read as 0..65535): scaled to 8 bits they keep %s; save them as "
+                    "8-bit images, scaled as you want them", images.narrow_16bit, len(images.y),
+                    root, images.narrow_16bit_max,
+                    "1 grey level" if levels == 1 else f"{levels} grey levels")
     return images
 
 
