@@ -240,6 +240,8 @@ def _write_list(path: Path) -> None:
     (_write_pickled_object, "is not a PyTorch file that loads with weights_only=True"),
     (_write_non_tensors, "holds a dict that is not a state dict"),
     (_write_list, "holds a list that is not a state dict"),
+    (lambda path: path.write_text("hello weights\n"),
+     "is not a PyTorch file that loads with weights_only=True: KeyError 101"),
 ])
 def test_a_file_that_is_not_a_state_dict_is_a_usage_error(
         tmp_path: Path, write: Callable[[Path], None], expected: str) -> None:

@@ -235,6 +235,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         # A refusal's cause follows paragraphs of advice, which would not help here.
         cause = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
         reason = _first_line(cause.split(". ")[0], exc, 120)
+        if " " not in reason:  # a bare token (a text file's bytes read as a key: '101')
+            reason = f"{type(exc).__name__} {reason}"
         raise UsageError(f"weights file {shown} is not a PyTorch file that loads with "
                          f"weights_only=True: {reason}") from None
     if isinstance(saved, Mapping):
