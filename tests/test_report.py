@@ -272,7 +272,11 @@ def test_report_bad_input_exits_2(small_study, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(small_study)
     (tmp_path / "studies").mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("someone's page")
     cases = [
+        (["--study", "small", "--out", str(tmp_path / "site")],
+         "is not empty and holds no earlier report"),
         (["--study", "nope", "--storage", f"sqlite:///{small_study}/studies/small.db"],
          "does not exist"),
         (["--study", "small", "--storage", f"sqlite:///{tmp_path}/missing.db"], "no study"),
@@ -283,6 +287,7 @@ def test_report_bad_input_exits_2(small_study, tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert code == 2, (args, err)
         assert expected in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "site" / "index.html").read_text() == "someone's page"
     empty = f"sqlite:///{tmp_path}/empty.db"
     assert search(["--create-only", "--study", "empty", "--config", "studies/small.toml",
                    "--storage", empty]) == 0

@@ -39,7 +39,7 @@ from tuning.cli import (
 )
 from tuning.data import check_data_dir
 from tuning.device import resolve_device
-from tuning.errors import UsageError
+from tuning.errors import UsageError, shorten
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
 from tuning.report_render import Section, render_html, render_markdown, write_csv
@@ -110,6 +110,16 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     return metrics
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out directory with other content than an earlier report, whose files this
+    one replaces: its index.html would overwrite another (a web site's, say). Creates nothing."""
+    if out.is_dir() and any(out.iterdir()) and not all(
+            (out / name).is_file() for name in ("summary.md", "trials.csv")):
+        raise UsageError(f"--out {shorten(str(out), 200)!r} is not empty and holds no earlier "
+                         "report (no summary.md and trials.csv of tuning report): give a new "
+                         "or empty directory")
+
+
 def output_directory(out: Path) -> list[Path]:
     """Create `out` where missing and check that it can be written; returns the folders it
     created, outermost first."""
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
     try:
         resolve_url(url)
         check_data_dir(args.data_dir)
+        check_out(out)
         study = load_existing(args.study, url, heartbeat=False)
         if count_finished(study) == 0:
             raise UsageError(f"study {args.study!r} has no finished trials yet")
