@@ -292,3 +292,13 @@ def test_an_old_cached_baseline_without_wrong_images_is_trained_again(tiny_study
     assert section.metrics["tutorial"]["wrong"] == retrained.metrics["tutorial"]["wrong"]
     kept = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tiny_study}/studies/tiny.db")
     assert all("wrong" in e["metrics"] for e in kept.user_attrs[BASELINE_ATTR].values())
+
+
+def test_a_class_without_test_images_shows_no_recall():
+    from tuning.evaluate import classification_metrics
+    from tuning.report_heldout import per_class_table
+
+    cm = np.array([[5, 1, 0], [0, 4, 0], [0, 0, 0]])  # class c: no test image, never predicted
+    metrics = classification_metrics(cm)
+    rows = per_class_table(metrics, metrics, ["a", "b", "c"]).rows
+    assert rows[0][2] == 5 / 6 and rows[2][2] is None and rows[2][5] == 0

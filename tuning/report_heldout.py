@@ -249,7 +249,9 @@ def per_class_table(best: dict, tutorial: dict, names: list[str], named: str = "
     scores = (f"precision ({named})", f"recall ({named})", f"F1 ({named})", "F1 (tutorial)")
     table = Table(["class", *scores, "support"], fixed_columns=scores)
     for ours, theirs in zip(best["per_class"], tutorial["per_class"], strict=True):
-        table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
+        # A class without test images has no recall to show (none of its images was missed).
+        recall = ours["recall"] if ours["support"] else None
+        table.rows.append([names[ours["class"]], ours["precision"], recall, ours["f1"],
                            theirs["f1"], ours["support"]])
     return table
 
@@ -339,9 +341,9 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     if untested:
         s.paragraphs.append(
             f"{len(untested)} of the {len(names)} classes have no test image "
-            f"({shorten(', '.join(untested), 200)}): their rows show support 0, and the macro "
-            "averages leave each of them out unless the network predicted it, as "
-            "scikit-learn's do.")
+            f"({shorten(', '.join(untested), 200)}): their rows show support 0 and no "
+            "recall, and the macro averages leave each of them out unless the network "
+            "predicted it, as scikit-learn's do.")
     for shown, metrics in ((label, best_metrics), ("tutorial", seed_metrics)):
         cm = metrics["confusion_matrix"]
         s.tables.append((f"Confusion matrix, {shown} (rows: true class, columns: predicted)",
