@@ -281,6 +281,8 @@ def test_own_builder_end_to_end_limits_enqueue_and_report(builder_dir, capsys):
     # test it writes no metrics, and removes an earlier report's, which would contradict it.
     stale = workdir / "reports" / "own" / "test_metrics.json"
     stale.parent.mkdir(parents=True)
+    for name in ("summary.md", "trials.csv"):  # the rest of that earlier report
+        (stale.parent / name).write_text("")
     stale.write_text('{"best": {"accuracy": 0.99}}')
     assert report_main(["--study", "own", "--no-test", "--quiet"]) == 0
     assert not stale.exists()
