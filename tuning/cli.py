@@ -106,17 +106,31 @@ def run_timeout(timeout: float | None, deadline: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def make_out_directory(out: Path) -> None:
+def make_out_directory(out: Path) -> list[Path]:
     """Create --out `out` where missing and check that a file can be written in it, before any
-    time is spent on what goes there; UsageError if it cannot."""
+    time is spent on what goes there; UsageError if it cannot (the folders it made removed
+    again). Returns the folders it created, outermost first: a command that fails later
+    removes them with `remove_empty`, so that it changes nothing stored."""
+    created = [p for p in (out, *out.parents) if not p.exists()][::-1]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
+        remove_empty(created)
         raise UsageError(f"--out {shorten(str(out), 200)!r} cannot be written: "
                          f"{exc.strerror or exc}") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a command created (`make_out_directory`), those still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never created
+            return
 
 
 # A study name becomes a file name (studies/NAME.db) and part of URLs and lock keys: no path
@@ -136,7 +150,7 @@ def database_lost(url: str | None, exc: BaseException | None) -> int:
     """A command's end when the database stayed unreachable past its patience: one line, and
     the status that says "run me again", not "fix me" (a scheduler retries it). `exc`: the
     error, whose driver's words the line gives; None for a launcher, whose workers met it: the
-    words its own storage met then.""" 
+    words its own storage met then."""
     from tuning.outage import (  # noqa: PLC0415 - keeps `cli` light
         ongoing_outage,
         retry_seconds,

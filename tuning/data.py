@@ -220,7 +220,7 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
 
 
 def check_test_classes_trained(name: str, train_y: np.ndarray, test_y: np.ndarray,
-                               class_names=None) -> None:
+                               class_names: tuple[str, ...] | None = None) -> None:
     """UsageError unless a data set's own training images hold at least 2 classes and every
     class of its own test images: a classifier of one class scores 100% on validation, and a
     test class it never saw is a test it cannot pass (IDX or CIFAR files of a subset)."""

@@ -28,6 +28,12 @@ def shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def described(exc: BaseException, limit: int = 200) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return shorten(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, limit)
+
+
 class UsageError(Exception):
     """Bad input from the user: the CLI prints the message on one line and exits with status 2.
 

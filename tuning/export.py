@@ -70,6 +70,8 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     fail,
+    make_out_directory,
+    remove_empty,
     storage_url,
 )
 from tuning.data import Arrays, DeviceData, check_data_dir, to_device
@@ -87,7 +89,6 @@ from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
 from tuning.objective import OVER_LIMITS, fixed_params, over_limits
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
-from tuning.report import output_directory, remove_empty
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
 from tuning.reproduce import REPRODUCE_FILE, Reproduction, reproduction
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
             args.study, trial, settings, {**fixed_params(space), **trial.params},
             stored_data_config(study, settings.dataset), args.out / REPRODUCE_FILE,
             args.data_dir, args.refit)
-        created = output_directory(args.out)
+        created = make_out_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
                             artifacts, args.refit, reproduce_command(args, trial.number),

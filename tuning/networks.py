@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tuning.errors import UsageError, shorten
+from tuning.errors import UsageError, described, shorten
 from tuning.limits import Limits
 from tuning.model import ArchConfig, build_model, count_parameters
 
@@ -135,8 +135,7 @@ def _what_happened(exc: BaseException) -> str:
         return f"called sys.exit({shorten(repr(exc.code))})"
     if isinstance(exc, SyntaxError):  # its str() repeats the place, said apart here
         return f"{type(exc).__name__}: {shorten(str(exc.msg), 200)}"
-    text = _first_line(exc)
-    return shorten(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 200)
+    return described(exc)
 
 
 def _first_line(exc: BaseException) -> str:

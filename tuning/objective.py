@@ -21,7 +21,7 @@ import torch
 
 from tuning.data import DeviceData
 from tuning.device import Runtime
-from tuning.errors import shorten
+from tuning.errors import described
 from tuning.limits import Limits
 from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
@@ -74,8 +74,7 @@ def _failing_the_trial(trial: optuna.Trial, epochs: Iterator[EpochResult]
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            reason = shorten(f"training failed: {type(exc).__name__}: {first}".rstrip(": "), 200)
+            reason = f"training failed: {described(exc, 180)}"
             log.debug("trial %d: %s", trial.number, reason, exc_info=True)
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason) from exc

@@ -35,6 +35,7 @@ from tuning.cli import (
     count_finished,
     fail,
     make_out_directory,
+    remove_empty,
     storage_url,
 )
 from tuning.data import check_data_dir
@@ -77,7 +78,7 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     if arrays is not None:
         resolve_device(device)  # the test's device: held_out_test resolves it again to use it
-    created = output_directory(out)
+    created = make_out_directory(out)
     try:
         # Repeats of one fixed configuration answer no question about optimizers, learning
         # rates or regularization: their overview gives the mean and spread.
@@ -118,27 +119,6 @@ def check_out(out: Path) -> None:
         raise UsageError(f"--out {shorten(str(out), 200)!r} is not empty and holds no earlier "
                          "report (no summary.md and trials.csv of tuning report): give a new "
                          "or empty directory")
-
-
-def output_directory(out: Path) -> list[Path]:
-    """Create `out` where missing and check that it can be written; returns the folders it
-    created, outermost first."""
-    created = [p for p in (out, *out.parents) if not p.exists()][::-1]
-    try:
-        make_out_directory(out)
-    except UsageError:
-        remove_empty(created)
-        raise
-    return created
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove the folders the report created (outermost first), those still empty."""
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, or never created
-            return
 
 
 def build_parser(prog: str = "python -m tuning.report") -> OneLineParser:

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from sqlalchemy import Connection, create_engine, text
 
 from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR
-from tuning.errors import counted, shorten
+from tuning.errors import counted, described, shorten
 from tuning.objective import TrialFailed, over_limits, stopped_by_budget
 from tuning.outage import (
     Outages,
@@ -367,8 +367,7 @@ def _reason(exc: BaseException) -> str:
     """Why a trial ended by an exception failed, for its line and the report."""
     if isinstance(exc, Interrupted):
         return f"stopped by {exc}"
-    first_line = (str(exc).splitlines() or [""])[0]
-    return shorten(f"{type(exc).__name__}: {first_line}".rstrip(": "), 200)
+    return described(exc)
 
 
 @dataclass

@@ -63,7 +63,6 @@ class GracefulStop:
 
     def install(self) -> GracefulStop:
         global _installed
-        self.parent = os.getppid()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._handle)
         _installed = self
@@ -77,10 +76,15 @@ class GracefulStop:
         elif signum != self.signum or time.monotonic() - self.first_at > REPEAT_WINDOW_S:
             raise Interrupted(self.signum, self.orphaned)  # asked twice: stop now
 
+    def requested(self) -> Interrupted | None:
+        """The stop asked for, if one was."""
+        return None if self.signum is None else Interrupted(self.signum, self.orphaned)
+
     def check(self) -> None:
         """A safe point: raise if a stop was asked for."""
-        if self.signum is not None:
-            raise Interrupted(self.signum, self.orphaned)
+        stop = self.requested()
+        if stop is not None:
+            raise stop
 
 
 class NoStop(GracefulStop):
@@ -97,9 +101,7 @@ def requested_stop() -> Interrupted | None:
     """The stop this process was asked for, if any: an error that follows one (a second signal
     raised inside the database's driver, which wraps it in errors of its own) is that stop's
     end, not a crash."""
-    if _installed is None or _installed.signum is None:
-        return None
-    return Interrupted(_installed.signum, _installed.orphaned)
+    return None if _installed is None else _installed.requested()
 
 
 def raise_if_stop_requested() -> None:
