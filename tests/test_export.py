@@ -205,6 +205,7 @@ def test_refit_trains_on_train_and_validation_and_says_so(study_dir, capsys):
     assert _export(study_dir, "tiny", out, "--refit") == 0
     stdout = capsys.readouterr().out
     assert "refit" in stdout and "test accuracy" in stdout
+    assert stdout.splitlines()[0].endswith(", README.md, reproduce.toml")  # every file written
     config = json.loads((out / "config.json").read_text())
     assert config["weights"]["source"] == "refit"
     assert config["weights"]["train_images"] == 3600 + 400 and config["weights"]["epochs"] == 1

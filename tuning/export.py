@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         return fail(str(exc))
     files = config["files"]
     written = [WEIGHTS_FILE, CONFIG_FILE, *(n for n, what in files.items() if what == "written"),
-               CARD_FILE]
+               CARD_FILE, REPRODUCE_FILE]
     test = config["test"]
     low, high = test["accuracy_ci"]
     print(f"exported trial #{trial.number} of study {args.study!r} to {args.out}: "
