@@ -201,6 +201,8 @@ BAD_INPUTS = {
     "unwritable storage": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
     "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),
+    "data dir beside a path": (["--dataset", "studies", "--data-dir", "studies"],
+                               "leave --data-dir out"),
     "warm-start top without a study": (["--warm-start-top", "3"],
                                        "give that too, or leave it out"),
     "artifacts in a file": (["--artifacts", "studies/broken.toml"],

@@ -23,7 +23,7 @@ import torch
 
 from tuning.errors import UsageError, shorten
 from tuning.settings import number_setting
-from tuning.sources import DataConfig, dataset_problem, read
+from tuning.sources import SOURCES, DataConfig, dataset_problem, read
 
 log = logging.getLogger("tuning")
 
@@ -197,6 +197,11 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
     if problem is not None:
         raise UsageError(problem)
     check_data_dir(data_dir)
+    if data_dir is not None and name not in SOURCES:
+        # A path is read as given: a --data-dir beside it would be silently unused.
+        raise UsageError(f"--data-dir is where the named data sets ({', '.join(SOURCES)}) are "
+                         f"read; the data set {shorten(name, 200)!r} is a path, read as it is: "
+                         "leave --data-dir out")
     got = read(name, data_dir, config, download=download, fallback_level=fallback_level)
     images = got.images
     if images.test_x is None or images.test_y is None:
