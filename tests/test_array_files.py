@@ -250,6 +250,8 @@ BAD_NPZ = {
                             ["different scales"]),
     "names repeated": (lambda a: _with(a, class_names=np.array(list("abcdefghia"))),
                        ["class_names repeats 'a'"]),
+    "a blank name": (lambda a: _with(a, class_names=np.array([*"abcdefgh", " ", "j"])),
+                     ["class_names[8] is blank"]),
     "names not strings": (lambda a: _with(a, class_names=np.arange(10)),
                           ["class_names must be a 1-D array of strings"]),
     "empty test": (lambda a: _with(a, x_test=a["x_test"][:0], y_test=a["y_test"][:0]),

@@ -409,7 +409,9 @@ def setup_bad(case: str, base: Path, digits) -> tuple[list[str], str]:
                         "channels = 1.0": "channels must be 1 or 3, got 1.0",
                         "channels = true": "channels must be 1 or 3, got True",
                         "size = 16": "unknown key(s) ['size']",
-                        'path = "../nowhere"': "nowhere' does not exist"}[table]
+                        'path = "../nowhere"': "nowhere' does not exist",
+                        'class_names = ["a", " "]': "class_names must be distinct non-empty "
+                                                    "strings"}[table]
     if case == "image_size for an npz":
         npz(base / "a.npz", digits)
         study_file(base / "cfg" / "bad.toml", 'path = "../a.npz"\nimage_size = 16')
@@ -431,6 +433,7 @@ BAD_CASES = ["folder missing", "empty folder", "folder with only other files", "
              "[data] image_size = 0",
              "[data] image_size = 100000", "[data] channels = 2", "[data] channels = 1.0",
              "[data] channels = true", "[data] size = 16", '[data] path = "../nowhere"',
+             '[data] class_names = ["a", " "]',
              "image_size for an npz", "a test folder for an npz", "unknown dataset"]
 
 

@@ -174,6 +174,9 @@ def _npz_class_names(path: Path, names: np.ndarray | None) -> tuple[str, ...] | 
                 for n in names.tolist())
     if len(out) < 2:
         raise UsageError(f"{path}: class_names holds {len(out)} name(s); at least 2 are needed")
+    blank = [i for i, n in enumerate(out) if not n.strip()]
+    if blank:  # a class the report's tables and the exported model's answers could not name
+        raise UsageError(f"{path}: class_names[{blank[0]}] is blank; give every class a name")
     repeated = [n for i, n in enumerate(out) if n in out[:i]]
     if repeated:
         raise UsageError(f"{path}: class_names repeats {shorten(repeated[0])!r}")

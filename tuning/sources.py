@@ -65,7 +65,7 @@ class DataConfig:
         if self.test is not None and not isinstance(self.test, str):
             found.append(f"test must be a folder path, got {self.test!r}")
         if self.class_names is not None and (
-                not all(isinstance(n, str) and n for n in self.class_names)
+                not all(isinstance(n, str) and n.strip() for n in self.class_names)
                 or len(set(self.class_names)) != len(self.class_names)):
             found.append("class_names must be distinct non-empty strings")
         return [shorten(p, 200) for p in found]
