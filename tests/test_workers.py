@@ -6,6 +6,7 @@ import io
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,6 +380,33 @@ def test_compose_file_structure():
               if line.startswith("COPY") for source in line.split()[1:-1]}
     assert set(ignored[ignored.index("*") + 1:]) == {f"!{path}" for path in copied} | {
         "**/__pycache__"}
+
+
+def compose_command(service: str, env: dict[str, str]) -> list[str]:
+    """A service's command as Compose interpolates it (${VAR:-default}, ${VAR:+alternative})."""
+    def value(match: re.Match) -> str:
+        name, op, word = match.groups()
+        given = env.get(name, "")
+        if op == ":-":
+            return given or word
+        return word if given else ""
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"][service]["command"]
+    return re.sub(r"\$\{(\w+)(:-|:\+)([^}]*)\}", value, command).split()
+
+
+def test_compose_create_study_sets_the_target_only_when_trials_is_given():
+    from tuning.search import build_parser
+
+    plain = compose_command("create-study", {})
+    assert "--trials" not in plain and "$" not in " ".join(plain)
+    # Not given: an existing study keeps its own target.
+    assert not getattr(build_parser().parse_args(plain[3:]), "trials_given", False)
+    given = compose_command("create-study", {"TRIALS": "40", "STUDY": "fashion-mnist"})
+    args = build_parser().parse_args(given[3:])
+    assert (args.trials, args.study, args.create_only) == (40, "fashion-mnist", True)
+    assert args.trials_given
 
 
 def test_worker_plan_pins_each_worker_to_one_gpu_and_splits_cores():
