@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import POSTGRES_URL, ROOT, load_study, run_cli
+from helpers import POSTGRES_URL, ROOT, load_study, run_cli, start_search
 from optuna.trial import TrialState
 
 from tuning.storage import open_storage, resolve_url
@@ -94,11 +94,12 @@ def netns():
 
 
 class Relay:
-    """Forwards TCP connections from `listen_host` (a free port) to `target`, with threads."""
+    """Forwards TCP connections from `listen_host` (`port`, else a free one) to `target`, with
+    threads."""
 
-    def __init__(self, listen_host: str, target: tuple[str, int]) -> None:
+    def __init__(self, listen_host: str, target: tuple[str, int], port: int = 0) -> None:
         self._target = target
-        self._server = socket.create_server((listen_host, 0))
+        self._server = socket.create_server((listen_host, port))
         self._server.settimeout(0.2)  # so that close() is noticed
         self.port = self._server.getsockname()[1]
         self._closed = threading.Event()
@@ -270,3 +271,33 @@ def test_worker_cut_off_past_the_grace_period_drops_its_trial_and_finishes(
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retries and retries[0].params == cut_off.params
     assert retries[0].user_attrs["seed"] == cut_off.user_attrs["seed"]
+
+
+def test_the_creator_started_before_the_server_waits_for_it(workdir, pg_study):
+    """A scheduler may start the creating job (--create-only) before the database server
+    listens (a Kubernetes Job applied with the server): it waits, as workers do, and creates
+    the study once the server is up, instead of exiting 2, which fails the Job for good."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:  # a port nothing listens on now
+        port = probe.getsockname()[1]
+    creator = start_search("--create-only", "--study", pg_study, "--config", "mnist",
+                           "--dataset", "mnist-sample", "--trials", "3", "--storage",
+                           f"postgresql://postgres@127.0.0.1:{port}/test", cwd=workdir,
+                           env={"TUNING_DB_RETRY_S": "120"})
+    assert creator.stderr is not None
+    said = []
+    relay = None
+    try:
+        for line in creator.stderr:  # the server comes up once the creator waits for it
+            said.append(line)
+            if "database unreachable" in line:
+                relay = Relay("127.0.0.1", POSTGRES_ADDRESS, port)
+                break
+        said += creator.stderr.readlines()
+        assert creator.wait(timeout=120) == 0, "".join(said)
+    finally:
+        creator.kill()
+        if relay is not None:
+            relay.close()
+    assert relay is not None and "database reachable again" in "".join(said), "".join(said)
+    study = load_study(POSTGRES_URL, pg_study)
+    assert study.user_attrs["target_trials"] == 3

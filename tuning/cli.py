@@ -167,9 +167,9 @@ def database_lost(url: str | None, exc: BaseException | None) -> int:
     waited = max(seconds or 0.0, retry_seconds())
     which = f"the database {mask_url(url)}" if url else "the study's database"
     print(f"error: {which} could not be reached for {waited:.0f} s (TUNING_DB_RETRY_S "
-          f"{retry_seconds():g}){reason}; run "
-          "the same command again once it is back: the study is intact, and the trials that "
-          "were running are retried", file=sys.stderr)
+          f"{retry_seconds():g}){reason}; run the same command again once it is back: "
+          "nothing stored is lost, and a trial that was running is run again",
+          file=sys.stderr)
     return EXIT_DATABASE_LOST
 
 

@@ -127,11 +127,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     key for key in ("sampler", "pruner") if getattr(args, key) is not None))
 
 
+def waits_for_the_server(args: argparse.Namespace) -> bool:
+    """Whether an unreachable database server is waited for, as workers wait for it: by the
+    command a scheduler starts to create the study (--create-only), which may start before
+    the server is up; a search run by hand says at once that it cannot reach it."""
+    return bool(getattr(args, "create_only", False))
+
+
 def _stored_study_file(args: argparse.Namespace, name: str) -> StudyFile | None:
     """The definition study `name` was created with, if tuning search created it in the
     storage: what a study named after its data has instead of a study file."""
     try:
-        study = load_existing(name, storage_url(args.storage, name), heartbeat=False)
+        study = load_existing(name, storage_url(args.storage, name), heartbeat=False,
+                              wait=waits_for_the_server(args))
     except UsageError:  # no database, no such study there, or not one of tuning search's
         return None
     settings, space = stored_definition(study)

@@ -74,7 +74,7 @@ from tuning.outage import (
     transient,
     without_retry,
 )
-from tuning.plan import DEFAULT_STUDY, make_plan, name_after_data
+from tuning.plan import DEFAULT_STUDY, make_plan, name_after_data, waits_for_the_server
 from tuning.runner import StudyLock, out_of_patience, run_trials, why_grid_ended_short
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
@@ -152,7 +152,8 @@ def build_parser(prog: str = "python -m tuning.search") -> argparse.ArgumentPars
                              "ones)")
     parser.add_argument("--create-only", action="store_true",
                         help="create the study (definition, data, target) and exit: workers "
-                             "started elsewhere with tuning worker run it")
+                             "started elsewhere with tuning worker run it (a database server "
+                             "not up yet is waited for, as workers wait: TUNING_DB_RETRY_S)")
     parser.add_argument("--warm-start-from", metavar="STUDY", type=study_name,
                         help="try the best configurations of another study first (in --storage "
                              "or $TUNING_STORAGE, else in that study's own file)")
@@ -335,7 +336,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     # shared study's target short, or raise it, for every worker on every host.
     keep_target = not getattr(args, "trials_given", False)
     study, plan = open_study(plan, arrays.fingerprint(), args.trials, args.patience,
-                             set_target=args.create_only, keep_unset=keep_target)
+                             set_target=args.create_only, keep_unset=keep_target,
+                             wait=waits_for_the_server(args))
     if keep_target:
         args.trials = study.user_attrs[TARGET_ATTR]
     if warm_start:

@@ -72,17 +72,17 @@ def _creation_cut_short(study: optuna.Study) -> bool:
 
 def open_study(plan: Plan, data_fingerprint: dict, target: int,
                patience: int | None = None, set_target: bool = False,
-               keep_unset: bool = False) -> tuple[optuna.Study, Plan]:
+               keep_unset: bool = False, wait: bool = False) -> tuple[optuna.Study, Plan]:
     """Create the study, recording what it is made from, or load it and check it matches;
     with the plan it runs (a resumed study's own sampler and pruner). `set_target`: store
     `target` even at or below the trials finished, and `patience` only where given
     (--create-only, which sets them for workers started elsewhere: they stop after their
     running trials); `keep_unset`: the target was not given either, an existing study keeps
-    its own.
+    its own. `wait`: a database server that cannot be reached is waited for (open_storage).
 
     This is the one place a study is created; workers only load it (`load_existing`).
     """
-    storage = open_storage(plan.storage, create=True)
+    storage = open_storage(plan.storage, create=True, wait=wait)
     existed = _exists(storage, plan.study)
     study = optuna.create_study(storage=storage, study_name=plan.study, direction="minimize",
                                 load_if_exists=True)
