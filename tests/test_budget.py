@@ -70,6 +70,18 @@ def test_the_eta_never_runs_past_the_budget():
     assert progress.eta() == "0:00:00"
 
 
+def test_the_eta_after_the_timeout_is_at_most_one_more_trial():
+    # --timeout stops starting trials; one started just before it still runs all its epochs.
+    progress = Progress(target=100, epochs=10, stream=io.StringIO())
+    progress.timing = {0: (10, 100.0)}  # 10 s an epoch, 100 s a trial
+    progress.last_start = time.monotonic() + 60
+    assert progress.eta() in {"0:02:39", "0:02:40"}
+    progress.last_start = time.monotonic() - 5
+    assert progress.eta() == "0:01:40"
+    progress.deadline = time.monotonic() + 30  # a --budget ends trials too: the sooner holds
+    assert progress.eta() in {"0:00:29", "0:00:30"}
+
+
 def test_a_trial_running_when_the_budget_ends_stops_after_its_epoch(tiny_data):
     """Ask/tell: with the budget already spent, the trial trains one epoch, reports it, and
     is pruned with the reason; the last epoch of a trial is never cut."""

@@ -255,6 +255,9 @@ class Progress:
         self.deadline: float | None = None
         """When the run's --budget ends (time.monotonic()), if it has one: the ETA is never
         later."""
+        self.last_start: float | None = None
+        """When the run stops starting trials (its --timeout), if it has one: the ETA is never
+        later than that plus one trial."""
 
     @classmethod
     def for_study(cls, study: optuna.Study, target: int, epochs: int,
@@ -343,6 +346,9 @@ class Progress:
             self._epochs_left(done) for _, done, _ in self.running.values())
         at_once = min(self.parallel, max(1, to_start + len(self.running)))
         seconds = epochs * per_epoch / at_once
+        if self.last_start is not None:
+            one_trial = self._epochs_left(0) * per_epoch
+            seconds = min(seconds, max(self.last_start - time.monotonic(), 0.0) + one_trial)
         if self.deadline is not None:
             seconds = min(seconds, max(self.deadline - time.monotonic(), 0.0))
         return _clock(seconds)

@@ -394,6 +394,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         study, args.trials, plan.settings.epochs * plan.settings.cv_folds)
     if progress is not None:
         progress.deadline = deadline
+        if args.timeout is not None:  # from about when the workers start counting it
+            progress.last_start = time.monotonic() + args.timeout
     try:
         if deadline is not None and time.monotonic() >= deadline:
             # Spent on reading the data: workers started now would each load it, then stop.

@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
             progress = None
         if progress is not None:
             progress.deadline = deadline
+            if args.timeout is not None:
+                progress.last_start = time.monotonic() + args.timeout
         stats = run_trials(study, objective, target, lock, run_timeout(args.timeout, deadline),
                            progress, objective.stop, patience, announce_stale=not args.launched)
         if not args.launched:  # a launcher says it once for all its workers
