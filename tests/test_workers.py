@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 
@@ -455,6 +456,26 @@ def test_launcher_passes_device_threads_and_compile_mode_to_each_worker():
     args = build_parser().parse_args(command[3:])
     assert (args.study, args.device, args.threads, args.compile, args.worker_index) == \
         ("s", "cuda", 4, "reduce-overhead", 1)
+
+
+def test_a_worker_restarted_late_gets_what_is_left_of_the_timeout():
+    """--timeout counts from the workers' start: a worker restarted 50 s into a 60 s run
+    must not start trials for another 60 s."""
+    from types import SimpleNamespace
+
+    from tuning.launcher import Launcher, plan_workers
+    from tuning.worker import build_parser
+
+    spec = plan_workers([], workers_per_gpu=1, cpu_workers=1, cores=2)[0]
+    launcher = Launcher(SimpleNamespace(study_name="s"), "sqlite:///s.db", [spec], None, None,
+                        timeout=60.0, on_trial=None)
+    assert build_parser().parse_args(launcher._command(spec)[3:]).timeout == 60.0
+    launcher.started = time.monotonic() - 50  # the first workers started 50 s ago
+    assert build_parser().parse_args(launcher._command(spec)[3:]).timeout == \
+        pytest.approx(10.0, abs=1)
+    launcher.started = time.monotonic() - 90
+    assert build_parser().parse_args(launcher._command(spec)[3:]).timeout == \
+        pytest.approx(0.001)
 
 
 @pytest.mark.parametrize(("level", "quiet", "verbose"), [(logging.WARNING, True, False),

@@ -131,6 +131,9 @@ class Launcher:
         """The images' path when the run gives them another than the study recorded."""
         self.artifacts = artifacts
         self.timeout = timeout
+        self.started: float | None = None
+        """When the first workers started (time.monotonic()): --timeout counts from then, so a
+        worker restarted later is given what is left of it."""
         self.deadline = deadline
         """When the run's --budget ends (time.monotonic()): each worker is given what is left."""
         self.on_trial = on_trial
@@ -157,7 +160,8 @@ class Launcher:
         if self.artifacts is not None:
             cmd += ["--artifacts", str(self.artifacts)]
         if self.timeout is not None:
-            cmd += ["--timeout", str(self.timeout)]
+            spent = 0.0 if self.started is None else time.monotonic() - self.started
+            cmd += ["--timeout", f"{max(self.timeout - spent, 0.001):.3f}"]
         if self.deadline is not None:
             cmd += ["--budget", f"{max(self.deadline - time.monotonic(), 0.001):.3f}"]
         # The search's --quiet or --verbose, for the workers' own log lines too.
@@ -177,7 +181,10 @@ class Launcher:
         env["OMP_NUM_THREADS"] = str(spec.threads)
         # Its own session: a Ctrl-C in the terminal reaches only this launcher, which passes
         # it on once; a worker hit by both could be interrupted while recording its trial.
-        proc = subprocess.Popen(self._command(spec), env=env, start_new_session=True,
+        command = self._command(spec)
+        if self.started is None:
+            self.started = time.monotonic()
+        proc = subprocess.Popen(command, env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent)
         self.procs[spec.index] = proc
         self.index_of_pid[proc.pid] = spec.index
