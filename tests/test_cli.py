@@ -198,6 +198,9 @@ BAD_INPUTS = {
     "unsupported storage": (["--storage", "redis://127.0.0.1:6379/0"], "unsupported backend"),
     "unreachable storage": (["--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
                             "cannot open storage"),
+    "unreachable storage of a study resumed by name": (
+        ["--study", "mine", "--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
+        "cannot open storage"),
     "unwritable storage": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
     "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),

@@ -356,3 +356,29 @@ def test_tuning_studies_keeps_its_columns_however_long_a_description(monkeypatch
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("own ") and long in lines[-1]
     assert len({line.rindex(" ") for line in lines}) == 1  # one column of paths
+
+
+def test_tuning_studies_lists_a_stored_study_it_cannot_open_with_the_reason(
+        tmp_path, monkeypatch, capsys):
+    # A study database in a folder mounted read-only: SQLite cannot open it there. It is
+    # listed with why, not left out as if it were not there.
+    import sqlite3
+
+    from tuning import command, storage, study
+    from tuning.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="own", storage="sqlite:///studies/own.db")
+
+    def read_only(path):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    def cannot_write(url, **kwargs):
+        raise UsageError("'studies/own.db' cannot be written")
+
+    monkeypatch.setattr(storage, "optuna_tables", read_only)
+    monkeypatch.setattr(study, "open_storage", cannot_write)
+    assert command.list_studies([]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("own ")]
+    assert "cannot be read: 'studies/own.db' cannot be written" in row

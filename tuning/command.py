@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuning import __version__, catalog
-from tuning.errors import EXIT_OK, EXIT_USAGE, UsageError, counted, shorten
+from tuning.errors import EXIT_OK, EXIT_USAGE, StudyNotFound, UsageError, counted, shorten
 from tuning.settings import setting
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ def _optuna_database(path: Path) -> bool:
 
     try:
         return optuna_tables(path) == {"studies", "version_info"}
+    except sqlite3.OperationalError:  # cannot be opened here (a read-only folder): say why
+        return True
     except sqlite3.Error:  # not a database, or damaged
         return False
 
@@ -141,7 +143,10 @@ def _stored_studies(known: set[str]) -> list[tuple[str, str, Path]]:
         try:
             settings, _ = stored_definition(load_existing(path.stem, default_storage(path.stem),
                                                           heartbeat=False))
-        except Exception:  # another program's database, or damaged: not a study to list
+        except StudyNotFound:  # another program's database: not a study to list
+            continue
+        except Exception as exc:  # noqa: BLE001 - unreadable here (a read-only folder, damage)
+            found.append((path.stem, f"cannot be read: {shorten(str(exc), 150)}", path))
             continue
         found.append((path.stem, f"{_data_shown(settings.dataset)}, "
                       f"{counted(settings.epochs, 'epoch')}, {settings.sampler} / "

@@ -39,3 +39,9 @@ class UsageError(Exception):
 
     Raised before anything is stored, so that a rejected command changes nothing.
     """
+
+
+class StudyNotFound(UsageError):
+    """The study is not in the storage: no database file, a database without Optuna's tables,
+    no study of that name, or one tuning.search did not make. A command that creates studies
+    takes it as "new"; any other error opening the storage is one to report."""

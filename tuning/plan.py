@@ -20,7 +20,7 @@ import optuna
 from tuning import catalog
 from tuning.cli import STUDY_NAME, storage_url, study_name
 from tuning.data import Arrays, check_data_dir
-from tuning.errors import UsageError, shorten
+from tuning.errors import StudyNotFound, UsageError, shorten
 from tuning.sources import SOURCES, is_path
 from tuning.space import REPEAT, Param, tuned
 from tuning.storage import default_storage, open_storage, resolve_url
@@ -140,7 +140,7 @@ def _stored_study_file(args: argparse.Namespace, name: str) -> StudyFile | None:
     try:
         study = load_existing(name, storage_url(args.storage, name), heartbeat=False,
                               wait=waits_for_the_server(args))
-    except UsageError:  # no database, no such study there, or not one of tuning search's
+    except StudyNotFound:  # no database, no such study there, or not one of tuning search's
         return None
     settings, space = stored_definition(study)
     return StudyFile(path=f"study {name!r} as stored", settings=settings, space=space,
@@ -229,7 +229,7 @@ def _records_data(plan: Plan, data_name: str) -> bool:
     """Whether the plan's study exists already and records data named `data_name`."""
     try:
         storage = open_storage(plan.storage, heartbeat=False)
-    except UsageError:  # no database yet
+    except StudyNotFound:  # no database yet
         return False
     found = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     summary = found.get(plan.study)

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from tuning.errors import UsageError, shorten
+from tuning.errors import StudyNotFound, UsageError, shorten
 from tuning.outage import (
     Outages,
     ResilientStorage,
@@ -213,7 +213,7 @@ def resolve_url(url: str) -> str:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir() and given == DEFAULT_GIVEN:
             # Only a reader gets here: tuning search makes ./studies before it creates a study.
-            raise UsageError(f"no study database at {str(path)!r}; create the study with "
+            raise StudyNotFound(f"no study database at {str(path)!r}; create the study with "
                              "tuning search (or give --storage)")
         if not parent.is_dir():
             raise UsageError(f"{given} {url!r}: directory {str(parent)!r} does not exist")
@@ -397,7 +397,7 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
     if path is not None:
         if not create and not path.exists():
             other = " (or give --storage)" if _given_as(url) == DEFAULT_GIVEN else ""
-            raise UsageError(f"no study database at {str(path)!r}; create the study with "
+            raise StudyNotFound(f"no study database at {str(path)!r}; create the study with "
                              f"tuning search{other}")
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
@@ -446,7 +446,7 @@ def _check_holds_studies(resolved: str, url: str) -> None:
     finally:
         engine.dispose()
     if "studies" not in tables:
-        raise UsageError(f"no study in {mask_url(url)}: it holds no Optuna tables; create the "
+        raise StudyNotFound(f"no study in {mask_url(url)}: it holds no Optuna tables; create the "
                          "study there with tuning search --create-only --storage URL")
 
 

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from tuning import __version__
 from tuning.cli import PATIENCE_ATTR, TARGET_ATTR, count_finished
 from tuning.data import DATA_KEYS
-from tuning.errors import UsageError, counted, shorten
+from tuning.errors import StudyNotFound, UsageError, counted, shorten
 from tuning.sources import PATH_KINDS, DataConfig, is_path
 from tuning.space import space_from_dict
 from tuning.storage import mask_url, open_storage, sample_study_hint
@@ -325,15 +325,15 @@ def load_existing(study_name: str, storage_url: str, heartbeat: bool = True,
     """
     try:
         storage = open_storage(storage_url, heartbeat=heartbeat, wait=wait)
-    except UsageError as exc:  # no database file
-        raise UsageError(f"{exc}{sample_study_hint(study_name, storage_url)}") from None
+    except UsageError as exc:  # no database file, or one that cannot be opened
+        raise type(exc)(f"{exc}{sample_study_hint(study_name, storage_url)}") from None
     if not _exists(storage, study_name):
         hint = sample_study_hint(study_name, storage_url, storage)
-        raise UsageError(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
-                         f"create it with tuning search{hint}")
+        raise StudyNotFound(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
+                            f"create it with tuning search{hint}")
     study = optuna.load_study(storage=storage, study_name=study_name)
     if not {"settings", "space", "data", TARGET_ATTR} <= set(study.user_attrs):
-        raise UsageError(f"study {study_name!r} was not created by tuning.search, or its "
+        raise StudyNotFound(f"study {study_name!r} was not created by tuning.search, or its "
                          "creation was stopped before it had its definition: run the tuning "
                          "search command that created it again to finish it")
     return study
