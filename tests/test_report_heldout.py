@@ -88,9 +88,10 @@ def _canned_metrics(num_classes: int, wrong: list[int]) -> dict:
     return {**classification_metrics(cm), "wrong": wrong}
 
 
-def _stubbed_section(monkeypatch, trials: list[dict], space: dict, cv_folds: int = 1):
+def _stubbed_section(monkeypatch, trials: list[dict], space: dict, cv_folds: int = 1,
+                     model=None):
     """held_out_test on a hand-made study, every network replaced by canned test metrics and
-    the best trial's weights by a checkpoint (nothing trained)."""
+    the best trial's weights by `model` (default: a checkpoint; nothing trained)."""
     import torch
 
     import tuning.report_heldout
@@ -99,9 +100,8 @@ def _stubbed_section(monkeypatch, trials: list[dict], space: dict, cv_folds: int
 
     arrays = load_arrays("mnist-sample")
     classes = int(arrays.train_y.max()) + 1
-    monkeypatch.setattr(tuning.evaluate, "trial_model",
-                        lambda *args, **kwargs: TrialModel(torch.nn.Identity(),
-                                                           "checkpoint artifact a", None))
+    obtained = model or TrialModel(torch.nn.Identity(), "checkpoint artifact a", None)
+    monkeypatch.setattr(tuning.evaluate, "trial_model", lambda *args, **kwargs: obtained)
     monkeypatch.setattr(tuning.evaluate, "held_out_metrics",
                         lambda *args: _canned_metrics(classes, [1, 2, 3]))
     monkeypatch.setattr(tuning.report_heldout, "baseline_metrics",
@@ -139,6 +139,23 @@ def test_a_cross_validated_checkpoint_is_named_as_its_fold(monkeypatch):
                                                               "log": True}}, cv_folds=5)
     own, = [p for p in section.paragraphs if "its own weights" in p]
     assert "fold 3 of 5" in own and "the network the trial validated" not in own
+
+
+def test_a_retrain_says_why_the_trials_checkpoint_was_not_used(monkeypatch):
+    import torch
+    from optuna.distributions import FloatDistribution
+
+    from tuning.evaluate import TrialModel
+
+    trial = {"value": 0.2, "params": {"lr": 0.01},
+             "distributions": {"lr": FloatDistribution(1e-3, 1e-1, log=True)},
+             "user_attrs": {"checkpoint_artifact": "a"}}
+    space = {"lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    section = _stubbed_section(monkeypatch, [trial], space, model=TrialModel(
+        torch.nn.Identity(), "retrained with seed 0 for 1 epoch", 0.2,
+        "its checkpoint artifact a is in no artifact directory given"))
+    assert "The best trial was retrained because its checkpoint artifact a is in no artifact " \
+        "directory given." in section.paragraphs
 
 
 def test_a_cpu_retrain_that_does_not_reproduce_the_trial_is_a_warning():

@@ -532,3 +532,134 @@ def test_the_counted_sentence_speaks_of_one_trial_in_the_singular():
     assert _view(study, SPACE).population().startswith(
         "Counted: the 2 complete trials, each trained for the full 3 epochs, so their losses "
         "compare.")
+
+
+def _grid_of(losses: dict[tuple[str, float], list[float]]) -> StudyView:
+    """A grid over optimizer x lr x repeat with the given losses of each cell's repeats."""
+    repeats = max(len(v) for v in losses.values())
+    space = {"optimizer": {"choices": ["adam", "sgd"]}, "lr": {"choices": [0.001, 0.01]},
+             "repeat": {"choices": list(range(repeats))}}
+    dists: dict[str, BaseDistribution] = {
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+        "lr": CategoricalDistribution([0.001, 0.01]),
+        "repeat": CategoricalDistribution(list(range(repeats)))}
+    study = optuna.create_study()
+    for (opt, lr), values in losses.items():
+        for repeat, loss in enumerate(values):
+            study.add_trial(optuna.create_trial(
+                value=loss, params={"optimizer": opt, "lr": lr, "repeat": repeat},
+                distributions=dists, intermediate_values={1: loss}))
+    return _view(study, space, sampler="grid")
+
+
+def test_the_mean_plot_draws_the_intervals_the_table_gives_and_no_others():
+    # adam at 0.001 diverged once in 3 repeats: its t interval runs below 0, and the table cuts
+    # it there. sgd has 2 repeats: the table gives no interval, so the plot draws none.
+    view = _grid_of({("adam", 0.001): [0.3, 0.35, 20.0], ("adam", 0.01): [0.3, 0.31, 0.32],
+                     ("sgd", 0.001): [0.4, 35.0], ("sgd", 0.01): [0.5, 0.6]})
+    section = optimizers(view)
+    table = section.tables[1][1]
+    interval = table.columns.index("95% CI")
+    shown = {(row[0], row[1]): row[interval] for row in table.rows}
+    assert shown["sgd", 0.001] == "too few for an interval: n=2"
+    assert shown["adam", 0.001].startswith("0.0000 .. ")
+    adam, sgd = section.figures[0].data
+    assert list(sgd.error_y.array) == [None, None] and not sgd.error_y.visible
+    cut = adam.y[0]  # the bar down from the mean reaches 0, where the table's interval ends
+    assert adam.error_y.arrayminus[0] == pytest.approx(cut)
+    low, high = (float(v) for v in shown["adam", 0.01].split(" .. "))
+    assert adam.y[1] - adam.error_y.arrayminus[1] == pytest.approx(low, abs=1e-4)
+    assert adam.y[1] + adam.error_y.array[1] == pytest.approx(high, abs=1e-4)
+    assert "cut at 0 runs to the foot" in section.figures[0].layout.title.text
+
+
+def test_per_optimizer_losses_show_the_median_and_its_interval_in_table_and_plot():
+    study = optuna.create_study()
+    losses = {"adam": [0.3, 0.35, 0.4, 0.45, 0.5, 25.0], "sgd": [0.6, 0.7, 0.8]}
+    for name, values in losses.items():
+        for i, loss in enumerate(values):
+            study.add_trial(optuna.create_trial(
+                value=loss, params={"optimizer": name, "lr": 10 ** (-3 + 0.1 * i),
+                                    "dropout": 0.1}, distributions=DISTS))
+    section = optimizers(_view(study, SPACE))
+    table = section.tables[0][1]
+    column = table.columns.index("median's 95% interval")
+    assert [row[column] for row in table.rows] == ["0.3000 .. 25.0000",
+                                                   "too few for an interval: n=3"]
+    assert not any("mean" in c for c in table.columns)  # decided by one diverged trial
+    intervals = [trace for trace in section.figures[0].data if trace.type == "scatter"]
+    assert len(intervals) == 1 and list(intervals[0].y) == [0.3, 25.0]
+
+
+def test_a_fixed_learning_rate_is_said_to_be_fixed_not_given_a_good_range():
+    study = optuna.create_study()
+    for i in range(7):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.01 * i,
+            params={"optimizer": ["adam", "sgd"][i % 2], "dropout": 0.05 * i},
+            distributions={n: DISTS[n] for n in ("optimizer", "dropout")}))
+    section = learning_rate(_view(study, {**SPACE, "lr": 0.01}))
+    assert section.paragraphs == [
+        "The learning rate was fixed, not tuned: every trial trained with lr 0.01."]
+    assert not section.tables and not section.figures
+
+
+def test_the_regularization_reading_says_what_each_sign_means_and_that_others_confound():
+    text = " ".join(regularization(_view(_mixed_study(), SPACE)).paragraphs)
+    assert "with validation accuracy, positive is better" in text
+    assert "can be confounded by the others, which varied at the same time" in text
+
+
+def test_cross_validated_curves_break_between_folds_and_say_so():
+    from tuning.report_figures import Curve, learning_curves, train_and_val_curves
+
+    steps = [1, 2, 3, 4, 5, 6]  # 3 folds of 2 epochs
+    val = Curve("trial 0", steps, [0.9, 0.5, 0.8, 0.4, 0.85, 0.45])
+    fig = learning_curves([val], fold_epochs=2)
+    assert list(fig.data[0].x) == [1, 2, None, 3, 4, None, 5, 6]
+    assert fig.layout.xaxis.title.text == "epoch, folds one after another (2 epochs each)"
+    assert [a.text for a in fig.layout.annotations] == ["fold 1", "fold 2", "fold 3"]
+    pair = train_and_val_curves([(Curve("trial 0", steps, [0.5] * 6), val)], fold_epochs=2)
+    assert all(None in trace.x for trace in pair.data)
+    plain = learning_curves([val])
+    assert None not in plain.data[0].x and plain.layout.xaxis.title.text == "epoch"
+
+
+def test_the_cross_validation_row_says_what_a_fold_trains_and_validates_on():
+    parsed = parse_study({"study": {"cv_folds": 3, "epochs": 2}, "space": SPACE})
+    study = optuna.create_study()
+    study.set_user_attr("data", {"name": "mnist-sample", "n_train": 3600, "n_val": 400,
+                                 "n_test": 1000})
+    study.add_trial(optuna.create_trial(value=0.3, params={"optimizer": "adam", "lr": 1e-3,
+                                                           "dropout": 0.1}, distributions=DISTS))
+    rows = dict(overview(StudyView(study, study.get_trials(), parsed.settings,
+                                   parsed.space)).tables[0][1].rows)
+    assert "(4,000): each fold validates on 1,333 or 1,334 of them and trains on the other " \
+        "2,666 or 2,667" in rows["cross-validation"]
+    assert "pooled into the folds" in rows["data"]
+
+
+def test_a_single_value_on_a_log_axis_is_labelled_in_full_and_no_trial_is_negative():
+    from tuning.report_figures import history, log_ticks
+
+    ticks = log_ticks(0.3, 0.3)
+    assert ticks["range"] == pytest.approx([-1.0229, -0.0229], abs=1e-4)  # the decade around
+    shown = [text for value, text in zip(ticks["tickvals"], ticks["ticktext"], strict=True)
+             if 0.3 / 10 ** 0.5 <= value <= 0.3 * 10 ** 0.5]
+    assert shown == ["0.1", "0.2", "0.5"]  # plotly's own: "1 5 2", the 5 and 2 below 1
+    one = history([0], [0.3])
+    low, high = one.layout.xaxis.range
+    assert -1 < low < 0 < high < 1  # ticks every 1: trial 0 only, no trial -1
+    assert one.layout.yaxis.ticktext is not None
+
+
+def test_unequal_trials_are_flagged_without_claiming_why():
+    study = optuna.create_study()
+    for i, name in enumerate(["adam"] * 6 + ["sgd"] * 2):
+        study.add_trial(optuna.create_trial(
+            value=0.1 + 0.01 * i, params={"optimizer": name, "lr": 1e-3, "dropout": 0.1},
+            distributions=DISTS))
+    for sampler in ("random", "tpe"):
+        (unequal,) = [p for p in optimizers(_view(study, SPACE, sampler)).paragraphs
+                      if "unequal" in p]
+        assert "Whether by chance or because an adaptive sampler favoured it" in unequal

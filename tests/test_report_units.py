@@ -91,17 +91,40 @@ def test_a_space_without_an_optimizer_reports_the_default_one_trained_with():
     assert "None" not in render_markdown("r", [optimizers(view)])
 
 
-def test_trials_pruned_before_training_count_their_whole_budget_as_saved():
+def test_only_the_pruners_stops_are_savings_and_untrained_trials_did_not_stop_early():
     from tuning.report_sections import overview
 
     view = _view({"lr": 1e-3, "blocks": 1, "dropout": 0.1})
-    over = optuna.create_trial(state=optuna.trial.TrialState.PRUNED,
-                               user_attrs={"prune_reason": "over the limits before training"})
-    view.study.add_trial(over)
+    epochs = view.settings.epochs
+    # Over the size limit: never trained, so it neither saved epochs nor stopped early.
+    view.study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED,
+        user_attrs={"prune_reason": "over the limits before training: 15,770 parameters"}))
+    # Diverged at epoch 1: stopped by the objective, not by the pruner.
+    view.study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={},
+        user_attrs={"epochs_run": 1, "prune_reason": "loss diverged (not finite) at epoch 1"}))
     view = StudyView(view.study, view.study.trials, view.settings, view.space)
     rows = dict(overview(view).tables[0][1].rows)
-    epochs = view.settings.epochs
-    assert rows["compute saved by pruning"].startswith(f"{epochs} epochs not run")
+    assert rows["compute saved by pruning"].startswith("0 epochs not run")
+    assert rows["stopped early for a diverged loss"].startswith(
+        f"1 trial, {epochs - 1} epochs not run")
+    population = view.population()
+    assert "The pruned trial stopped early" in population  # the diverged one
+    assert "The trial pruned before training (over the study's limits) has no loss." in \
+        population
+
+
+def test_a_study_without_a_complete_trial_says_there_is_nothing_to_compare():
+    study = optuna.create_study()
+    for _ in range(2):
+        study.add_trial(optuna.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            user_attrs={"prune_reason": "over the limits before training: too large"}))
+    view = StudyView(study, study.trials, StudySettings(), {})
+    assert view.population() == (
+        "Counted: no trial completed, so there are no losses to compare. The 2 trials pruned "
+        "before training (over the study's limits) have no loss.")
 
 
 def test_trials_the_runs_budget_stopped_are_no_saving_of_pruning():
@@ -435,3 +458,53 @@ def test_a_checkpoint_that_does_not_fit_the_network_built_now_is_said(tmp_path, 
                                            store)
     assert obtained.unused_checkpoint == \
         "its checkpoint artifact no-such-artifact was not found or does not load"
+
+
+def test_the_median_interval_lies_between_two_of_the_values_whatever_their_spread():
+    from tuning.report_stats import MIN_FOR_MEDIAN_INTERVAL, median_interval, median_text
+
+    # Of 5 values even min .. max covers the median only 1 - 2 / 32 = 94% of the time.
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+    assert MIN_FOR_MEDIAN_INTERVAL == 6 and median_interval([6.0, 1, 2, 3, 4, 5]) == (1, 6)
+    # 10 values: from the 2nd smallest to the 2nd largest (1 - 2 * 11 / 1024 = 97.9%).
+    assert median_interval([float(v) for v in range(10, 0, -1)]) == (2.0, 9.0)
+    # Two diverged trials among ten: a mean's t interval ran from below 0 to past the data.
+    losses = [0.3, 0.35, 0.4, 0.42, 0.5, 0.55, 0.6, 0.7, 25.0, 30.0]
+    mean, _, half = mean_and_ci(losses)
+    assert mean - half < 0
+    assert median_text(losses) == "0.3500 .. 25.0000"
+    assert median_text([0.3, 20.0]) == "too few for an interval: n=2"
+    assert median_text([0.3]) == "-"
+
+
+def test_a_rank_correlation_of_many_tied_trials_takes_its_p_value_from_orderings():
+    from scipy.stats import spearmanr
+
+    # 9 trials of 3 label-smoothing values: spearmanr's t approximation says p = 0.041, below
+    # 0.05; of all 9! orderings 19,008 are as strong (p = 0.052), which 10,000 random ones
+    # estimate.
+    x = [0.0, 0.1, 0.05, 0.1, 0.05, 0.0, 0.1, 0.1, 0.0]
+    y = [0.163, 0.908, 0.885, 0.921, 0.861, 0.443, 0.637, 1.164, 0.866]
+    assert spearmanr(x, y).pvalue < 0.05
+    rho, p = rank_correlation(x, y)
+    assert p == pytest.approx(19_008 / 362_880, abs=0.005)
+    assert rank_correlation(x, y) == (rho, p)  # seeded: the same report says the same p
+    assert reading((rho, p), 9, None, values=3).startswith("no clear effect")
+
+
+def test_trials_csv_writes_lists_as_json(tmp_path):
+    import csv
+    import json
+
+    from tuning.report_render import write_csv
+
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.5},
+        user_attrs={"train_eval_losses": [None], "val_accuracies": [0.5]}))
+    view = StudyView(study, study.trials, StudySettings(), {})
+    path = tmp_path / "trials.csv"
+    write_csv(view, path)
+    row, = csv.DictReader(path.open())
+    assert row["train_eval_losses"] == "[null]"  # a diverged epoch: Python wrote "[None]"
+    assert json.loads(row["val_accuracies"]) == [0.5]

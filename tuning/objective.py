@@ -36,6 +36,10 @@ OVER_LIMITS = "over the limits before training"
 """How the prune reason of a trial whose network is over max_params or max_latency_ms begins."""
 
 
+DIVERGED = "loss diverged"
+"""How the prune reason of a trial stopped for a loss not finite begins."""
+
+
 BUDGET_STOP = "the run's --budget ran out"
 """How the prune reason of a trial stopped by the run's --budget begins."""
 
@@ -201,7 +205,7 @@ class Objective:
                             and math.isfinite(result.val["loss"])):
                         self._record(trial, curves)
                         trial.set_user_attr("prune_reason",
-                                            f"loss diverged (not finite) at {where}")
+                                            f"{DIVERGED} (not finite) at {where}")
                         raise optuna.TrialPruned(f"loss not finite at {where}")
                     if result.val["loss"] < best_loss:
                         best_loss, best_fold = result.val["loss"], fold

@@ -88,11 +88,14 @@ def _label_log_axes(fig: go.Figure) -> None:
                 spans.setdefault(axis.plotly_name, []).extend(
                     v for v in values if isinstance(v, (int, float)) and 0 < v < math.inf)
     for name, values in spans.items():
-        domain = fig.layout[name].domain
+        axis = fig.layout[name]
         # An x axis of one of several plots side by side has room for about 4 labels.
-        narrow = name.startswith("xaxis") and domain is not None and domain[1] - domain[0] < 0.5
+        narrow = name.startswith("xaxis") and axis.domain is not None and \
+            axis.domain[1] - axis.domain[0] < 0.5
+        if axis.range is not None:  # set by the figure (in powers of ten): label what it shows
+            values = [10.0 ** axis.range[0], 10.0 ** axis.range[1]]
         if values:
-            fig.layout[name].update(log_ticks(min(values), max(values), narrow))
+            axis.update(log_ticks(min(values), max(values), narrow))
 
 
 def log_ticks(low: float, high: float, narrow: bool = False) -> dict:
@@ -100,7 +103,14 @@ def log_ticks(low: float, high: float, narrow: bool = False) -> dict:
     powers of ten on an axis of more than DECADES_FOR_POWERS_OF_TEN decades (one, if
     `narrow`); else 1, 2 and 5 of each decade, each labelled in full (plotly's own "D2" labels
     0.5 as "5"); on an axis too short for two of those, every digit. Shorter still, plotly's own
-    labels, which are whole numbers there (0.28, 0.29)."""
+    labels, which are whole numbers there (0.28, 0.29). A single value (one trial) gets the
+    decade around it: plotly's own range and labels there read "5 2 1 5 2", the second 5
+    meaning 0.5."""
+    if low == high:
+        centre = math.log10(low)
+        # Any decade holds two of 1, 2 and 5 at least.
+        return {"range": [centre - 0.5, centre + 0.5],
+                **log_ticks(10 ** (centre - 0.5), 10 ** (centre + 0.5))}
     decades = math.log10(high / low)
     if decades > (1 if narrow else DECADES_FOR_POWERS_OF_TEN):
         return {"dtick": 1}
@@ -155,45 +165,74 @@ def lr_scatter(groups: dict[str, list[Point]], pruned: list[Point],
                        "range)")
 
 
-def optimizer_boxes(groups: dict[str, list[float]]) -> go.Figure:
-    """The distribution of complete trials' validation loss per optimizer."""
+def optimizer_boxes(groups: dict[str, list[float]],
+                    medians: dict[str, tuple[float, float]]) -> go.Figure:
+    """The distribution of complete trials' validation loss per optimizer, and beside each box
+    the 95% interval of its median where the table gives one (`medians`)."""
     fig = go.Figure()
-    for i, (name, losses) in enumerate(sorted(groups.items())):
+    # Optimizers at 0, 1, 2 on a numeric axis named by its labels, so that the interval can
+    # stand beside its box: drawn on the box's centre it would read as a whisker.
+    names = sorted(groups)
+    for i, name in enumerate(names):
         # The trials drawn over their box (pointpos 0): beside it, a lone trial's point sat
         # halfway to the next optimizer's label.
-        fig.add_trace(go.Box(y=losses, name=name, boxpoints="all", jitter=0.4, pointpos=0,
-                             marker_color=colour(i)))
-    fig.update_xaxes(title_text="optimizer")
+        fig.add_trace(go.Box(y=groups[name], x0=i, name=name, boxpoints="all", jitter=0.4,
+                             pointpos=0, width=0.5, marker_color=colour(i)))
+        if name in medians:
+            low, high = medians[name]
+            fig.add_trace(go.Scatter(
+                x=[i + 0.4, i + 0.4], y=[low, high], mode="lines+markers",
+                line={"color": "black", "width": 2},
+                marker={"symbol": "line-ew-open", "size": 12, "color": "black"},
+                name="95% interval of the median", legendgroup="median",
+                showlegend=name == next(n for n in names if n in medians),
+                text=[f"{name}: median's 95% interval {low:.4f} .. {high:.4f}"] * 2,
+                hoverinfo="text"))
+    fig.update_xaxes(title_text="optimizer", tickvals=list(range(len(names))), ticktext=names,
+                     range=[-0.5, len(names) - 0.5])
     fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
-    return finish(fig, "Validation loss by optimizer (complete trials)")
+    title = "Validation loss by optimizer (complete trials)"
+    if medians:
+        title += ", with the 95% interval of each median (black)"
+    return finish(fig, title)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """Mean and 95% interval of repeats at one learning rate (half None: a single repeat)."""
+    """Mean and 95% interval of repeats at one learning rate."""
 
     lr: float
     mean: float
-    half: float | None
+    interval: tuple[float, float] | None
+    """The interval the table gives (tuning.report_stats.mean_interval); None where it gives
+    none."""
     n: int
 
 
 def optimizer_lr_means(groups: dict[str, list[Cell]]) -> go.Figure:
     """A fair comparison: each optimizer's mean validation loss over repeats against the
-    learning rate, with its 95% interval (none drawn for a single repeat)."""
+    learning rate, with its 95% interval where the table gives one. An interval cut at 0
+    runs to the foot of the log axis (without an end mark: 0 is not on it)."""
     fig = go.Figure()
     for i, (name, cells) in enumerate(sorted(groups.items())):
         cells = sorted(cells, key=lambda c: c.lr)
-        halves = [c.half if c.half is not None else 0.0 for c in cells]
+        # None draws no bar; 0 would draw an end mark that looks like an interval of nothing.
+        above = [c.interval[1] - c.mean if c.interval else None for c in cells]
+        below = [c.mean - c.interval[0] if c.interval else None for c in cells]
         fig.add_trace(go.Scatter(
             x=[c.lr for c in cells], y=[c.mean for c in cells], mode="lines+markers",
             name=name, marker_color=colour(i),
-            error_y={"type": "data", "array": halves,
-                     "visible": any(c.half is not None for c in cells)},
-            text=[f"{name}, lr {c.lr:g}: mean of {c.n} repeats" for c in cells]))
+            error_y={"type": "data", "symmetric": False, "array": above, "arrayminus": below,
+                     "visible": any(c.interval for c in cells)},
+            text=[f"{name}, lr {c.lr:g}: mean of {c.n} repeats" + (
+                f", 95% interval {c.interval[0]:.4f} .. {c.interval[1]:.4f}" if c.interval
+                else "") for c in cells]))
     fig.update_xaxes(type="log", title_text=LEARNING_RATE)
     fig.update_yaxes(type="log", title_text=f"mean {VAL_LOSS}")
-    return finish(fig, "Mean validation loss over repeats, with 95% interval, per optimizer")
+    title = "Mean validation loss over repeats, with 95% interval, per optimizer"
+    if any(c.interval and c.interval[0] == 0 for cells in groups.values() for c in cells):
+        title += "<br><sup>An interval cut at 0 runs to the foot of the log axis.</sup>"
+    return finish(fig, title)
 
 
 @dataclass(frozen=True)
@@ -206,33 +245,69 @@ class Curve:
     pruned: bool = False
 
 
-def learning_curves(curves: list[Curve]) -> go.Figure:
-    """Validation loss per epoch of every complete (coloured) and pruned (grey) trial."""
+def learning_curves(curves: list[Curve], fold_epochs: int | None = None) -> go.Figure:
+    """Validation loss per epoch of every complete (coloured) and pruned (grey) trial. Under
+    cross-validation (`fold_epochs`: the epochs of each fold) the folds follow one another,
+    each line broken between them."""
     fig = go.Figure()
     for i, curve in enumerate(curves):
+        x, y = _broken_at_folds(curve, fold_epochs)
         fig.add_trace(go.Scatter(
-            x=curve.epochs, y=curve.losses, mode="lines+markers", name=curve.label,
+            x=x, y=y, mode="lines+markers", name=curve.label,
             line={"color": PRUNED_COLOUR if curve.pruned else colour(i), "width": 1},
             marker={"size": 4}, showlegend=len(curves) <= 20))
-    fig.update_xaxes(title_text=EPOCH, dtick=1 if _epochs(curves) <= 20 else None)
+    _epoch_axis(fig, curves, fold_epochs)
     fig.update_yaxes(type="log", title_text=VAL_LOSS)
     return finish(fig, "Learning curves: validation loss per epoch (pruned trials grey)")
 
 
-def train_and_val_curves(pairs: list[tuple[Curve, Curve]]) -> go.Figure:
+def train_and_val_curves(pairs: list[tuple[Curve, Curve]],
+                         fold_epochs: int | None = None) -> go.Figure:
     """For the best trials: training loss (dashed) and validation loss (solid) per epoch, both
-    measured the same way, so the space between them is the generalization gap."""
+    measured the same way, so the space between them is the generalization gap. Folds as in
+    learning_curves."""
     fig = go.Figure()
     for i, (train, val) in enumerate(pairs):
-        fig.add_trace(go.Scatter(x=val.epochs, y=val.losses, mode="lines+markers",
+        x, y = _broken_at_folds(val, fold_epochs)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
                                  name=f"{val.label}: validation", line_color=colour(i)))
-        fig.add_trace(go.Scatter(x=train.epochs, y=train.losses, mode="lines+markers",
+        x, y = _broken_at_folds(train, fold_epochs)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
                                  name=f"{train.label}: training", line_color=colour(i),
                                  line_dash="dash"))
-    fig.update_xaxes(title_text=EPOCH,
-                     dtick=1 if _epochs([c for p in pairs for c in p]) <= 20 else None)
+    _epoch_axis(fig, [c for p in pairs for c in p], fold_epochs)
     fig.update_yaxes(type="log", title_text="loss (cross-entropy, eval mode)")
     return finish(fig, "Best trials: training (dashed) and validation (solid) loss per epoch")
+
+
+def _broken_at_folds(curve: Curve, fold_epochs: int | None) -> tuple[list, list]:
+    """A curve's points, with a gap (None) wherever a new fold starts: each fold trains a new
+    network, and a line from one fold's last epoch to the next one's first would show a jump
+    that no network made."""
+    x: list = []
+    y: list = []
+    for epoch, loss in zip(curve.epochs, curve.losses, strict=True):
+        if fold_epochs and x and (epoch - 1) // fold_epochs != (x[-1] - 1) // fold_epochs:
+            x.append(None)
+            y.append(None)
+        x.append(epoch)
+        y.append(loss)
+    return x, y
+
+
+def _epoch_axis(fig: go.Figure, curves: list[Curve], fold_epochs: int | None) -> None:
+    """The epoch axis; under cross-validation, with each fold's span marked and named."""
+    last = _epochs(curves)
+    fig.update_xaxes(title_text=EPOCH, dtick=1 if last <= 20 else None)
+    if not fold_epochs:
+        return
+    fig.update_xaxes(title_text=f"epoch, folds one after another ({fold_epochs} epochs each)")
+    for fold in range(math.ceil(last / fold_epochs)):
+        start = fold * fold_epochs + 0.5
+        if fold:
+            fig.add_vline(x=start, line={"color": "#999", "width": 1, "dash": "dot"})
+        fig.add_annotation(x=start + fold_epochs / 2, y=1, yref="paper", yanchor="bottom",
+                           text=f"fold {fold + 1}", showarrow=False)
 
 
 def history(numbers: list[int], values: list[float]) -> go.Figure:
@@ -249,6 +324,11 @@ def history(numbers: list[int], values: list[float]) -> go.Figure:
     # Trial numbers are whole: over a few trials plotly's own ticks fall at 0.5, 1.5.
     few = bool(numbers) and max(numbers) - min(numbers) <= 10
     fig.update_xaxes(title_text="trial number", dtick=1 if few else None, tickformat="d")
+    if numbers:
+        # Half a trial either side, or a little more: plotly's own range around a single
+        # trial 0 showed a trial -1, which no study has.
+        pad = 0.5 + 0.02 * (max(numbers) - min(numbers))
+        fig.update_xaxes(range=[min(numbers) - pad, max(numbers) + pad])
     fig.update_yaxes(type="log", title_text=BEST_VAL_LOSS)
     return finish(fig, "Search history (complete trials)")
 

@@ -303,6 +303,11 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         " with seed "
         f"{view.settings.seed}), each evaluated once on the {n_test:,} test images, "
         "which played no part in the search.")
+    if obtained.unused_checkpoint:
+        # As `tuning export` says it: a retrain where the trial kept a checkpoint (artifacts
+        # moved, a model builder changed) would otherwise go unexplained.
+        s.paragraphs.append(f"{subject.capitalize()} was retrained because "
+                            f"{obtained.unused_checkpoint}.")
     retrain_check = None
     if obtained.retrained_val_loss is None and cross_validated:
         folds = view.settings.cv_folds

@@ -38,13 +38,15 @@ def importance(view: StudyView) -> Section:
     curves = [_curve(t, pruned=t.state == TrialState.PRUNED)
               for t in sorted(complete + view.pruned, key=lambda t: t.number)
               if t.intermediate_values]
+    # Under cross-validation a curve runs fold after fold, `epochs` steps each.
+    fold_epochs = view.settings.epochs if view.settings.cv_folds > 1 else None
     if curves:
-        s.figures.append(figures.learning_curves(curves))
+        s.figures.append(figures.learning_curves(curves, fold_epochs))
     best = sorted(complete, key=objective_value)[:BEST_CURVES]
     pairs = [(figures.Curve(f"trial {t.number}", list(range(1, len(losses) + 1)), losses),
               _curve(t)) for t in best if (losses := t.user_attrs.get("train_eval_losses"))]
     if pairs:
-        s.figures.append(figures.train_and_val_curves(pairs))
+        s.figures.append(figures.train_and_val_curves(pairs, fold_epochs))
     if len(complete) >= 2 and view.tuned:
         s.figures.append(_parallel(view, scores))
     s.paragraphs.append("Learning curves show every complete trial's validation loss per epoch "

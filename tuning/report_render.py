@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,4 +160,10 @@ def write_csv(view: StudyView, path: Path) -> None:
         for t in view.trials:
             writer.writerow([t.number, t.state.name, t.value,
                              *[view.param(t, n) for n in names],
-                             *[t.user_attrs.get(a) for a in attrs]])
+                             *[_csv_cell(t.user_attrs.get(a)) for a in attrs]])
+
+
+def _csv_cell(value):
+    """A list or dict (each epoch's losses) as JSON, which any language reads back: Python's
+    own text of it writes a diverged epoch's None, which JSON calls null, and True for true."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value

@@ -17,16 +17,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning import report_figures as figures
 from tuning.errors import counted
-from tuning.objective import stopped_by_budget
-from tuning.report_render import Section, Table, fixed
+from tuning.objective import DIVERGED, stopped_by_budget
+from tuning.report_render import Section, Table, fixed, fmt
 from tuning.report_stats import (
-    ADAPTIVE_SAMPLERS,
     ALPHA,
+    DEFAULT_LR,
     DEFAULT_OPTIMIZER,
     EXACT_POINTS,
+    MIN_FOR_MEDIAN_INTERVAL,
+    RANDOM_ORDERINGS,
     StudyView,
     loss_interval,
     mean_and_ci,
+    mean_interval,
+    median_interval,
+    median_text,
     objective_value,
     objective_values,
     rank_correlation,
@@ -51,23 +56,29 @@ def overview(view: StudyView) -> Section:
     budget = view.settings.epochs * view.settings.cv_folds
 
     def not_run(trials: list[FrozenTrial]) -> int:
-        # A trial pruned before training (over a size or latency limit) ran no epoch.
         return sum(budget - t.user_attrs.get("epochs_run", len(t.intermediate_values))
                    for t in trials)
 
-    # A trial the run's --budget stopped was cut short, not judged: its epochs not run are no
-    # saving of pruning.
+    # Only the pruner's stops are savings of pruning. A trial the run's --budget stopped was
+    # cut short, not judged; one whose loss diverged was stopped by the objective, whatever
+    # the pruner; one over the study's limits was never trained: its epochs were never part
+    # of the budget.
     cut = [t for t in view.pruned if stopped_by_budget(t)]
-    saved = not_run([t for t in view.pruned if t not in cut])
-    full = saved + not_run(cut) + epochs_run
+    diverged = [t for t in view.pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
+        DIVERGED)]
+    judged = [t for t in view.pruned if t not in cut + diverged + view.untrained]
+    saved = not_run(judged)
+    full = saved + not_run(cut) + not_run(diverged) + epochs_run
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
         ["data", f"{data.get('name')} ({data.get('source')}): {data.get('n_train')} train, "
-                 f"{data.get('n_val')} validation, {data.get('n_test')} test"],
+                 f"{data.get('n_val')} validation"
+                 + (" (pooled into the folds below)" if view.settings.cv_folds > 1 else "")
+                 + f", {data.get('n_test')} test"],
         *_data_rows(data),
         ["epochs per trial (max)", view.settings.epochs],
-        *_cv_rows(view.settings.cv_folds, view.settings.epochs),
+        *_cv_rows(view.settings.cv_folds, view.settings.epochs, data),
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
         ["model", _model_description(view.settings)],
         *_limit_rows(view),
@@ -78,6 +89,9 @@ def overview(view: StudyView) -> Section:
         *([["stopped by the run's --budget", f"{counted(len(cut), 'trial')}, "
             f"{counted(not_run(cut), 'epoch')} not run (counted as pruned, not as savings)"]]
           if cut else []),
+        *([["stopped early for a diverged loss", f"{counted(len(diverged), 'trial')}, "
+            f"{counted(not_run(diverged), 'epoch')} not run (counted as pruned, not as savings "
+            "of the pruner)"]] if diverged else []),
     ])
     s.tables.append(("Study", table))
     if data.get("leaks"):
@@ -165,13 +179,24 @@ def _size_front(view: StudyView) -> list:
     return front
 
 
-def _cv_rows(folds: int, epochs: int) -> list[list]:
-    """The overview's row on cross-validation, for a study that uses it."""
+def _cv_rows(folds: int, epochs: int, data: dict) -> list[list]:
+    """The overview's row on cross-validation, for a study that uses it: what a fold trains
+    and validates on (tuning.folds: the pooled images cut into parts within one of each
+    other's size)."""
     if folds == 1:
         return []
+    pooled = (data.get("n_train") or 0) + (data.get("n_val") or 0)
+    sizes = ""
+    if pooled:
+        small, large = pooled // folds, -(-pooled // folds)
+        validates = f"{small:,}" if small == large else f"{small:,} or {large:,}"
+        trains = f"{pooled - small:,}" if small == large else \
+            f"{pooled - large:,} or {pooled - small:,}"
+        sizes = (f" ({pooled:,}): each fold validates on {validates} of them and trains on the "
+                 f"other {trains}")
     return [["cross-validation",
-             f"{folds} stratified folds of the training and validation images, trained one "
-             f"after another for up to {epochs} epochs each; a trial's validation loss and "
+             f"{folds} stratified folds of the training and validation images{sizes}, trained "
+             f"one after another for up to {epochs} epochs each; a trial's validation loss and "
              "accuracy are the means over its folds of each fold's best epoch, and its learning "
              f"curve runs fold after fold ({folds * epochs} steps)"]]
 
@@ -199,26 +224,27 @@ def optimizers(view: StudyView) -> Section:
     s = Section("Optimizers")
     groups = _by_optimizer(view, view.completed)
     pruned = _by_optimizer(view, view.pruned)
+    # The median, not the mean: a search's losses are skewed, and a few diverged trials (a loss
+    # of 20 beside 0.3) decide a mean and stretch its t interval below 0.
     table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
-                   "mean val loss (95% CI)", "best val acc", "median val acc", "lr of the best"],
+                   "median's 95% interval", "best val acc", "median val acc", "lr of the best"],
                   fixed_columns=("best val loss", "median val loss", "best val acc",
                                  "median val acc"))
     for name in sorted(groups.keys() | pruned.keys()):
         trials = groups.get(name, [])
         losses = objective_values(trials)
         accs = [acc for t in trials if (acc := t.user_attrs.get("val_accuracy")) is not None]
-        ci = "-"
-        if len(trials) > 1:
-            mean, sd, half = mean_and_ci(losses)
-            ci = f"{fixed(mean)} ({loss_interval(mean, half, len(trials))}; sd {fixed(sd)})"
         best = min(trials, key=objective_value) if trials else None
         table.rows.append([name, len(trials), len(pruned.get(name, [])),
                            min(losses) if losses else None,
-                           statistics.median(losses) if losses else None, ci,
+                           statistics.median(losses) if losses else None, median_text(losses),
                            max(accs) if accs else None,
                            statistics.median(accs) if accs else None,
                            view.param(best, "lr") if best else None])
-    table.note = view.population()
+    table.note = (f"{view.population()} The median's interval is distribution-free: two of "
+                  "the optimizer's own losses, between which its median lies with 95% "
+                  "confidence whatever their distribution, given from "
+                  f"{MIN_FOR_MEDIAN_INTERVAL} complete trials on.")
     s.tables.append(("Per optimizer", table))
     if view.has_repeats or view.is_grid:
         cells = _repeat_cells(view)
@@ -229,7 +255,9 @@ def optimizers(view: StudyView) -> Section:
         for c in cells:
             label = ", ".join([c.optimizer, *(f"{n}={c.others[n]}" for n in others
                                               if n in c.others)])
-            lines.setdefault(label, []).append(figures.Cell(c.lr, c.mean, c.half, c.n))
+            # The interval the table gives, or none where it gives none.
+            lines.setdefault(label, []).append(
+                figures.Cell(c.lr, c.mean, mean_interval(c.mean, c.half, c.n), c.n))
         s.figures.append(figures.optimizer_lr_means(lines))
         caption = "Optimizer x learning rate"
         if view.has_repeats:
@@ -246,18 +274,23 @@ def optimizers(view: StudyView) -> Section:
         s.tables.append((caption, repeat_table))
     else:
         s.figures.append(figures.optimizer_boxes(
-            {name: objective_values(trials) for name, trials in groups.items()}))
+            {name: objective_values(trials) for name, trials in groups.items()},
+            {name: interval for name, trials in groups.items()
+             if (interval := median_interval(objective_values(trials))) is not None}))
     proposed = _sampler_choices(view)
     counts = list(proposed.values())
-    # Unequal only once the sampler had the trials to give each optimizer 2.
+    # Unequal only once the sampler had the trials to give each optimizer 2. A grid gives each
+    # the same by construction (one not run to its end is flagged in the overview).
     if len(counts) > 1 and sum(counts) >= 2 * len(counts) and \
-            max(counts) > 1.5 * min(counts) and view.settings.sampler in ADAPTIVE_SAMPLERS:
+            max(counts) > 1.5 * min(counts) and not view.is_grid:
+        # Why is not known here: random and start-up trials are unequal by chance, an adaptive
+        # sampler by design; the effect on the best values is the same.
         s.paragraphs.append(
             "The comparison is unequal: the sampler gave some optimizers more trials than others "
             f"({', '.join(f'{k}: {n}' for k, n in sorted(proposed.items()))}; its complete and "
-            "pruned trials, not the configurations queued to run first). An adaptive "
-            "sampler spends its budget where it already found good results, so the favoured "
-            "optimizer's best value benefits from more tries. For an equal budget with the same "
+            "pruned trials, not the configurations queued to run first). Whether by chance or "
+            "because an adaptive sampler favoured it, an optimizer with more tries has more "
+            "chances at a good best value. For an equal budget with the same "
             "seeds, run the built-in grid: tuning search --study compare-optimizers.")
     if len(groups) == 1 and "optimizer" in view.tuned:
         s.paragraphs.append("Only one optimizer completed a trial.")
@@ -363,6 +396,13 @@ def _repeat_table(cells: list[RepeatCell], others: list[str]) -> Table:
 
 def learning_rate(view: StudyView) -> Section:
     s = Section("Learning rate")
+    if "lr" not in view.tuned:
+        # Every trial had the same learning rate: a "good range" of it would be that one value,
+        # shaded over the whole plot, as if the search had found it.
+        chosen = view.space.get("lr")
+        s.paragraphs.append(f"The learning rate was fixed, not tuned: every trial trained with "
+                            f"lr {fmt(chosen.value if chosen else DEFAULT_LR)}.")
+        return s
     table = Table(["optimizer", "complete trials", "best lr", "good lr range", "best val loss"],
                   fixed_columns=("best val loss",))
     groups: dict[str, list[figures.Point]] = {}
@@ -456,16 +496,21 @@ def regularization(view: StudyView) -> Section:
     s.tables.append(("Effect of each regularizer", table))
     without_gap = sum(view.gap(t) is None for t in view.completed)
     s.paragraphs.append(
-        "Rank correlation (Spearman) across trials: negative means more of it went with lower "
-        "loss or a smaller gap. The generalization gap is the last epoch's validation loss "
+        "Rank correlation (Spearman) across trials; in every column the sign says which way "
+        "more of the regularizer went: with validation loss and the gap, negative is better "
+        "(lower loss, smaller gap); with validation accuracy, positive is better (higher "
+        "accuracy). The generalization gap is the last epoch's validation loss "
         "minus the training loss measured the same way (eval mode, plain cross-entropy, on a "
         "fixed subset of training images as large as the validation split); the training "
         "objective (with dropout, augmentation, smoothing and L1) is kept in trials.csv but is "
         "not comparable. Label smoothing raises validation cross-entropy by design (its "
-        "predictions are less confident), so judge it by accuracy as well. Correlations across "
-        "an adaptive search are evidence, not proof: parameters were not varied one at a time. "
-        f"The reading claims an effect only where its p-value is below {ALPHA:g} (exact up to "
-        f"{EXACT_POINTS} trials).")
+        "predictions are less confident), so judge it by accuracy as well. A reading of one "
+        "parameter can be confounded by the others, which varied at the same time (a "
+        "regularizer tried mostly with a poor optimizer looks harmful): it is evidence, not "
+        f"proof. The reading claims an effect only where its p-value is below {ALPHA:g}: a "
+        f"permutation test, exact up to {EXACT_POINTS} trials, from "
+        f"{RANDOM_ORDERINGS:,} random orderings beyond, so that tied values (a few choices "
+        "tried many times) do not make it too small.")
     if without_gap:
         s.paragraphs.append(
             f"{without_gap} complete trials were recorded before the training loss was measured "
@@ -491,7 +536,8 @@ def _axis_range(param: Param, xs: list[float]) -> list[float] | None:
     if not values or (param.log and ends[0] <= 0):
         return None
     low, high = min(values), max(values)
-    margin = 0.05 * (high - low) or (0.1 if param.log else 0.05 * (abs(high) or 1))
+    # One value tried: a decade around it on a log axis, where log_ticks labels 1, 2 and 5.
+    margin = 0.05 * (high - low) or (0.5 if param.log else 0.05 * (abs(high) or 1))
     # A trial outside the space (changed since it ran) stays on the plot.
     return [max(low - margin, min(scale(ends[0]), low)),
             min(high + margin, max(scale(ends[1]), high))]

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.errors import counted
+from tuning.objective import over_limits
 from tuning.report_render import fixed, fmt
 from tuning.space import BOUNDS, REPEAT, Param, tuned
 from tuning.study_file import StudySettings
@@ -24,14 +25,10 @@ from tuning.train import TrainConfig
 from tuning.warm_start import WARM_START_ATTR
 
 DEFAULT_OPTIMIZER = TrainConfig().optimizer
+DEFAULT_LR = TrainConfig().lr
 
 # Parameters whose hard limit is the model's own: past it lies another architecture.
 ARCHITECTURE_LIMITED = ("blocks", "convs")
-
-
-# Samplers that spend more trials where they already found good results: their per-optimizer
-# trial counts are unequal by design, which flatters the favoured optimizer's best value.
-ADAPTIVE_SAMPLERS = ("tpe", "cmaes", "gp")
 
 
 @dataclass
@@ -56,6 +53,12 @@ class StudyView:
     def pruned(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state == TrialState.PRUNED]
 
+    @property
+    def untrained(self) -> list[FrozenTrial]:
+        """Pruned trials rejected before training (over the study's size or latency limits):
+        they ran no epoch, so they neither stopped early nor have a loss."""
+        return [t for t in self.pruned if over_limits(t) is not None]
+
     def population(self) -> str:
         """The sentence under each table that says which trials it counts."""
         left_out = [f"{n} {state.name.lower()}" for state in (TrialState.FAIL, TrialState.RUNNING,
@@ -66,14 +69,22 @@ class StudyView:
         # Under cross-validation a trial trains its epochs once on each fold.
         full = f"{epochs} on each of its {folds} folds" if folds > 1 else epochs
         n = len(self.completed)
-        text = (f"Counted: the complete trial, trained for the full {full}." if n == 1 else
+        text = ("Counted: no trial completed, so there are no losses to compare." if n == 0 else
+                f"Counted: the complete trial, trained for the full {full}." if n == 1 else
                 f"Counted: the {n} complete trials, each trained for the full {full}, so their "
                 "losses compare.")
-        if self.pruned:
+        untrained = len(self.untrained)
+        stopped = len(self.pruned) - untrained
+        if stopped:
             text += (" The pruned trial stopped early: it is counted apart and its loss is left "
-                     "out." if len(self.pruned) == 1 else
-                     f" The {len(self.pruned)} pruned trials stopped early: they are counted "
+                     "out." if stopped == 1 else
+                     f" The {stopped} pruned trials stopped early: they are counted "
                      "apart and their losses are left out.")
+        if untrained:
+            text += (" The trial pruned before training (over the study's limits) has no loss."
+                     if untrained == 1 else
+                     f" The {untrained} trials pruned before training (over the study's limits) "
+                     "have no loss.")
         if left_out:
             text += f" Left out: {', '.join(left_out)}."
         return text
@@ -150,8 +161,11 @@ ALPHA = 0.05
 """Significance level of the report's tests (rank correlations, McNemar)."""
 # Up to this many points a rank correlation's p-value counts every ordering (8! = 40,320):
 # spearmanr's t approximation gives p = 0 for 4 trials in perfect order, where 1 ordering in
-# 12 is as extreme.
+# 12 is as extreme. Beyond, RANDOM_ORDERINGS orderings drawn at random (seeded: the same report
+# twice says the same p), not the t approximation, which heavy ties (3 label-smoothing values
+# over 10 trials) make too small.
 EXACT_POINTS = 8
+RANDOM_ORDERINGS = 10_000
 
 
 def p_text(p: float) -> str:
@@ -167,24 +181,30 @@ def p_text(p: float) -> str:
 
 
 def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float] | None:
-    """Spearman's rank correlation and its two-sided p-value, tied values sharing their average
-    rank (so the order the trials come in cannot change it); None with fewer than 4 points or
-    no spread. Up to EXACT_POINTS points the p-value is exact: the share of all pairings of
-    the ranks whose correlation is as strong."""
+    """Spearman's rank correlation and its two-sided permutation p-value, tied values sharing
+    their average rank (so the order the trials come in cannot change it); None with fewer
+    than 4 points or no spread. The p-value is the share of pairings of the ranks whose
+    correlation is as strong: all of them up to EXACT_POINTS points, else RANDOM_ORDERINGS
+    drawn at random (counting the observed one, so it is never 0)."""
     import numpy as np
     from scipy.stats import rankdata, spearmanr
 
     if not _correlatable(x, y):
         return None
-    result = spearmanr(x, y)
-    rho = float(result.statistic)
-    if len(x) > EXACT_POINTS:
-        return rho, float(result.pvalue)
+    rho = float(spearmanr(x, y).statistic)
     rx, ry = rankdata(x), rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    orderings = np.array(list(itertools.permutations(ry)))
-    rhos = orderings @ rx / (np.linalg.norm(rx) * np.linalg.norm(ry))
-    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-9))
+    scale = np.linalg.norm(rx) * np.linalg.norm(ry)
+    if len(x) <= EXACT_POINTS:
+        rhos = np.array(list(itertools.permutations(ry))) @ rx / scale
+        return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-9))
+    rng = np.random.default_rng(0)
+    as_strong = 0
+    # In blocks of 1,000 orderings: all at once, a study of 1,000 trials would take 80 MB.
+    for _ in range(RANDOM_ORDERINGS // 1000):
+        orderings = rng.permuted(np.tile(ry, (1000, 1)), axis=1)
+        as_strong += int(np.sum(np.abs(orderings @ rx / scale) >= abs(rho) - 1e-9))
+    return rho, (as_strong + 1) / (RANDOM_ORDERINGS + 1)
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
@@ -228,15 +248,57 @@ MIN_FOR_INTERVAL = 3
 more than any loss in the study, and says nothing."""
 
 
+def mean_interval(mean: float, half: float | None, n: int) -> tuple[float, float] | None:
+    """The 95% interval of a mean loss (mean_and_ci's `half`) as the report shows it, in
+    tables and plots alike: cut at 0, below which no loss lies; None for a single value or
+    fewer than MIN_FOR_INTERVAL values."""
+    if half is None or n < MIN_FOR_INTERVAL:
+        return None
+    return max(0.0, mean - half), mean + half
+
+
 def loss_interval(mean: float, half: float | None, n: int) -> str:
-    """'0.2310 .. 0.4120': the 95% interval of a mean loss (mean_and_ci's `half`), cut at 0,
-    below which no loss lies; '-' for a single value, and no interval from fewer than
-    MIN_FOR_INTERVAL values."""
+    """'0.2310 .. 0.4120': mean_interval in words; '-' for a single value."""
     if half is None:
         return "-"
-    if n < MIN_FOR_INTERVAL:
+    interval = mean_interval(mean, half, n)
+    if interval is None:
         return f"too few for an interval: n={n}"
-    return f"{fixed(max(0.0, mean - half))} .. {fixed(mean + half)}"
+    return f"{fixed(interval[0])} .. {fixed(interval[1])}"
+
+
+MIN_FOR_MEDIAN_INTERVAL = 6
+"""Values a median's 95% interval needs: of 5, even min .. max covers the median only 94% of
+the time (1 - 2 / 2^5)."""
+
+
+def median_interval(values: list[float]) -> tuple[float, float] | None:
+    """A distribution-free 95% interval of the median: from the k-th smallest value to the
+    k-th largest, k the largest for which the median lies outside with probability at most
+    2.5% at each end, whatever the values' distribution (the number of values below the
+    median is binomial, p = 1/2). Its ends are losses of trials, so a few diverged ones cannot
+    stretch it below 0 or past the data as they stretch a mean's t interval. None below
+    MIN_FOR_MEDIAN_INTERVAL values."""
+    n = len(values)
+    k = 0
+    # Probability that at most k values fall below the median: then it lies below the
+    # (k + 1)-th smallest.
+    while sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n <= 0.025:
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
+def median_text(values: list[float]) -> str:
+    """'0.5783 .. 1.7081': median_interval in words, with why there is none."""
+    if len(values) < 2:
+        return "-"
+    interval = median_interval(values)
+    if interval is None:
+        return f"too few for an interval: n={len(values)}"
+    return f"{fixed(interval[0])} .. {fixed(interval[1])}"
 
 
 def reading(loss: tuple[float, float] | None, n: int,
