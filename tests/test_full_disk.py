@@ -1,4 +1,5 @@
-"""A full disk under the artifacts or the temporary directory: the trial keeps its result.
+"""A full disk under the artifacts or the temporary directory: the trial keeps its result;
+under a report's --out: one line, and an earlier report stays whole.
 
 Real full file systems: a few KiB of tmpfs, mounted for the test (root on Linux; skipped
 elsewhere). Tier 1 calls the objective directly; tier 3 runs the real CLI.
@@ -142,3 +143,54 @@ def test_search_on_a_full_artifact_disk_finishes_with_a_warning(workdir, cheap_s
     assert "trial 0: " in warnings[0] and str(artifacts) in warnings[0]
     assert not any("checkpoint_artifact" in t.user_attrs for t in study.trials)
     assert os.listdir(artifacts) == []
+
+
+def small_reportable_study(tmp_path: Path) -> optuna.Study:
+    """A hand-made study on mnist-sample with a few complete trials, enough for a report."""
+    import dataclasses
+
+    from optuna.distributions import FloatDistribution
+
+    from tuning.data import load_arrays
+    from tuning.study_file import StudySettings
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    study.set_user_attr("settings", dataclasses.asdict(StudySettings(dataset="mnist-sample",
+                                                                     epochs=1)))
+    study.set_user_attr("space", parse_study({"space": {"lr": {"low": 1e-3, "high": 0.1,
+                                                               "log": True}}}).space_dict())
+    study.set_user_attr("data", load_arrays("mnist-sample", download=False).fingerprint())
+    for lr, value in ((1e-2, 0.3), (3e-2, 0.4), (5e-3, 0.35)):
+        study.add_trial(optuna.create_trial(
+            value=value, params={"lr": lr}, user_attrs={"val_accuracy": 1 - value},
+            distributions={"lr": FloatDistribution(1e-3, 0.1, log=True)}))
+    return study
+
+
+def test_a_report_on_a_full_disk_is_one_line_and_leaves_an_earlier_report_whole(
+        tmp_path, full_disk):
+    from tuning.errors import UsageError
+    from tuning.report import build_report
+
+    study = small_reportable_study(tmp_path)
+    room = full_disk(16 * 1024 * 1024)  # a report holds plotly.js: about 5 MB
+    first = room / "report"
+    build_report(study, first, with_test=False)
+    earlier = {p.name: p.read_bytes() for p in first.iterdir()}
+    assert set(earlier) == {"index.html", "summary.md", "trials.csv"}
+    filler = room / "filler"
+    with filler.open("wb") as f:  # the rest of the room taken, but for a page
+        f.write(b"\0" * (shutil.disk_usage(room).free - PAGE))
+    study.add_trial(optuna.create_trial(value=0.2, params={"lr": 0.02},
+                                        distributions=study.trials[0].distributions))
+    with pytest.raises(UsageError, match="the report into .* failed: No space left on device"):
+        build_report(study, first, with_test=False)
+    # The earlier report is as it was, with no partial file beside it.
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == earlier
+    # A new --out on the full disk: the folder made for it goes again.
+    with pytest.raises(UsageError, match="No space left on device"):
+        build_report(study, room / "new" / "report", with_test=False)
+    assert sorted(p.name for p in room.iterdir()) == ["filler", "report"]
+    filler.unlink()  # room again: the same command runs
+    build_report(study, first, with_test=False)
+    assert (first / "summary.md").read_bytes() != earlier["summary.md"]

@@ -4,6 +4,7 @@ tutorial baseline's test result kept in the study (its training replaced by an u
 from __future__ import annotations
 
 import dataclasses
+import io
 import random
 
 import numpy as np
@@ -496,15 +497,13 @@ def test_trials_csv_writes_lists_as_json(tmp_path):
     import csv
     import json
 
-    from tuning.report_render import write_csv
+    from tuning.report_render import trials_csv
 
     study = optuna.create_study()
     study.add_trial(optuna.create_trial(
         state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.5},
         user_attrs={"train_eval_losses": [None], "val_accuracies": [0.5]}))
     view = StudyView(study, study.trials, StudySettings(), {})
-    path = tmp_path / "trials.csv"
-    write_csv(view, path)
-    row, = csv.DictReader(path.open())
+    row, = csv.DictReader(io.StringIO(trials_csv(view)))
     assert row["train_eval_losses"] == "[null]"  # a diverged epoch: Python wrote "[None]"
     assert json.loads(row["val_accuracies"]) == [0.5]

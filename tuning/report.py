@@ -43,7 +43,7 @@ from tuning.device import resolve_device
 from tuning.errors import UsageError, shorten
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
-from tuning.report_render import Section, render_html, render_markdown, write_csv
+from tuning.report_render import Section, render_html, render_markdown, trials_csv
 from tuning.report_sections import learning_rate, optimizers, overview, regularization
 from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.storage import existing_artifact_store, resolve_url
@@ -98,17 +98,36 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
         remove_empty(created)
         raise
     title = f"Study {study.study_name}"
-    (out / "index.html").write_text(render_html(title, sections), encoding="utf-8")
-    (out / "summary.md").write_text(render_markdown(title, sections), encoding="utf-8")
-    write_csv(view, out / "trials.csv")
+    files = {"index.html": render_html(title, sections),
+             "summary.md": render_markdown(title, sections),
+             "trials.csv": trials_csv(view)}
+    if metrics:
+        files[METRICS_FILE] = json.dumps(metrics, indent=1)
+    write_whole(out, files, created)
     # Without a test there are no metrics to write; an earlier report's file would contradict
     # the "Not run" this one says.
-    metrics_file = out / METRICS_FILE
-    if metrics:
-        metrics_file.write_text(json.dumps(metrics, indent=1))
-    else:
-        metrics_file.unlink(missing_ok=True)
+    if not metrics:
+        (out / METRICS_FILE).unlink(missing_ok=True)
     return metrics
+
+
+def write_whole(out: Path, files: dict[str, str], created: list[Path]) -> None:
+    """Write the report's files into `out` all or none: each goes to a temporary file first,
+    and only once all are written do they replace an earlier report's. A write that fails (a
+    full disk) removes what it wrote, and the folders made for it (`created`): an earlier
+    report stays whole, and the same command runs again once there is room."""
+    temporary = {name: out / f".{name}.partial" for name in files}
+    try:
+        for name, text in files.items():
+            temporary[name].write_text(text, encoding="utf-8")
+        for name, path in temporary.items():
+            path.replace(out / name)
+    except OSError as exc:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+        remove_empty(created)
+        raise UsageError(f"the report into {shorten(str(out), 200)!r} failed: "
+                         f"{exc.strerror or exc}") from None
 
 
 def check_out(out: Path) -> None:

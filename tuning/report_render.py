@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the statistics format their numbers with `fmt`: no import cycle at runtime
@@ -146,21 +146,22 @@ def render_markdown(title: str, sections: list[Section]) -> str:
     return "\n".join(out)
 
 
-def write_csv(view: StudyView, path: Path) -> None:
-    """One row per trial: its state, value, every parameter (fixed ones too) and what the
-    worker recorded about it."""
+def trials_csv(view: StudyView) -> str:
+    """trials.csv: one row per trial: its state, value, every parameter (fixed ones too) and
+    what the worker recorded about it."""
     names = sorted({n for t in view.trials for n in t.params} | set(view.space))
     attrs = ["val_accuracy", "train_eval_loss", "epochs_run", "train_seconds",
              "samples_per_second", "seed", "worker", "device", "prune_reason", "fail_reason",
              "train_eval_losses", "train_objectives", "val_accuracies", "epoch_ends",
              "param_count", "latency_ms", "warm_start"]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["number", "state", "value", *names, *attrs])
-        for t in view.trials:
-            writer.writerow([t.number, t.state.name, t.value,
-                             *[view.param(t, n) for n in names],
-                             *[_csv_cell(t.user_attrs.get(a)) for a in attrs]])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["number", "state", "value", *names, *attrs])
+    for t in view.trials:
+        writer.writerow([t.number, t.state.name, t.value,
+                         *[view.param(t, n) for n in names],
+                         *[_csv_cell(t.user_attrs.get(a)) for a in attrs]])
+    return text.getvalue()
 
 
 def _csv_cell(value):
