@@ -384,3 +384,18 @@ def test_an_offline_mnist_study_made_before_the_rename_goes_on_under_its_name(wo
     assert sorted(p.name for p in workdir.rglob("*.db")) == ["mnist.db"]
     assert load_study(f"sqlite:///{workdir}/studies/mnist.db",
                       "mnist").user_attrs["target_trials"] == 2
+
+
+def test_optunas_outage_warning_with_its_sql_is_left_to_the_storages_line(capsys):
+    # In an outage Optuna logs the failed query, six lines of SQL, before the storage's own
+    # one line ("database unreachable ..."): only that line is wanted.
+    from tuning.cli import configure_logging
+
+    configure_logging()
+    optuna.logging.get_logger("optuna.storages._rdb.storage").warning(
+        "Caught an error from sqlalchemy: (psycopg.errors.AdminShutdown) terminating "
+        "connection\n[SQL: SELECT trial_params.trial_id ...]. Falling back to a slower "
+        "alternative.")
+    optuna.logging.get_logger("optuna.storages._rdb.storage").warning("another warning")
+    err = capsys.readouterr().err
+    assert "sqlalchemy" not in err and "another warning" in err

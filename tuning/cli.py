@@ -394,6 +394,8 @@ def _clock(seconds: float) -> str:
 OPTUNA_NOISE = (
     "failed with value None",  # a failed trial: the progress line gives its reason
     "Skipped telling trial",  # a trial taken over by another worker: logged by the worker
+    # Optuna's reading of trials in an outage, with its SQL: the storage's one line says it.
+    "Caught an error from sqlalchemy",
 )
 
 
@@ -423,7 +425,10 @@ def configure_logging(quiet: bool = False, verbose: bool = False,
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("optuna").addFilter(_DropKnownNoise())
+    # On the handler: a logger's filter sees only what is logged at that logger, not what
+    # Optuna's modules (optuna.study.study, optuna.storages...) pass up to it.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropKnownNoise())
     # Heartbeats and several samplers are marked experimental: noise here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Our worker loop (tuning.runner.run_trials) keeps the heartbeats itself.
