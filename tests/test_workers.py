@@ -123,6 +123,8 @@ def test_sigkill_of_a_worker_mid_trial_loses_no_trial(workdir, cheap_space):
     by_number = {t.number: t for t in study.trials}
     killed = by_number[victim.number]  # as it is now: it had sampled its parameters by then
     assert killed.state == TrialState.FAIL
+    # Failed by the launcher that saw its worker die, not a grace period later by a heartbeat.
+    assert killed.user_attrs["fail_reason"] == "its worker killed by signal 9"
     assert len(finished(study)) == 4
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]

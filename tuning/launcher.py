@@ -29,7 +29,7 @@ from tuning.cli import FINISHED, MAX_WORKERS, TARGET_ATTR, Progress
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_TRIALS_FAILING, EXIT_USAGE, UsageError
 from tuning.outage import outages_of, retry_seconds, transient, without_retry
 from tuning.settings import whole_number_setting
-from tuning.storage import split_password
+from tuning.storage import fail_for_retry, split_password
 
 MAX_RESTARTS_PER_WORKER = 3
 POLL_S = 1.0
@@ -253,6 +253,23 @@ class Launcher:
                 raise
             outages_of(self.study._storage).failed(exc, retry_seconds())
 
+    def _fail_trial_of(self, pid: int, how: str) -> None:
+        """Fail the trial a worker was running when it died, marked as due its retry: the
+        launcher saw it die, so no heartbeat grace period need pass first (a run ending
+        sooner, at its --budget, left the trial running until the next run). The database
+        down, its heartbeat finds it later."""
+        worker = f"{socket.gethostname()}:{pid}"
+        storage = self.study._storage
+        try:
+            with without_retry(storage):
+                for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    if trial.user_attrs.get("worker") == worker:
+                        fail_for_retry(storage, trial._trial_id, reason=f"its worker {how}")
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            outages_of(storage).failed(exc, retry_seconds())
+
     def _target_met(self) -> bool:
         """Whether the study met its target: a worker that dies then is not restarted. One
         that dies once --patience is spent is: a trial still running may beat the best, and
@@ -317,6 +334,7 @@ class Launcher:
                     status = EXIT_DATABASE_LOST
                     continue
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                self._fail_trial_of(proc.pid, how)
                 if self._target_met():
                     self._say(f"worker w{index} (pid {proc.pid}) {how}; the search is done")
                 elif self.restarts[index] < MAX_RESTARTS_PER_WORKER:

@@ -57,7 +57,7 @@ def full_disk_message(where: str) -> str:
     mount = _mount_point(Path(where)) if "://" not in where else None
     on = f" (file system {mount})" if mount else ""
     return (f"the file system of the study database {where}{on} is full; free some space "
-            "and run the same command again: the study is intact")
+            "and run the same command again: nothing stored is lost")
 
 
 def _mount_point(path: Path) -> str | None:
