@@ -153,6 +153,27 @@ def test_stopping_the_launcher_stops_every_worker_cleanly(workdir, cheap_space, 
     # Each trial says which signal stopped the run: the one the launcher got.
     assert {t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL} == \
         {f"stopped by {signal.Signals(sig).name}"}
+    assert f"stopped by {signal.Signals(sig).name}: the running trials were marked failed " \
+        "and queued to run again first" in err
+
+
+def test_a_stop_that_cut_no_trial_short_says_so(monkeypatch, capsys):
+    """Ctrl-C while the workers still read the data: no trial was marked failed, and the last
+    line must not say the running ones were."""
+    from tuning import search
+
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(  # an earlier run's stop
+        state=TrialState.FAIL, user_attrs={"fail_reason": "stopped by SIGINT"}))
+    monkeypatch.setattr(search, "summarize", lambda *args: None)
+    monkeypatch.setattr(search, "continue_command", lambda *args: "tuning search")
+    assert search._stopped(study, None, None, "tuning search", None, 130,
+                           "the running trials were") == 130
+    assert capsys.readouterr().err == "stopped by SIGINT: no trial was running\n"
+    monkeypatch.setattr(search, "run_started", lambda: time.monotonic() - 3600)  # this run's
+    search._stopped(study, None, None, "tuning search", None, 130, "the running trials were")
+    assert capsys.readouterr().err == ("stopped by SIGINT: the running trials were marked "
+                                       "failed and queued to run again first\n")
 
 
 @pytest.mark.slow

@@ -247,8 +247,10 @@ def _ended(prog: str, command: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         # A Ctrl-C the command did not handle: it came before it took its signals over
         # (while torch imports, say). One line rather than a traceback; a trial that was
-        # running is retried as a dead worker's is.
-        print(f"{prog}: stopped by SIGINT", file=sys.stderr)
+        # running is retried as a dead worker's is. A launched worker leaves it to its
+        # launcher, which says it once for all of them.
+        if "--launched" not in sys.argv:
+            print(f"{prog}: stopped by SIGINT", file=sys.stderr)
         return 128 + signal.SIGINT
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:

@@ -24,6 +24,7 @@ import shlex
 import signal
 import statistics
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -452,6 +453,11 @@ def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tup
                               args.warm_start_top or DEFAULT_WARM_START_TOP)
 
 
+def _run_began() -> datetime:
+    """When this command began, on the clock Optuna dates trials by (local time)."""
+    return datetime.now() - timedelta(seconds=time.monotonic() - run_started())
+
+
 def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: str,
              progress: Progress | None, status: int, trials_were: str) -> int:
     """After a stop signal (exit `status`): what became of the running trials (`trials_were`:
@@ -463,15 +469,20 @@ def _stopped(study: optuna.Study, plan: Plan, args: argparse.Namespace, prog: st
     # into a traceback, nor keep it waiting for the database to come back.
     try:
         with without_retry(study._storage):
-            study.get_trials(deepcopy=False)
+            trials = study.get_trials(deepcopy=False)
     except (Exception, Interrupted, KeyboardInterrupt) as exc:
         outage = isinstance(exc, Exception) and transient(exc)
         print(f"{stopped_by} while the database is unreachable: no summary; {trials_were} "
               "marked failed where they could be, and a trial that could not be is retried "
               "once a worker finds it stale" if outage else stopped_by, file=sys.stderr)
     else:
-        print(f"{stopped_by}: {trials_were} marked failed and queued to run again first",
-              file=sys.stderr)
+        # A stop while the workers were still reading the data cut no trial short.
+        cut = any(t.state == TrialState.FAIL and
+                  str(t.user_attrs.get("fail_reason", "")).startswith(stopped_by) and
+                  t.datetime_complete is not None and t.datetime_complete >= _run_began()
+                  for t in trials)
+        print(f"{stopped_by}: {trials_were} marked failed and queued to run again first" if cut
+              else f"{stopped_by}: no trial was running", file=sys.stderr)
         with contextlib.suppress(Exception, Interrupted, KeyboardInterrupt):
             with without_retry(study._storage):
                 summarize(study, plan, args)
