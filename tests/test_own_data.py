@@ -290,6 +290,31 @@ def test_a_study_file_without_a_space_table_is_warned_about_before_it_runs(tmp_p
     assert "[space]" not in caplog.text
 
 
+def test_the_readmes_recipe_for_a_data_table_plans_and_a_flip_it_turns_off_is_warned_about(
+        tmp_path, caplog):
+    """README: copy the built-in mnist file, add [data], delete [study] dataset, and for
+    photos search hflip; left fixed at the digits' false, no trial would flip them."""
+    from tuning import catalog
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
+
+    (tmp_path / "flowers").mkdir()
+    builtin = catalog.study_file("mnist").read_text()
+    assert 'dataset = "mnist"\n' in builtin and "hflip = false " in builtin
+    data = '\n[data]\npath = "flowers"\nimage_size = 64\nchannels = 3\nhflip = true\n'
+    study_file = tmp_path / "flowers.toml"
+    study_file.write_text(builtin.replace('dataset = "mnist"\n', "") + data)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        plan = make_plan(build_parser().parse_args(["--config", str(study_file)]))
+    assert plan.study_file.data.hflip and "no trial flips" in caplog.text
+    caplog.clear()
+    study_file.write_text(builtin.replace('dataset = "mnist"\n', "").replace(
+        "hflip = false ", "hflip = { choices = [true, false] } ") + data)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        plan = make_plan(build_parser().parse_args(["--config", str(study_file)]))
+    assert plan.study_file.space["hflip"].choices == (True, False) and not caplog.text
+
+
 @pytest.mark.slow
 def test_data_table_paths_relative_to_the_file_size_channels_names_and_test_folder(
         workdir, digits, tmp_path):

@@ -80,6 +80,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     "the trials repeat one configuration; copy "
                     "the [space] of a built-in study (tuning studies lists them) to search",
                     shorten(str(config), 120))
+    flip = study_file.space.get("hflip")
+    if study_file.data.hflip and flip is not None and flip.kind == "fixed" and not flip.value:
+        log.warning("study file %s: [data] hflip = true allows flips, but its [space] fixes "
+                    "hflip = false, so no trial flips; search it with hflip = { choices = "
+                    "[true, false] }", shorten(str(config), 120))
     if args.config is None and stored is None and names_its_study(args.dataset) and (
             is_path(args.dataset) or name not in known):
         # Images without a study file of their own run in the default (digits') space, made
