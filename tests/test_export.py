@@ -774,3 +774,14 @@ def test_reproduce_toml_quotes_what_toml_needs_and_says_when_the_seed_cannot_fol
         "--study") + 1]
     assert len(name) == 64 and name.endswith(f"-trial-{trial.number}")
     assert "--threads" not in reproduced.commands[1] and "--refit" in reproduced.commands[2]
+
+
+def test_a_model_directory_not_there_points_at_the_samples_export_beside_it(tmp_path):
+    # Offline the default study is mnist-sample: the README's `--model exports/mnist` is not
+    # there, but exports/mnist-sample is.
+    (tmp_path / "mnist-sample").mkdir()
+    with pytest.raises(ExportError, match=r"not a directory \(give the directory `tuning export "
+                                          r"--out` wrote; '.*mnist-sample' is one\)"):
+        load_model(tmp_path / "mnist")
+    with pytest.raises(ExportError, match=r"wrote\)$"):
+        load_model(tmp_path / "other")

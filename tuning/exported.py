@@ -225,8 +225,12 @@ def read_config(path: str | Path) -> dict:
     directory = Path(path).expanduser()
     shown = shorten(str(directory), 200)
     if not directory.is_dir():
+        # Offline, the default study is mnist-sample and its export lands beside: say so.
+        sample = directory.with_name(f"{directory.name}-sample")
+        where = (f"; {shorten(str(sample), 200)!r} is one" if directory.name
+                 and sample.is_dir() else "")
         raise ExportError(f"no exported model at {shown!r}: not a directory (give the "
-                          "directory `tuning export --out` wrote)")
+                          f"directory `tuning export --out` wrote{where})")
     file = directory / CONFIG_FILE
     try:
         _refuse_special(file)

@@ -230,7 +230,8 @@ def resolve_url(url: str) -> str:
                 parsed = parsed.set(drivername="postgresql+psycopg2")
             else:
                 raise UsageError(
-                    "PostgreSQL storage needs a driver: pip install 'tuning[postgres]'")
+                    "PostgreSQL storage needs a driver: pip install 'psycopg[binary]' (in a "
+                    "checkout of tuning: pip install '.[postgres]')")
         if parsed.host and "@" in parsed.host:
             raise UsageError(f"{given} {mask_url(url)!r}: a password containing '@' must be "
                              "written %40 in a URL (or given in PGPASSWORD)")
