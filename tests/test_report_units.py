@@ -507,3 +507,17 @@ def test_trials_csv_writes_lists_as_json(tmp_path):
     row, = csv.DictReader(io.StringIO(trials_csv(view)))
     assert row["train_eval_losses"] == "[null]"  # a diverged epoch: Python wrote "[None]"
     assert json.loads(row["val_accuracies"]) == [0.5]
+
+
+def test_a_long_figure_title_is_set_on_lines_that_fit():
+    # plotly cuts a title off at the figure's edge: a long one goes on below, smaller.
+    from tuning.report_figures import TITLE_CHARS, _fitted
+
+    long = ("Parallel coordinates (complete trials): the 2 most important of 14 parameters; "
+            "weight_decay of importance 0, shown to make two axes; 12 of importance 0 left out")
+    head, rest = _fitted(long).split("<br><sup>")
+    assert head == "Parallel coordinates (complete trials)"
+    lines = rest.removesuffix("</sup>").split("<br>")
+    assert " ".join(lines) == long.split(": ", 1)[1]
+    assert all(len(line) <= TITLE_CHARS / 0.7 for line in lines)
+    assert _fitted("Search history (complete trials)") == "Search history (complete trials)"

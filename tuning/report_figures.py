@@ -10,6 +10,7 @@ and returns a plotly figure.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ def colour(index: int) -> str:
 
 def finish(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
     """The settings every figure shares: a title, white background, numbers as 1e-4."""
-    fig.update_layout(title=title, template="plotly_white", height=height,
+    fig.update_layout(title=_fitted(title), template="plotly_white", height=height,
                       legend={"title": {"text": ""}})
     fig.update_xaxes(exponentformat="e", showexponent="all")
     fig.update_yaxes(exponentformat="e", showexponent="all")
@@ -47,6 +48,21 @@ def finish(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
                                 f"drawn at {floor:g} (its hover says 0).</sup>")
     _label_log_axes(fig)
     return fig
+
+
+TITLE_CHARS = 90
+"""About the most characters of a title plotly fits on one line of a report's figure: it does
+not wrap titles, it cuts them off at the figure's edge."""
+
+
+def _fitted(title: str) -> str:
+    """A long title as its head and, below in smaller type, the rest after its first ': ',
+    wrapped into lines."""
+    if len(title) <= TITLE_CHARS or "<br>" in title or ": " not in title:
+        return title
+    head, rest = title.split(": ", 1)
+    lines = textwrap.wrap(rest, int(TITLE_CHARS / 0.7))  # <sup> is about 70% the size
+    return f"{head}<br><sup>{'<br>'.join(lines)}</sup>"
 
 
 def _axis(fig: go.Figure, trace, letter: str):
