@@ -194,3 +194,13 @@ def test_a_report_on_a_full_disk_is_one_line_and_leaves_an_earlier_report_whole(
     filler.unlink()  # room again: the same command runs
     build_report(study, first, with_test=False)
     assert (first / "summary.md").read_bytes() != earlier["summary.md"]
+    # A file a killed report left half written does not make its folder someone else's.
+    from tuning.report import check_out
+
+    leftover = room / "killed"
+    leftover.mkdir()
+    (leftover / ".index.html.partial").write_text("<html")
+    check_out(leftover)
+    (leftover / "notes.txt").write_text("someone's")
+    with pytest.raises(UsageError, match="holds no earlier report"):
+        check_out(leftover)

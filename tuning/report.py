@@ -57,6 +57,8 @@ from tuning.study import (
 # The tutorial's configuration, trained beside the best trial as the baseline of the test.
 SEED_STUDY_FILE = builtin_study_file("seed")
 METRICS_FILE = "test_metrics.json"
+PARTIAL = ".partial"
+"""How a report's file being written ends, until it replaces the file of that name."""
 
 
 def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts=None,
@@ -116,7 +118,7 @@ def write_whole(out: Path, files: dict[str, str], created: list[Path]) -> None:
     and only once all are written do they replace an earlier report's. A write that fails (a
     full disk) removes what it wrote, and the folders made for it (`created`): an earlier
     report stays whole, and the same command runs again once there is room."""
-    temporary = {name: out / f".{name}.partial" for name in files}
+    temporary = {name: out / f".{name}{PARTIAL}" for name in files}
     try:
         for name, text in files.items():
             temporary[name].write_text(text, encoding="utf-8")
@@ -133,8 +135,10 @@ def write_whole(out: Path, files: dict[str, str], created: list[Path]) -> None:
 def check_out(out: Path) -> None:
     """Refuse an --out directory with other content than an earlier report, whose files this
     one replaces: its index.html would overwrite another (a web site's, say). Creates nothing."""
-    if out.is_dir() and any(out.iterdir()) and not all(
-            (out / name).is_file() for name in ("summary.md", "trials.csv")):
+    # A report's file left half written (its writer killed mid-write) is no one else's.
+    others = [path for path in out.iterdir() if not path.name.endswith(PARTIAL)] \
+        if out.is_dir() else []
+    if others and not all((out / name).is_file() for name in ("summary.md", "trials.csv")):
         raise UsageError(f"--out {shorten(str(out), 200)!r} is not empty and holds no earlier "
                          "report (no summary.md and trials.csv of tuning report): give a new "
                          "or empty directory")
