@@ -44,19 +44,28 @@ BUDGET_STOP = "the run's --budget ran out"
 """How the prune reason of a trial stopped by the run's --budget begins."""
 
 
+def _pruned_for(trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Whether a trial was pruned with a prune reason that begins with `reason`."""
+    return (trial.state == optuna.trial.TrialState.PRUNED
+            and str(trial.user_attrs.get("prune_reason", "")).startswith(reason))
+
+
 def stopped_by_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the run's --budget stopped a trial (cut short, not judged by the pruner)."""
-    return (trial.state == optuna.trial.TrialState.PRUNED
-            and str(trial.user_attrs.get("prune_reason", "")).startswith(BUDGET_STOP))
+    return _pruned_for(trial, BUDGET_STOP)
+
+
+def diverged(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial was stopped for a loss not finite (by the objective, not the pruner)."""
+    return _pruned_for(trial, DIVERGED)
 
 
 def over_limits(trial: optuna.trial.FrozenTrial) -> str | None:
     """What a trial pruned before training was over ("3,256,330 parameters > max_params
     100,000"); None for any other trial."""
-    reason = str(trial.user_attrs.get("prune_reason", ""))
-    if trial.state != optuna.trial.TrialState.PRUNED or not reason.startswith(OVER_LIMITS):
+    if not _pruned_for(trial, OVER_LIMITS):
         return None
-    return reason[len(OVER_LIMITS):].lstrip(": ")
+    return str(trial.user_attrs["prune_reason"])[len(OVER_LIMITS):].lstrip(": ")
 
 
 class TrialFailed(Exception):

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning import report_figures as figures
 from tuning.errors import counted
-from tuning.objective import DIVERGED, stopped_by_budget
+from tuning.objective import diverged, stopped_by_budget
 from tuning.report_render import Section, Table, fixed, fmt
 from tuning.report_stats import (
     ALPHA,
@@ -64,11 +64,10 @@ def overview(view: StudyView) -> Section:
     # the pruner; one over the study's limits was never trained: its epochs were never part
     # of the budget.
     cut = [t for t in view.pruned if stopped_by_budget(t)]
-    diverged = [t for t in view.pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
-        DIVERGED)]
-    judged = [t for t in view.pruned if t not in cut + diverged + view.untrained]
-    saved = not_run(judged)
-    full = saved + not_run(cut) + not_run(diverged) + epochs_run
+    blew_up = [t for t in view.pruned if diverged(t)]
+    not_judged = {t.number for t in cut + blew_up + view.untrained}
+    saved = not_run([t for t in view.pruned if t.number not in not_judged])
+    full = saved + not_run(cut) + not_run(blew_up) + epochs_run
     data = view.study.user_attrs.get("data", {})
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
@@ -89,9 +88,9 @@ def overview(view: StudyView) -> Section:
         *([["stopped by the run's --budget", f"{counted(len(cut), 'trial')}, "
             f"{counted(not_run(cut), 'epoch')} not run (counted as pruned, not as savings)"]]
           if cut else []),
-        *([["stopped early for a diverged loss", f"{counted(len(diverged), 'trial')}, "
-            f"{counted(not_run(diverged), 'epoch')} not run (counted as pruned, not as savings "
-            "of the pruner)"]] if diverged else []),
+        *([["stopped early for a diverged loss", f"{counted(len(blew_up), 'trial')}, "
+            f"{counted(not_run(blew_up), 'epoch')} not run (counted as pruned, not as savings "
+            "of the pruner)"]] if blew_up else []),
     ])
     s.tables.append(("Study", table))
     if data.get("leaks"):
