@@ -135,6 +135,9 @@ def test_the_budget_benchmark_runs_tuning_and_an_optuna_script_on_one_budget(tmp
             assert run["best_val_loss"] is None and run["test_accuracy"] is None, run
     assert tools_with_epochs, "neither tool ended an epoch"
     assert "| tuning | none | 1 |" in result.stdout
+    # tuning's test accuracy is of its best epoch within the budget, trained again to it: the
+    # same network, or the script says it is not.
+    assert "trained again" not in result.stderr
 
 
 def _wheel(path, files: dict[str, bytes]):
@@ -180,6 +183,7 @@ def test_device_wheels_are_packed_into_parts_no_larger_than_asked(tmp_path):
     ("bench.py", ["--repeats", "0"], "--repeats: expected 1 or more"),
     ("bench_cv.py", ["--folds", "1"], "--folds: expected 2 or more (one fold is no"),
     ("bench_threads.py", ["--epochs", "1"], "(the first epoch is a warm-up), got '1'"),
+    ("bench_throughput.py", ["--epochs", "two"], "--epochs: expected 2 or more (the first"),
 ])
 def test_benchmark_counts_too_small_to_measure_are_refused_on_one_line(script, args, words):
     result = subprocess.run([sys.executable, str(SCRIPTS / script), *args],

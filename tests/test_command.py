@@ -104,17 +104,6 @@ def test_a_wheel_ships_the_study_files_and_python_m_tuning_studies(tmp_path):
     assert str(installed / "tuning" / "studies" / "seed.toml") in listed.stdout
 
 
-def test_the_throughput_benchmark_refuses_fewer_than_two_epochs_in_one_line():
-    """The first epoch is a warm-up: with one, no epoch would be left to take the median of."""
-    for epochs in ("1", "0", "two"):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "bench_throughput.py"), "--epochs", epochs],
-            capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.count("\n") == 1 and "--epochs" in result.stderr
-        assert "2 or more" in result.stderr and "Traceback" not in result.stderr
-
-
 @pytest.mark.slow
 def test_a_local_study_file_overrides_the_built_in_one(tmp_path):
     (tmp_path / "studies").mkdir()
