@@ -38,6 +38,12 @@ log = logging.getLogger("tuning")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def worker_id(pid: int | None = None) -> str:
+    """A worker process's name in its trials and log lines: `host:pid` (this process's when
+    `pid` is None)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """How to start one worker process."""
@@ -200,9 +206,9 @@ class Launcher:
         worker = trial.user_attrs.get("worker")
         if worker is None:
             return None
-        host, _, pid = worker.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and int(pid) in self.index_of_pid:
-            return f"w{self.index_of_pid[int(pid)]}"
+        for pid, index in self.index_of_pid.items():
+            if worker == worker_id(pid):
+                return f"w{index}"
         return worker
 
     def _report_new_trials(self) -> None:
@@ -258,7 +264,7 @@ class Launcher:
         launcher saw it die, so no heartbeat grace period need pass first (a run ending
         sooner, at its --budget, left the trial running until the next run). The database
         down, its heartbeat finds it later."""
-        worker = f"{socket.gethostname()}:{pid}"
+        worker = worker_id(pid)
         storage = self.study._storage
         try:
             with without_retry(storage):

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import torch
 from tuning.data import DeviceData
 from tuning.device import Runtime
 from tuning.errors import described
+from tuning.launcher import worker_id
 from tuning.limits import Limits
 from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
@@ -92,10 +92,6 @@ def _failing_the_trial(trial: optuna.Trial, epochs: Iterator[EpochResult]
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason) from exc
         yield result
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def fixed_params(space: dict[str, Param]) -> dict:

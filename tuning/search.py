@@ -65,8 +65,8 @@ from tuning.errors import (
     shorten,
 )
 from tuning.folds import objective_data
-from tuning.launcher import Launcher, plan_workers, visible_gpus
-from tuning.objective import Objective, over_limits, worker_id
+from tuning.launcher import Launcher, plan_workers, visible_gpus, worker_id
+from tuning.objective import Objective, over_limits
 from tuning.outage import (
     StorageFull,
     outages_of,

@@ -44,7 +44,7 @@ from tuning.cli import (
 )
 from tuning.command import run_started
 from tuning.errors import EXIT_DATABASE_LOST, EXIT_OK, EXIT_TRIALS_FAILING, UsageError, counted
-from tuning.objective import worker_id
+from tuning.launcher import worker_id
 from tuning.outage import StorageFull, outages_of, refusal, refused_for_good, transient
 from tuning.runner import (
     RunStats,
