@@ -521,3 +521,23 @@ def test_a_long_figure_title_is_set_on_lines_that_fit():
     assert " ".join(lines) == long.split(": ", 1)[1]
     assert all(len(line) <= TITLE_CHARS / 0.7 for line in lines)
     assert _fitted("Search history (complete trials)") == "Search history (complete trials)"
+
+
+def test_a_long_title_over_a_loss_of_0_is_fitted_and_the_margin_grows_with_its_lines():
+    import plotly.graph_objects as go
+
+    from tuning.report_figures import SUBTITLE_LINE, TITLE_MARGIN, finish
+
+    long = ("Validation loss by learning rate: complete trials of every optimizer, each one's "
+            "mean and 95% interval where it has three trials or more")
+    short = finish(go.Figure(go.Scatter(x=[1, 2], y=[0.5, 0.2])), "Search history")
+    assert short.layout.margin.t == TITLE_MARGIN
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[0.5, 0.0]))
+    fig.update_yaxes(type="log")
+    title = finish(fig, long).layout.title.text
+    head, rest = title.split("<br>", 1)
+    assert head == "Validation loss by learning rate"
+    assert rest.endswith("drawn at 0.01 (its hover says 0).</sup>")
+    assert title.count("<br>") == 2  # the rest of the title, then the note on 0
+    assert fig.layout.margin.t == TITLE_MARGIN + 2 * SUBTITLE_LINE
+    assert fig.layout.height == short.layout.height + 2 * SUBTITLE_LINE  # the plot keeps its own

@@ -38,18 +38,26 @@ def colour(index: int) -> str:
 
 def finish(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
     """The settings every figure shares: a title, white background, numbers as 1e-4."""
-    fig.update_layout(title=_fitted(title), template="plotly_white", height=height,
-                      legend={"title": {"text": ""}})
     fig.update_xaxes(exponentformat="e", showexponent="all")
     fig.update_yaxes(exponentformat="e", showexponent="all")
+    title = _fitted(title)
     floor = _draw_zero_losses(fig)
     if floor is not None:
-        fig.update_layout(title=f"{title}<br><sup>A loss of 0 cannot sit on the log axis: it is "
-                                f"drawn at {floor:g} (its hover says 0).</sup>")
+        title += (f"<br><sup>A loss of 0 cannot sit on the log axis: it is drawn at {floor:g} "
+                  "(its hover says 0).</sup>")
+    # The title sits in the top margin: each line below the first makes room for itself,
+    # above a plot of the same height.
+    below = SUBTITLE_LINE * title.count("<br>")
+    fig.update_layout(title=title, template="plotly_white", height=height + below,
+                      legend={"title": {"text": ""}}, margin={"t": TITLE_MARGIN + below})
     _label_log_axes(fig)
     return fig
 
 
+TITLE_MARGIN = 100
+"""Pixels above the plot for a one-line title (plotly's default)."""
+SUBTITLE_LINE = 22
+"""Pixels of one more line of a title, in <sup> type."""
 TITLE_CHARS = 90
 """About the most characters of a title plotly fits on one line of a report's figure: it does
 not wrap titles, it cuts them off at the figure's edge."""
