@@ -33,7 +33,16 @@ from tuning.errors import UsageError
 from tuning.evaluate import held_out_metrics, trial_model
 from tuning.export import best_epoch, choose_trial
 from tuning.export import main as export_main
-from tuning.exported import BuilderUnavailable, Classifier, ExportError, load_model
+from tuning.exported import (
+    OUTPUT_CHECK_IMAGES,
+    BuilderUnavailable,
+    Classifier,
+    ExportError,
+    NetworkChanged,
+    load_model,
+    load_program,
+    output_check_images,
+)
 from tuning.model import ArchConfig
 from tuning.model_card import model_card
 from tuning.networks import ModelBuildError, ModelSpec
@@ -234,6 +243,19 @@ def test_an_export_cut_short_leaves_the_earlier_one_whole(exported, study_dir, t
     # Not a mix of two exports, nor a half-written one that predict would take.
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert load_model(out).config["trial"] == json.loads(before["config.json"])["trial"]
+
+
+def test_an_export_of_another_trial_says_which_one_it_replaces(exported, study_dir, tmp_path,
+                                                                capsys):
+    out = tmp_path / "earlier"
+    shutil.copytree(exported, out)
+    was = json.loads((out / "config.json").read_text())["trial"]
+    other = 1 - was  # the study's other trial
+    assert _export(study_dir, "tiny", out, "--trial", str(other)) == 0
+    assert (f"it replaces the export of trial #{was} of study 'tiny' that was there"
+            in capsys.readouterr().out)
+    assert _export(study_dir, "tiny", out, "--trial", str(other)) == 0  # the same trial again
+    assert "replaces" not in capsys.readouterr().out
 
 
 def test_a_failed_export_leaves_no_folders_behind(study_dir, tmp_path, capsys, monkeypatch):
@@ -553,6 +575,47 @@ def test_predict_runs_model_pt2_where_the_builder_cannot_be_imported(exported, a
         assert "worker" not in err and "no model.pt2" in err, err
 
 
+def test_a_network_rebuilt_other_than_exported_is_refused_and_predict_runs_model_pt2(
+        exported, arrays, tmp_path, capsys, monkeypatch):
+    """Weights fit a changed builder's network by their names and shapes alone: the export
+    records its logits on seeded images, and a network rebuilt here that does not give them
+    is not taken for the exported one."""
+    config = json.loads((exported / "config.json").read_text())
+    recorded = torch.tensor(config["output_check"])
+    assert recorded.shape == (OUTPUT_CHECK_IMAGES, config["num_classes"])
+    program = load_program(exported)
+    with torch.no_grad():  # the exported network's logits, as the program has them
+        assert torch.allclose(program(output_check_images(program.input_shape)), recorded,
+                              rtol=1e-3, atol=1e-4)
+    image = tmp_path / "digit.png"
+    Image.fromarray(arrays.test_x[0, ..., 0]).save(image)
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", str(image)]) == 0
+    expected = capsys.readouterr().out
+    # The same layers computing another function: as a builder edited after the export.
+    monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: torch.tanh(x))
+    with pytest.raises(NetworkChanged, match="does not give the logits recorded at its export"):
+        load_model(exported)
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", str(image)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected  # model.pt2's, the exported network's
+    assert len(captured.err.strip().splitlines()) == 1 and "WARNING" in captured.err
+    assert "does not give the logits recorded" in captured.err and "model.pt2" in captured.err
+    monkeypatch.undo()
+    # An export written before the check has none, and loads as it did.
+    assert isinstance(load_model(_copy(exported, tmp_path, output_check=None)), torch.nn.Module)
+
+
+def test_the_exported_model_refuses_whole_number_pixels_and_takes_float64(exported, arrays):
+    """uint8 pixels of 0..255 taken as [0, 1] would be classified wrongly without a word."""
+    model = load_model(exported)
+    pixels = torch.from_numpy(np.ascontiguousarray(arrays.test_x[:4].transpose(0, 3, 1, 2)))
+    for runs in (model, load_program(exported)):
+        with pytest.raises(ExportError, match=r"got torch.uint8: divide pixels of 0..255 by 255"):
+            runs(pixels)
+        with torch.no_grad():
+            assert torch.equal(runs(pixels.double() / 255), runs(pixels.float() / 255))
+
+
 def test_predict_says_in_one_line_why_model_pt2_cannot_stand_in(exported, tmp_path, capsys):
     """Where the builder cannot be imported and model.pt2 is missing or damaged, torch's own
     warning (a traceback of twenty lines) stays off the terminal: the error line says why."""
@@ -607,8 +670,8 @@ def test_a_hand_edited_config_is_refused_in_one_line_naming_the_field(exported, 
     fewer = _copy(exported, tmp_path, "fewer", num_classes=3, class_names=names[:3],
                   model={"model": "no_such_module_here:build", "weights": None})
     assert tuning_main(["predict", "--quiet", "--model", str(fewer), str(image)]) == 2
-    assert "logits of shape (1, 10) (images, classes), but its config.json names 3 classes" \
-        in _one_line_error(capsys)
+    assert ("logits of shape (1, 10) for 1 image, not (1, 3): (images, classes), with the 3 "
+            "classes its config.json names") in _one_line_error(capsys)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

@@ -92,6 +92,32 @@ def test_splits_are_stratified_shuffled_and_seeded():
     assert np.array_equal(keep, again)
 
 
+def test_many_classes_of_a_few_images_each_still_get_a_validation_split():
+    """Each class's share rounded holds out none of 40 classes of 5 images (0.5 an image each,
+    rounded to even): the 20 images of the whole share go to 20 classes, drawn by the seed."""
+    labels = np.repeat(np.arange(40), 5)
+    keep, held = stratified_split(labels, 0.1, seed=3)
+    per_class = np.bincount(labels[held], minlength=40)
+    assert len(held) == 20 and set(per_class.tolist()) == {0, 1}
+    assert len(set(keep) | set(held)) == 200 and not set(keep) & set(held)
+    again, held_again = stratified_split(labels, 0.1, seed=3)
+    assert np.array_equal(keep, again) and np.array_equal(held, held_again)
+    other = np.bincount(labels[stratified_split(labels, 0.1, seed=4)[1]], minlength=40)
+    assert not np.array_equal(per_class, other)  # which classes: drawn, not the first 20
+
+
+def test_the_split_of_data_already_studied_stays_as_it_was(sample_arrays):
+    """A study refuses data whose split changed: the split of mnist-sample, and of every data
+    set whose classes' rounded shares hold out an image, is the one studies were made with."""
+    assert sample_arrays.fingerprint()["sha256"] == (
+        "00d37136b7e5a2bfb86498eac7ece2fb27239b08ac1eae3bc4fbe6e3593ce071")
+    # Ten classes of real MNIST's training counts: 10% each, rounded, is 5,999 images.
+    labels = np.repeat(np.arange(10), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
+                                       5949])
+    _, held = stratified_split(labels, 0.1, seed=0)
+    assert len(held) == 5999
+
+
 def test_fingerprint_is_stable_and_sensitive(sample_arrays):
     fp = sample_arrays.fingerprint()
     assert fp == load_arrays("mnist-sample").fingerprint()

@@ -83,6 +83,15 @@ class FewerClassesWhenTraining(nn.Sequential):
 def wide_fails_training(params, input_shape, num_classes):
     network = build(params, input_shape, num_classes)
     return FewerClassesWhenTraining(*network) if params["width"] == 64 else network
+
+class Squeezed(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x).squeeze(0)
+
+def squeezes(params, input_shape, num_classes):
+    return Squeezed(*build(params, input_shape, num_classes))
+
+not_callable = 5
 """
 # A builder's network of width w has 10 w + 16 w * 10 + 10 = 170 w + 10 parameters.
 SIZE = {8: 1370, 16: 2730, 64: 10890}
@@ -335,7 +344,10 @@ def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir
     ("raises", "raised ValueError: no network for you"),
     ("not_a_module", "returned str, not a torch.nn.Module"),
     ("wrong_output", "output"),
+    # Right for two images, (classes,) for one alone: what predict gives it one image as.
+    ("squeezes", "turns one image alone of 1x28x28 into (10,); expected logits of shape (1, 10)"),
     ("missing", "has no function 'missing'"),
+    ("not_callable", "is of type int, not a function"),
     ("exits", "called sys.exit(7) for {"),
     ("no_parameters", "has no parameter to train (it has none, or every one is frozen"),
     ("frozen", "has no parameter to train"),

@@ -123,15 +123,21 @@ def check_runs(model: nn.Module, input_shape: tuple[int, int, int], num_classes:
     try:
         with torch.no_grad():
             output = model(images)
+            # One image alone too, as a user's predict gives it: a forward that squeezes
+            # the batch dimension passes with two.
+            alone = model(images[:1])
     except Exception as exc:  # Any failure means the same to the user: pick another network.
         raise UsageError(f"architecture {shorten(name)!r} cannot take {size} images (C x H x "
                          f"W): {_first_line(str(exc), exc, 160)}") from None
     finally:
         model.train(was_training)
-    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-    if shape != (2, num_classes):
-        raise UsageError(f"architecture {shorten(name)!r} turns 2 images of {size} into "
-                         f"{shorten(str(shape))}; expected logits of shape (2, {num_classes})")
+    for count, out in ((2, output), (1, alone)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if shape != (count, num_classes):
+            what = "2 images" if count == 2 else "one image alone"
+            raise UsageError(f"architecture {shorten(name)!r} turns {what} of {size} into "
+                             f"{shorten(str(shape))}; expected logits of shape ({count}, "
+                             f"{num_classes})")
     _check_trains(model, images, name, size)
 
 

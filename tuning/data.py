@@ -141,14 +141,34 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): `fraction` of each class held out, chosen with `seed`."""
     rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    held_counts = _held_per_class(counts, fraction, seed)
     keep, held = [], []
-    for cls in np.unique(labels):
+    for cls, n_held in zip(classes, held_counts, strict=True):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_held = int(round(len(idx) * fraction))
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     # Shuffle across classes: some sources are sorted by class.
     return rng.permutation(np.concatenate(keep)), rng.permutation(np.concatenate(held))
+
+
+def _held_per_class(counts: np.ndarray, fraction: float, seed: int) -> list[int]:
+    """How many images of each class a split holds out: each class's share rounded. Where
+    that holds out none at all, though the whole share is an image or more (many classes of
+    a few images each: 40 classes of 5 images, 10% each, is 0.5 an image a class), the whole
+    share is shared out instead: each class its share's whole images, and the images left to
+    the classes with the largest remainders, ties drawn with `seed`. Every split that held
+    out an image stays as it was: a study refuses data whose split has changed."""
+    rounded = [int(round(n * fraction)) for n in counts]
+    total = int(round(counts.sum() * fraction))
+    if sum(rounded) > 0 or total == 0:
+        return rounded
+    exact = counts * fraction
+    whole = np.floor(exact).astype(int)
+    ties = np.random.default_rng([seed, 1]).random(len(counts))
+    order = np.lexsort((ties, -(exact - whole)))  # largest remainder first
+    whole[order[:total - whole.sum()]] += 1
+    return whole.tolist()
 
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -84,6 +84,7 @@ from tuning.exported import (
     WEIGHTS_FILE,
     Classifier,
     load_model,
+    output_check_images,
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
@@ -266,12 +267,25 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
         "train_images": len(data.train)})
 
 
-def _is_previous_export(out: Path) -> bool:
+def _previous_export(out: Path) -> dict | None:
+    """config.json of the export in `out`, None where there is none."""
     try:
         config = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("format") == FORMAT
+        return None
+    return config if isinstance(config, dict) and config.get("format") == FORMAT else None
+
+
+def _is_previous_export(out: Path) -> bool:
+    return _previous_export(out) is not None
+
+
+def replaced(previous: dict | None, study: str, trial: int) -> str | None:
+    """What an export of `trial` of `study` replaces that a user may not expect: another
+    trial's or study's export in the same directory."""
+    if previous is None or (previous.get("study"), previous.get("trial")) == (study, trial):
+        return None
+    return f"trial #{previous.get('trial')} of study {shorten(str(previous.get('study')))!r}"
 
 
 def check_out(out: Path) -> None:
@@ -438,6 +452,11 @@ def _write_export(staging: Path, out: Path, config: dict, model: torch.nn.Module
                             loaded.config["normalization"]["std"]).eval()
     config["files"] = write_programs(classifier, arrays.input_shape, staging, test_sample(arrays))
     config["program_checks"] = [*CHECK_INPUTS, "test images"]
+    # What load_model checks a network rebuilt elsewhere against: weights that fit by their
+    # names and shapes may sit in a network whose builder has changed since.
+    with torch.no_grad():
+        logits = loaded(output_check_images(arrays.input_shape))
+    config["output_check"] = logits.tolist()
     (staging / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
 
@@ -490,6 +509,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
             args.study, trial, settings, {**fixed_params(space), **trial.params},
             stored_data_config(study, settings.dataset), args.out / REPRODUCE_FILE,
             args.data_dir, args.refit)
+        previous = _previous_export(args.out)
         created = make_out_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
@@ -513,6 +533,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
     low, high = test["accuracy_ci"]
     print(f"exported trial #{trial.number} of study {args.study!r} to {args.out}: "
           f"{', '.join(written)}")
+    other = replaced(previous, args.study, trial.number)
+    if other is not None:
+        print(f"it replaces the export of {other} that was there")
     print(f"weights: {config['weights']['how']}")
     print(f"test accuracy {test['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on "
           f"{test['n']:,} held-out images, loss {test['loss']:.4f}")

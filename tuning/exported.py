@@ -64,6 +64,24 @@ class BuilderUnavailable(ExportError):
         self.not_installed = not_installed
 
 
+class NetworkChanged(ExportError):
+    """An export whose network, rebuilt here with its weights, does not give the logits the
+    export recorded (config.json's `output_check`): its builder's code, or torch's or
+    torchvision's, differs from the export's. Its portable program still runs the exported
+    network (load_program)."""
+
+
+OUTPUT_CHECK_IMAGES = 3
+"""How many images config.json's `output_check` holds the exported network's logits of."""
+
+
+def output_check_images(input_shape: Sequence[int]) -> torch.Tensor:
+    """The images of config.json's `output_check`: uniform in [0, 1], from a seeded generator,
+    the same on every machine."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand((OUTPUT_CHECK_IMAGES, *input_shape), generator=generator)
+
+
 class Classifier(nn.Module):
     """`network` behind the normalization it was trained with: float images in [0, 1],
     (N, C, H, W), to logits (N, classes).
@@ -101,14 +119,23 @@ class ExportedModel(Classifier):
         """(C, H, W) of the images the network takes."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # The normalization would broadcast a 1-channel batch to 3 channels and classify it
-        # without a word; model.pt2 refuses any shape but the study's, and so does this.
+        return super().forward(self.checked(images))
+
+    def checked(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` as the network takes them, float32; ExportError for a shape other than
+        the study's (the normalization would broadcast a 1-channel batch to 3 channels and
+        classify it without a word) or whole numbers (uint8 pixels of 0..255 would be taken
+        as [0, 1] and classified wrongly without a word)."""
+        c, h, w = self.input_shape
         if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            c, h, w = self.input_shape
             raise ExportError(f"the model takes float images (N, {c}, {h}, {w}) in [0, 1], got "
                               f"a tensor of shape {tuple(images.shape)}: preprocess(image) "
                               "converts and fits an image")
-        return super().forward(images)
+        if not images.is_floating_point():
+            raise ExportError(f"the model takes float images in [0, 1], got {images.dtype}: "
+                              "divide pixels of 0..255 by 255 (images.float() / 255), or "
+                              "preprocess(image) converts an image")
+        return images.float()
 
     @property
     def device(self) -> torch.device:
@@ -149,9 +176,11 @@ class ExportedModel(Classifier):
         # A rebuilt network has as many outputs as config.json's classes (its weights must
         # fit); a program need not, where config.json was edited after the export.
         if logits.dim() != 2 or logits.shape[1] != len(self.class_names):
-            raise ExportError(f"the model gives logits of shape {tuple(logits.shape)} "
-                              f"(images, classes), but its {CONFIG_FILE} names "
-                              f"{len(self.class_names)} classes")
+            raise ExportError(f"the model gives logits of shape {tuple(logits.shape)} for "
+                              f"{len(images)} image{'s' * (len(images) != 1)}, not "
+                              f"({len(images)}, {len(self.class_names)}): (images, classes), "
+                              f"with the {len(self.class_names)} classes its {CONFIG_FILE} "
+                              "names")
         return logits
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, float]]:
@@ -451,7 +480,36 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Exported
         reason = shorten(" ".join(str(exc).split()) or type(exc).__name__, 200)
         raise ExportError(f"{shorten(str(weights), 200)!r} does not load into the network "
                           f"config.json describes: {reason}") from None
-    return _placed(ExportedModel(network, config), target, device)
+    model = ExportedModel(network, config).eval()
+    _check_outputs(model, config, path)
+    return _placed(model, target, device)
+
+
+def _check_outputs(model: ExportedModel, config: dict, path: str | Path) -> None:
+    """NetworkChanged unless `model` (on the CPU, eval mode) gives the logits config.json's
+    `output_check` recorded at the export (an export without one is not checked): weights
+    that fit a network by their names and shapes alone may sit in another network."""
+    expected = config.get("output_check")
+    if expected is None:
+        return
+    with torch.no_grad():
+        got = model(output_check_images(model.input_shape))
+    try:
+        recorded = torch.tensor(expected, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise ExportError(f"{CONFIG_FILE} of {shorten(str(path), 200)!r}: output_check is not "
+                          "a table of numbers") from None
+    if got.shape == recorded.shape and torch.allclose(got, recorded, rtol=1e-3, atol=1e-4):
+        return
+    difference = ((got - recorded).abs().max().item() if got.shape == recorded.shape
+                  else f"shape {tuple(got.shape)}, not {tuple(recorded.shape)}")
+    raise NetworkChanged(
+        f"the network of {shorten(str(path), 200)!r} rebuilt here (model "
+        f"{shorten(str(config['model'].get('model')))!r}) "
+        f"does not give the logits recorded at its export (largest difference "
+        f"{difference if isinstance(difference, str) else f'{difference:.3g}'}): its "
+        "builder, or torch or torchvision, differs from the export's; its model.pt2 runs the "
+        "exported network (tuning.exported.load_program)")
 
 
 Model = TypeVar("Model", bound=ExportedModel)
@@ -480,7 +538,7 @@ class ProgramModel(ExportedModel):
     runs when the network cannot be rebuilt here. It was exported in eval mode and stays so."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images)
+        return self.network(self.checked(images))
 
     def train(self, mode: bool = True) -> ProgramModel:
         # torch.export's modules refuse train() and eval() alike: the program is fixed in eval

@@ -88,10 +88,14 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
         if _not_installed(exc, module_name):
             raise BuilderNotInstalled(message, exc) from None
         raise UsageError(message) from None
-    builder = getattr(module, function, None)
-    if not callable(builder):
+    if not hasattr(module, function):
         raise UsageError(f"model builder {shorten(reference)!r}: module {module_name!r} has no "
                          f"function {function!r}")
+    builder = getattr(module, function)
+    if not callable(builder):
+        raise UsageError(f"model builder {shorten(reference)!r}: {function!r} in module "
+                         f"{module_name!r} is of type {shorten(type(builder).__name__)}, not a "
+                         "function")
     return builder
 
 

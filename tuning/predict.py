@@ -57,11 +57,13 @@ def build_parser(prog: str = "python -m tuning.predict") -> OneLineParser:
 
 def load(directory: Path, device: str):
     """The export's model: its network rebuilt (tuning.load_model), else, where the network's
-    builder cannot be imported, its portable program (tuning.exported.load_program)."""
+    builder cannot be imported or rebuilds another network than the exported one, its
+    portable program (tuning.exported.load_program)."""
     # Imported here: they import torch, which --help and a bad flag should not wait for.
     from tuning.exported import (  # noqa: PLC0415
         BuilderUnavailable,
         ExportError,
+        NetworkChanged,
         load_model,
         load_program,
         program_file,
@@ -70,18 +72,19 @@ def load(directory: Path, device: str):
 
     try:
         return load_model(directory, device)
-    except BuilderUnavailable as exc:
+    except (BuilderUnavailable, NetworkChanged) as exc:
         config = read_config(directory)
         name = program_file(config)
         if name is None:
             raise ExportError(f"{exc} (the export has no model.pt2, nor a checked TorchScript "
                               "program, to classify with instead)") from None
         # A module that is not installed here is the expected case (a machine with torch
-        # only); one that is there but broken is worth a warning.
-        log.log(logging.INFO if exc.not_installed else logging.WARNING,
+        # only); one that is there but broken, or builds another network, is worth a warning.
+        quiet = isinstance(exc, BuilderUnavailable) and exc.not_installed
+        log.log(logging.INFO if quiet else logging.WARNING,
                 "%s: classifying with the export's %s, the same network as a torch program",
                 f"the network's builder {config['model']['model']!r} cannot be imported here"
-                if exc.not_installed else exc, name)
+                if quiet else exc, name)
         return load_program(directory, device)
 
 
