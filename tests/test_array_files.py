@@ -255,7 +255,7 @@ BAD_NPZ = {
     "names not strings": (lambda a: _with(a, class_names=np.arange(10)),
                           ["class_names must be a 1-D array of strings"]),
     "empty test": (lambda a: _with(a, x_test=a["x_test"][:0], y_test=a["y_test"][:0]),
-                   ["x_test holds no images"]),
+                   ["x_test holds no images (shape (0, 28, 28))"]),  # the file's shape
 }
 
 

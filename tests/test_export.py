@@ -785,6 +785,15 @@ def test_an_export_written_before_the_resolved_configuration_still_loads(exporte
     assert "| channels | 4 |" in card
 
 
+def test_the_card_keeps_class_names_with_line_breaks_on_their_line(exported):
+    config = json.loads((exported / "config.json").read_text())
+    names = ["new\nline", "tab\tclass", "back\\slash", *config["class_names"][3:]]
+    card = model_card({**config, "class_names": names}, exported)
+    line, = [line for line in card.splitlines() if line.startswith("- images: ")]
+    assert line.endswith("classes: new\\nline, tab\\tclass, back\\\\slash, " +
+                         ", ".join(config["class_names"][3:]))
+
+
 def test_the_cards_commands_train_the_trial_again_to_the_same_loss(exported, study_dir):
     """reproduce.toml and the card's commands, run as written from another directory: a new
     study of one trial with the original's seed, split, epochs and threads, which reaches the

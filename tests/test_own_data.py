@@ -521,6 +521,11 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
         assert error_line(capsys.readouterr().err) == (
             f"error: study 'pets' was run on {str(root)!r}, which is not there on this host: "
             "give the images' place with --dataset")
+    # A mistyped place is that path's own error, not the study's.
+    wrong = tmp_path / "nowhere" / "pets"
+    assert tuning(["search", "--study", "pets", "--dataset", str(wrong), "--trials", "3"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert str(wrong) in line and "does not exist" in line and "was run on" not in line
     assert tuning(["studies"]) == 0
     assert f"{root} (not found here), 1 epoch" in capsys.readouterr().out
     # The same images elsewhere are the same data: the launcher's workers read them there.

@@ -410,11 +410,11 @@ def test_markdown_cells_keep_a_class_named_with_a_pipe_in_its_column():
     assert table.markdown().splitlines()[2:] == ["| cats\\|dogs | 0.5 |", "| two lines | 1 |"]
 
 
-def test_predict_escapes_tabs_and_line_breaks_in_its_fields():
-    from tuning.predict import _field
+def test_one_line_escapes_tabs_line_breaks_and_backslashes():
+    from tuning.errors import one_line
 
-    assert _field("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
-    assert _field("/data/ümlaut image.png") == "/data/ümlaut image.png"
+    assert one_line("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
+    assert one_line("/data/ümlaut image.png") == "/data/ümlaut image.png"
 
 
 def test_a_checkpoint_that_does_not_fit_the_network_built_now_is_said(tmp_path, tiny_data,

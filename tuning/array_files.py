@@ -185,6 +185,8 @@ def _npz_class_names(path: Path, names: np.ndarray | None) -> tuple[str, ...] | 
 
 def _npz_images(path: Path, key: str, x: np.ndarray) -> tuple[np.ndarray, bool | None]:
     """`x` as uint8 (N, H, W, C), and for floats whether they were read as 0..1 (else None)."""
+    if x.ndim >= 1 and len(x) == 0:  # before a channel axis is added: the file's shape
+        raise UsageError(f"{path}: {key} holds no images (shape {x.shape})")
     if x.ndim == 3:
         x = x[..., None]
     elif x.ndim != 4:
@@ -196,8 +198,6 @@ def _npz_images(path: Path, key: str, x: np.ndarray) -> tuple[np.ndarray, bool |
         hint = "; channels first? move them last" if x.shape[1] in (1, 3, 4) else ""
         raise UsageError(f"{path}: {key} has {x.shape[3]} channels (shape {x.shape}); expected "
                          f"1 or 3 (or 4, alpha dropped){hint}")
-    if len(x) == 0:
-        raise UsageError(f"{path}: {key} holds no images (shape {x.shape})")
     if min(x.shape[1:3]) < MIN_SIDE:
         raise UsageError(f"{path}: {key} images are {x.shape[1]}x{x.shape[2]}; height and width "
                          f"must be at least {MIN_SIDE}")

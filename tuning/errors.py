@@ -28,6 +28,12 @@ def shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def one_line(text: str) -> str:
+    """`text` kept to its line and field: a backslash, tab or line break in a path or a
+    class's name, escaped as \\\\, \\t and \\n, would otherwise add fields or lines."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
 def described(exc: BaseException, limit: int = 200) -> str:
     """An exception in one line: its type and the first line of its message."""
     first = (str(exc).strip().splitlines() or [""])[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from tuning.errors import counted
+from tuning.errors import counted, one_line
 from tuning.exported import CONFIG_FILE, WEIGHTS_FILE
 from tuning.portable import PROGRAM_DESCRIPTIONS, PROGRAM_FILES
 
@@ -76,8 +76,9 @@ def model_card(config: dict, out: Path) -> str:
                                   config["files"])
     c, h, w = config["input_shape"]
     names = config["class_names"]
-    shown_names = ", ".join(names[:20]) + (f", ... ({len(names)} in all)"
-                                           if len(names) > 20 else "")
+    # A class's name may hold a line break (a folder's name): the card's line must stay one.
+    shown_names = ", ".join(one_line(name) for name in names[:20]) + (
+        f", ... ({len(names)} in all)" if len(names) > 20 else "")
     norm = config["normalization"]
     spec = config["model"]
     low, high = test["accuracy_ci"]

@@ -98,7 +98,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if is_path(settings.dataset):  # recorded absolute: workers and the report find it again
         settings = replace(settings, dataset=os.path.normpath(
             Path(settings.dataset).expanduser().absolute()))
-    if stored is not None:
+    if stored is not None and args.dataset is None:
+        # Where --dataset gives the images' place, a wrong one is that path's own error.
         check_images_found(name, settings)
     problems = settings.problems()
     if problems:

@@ -37,7 +37,7 @@ from tuning.cli import (
     fail,
     positive_int,
 )
-from tuning.errors import UsageError
+from tuning.errors import UsageError, one_line
 
 log = logging.getLogger("tuning")
 
@@ -98,12 +98,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") 
     except UsageError as exc:
         return fail(str(exc))
     for image, top in zip(args.images, results, strict=True):
-        print("\t".join([_field(image), *(f"{_field(name)}\t{p:.4f}" for name, p in top)]))
+        print("\t".join([one_line(image),
+                         *(f"{one_line(name)}\t{p:.4f}" for name, p in top)]))
     return 0
-
-
-def _field(text: str) -> str:
-    """`text` as one field of a tab-separated line: a tab or line break in an image's path or
-    a class's name, escaped as \\t and \\n, would otherwise add fields or lines."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
