@@ -122,8 +122,8 @@ class ExportedModel(Classifier):
         return super().forward(self.checked(images))
 
     def checked(self, images: torch.Tensor) -> torch.Tensor:
-        """`images` as the network takes them, float32; ExportError for a shape other than
-        the study's (the normalization would broadcast a 1-channel batch to 3 channels and
+        """`images` in the network's float type; ExportError for a shape other than the
+        study's (the normalization would broadcast a 1-channel batch to 3 channels and
         classify it without a word) or whole numbers (uint8 pixels of 0..255 would be taken
         as [0, 1] and classified wrongly without a word)."""
         c, h, w = self.input_shape
@@ -135,7 +135,7 @@ class ExportedModel(Classifier):
             raise ExportError(f"the model takes float images in [0, 1], got {images.dtype}: "
                               "divide pixels of 0..255 by 255 (images.float() / 255), or "
                               "preprocess(image) converts an image")
-        return images.float()
+        return images.to(self.mean.dtype)
 
     @property
     def device(self) -> torch.device:
