@@ -10,6 +10,7 @@ five); one of them also runs in a real process.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pickle
@@ -551,6 +552,15 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
                     cwd=workdir, module="tuning.report")
     assert found.returncode == 0, found.stderr
     assert "test accuracy: trial #" in found.stdout
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert f"{root}, read from {moved} now)" in summary  # where they were, and are
+    from tuning.export import main as export
+
+    assert export(["--study", "pets", "--dataset", str(moved), "--out", str(tmp_path / "e"),
+                   "--quiet"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["data"]["source"] == \
+        str(moved)
 
 
 def test_what_names_the_study_when_no_study_is_given(tmp_path, monkeypatch):

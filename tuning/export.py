@@ -376,8 +376,10 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
         "test": {"accuracy": metrics["accuracy"], "accuracy_ci": [ci_low, ci_high],
                  "loss": metrics["test_loss"], "n": len(arrays.test_y),
                  "macro_f1": metrics["macro_f1"], "evaluated_on": runtime.name},
+        # Where the images were read from for this export: the study's own record names
+        # where they were at the search, which they may have left since (--dataset).
         "data": {"name": stored.get("name", arrays.name), "sha256": stored.get("sha256"),
-                 "source": stored.get("source", arrays.source),
+                 "source": arrays.source,
                  "n_train": len(arrays.train_y), "n_val": len(arrays.val_y),
                  "n_test": len(arrays.test_y)},
         "settings": {"dataset": settings.dataset, "epochs": settings.epochs,

@@ -69,9 +69,14 @@ def overview(view: StudyView) -> Section:
     saved = not_run([t for t in view.pruned if t.number not in not_judged])
     full = saved + not_run(cut) + not_run(blew_up) + epochs_run
     data = view.study.user_attrs.get("data", {})
+    # Images that moved since the search (--dataset gives their place now): the recorded
+    # place is where they were.
+    recorded = view.study.user_attrs.get("settings", {}).get("dataset")
+    moved = (f", read from {view.settings.dataset} now"
+             if recorded is not None and view.settings.dataset != recorded else "")
     table = Table(["item", "value"], [
         ["trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"],
-        ["data", f"{data.get('name')} ({data.get('source')}): {data.get('n_train')} train, "
+        ["data", f"{data.get('name')} ({data.get('source')}{moved}): {data.get('n_train')} train, "
                  f"{data.get('n_val')} validation"
                  + (" (pooled into the folds below)" if view.settings.cv_folds > 1 else "")
                  + f", {data.get('n_test')} test"],
