@@ -651,6 +651,20 @@ def test_a_folder_without_a_study_file_searches_flips_and_the_head(tmp_path, mon
     assert named.study_file.space["hflip"].value is False
 
 
+def test_a_class_folder_linked_into_another_is_warned_about(tmp_path, workdir, digits,
+                                                            monkeypatch, capsys):
+    """Its images are then taught under both names: said before the search, with two of the
+    classes, as a copy between test and training images is."""
+    root = write_folder(tmp_path / "pets", digits, per_class=15)
+    first, second = FOLDER_CLASSES[:2]
+    (root / second / "linked").symlink_to(root / first)
+    monkeypatch.chdir(workdir)
+    assert main(["--dataset", str(root), "--create-only", "--trials", "2", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "15 images are under two classes or more (" in err, err
+    assert any(f"({a} and {b} share one)" in err for a, b in ((first, second), (second, first)))
+
+
 def test_a_study_named_after_its_images_resumes_by_its_name_alone(tmp_path, workdir, digits,
                                                                    monkeypatch):
     from tuning.plan import make_plan

@@ -221,6 +221,20 @@ def test_classes_missing_from_a_split_are_named():
     assert lacking.classes_missing() == {"training": ["7"], "test": ["3"]}
 
 
+def test_images_under_two_classes_are_counted_once_each_over_the_splits():
+    arrays = load_arrays("mnist-sample")
+    assert arrays.images_in_two_classes() == (0, None)
+    # Two training images copied into the test split under another label, one of them twice.
+    copies = arrays.train_x[[0, 1, 1]]
+    labels = (arrays.train_y[[0, 1, 1]] + 1) % 10
+    mixed = dataclasses.replace(arrays, test_x=np.concatenate([arrays.test_x, copies]),
+                                test_y=np.concatenate([arrays.test_y, labels]))
+    count, example = mixed.images_in_two_classes()
+    assert count == 2
+    assert example == (arrays.class_names[arrays.train_y[0]],
+                       arrays.class_names[labels[0]])
+
+
 def test_interval_uses_student_t_and_rank_correlation_is_monotone():
     mean, sd, half = mean_and_ci([1.0, 2.0, 3.0])
     assert (mean, sd) == (2.0, 1.0)

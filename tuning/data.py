@@ -127,6 +127,23 @@ class Arrays:
                 missing[split] = [self.class_names[c] for c in np.flatnonzero(~present)]
         return missing
 
+    def images_in_two_classes(self) -> tuple[int, tuple[str, str] | None]:
+        """How many distinct images carry two labels or more over all the splits (a class
+        folder copied or linked into another: the network is taught both), and the names of
+        two classes that share one of them (None where none is shared)."""
+        first_label: dict[bytes, int] = {}
+        shared: dict[bytes, tuple[int, int]] = {}
+        for x, y in ((self.train_x, self.train_y), (self.val_x, self.val_y),
+                     (self.test_x, self.test_y)):
+            for digest, label in zip(_digests(x), y.tolist(), strict=True):
+                first = first_label.setdefault(digest, label)
+                if first != label:
+                    shared.setdefault(digest, (first, label))
+        if not shared:
+            return 0, None
+        one, other = next(iter(shared.values()))
+        return len(shared), (self.class_names[one], self.class_names[other])
+
     def normalized_as(self, stored: dict | None) -> Arrays:
         """These arrays with the normalization of the study whose fingerprint is `stored`:
         a study from before per-split statistics keeps its constants."""
@@ -186,14 +203,16 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(means), tuple(stds)
 
 
+def _digests(x: np.ndarray) -> list[bytes]:
+    """A digest of each image's bytes: equal for byte-for-byte copies."""
+    rows = np.ascontiguousarray(x).reshape(len(x), -1)
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+
 def count_leaks(test_x: np.ndarray, *others: np.ndarray) -> int:
     """How many test images are byte-for-byte copies of an image in `others`."""
-    def digests(x: np.ndarray) -> list[bytes]:
-        rows = np.ascontiguousarray(x).reshape(len(x), -1)
-        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
-
-    seen = {d for x in others for d in digests(x)}
-    return sum(d in seen for d in digests(test_x))
+    seen = {d for x in others for d in _digests(x)}
+    return sum(d in seen for d in _digests(test_x))
 
 
 def check_data_dir(data_dir: Path | None) -> None:

@@ -325,6 +325,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         log.warning("%d of the %d test images are exact copies of training or validation "
                     "images: the test accuracy will flatter the model", arrays.leaks,
                     len(arrays.test_y))
+    in_two, example = arrays.images_in_two_classes()
+    if example is not None:
+        log.warning("%d image%s under two classes or more (%s and %s share one): a class "
+                    "folder copied or linked into another? each such image is taught as both",
+                    in_two, " is" if in_two == 1 else "s are", shorten(example[0]),
+                    shorten(example[1]))
     missing = arrays.classes_missing()
     if missing:
         log.warning("some classes have too few images to be in every split: none in %s",
