@@ -603,6 +603,14 @@ def test_a_network_rebuilt_other_than_exported_is_refused_and_predict_runs_model
     monkeypatch.undo()
     # An export written before the check has none, and loads as it did.
     assert isinstance(load_model(_copy(exported, tmp_path, output_check=None)), torch.nn.Module)
+    # A damaged record is a damaged config.json, not a changed network.
+    for i, damaged in enumerate(([[10 ** 400] * 10] * 3, 7, recorded[:2].tolist(),
+                                 [[float("nan")] * 10] * 3)):
+        bad = _copy(exported, tmp_path, f"damaged{i}", output_check=damaged)
+        with pytest.raises(ExportError, match="output_check is not a 3 x 10 table of finite"):
+            load_model(bad)
+        assert tuning_main(["predict", "--model", str(bad), str(image)]) == 2
+        assert "output_check is not" in _one_line_error(capsys)
 
 
 def test_the_exported_model_refuses_whole_number_pixels_and_takes_float64(exported, arrays):

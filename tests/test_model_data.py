@@ -104,6 +104,9 @@ def test_many_classes_of_a_few_images_each_still_get_a_validation_split():
     assert np.array_equal(keep, again) and np.array_equal(held, held_again)
     other = np.bincount(labels[stratified_split(labels, 0.1, seed=4)[1]], minlength=40)
     assert not np.array_equal(per_class, other)  # which classes: drawn, not the first 20
+    # Never a class's last image: 40 classes of one image each hold out none (and are refused
+    # as too few to split), rather than 4 classes with nothing to train on.
+    assert len(stratified_split(np.arange(40), 0.1, seed=3)[1]) == 0
 
 
 def test_the_split_of_data_already_studied_stays_as_it_was(sample_arrays):

@@ -92,6 +92,13 @@ def squeezes(params, input_shape, num_classes):
     return Squeezed(*build(params, input_shape, num_classes))
 
 not_callable = 5
+
+class PairsOnly(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x.view(2, *x.shape[1:]))
+
+def pairs_only(params, input_shape, num_classes):
+    return PairsOnly(*build(params, input_shape, num_classes))
 """
 # A builder's network of width w has 10 w + 16 w * 10 + 10 = 170 w + 10 parameters.
 SIZE = {8: 1370, 16: 2730, 64: 10890}
@@ -348,6 +355,7 @@ def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir
     ("squeezes", "turns one image alone of 1x28x28 into (10,); expected logits of shape (1, 10)"),
     ("missing", "has no function 'missing'"),
     ("not_callable", "is of type int, not a function"),
+    ("pairs_only", "cannot take one 1x28x28 image alone (C x H x W): shape '[2, 1, 28, 28]'"),
     ("exits", "called sys.exit(7) for {"),
     ("no_parameters", "has no parameter to train (it has none, or every one is frozen"),
     ("frozen", "has no parameter to train"),

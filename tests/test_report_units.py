@@ -427,7 +427,7 @@ def test_markdown_cells_keep_a_class_named_with_a_pipe_in_its_column():
 def test_one_line_escapes_tabs_line_breaks_and_backslashes():
     from tuning.errors import one_line
 
-    assert one_line("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
+    assert one_line("a\tb\nc\\d\r") == "a\\tb\\nc\\\\d\\r"
     assert one_line("/data/ümlaut image.png") == "/data/ümlaut image.png"
 
 

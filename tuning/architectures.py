@@ -113,31 +113,31 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def check_runs(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
                name: str) -> None:
     """Raise UsageError unless `model` turns 2 random images of `input_shape` into (2,
-    num_classes) logits: a network that pools a small image to 0 pixels, or one built for one
-    image size (vit), fails here, before a search starts, rather than in every trial. The images
-    are on the CPU: check the model as built, before it moves to its device."""
+    num_classes) logits, and one image alone into (1, num_classes), as predict gives it one: a
+    network that pools a small image to 0 pixels, one built for one image size (vit), or one
+    whose forward squeezes the batch dimension fails here, before a search starts, rather
+    than in every trial or in predict. The images are on the CPU: check the model as built,
+    before it moves to its device."""
     images = torch.randn(2, *input_shape)
     size = "x".join(str(n) for n in input_shape)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            output = model(images)
-            # One image alone too, as a user's predict gives it: a forward that squeezes
-            # the batch dimension passes with two.
-            alone = model(images[:1])
-    except Exception as exc:  # Any failure means the same to the user: pick another network.
-        raise UsageError(f"architecture {shorten(name)!r} cannot take {size} images (C x H x "
-                         f"W): {_first_line(str(exc), exc, 160)}") from None
+        for count, what in ((2, "2 images"), (1, "one image alone")):
+            try:
+                with torch.no_grad():
+                    out = model(images[:count])
+            except Exception as exc:  # Any failure means the same to the user: pick another.
+                taking = f"{size} images" if count == 2 else f"one {size} image alone"
+                raise UsageError(f"architecture {shorten(name)!r} cannot take {taking} (C x H "
+                                 f"x W): {_first_line(str(exc), exc, 160)}") from None
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            if shape != (count, num_classes):
+                raise UsageError(f"architecture {shorten(name)!r} turns {what} of {size} into "
+                                 f"{shorten(str(shape))}; expected logits of shape ({count}, "
+                                 f"{num_classes})")
     finally:
         model.train(was_training)
-    for count, out in ((2, output), (1, alone)):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        if shape != (count, num_classes):
-            what = "2 images" if count == 2 else "one image alone"
-            raise UsageError(f"architecture {shorten(name)!r} turns {what} of {size} into "
-                             f"{shorten(str(shape))}; expected logits of shape ({count}, "
-                             f"{num_classes})")
     _check_trains(model, images, name, size)
 
 

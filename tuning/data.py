@@ -171,20 +171,23 @@ def stratified_split(
 
 def _held_per_class(counts: np.ndarray, fraction: float, seed: int) -> list[int]:
     """How many images of each class a split holds out: each class's share rounded. Where
-    that holds out none at all, though the whole share is an image or more (many classes of
-    a few images each: 40 classes of 5 images, 10% each, is 0.5 an image a class), the whole
-    share is shared out instead: each class its share's whole images, and the images left to
-    the classes with the largest remainders, ties drawn with `seed`. Every split that held
-    out an image stays as it was: a study refuses data whose split has changed."""
+    that holds out none at all, though the whole share rounds to an image or more (many
+    classes of a few images each: 40 classes of 5 images, 10% each, is 0.5 an image a class),
+    the whole share is shared out instead: each class its share's whole images, and the
+    images left to the classes with the largest remainders, ties drawn with `seed`; never a
+    class's last image (the class would have none to train on). Every split that held out an
+    image stays as it was: a study refuses data whose split has changed."""
     rounded = [int(round(n * fraction)) for n in counts]
     total = int(round(counts.sum() * fraction))
     if sum(rounded) > 0 or total == 0:
         return rounded
     exact = counts * fraction
     whole = np.floor(exact).astype(int)
+    remainder = np.where(counts - whole > 1, exact - whole, -1.0)  # -1: its last image
     ties = np.random.default_rng([seed, 1]).random(len(counts))
-    order = np.lexsort((ties, -(exact - whole)))  # largest remainder first
-    whole[order[:total - whole.sum()]] += 1
+    order = np.lexsort((ties, -remainder))  # largest remainder first
+    eligible = order[remainder[order] >= 0]
+    whole[eligible[:total - whole.sum()]] += 1
     return whole.tolist()
 
 

@@ -30,8 +30,9 @@ def shorten(text: str, limit: int = 60) -> str:
 
 def one_line(text: str) -> str:
     """`text` kept to its line and field: a backslash, tab or line break in a path or a
-    class's name, escaped as \\\\, \\t and \\n, would otherwise add fields or lines."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    class's name, escaped as \\\\, \\t, \\n and \\r, would otherwise add fields or lines."""
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
 
 def described(exc: BaseException, limit: int = 200) -> str:

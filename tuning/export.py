@@ -285,7 +285,9 @@ def replaced(previous: dict | None, study: str, trial: int) -> str | None:
     trial's or study's export in the same directory."""
     if previous is None or (previous.get("study"), previous.get("trial")) == (study, trial):
         return None
-    return f"trial #{previous.get('trial')} of study {shorten(str(previous.get('study')))!r}"
+    if not isinstance(previous.get("trial"), int) or not isinstance(previous.get("study"), str):
+        return "an earlier export"
+    return f"the export of trial #{previous['trial']} of study {shorten(previous['study'])!r}"
 
 
 def check_out(out: Path) -> None:
@@ -456,9 +458,11 @@ def _write_export(staging: Path, out: Path, config: dict, model: torch.nn.Module
     config["program_checks"] = [*CHECK_INPUTS, "test images"]
     # What load_model checks a network rebuilt elsewhere against: weights that fit by their
     # names and shapes may sit in a network whose builder has changed since.
+    # A network that overflows on these images has nothing to be checked against.
     with torch.no_grad():
         logits = loaded(output_check_images(arrays.input_shape))
-    config["output_check"] = logits.tolist()
+    if logits.isfinite().all():
+        config["output_check"] = logits.tolist()
     (staging / CARD_FILE).write_text(model_card(config, out), encoding="utf-8")
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
 
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
           f"{', '.join(written)}")
     other = replaced(previous, args.study, trial.number)
     if other is not None:
-        print(f"it replaces the export of {other} that was there")
+        print(f"it replaces {other} that was there")
     print(f"weights: {config['weights']['how']}")
     print(f"test accuracy {test['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on "
           f"{test['n']:,} held-out images, loss {test['loss']:.4f}")

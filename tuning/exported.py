@@ -447,7 +447,9 @@ def _shape(tensor: torch.Tensor) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     """The model `tuning export` wrote into directory `path`, in eval mode on `device`.
-    BuilderUnavailable when its network is a builder's that cannot be imported here."""
+    BuilderUnavailable when its network is a builder's that cannot be imported here;
+    NetworkChanged when the network rebuilt here does not give the logits the export
+    recorded (its builder, torch or torchvision changed since)."""
     from tuning.networks import ModelBuildError, ModelSpec
 
     config = read_config(path)
@@ -492,24 +494,29 @@ def _check_outputs(model: ExportedModel, config: dict, path: str | Path) -> None
     expected = config.get("output_check")
     if expected is None:
         return
-    with torch.no_grad():
-        got = model(output_check_images(model.input_shape))
+    shape = (OUTPUT_CHECK_IMAGES, len(model.class_names))
     try:
         recorded = torch.tensor(expected, dtype=torch.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        recorded = None
+    if recorded is None or tuple(recorded.shape) != shape or not recorded.isfinite().all():
         raise ExportError(f"{CONFIG_FILE} of {shorten(str(path), 200)!r}: output_check is not "
-                          "a table of numbers") from None
-    if got.shape == recorded.shape and torch.allclose(got, recorded, rtol=1e-3, atol=1e-4):
+                          f"a {shape[0]} x {shape[1]} table of finite numbers")
+    with torch.no_grad():
+        got = model(output_check_images(model.input_shape))
+    if tuple(got.shape) == shape and torch.allclose(got, recorded, rtol=1e-3, atol=1e-4):
         return
-    difference = ((got - recorded).abs().max().item() if got.shape == recorded.shape
-                  else f"shape {tuple(got.shape)}, not {tuple(recorded.shape)}")
+    difference = ((got - recorded).abs().max().item() if tuple(got.shape) == shape
+                  else f"shape {tuple(got.shape)}, not {shape}")
+    program = program_file(config)
     raise NetworkChanged(
         f"the network of {shorten(str(path), 200)!r} rebuilt here (model "
         f"{shorten(str(config['model'].get('model')))!r}) "
         f"does not give the logits recorded at its export (largest difference "
         f"{difference if isinstance(difference, str) else f'{difference:.3g}'}): its "
-        "builder, or torch or torchvision, differs from the export's; its model.pt2 runs the "
-        "exported network (tuning.exported.load_program)")
+        "builder, or torch or torchvision, differs from the export's"
+        + (f"; its {program} runs the exported network (tuning.exported.load_program)"
+           if program is not None else ""))
 
 
 Model = TypeVar("Model", bound=ExportedModel)

@@ -230,9 +230,9 @@ class ModelSpec:
     def check(self, space_values: dict, input_shape: tuple[int, int, int],
               num_classes: int, limits: Limits | None = None) -> None:
         """Build the network once for representative parameters and run two images through
-        it, before any trial: a builder that does not import, raises or returns no module,
-        an architecture that cannot take these images, or weights that do not fit, is one
-        line for the user (UsageError) instead of a failure in every trial.
+        it, and one alone, before any trial: a builder that does not import, raises or
+        returns no module, an architecture that cannot take these images, or weights that do
+        not fit, is one line for the user (UsageError) instead of a failure in every trial.
 
         With `limits`, a network over max_params is a warning: other configurations may fit,
         but a builder that ignores its parameters, or an architecture without any, has one
