@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from tuning.data import (
+    _digests,
     augment,
     batches,
     channel_stats,
@@ -215,8 +216,10 @@ def test_leaks_count_test_images_that_copy_a_training_or_validation_image():
     val = rng.integers(0, 256, size=(5, 4, 4, 1), dtype=np.uint8)
     test = np.concatenate([train[[3, 3, 7]], val[[0]],
                            rng.integers(0, 256, size=(6, 4, 4, 1), dtype=np.uint8)])
-    assert count_leaks(test, train, val) == 4  # a copy counts each time it is in the test set
-    assert count_leaks(test[4:], train, val) == 0
+    train_d, val_d = _digests(train), _digests(val)
+    # A copy counts each time it is in the test set.
+    assert count_leaks(_digests(test), train_d, val_d) == 4
+    assert count_leaks(_digests(test[4:]), train_d, val_d) == 0
 
 
 def test_the_sample_is_split_and_normalized_from_its_training_split(sample_arrays):

@@ -222,13 +222,18 @@ def test_classes_missing_from_a_split_are_named():
 
 
 def test_images_under_two_classes_are_counted_once_each_over_the_splits():
+    from tuning.data import _digests, labels_shared
+
     arrays = load_arrays("mnist-sample")
     assert arrays.images_in_two_classes() == (0, None)
     # Two training images copied into the test split under another label, one of them twice.
     copies = arrays.train_x[[0, 1, 1]]
     labels = (arrays.train_y[[0, 1, 1]] + 1) % 10
-    mixed = dataclasses.replace(arrays, test_x=np.concatenate([arrays.test_x, copies]),
-                                test_y=np.concatenate([arrays.test_y, labels]))
+    test_x = np.concatenate([arrays.test_x, copies])
+    test_y = np.concatenate([arrays.test_y, labels])
+    shared = labels_shared([_digests(arrays.train_x), _digests(arrays.val_x), _digests(test_x)],
+                           [arrays.train_y, arrays.val_y, test_y])
+    mixed = dataclasses.replace(arrays, test_x=test_x, test_y=test_y, labels_shared=shared)
     count, example = mixed.images_in_two_classes()
     assert count == 2
     assert example == (arrays.class_names[arrays.train_y[0]],

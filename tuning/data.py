@@ -79,6 +79,9 @@ class Arrays:
     """Per-channel standard deviation of the training split's pixels, scaled to 0..1."""
     leaks: int = 0
     """Test images that are exact copies of a training or validation image."""
+    labels_shared: tuple[int, tuple[int, int] | None] = (0, None)
+    """Distinct images that carry two labels or more over the splits, and two labels one of
+    them carries (labels_shared)."""
 
     @property
     def num_classes(self) -> int:
@@ -131,18 +134,10 @@ class Arrays:
         """How many distinct images carry two labels or more over all the splits (a class
         folder copied or linked into another: the network is taught both), and the names of
         two classes that share one of them (None where none is shared)."""
-        first_label: dict[bytes, int] = {}
-        shared: dict[bytes, tuple[int, int]] = {}
-        for x, y in ((self.train_x, self.train_y), (self.val_x, self.val_y),
-                     (self.test_x, self.test_y)):
-            for digest, label in zip(_digests(x), y.tolist(), strict=True):
-                first = first_label.setdefault(digest, label)
-                if first != label:
-                    shared.setdefault(digest, (first, label))
-        if not shared:
+        count, pair = self.labels_shared
+        if pair is None:
             return 0, None
-        one, other = next(iter(shared.values()))
-        return len(shared), (self.class_names[one], self.class_names[other])
+        return count, (self.class_names[pair[0]], self.class_names[pair[1]])
 
     def normalized_as(self, stored: dict | None) -> Arrays:
         """These arrays with the normalization of the study whose fingerprint is `stored`:
@@ -212,10 +207,25 @@ def _digests(x: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
-def count_leaks(test_x: np.ndarray, *others: np.ndarray) -> int:
-    """How many test images are byte-for-byte copies of an image in `others`."""
-    seen = {d for x in others for d in _digests(x)}
-    return sum(d in seen for d in _digests(test_x))
+def count_leaks(test: list[bytes], *others: list[bytes]) -> int:
+    """How many test images (their _digests) are byte-for-byte copies of an image in
+    `others`."""
+    seen = {d for digests in others for d in digests}
+    return sum(d in seen for d in test)
+
+
+def labels_shared(digests: list[list[bytes]], labels: list[np.ndarray]
+                  ) -> tuple[int, tuple[int, int] | None]:
+    """How many distinct images (by the _digests of each split) carry two labels or more,
+    and two labels one of them carries (None where none does)."""
+    first_label: dict[bytes, int] = {}
+    shared: dict[bytes, tuple[int, int]] = {}
+    for split, y in zip(digests, labels, strict=True):
+        for digest, label in zip(split, y.tolist(), strict=True):
+            first = first_label.setdefault(digest, label)
+            if first != label:
+                shared.setdefault(digest, (first, label))
+    return len(shared), next(iter(shared.values()), None)
 
 
 def check_data_dir(data_dir: Path | None) -> None:
@@ -259,11 +269,13 @@ def load_arrays(name: str, data_dir: Path | None = None, split_seed: int = 0, *,
                          "out a test and a validation split")
     train_x, val_x = x[train_idx], x[val_idx]
     mean, std = channel_stats(train_x)
-    leaks = count_leaks(test_x, train_x, val_x)
+    # Each image hashed once, for the copies both checks look for.
+    digests = [_digests(split) for split in (train_x, val_x, test_x)]
     return Arrays(name=got.name, source=got.source, train_x=train_x, train_y=y[train_idx],
                   val_x=val_x, val_y=y[val_idx], test_x=test_x, test_y=test_y,
                   class_names=images.class_names, hflip_allowed=got.hflip, mean=mean, std=std,
-                  leaks=leaks)
+                  leaks=count_leaks(digests[2], digests[0], digests[1]),
+                  labels_shared=labels_shared(digests, [y[train_idx], y[val_idx], test_y]))
 
 
 def check_test_classes_trained(name: str, train_y: np.ndarray, test_y: np.ndarray,
