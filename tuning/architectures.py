@@ -123,12 +123,12 @@ def check_runs(model: nn.Module, input_shape: tuple[int, int, int], num_classes:
     was_training = model.training
     model.eval()
     try:
-        for count, what in ((2, "2 images"), (1, "one image alone")):
+        for count, taking, what in ((2, f"{size} images", "2 images"),
+                                    (1, f"one {size} image alone", "one image alone")):
             try:
                 with torch.no_grad():
                     out = model(images[:count])
             except Exception as exc:  # Any failure means the same to the user: pick another.
-                taking = f"{size} images" if count == 2 else f"one {size} image alone"
                 raise UsageError(f"architecture {shorten(name)!r} cannot take {taking} (C x H "
                                  f"x W): {_first_line(str(exc), exc, 160)}") from None
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
