@@ -591,6 +591,23 @@ def test_per_optimizer_losses_show_the_median_and_its_interval_in_table_and_plot
     assert len(intervals) == 1 and list(intervals[0].y) == [0.3, 25.0]
 
 
+def test_the_optimizer_table_says_its_accuracy_is_the_highest_not_the_best_trials():
+    """The trial with the lowest loss need not have the highest accuracy: the column says which
+    it shows, and the regularization plot says which loss each row draws."""
+    study = optuna.create_study()
+    for loss, acc, lr in ((0.2, 0.94, 1e-3), (0.3, 0.96, 1e-2)):
+        study.add_trial(optuna.create_trial(
+            value=loss, params={"optimizer": "adam", "lr": lr, "dropout": 0.1},
+            distributions=DISTS, user_attrs={"val_accuracy": acc}))
+    table = optimizers(_view(study, SPACE)).tables[0][1]
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["best val loss"] == 0.2 and row["lr of the best"] == 1e-3
+    assert row["highest val acc"] == 0.96 and "best val acc" not in row
+    figure = regularization(_view(_mixed_study(), SPACE)).figures[0]
+    assert figure.layout.yaxis.title.text.startswith("best validation loss")
+    assert "last epoch" in figure.layout.yaxis2.title.text
+
+
 def test_a_fixed_learning_rate_is_said_to_be_fixed_not_given_a_good_range():
     study = optuna.create_study()
     for i in range(7):

@@ -231,8 +231,8 @@ def optimizers(view: StudyView) -> Section:
     # The median, not the mean: a search's losses are skewed, and a few diverged trials (a loss
     # of 20 beside 0.3) decide a mean and stretch its t interval below 0.
     table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
-                   "median's 95% interval", "best val acc", "median val acc", "lr of the best"],
-                  fixed_columns=("best val loss", "median val loss", "best val acc",
+                   "median's 95% interval", "highest val acc", "median val acc", "lr of the best"],
+                  fixed_columns=("best val loss", "median val loss", "highest val acc",
                                  "median val acc"))
     for name in sorted(groups.keys() | pruned.keys()):
         trials = groups.get(name, [])
@@ -248,7 +248,8 @@ def optimizers(view: StudyView) -> Section:
     table.note = (f"{view.population()} The median's interval is distribution-free: two of "
                   "the optimizer's own losses, between which its median lies with 95% "
                   "confidence whatever their distribution, given from "
-                  f"{MIN_FOR_MEDIAN_INTERVAL} complete trials on.")
+                  f"{MIN_FOR_MEDIAN_INTERVAL} complete trials on. The highest accuracy is "
+                  "any of its trials', not always the best (lowest-loss) trial's.")
     s.tables.append(("Per optimizer", table))
     if view.has_repeats or view.is_grid:
         cells = _repeat_cells(view)
@@ -491,11 +492,11 @@ def regularization(view: StudyView) -> Section:
         # Labels a little apart from the axis: a trial at 0 is drawn on it.
         fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=1, col=col)
         fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=2, col=col)
-        fig.update_yaxes(title_text=figures.VAL_LOSS if col == 1 else "", row=1, col=col)
-        fig.update_yaxes(title_text="generalization gap (val − train loss)" if col == 1 else "",
+        fig.update_yaxes(title_text=figures.BEST_VAL_LOSS if col == 1 else "", row=1, col=col)
+        fig.update_yaxes(title_text="last epoch's gap (val − train loss)" if col == 1 else "",
                          row=2, col=col)
-    s.figures.append(figures.finish(fig, "Regularization: validation loss (top) and "
-                                         "generalization gap (bottom)", height=650))
+    s.figures.append(figures.finish(fig, "Regularization: best validation loss (top) and the "
+                                         "last epoch's generalization gap (bottom)", height=650))
     table.note = view.population()
     s.tables.append(("Effect of each regularizer", table))
     without_gap = sum(view.gap(t) is None for t in view.completed)
