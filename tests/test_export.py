@@ -54,7 +54,7 @@ from tuning.sources import DataConfig
 from tuning.space import Param
 from tuning.storage import artifact_store, open_storage
 from tuning.study import stored_definition
-from tuning.study_file import StudySettings, load_study_file, tomllib
+from tuning.study_file import StudySettings, load_study_file, parse_study, tomllib
 from tuning.train import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -846,6 +846,8 @@ def test_reproduce_toml_quotes_what_toml_needs_and_says_when_the_seed_cannot_fol
     assert raw["study"]["dataset"] == '/data/my "pets"' and raw["study"]["pruner"] == "none"
     assert raw["data"]["test"] == "/data/pets\\test" and raw["data"]["class_names"] == [
         "cat", "dög"]
+    assert "test_fraction" not in raw["data"]  # beside a test folder it is refused
+    assert parse_study(raw).data.test == os.path.normpath("/data/pets\\test")
     assert raw["space"] == {"hflip": True, "lr": 1.0, "model": {"größe": 8}}
     assert isinstance(raw["space"]["lr"], float)  # a float parameter, whatever Optuna stored
     assert not reproduced.exact and "repeat" not in raw["space"]  # 20,000 - 3 > 10,000

@@ -447,6 +447,10 @@ def setup_bad(case: str, base: Path, digits) -> tuple[list[str], str]:
         make_folder(base / "t", digits)
         study_file(base / "cfg" / "bad.toml", 'path = "../a.npz"\ntest = "../t"')
         return config, "only an image-folder data set has one"
+    if case == "a test folder and test_fraction":  # the fraction would go unused
+        study_file(base / "cfg" / "bad.toml",
+                   'path = "../images"\ntest = "../t"\ntest_fraction = 0.1')
+        return config, "test names a folder of test images instead: give one or the other"
     if case == "unknown dataset":
         return ["--dataset", "cifar11"], "unknown dataset 'cifar11'"
     raise AssertionError(case)
@@ -459,8 +463,8 @@ BAD_CASES = ["folder missing", "empty folder", "folder with only other files", "
              "[data] image_size = 0",
              "[data] image_size = 100000", "[data] channels = 2", "[data] channels = 1.0",
              "[data] channels = true", "[data] size = 16", '[data] path = "../nowhere"',
-             '[data] class_names = ["a", " "]',
-             "image_size for an npz", "a test folder for an npz", "unknown dataset"]
+             '[data] class_names = ["a", " "]', "image_size for an npz",
+             "a test folder for an npz", "a test folder and test_fraction", "unknown dataset"]
 
 
 DECODED_FIRST = {"too many corrupt": ["decoding"]}

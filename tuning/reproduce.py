@@ -62,7 +62,9 @@ def reproduction(study_name: str, trial: FrozenTrial, settings: StudySettings, p
              # epoch, where the original, a complete trial, ended.
              "sampler": "random", "pruner": "none"}
     data_table = {"image_size": data.image_size, "channels": data.channels, "test": data.test,
-                  "test_fraction": data.test_fraction, "val_fraction": data.val_fraction,
+                  # Only where it held test images out: beside a test folder it is refused.
+                  "test_fraction": data.test_fraction if data.test is None else None,
+                  "val_fraction": data.val_fraction,
                   "hflip": data.hflip,
                   "class_names": list(data.class_names) if data.class_names else None}
     space = {k: v for k, v in sorted(params.items()) if not k.startswith(MODEL_PREFIX)}

@@ -518,6 +518,12 @@ def _parse_data(table: object, base: Path,
         problems.append(f"data: class_names must be a list of names, "
                         f"got {_show(values['class_names'])}")
         return DataConfig(), None
+    if values.get("test") is not None and "test_fraction" in values:
+        # Else the fraction would be silently unused: nothing is held out of a folder's images
+        # when the test images are a folder of their own.
+        problems.append("data: test_fraction holds test images out of the training images; "
+                        "test names a folder of test images instead: give one or the other")
+        return DataConfig(), None
     if values.get("test") is not None:
         values["test"] = os.path.normpath((base / Path(values["test"]).expanduser()).absolute())
     config = DataConfig(**values)
