@@ -23,6 +23,7 @@ import sqlalchemy
 import torch
 from helpers import (
     POSTGRES_URL,
+    ROOT,
     exit_status,
     finished,
     load_study,
@@ -35,10 +36,11 @@ from helpers import (
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from tuning import outage, runner
+from tuning import outage, pause, runner
 from tuning.errors import UsageError
 from tuning.launcher import Launcher, plan_workers, visible_gpus
-from tuning.outage import transient
+from tuning.outage import LOST_TO_A_PAUSE_S, outages_of, transient
+from tuning.pause import PAUSE_S, TICK_S, PauseWatch
 from tuning.runner import NoTrial, StudyLock, fail_stale_trials, run_trials, take_trial
 from tuning.signals import Interrupted
 from tuning.space import Param
@@ -100,6 +102,24 @@ def test_a_dead_workers_trial_is_retried_before_a_new_trial_is_sampled(tmp_path)
     assert retry.system_attrs.get("failed_trial") == dead.number
     assert retry.params == study.trials[dead.number].params
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_worker_waiting_on_running_trials_says_once_which_and_for_how_long(tmp_path, caplog):
+    # As a search run again after a worker was killed: its trial runs on, without heartbeats,
+    # until the grace period passes. Without a line the search would seem to hang.
+    url, study = _sqlite_study(tmp_path)
+    running = study.ask()
+    study._storage.record_heartbeat(running._trial_id)
+    lock = StudyLock(url, "s")
+    try:
+        with caplog.at_level(logging.INFO, logger="tuning"):
+            stats = run_trials(study, lambda trial: 0.0, 1, lock, timeout=2.5)
+    finally:
+        lock.close()
+    assert stats.finished == 0 and study.trials[0].state == TrialState.RUNNING
+    assert [m for m in caplog.messages if m.startswith("waiting")] == [
+        f"waiting for running trial 0: another worker's, or a stopped worker's, which is failed "
+        f"and retried {grace_period():g} s after its last heartbeat"]
 
 
 def _stopped_by(tmp_path, stop, before_stop=None):
@@ -420,6 +440,86 @@ def test_stale_trials_are_not_failed_right_after_a_database_outage(tmp_path):
     outages.last_recovery -= grace_period() + 1
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.FAIL
+
+
+class _Clock:
+    """A clock for a PauseWatch, and its ticking thread run by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+        self.watch = PauseWatch(clock=lambda: self.now)
+
+    def run(self, seconds: float, late: float = 0.0) -> None:
+        """Run for `seconds`, the watch ticking every TICK_S (`late`: plus this)."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + TICK_S + late)
+            self.watch.tick()
+
+
+def test_a_pause_is_told_from_busy_ticks_and_lasts_a_grace_period():
+    clock = _Clock()
+    clock.run(10, late=0.3)  # busy: every tick a little late
+    assert not clock.watch.paused_within(3)
+    clock.now += 8  # stopped: the ticking thread has not run since
+    assert clock.watch.paused_within(3)
+    clock.run(2.9)
+    assert clock.watch.paused_within(3)  # resumed 2.9 s ago
+    # Dated by the first tick after it, up to TICK_S late: a grace period at least.
+    clock.run(0.2 + TICK_S)
+    assert not clock.watch.paused_within(3)
+
+
+def test_stale_trials_are_not_failed_right_after_this_worker_was_paused(tmp_path, monkeypatch,
+                                                                        caplog):
+    """Resumed, it finds the others' heartbeats old: on SQLite it may have held the lock
+    they waited on. They are alive."""
+    clock = _Clock()
+    monkeypatch.setattr(pause, "_watch", clock.watch)
+    url, study = _sqlite_study(tmp_path)
+    trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(grace_period() + 1.5)  # SQLite keeps heartbeats to the second
+    clock.now += grace_period() + 1.5  # and this worker was stopped all that time
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING
+    outages = outages_of(study._storage)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        outages.failed(RuntimeError("server closed the connection"), 10)
+        outages.succeeded()
+        clock.run(LOST_TO_A_PAUSE_S + 1)
+        outages.failed(RuntimeError("server closed the connection"), 10)
+        outages.succeeded()
+    assert caplog.messages[0].startswith("database lost while this worker was paused (server "
+                                         "closed the connection)")
+    assert caplog.messages[2].startswith("database unreachable (server closed the connection)")
+    outages.last_recovery -= grace_period() + 1
+    fail_stale_trials(study)  # resumed over a grace period ago: the trial is stale
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_a_really_stopped_process_knows_it_was_paused(tmp_path):
+    script = ("import sys, time\n"
+              "from tuning.pause import pause_watch\n"
+              "watch = pause_watch()\n"
+              "print('ready', flush=True)\n"
+              "for _ in range(60):\n"
+              "    time.sleep(0.1)\n"
+              "    if watch.paused_within(3):\n"
+              "        print('paused', flush=True)\n"
+              "        sys.exit(0)\n"
+              "print('never', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(PAUSE_S + 1)
+        proc.send_signal(signal.SIGCONT)
+        assert proc.stdout.readline() == "paused\n"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # --- a worker whose trial was taken over drops its result and goes on ------------------------

@@ -34,12 +34,16 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
 from optuna.trial import TrialState
 
+from tuning.pause import paused_within
 from tuning.settings import number_setting
 from tuning.signals import Interrupted, raise_if_stop_requested
 
 log = logging.getLogger("tuning")
 
 BACKOFF_S = (0.5, 1, 2, 4, 8, 10)
+LOST_TO_A_PAUSE_S = 10.0
+"""A connection that fails this soon after the worker resumed from a pause was lost to it: the
+heartbeat thread uses the database every few seconds, and finds out first."""
 
 
 def retry_seconds() -> float:
@@ -164,8 +168,12 @@ class Outages:
             if self.down_since is None:
                 self.down_since = time.monotonic()
                 self.reason = root_reason(exc)[:200]
-                log.warning("database unreachable (%s); retrying for up to %.0f s",
-                            self.reason, retry_s)
+                # The server may well be up: it ends a transaction or a connection left
+                # unanswered for long, and this worker did not answer while stopped.
+                where = ("lost while this worker was paused" if paused_within(LOST_TO_A_PAUSE_S)
+                         else "unreachable")
+                log.warning("database %s (%s); retrying for up to %.0f s",
+                            where, self.reason, retry_s)
             _latest = self
 
     def succeeded(self) -> None:

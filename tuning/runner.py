@@ -36,6 +36,7 @@ from tuning.outage import (
     root_reason,
     transient,
 )
+from tuning.pause import pause_watch
 from tuning.signals import GracefulStop, Interrupted, NoStop, raise_if_stop_requested
 from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
@@ -307,11 +308,14 @@ def fail_stale_trials(study: optuna.Study, announce: bool = False) -> None:
     lose the configuration.
 
     Not within a grace period of a database outage seen by this worker: the other workers'
-    heartbeats could not be recorded during it either, and they are alive.
+    heartbeats could not be recorded during it either, and they are alive. Nor within one of
+    this worker resuming from a pause (tuning.pause): their beats are old to it, and on SQLite
+    it may have held the lock they waited on.
     """
     storage = study._storage
     if (not getattr(storage, "get_heartbeat_interval", lambda: None)()
-            or outages_of(storage).recent(grace_period())):
+            or outages_of(storage).recent(grace_period())
+            or pause_watch().paused_within(grace_period())):
         return
     try:
         stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
@@ -324,6 +328,19 @@ def fail_stale_trials(study: optuna.Study, announce: bool = False) -> None:
     except Exception as exc:  # the database is down: stale trials are found again next time
         if not transient(exc):
             raise
+
+
+def _say_why_waiting(study: optuna.Study) -> None:
+    """Said once a worker starts waiting on the running trials: one may be a stopped worker's,
+    which holds the wait up for a grace period after its last heartbeat."""
+    with contextlib.suppress(Exception):  # the database is down: the wait says so itself
+        running = [t.number for t in study.get_trials(deepcopy=False,
+                                                      states=(TrialState.RUNNING,))]
+        if running:
+            log.info("waiting for running %s %s: another worker's, or a stopped worker's, "
+                     "which is failed and retried %g s after its last heartbeat",
+                     "trial" if len(running) == 1 else "trials",
+                     shorten(", ".join(map(str, running)), 80), grace_period())
 
 
 def _taken_over(trial: optuna.Trial) -> None:
@@ -413,7 +430,9 @@ def run_trials(
     exception (Ctrl-C, SIGTERM, a bug) marks the running trial FAIL and propagates.
     """
     stop = stop or NoStop()
+    pause_watch()  # ticking from now: a pause during the first trial is seen after it
     stats = RunStats()
+    waiting = False
     consecutive_failures = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
@@ -429,8 +448,12 @@ def run_trials(
             stats.out_of_patience = True
             break
         if trial is NoTrial.WAIT:
+            if not waiting and announce_stale:
+                _say_why_waiting(study)
+            waiting = True
             time.sleep(WAIT_POLL_S)
             continue
+        waiting = False
         stats.optuna_seconds += time.perf_counter() - started
         with heartbeat(study._storage, trial):
             started = time.perf_counter()
