@@ -1,7 +1,8 @@
 """tuning: hyperparameter search for PyTorch image classifiers, built on Optuna.
 
 One module per concern: data, model, train (no Optuna), space (study files), strategy
-(samplers, pruners), objective, storage, outage (riding out database faults), study
+(samplers, pruners), objective, storage, outage (riding out database faults), pause (a
+worker resumed from a pause, whose view of the others is stale), study
 (create/check), runner (taking and running trials: the loop every worker runs), launcher
 (worker processes), signals, plan (which study, study file and settings a search runs),
 search / worker / report / dashboard / export / predict (command lines), command (the
