@@ -26,7 +26,7 @@ from filelock import FileLock
 from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from tuning.errors import StudyNotFound, UsageError, shorten
 from tuning.outage import (
@@ -166,6 +166,20 @@ def split_password(url: str) -> tuple[str, str | None]:
     return parsed.render_as_string(hide_password=False), str(password)
 
 
+def _check_driver(parsed: URL, given: str, url: str) -> None:
+    """The driver a URL names (postgresql+DRIVER://) is installed and known to SQLAlchemy."""
+    driver = parsed.drivername.split("+", 1)[1]
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (ImportError, NoSuchModuleError):
+        installed = [name for name in ("psycopg", "psycopg2")
+                     if importlib.util.find_spec(name) is not None]
+        instead = (f"write postgresql:// for the installed {installed[0]}" if installed
+                   else "pip install 'psycopg[binary]' and write postgresql://")
+        raise UsageError(f"{given} {mask_url(url)!r} names the driver {driver!r}, which is not "
+                         f"installed: {instead}") from None
+
+
 def _password_from_env(url: URL) -> URL:
     """Fill in a missing PostgreSQL password from PGPASSWORD or the file in PGPASSWORD_FILE."""
     if url.password:
@@ -232,6 +246,8 @@ def resolve_url(url: str) -> str:
                 raise UsageError(
                     "PostgreSQL storage needs a driver: pip install 'psycopg[binary]' (in a "
                     "checkout of tuning: pip install '.[postgres]')")
+        else:
+            _check_driver(parsed, given, url)
         if parsed.host and "@" in parsed.host:
             raise UsageError(f"{given} {mask_url(url)!r}: a password containing '@' must be "
                              "written %40 in a URL (or given in PGPASSWORD)")
