@@ -98,6 +98,27 @@ def test_the_eta_expects_trials_to_run_as_long_as_the_finished_ones_did():
     assert out.getvalue().rstrip().endswith("ETA 0:02:15")  # two workers at once
 
 
+def test_the_eta_is_not_thrown_by_a_trial_that_waited_out_an_outage_or_failed_as_stale():
+    out = io.StringIO()
+    progress = Progress(target=10, epochs=4, stream=out)
+    study = optuna.create_study()
+    now = datetime.now()
+    for seconds in (4, 4, 4):  # 1 s an epoch
+        trial = ended(TrialState.COMPLETE, now, "h:1", 0.5, epochs=4)
+        trial.datetime_start = now - timedelta(seconds=seconds)
+        study.add_trial(trial)
+    outage = ended(TrialState.COMPLETE, now, "h:1", 0.5, epochs=4)  # 4 epochs and 60 s down
+    outage.datetime_start = now - timedelta(seconds=64)
+    study.add_trial(outage)
+    stale = ended(TrialState.FAIL, now, "h:1", epochs=1)  # its worker died after epoch 1
+    stale.datetime_start = now - timedelta(seconds=300)
+    study.add_trial(stale)
+    for trial in study.trials:
+        progress.trial(study, trial)
+    # 6 trials of 4 epochs still to start, at 1 s an epoch (the median trial's).
+    assert out.getvalue().rstrip().endswith("ETA 0:00:24")
+
+
 def test_on_a_terminal_the_epoch_line_is_rewritten_in_place():
     out = Terminal()
     progress = Progress(target=3, epochs=4, stream=out)
@@ -205,6 +226,16 @@ def test_launcher_lines_come_in_order_of_finishing_with_one_count_and_worker_ids
     assert lines[1].endswith("out of memory: CUDA out of memory")
     assert lines[2].startswith("[   2/4] w0 trial    0 COMPLETE")
     assert len(lines) == 3
+    # Each trial's epochs just before its line; the running trial's after every ended one's
+    # (a worker starts its next trial once its last one ended).
+    order = ["w1 trial    1 epoch 1/2", "w1 trial    1 epoch 2/2", lines[0],
+             "w0 trial    2 epoch 1/2", "w0 trial    2 epoch 2/2", lines[1],
+             "w0 trial    0 epoch 1/2", "w0 trial    0 epoch 2/2", lines[2],
+             "other-host:7 trial    3 epoch 1/2"]
+    printed_lines = printed.splitlines()
+    assert len(printed_lines) == len(order)
+    assert all(line.strip().startswith(start) for line, start in zip(printed_lines, order,
+                                                                     strict=True)), printed
 
 
 @pytest.mark.slow

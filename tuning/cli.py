@@ -6,6 +6,7 @@ import argparse
 import logging
 import re
 import shutil
+import statistics
 import sys
 import time
 import warnings
@@ -228,8 +229,8 @@ class Progress:
     The ETA counts epochs, not trials: a rate of finished trials is unknown until one ends and
     early on is skewed by start-up and by trials that differ in length (pruned ones stop early),
     which put it off by several times. Here the seconds per epoch are measured on this run's
-    trials as they go, and the epochs still to run are estimated from how long the study's
-    finished trials ran.
+    trials as they go (the median trial's), and the epochs still to run are estimated from how
+    long the study's finished trials ran.
     """
 
     def __init__(self, target: int, epochs: int, finished: int = 0,
@@ -314,7 +315,9 @@ class Progress:
         worker = worker or self.label
         self.running.pop(trial.number, None)
         epochs = trial.user_attrs.get("epochs_run")
-        if epochs and trial.datetime_start and trial.datetime_complete:
+        # Not a failed trial's: failed as stale, its time runs on after its worker died.
+        if trial.state in FINISHED and epochs and trial.datetime_start \
+                and trial.datetime_complete:
             self.timing[trial.number] = (
                 epochs, (trial.datetime_complete - trial.datetime_start).total_seconds())
         if trial.state in FINISHED:
@@ -340,7 +343,8 @@ class Progress:
         measured = [(e, s) for e, s in self.timing.values() if e > 0]
         if not measured:
             return "?"
-        per_epoch = sum(s for _, s in measured) / sum(e for e, _ in measured)
+        # The median trial's: a trial that waited out a database outage took minutes an epoch.
+        per_epoch = statistics.median(s / e for e, s in measured)
         to_start = max(self.target - self.count - len(self.running), 0)
         epochs = to_start * self._epochs_left(0) + sum(
             self._epochs_left(done) for _, done, _ in self.running.values())

@@ -215,38 +215,40 @@ class Launcher:
         trials = self.study.get_trials(deepcopy=False)
         if self.progress is not None:
             self.progress.observe(trials, parallel=len(self.procs))
-            self._report_epochs(trials)
         ended = [t for t in trials if t.number not in self.seen
                  and t.state not in (TrialState.RUNNING, TrialState.WAITING)]
         # In the order they ended: trials that end between two polls are found in number order.
         ended.sort(key=lambda t: (t.datetime_complete or datetime.max, t.number))
+        # The trials that ended before those running now: a worker's next trial starts after
+        # its last one ended, and its epochs come after that trial's line.
         for trial in ended:
             self.seen.add(trial.number)
+            if self.progress is not None:
+                self._report_epochs(trial)  # its last epochs, before its line
             if self.on_trial is not None:
                 self.on_trial(self.study, trial)
             if self.progress is not None:
                 self.progress.trial(self.study, trial, self._worker(trial))
+        if self.progress is not None:
+            for trial in trials:
+                if trial.state == TrialState.RUNNING:
+                    self._report_epochs(trial)
 
-    def _report_epochs(self, trials: list[FrozenTrial]) -> None:
-        """An epoch line for each epoch a running trial reported since the last poll."""
+    def _report_epochs(self, trial: FrozenTrial) -> None:
+        """An epoch line for each epoch `trial` reported since the last poll."""
         assert self.progress is not None
         now = datetime.now()  # Optuna's trial times are naive local times
-        for trial in trials:
-            # Also the epochs of a trial that ended since the last poll, before its line.
-            if trial.state != TrialState.RUNNING and (
-                    trial.number in self.seen or trial.state == TrialState.WAITING):
-                continue
-            steps = sorted(s for s in trial.intermediate_values
-                           if s > self.epochs_seen.get(trial.number, 0))
-            for step in steps:
-                # Timed at the latest epoch only: the poll sees it within POLL_S of its end.
-                seconds = (now - trial.datetime_start).total_seconds() if (
-                    step == steps[-1] and trial.state == TrialState.RUNNING
-                    and trial.datetime_start is not None) else None
-                self.progress.epoch(trial.number, step, trial.intermediate_values[step],
-                                    seconds, self._worker(trial))
-            if steps:
-                self.epochs_seen[trial.number] = steps[-1]
+        steps = sorted(s for s in trial.intermediate_values
+                       if s > self.epochs_seen.get(trial.number, 0))
+        for step in steps:
+            # Timed at the latest epoch only: the poll sees it within POLL_S of its end.
+            seconds = (now - trial.datetime_start).total_seconds() if (
+                step == steps[-1] and trial.state == TrialState.RUNNING
+                and trial.datetime_start is not None) else None
+            self.progress.epoch(trial.number, step, trial.intermediate_values[step],
+                                seconds, self._worker(trial))
+        if steps:
+            self.epochs_seen[trial.number] = steps[-1]
 
     def _poll_study(self) -> None:
         """Report finished trials; while the database is down, skip (the workers wait it out
