@@ -155,9 +155,51 @@ def test_a_database_in_a_read_only_directory_says_why_reading_needs_writing(monk
     from tuning.errors import UsageError
 
     (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "x.db").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tuning.storage.os, "access", lambda path, mode: False)  # root ignores
     with pytest.raises(UsageError, match=r"'studies/x.db' cannot be written \(SQLite writes "
                                          r"its lock and log files beside the database, even to "
                                          r"read it: copy it somewhere writable\)"):
         tuning.storage.resolve_url("sqlite:///studies/x.db")
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://postgres@127.0.0.1:abc/test", "is not a database URL"),
+    ("postgresql://postgres@[::1/test", "is not a database URL"),
+    ("postgresql://postgres@127.0.0.1:99999/test", "port 99999 is out of range (1..65535)"),
+    ("sqlite:///studies/x.db?uri=true&mode=ro", "options after '?' are not read for SQLite"),
+    ("sqlite:///studies/x.db?mode=ro", "options after '?' are not read for SQLite")],
+    ids=["port not a number", "unclosed bracket", "port out of range", "sqlite uri options",
+         "sqlite options"])
+def test_a_malformed_storage_url_is_one_line_for_every_command(url, expected, monkeypatch,
+                                                              tmp_path, capsys):
+    # Refused as it is read: neither waited for as a database outage nor opened (SQLite would
+    # make a second file named after the options).
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    for module in [*READERS, "tuning.export", "tuning.command", "tuning.search"]:
+        argv = {"tuning.command": ["studies", "--storage", url],
+                "tuning.search": ["--storage", url, "--create-only", "--dataset",
+                                  "mnist-sample"],
+                "tuning.dashboard": ["--study", "x", "--port", "1", "--storage", url]}.get(
+            module, ["--study", "x", "--storage", url])
+        assert importlib.import_module(module).main(argv) == 2, module
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert [p.name for p in tmp_path.rglob("*")] == ["studies"]
+
+
+def test_a_new_database_in_a_read_only_directory_says_none_can_be_made_there(monkeypatch,
+                                                                            tmp_path):
+    import tuning.storage
+    from tuning.errors import UsageError
+
+    (tmp_path / "studies").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning.storage.os, "access", lambda path, mode: False)  # root ignores
+    with pytest.raises(UsageError, match=r"directory 'studies' cannot be written: no database "
+                                         r"can be made there$"):
+        tuning.storage.resolve_url("sqlite:///studies/new.db")

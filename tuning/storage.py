@@ -212,11 +212,19 @@ def resolve_url(url: str) -> str:
     given = _given_as(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        port = parsed.port
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise UsageError(
             f"{given} {mask_url(url)!r} is not a database URL "
             "(expected sqlite:///path.db or postgresql://user@host:port/db)") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"{given} {mask_url(url)!r}: port {port} is out of range (1..65535)")
     backend = parsed.drivername.split("+")[0]
+    if backend == "sqlite" and parsed.query:
+        # SQLite reads `?mode=ro` only with `uri=true`, and then as part of the file's name:
+        # a second database would be made beside the one meant.
+        raise UsageError(f"{given} {url!r}: options after '?' are not read for SQLite; give "
+                         "the file alone, sqlite:///path.db")
     if backend == "sqlite":
         path = sqlite_path(url)
         if path is None:
@@ -231,6 +239,9 @@ def resolve_url(url: str) -> str:
                              "tuning search (or give --storage)")
         if not parent.is_dir():
             raise UsageError(f"{given} {url!r}: directory {str(parent)!r} does not exist")
+        if not path.exists() and not os.access(parent, os.W_OK):
+            raise UsageError(f"{given} {url!r}: directory {str(parent)!r} cannot be written: "
+                             "no database can be made there")
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise UsageError(f"{given} {url!r}: {str(path)!r} cannot be written (SQLite writes "
                              "its lock and log files beside the database, even to read it: "
@@ -266,7 +277,7 @@ def _given_as(url: str) -> str:
         return "$TUNING_STORAGE"
     try:
         path = sqlite_path(url)
-    except ArgumentError:  # not a URL at all: resolve_url says so
+    except (ArgumentError, ValueError):  # not a URL at all (or a port not a number): said later
         path = None
     if path is not None and url == default_storage(path.stem):
         return DEFAULT_GIVEN
