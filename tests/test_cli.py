@@ -188,6 +188,7 @@ BAD_INPUTS = {
     "too many workers per gpu": (["--workers-per-gpu", "2000"], "--workers-per-gpu"),
     "an endless timeout": (["--timeout", "inf"], "--timeout: expected a duration"),
     "zero epochs": (["--epochs", "0"], "--epochs"),
+    "a flag cut short": (["--trial", "3"], "unrecognized arguments: --trial 3"),
     "unknown dataset": (["--dataset", "cifar"], "unknown dataset 'cifar'"),
     "unknown sampler": (["--sampler", "bayes"], "'bayes'"),
     "unknown pruner": (["--pruner", "early"], "'early'"),
