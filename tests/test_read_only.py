@@ -4,6 +4,7 @@ directory: a mistyped study name is one line and exit 2, with nothing left on di
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from helpers import run_cli
@@ -203,3 +204,25 @@ def test_a_new_database_in_a_read_only_directory_says_none_can_be_made_there(mon
     with pytest.raises(UsageError, match=r"directory 'studies' cannot be written: no database "
                                          r"can be made there$"):
         tuning.storage.resolve_url("sqlite:///studies/new.db")
+
+
+def test_an_artifact_directory_named_in_the_environment_must_exist_for_a_reader(monkeypatch,
+                                                                               tmp_path):
+    # As --artifacts must: else report, dashboard and export would go on without the
+    # checkpoints the user pointed them at (export retraining instead).
+    from tuning.errors import UsageError
+    from tuning.storage import existing_artifact_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNING_ARTIFACTS", raising=False)
+    assert existing_artifact_store() is None  # the default ./artifacts: no checkpoint saved
+    (tmp_path / "a-file").write_text("")
+    for value in ("nowhere", "a-file"):
+        monkeypatch.setenv("TUNING_ARTIFACTS", value)
+        with pytest.raises(UsageError, match=rf"^\$TUNING_ARTIFACTS '{value}' does not exist or "
+                                             r"is not a directory$"):
+            existing_artifact_store()
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setenv("TUNING_ARTIFACTS", "kept")
+    assert existing_artifact_store().path == Path("kept")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "kept"]

@@ -518,11 +518,15 @@ def artifact_directory(directory: Path | None = None) -> Path:
 def existing_artifact_store(directory: Path | None = None):
     """The artifact store for commands that only read (report, dashboard): the directory
     `artifact_store` would use, if it exists; None where the default one does not (no trial
-    saved a checkpoint here). A directory named explicitly must exist: nothing is created."""
+    saved a checkpoint here). A directory named explicitly, by --artifacts or
+    $TUNING_ARTIFACTS, must exist: nothing is created."""
     path = artifact_directory(directory)
     if not path.is_dir():
-        if directory is not None:
-            raise UsageError(f"--artifacts {str(path)!r} does not exist or is not a directory")
+        named = ("--artifacts" if directory is not None
+                 else "$TUNING_ARTIFACTS" if setting("TUNING_ARTIFACTS") else None)
+        if named is not None:
+            raise UsageError(f"{named} {shorten(str(path), 200)!r} does not exist or is not a "
+                             "directory")
         return None
     return artifact_store(path)
 
