@@ -40,7 +40,7 @@ def test_durations(text, seconds):
 
 
 @pytest.mark.parametrize("text", ["", "0", "0s", "5 minutes", "-5m", "m", "1d", "5m1h", "inf",
-                                  "1e309", "nan"])
+                                  "1e309", "nan", "8785h", "99999999999999999999h"])
 def test_bad_durations(text):
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)

@@ -185,6 +185,9 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     negative = run_cli("--study", "mnist", "--worker-index", "-1", module="tuning.worker",
                        cwd=workdir)
     assert negative.returncode == 2 and "expected a whole number from 0" in negative.stderr
+    huge = run_cli("--study", "mnist", "--worker-index", "99999999999999999999",
+                   module="tuning.worker", cwd=workdir)
+    assert huge.returncode == 2 and "from 0 to 10,000,000" in huge.stderr
     threads = run_cli("--study", "mnist", "--threads", "100000", module="tuning.worker",
                       cwd=workdir)
     assert threads.returncode == 2 and "--threads: expected at most 1,024" in threads.stderr

@@ -51,14 +51,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_INDEX = 10_000_000
+"""The highest worker index: a label, which a job array's task id may be (SLURM's go up to
+4,000,000)."""
+
+
 def non_negative_int(text: str) -> int:
-    """A whole number from 0 (an index)."""
+    """A whole number from 0 up to MAX_INDEX (an index)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0, got {text[:40]!r}")
+    if not 0 <= value <= MAX_INDEX:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_INDEX:,}, "
+                                         f"got {text[:40]!r}")
     return value
 
 
@@ -86,6 +92,9 @@ MAX_TRIALS = 10_000_000
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)(s?))?")
 
 
+MAX_DURATION_S = 366 * 24 * 3600
+
+
 def duration(text: str) -> float:
     """Seconds from `300`, `90s`, `5m`, `2h` or `1h30m`; a number without its unit after
     hours or minutes (`1h30`: minutes or seconds?) is refused."""
@@ -101,6 +110,9 @@ def duration(text: str) -> float:
     total = 3600 * hours + 60 * minutes + seconds
     if not total > 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration, got {text[:40]!r}")
+    if total > MAX_DURATION_S:  # no run means it; a wait that long overflows the OS's timers
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_DURATION_S // 3600:,}h "
+                                         f"(a year), got {text[:40]!r}")
     return total
 
 
