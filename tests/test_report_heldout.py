@@ -319,3 +319,16 @@ def test_a_class_without_test_images_shows_no_recall():
     metrics = classification_metrics(cm)
     rows = per_class_table(metrics, metrics, ["a", "b", "c"]).rows
     assert rows[0][2] == 5 / 6 and rows[2][2] is None and rows[2][5] == 0
+
+
+def test_for_a_study_of_its_own_files_the_remedy_is_never_the_other_flag(tmp_path):
+    from tuning.report_heldout import _where_the_data_were
+
+    images = tmp_path / "digits.npz"
+    images.write_bytes(b"")
+    # Given --data-dir, the error says to leave it out: "point --dataset" would be wrong.
+    assert _where_the_data_were(str(images), str(images), tmp_path) == ""
+    assert _where_the_data_were(str(images), str(images), None) == (
+        "point --dataset at the images it was run on")
+    assert _where_the_data_were(str(tmp_path / "moved.npz"), None, None) == (
+        "give the images' place with --dataset")

@@ -86,6 +86,8 @@ def _where_the_data_were(dataset: str, source: str | None, data_dir: Path | None
     from tuning.sources import is_path
 
     if is_path(dataset):
+        if data_dir is not None:  # the images' own path is read, and --data-dir is the error
+            return ""
         there = Path(dataset).expanduser().exists()
         return ("point --dataset at the images it was run on" if there
                 else "give the images' place with --dataset")
