@@ -197,8 +197,11 @@ BAD_INPUTS = {
     "invalid study file": (["--config", "studies/inverted.toml"], "space.lr"),
     "malformed storage": (["--storage", "not a url"], "not a database URL"),
     "unsupported storage": (["--storage", "redis://127.0.0.1:6379/0"], "unsupported backend"),
-    "a driver not installed": (["--storage", "postgresql+nosuch://u:s3cret@127.0.0.1/x"],
-                               "names the driver 'nosuch', which is not installed"),
+    "a driver not installed": (["--storage", "postgresql+pg8000://u:s3cret@127.0.0.1/x"],
+                               "names the driver 'pg8000', which is not installed"),
+    "a driver unknown": (["--storage", "postgresql+nosuch://u:s3cret@127.0.0.1/x"],
+                         "'postgresql+nosuch' is not a database and driver that SQLAlchemy "
+                         "knows"),
     "unreachable storage": (["--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
                             "cannot open storage"),
     "unreachable storage of a study resumed by name": (

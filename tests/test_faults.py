@@ -463,8 +463,10 @@ def test_a_pause_is_told_from_busy_ticks_and_lasts_a_grace_period():
     assert not clock.watch.paused_within(3)
     clock.now += 8  # stopped: the ticking thread has not run since
     assert clock.watch.paused_within(3)
+    assert not clock.watch.paused_within(3, longer_than=10)  # too short to matter
     clock.run(2.9)
     assert clock.watch.paused_within(3)  # resumed 2.9 s ago
+    assert not clock.watch.paused_within(3, longer_than=10)
     # Dated by the first tick after it, up to TICK_S late: a grace period at least.
     clock.run(0.2 + TICK_S)
     assert not clock.watch.paused_within(3)

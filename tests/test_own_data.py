@@ -705,3 +705,16 @@ def test_a_refused_folder_says_to_point_dataset_at_the_images():
     study.set_user_attr("data", {"name": "folder", "source": "/a/pets", "sha256": "1" * 64})
     with pytest.raises(UsageError, match="point --dataset at the images it was run on"):
         check_data_matches(study, {"name": "folder", "sha256": "2" * 64})
+
+
+def test_a_study_stored_with_a_test_folder_and_a_test_fraction_resumes_from_its_file(tmp_path):
+    # Both were accepted once, the fraction unused: the file can no longer give both, and
+    # without the fraction it is the same definition.
+    import optuna
+
+    from tuning.sources import DataConfig
+    from tuning.study import stored_data_config
+
+    study = optuna.create_study()
+    study.set_user_attr("data_config", DataConfig(test="/data/test", test_fraction=0.1).to_dict())
+    assert stored_data_config(study) == DataConfig(test="/data/test")

@@ -169,8 +169,8 @@ def test_a_database_in_a_read_only_directory_says_why_reading_needs_writing(monk
     ("postgresql://postgres@127.0.0.1:abc/test", "is not a database URL"),
     ("postgresql://postgres@[::1/test", "is not a database URL"),
     ("postgresql://postgres@127.0.0.1:99999/test", "port 99999 is out of range (1..65535)"),
-    ("sqlite:///studies/x.db?uri=true&mode=ro", "options after '?' are not read for SQLite"),
-    ("sqlite:///studies/x.db?mode=ro", "options after '?' are not read for SQLite")],
+    ("sqlite:///studies/x.db?uri=true&mode=ro", "options after '?' are not supported for SQLite"),
+    ("sqlite:///studies/x.db?mode=ro", "options after '?' are not supported for SQLite")],
     ids=["port not a number", "unclosed bracket", "port out of range", "sqlite uri options",
          "sqlite options"])
 def test_a_malformed_storage_url_is_one_line_for_every_command(url, expected, monkeypatch,
@@ -193,7 +193,7 @@ def test_a_malformed_storage_url_is_one_line_for_every_command(url, expected, mo
     assert [p.name for p in tmp_path.rglob("*")] == ["studies"]
 
 
-def test_a_new_database_in_a_read_only_directory_says_none_can_be_made_there(monkeypatch,
+def test_no_database_in_a_read_only_directory_says_none_can_be_made_there(monkeypatch,
                                                                             tmp_path):
     import tuning.storage
     from tuning.errors import UsageError
@@ -201,8 +201,8 @@ def test_a_new_database_in_a_read_only_directory_says_none_can_be_made_there(mon
     (tmp_path / "studies").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tuning.storage.os, "access", lambda path, mode: False)  # root ignores
-    with pytest.raises(UsageError, match=r"directory 'studies' cannot be written: no database "
-                                         r"can be made there$"):
+    with pytest.raises(UsageError, match=r"no database at 'studies/new.db', and directory "
+                                         r"'studies' cannot be written to make one$"):
         tuning.storage.resolve_url("sqlite:///studies/new.db")
 
 
@@ -226,3 +226,19 @@ def test_an_artifact_directory_named_in_the_environment_must_exist_for_a_reader(
     monkeypatch.setenv("TUNING_ARTIFACTS", "kept")
     assert existing_artifact_store().path == Path("kept")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "kept"]
+
+
+def test_a_driver_installed_but_not_loading_is_told_apart_from_one_not_installed(monkeypatch):
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from tuning.errors import UsageError
+    from tuning.storage import resolve_url
+
+    def no_libpq():
+        raise ImportError("no pq wrapper available: libpq library not found")
+
+    monkeypatch.setattr(PGDialect_psycopg, "import_dbapi", staticmethod(no_libpq))
+    with pytest.raises(UsageError, match=r"^--storage 'postgresql\+psycopg://u@h/db': the "
+                                         r"driver 'psycopg' does not load: no pq wrapper "
+                                         r"available: libpq library not found$"):
+        resolve_url("postgresql+psycopg://u@h/db")

@@ -98,25 +98,32 @@ def test_the_eta_expects_trials_to_run_as_long_as_the_finished_ones_did():
     assert out.getvalue().rstrip().endswith("ETA 0:02:15")  # two workers at once
 
 
-def test_the_eta_is_not_thrown_by_a_trial_that_waited_out_an_outage_or_failed_as_stale():
+def _timed(state: TrialState, epochs: int, seconds: float) -> FrozenTrial:
+    now = datetime.now()
+    trial = ended(state, now, "h:1", 0.5 if state == TrialState.COMPLETE else None,
+                  epochs=epochs)
+    trial.datetime_start = now - timedelta(seconds=seconds)
+    return trial
+
+
+@pytest.mark.parametrize(("timed", "eta"), [
+    # 1 s an epoch, and 60 s spent waiting out an outage: 6 trials of 4 epochs to go, at 1 s.
+    ([(4, 4), (4, 4), (4, 4), (4, 64)], "0:00:24"),
+    # Two trials failed as stale, their time running on after their workers died.
+    ([(4, 4), "fail", "fail"], "0:00:36"),
+    # Pruned after an epoch, start-up included: weighed as one epoch, not as one trial (7
+    # trials of 4 epochs at 12 s over 10 epochs, not at the median trial's 2 s).
+    ([(8, 8), (1, 2), (1, 2)], "0:00:33")])
+def test_the_eta_is_not_thrown_by_outages_dead_workers_or_start_up(timed, eta):
     out = io.StringIO()
     progress = Progress(target=10, epochs=4, stream=out)
     study = optuna.create_study()
-    now = datetime.now()
-    for seconds in (4, 4, 4):  # 1 s an epoch
-        trial = ended(TrialState.COMPLETE, now, "h:1", 0.5, epochs=4)
-        trial.datetime_start = now - timedelta(seconds=seconds)
-        study.add_trial(trial)
-    outage = ended(TrialState.COMPLETE, now, "h:1", 0.5, epochs=4)  # 4 epochs and 60 s down
-    outage.datetime_start = now - timedelta(seconds=64)
-    study.add_trial(outage)
-    stale = ended(TrialState.FAIL, now, "h:1", epochs=1)  # its worker died after epoch 1
-    stale.datetime_start = now - timedelta(seconds=300)
-    study.add_trial(stale)
+    for entry in timed:
+        study.add_trial(_timed(TrialState.FAIL, 1, 300) if entry == "fail"
+                        else _timed(TrialState.COMPLETE, *entry))
     for trial in study.trials:
         progress.trial(study, trial)
-    # 6 trials of 4 epochs still to start, at 1 s an epoch (the median trial's).
-    assert out.getvalue().rstrip().endswith("ETA 0:00:24")
+    assert out.getvalue().rstrip().endswith(f"ETA {eta}")
 
 
 def test_on_a_terminal_the_epoch_line_is_rewritten_in_place():
@@ -187,7 +194,7 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
     assert negative.returncode == 2 and "expected a whole number from 0" in negative.stderr
     huge = run_cli("--study", "mnist", "--worker-index", "99999999999999999999",
                    module="tuning.worker", cwd=workdir)
-    assert huge.returncode == 2 and "from 0 to 10,000,000" in huge.stderr
+    assert huge.returncode == 2 and "from 0 to 2,147,483,647" in huge.stderr
     threads = run_cli("--study", "mnist", "--threads", "100000", module="tuning.worker",
                       cwd=workdir)
     assert threads.returncode == 2 and "--threads: expected at most 1,024" in threads.stderr

@@ -51,9 +51,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-MAX_INDEX = 10_000_000
-"""The highest worker index: a label, which a job array's task id may be (SLURM's go up to
-4,000,000)."""
+MAX_INDEX = 2**31 - 1
+"""The highest worker index: a label, which a scheduler's job or task id may be."""
 
 
 def non_negative_int(text: str) -> int:
@@ -110,7 +109,7 @@ def duration(text: str) -> float:
     total = 3600 * hours + 60 * minutes + seconds
     if not total > 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration, got {text[:40]!r}")
-    if total > MAX_DURATION_S:  # no run means it; a wait that long overflows the OS's timers
+    if total > MAX_DURATION_S:  # no run means it, and far longer ones overflow timers
         raise argparse.ArgumentTypeError(f"expected at most {MAX_DURATION_S // 3600:,}h "
                                          f"(a year), got {text[:40]!r}")
     return total
@@ -246,8 +245,8 @@ class Progress:
     The ETA counts epochs, not trials: a rate of finished trials is unknown until one ends and
     early on is skewed by start-up and by trials that differ in length (pruned ones stop early),
     which put it off by several times. Here the seconds per epoch are measured on this run's
-    trials as they go (the median trial's), and the epochs still to run are estimated from how
-    long the study's finished trials ran.
+    trials as they go (but a trial's far slower than the median's), and the epochs still to run
+    are estimated from how long the study's finished trials ran.
     """
 
     def __init__(self, target: int, epochs: int, finished: int = 0,
@@ -360,8 +359,12 @@ class Progress:
         measured = [(e, s) for e, s in self.timing.values() if e > 0]
         if not measured:
             return "?"
-        # The median trial's: a trial that waited out a database outage took minutes an epoch.
-        per_epoch = statistics.median(s / e for e, s in measured)
+        # Not a trial that waited out a database outage, at minutes an epoch: over 3 times the
+        # median trial's. The rest weighed by their epochs, so that a trial pruned after one
+        # (much of it start-up) counts for one epoch.
+        typical = 3 * statistics.median(s / e for e, s in measured)
+        usual = [(e, s) for e, s in measured if s / e <= typical]
+        per_epoch = sum(s for _, s in usual) / sum(e for e, _ in usual)
         to_start = max(self.target - self.count - len(self.running), 0)
         epochs = to_start * self._epochs_left(0) + sum(
             self._epochs_left(done) for _, done, _ in self.running.values())

@@ -15,30 +15,43 @@ from collections.abc import Callable
 
 TICK_S = 0.5
 PAUSE_S = 2.0
-"""A gap this long between ticks is a pause. A busy process is late by milliseconds (its
-threads share the interpreter, switching every 5 ms); one that is wrongly taken for paused
-only waits a grace period longer before failing dead workers' trials."""
+"""The shortest gap between ticks taken for a pause. A busy process is seldom late by more
+than a fraction of a second; one wrongly taken for paused only waits a grace period longer
+before failing dead workers' trials."""
+
+
+def _clock() -> float:
+    # Boot time counts a suspended host's sleep, which the database's clock (the heartbeats'
+    # timestamps) counts too; the monotonic clock stops during it.
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 class PauseWatch:
-    """When this process last resumed from a pause, as far as its clock shows."""
+    """When this process last resumed from a pause, and how long that pause was, as far as its
+    clock shows."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = _clock):
         self._clock = clock
         self._last_tick = clock()
         self._resumed_at = -float("inf")
+        self._paused_for = 0.0
 
     def tick(self) -> None:
         now = self._clock()
-        if now - self._last_tick > PAUSE_S:
-            self._resumed_at = now
+        gap = now - self._last_tick
+        if gap > PAUSE_S:
+            self._resumed_at, self._paused_for = now, gap
         self._last_tick = now
 
-    def paused_within(self, seconds: float) -> bool:
-        """Whether the process resumed from a pause in the last `seconds`, or is resuming
-        now (the ticking thread has not run since)."""
+    def paused_within(self, seconds: float, longer_than: float = PAUSE_S) -> bool:
+        """Whether the process resumed in the last `seconds` from a pause of more than
+        `longer_than`, or is resuming from one now (the ticking thread has not run since)."""
         now = self._clock()
-        return now - self._last_tick > PAUSE_S or now - self._resumed_at < seconds
+        if now - self._last_tick > max(PAUSE_S, longer_than):
+            return True
+        return now - self._resumed_at < seconds and self._paused_for > longer_than
 
 
 _watch: PauseWatch | None = None

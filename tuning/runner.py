@@ -42,6 +42,7 @@ from tuning.storage import (
     POSTGRES_CONNECT_ARGS,
     fail_for_retry,
     grace_period,
+    heartbeat_interval,
     queue_due_retries,
     resolve_url,
     sqlite_path,
@@ -315,7 +316,7 @@ def fail_stale_trials(study: optuna.Study, announce: bool = False) -> None:
     storage = study._storage
     if (not getattr(storage, "get_heartbeat_interval", lambda: None)()
             or outages_of(storage).recent(grace_period())
-            or pause_watch().paused_within(grace_period())):
+            or pause_watch().paused_within(grace_period(), longer_than=_pause_that_matters())):
         return
     try:
         stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
@@ -341,6 +342,12 @@ def _say_why_waiting(study: optuna.Study) -> None:
                      "which is failed and retried %g s after its last heartbeat",
                      "trial" if len(running) == 1 else "trials",
                      shorten(", ".join(map(str, running)), 80), grace_period())
+
+
+def _pause_that_matters() -> float:
+    """The shortest pause of this worker after which a live worker's trial can look dead to
+    it: the other's last beat was up to an interval before the pause began."""
+    return grace_period() - heartbeat_interval()
 
 
 def _taken_over(trial: optuna.Trial) -> None:

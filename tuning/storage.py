@@ -167,17 +167,25 @@ def split_password(url: str) -> tuple[str, str | None]:
 
 
 def _check_driver(parsed: URL, given: str, url: str) -> None:
-    """The driver a URL names (postgresql+DRIVER://) is installed and known to SQLAlchemy."""
+    """The database and driver a URL names (postgresql+DRIVER://) are known to SQLAlchemy, and
+    the driver loads."""
     driver = parsed.drivername.split("+", 1)[1]
+    shown = mask_url(url)
     try:
         parsed.get_dialect().import_dbapi()
-    except (ImportError, NoSuchModuleError):
+    except NoSuchModuleError:
+        raise UsageError(f"{given} {shown!r}: {parsed.drivername!r} is not a database and driver "
+                         "that SQLAlchemy knows: write postgresql://") from None
+    except ModuleNotFoundError as exc:
         installed = [name for name in ("psycopg", "psycopg2")
                      if importlib.util.find_spec(name) is not None]
         instead = (f"write postgresql:// for the installed {installed[0]}" if installed
                    else "pip install 'psycopg[binary]' and write postgresql://")
-        raise UsageError(f"{given} {mask_url(url)!r} names the driver {driver!r}, which is not "
-                         f"installed: {instead}") from None
+        raise UsageError(f"{given} {shown!r} names the driver {driver!r}, which is not "
+                         f"installed ({shorten(str(exc), 100)}): {instead}") from None
+    except ImportError as exc:  # installed, but it does not load (psycopg without libpq)
+        raise UsageError(f"{given} {shown!r}: the driver {driver!r} does not load: "
+                         f"{shorten(str(exc), 200)}") from None
 
 
 def _password_from_env(url: URL) -> URL:
@@ -221,10 +229,10 @@ def resolve_url(url: str) -> str:
         raise UsageError(f"{given} {mask_url(url)!r}: port {port} is out of range (1..65535)")
     backend = parsed.drivername.split("+")[0]
     if backend == "sqlite" and parsed.query:
-        # SQLite reads `?mode=ro` only with `uri=true`, and then as part of the file's name:
-        # a second database would be made beside the one meant.
-        raise UsageError(f"{given} {url!r}: options after '?' are not read for SQLite; give "
-                         "the file alone, sqlite:///path.db")
+        # SQLite reads `?mode=ro` only with `uri=true`, else as part of the file's name (a
+        # second database beside the one meant); Optuna sets the rest of what they set.
+        raise UsageError(f"{given} {url!r}: options after '?' are not supported for SQLite; "
+                         "give the file alone, sqlite:///path.db")
     if backend == "sqlite":
         path = sqlite_path(url)
         if path is None:
@@ -240,8 +248,8 @@ def resolve_url(url: str) -> str:
         if not parent.is_dir():
             raise UsageError(f"{given} {url!r}: directory {str(parent)!r} does not exist")
         if not path.exists() and not os.access(parent, os.W_OK):
-            raise UsageError(f"{given} {url!r}: directory {str(parent)!r} cannot be written: "
-                             "no database can be made there")
+            raise UsageError(f"{given} {url!r}: no database at {str(path)!r}, and directory "
+                             f"{str(parent)!r} cannot be written to make one")
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise UsageError(f"{given} {url!r}: {str(path)!r} cannot be written (SQLite writes "
                              "its lock and log files beside the database, even to read it: "

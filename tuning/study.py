@@ -383,6 +383,10 @@ def stored_data_config(study: optuna.Study, dataset: str | None = None) -> DataC
     defaults. `dataset`: where its images are read from now (`with_images_at`), which finds
     a separate test folder again where it moved with them (`test_folder_moved_with`)."""
     config = DataConfig.from_dict(study.user_attrs.get("data_config", {}))
+    if config.test is not None:
+        # Unused beside a test folder, and refused there in a study file now: a study stored
+        # with both compares equal to its file without it.
+        config = dataclasses.replace(config, test_fraction=DataConfig.test_fraction)
     recorded = study.user_attrs.get("settings", {}).get("dataset")
     if dataset is None or recorded is None:
         return config
