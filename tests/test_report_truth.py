@@ -608,6 +608,20 @@ def test_the_optimizer_table_says_its_accuracy_is_the_highest_not_the_best_trial
     assert "last epoch" in figure.layout.yaxis2.title.text
 
 
+def test_importance_leaves_out_a_parameter_that_never_varied():
+    # fANOVA shares importance out to a parameter of one value: it explains nothing.
+    study = optuna.create_study()
+    for i, loss in enumerate((0.3, 0.2, 0.25)):
+        study.add_trial(optuna.create_trial(
+            value=loss, params={"optimizer": "adam", "lr": 1e-3, "dropout": 0.1 * i},
+            distributions=DISTS))
+    section = importance(_view(study, SPACE))
+    table = dict(section.tables[0][1].rows)
+    assert list(table) == ["dropout"]
+    assert any("took one value in every complete trial (optimizer, lr)" in p
+               for p in section.paragraphs)
+
+
 def test_a_fixed_learning_rate_is_said_to_be_fixed_not_given_a_good_range():
     study = optuna.create_study()
     for i in range(7):

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuning import report_figures as figures
+from tuning.errors import shorten
 from tuning.report_render import Section, Table
 from tuning.report_stats import StudyView, edge_warnings, objective_value, objective_values
 
@@ -62,13 +63,17 @@ def _importance(view: StudyView, s: Section) -> dict[str, float]:
     complete = view.completed
     # Parameters sampled only for some trials (momentum, nesterov) cannot be scored.
     always = [n for n in view.tuned if all(n in t.params for t in complete)]
-    if len(complete) < 2 or not always:
+    # One that took one value in every complete trial explains nothing, yet fANOVA shares
+    # importance out to it.
+    constant = [n for n in always if len({repr(t.params[n]) for t in complete}) < 2]
+    varied = [n for n in always if n not in constant]
+    if len(complete) < 2 or not varied:
         return {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores = optuna.importance.get_param_importances(
-                view.study, params=always,
+                view.study, params=varied,
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except Exception as exc:  # noqa: BLE001 - e.g. no parameter varies
         s.paragraphs.append(f"Importance could not be computed: {exc}")
@@ -77,7 +82,9 @@ def _importance(view: StudyView, s: Section) -> dict[str, float]:
                      Table(["parameter", "importance"], [[k, v] for k, v in scores.items()])))
     s.paragraphs.append(f"Importance evaluator: {IMPORTANCE_EVALUATOR}. Parameters sampled only "
                         "for some trials (momentum, nesterov) and the seed index `repeat` are "
-                        "left out.")
+                        "left out" + (f", and so are those that took one value in every "
+                                      f"complete trial ({shorten(', '.join(constant), 200)})"
+                                      if constant else "") + ".")
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         s.paragraphs.append(
             f"Warning: importance from {len(complete)} complete trials is a rough hint, not a "
