@@ -613,7 +613,7 @@ def test_a_network_rebuilt_other_than_exported_is_refused_and_predict_runs_model
         assert "output_check is not" in _one_line_error(capsys)
 
 
-def test_the_exported_model_refuses_whole_number_pixels_and_takes_float64(exported, arrays):
+def test_the_exported_model_refuses_pixels_of_0_to_255_and_takes_float64(exported, arrays):
     """uint8 pixels of 0..255 taken as [0, 1] would be classified wrongly without a word."""
     model = load_model(exported)
     pixels = torch.from_numpy(np.ascontiguousarray(arrays.test_x[:4].transpose(0, 3, 1, 2)))
@@ -622,6 +622,9 @@ def test_the_exported_model_refuses_whole_number_pixels_and_takes_float64(export
             runs(pixels)
         with torch.no_grad():
             assert torch.equal(runs(pixels.double() / 255), runs(pixels.float() / 255))
+        with pytest.raises(ExportError, match=r"got values up to 255: divide pixels of 0..255 "
+                                              r"by 255$"):
+            runs(pixels.float())
 
 
 def test_predict_says_in_one_line_why_model_pt2_cannot_stand_in(exported, tmp_path, capsys):

@@ -82,6 +82,10 @@ def output_check_images(input_shape: Sequence[int]) -> torch.Tensor:
     return torch.rand((OUTPUT_CHECK_IMAGES, *input_shape), generator=generator)
 
 
+MAX_FLOAT_PIXEL = 1.5
+"""The highest float pixel taken: resizing may overshoot 1 a little; 0..255 goes far past."""
+
+
 class Classifier(nn.Module):
     """`network` behind the normalization it was trained with: float images in [0, 1],
     (N, C, H, W), to logits (N, classes).
@@ -135,6 +139,12 @@ class ExportedModel(Classifier):
             raise ExportError(f"the model takes float images in [0, 1], got {images.dtype}: "
                               "divide pixels of 0..255 by 255 (images.float() / 255), or "
                               "preprocess(image) converts an image")
+        # Float pixels of 0..255 too; not while a compiler traces it, where a tensor's values
+        # are unknown.
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if not tracing and images.numel() and (top := float(images.max())) > MAX_FLOAT_PIXEL:
+            raise ExportError(f"the model takes float images in [0, 1], got values up to "
+                              f"{top:.4g}: divide pixels of 0..255 by 255")
         return images.to(self.mean.dtype)
 
     @property
