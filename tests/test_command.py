@@ -373,3 +373,13 @@ def test_tuning_studies_lists_a_stored_study_it_cannot_open_with_the_reason(
     assert command.list_studies([]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("own ")]
     assert "cannot be read: 'studies/own.db' cannot be written" in row
+
+
+def test_studies_says_when_the_storage_it_was_given_holds_none(tmp_path, monkeypatch, capsys):
+    from tuning.command import list_studies
+
+    url = f"sqlite:///{tmp_path}/empty.db"
+    optuna.storages.RDBStorage(url)  # Optuna's tables, and no study
+    monkeypatch.chdir(tmp_path)
+    assert list_studies(["--storage", url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"no study in {url}"

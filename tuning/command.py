@@ -91,16 +91,22 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
     rows += [(name, "stored", what, str(path))
              for name, what, path in _stored_studies({entry.name for entry in entries})
              if listed is None or not path.samefile(listed)]
+    in_storage = []
     if url:
         try:
-            rows += _studies_in(url)
+            in_storage = _studies_in(url)
         except UsageError as exc:
             return fail(str(exc))
+    rows += in_storage
     # Columns as wide as their longest entry (an image folder's path can be long).
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for row in rows:
         print(" ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
               + f" {row[3]}")
+    if url and not in_storage:  # else the listing would not tell it was looked at
+        from tuning.storage import mask_url  # noqa: PLC0415 - as above
+
+        print(f"no study in {mask_url(url)}")
     return EXIT_OK
 
 
