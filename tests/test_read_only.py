@@ -242,3 +242,19 @@ def test_a_driver_installed_but_not_loading_is_told_apart_from_one_not_installed
                                          r"driver 'psycopg' does not load: no pq wrapper "
                                          r"available: libpq library not found$"):
         resolve_url("postgresql+psycopg://u@h/db")
+
+
+def test_the_hint_to_the_sample_names_the_flag_that_named_the_study(tmp_path, monkeypatch):
+    import optuna
+
+    from tuning.errors import UsageError
+    from tuning.storage import default_storage
+    from tuning.study import load_existing
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="mnist-sample", storage=default_storage("mnist-sample"))
+    with pytest.raises(UsageError, match=r"named the study 'mnist-sample': give "
+                                         r"--warm-start-from mnist-sample$"):
+        load_existing("mnist", default_storage("mnist"), heartbeat=False,
+                      flag="--warm-start-from")

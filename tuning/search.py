@@ -454,7 +454,7 @@ def _warm_start_configurations(args: argparse.Namespace, plan: Plan) -> list[tup
     if args.warm_start_from == plan.study:
         raise UsageError(f"--warm-start-from {plan.study!r} is this study itself; name another")
     source = load_existing(args.warm_start_from, storage_url(args.storage, args.warm_start_from),
-                           heartbeat=False)
+                           heartbeat=False, flag="--warm-start-from")
     return top_configurations(source, plan.study_file.space,
                               args.warm_start_top or DEFAULT_WARM_START_TOP)
 

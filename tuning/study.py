@@ -317,18 +317,20 @@ def _exists(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
 
 
 def load_existing(study_name: str, storage_url: str, heartbeat: bool = True,
-                  wait: bool = False) -> optuna.Study:
+                  wait: bool = False, flag: str = "--study") -> optuna.Study:
     """Load a study made by tuning.search; UsageError if there is none or it is foreign.
 
     `heartbeat=False` for readers (report, dashboard) that run no trials; `wait` for workers,
-    which wait for a database server being restarted (open_storage).
+    which wait for a database server being restarted (open_storage). `flag`: the flag that
+    named the study, for messages.
     """
     try:
         storage = open_storage(storage_url, heartbeat=heartbeat, wait=wait)
     except UsageError as exc:  # no database file, or one that cannot be opened
-        raise type(exc)(f"{exc}{sample_study_hint(study_name, storage_url)}") from None
+        raise type(exc)(f"{exc}{sample_study_hint(study_name, storage_url, flag=flag)}") \
+            from None
     if not _exists(storage, study_name):
-        hint = sample_study_hint(study_name, storage_url, storage)
+        hint = sample_study_hint(study_name, storage_url, storage, flag=flag)
         raise StudyNotFound(f"study {study_name!r} does not exist in {mask_url(storage_url)}; "
                             f"create it with tuning search{hint}")
     study = optuna.load_study(storage=storage, study_name=study_name)
