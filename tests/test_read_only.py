@@ -258,3 +258,19 @@ def test_the_hint_to_the_sample_names_the_flag_that_named_the_study(tmp_path, mo
                                          r"--warm-start-from mnist-sample$"):
         load_existing("mnist", default_storage("mnist"), heartbeat=False,
                       flag="--warm-start-from")
+
+
+def test_without_a_postgresql_driver_installed_a_url_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from tuning.errors import UsageError
+    from tuning.storage import resolve_url
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(UsageError, match=r"^PostgreSQL storage needs a driver: pip install "
+                                         r"'psycopg\[binary\]'"):
+        resolve_url("postgresql://u@h/db")
+    with pytest.raises(UsageError, match=r"names the driver 'pg8000', which is not installed "
+                                         r"\(.*\): pip install 'psycopg\[binary\]' and write "
+                                         r"postgresql://$"):
+        resolve_url("postgresql+pg8000://u@h/db")

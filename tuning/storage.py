@@ -166,6 +166,12 @@ def split_password(url: str) -> tuple[str, str | None]:
     return parsed.render_as_string(hide_password=False), str(password)
 
 
+def _installed_postgres_driver() -> str | None:
+    """The PostgreSQL driver a plain postgresql:// URL uses: psycopg 3, else psycopg2."""
+    return next((name for name in ("psycopg", "psycopg2")
+                 if importlib.util.find_spec(name) is not None), None)
+
+
 def _check_driver(parsed: URL, given: str, url: str) -> None:
     """The database and driver a URL names (postgresql+DRIVER://) are known to SQLAlchemy, and
     the driver loads."""
@@ -177,9 +183,8 @@ def _check_driver(parsed: URL, given: str, url: str) -> None:
         raise UsageError(f"{given} {shown!r}: {parsed.drivername!r} is not a database and driver "
                          "that SQLAlchemy knows: write postgresql://") from None
     except ModuleNotFoundError as exc:
-        installed = [name for name in ("psycopg", "psycopg2")
-                     if importlib.util.find_spec(name) is not None]
-        instead = (f"write postgresql:// for the installed {installed[0]}" if installed
+        installed = _installed_postgres_driver()
+        instead = (f"write postgresql:// for the installed {installed}" if installed
                    else "pip install 'psycopg[binary]' and write postgresql://")
         raise UsageError(f"{given} {shown!r} names the driver {driver!r}, which is not "
                          f"installed ({shorten(str(exc), 100)}): {instead}") from None
@@ -257,14 +262,12 @@ def resolve_url(url: str) -> str:
         return url
     if backend in ("postgresql", "postgres"):
         if "+" not in parsed.drivername:
-            if importlib.util.find_spec("psycopg") is not None:
-                parsed = parsed.set(drivername="postgresql+psycopg")
-            elif importlib.util.find_spec("psycopg2") is not None:
-                parsed = parsed.set(drivername="postgresql+psycopg2")
-            else:
+            driver = _installed_postgres_driver()
+            if driver is None:
                 raise UsageError(
                     "PostgreSQL storage needs a driver: pip install 'psycopg[binary]' (in a "
                     "checkout of tuning: pip install '.[postgres]')")
+            parsed = parsed.set(drivername=f"postgresql+{driver}")
         else:
             _check_driver(parsed, given, url)
         if parsed.host and "@" in parsed.host:
