@@ -870,3 +870,84 @@ def test_a_model_directory_not_there_points_at_the_samples_export_beside_it(tmp_
         load_model(tmp_path / "mnist")
     with pytest.raises(ExportError, match=r"wrote\)$"):
         load_model(tmp_path / "other")
+
+
+CUT_STUDY_FILE = """
+[study]
+dataset = "mnist-sample"
+epochs = 2
+sampler = "grid"
+pruner = "none"
+seed = 0
+
+[space]
+lr = 0.01
+lr_schedule = "cosine"
+channels = 4
+activation = "relu"
+batch_size = 256
+"""
+
+
+def test_a_trial_the_budget_cut_short_exports_as_trained_that_far(tmp_path, capsys):
+    """A run's --budget can end before any trial completes: the trial it cut short is exported
+    on request, retrained for the epochs it ran on the schedule planned for all of them (its
+    cosine schedule over 1 epoch would train another network), and the card says so."""
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "cut.toml").write_text(CUT_STUDY_FILE)
+    result = run_cli("--study", "cut", "--trials", "1", "--workers", "1", "--device", "cpu",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "export:    tuning export --study cut\n" in result.stdout
+    study = _load(tmp_path, "cut")
+    whole, = study.trials
+    attrs = {k: v for k, v in whole.user_attrs.items() if k != "checkpoint_artifact"}
+    study.add_trial(create_trial(
+        state=TrialState.PRUNED, value=whole.intermediate_values[1], params=whole.params,
+        distributions=whole.distributions, intermediate_values={1: whole.intermediate_values[1]},
+        user_attrs={**attrs, "epochs_run": 1,
+                    "prune_reason": "the run's --budget ran out after epoch 1"}))
+    capsys.readouterr()
+    out = tmp_path / "cut-export"
+    assert _export(tmp_path, "cut", out, "--trial", "1") == 0
+    printed = capsys.readouterr().out
+    assert "the run's --budget stopped trial #1 after 1 of its 2 epochs" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["trial"] == 1 and config["cut_by_budget"] == {"epochs_run": 1, "epochs": 2}
+    weights = config["weights"]
+    assert weights["source"] == "retrained" and weights["epochs"] == 1
+    assert "for the first 1 of 2 epochs" in weights["how"]
+    assert config["trial_val_loss"] == whole.intermediate_values[1]
+    assert weights["retrained_val_loss"] == pytest.approx(config["trial_val_loss"], rel=1e-5)
+    card = (out / "README.md").read_text()
+    assert "The run's --budget stopped this trial after 1 of its 2 epochs" in card
+    assert "The new trial trains all 2 epochs, where the run's --budget stopped this one" in card
+
+
+def test_with_no_complete_trial_the_export_names_the_trial_the_budget_cut_short():
+    study = optuna.create_study(study_name="short")
+    cut = "the run's --budget ran out after epoch {}"
+    for epochs, losses in ((2, {1: 0.9, 2: 0.7}), (3, {1: 0.8, 2: 0.5, 3: 0.6})):
+        study.add_trial(create_trial(
+            state=TrialState.PRUNED, value=losses[epochs], params={}, distributions={},
+            intermediate_values=losses,
+            user_attrs={"epochs_run": epochs, "prune_reason": cut.format(epochs)}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, value=0.1, params={},
+                                 distributions={}, intermediate_values={1: 0.1},
+                                 user_attrs={"prune_reason": "pruner stopped it after epoch 1"}))
+    settings = StudySettings(epochs=8)
+    with pytest.raises(UsageError) as caught:
+        choose_trial(study, settings, {}, None)
+    # Its lowest loss, not its last; the pruner's trial is no candidate.
+    assert str(caught.value).endswith(
+        "nothing to export by default; trial 1 was cut short by the run's --budget after 3 of "
+        "8 epochs (validation loss 0.5000): --trial 1 exports it as trained that far")
+    assert choose_trial(study, settings, {}, 0).number == 0
+    with pytest.raises(UsageError, match="PRUNED, not COMPLETE .*pruner stopped it"):
+        choose_trial(study, settings, {}, 2)
+    folds = StudySettings(epochs=8, cv_folds=3)
+    with pytest.raises(UsageError, match="did not train all its folds"):
+        choose_trial(study, folds, {}, 0)
+    with pytest.raises(UsageError) as caught:
+        choose_trial(study, folds, {}, None)
+    assert "--trial" not in str(caught.value)

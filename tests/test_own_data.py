@@ -259,6 +259,7 @@ def test_cifar10_layout(workdir, digits):
     assert not (workdir / "studies" / "mnist.db").exists()
     # The report it suggests reads the data where the search did.
     assert "report:    tuning report --study cifar10 --data-dir data\n" in result.stdout
+    assert "export:    tuning export --study cifar10 --data-dir data\n" in result.stdout
     data = data_attr(workdir, "cifar10")
     assert data["name"] == "cifar10" and data["class_names"] == CIFAR10_NAMES
     assert data["input_shape"] == [3, 32, 32] and data["n_test"] == 20
@@ -538,6 +539,7 @@ def test_a_moved_folder_is_found_by_its_new_path_by_workers_and_the_report(tmp_p
                     cwd=workdir)
     assert again.returncode == 0, again.stderr
     assert f"report:    tuning report --study pets --dataset {moved}\n" in again.stdout
+    assert f"export:    tuning export --study pets --dataset {moved}\n" in again.stdout
     assert len(finished(load_study(f"sqlite:///{workdir}/studies/pets.db", "pets"))) == 3
     from tuning.report import main as report  # refused in this process, as bad input here
 

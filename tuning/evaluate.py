@@ -111,14 +111,19 @@ def held_out_metrics(model: torch.nn.Module, data: DeviceData, runtime: Runtime)
 
 
 def retrain(params: dict, space: dict[str, Param], data: DeviceData, runtime: Runtime,
-            seed: int, epochs: int, network: ModelSpec = FAMILY_MODEL) -> torch.nn.Module:
-    """Train a configuration as its trial did (same seed), keeping the best-validation epoch."""
+            seed: int, epochs: int, network: ModelSpec = FAMILY_MODEL,
+            stop_after: int | None = None) -> torch.nn.Module:
+    """Train a configuration as its trial did (same seed), keeping the best-validation epoch.
+    `stop_after`: the epoch its trial was stopped after, of the `epochs` its learning-rate
+    schedule was planned for (a trial cut short by the run's --budget)."""
     model, cfg, generator = build_trial_model(params, space, data, runtime, seed, network)
     best_loss, best_state = float("inf"), None
     for result in fit(model, data, cfg, runtime, generator, epochs):
         if result.val["loss"] < best_loss:
             best_loss = result.val["loss"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if stop_after is not None and result.epoch >= stop_after:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     return model
@@ -141,10 +146,11 @@ class TrialModel:
 
 def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: DeviceData,
                 runtime: Runtime, epochs: int, artifacts=None,
-                network: ModelSpec = FAMILY_MODEL) -> TrialModel:
+                network: ModelSpec = FAMILY_MODEL, stop_after: int | None = None) -> TrialModel:
     """The trial's network: from its checkpoint artifact when there is one, else retrained
-    with its seed and evaluated on the validation split (a retrain is only the trial's network
-    where it reproduces the trial's validation loss)."""
+    with its seed (for `epochs`, or the first `stop_after` of them: retrain) and evaluated on
+    the validation split (a retrain is only the trial's network where it reproduces the
+    trial's validation loss)."""
     seed = trial.user_attrs.get("seed", 0)
     artifact_id = trial.user_attrs.get("checkpoint_artifact")
     unused: str | None = None
@@ -175,10 +181,11 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
         unused = f"its checkpoint artifact {artifact_id} is in no artifact directory given"
     threads = trial.user_attrs.get("cpu_threads") if runtime.device.type == "cpu" else None
     with cpu_threads(threads):
-        model = retrain(trial.params, space, data, runtime, seed, epochs, network)
+        model = retrain(trial.params, space, data, runtime, seed, epochs, network, stop_after)
         val_loss = evaluate(model, data.val, runtime)["loss"]
-    return TrialModel(model, f"retrained with seed {seed} for {counted(epochs, 'epoch')}",
-                      val_loss, unused)
+    trained = (counted(epochs, "epoch") if stop_after is None
+               else f"the first {stop_after} of {counted(epochs, 'epoch')}")
+    return TrialModel(model, f"retrained with seed {seed} for {trained}", val_loss, unused)
 
 
 @contextlib.contextmanager

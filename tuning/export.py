@@ -88,7 +88,7 @@ from tuning.exported import (
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
-from tuning.objective import OVER_LIMITS, fixed_params, over_limits
+from tuning.objective import OVER_LIMITS, fixed_params, over_limits, stopped_by_budget
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
@@ -137,9 +137,10 @@ def trial_number(text: str) -> int:
 
 
 
-def _no_complete_trial(name: str, trials: list[FrozenTrial]) -> str:
+def _no_complete_trial(name: str, trials: list[FrozenTrial], settings: StudySettings) -> str:
     """Why a study without a complete trial has nothing to export: "yet" only where trials are
-    still to come, and a study whose every trial was over its limits is told so."""
+    still to come, and a study whose every trial was over its limits is told so; where the
+    run's --budget cut trials short, the best of them, which --trial exports."""
     if not trials:
         return f"study {name!r} has no complete trial yet (no trial has run): nothing to export"
     if all(over_limits(t) is not None for t in trials):
@@ -150,18 +151,59 @@ def _no_complete_trial(name: str, trials: list[FrozenTrial]) -> str:
     states = Counter(t.state.name for t in trials)
     shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     pending = states[TrialState.RUNNING.name] + states[TrialState.WAITING.name]
+    cut = best_cut_by_budget(trials, settings)
+    instead = "" if cut is None else (
+        f"; trial {cut.number} was cut short by the run's --budget after "
+        f"{_epochs_run(cut, settings)} of {counted(settings.epochs, 'epoch')} (validation loss "
+        f"{recorded_val_loss(cut):.4f}): --trial {cut.number} exports it as trained that far")
     return (f"study {name!r} has no complete trial{' yet' if pending else ''} ({shown}): "
-            "nothing to export")
+            f"nothing to export by default{instead}")
 
 
-def _not_complete(trial: FrozenTrial, study: optuna.Study, default: FrozenTrial | None) -> str:
+def best_cut_by_budget(trials: list[FrozenTrial], settings: StudySettings) -> FrozenTrial | None:
+    """The trial with the lowest validation loss of those the run's --budget cut short and an
+    export can take (not under cross-validation); None where there is none."""
+    cut = [t for t in trials if _exportable_cut(t, settings)]
+    return min(cut, key=lambda t: (recorded_val_loss(t), t.number)) if cut else None
+
+
+def _exportable_cut(trial: FrozenTrial, settings: StudySettings) -> bool:
+    """Whether `trial` was cut short by the run's --budget with a finite validation loss from
+    an epoch it finished, in a study without cross-validation (where a trial stands on all of
+    its folds)."""
+    return (stopped_by_budget(trial) and settings.cv_folds == 1
+            and math.isfinite(recorded_val_loss(trial)))
+
+
+def _epochs_run(trial: FrozenTrial, settings: StudySettings) -> int:
+    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values)
+                                    or settings.epochs))
+
+
+def recorded_val_loss(trial: FrozenTrial) -> float:
+    """The trial's validation loss at its best epoch: a complete trial's value, and for a trial
+    the run's --budget cut short the lowest it reported (its value is its last epoch's)."""
+    if trial.state == TrialState.COMPLETE:
+        assert trial.value is not None  # a complete trial has a value
+        return trial.value
+    finite = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+    return min(finite) if finite else math.inf
+
+
+def _not_complete(trial: FrozenTrial, study: optuna.Study, default: FrozenTrial | None,
+                  settings: StudySettings) -> str:
     """Why trial `trial` (not complete) cannot be exported, with its prune or fail reason where
     it has one, and the trial to export instead (`default`, what a plain export takes)."""
     reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason")
     why = f" ({shorten(str(reason), 200)})" if reason else ""
+    if stopped_by_budget(trial) and settings.cv_folds > 1:
+        stands = ("cut short by the run's --budget, it did not train all its folds, and a "
+                  "cross-validated trial stands on all of them")
+    else:
+        stands = "only a complete trial (or one the run's --budget cut short) has a result to " \
+                 "stand on"
     return (f"trial {trial.number} of study {study.study_name!r} is {trial.state.name}, not "
-            f"COMPLETE{why}: only a complete trial has a result to stand on; "
-            f"{_instead(default)}")
+            f"COMPLETE{why}: {stands}; {_instead(default)}")
 
 
 def _instead(default: FrozenTrial | None) -> str:
@@ -173,24 +215,25 @@ def _instead(default: FrozenTrial | None) -> str:
 
 def choose_trial(study: optuna.Study, settings: StudySettings, space: dict[str, Param],
                  number: int | None) -> FrozenTrial:
-    """Trial `number`, which must be complete, or the trial the report's held-out test
-    evaluates: the best, or for repeats of one fixed configuration the first complete one."""
+    """Trial `number`, which must be complete or cut short by the run's --budget, or the trial
+    the report's held-out test evaluates: the best, or for repeats of one fixed configuration
+    the first complete one."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     default = reported_trial(StudyView(study, trials, settings, space)) if complete else None
     if number is None:
         if default is None:
-            raise UsageError(_no_complete_trial(study.study_name, trials))
+            raise UsageError(_no_complete_trial(study.study_name, trials, settings))
         return default
     by_number = {t.number: t for t in trials}
     if not by_number:
-        raise UsageError(_no_complete_trial(study.study_name, trials))
+        raise UsageError(_no_complete_trial(study.study_name, trials, settings))
     if number not in by_number:
         raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
                          f"0-{max(by_number)}); {_instead(default)}")
     trial = by_number[number]
-    if trial.state != TrialState.COMPLETE:
-        raise UsageError(_not_complete(trial, study, default))
+    if trial.state != TrialState.COMPLETE and not _exportable_cut(trial, settings):
+        raise UsageError(_not_complete(trial, study, default, settings))
     return trial
 
 
@@ -245,9 +288,13 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
 
     data = to_device(arrays, runtime.device)
     # Under cross-validation a trial ran its epochs once per fold: a retrain runs them once.
-    epochs = settings.epochs if settings.cv_folds > 1 else \
+    # One the run's --budget cut short is retrained as far as it got, on the learning-rate
+    # schedule it was on: planned for all the study's epochs.
+    epochs = settings.epochs if settings.cv_folds > 1 or stopped_by_budget(trial) else \
         trial.user_attrs.get("epochs_run", settings.epochs)
-    obtained = trial_model(trial, space, data, runtime, epochs, artifacts, settings.network())
+    stop_after = _epochs_run(trial, settings) if stopped_by_budget(trial) else None
+    obtained = trial_model(trial, space, data, runtime, epochs, artifacts, settings.network(),
+                           stop_after)
     seed = trial.user_attrs.get("seed", 0)
     if obtained.retrained_val_loss is None:
         fold = trial.user_attrs.get("checkpoint_fold")
@@ -259,11 +306,13 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
             # Under cross-validation the checkpoint is one fold's network, trained on its fold.
             "train_images": len(data.train) if settings.cv_folds == 1 else None})
     why = obtained.unused_checkpoint or "the trial kept no checkpoint"
+    recorded = recorded_val_loss(trial)
     how = (f"{obtained.how}, keeping the best validation epoch ({why}); validation loss "
-           f"{obtained.retrained_val_loss:.6f}, the trial recorded {trial.value:.6f}")
+           f"{obtained.retrained_val_loss:.6f}, the trial recorded {recorded:.6f}")
     return Obtained(obtained.model, data, {
-        "source": "retrained", "how": how, "seed": seed, "epochs": epochs,
-        "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": trial.value,
+        "source": "retrained", "how": how, "seed": seed,
+        "epochs": epochs if stop_after is None else stop_after,
+        "retrained_val_loss": obtained.retrained_val_loss, "trial_val_loss": recorded,
         "train_images": len(data.train)})
 
 
@@ -364,7 +413,10 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
         "format_version": FORMAT_VERSION,
         "study": study.study_name,
         "trial": trial.number,
-        "trial_val_loss": trial.value,
+        "trial_val_loss": recorded_val_loss(trial),
+        # A trial the run's --budget cut short: the epochs it trained, of the study's.
+        "cut_by_budget": ({"epochs_run": _epochs_run(trial, settings),
+                           "epochs": settings.epochs} if stopped_by_budget(trial) else None),
         "model": settings.network().to_dict(),
         "params": {**fixed_params(space), **trial.params},
         "configuration": resolved_configuration(trial.params, space, settings.network(),
@@ -539,6 +591,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
     low, high = test["accuracy_ci"]
     print(f"exported trial #{trial.number} of study {args.study!r} to {args.out}: "
           f"{', '.join(written)}")
+    cut = config["cut_by_budget"]
+    if cut:
+        print(f"the run's --budget stopped trial #{trial.number} after {cut['epochs_run']} of "
+              f"its {counted(cut['epochs'], 'epoch')}: it is exported as trained that far")
     other = replaced(previous, args.study, trial.number)
     if other is not None:
         print(f"it replaces {other} that was there")

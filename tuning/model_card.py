@@ -87,6 +87,7 @@ def model_card(config: dict, out: Path) -> str:
         f"# Study {config['study']}, trial #{config['trial']}", "",
         f"An image classifier exported by `tuning export` from trial #{config['trial']} of "
         f"study `{config['study']}` (validation loss {config['trial_val_loss']:.6f}).", "",
+        *_cut_short(config),
         "## Data", "",
         f"- data set: `{data['name']}` ({data['source']}), fingerprint sha256 "
         f"`{str(data['sha256'])[:16]}`",
@@ -147,6 +148,16 @@ def model_card(config: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cut_short(config: dict) -> list[str]:
+    """The card's warning about a trial the run's --budget stopped before its last epoch."""
+    cut = config.get("cut_by_budget")
+    if not cut:
+        return []
+    return [f"The run's --budget stopped this trial after {cut['epochs_run']} of its "
+            f"{counted(cut['epochs'], 'epoch')}: it is exported as trained that far, not as "
+            "the search would have trained it.", ""]
+
+
 def _reproduce(config: dict, out: Path) -> list[str]:
     """The card's Reproduce section: train the configuration again, or export it again."""
     again = [f"Export this trial again (into `{out}`):", "", "```", config["command"], "```",
@@ -157,10 +168,17 @@ def _reproduce(config: dict, out: Path) -> list[str]:
     threads = reproduce["cpu_threads"]
     where = (f"on {threads} CPU thread{'s' if threads != 1 else ''}, as this one did"
              if threads else f"on the same kind of device ({reproduce['device']})")
-    same = (f"With the same versions (below), the new trial's validation loss is this one's, "
-            f"{config['trial_val_loss']:.6f}, when it trains {where}." if reproduce["same_seed"]
-            else "The trial's seed is beyond what a study file can give (repeat <= 10,000): "
-                 "the new trial trains with another seed, so its results differ a little.")
+    cut = config.get("cut_by_budget")
+    if not reproduce["same_seed"]:
+        same = ("The trial's seed is beyond what a study file can give (repeat <= 10,000): "
+                "the new trial trains with another seed, so its results differ a little.")
+    elif cut:
+        same = (f"The new trial trains all {cut['epochs']} epochs, where the run's --budget "
+                f"stopped this one after {cut['epochs_run']}: with the same versions (below), "
+                f"its first {cut['epochs_run']} are this trial's when it trains {where}.")
+    else:
+        same = (f"With the same versions (below), the new trial's validation loss is this "
+                f"one's, {config['trial_val_loss']:.6f}, when it trains {where}.")
     return ["## Reproduce", "",
             f"Train this configuration again from scratch: `{reproduce['file']}` is a study "
             "file that fixes every parameter to this trial's, with its data split, epochs and "

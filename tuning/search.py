@@ -64,6 +64,7 @@ from tuning.errors import (
     counted,
     shorten,
 )
+from tuning.export import best_cut_by_budget
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus, worker_id
 from tuning.objective import Objective, over_limits
@@ -197,9 +198,15 @@ def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"  {name} = {shown}", file=stream)
     storage_arg = _storage_arg(plan)
+    data_args = _data_args(study, plan, args)
     print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
-    print(f"report:    tuning report --study {plan.study}{storage_arg}"
-          f"{_data_args(study, plan, args)}", file=stream)
+    print(f"report:    tuning report --study {plan.study}{storage_arg}{data_args}", file=stream)
+    cut = None if completed else best_cut_by_budget(trials, plan.settings)
+    if completed or cut is not None:
+        which = "" if cut is None else f" --trial {cut.number}"
+        print(f"export:    tuning export --study {plan.study}{which}{storage_arg}{data_args}"
+              + ("" if cut is None else f"   (no trial completed: trial {cut.number}, the "
+                 "best the --budget cut short, as trained that far)"), file=stream)
 
 
 def over_limits_warning(trials: list[optuna.trial.FrozenTrial]) -> str | None:
