@@ -88,7 +88,16 @@ from tuning.exported import (
 )
 from tuning.model_card import CARD_FILE, model_card
 from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
-from tuning.objective import OVER_LIMITS, fixed_params, over_limits, stopped_by_budget
+from tuning.objective import (
+    OVER_LIMITS,
+    best_cut_by_budget,
+    epochs_run,
+    exportable_cut,
+    fixed_params,
+    over_limits,
+    recorded_val_loss,
+    stopped_by_budget,
+)
 from tuning.portable import CHECK_INPUTS, PROGRAM_FILES, write_programs
 from tuning.report_heldout import reported_trial, study_arrays
 from tuning.report_stats import StudyView
@@ -151,43 +160,14 @@ def _no_complete_trial(name: str, trials: list[FrozenTrial], settings: StudySett
     states = Counter(t.state.name for t in trials)
     shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     pending = states[TrialState.RUNNING.name] + states[TrialState.WAITING.name]
-    cut = best_cut_by_budget(trials, settings)
+    cut = best_cut_by_budget(trials, settings.cv_folds)
     instead = "" if cut is None else (
         f"; trial {cut.number} was cut short by the run's --budget after "
-        f"{_epochs_run(cut, settings)} of {counted(settings.epochs, 'epoch')} (validation loss "
-        f"{recorded_val_loss(cut):.4f}): --trial {cut.number} exports it as trained that far")
+        f"{epochs_run(cut, settings.epochs)} of {counted(settings.epochs, 'epoch')} "
+        f"(validation loss {recorded_val_loss(cut):.4f}): --trial {cut.number} exports it as "
+        "trained that far")
     return (f"study {name!r} has no complete trial{' yet' if pending else ''} ({shown}): "
             f"nothing to export by default{instead}")
-
-
-def best_cut_by_budget(trials: list[FrozenTrial], settings: StudySettings) -> FrozenTrial | None:
-    """The trial with the lowest validation loss of those the run's --budget cut short and an
-    export can take (not under cross-validation); None where there is none."""
-    cut = [t for t in trials if _exportable_cut(t, settings)]
-    return min(cut, key=lambda t: (recorded_val_loss(t), t.number)) if cut else None
-
-
-def _exportable_cut(trial: FrozenTrial, settings: StudySettings) -> bool:
-    """Whether `trial` was cut short by the run's --budget with a finite validation loss from
-    an epoch it finished, in a study without cross-validation (where a trial stands on all of
-    its folds)."""
-    return (stopped_by_budget(trial) and settings.cv_folds == 1
-            and math.isfinite(recorded_val_loss(trial)))
-
-
-def _epochs_run(trial: FrozenTrial, settings: StudySettings) -> int:
-    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values)
-                                    or settings.epochs))
-
-
-def recorded_val_loss(trial: FrozenTrial) -> float:
-    """The trial's validation loss at its best epoch: a complete trial's value, and for a trial
-    the run's --budget cut short the lowest it reported (its value is its last epoch's)."""
-    if trial.state == TrialState.COMPLETE:
-        assert trial.value is not None  # a complete trial has a value
-        return trial.value
-    finite = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-    return min(finite) if finite else math.inf
 
 
 def _not_complete(trial: FrozenTrial, study: optuna.Study, default: FrozenTrial | None,
@@ -232,7 +212,7 @@ def choose_trial(study: optuna.Study, settings: StudySettings, space: dict[str, 
         raise UsageError(f"study {study.study_name!r} has no trial {number} (its trials are "
                          f"0-{max(by_number)}); {_instead(default)}")
     trial = by_number[number]
-    if trial.state != TrialState.COMPLETE and not _exportable_cut(trial, settings):
+    if trial.state != TrialState.COMPLETE and not exportable_cut(trial, settings.cv_folds):
         raise UsageError(_not_complete(trial, study, default, settings))
     return trial
 
@@ -292,7 +272,7 @@ def trial_weights(trial: FrozenTrial, settings: StudySettings, space: dict[str, 
     # schedule it was on: planned for all the study's epochs.
     epochs = settings.epochs if settings.cv_folds > 1 or stopped_by_budget(trial) else \
         trial.user_attrs.get("epochs_run", settings.epochs)
-    stop_after = _epochs_run(trial, settings) if stopped_by_budget(trial) else None
+    stop_after = epochs_run(trial, settings.epochs) if stopped_by_budget(trial) else None
     obtained = trial_model(trial, space, data, runtime, epochs, artifacts, settings.network(),
                            stop_after)
     seed = trial.user_attrs.get("seed", 0)
@@ -415,7 +395,7 @@ def build_config(study: optuna.Study, trial: FrozenTrial, settings: StudySetting
         "trial": trial.number,
         "trial_val_loss": recorded_val_loss(trial),
         # A trial the run's --budget cut short: the epochs it trained, of the study's.
-        "cut_by_budget": ({"epochs_run": _epochs_run(trial, settings),
+        "cut_by_budget": ({"epochs_run": epochs_run(trial, settings.epochs),
                            "epochs": settings.epochs} if stopped_by_budget(trial) else None),
         "model": settings.network().to_dict(),
         "params": {**fixed_params(space), **trial.params},

@@ -55,6 +55,37 @@ def stopped_by_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return _pruned_for(trial, BUDGET_STOP)
 
 
+def best_cut_by_budget(trials: list[optuna.trial.FrozenTrial],
+                       cv_folds: int) -> optuna.trial.FrozenTrial | None:
+    """The trial with the lowest validation loss of those the run's --budget cut short and an
+    export can take (exportable_cut); None where there is none."""
+    cut = [t for t in trials if exportable_cut(t, cv_folds)]
+    return min(cut, key=lambda t: (recorded_val_loss(t), t.number)) if cut else None
+
+
+def exportable_cut(trial: optuna.trial.FrozenTrial, cv_folds: int) -> bool:
+    """Whether `trial` was cut short by the run's --budget with a finite validation loss from
+    an epoch it finished, in a study without cross-validation (where a trial stands on all of
+    its folds)."""
+    return (stopped_by_budget(trial) and cv_folds == 1
+            and math.isfinite(recorded_val_loss(trial)))
+
+
+def epochs_run(trial: optuna.trial.FrozenTrial, epochs: int) -> int:
+    """The epochs the trial trained, of the study's `epochs`."""
+    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values) or epochs))
+
+
+def recorded_val_loss(trial: optuna.trial.FrozenTrial) -> float:
+    """The trial's validation loss at its best epoch: a complete trial's value, and for a trial
+    the run's --budget cut short the lowest it reported (its value is its last epoch's)."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        assert trial.value is not None  # a complete trial has a value
+        return trial.value
+    finite = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+    return min(finite) if finite else math.inf
+
+
 def diverged(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial was stopped for a loss not finite (by the objective, not the pruner)."""
     return _pruned_for(trial, DIVERGED)

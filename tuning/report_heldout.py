@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
 from tuning.errors import UsageError, counted, shorten
+from tuning.objective import best_cut_by_budget, epochs_run, recorded_val_loss
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
 from tuning.report_stats import ALPHA, StudyView, p_text
@@ -263,6 +264,20 @@ def confusion_table(cm: list[list[int]], names: list[str]) -> Table:
                  [[name, *row] for name, row in zip(names, cm, strict=True)])
 
 
+def _cut_instead(view: StudyView) -> str:
+    """Where no trial completed, the trial the run's --budget cut short that `tuning export
+    --trial` can export and test instead ("" where there is none)."""
+    cut = best_cut_by_budget(view.trials, view.settings.cv_folds)
+    if cut is None:
+        return ""
+    return (f" The run's --budget cut trial #{cut.number} short after "
+            f"{epochs_run(cut, view.settings.epochs)} of "
+            f"{counted(view.settings.epochs, 'epoch')} (the lowest validation loss of such "
+            f"trials, {recorded_val_loss(cut):.4f}): `tuning export --study "
+            f"{shlex.quote(view.study.study_name)} --trial {cut.number}` exports it as trained "
+            "that far and tests it.")
+
+
 def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts,
                   seed_file: Path) -> Section:
     """The best configuration, once, on the test set; beside it the tutorial's, with the
@@ -273,7 +288,7 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
 
     s = Section("Held-out test")
     if not view.completed or arrays is None:
-        s.paragraphs.append("No complete trial: nothing to evaluate.")
+        s.paragraphs.append("No complete trial: nothing to evaluate." + _cut_instead(view))
         return s
     runtime = resolve_device(device)
     data = to_device(arrays, runtime.device)

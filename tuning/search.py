@@ -64,10 +64,9 @@ from tuning.errors import (
     counted,
     shorten,
 )
-from tuning.export import best_cut_by_budget
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus, worker_id
-from tuning.objective import Objective, over_limits
+from tuning.objective import Objective, best_cut_by_budget, over_limits
 from tuning.outage import (
     StorageFull,
     outages_of,
@@ -201,7 +200,7 @@ def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
     data_args = _data_args(study, plan, args)
     print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
     print(f"report:    tuning report --study {plan.study}{storage_arg}{data_args}", file=stream)
-    cut = None if completed else best_cut_by_budget(trials, plan.settings)
+    cut = None if completed else best_cut_by_budget(trials, plan.settings.cv_folds)
     if completed or cut is not None:
         which = "" if cut is None else f" --trial {cut.number}"
         print(f"export:    tuning export --study {plan.study}{which}{storage_arg}{data_args}"
