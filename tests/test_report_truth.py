@@ -14,7 +14,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from tuning.report_history import importance
-from tuning.report_sections import learning_rate, optimizers, overview, regularization
+from tuning.report_regularization import regularization
+from tuning.report_sections import learning_rate, optimizers, overview
 from tuning.report_stats import StudyView
 from tuning.study_file import parse_study
 
@@ -694,3 +695,19 @@ def test_unequal_trials_are_flagged_without_claiming_why():
         (unequal,) = [p for p in optimizers(_view(study, SPACE, sampler)).paragraphs
                       if "unequal" in p]
         assert "Whether by chance or because an adaptive sampler favoured it" in unequal
+
+
+def test_compute_spent_counts_the_epochs_of_a_trial_whose_worker_was_killed():
+    """A trial records its epochs and time as it ends: a killed worker's trial reported its
+    epochs (its losses are stored) but never recorded them."""
+    study = optuna.create_study()
+    params = {"optimizer": "adam", "lr": 1e-3, "dropout": 0.1}
+    study.add_trial(optuna.create_trial(value=0.3, params=params, distributions=DISTS,
+                                        intermediate_values={1: 0.5, 2: 0.4, 3: 0.3},
+                                        user_attrs={"epochs_run": 3, "train_seconds": 6.0}))
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, params=params,
+                                        distributions=DISTS,
+                                        intermediate_values={1: 0.6, 2: 0.45}))
+    rows = dict(overview(_view(study, SPACE)).tables[0][1].rows)
+    assert rows["compute spent"] == ("5 epochs, 6.0 s of training (2 of the epochs by trials "
+                                     "that failed or still run, whose time is not counted)")

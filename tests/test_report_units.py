@@ -19,15 +19,16 @@ from tuning.networks import FAMILY_MODEL
 from tuning.objective import build_trial_model
 from tuning.report import build_report, result_line
 from tuning.report_heldout import BASELINE_ATTR
+from tuning.report_regularization import reading, regularization
 from tuning.report_render import Table, fmt, render_markdown
 from tuning.report_stats import (
     StudyView,
     edge_warnings,
     hard_limit,
+    holm,
     mean_and_ci,
     p_text,
     rank_correlation,
-    reading,
     spearman,
 )
 from tuning.space import BOUNDS
@@ -182,6 +183,54 @@ def test_rank_correlation_p_value_is_exact_for_few_trials():
     assert reading((-0.9, 0.001), 20, (-0.5, 0.01)).endswith("; narrows the gap (p = 0.01)")
 
 
+def test_holm_adjusts_p_values_tested_together_in_the_order_given():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([]) == []
+    assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])  # never above 1, never decreasing
+
+
+def test_a_reading_is_of_the_adjusted_p_value_and_label_smoothing_of_its_accuracy():
+    # p = 0.023 alone would claim an effect; one of 5 regularizers tested, it is chance.
+    assert reading((0.6, 0.023), 13, None, adjusted=0.115, tested=5) == (
+        "no clear effect on validation loss (n=13, p = 0.023; adjusted for 5 regularizers: "
+        "p = 0.12)")
+    assert reading((0.6, 0.002), 13, None, adjusted=0.01, tested=5).startswith(
+        "more hurt strongly (n=13, p = 0.002; adjusted")
+    # Higher accuracy with more smoothing is help, not harm.
+    assert reading((0.6, 0.002), 13, None, by_accuracy=True) == \
+        "more helped strongly (accuracy; n=13, p = 0.002)"
+    assert reading(None, 6, None, values=3, by_accuracy=True).endswith(
+        "had the same validation accuracy")
+    assert reading((-0.9, 0.001), 20, (-0.5, 0.01), gap_adjusted=0.09, tested=3) == \
+        "more helped strongly (n=20, p = 0.001)"
+
+
+def test_label_smoothing_is_read_by_accuracy_and_hflip_is_a_regularizer():
+    """Smoothing raises validation cross-entropy whatever it does to accuracy: trials whose
+    loss rises with it but whose accuracy does not move are not "hurt"."""
+    from optuna.distributions import CategoricalDistribution
+
+    space = parse_study({"space": {"label_smoothing": {"choices": [0.0, 0.05, 0.1]},
+                                   "hflip": {"choices": [False, True]}}}).space
+    dists = {"label_smoothing": CategoricalDistribution([0.0, 0.05, 0.1]),
+             "hflip": CategoricalDistribution([False, True])}
+    study = optuna.create_study()
+    for i in range(12):
+        smoothing = (0.0, 0.05, 0.1)[i % 3]
+        study.add_trial(optuna.create_trial(
+            value=0.2 + smoothing * 3 + 0.001 * i, params={"label_smoothing": smoothing,
+                                                           "hflip": i % 2 == 0},
+            distributions=dists, user_attrs={"val_accuracy": 0.9 + 0.001 * ((i * 7) % 5)}))
+    view = StudyView(study, study.trials, StudySettings(), space)
+    section = regularization(view)
+    rows = {row[0]: row for row in section.tables[0][1].rows}
+    assert set(rows) == {"hflip", "label_smoothing"}
+    assert rows["label_smoothing"][3] > 0.9  # loss rises with it...
+    assert rows["label_smoothing"][-1].startswith("no clear effect on validation accuracy")
+    assert rows["hflip"][1] == 12
+    assert "adjusted by Holm's method for the 2 regularizers" in " ".join(section.paragraphs)
+
+
 def test_metrics_from_a_known_confusion_matrix():
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 0, 1, 1, 1, 0])
@@ -295,7 +344,8 @@ def reportable(tmp_path, monkeypatch):
     seed_file.write_text(BASELINE_FILE)
     trained = []
 
-    def untrained(params, space, data, runtime, seed, epochs, network=FAMILY_MODEL):
+    def untrained(params, space, data, runtime, seed, epochs, network=FAMILY_MODEL,
+                  stop_after=None):
         trained.append(params)
         return build_trial_model(params, space, data, runtime, seed, network)[0]
 

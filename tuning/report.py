@@ -43,8 +43,9 @@ from tuning.device import resolve_device
 from tuning.errors import UsageError, shorten
 from tuning.report_heldout import held_out_test, study_arrays
 from tuning.report_history import importance
+from tuning.report_regularization import regularization
 from tuning.report_render import Section, render_html, render_markdown, trials_csv
-from tuning.report_sections import learning_rate, optimizers, overview, regularization
+from tuning.report_sections import learning_rate, optimizers, overview
 from tuning.report_stats import ALPHA, StudyView, p_text
 from tuning.storage import existing_artifact_store, resolve_url
 from tuning.study import (

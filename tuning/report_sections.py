@@ -20,12 +20,9 @@ from tuning.errors import counted
 from tuning.objective import diverged, stopped_by_budget
 from tuning.report_render import Section, Table, fixed, fmt
 from tuning.report_stats import (
-    ALPHA,
     DEFAULT_LR,
     DEFAULT_OPTIMIZER,
-    EXACT_POINTS,
     MIN_FOR_MEDIAN_INTERVAL,
-    RANDOM_ORDERINGS,
     StudyView,
     loss_interval,
     mean_and_ci,
@@ -34,14 +31,10 @@ from tuning.report_stats import (
     median_text,
     objective_value,
     objective_values,
-    rank_correlation,
-    reading,
-    spearman,
 )
-from tuning.space import REPEAT, Param, applies
+from tuning.space import REPEAT, applies
 from tuning.warm_start import WARM_START_ATTR
 
-REGULARIZERS = ("weight_decay", "l1", "dropout", "crop_padding", "label_smoothing")
 # A good range drawn from fewer trials than this would be one trial's learning rate.
 MIN_TRIALS_FOR_RANGE = 4
 
@@ -50,7 +43,10 @@ def overview(view: StudyView) -> Section:
     s = Section("Overview")
     trials = view.trials
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    # A trial records its epochs and time as it ends: one that failed (its worker killed) or
+    # still runs has only the epochs it reported.
+    unended = sum(len(t.intermediate_values) for t in trials if "epochs_run" not in t.user_attrs)
+    epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials) + unended
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
     # A trial's full budget: its epochs on each fold (epochs_run counts them all).
     budget = view.settings.epochs * view.settings.cv_folds
@@ -86,8 +82,9 @@ def overview(view: StudyView) -> Section:
         ["sampler / pruner", f"{view.settings.sampler} / {view.settings.pruner}"],
         ["model", _model_description(view.settings)],
         *_limit_rows(view),
-        ["compute spent", f"{counted(epochs_run, 'epoch')}, "
-                          f"{seconds:.1f} s of training"],
+        ["compute spent", f"{counted(epochs_run, 'epoch')}, {seconds:.1f} s of training"
+                          + (f" ({unended} of the epochs by trials that failed or still run, "
+                             "whose time is not counted)" if unended else "")],
         ["compute saved by pruning",
          f"{counted(saved, 'epoch')} not run ({saved / max(full, 1):.0%} of the full budget)"],
         *([["stopped by the run's --budget", f"{counted(len(cut), 'trial')}, "
@@ -445,107 +442,6 @@ def _span(low: float, high: float) -> str:
         if low == high or shown[0] != shown[1]:
             break
     return " .. ".join(shown)
-
-
-def regularization(view: StudyView) -> Section:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    s = Section("Regularization")
-    tuned = [n for n in REGULARIZERS if n in view.tuned]
-    table = Table(["regularizer", "complete trials", "best trial's value",
-                   "rank corr. with val loss", "rank corr. with val accuracy",
-                   "rank corr. with generalization gap", "reading"],
-                  fixed_columns=("rank corr. with val loss", "rank corr. with val accuracy",
-                                 "rank corr. with generalization gap"))
-    if not tuned:
-        s.paragraphs.append("No regularization parameter was tuned in this study.")
-        return s
-    fig = make_subplots(rows=2, cols=len(tuned), vertical_spacing=0.18,
-                        horizontal_spacing=0.25 / len(tuned))
-    best = view.best()
-    for col, name in enumerate(tuned, start=1):
-        pts = [(float(x), objective_value(t), view.gap(t), t.user_attrs.get("val_accuracy"))
-               for t in view.completed if (x := view.param(t, name)) is not None]
-        xs = [p[0] for p in pts]
-        corr_loss = rank_correlation(xs, [p[1] for p in pts])
-        with_acc = [(p[0], p[3]) for p in pts if p[3] is not None]
-        corr_acc = spearman([p[0] for p in with_acc], [p[1] for p in with_acc])
-        with_gap = [(p[0], p[2]) for p in pts if p[2] is not None]
-        corr_gap = rank_correlation([p[0] for p in with_gap], [p[1] for p in with_gap])
-        table.rows.append([name, len(pts), view.param(best, name) if best else None,
-                           corr_loss[0] if corr_loss else None, corr_acc,
-                           corr_gap[0] if corr_gap else None,
-                           reading(corr_loss, len(pts), corr_gap, len(set(xs)))])
-        # Not clipped at the axis: a trial at the end of the range (dropout 0) shows whole.
-        fig.add_trace(go.Scatter(x=xs, y=[p[1] for p in pts], mode="markers",
-                                 marker_color=figures.colour(0), showlegend=False,
-                                 cliponaxis=False), row=1, col=col)
-        fig.add_trace(go.Scatter(x=[p[0] for p in with_gap], y=[p[1] for p in with_gap],
-                                 mode="markers", marker_color="indianred", showlegend=False,
-                                 cliponaxis=False), row=2, col=col)
-        axis = {"type": "log" if view.space[name].log else "linear",
-                "range": _axis_range(view.space[name], xs)}
-        fig.update_xaxes(title_text=name.replace("_", " "), row=1, col=col, **axis)
-        fig.update_xaxes(title_text=name.replace("_", " "), row=2, col=col, **axis)
-        fig.update_yaxes(type="log", row=1, col=col)
-        # Labels a little apart from the axis: a trial at 0 is drawn on it.
-        fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=1, col=col)
-        fig.update_yaxes(ticks="outside", ticklen=6, tickcolor="rgba(0,0,0,0)", row=2, col=col)
-        fig.update_yaxes(title_text=figures.BEST_VAL_LOSS if col == 1 else "", row=1, col=col)
-        fig.update_yaxes(title_text="last epoch's gap (val − train loss)" if col == 1 else "",
-                         row=2, col=col)
-    s.figures.append(figures.finish(fig, "Regularization: best validation loss (top) and the "
-                                         "last epoch's generalization gap (bottom)", height=650))
-    table.note = view.population()
-    s.tables.append(("Effect of each regularizer", table))
-    without_gap = sum(view.gap(t) is None for t in view.completed)
-    s.paragraphs.append(
-        "Rank correlation (Spearman) across trials; in every column the sign says which way "
-        "more of the regularizer went: with validation loss and the gap, negative is better "
-        "(lower loss, smaller gap); with validation accuracy, positive is better (higher "
-        "accuracy). The generalization gap is the last epoch's validation loss "
-        "minus the training loss measured the same way (eval mode, plain cross-entropy, on a "
-        "fixed subset of training images as large as the validation split); the training "
-        "objective (with dropout, augmentation, smoothing and L1) is kept in trials.csv but is "
-        "not comparable. Label smoothing raises validation cross-entropy by design (its "
-        "predictions are less confident), so judge it by accuracy as well. A reading of one "
-        "parameter can be confounded by the others, which varied at the same time (a "
-        "regularizer tried mostly with a poor optimizer looks harmful): it is evidence, not "
-        f"proof. The reading claims an effect only where its p-value is below {ALPHA:g}: a "
-        f"permutation test, exact up to {EXACT_POINTS} trials, from "
-        f"{RANDOM_ORDERINGS:,} random orderings beyond, so that tied values (a few choices "
-        "tried many times) do not make it too small.")
-    if without_gap:
-        s.paragraphs.append(
-            f"{without_gap} complete trials were recorded before the training loss was measured "
-            "in eval mode: they have no generalization gap.")
-    return s
-
-
-def _axis_range(param: Param, xs: list[float]) -> list[float] | None:
-    """A regularizer's x axis: the values the trials tried, with a margin of 5% of their spread,
-    but never past the ends of the search space (plotly's own range showed dropout from -0.5).
-    On a log axis in powers of ten, as plotly takes it."""
-    if param.kind == "categorical":
-        numbers = [float(c) for c in param.choices if isinstance(c, (int, float))]
-        if not numbers:
-            return None
-        ends = min(numbers), max(numbers)
-    elif param.kind in ("float", "int"):
-        ends = param.bounds()
-    else:
-        return None
-    scale = math.log10 if param.log else float
-    values = [scale(x) for x in xs if x > 0 or not param.log]
-    if not values or (param.log and ends[0] <= 0):
-        return None
-    low, high = min(values), max(values)
-    # One value tried: a decade around it on a log axis, where log_ticks labels 1, 2 and 5.
-    margin = 0.05 * (high - low) or (0.5 if param.log else 0.05 * (abs(high) or 1))
-    # A trial outside the space (changed since it ran) stays on the plot.
-    return [max(low - margin, min(scale(ends[0]), low)),
-            min(high + margin, max(scale(ends[1]), high))]
 
 
 def _data_rows(data: dict) -> list[list]:
