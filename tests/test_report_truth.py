@@ -711,3 +711,61 @@ def test_compute_spent_counts_the_epochs_of_a_trial_whose_worker_was_killed():
     rows = dict(overview(_view(study, SPACE)).tables[0][1].rows)
     assert rows["compute spent"] == ("5 epochs, 6.0 s of training (2 of the epochs by trials "
                                      "that failed or still run, whose time is not counted)")
+
+
+def test_the_optimizer_section_answers_which_optimizer_only_as_far_as_the_trials_separate_them():
+    study = optuna.create_study()
+    losses = {"adam": [0.10, 0.11, 0.12, 0.13, 0.14], "sgd": [0.50, 0.60, 0.70, 0.80, 0.90]}
+    for name, values in losses.items():
+        for loss in values:
+            study.add_trial(optuna.create_trial(
+                value=loss, params={"optimizer": name, "lr": 1e-3, "dropout": 0.1},
+                distributions=DISTS))
+    answer, = [p for p in optimizers(_view(study, SPACE)).paragraphs
+               if p.startswith("Which optimizer")]
+    # Exact: 1 of the C(10, 5) = 252 orderings puts all of adam's below all of sgd's.
+    assert answer.startswith("Which optimizer: adam has the lowest median validation loss "
+                             "(0.1200 over 5 complete trials). Its losses are lower than every "
+                             "other optimizer's beyond chance: sgd (p = 0.004). On these data, "
+                             "use adam.")
+    assert "not in a controlled experiment" in answer
+    # Two of sgd's trials as good as adam's: no longer beyond chance.
+    for loss in (0.105, 0.115, 0.125):
+        study.add_trial(optuna.create_trial(
+            value=loss, params={"optimizer": "sgd", "lr": 1e-3, "dropout": 0.1},
+            distributions=DISTS))
+    answer, = [p for p in optimizers(_view(study, SPACE)).paragraphs
+               if p.startswith("Which optimizer")]
+    assert "No other optimizer's losses are higher beyond chance: sgd (p = " in answer
+    assert "do not tell adam apart from sgd" in answer
+
+
+def test_under_repeats_the_learning_rate_is_answered_from_means_not_one_lucky_seed():
+    """sgd at lr 0.01 has the single best trial (a lucky seed) but the higher mean: the
+    answer is lr 0.001, and its interval overlapping 0.01's says the repeats do not separate
+    them."""
+    space = {"optimizer": {"choices": ["adam", "sgd"]}, "lr": {"choices": [0.001, 0.01]},
+             "repeat": {"choices": [0, 1, 2]}}
+    dists = {"optimizer": CategoricalDistribution(["adam", "sgd"]),
+             "lr": CategoricalDistribution([0.001, 0.01]),
+             "repeat": CategoricalDistribution([0, 1, 2])}
+    losses = {("sgd", 0.001): [0.33, 0.34, 0.35], ("sgd", 0.01): [0.23, 0.40, 0.46],
+              ("adam", 0.001): [0.20, 0.21, 0.22], ("adam", 0.01): [0.60, 0.61, 0.62]}
+    study = optuna.create_study()
+    for (opt, lr), values in losses.items():
+        for repeat, loss in enumerate(values):
+            study.add_trial(optuna.create_trial(
+                value=loss, params={"optimizer": opt, "lr": lr, "repeat": repeat},
+                distributions=dists))
+    view = _view(study, space, sampler="grid")
+    per_optimizer = optimizers(view).tables[0][1]
+    rows = {row[0]: dict(zip(per_optimizer.columns, row, strict=True))
+            for row in per_optimizer.rows}
+    assert rows["sgd"]["lr of the best mean"] == 0.001 and rows["sgd"]["best val loss"] == 0.23
+    section = learning_rate(view)
+    assert section.tables[0][1].columns[2] == "best trial's lr"
+    answer, = [p for p in section.paragraphs if p.startswith("Which learning rate")]
+    assert "adam: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.2100, " \
+           "95% CI 0.1852..0.2348); no other learning rate's interval overlaps it." in answer
+    assert "sgd: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.3400" in answer
+    assert "the intervals of lr 0.01 overlap it, so the repeats do not separate them." in answer

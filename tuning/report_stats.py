@@ -301,6 +301,15 @@ def median_text(values: list[float]) -> str:
     return f"{fixed(interval[0])} .. {fixed(interval[1])}"
 
 
+def lower_p(these: list[float], those: list[float]) -> float:
+    """The one-sided p-value of `these` tending lower than `those` by chance alone (the
+    Mann-Whitney U test: ranks only, so a diverged trial's loss of 20 counts as one worse
+    rank, not as 20)."""
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(these, those, alternative="less").pvalue)
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm's adjustment of p-values tested together: each as it would have to be to pass at
     ALPHA once the others are accounted for (a study that tests 5 regularizers at 0.05 each
