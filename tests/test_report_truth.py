@@ -3,6 +3,8 @@ the generalization gap honestly, reads fair-comparison studies as such, and titl
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from optuna.distributions import (
@@ -727,7 +729,8 @@ def test_the_optimizer_section_answers_which_optimizer_only_as_far_as_the_trials
     assert answer.startswith("Which optimizer: adam has the lowest median validation loss "
                              "(0.1200 over 5 complete trials). Its losses are lower than every "
                              "other optimizer's beyond chance: sgd (p = 0.004). On these data, "
-                             "use adam.")
+                             "use adam. The p-value is a one-sided test of the difference "
+                             "(Mann-Whitney U).")
     assert "not in a controlled experiment" in answer
     # Two of sgd's trials as good as adam's: no longer beyond chance.
     for loss in (0.105, 0.115, 0.125):
@@ -768,4 +771,47 @@ def test_under_repeats_the_learning_rate_is_answered_from_means_not_one_lucky_se
     assert "adam: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.2100, " \
            "95% CI 0.1852..0.2348); no other learning rate's interval overlaps it." in answer
     assert "sgd: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.3400" in answer
-    assert "the intervals of lr 0.01 overlap it, so the repeats do not separate them." in answer
+    assert "the interval of lr 0.01 overlaps it, so the repeats do not separate them." in answer
+
+
+def test_a_pruned_trials_huge_losses_do_not_squeeze_the_learning_curves():
+    from tuning.report_figures import Curve, learning_curves
+
+    complete = Curve("trial 0", [1, 2, 3], [0.5, 0.3, 0.2])
+    blown = Curve("trial 1", [1, 2], [34.6, 344.9], pruned=True)
+    fig = learning_curves([complete, blown])
+    assert fig.layout.yaxis.range == pytest.approx([math.log10(0.2) - 0.05, math.log10(0.75)])
+    assert "Cut at 0.75: pruned trials' losses above it (up to 345)" in fig.layout.title.text
+    mild = learning_curves([complete, Curve("trial 1", [1], [1.2], pruned=True)])
+    assert mild.layout.yaxis.range is None and "Cut at" not in mild.layout.title.text
+
+
+def test_a_line_of_means_is_broken_at_a_learning_rate_it_did_not_run():
+    from tuning.report_figures import Cell, optimizer_lr_means
+
+    fig = optimizer_lr_means({
+        "adam": [Cell(3e-4, 0.3, None, 1), Cell(1e-3, 0.25, None, 1), Cell(3e-3, 0.2, None, 1)],
+        "sgd": [Cell(3e-4, 0.5, None, 1), Cell(3e-3, 0.4, None, 1)]})
+    adam, sgd = fig.data
+    assert list(sgd.x) == [3e-4, 1e-3, 3e-3] and list(sgd.y) == [0.5, None, 0.4]
+    assert sgd.connectgaps is False and adam.line.dash != sgd.line.dash
+
+
+def test_under_repeats_the_optimizers_are_compared_each_at_its_best_learning_rate():
+    from tuning.report_answers import RepeatCell, which_optimizer_at_its_best_lr
+
+    def cell(optimizer: str, lr: float, mean: float, sd: float, n: int = 3) -> RepeatCell:
+        return RepeatCell(optimizer, lr, {}, n, frozenset(range(n)), mean, sd, None, None, 0)
+
+    cells = [cell("adam", 1e-3, 0.20, 0.01), cell("adam", 1e-2, 0.90, 0.01),
+             cell("sgd", 1e-2, 0.21, 0.01), cell("sgd", 1e-3, 0.50, 0.01),
+             cell("rmsprop", 1e-3, 0.40, 0.01), cell("adamw", 1e-3, 0.10, 0.0, n=1)]
+    answer = which_optimizer_at_its_best_lr(cells)
+    # adam's 0.90 at lr 0.01 does not count against it: each is taken at its best.
+    assert answer.startswith(
+        "Which optimizer, each at its best learning rate: adam at lr 0.001 has the lowest mean "
+        "validation loss (0.2000 over 3 repeats). Its mean is lower beyond chance than rmsprop "
+        "(p < 0.0001), but not than sgd (p = 0.14)")
+    assert "choose among adam and sgd." in answer
+    assert "Holm-adjusted for the 2 comparisons" in answer
+    assert answer.endswith("Too few complete repeats to compare (adamw: 1; 2 needed).")

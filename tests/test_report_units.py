@@ -153,6 +153,7 @@ def test_table_cells_show_four_significant_digits():
         ("0.001", "0.034", "0.1", "12", "0.9")
     assert fmt(1234.56) == "1235" and fmt(12.000001) == "12.00"  # no trailing "."
     assert fmt(1e-5) == "1e-05" and fmt(123456.0) == "1.235e+05"
+    assert fmt(0.0003) == "0.0003" and fmt(0.00012345) == "0.0001234"  # as "g" writes them
     assert fmt(9999.6) == "1.000e+04" and fmt(1.00004e-5) == "1.000e-05"  # rounded: zeros kept
     assert fmt(1234.5, digits=2) == "1.2e+03" and fmt(0.5, digits=1) == "0.5"
     assert (fmt(None), fmt(float("nan")), fmt(3), fmt(0.0)) == ("-", "-", "3", "0")

@@ -233,24 +233,37 @@ class Cell:
     n: int
 
 
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
+
+
 def optimizer_lr_means(groups: dict[str, list[Cell]]) -> go.Figure:
     """A fair comparison: each optimizer's mean validation loss over repeats against the
     learning rate, with its 95% interval where the table gives one. An interval cut at 0
     runs to the foot of the log axis (without an end mark: 0 is not on it)."""
     fig = go.Figure()
+    # A line is broken where it has no mean at a learning rate another line has (a grid run in
+    # part): drawn through, it would claim values there.
+    rates = sorted({c.lr for cells in groups.values() for c in cells})
     for i, (name, cells) in enumerate(sorted(groups.items())):
-        cells = sorted(cells, key=lambda c: c.lr)
+        at: dict[float, Cell | None] = {lr: None for lr in rates}
+        at.update({c.lr: c for c in cells})
+        shown = list(at.values())
         # None draws no bar; 0 would draw an end mark that looks like an interval of nothing.
-        above = [c.interval[1] - c.mean if c.interval else None for c in cells]
-        below = [c.mean - c.interval[0] if c.interval else None for c in cells]
+        above = [c.interval[1] - c.mean if c and c.interval else None for c in shown]
+        below = [c.mean - c.interval[0] if c and c.interval else None for c in shown]
+        # Lines on top of one another (adam and adamw alike) stay told apart by their dashes
+        # and markers.
         fig.add_trace(go.Scatter(
-            x=[c.lr for c in cells], y=[c.mean for c in cells], mode="lines+markers",
-            name=name, marker_color=colour(i),
+            x=list(at), y=[c.mean if c else None for c in shown], mode="lines+markers",
+            name=name, marker_color=colour(i), connectgaps=False,
+            line={"dash": DASHES[i % len(DASHES)]},
+            marker={"symbol": SYMBOLS[i % len(SYMBOLS)], "size": 8},
             error_y={"type": "data", "symmetric": False, "array": above, "arrayminus": below,
                      "visible": any(c.interval for c in cells)},
             text=[f"{name}, lr {c.lr:g}: mean of {c.n} repeats" + (
                 f", 95% interval {c.interval[0]:.4f} .. {c.interval[1]:.4f}" if c.interval
-                else "") for c in cells]))
+                else "") if c else "" for c in shown]))
     fig.update_xaxes(type="log", title_text=LEARNING_RATE)
     fig.update_yaxes(type="log", title_text=f"mean {VAL_LOSS}")
     title = "Mean validation loss over repeats, with 95% interval, per optimizer"
@@ -282,7 +295,34 @@ def learning_curves(curves: list[Curve], fold_epochs: int | None = None) -> go.F
             marker={"size": 4}, showlegend=len(curves) <= 20))
     _epoch_axis(fig, curves, fold_epochs)
     fig.update_yaxes(type="log", title_text=VAL_LOSS)
-    return finish(fig, "Learning curves: validation loss per epoch (pruned trials grey)")
+    title = "Learning curves: validation loss per epoch (pruned trials grey)"
+    top = _top_of_complete(curves)
+    if top is not None:
+        low = min(v for c in curves for v in c.losses if v is not None and v > 0)
+        if any(v is not None and v <= 0 for c in curves for v in c.losses):
+            low = 10.0 ** (math.floor(math.log10(low)) - 1)  # where finish draws a loss of 0
+        fig.update_yaxes(range=[math.log10(low) - 0.05, math.log10(top)])
+        title += (f"<br><sup>Cut at {top:.3g}: pruned trials' losses above it (up to "
+                  f"{_highest(curves):.3g}) would squeeze the complete trials' curves.</sup>")
+    return finish(fig, title)
+
+
+OUTLIER_FACTOR = 3
+"""A pruned trial's loss this many times the complete trials' highest is off the plot's scale."""
+
+
+def _highest(curves: list[Curve]) -> float:
+    return max(v for c in curves for v in c.losses if v is not None)
+
+
+def _top_of_complete(curves: list[Curve]) -> float | None:
+    """Where the loss axis ends when pruned trials' losses reach far above every complete
+    trial's (a diverged trial's 300 beside 0.3): a little above the complete ones. None where
+    nothing is that far above, or no trial completed."""
+    complete = [v for c in curves if not c.pruned for v in c.losses if v is not None and v > 0]
+    if not complete or _highest(curves) <= OUTLIER_FACTOR * max(complete):
+        return None
+    return 1.5 * max(complete)
 
 
 def train_and_val_curves(pairs: list[tuple[Curve, Curve]],

@@ -118,7 +118,7 @@ def reading(test: tuple[float, float] | None, n: int, gap: tuple[float, float] |
             f"no correlation: every complete trial had the same {measure}"
     rho, p = test
     p_for = p if adjusted is None else adjusted
-    evidence = ("accuracy; " if by_accuracy else "") + f"n={n}, {p_text(p)}"
+    evidence = f"n={n}, {p_text(p)}"
     if adjusted is not None and tested > 1:
         evidence += f"; adjusted for {tested} regularizers: {p_text(adjusted)}"
     if p_for >= ALPHA:
@@ -128,7 +128,8 @@ def reading(test: tuple[float, float] | None, n: int, gap: tuple[float, float] |
     else:
         helped = rho > 0 if by_accuracy else rho < 0
         effect = (("more helped" if helped else "more hurt")
-                  + (" strongly" if abs(rho) >= 0.5 else "") + f" ({evidence})")
+                  + (" strongly" if abs(rho) >= 0.5 else "")
+                  + f" ({'accuracy; ' if by_accuracy else ''}{evidence})")
     if gap is not None and gap[0] <= -0.2:
         gap_p = gap[1] if gap_adjusted is None else gap_adjusted
         if gap_p < ALPHA:
@@ -175,7 +176,10 @@ def _figure(view: StudyView, measured: list[Measured]):
                                  mode="markers", marker_color="indianred", showlegend=False,
                                  cliponaxis=False), row=2, col=col)
         param = view.space[m.name]
-        axis = {"type": "log" if param.log else "linear", "range": _axis_range(param, m.xs)}
+        axis: dict = {"type": "log" if param.log else "linear",
+                      "range": _axis_range(param, m.xs)}
+        if param.kind == "categorical" and all(isinstance(c, bool) for c in param.choices):
+            axis.update(tickvals=[0, 1], ticktext=["off", "on"])
         fig.update_xaxes(title_text=m.name.replace("_", " "), row=1, col=col, **axis)
         fig.update_xaxes(title_text=m.name.replace("_", " "), row=2, col=col, **axis)
         fig.update_yaxes(type="log", row=1, col=col)

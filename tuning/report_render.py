@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # the statistics format their numbers with `fmt`: no import c
 def fmt(value, digits: int = 4) -> str:
     """A table cell: '-' for nothing or not finite, `digits` significant digits for a float.
 
-    From 0.001 to 9999 a float is written out (0.001234, 0.03400, 1.000, 1235): decimal
-    places alone would show 0.0012345 as 0.0012 and 0.99996 as 1.0000. Beyond, 1.234e-05.
+    From 0.0001 to 9999 a float is written out (0.0003, 0.001234, 0.03400, 1.000, 1235), as
+    Python's "g" writes a learning rate elsewhere in the report: decimal places alone would show
+    0.0012345 as 0.0012 and 0.99996 as 1.0000. Beyond, 1.234e-05.
     Trailing zeros say a value was rounded: one that its shorter form gives exactly (a
     choice such as lr 0.001 or dropout 0.1) is written without them.
     """
@@ -37,7 +38,7 @@ def fmt(value, digits: int = 4) -> str:
         scientific = f"{value:.{digits - 1}e}"
         mantissa, exponent = scientific.split("e")
         # Written out while `digits` significant digits need no zeros before the point.
-        if -3 <= int(exponent) <= digits - 1:
+        if -4 <= int(exponent) <= digits - 1:
             shown = f"{value:.{digits - 1 - int(exponent)}f}"
         else:
             shown = scientific

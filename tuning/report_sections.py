@@ -11,30 +11,32 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning import report_figures as figures
 from tuning.errors import counted
 from tuning.objective import diverged, stopped_by_budget
+from tuning.report_answers import (
+    RepeatCell,
+    best_cells,
+    which_lr,
+    which_optimizer,
+    which_optimizer_at_its_best_lr,
+)
 from tuning.report_render import Section, Table, fixed, fmt
 from tuning.report_stats import (
-    ALPHA,
     DEFAULT_LR,
     DEFAULT_OPTIMIZER,
     MIN_FOR_MEDIAN_INTERVAL,
     StudyView,
-    holm,
     loss_interval,
-    lower_p,
     mean_and_ci,
     mean_interval,
     median_interval,
     median_text,
     objective_value,
     objective_values,
-    p_text,
 )
 from tuning.space import REPEAT, applies
 from tuning.warm_start import WARM_START_ATTR
@@ -233,7 +235,7 @@ def optimizers(view: StudyView) -> Section:
     # of 20 beside 0.3) decide a mean and stretch its t interval below 0.
     # Under repeats one trial's best is partly its seed's luck: the lr whose repeats' mean is
     # lowest stands for the optimizer.
-    best_cells = _best_cells(_repeat_cells(view)) if view.has_repeats else {}
+    best_of = best_cells(_repeat_cells(view)) if view.has_repeats else {}
     table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
                    "median's 95% interval", "highest val acc", "median val acc",
                    "lr of the best mean" if view.has_repeats else "lr of the best"],
@@ -249,7 +251,7 @@ def optimizers(view: StudyView) -> Section:
                            statistics.median(losses) if losses else None, median_text(losses),
                            max(accs) if accs else None,
                            statistics.median(accs) if accs else None,
-                           best_cells[name].lr if name in best_cells
+                           best_of[name].lr if name in best_of
                            else view.param(best, "lr") if best and not view.has_repeats
                            else None])
     table.note = (f"{view.population()} The median's interval is distribution-free: two of "
@@ -259,8 +261,10 @@ def optimizers(view: StudyView) -> Section:
                   "any of its trials', not always the best (lowest-loss) trial's.")
     s.tables.append(("Per optimizer", table))
     if "optimizer" in view.tuned and len(groups) > 1:
-        s.paragraphs.append(_which_optimizer(
-            {name: objective_values(trials) for name, trials in groups.items()}, view.is_grid))
+        s.paragraphs.append(
+            which_optimizer_at_its_best_lr(_repeat_cells(view)) if view.has_repeats else
+            which_optimizer({name: objective_values(trials) for name, trials in groups.items()},
+                            view.is_grid))
     if view.has_repeats or view.is_grid:
         cells = _repeat_cells(view)
         others = [n for n in view.tuned if n not in ("optimizer", "lr")]
@@ -316,61 +320,6 @@ def optimizers(view: StudyView) -> Section:
     return s
 
 
-MIN_TO_COMPARE = 3
-"""Complete trials an optimizer needs to be compared: with 2 against 2 no ordering is rare
-enough to tell them apart (1 in 6)."""
-
-
-def _which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
-    """The section's answer: the optimizer with the lowest median validation loss, and which of
-    the others it is lower than beyond chance (one-sided Mann-Whitney U per pair, Holm-adjusted
-    over the pairs)."""
-    comparable = {name: values for name, values in losses.items()
-                  if len(values) >= MIN_TO_COMPARE}
-    too_few = sorted(set(losses) - set(comparable))
-    few_text = (" too few complete trials to compare (" + ", ".join(
-        f"{name}: {len(losses[name])}" for name in too_few) + f"; {MIN_TO_COMPARE} needed).")
-    if len(comparable) < 2:
-        return "Which optimizer:" + few_text
-    few_text = few_text.replace(" too", " Too", 1)
-    leader = min(comparable, key=lambda name: (statistics.median(comparable[name]), name))
-    others = sorted(set(comparable) - {leader})
-    adjusted = dict(zip(others, holm([lower_p(comparable[leader], comparable[name])
-                                        for name in others]), strict=True))
-    lower = [name for name in others if adjusted[name] < ALPHA]
-    level = [name for name in others if adjusted[name] >= ALPHA]
-
-    def listed(names: list[str]) -> str:
-        return ", ".join(f"{name} ({p_text(adjusted[name])})" for name in names)
-
-    text = (f"Which optimizer: {leader} has the lowest median validation loss "
-            f"({statistics.median(comparable[leader]):.4f} over "
-            f"{counted(len(comparable[leader]), 'complete trial')}).")
-    if not level:
-        text += (f" Its losses are lower than every other optimizer's beyond chance: "
-                 f"{listed(lower)}. On these data, use {leader}.")
-    elif not lower:
-        text += (f" No other optimizer's losses are higher beyond chance: {listed(level)}, so "
-                 f"the trials do not tell {leader} apart from {_and(level)}; any of them will "
-                 "do, and more trials would be needed to separate them.")
-    else:
-        text += (f" Its losses are lower beyond chance than {listed(lower)}, but not than "
-                 f"{listed(level)}: choose among {leader} and {_and(level)}.")
-    text += (" The p-value is a one-sided Mann-Whitney U test of the leader's losses against "
-             "the other optimizer's." if len(others) == 1 else
-             " The p-values are one-sided Mann-Whitney U tests of the leader's losses against "
-             f"each other optimizer's, Holm-adjusted for the {len(others)} comparisons.")
-    if not grid:
-        text += (" Each optimizer's trials had the other settings the sampler gave them, so "
-                 "this compares the optimizers as the search tried them, not in a controlled "
-                 "experiment (the compare-optimizers grid is one).")
-    return text + (few_text if too_few else "")
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
-
-
 def _sampler_choices(view: StudyView) -> dict[str, int]:
     """How many finished (complete or pruned) trials the sampler gave each optimizer of the
     space, none left out. Trials queued to run first (the study file's `enqueue`, a warm
@@ -389,28 +338,6 @@ def _by_optimizer(view: StudyView, trials: list[FrozenTrial]) -> dict[str, list[
     for t in trials:
         groups.setdefault(view.optimizer(t), []).append(t)
     return groups
-
-
-@dataclass(frozen=True)
-class RepeatCell:
-    """The complete repeats of one configuration (every parameter but `repeat`)."""
-
-    optimizer: str
-    lr: float
-    others: dict
-    """The configuration's other parameters, fixed ones included."""
-    n: int
-    """Complete repeats."""
-    repeats: frozenset
-    """Their `repeat` values (seed indices)."""
-    mean: float
-    sd: float | None
-    half: float | None
-    """Half-width of the 95% interval of the mean; None for a single repeat."""
-    accuracy: float | None
-    """Mean validation accuracy; None where no repeat recorded one."""
-    pruned: int
-    """Repeats pruned: left out of the mean."""
 
 
 def _repeat_cells(view: StudyView) -> list[RepeatCell]:
@@ -442,39 +369,6 @@ def _repeat_cells(view: StudyView) -> list[RepeatCell]:
                                 half, statistics.fmean(accs) if accs else None,
                                 pruned.get((opt, lr, others), 0)))
     return cells
-
-
-def _best_cells(cells: list[RepeatCell]) -> dict[str, RepeatCell]:
-    """Each optimizer's configuration with the lowest mean loss over its repeats."""
-    best: dict[str, RepeatCell] = {}
-    for c in cells:
-        if c.optimizer not in best or c.mean < best[c.optimizer].mean:
-            best[c.optimizer] = c
-    return best
-
-
-def _which_lr(cells: list[RepeatCell]) -> list[str]:
-    """Under repeats, per optimizer: the learning rate of the lowest mean loss, and the others
-    whose 95% interval overlaps its own (the repeats do not separate them)."""
-    answers = []
-    for optimizer, best in sorted(_best_cells(cells).items()):
-        interval = mean_interval(best.mean, best.half, best.n)
-        text = (f"{optimizer}: lr {fmt(best.lr)} has the lowest mean validation loss over its "
-                f"{counted(best.n, 'repeat')} ({best.mean:.4f}")
-        if interval is None:
-            answers.append(text + "; too few repeats for an interval, so how far it is ahead of "
-                                  "the others is not known).")
-            continue
-        text += f", 95% CI {interval[0]:.4f}..{interval[1]:.4f})"
-        overlapping = sorted({fmt(c.lr) for c in cells if c.optimizer == optimizer
-                              and c.lr != best.lr
-                              and (other := mean_interval(c.mean, c.half, c.n)) is not None
-                              and other[0] <= interval[1] and interval[0] <= other[1]})
-        answers.append(text + (
-            f"; the intervals of lr {', '.join(overlapping)} overlap it, so the repeats do not "
-            "separate them." if overlapping else
-            "; no other learning rate's interval overlaps it."))
-    return answers
 
 
 def _paired(cells: list[RepeatCell]) -> bool:
@@ -538,7 +432,7 @@ def learning_rate(view: StudyView) -> Section:
     if view.has_repeats:
         s.paragraphs.append(
             "Which learning rate, from the means over repeats (one trial's best is partly its "
-            "seed's luck): " + " ".join(_which_lr(_repeat_cells(view))))
+            "seed's luck): " + " ".join(which_lr(_repeat_cells(view))))
     return s
 
 

@@ -1,0 +1,179 @@
+"""The report's answers in words: which optimizer and which learning rate, each only as far as
+the trials tell them apart. A leader is named with the tests of it against every other
+candidate (one-sided, Holm-adjusted over the comparisons), and candidates the trials do not
+separate from it are named beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from tuning.errors import counted
+from tuning.report_render import fmt
+from tuning.report_stats import ALPHA, holm, lower_p, mean_interval, p_text
+
+MIN_TO_COMPARE = 3
+"""Complete trials an optimizer needs to be compared: with 2 against 2 no ordering is rare
+enough to tell them apart (1 in 6)."""
+
+
+@dataclass(frozen=True)
+class RepeatCell:
+    """The complete repeats of one configuration (every parameter but `repeat`)."""
+
+    optimizer: str
+    lr: float
+    others: dict
+    """The configuration's other parameters, fixed ones included."""
+    n: int
+    """Complete repeats."""
+    repeats: frozenset
+    """Their `repeat` values (seed indices)."""
+    mean: float
+    sd: float | None
+    half: float | None
+    """Half-width of the 95% interval of the mean; None for a single repeat."""
+    accuracy: float | None
+    """Mean validation accuracy; None where no repeat recorded one."""
+    pruned: int
+    """Repeats pruned: left out of the mean."""
+
+
+def best_cells(cells: list[RepeatCell]) -> dict[str, RepeatCell]:
+    """Each optimizer's configuration with the lowest mean loss over its repeats."""
+    best: dict[str, RepeatCell] = {}
+    for c in cells:
+        if c.optimizer not in best or c.mean < best[c.optimizer].mean:
+            best[c.optimizer] = c
+    return best
+
+
+def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
+    """From the optimizers' trials as a search ran them: the one with the lowest median
+    validation loss, and which of the others it is lower than beyond chance (Mann-Whitney U:
+    ranks only, so a diverged trial counts as one bad rank)."""
+    comparable = {name: values for name, values in losses.items()
+                  if len(values) >= MIN_TO_COMPARE}
+    too_few = _too_few({name: len(values) for name, values in losses.items()}, "complete trial")
+    if len(comparable) < 2:
+        return "Which optimizer: " + too_few
+    leader = min(comparable, key=lambda name: (statistics.median(comparable[name]), name))
+    others = sorted(set(comparable) - {leader})
+    adjusted = dict(zip(others, holm([lower_p(comparable[leader], comparable[name])
+                                        for name in others]), strict=True))
+    text = (f"Which optimizer: {leader} has the lowest median validation loss "
+            f"({statistics.median(comparable[leader]):.4f} over "
+            f"{counted(len(comparable[leader]), 'complete trial')}).")
+    text += _verdict(leader, adjusted, "Mann-Whitney U")
+    if grid:
+        text += (" Each optimizer's trials are over every learning rate the grid gave it, the "
+                 "poor ones too: the means below compare them at each learning rate.")
+    else:
+        text += (" Each optimizer's trials had the other settings the sampler gave them, so "
+                 "this compares the optimizers as the search tried them, not in a controlled "
+                 "experiment (the compare-optimizers grid is one).")
+    return text + (f" {too_few[0].upper()}{too_few[1:]}" if too_few else "")
+
+
+def which_optimizer_at_its_best_lr(cells: list[RepeatCell]) -> str:
+    """From repeats: each optimizer at the configuration of its lowest mean loss, and which of
+    the others' best the leader's is lower than beyond chance (Welch's t on the means, as the
+    repeat table's intervals are Student's)."""
+    best = best_cells(cells)
+    comparable = {name: c for name, c in best.items() if c.n >= 2 and c.sd is not None}
+    too_few = _too_few({name: c.n for name, c in best.items()}, "complete repeat", needed=2)
+    if len(comparable) < 2:
+        return "Which optimizer, each at its best learning rate: " + too_few
+    leader = min(comparable, key=lambda name: (comparable[name].mean, name))
+    others = sorted(set(comparable) - {leader})
+    adjusted = dict(zip(others, holm([_welch_lower(comparable[leader], comparable[name])
+                                        for name in others]), strict=True))
+    ahead = comparable[leader]
+    text = (f"Which optimizer, each at its best learning rate: {leader} at lr {fmt(ahead.lr)} "
+            f"has the lowest mean validation loss ({ahead.mean:.4f} over "
+            f"{counted(ahead.n, 'repeat')}).")
+    text += _verdict(leader, adjusted, "Welch's t on each one's best configuration's repeats",
+                     losses=False)
+    return text + (f" {too_few[0].upper()}{too_few[1:]}" if too_few else "")
+
+
+def which_lr(cells: list[RepeatCell]) -> list[str]:
+    """Under repeats, per optimizer: the learning rate of the lowest mean loss, and the others
+    whose 95% interval overlaps its own (the repeats do not separate them)."""
+    answers = []
+    for optimizer, best in sorted(best_cells(cells).items()):
+        interval = mean_interval(best.mean, best.half, best.n)
+        text = (f"{optimizer}: lr {fmt(best.lr)} has the lowest mean validation loss over its "
+                f"{counted(best.n, 'repeat')} ({best.mean:.4f}")
+        if interval is None:
+            answers.append(text + "; too few repeats for an interval, so how far it is ahead of "
+                                  "the others is not known).")
+            continue
+        text += f", 95% CI {interval[0]:.4f}..{interval[1]:.4f})"
+        overlapping = sorted({c.lr for c in cells if c.optimizer == optimizer
+                              and c.lr != best.lr
+                              and (other := mean_interval(c.mean, c.half, c.n)) is not None
+                              and other[0] <= interval[1] and interval[0] <= other[1]})
+        rates = ", ".join(fmt(lr) for lr in overlapping)
+        if not overlapping:
+            answers.append(text + "; no other learning rate's interval overlaps it.")
+        elif len(overlapping) == 1:
+            answers.append(text + f"; the interval of lr {rates} overlaps it, so the repeats do "
+                                  "not separate them.")
+        else:
+            answers.append(text + f"; the intervals of lr {rates} overlap it, so the repeats do "
+                                  "not separate them.")
+    return answers
+
+
+def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = True) -> str:
+    """Which candidates the leader is ahead of beyond chance (`adjusted`: each one's p-value,
+    Holm-adjusted), which it is not, and the test; of their `losses`, else of their means."""
+    its, others = ("Its losses are", "losses are") if losses else ("Its mean is", "mean is")
+    lower = [name for name in adjusted if adjusted[name] < ALPHA]
+    level = [name for name in adjusted if adjusted[name] >= ALPHA]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(f"{name} ({p_text(adjusted[name])})" for name in names)
+
+    if not level:
+        text = (f" {its} lower than every other optimizer's beyond chance: {listed(lower)}. "
+                f"On these data, use {leader}.")
+    elif not lower:
+        text = (f" No other optimizer's {others} higher beyond chance: {listed(level)}, so the "
+                f"trials do not tell {leader} apart from {_and(level)}; more trials would be "
+                "needed to separate them.")
+    else:
+        text = (f" {its} lower beyond chance than {listed(lower)}, but not than "
+                f"{listed(level)}: choose among {_and([leader, *level])}.")
+    if len(adjusted) == 1:
+        return text + f" The p-value is a one-sided test of the difference ({test})."
+    return text + (f" The p-values are one-sided tests of the leader against each other "
+                   f"optimizer ({test}), Holm-adjusted for the {len(adjusted)} comparisons.")
+
+
+def _welch_lower(these: RepeatCell, those: RepeatCell) -> float:
+    """One-sided p-value of `these`' mean loss being lower than `those`' by chance alone; 1
+    where neither varies over its repeats (no spread to test against)."""
+    from scipy.stats import ttest_ind_from_stats
+
+    p = float(ttest_ind_from_stats(these.mean, these.sd or 0.0, these.n, those.mean,
+                                   those.sd or 0.0, those.n, equal_var=False,
+                                   alternative="less").pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def _too_few(counts: dict[str, int], unit: str, needed: int = MIN_TO_COMPARE) -> str:
+    """'too few complete trials to compare (adam: 2; 3 needed).', or '' where none is short."""
+    short = sorted(name for name, n in counts.items() if n < needed)
+    if not short:
+        return ""
+    return (f"too few {unit}s to compare (" + ", ".join(f"{name}: {counts[name]}"
+                                                       for name in short)
+            + f"; {needed} needed).")
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
