@@ -951,3 +951,40 @@ def test_with_no_complete_trial_the_export_names_the_trial_the_budget_cut_short(
     with pytest.raises(UsageError) as caught:
         choose_trial(study, folds, {}, None)
     assert "--trial" not in str(caught.value)
+
+
+def test_a_sigterm_mid_export_or_report_leaves_nothing_behind(study_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    """`timeout` and schedulers stop with SIGTERM: as a Ctrl-C does, it ends the export with
+    one line and exit status 143, its unfinished files and the folders it made gone."""
+    import signal
+
+    import tuning.export
+    import tuning.report
+
+    real_write = tuning.export._write_export
+
+    def write_then_terminated(staging, *args):
+        real_write(staging, *args)
+        assert (staging / "weights.pt").is_file()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tuning.export, "_write_export", write_then_terminated)
+    monkeypatch.setattr(tuning.report, "render_html", terminated)
+    common = ["--study", "tiny", "--storage", f"sqlite:///{study_dir}/studies/tiny.db",
+              "--artifacts", str(study_dir / "artifacts"), "--device", "cpu", "--quiet"]
+    out = tmp_path / "new" / "out"
+    # As a command starts: pytest's worker process may hold a handler of its own.
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert tuning_main(["export", *common, "--out", str(out)]) == 143
+        assert capsys.readouterr().err.strip() == "tuning export: stopped by SIGTERM"
+        assert not (tmp_path / "new").exists()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command's, given back
+        assert tuning_main(["report", *common, "--no-test", "--out", str(out)]) == 143
+        assert not (tmp_path / "new").exists()
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -19,6 +19,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from tuning import __version__, catalog
 from tuning.errors import EXIT_OK, EXIT_USAGE, StudyNotFound, UsageError, counted, shorten
 from tuning.settings import setting
+from tuning.signals import Interrupted
 
 if TYPE_CHECKING:
     from tuning.cli import OneLineParser
@@ -233,10 +235,31 @@ def _guarded(prog: str, command: Callable[[], int]) -> int:
     """`command()`, with the ends every command shares."""
     global _started
     _started = time.monotonic()
+    previous = _stop_on_termination()
     try:
         return _ended(prog, command)
     finally:
         _started = None
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_on_termination() -> dict:
+    """SIGTERM and SIGHUP (`timeout`, a scheduler, a closed terminal) raise as Ctrl-C does,
+    where they would kill the process on the spot: what a command cleans up when stopped (an
+    export's unfinished files, a report's empty folder) goes as it goes for Ctrl-C. A search
+    or worker takes them over for its trials (tuning.signals). A signal ignored (nohup) stays
+    ignored. Returns the handlers replaced."""
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, stop)
+    return previous
 
 
 def _ended(prog: str, command: Callable[[], int]) -> int:
@@ -250,6 +273,10 @@ def _ended(prog: str, command: Callable[[], int]) -> int:
         # flushing stdout at exit; point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except Interrupted as stopped:
+        if "--launched" not in sys.argv:
+            print(f"{prog}: stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_status
     except KeyboardInterrupt:
         # A Ctrl-C the command did not handle: it came before it took its signals over
         # (while torch imports, say). One line rather than a traceback; a trial that was

@@ -70,9 +70,9 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
 
     Bad input changes nothing stored: the test set (read from `data_dir`, default ./data),
     which must be the study's images, and the test's device are checked before `out` is
-    created, and the folders it created are removed again, while empty, when a UsageError
-    stops the report later. The data come first, so that data not found stop the report before
-    it spends time on the rest.
+    created, and the folders it created are removed again, while empty, when bad input, a
+    failure or a stop ends the report later. The data come first, so that data not found stop
+    the report before it spends time on the rest.
     """
     settings, space = stored_definition(study)
     settings = with_images_at(settings, dataset)
@@ -97,13 +97,13 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
             sections.append(Section("Held-out test", [
                 "Not run: this report was made with --no-test. Without it, the best "
                 "configuration is evaluated once on the test set, beside the tutorial's."]))
-    except UsageError:
+        title = f"Study {study.study_name}"
+        files = {"index.html": render_html(title, sections),
+                 "summary.md": render_markdown(title, sections),
+                 "trials.csv": trials_csv(view)}
+    except BaseException:  # bad input, a failure, or a stop (Ctrl-C, SIGTERM)
         remove_empty(created)
         raise
-    title = f"Study {study.study_name}"
-    files = {"index.html": render_html(title, sections),
-             "summary.md": render_markdown(title, sections),
-             "trials.csv": trials_csv(view)}
     if metrics:
         files[METRICS_FILE] = json.dumps(metrics, indent=1)
     write_whole(out, files, created)
@@ -125,10 +125,12 @@ def write_whole(out: Path, files: dict[str, str], created: list[Path]) -> None:
             temporary[name].write_text(text, encoding="utf-8")
         for name, path in temporary.items():
             path.replace(out / name)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk, or a stop (Ctrl-C, SIGTERM) mid-write
         for path in temporary.values():
             path.unlink(missing_ok=True)
         remove_empty(created)
+        if not isinstance(exc, OSError):
+            raise
         raise UsageError(f"the report into {shorten(str(out), 200)!r} failed: "
                          f"{exc.strerror or exc}") from None
 
