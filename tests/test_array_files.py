@@ -113,6 +113,23 @@ def test_npz_float_scale_is_chosen_by_the_brightest_pixel(tmp_path, digits):
         read_npz(save_npz(tmp_path / "d.npz", x_train=dim, y_train=y)).train_x[..., 0], dim)
 
 
+def test_npz_integer_images_of_only_0_and_1_are_read_as_given_and_warned_of(tmp_path, digits,
+                                                                           caplog):
+    # Binarized digits: as pixels of 0..255 they are near black, and a model trained on them
+    # fails on every ordinary image.
+    x, y = digits
+    binary = (x > 128).astype(np.uint8)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        data = read_npz(save_npz(tmp_path / "b.npz", x_train=binary, y_train=y))
+    np.testing.assert_array_equal(data.train_x[..., 0], binary)
+    warning, = [r.getMessage() for r in caplog.records]
+    assert "x_train holds integers of only 0 and 1, read as pixels of 0..255" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        read_npz(save_npz(tmp_path / "g.npz", x_train=x, y_train=y))
+    assert not caplog.records
+
+
 def test_npz_labels_that_do_not_run_0_to_k_become_k_classes_named_by_label(tmp_path, digits,
                                                                            caplog):
     x, y = digits

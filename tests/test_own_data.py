@@ -264,13 +264,19 @@ def test_cifar10_layout(workdir, digits):
     assert data["name"] == "cifar10" and data["class_names"] == CIFAR10_NAMES
     assert data["input_shape"] == [3, 32, 32] and data["n_test"] == 20
     assert data["n_train"] + data["n_val"] == 100 and data["hflip"] is True
-    # Reported from elsewhere, where ./data is not: the study says where it read them.
+    # Reported from elsewhere, where ./data is not: read where the search read them.
     elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
-    report = run_cli("--study", "cifar10", "--storage", f"sqlite:///{workdir}/studies/cifar10.db",
-                     cwd=elsewhere, module="tuning.report")
+    storage = ("--storage", f"sqlite:///{workdir}/studies/cifar10.db")
+    report = run_cli("--study", "cifar10", *storage, cwd=elsewhere, module="tuning.report")
+    assert report.returncode == 0, report.stderr
+    assert f"cifar10 read from {workdir / 'data'}, where the study's search read it" in \
+        report.stderr
+    (workdir / "data").rename(workdir / "moved")
+    report = run_cli("--study", "cifar10", *storage, cwd=elsewhere, module="tuning.report")
     assert report.returncode == 2, report.stderr
-    assert f"it read them from {workdir / 'data'}: give --data-dir" in report.stderr
+    assert report.stderr.startswith("error: cifar10 not found")
+    assert len(report.stderr.strip().splitlines()) == 1
 
 
 # --- a [data] table ----------------------------------------------------------------------------

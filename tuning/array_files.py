@@ -201,6 +201,12 @@ def _npz_images(path: Path, key: str, x: np.ndarray) -> tuple[np.ndarray, bool |
     if min(x.shape[1:3]) < MIN_SIDE:
         raise UsageError(f"{path}: {key} images are {x.shape[1]}x{x.shape[2]}; height and width "
                          f"must be at least {MIN_SIDE}")
+    if x.dtype.kind in "iu" and x.size and 0 <= x.min() and x.max() <= 1:
+        # Integers are pixels of 0..255: 0/1 images train a network on near-black ones, which
+        # then fails on every ordinary image it is given.
+        log.warning("%s: %s holds integers of only 0 and 1, read as pixels of 0..255 (near "
+                    "black): if 1 means white, save them times 255, or as floats of 0..1",
+                    path, key)
     if x.dtype == np.uint8:
         return x, None
     if x.dtype.kind not in "iuf":

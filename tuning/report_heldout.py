@@ -15,6 +15,7 @@ default, so that its test accuracy is this section's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,19 +68,40 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     # A registered data set by the name it was loaded as (mnist may have been its sample); the
     # user's own files by their path.
     name = stored.get("name", settings.dataset)
+    source = stored.get("source")
+
+    def load(directory: Path | None) -> Arrays:
+        return load_arrays(name if name in SOURCES else settings.dataset, directory,
+                           settings.seed, config=stored_data_config(study, settings.dataset),
+                           download=False)
+
     try:
-        arrays = load_arrays(name if name in SOURCES else settings.dataset, data_dir,
-                             settings.seed, config=stored_data_config(study, settings.dataset),
-                             download=False)
+        arrays = load(data_dir)
     except UsageError as exc:
-        remedy = _where_the_data_were(settings.dataset, stored.get("source"), data_dir)
-        if way_round:
-            remedy = f"{remedy}, or {way_round}" if remedy else f"or {way_round}"
-        raise UsageError(f"{exc}; {remedy}" if remedy else str(exc)) from None
+        # A built-in data set not where looked, without --data-dir: where the search read it
+        # from, if it is still there (the fingerprint below says whether it is the same).
+        found = None
+        if data_dir is None and name in SOURCES and source and Path(source).is_dir():
+            with contextlib.suppress(UsageError):
+                found = load(Path(source))
+        if found is not None:
+            log.info("%s read from %s, where the study's search read it", name, source)
+            arrays = found
+        else:
+            raise _not_found(exc, settings.dataset, source, data_dir, way_round) from None
     remedy = point_at_data(study)
     check_data_matches(study, arrays.fingerprint(),
                        remedy=f"{remedy}, or {way_round}" if way_round else remedy)
     return arrays.normalized_as(stored)
+
+
+def _not_found(exc: UsageError, dataset: str, source: str | None, data_dir: Path | None,
+               way_round: str | None) -> UsageError:
+    """The error for the study's data not found, with how to give them, or to do without."""
+    remedy = _where_the_data_were(dataset, source, data_dir)
+    if way_round:
+        remedy = f"{remedy}, or {way_round}" if remedy else f"or {way_round}"
+    return UsageError(f"{exc}; {remedy}" if remedy else str(exc))
 
 
 def _where_the_data_were(dataset: str, source: str | None, data_dir: Path | None) -> str:
