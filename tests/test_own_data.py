@@ -167,8 +167,9 @@ def test_image_folder_search_workers_resume_report_and_a_changed_image(tmp_path,
     assert main([*command, "--trials", "4"]) == 2
     err = capsys.readouterr().err
     line = error_line(err)
-    assert "study 'pets' was run on other data" in line and "sha256" in line
-    assert str(root) in line
+    # Where the study read them: the files changed, and the message says so.
+    assert f"the data in {root} changed since study 'pets' was run on them" in line
+    assert "sha256" in line and "restore them, or point --dataset" in line
     assert "decoding 91 images" in err  # rebuilt, not the stale cache
     assert len(list(cache_dir.glob("*.npz"))) == 2
     assert dump(workdir / "studies" / "pets.db") == before
@@ -726,3 +727,17 @@ def test_a_study_stored_with_a_test_folder_and_a_test_fraction_resumes_from_its_
     study = optuna.create_study()
     study.set_user_attr("data_config", DataConfig(test="/data/test", test_fraction=0.1).to_dict())
     assert stored_data_config(study) == DataConfig(test="/data/test")
+
+
+def test_a_folder_named_as_a_built_in_data_set_is_pointed_out(tmp_path, caplog, monkeypatch):
+    from tuning.plan import make_plan
+    from tuning.search import build_parser
+
+    (tmp_path / "mnist-sample" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        plan = make_plan(build_parser().parse_args(["--dataset", "mnist-sample"]))
+    assert plan.settings.dataset == "mnist-sample"
+    assert [r.getMessage() for r in caplog.records] == [
+        "--dataset mnist-sample names the built-in data set; the folder mnist-sample here is "
+        "not read (give --dataset ./mnist-sample for it)"]

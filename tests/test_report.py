@@ -95,6 +95,7 @@ def test_test_metrics_agree_with_an_independent_confusion_matrix(small_study):
     from tuning.train import evaluate
 
     metrics = json.loads((small_study / "reports" / "small" / "test_metrics.json").read_text())
+    assert metrics["class_names"] == [str(d) for d in range(10)]
     for config in ("best", "tutorial"):
         for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
             assert 0.0 <= metrics[config][key] <= 1.0

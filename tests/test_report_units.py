@@ -422,6 +422,11 @@ def test_bad_input_stops_the_report_before_its_folder_is_created(reportable, tmp
     assert "run on other data" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
     assert baselines() == 0
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert report([*storage, "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out '{a_file}' is a file, not a directory"
+    assert a_file.read_text() == "mine"
 
 
 def test_a_report_stopped_after_creating_its_folder_removes_it(reportable, tmp_path, capsys,

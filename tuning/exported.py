@@ -133,12 +133,13 @@ class ExportedModel(Classifier):
         c, h, w = self.input_shape
         if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ExportError(f"the model takes float images (N, {c}, {h}, {w}) in [0, 1], got "
-                              f"a tensor of shape {tuple(images.shape)}: preprocess(image) "
-                              "converts and fits an image")
+                              f"a tensor of shape {tuple(images.shape)}: "
+                              "torch.stack([model.preprocess(image), ...]) converts and fits "
+                              "images into a batch")
         if not images.is_floating_point():
             raise ExportError(f"the model takes float images in [0, 1], got {images.dtype}: "
                               "divide pixels of 0..255 by 255 (images.float() / 255), or "
-                              "preprocess(image) converts an image")
+                              "model.preprocess(image) converts an image")
         # Float pixels of 0..255 too; not while a compiler traces it, where a tensor's values
         # are unknown.
         tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()

@@ -413,9 +413,9 @@ def _log_resizing(root: Path, sizes: list[tuple[int, int]], size: tuple[int, int
     if len(distinct) < 2:
         return
     shown = ", ".join(f"{h}x{w}" for h, w in distinct[:3]) + (", ..." if len(distinct) > 3 else "")
-    log.info("the images in %s have %d sizes (%s): resizing to %dx%d, the median of their shorter "
-             "sides (%d) clamped to %d..%d; set image_size to choose another", root,
-             len(distinct), shown, *size, _median_side(sizes), *CHOSEN_SIZES)
+    log.info("the images in %s have %d sizes (height x width: %s): resizing to %dx%d, the median "
+             "of their shorter sides (%d) clamped to %d..%d; set image_size to choose another",
+             root, len(distinct), shown, *size, _median_side(sizes), *CHOSEN_SIZES)
 
 
 def _check_failures(root: Path, files: list[tuple[str, int]], names: tuple[str, ...],

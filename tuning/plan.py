@@ -92,6 +92,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         flips = (Path(args.dataset).expanduser().is_dir() if is_path(args.dataset)
                  else SOURCES[args.dataset].hflip)
         study_file = _space_for_own_images(study_file, flips)
+    if args.dataset in SOURCES and Path(args.dataset).is_dir():
+        log.warning("--dataset %s names the built-in data set; the folder %s here is not read "
+                    "(give --dataset ./%s for it)", args.dataset, args.dataset, args.dataset)
     overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "sampler", "pruner", "seed")
                  if getattr(args, k) is not None}
     settings = replace(study_file.settings, **overrides)

@@ -138,6 +138,8 @@ def write_whole(out: Path, files: dict[str, str], created: list[Path]) -> None:
 def check_out(out: Path) -> None:
     """Refuse an --out directory with other content than an earlier report, whose files this
     one replaces: its index.html would overwrite another (a web site's, say). Creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {shorten(str(out), 200)!r} is a file, not a directory")
     # A report's file left half written (its writer killed mid-write) is no one else's.
     others = [path for path in out.iterdir() if not path.name.endswith(PARTIAL)] \
         if out.is_dir() else []

@@ -393,7 +393,9 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         s.tables.append((f"Confusion matrix, {shown} (rows: true class, columns: predicted)",
                          confusion_table(cm, names)))
         s.figures.append(confusion_heatmap(cm, names, f"Confusion matrix, {shown}"))
+    # per_class and the confusion matrix count classes by index: class_names names them.
     s.metrics = {"best_trial": best.number, "best": best_metrics,  # type: ignore[attr-defined]
+                 "class_names": list(names),
                  "tutorial": seed_metrics, "best_model_source": obtained.how,
                  "mcnemar": test, "retrain_check": retrain_check}
     return s

@@ -103,9 +103,10 @@ def overview(view: StudyView) -> Section:
     s.tables.append(("Study", table))
     if data.get("leaks"):
         s.paragraphs.append(
-            f"Warning: {data['leaks']} of the {data.get('n_test')} test images are exact copies "
-            "of training or validation images, so the held-out accuracy flatters the model on "
-            "them; remove the copies from one side to test on unseen images only.")
+            f"Warning: {data['leaks']} of the {data.get('n_test')} test images "
+            f"{'is an exact copy' if data['leaks'] == 1 else 'are exact copies'} of training or "
+            "validation images, so the held-out accuracy flatters the model on them; remove the "
+            "copies from one side to test on unseen images only.")
     coverage = view.grid_coverage()
     if coverage is not None and coverage[0] < coverage[1]:
         done, size = coverage

@@ -294,8 +294,9 @@ def _refuse_idle_flags(args: argparse.Namespace) -> None:
     if idle:
         raise UsageError(f"{' and '.join(idle)} with --create-only: no trial runs here, so "
                          f"{'it does' if len(idle) == 1 else 'they do'} nothing; leave "
-                         f"{'it' if len(idle) == 1 else 'them'} out (tuning worker takes "
-                         "--timeout and --budget)")
+                         f"{'it' if len(idle) == 1 else 'them'} out"
+                         + ("" if not {"--timeout", "--budget"} & set(idle)
+                            else " (tuning worker takes --timeout and --budget)"))
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
@@ -328,9 +329,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     plan.settings.network().check(representative(plan.study_file.space), arrays.input_shape,
                                   arrays.num_classes, plan.settings.limits())
     if arrays.leaks:
-        log.warning("%d of the %d test images are exact copies of training or validation "
-                    "images: the test accuracy will flatter the model", arrays.leaks,
-                    len(arrays.test_y))
+        log.warning("%d of the %d test images %s of training or validation images: the test "
+                    "accuracy will flatter the model", arrays.leaks, len(arrays.test_y),
+                    "is an exact copy" if arrays.leaks == 1 else "are exact copies")
     in_two, example = arrays.images_in_two_classes()
     if example is not None:
         log.warning("%d image%s under two classes or more (%s and %s share one): a class "

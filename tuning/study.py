@@ -193,11 +193,19 @@ def check_data_matches(study: optuna.Study, data_fingerprint: dict,
 
     differences = [f"{key} {shown(stored, key)} in the study, {shown(data_fingerprint, key)} here"
                    for key in DATA_KEYS if stored.get(key) != data_fingerprint.get(key)]
-    if differences:
+    if not differences:
+        return
+    source = stored.get("source")
+    if source is not None and source == data_fingerprint.get("source") \
+            and Path(source).is_absolute():
+        # Read from the files the study read: they are not what they were.
         raise UsageError(
-            f"study {study.study_name!r} was run on other data than found here "
-            f"({'; '.join(differences)}); its data came from "
-            f"{stored.get('source', 'an unrecorded place')}: {remedy}")
+            f"the data in {source} changed since study {study.study_name!r} was run on them "
+            f"({'; '.join(differences)}): restore them, or {remedy}")
+    raise UsageError(
+        f"study {study.study_name!r} was run on other data than found here "
+        f"({'; '.join(differences)}); its data came from "
+        f"{source or 'an unrecorded place'}: {remedy}")
 
 
 def check_definition_matches(study: optuna.Study, plan: Plan) -> None:
