@@ -228,6 +228,9 @@ BAD_NPZ = {
     "class names without training images": (
         lambda a: _with(a, y_train=a["y_train"] % 8, class_names=np.array(list("abcdefghij"))),
         ["no image of class 'i' (label 8), nor of 1 other(s)"]),
+    "string labels": (lambda a: _with(a, y_train=a["y_train"].astype(str)),
+                      ["y_train has dtype <U", "expected integer labels; for named classes save "
+                       "each label's index, and the names, in order, as class_names"]),
     "huge label": (lambda a: _with(a, y_train=_set(a["y_train"].astype(float), 6, 1e20)),
                    ["y_train holds label 1e+20 at index 6", f"above {2**53}"]),
     "huge uint64 label": (lambda a: _with(a, y_train=_set(a["y_train"].astype(np.uint64), 2,

@@ -241,7 +241,9 @@ def _npz_labels(path: Path, key: str, y: np.ndarray, n: int, k: int | None) -> n
             raise UsageError(f"{path}: {key} holds {y[i]} at index {i}; labels must be whole "
                              "numbers")
     elif y.dtype.kind not in "iu":
-        raise UsageError(f"{path}: {key} has dtype {y.dtype}; expected integer labels")
+        hint = ("; for named classes save each label's index, and the names, in order, as "
+                "class_names") if y.dtype.kind in "USO" else ""
+        raise UsageError(f"{path}: {key} has dtype {y.dtype}; expected integer labels{hint}")
     # Range checks run on the original dtype: casting a huge float or uint64 first would wrap.
     # Without class names any label will do up to MAX_LABEL: _npz_classes maps them to 0..K-1.
     high = MAX_LABEL if k is None else k - 1
