@@ -144,8 +144,13 @@ def test_report_evaluates_on_the_data_in_data_dir(mnist_study, mnist_dir):
 
 
 @pytest.mark.slow
-def test_report_without_the_data_says_so_and_creates_nothing(mnist_study):
-    report = run_cli(module="tuning.report", cwd=mnist_study)
+def test_report_without_the_data_says_so_and_creates_nothing(mnist_study, mnist_dir):
+    # Not in ./data, and gone from where the search read them (which the report would read).
+    moved = mnist_dir.rename(mnist_dir.with_name("moved"))
+    try:
+        report = run_cli(module="tuning.report", cwd=mnist_study)
+    finally:
+        moved.rename(mnist_dir)
     assert report.returncode == 2
     lines = report.stderr.strip().splitlines()
     assert len(lines) == 1 and "not found" in lines[0] and "--data-dir" in lines[0], lines

@@ -120,6 +120,7 @@ def test_a_partial_grid_is_flagged_and_repeat_is_no_hyperparameter():
     what_mattered = importance(view)
     scores = dict(what_mattered.tables[0][1].rows)
     assert "repeat" not in scores and set(scores) <= {"optimizer", "lr"}
+    assert all(score == float(f"{score:.2g}") for score in scores.values())  # no false digits
     parallel = what_mattered.figures[-1]
     assert parallel.layout.title.text.startswith("Parallel coordinates")
     assert set(parallel.layout.xaxis.ticktext) == {"validation loss", "optimizer", "lr"}

@@ -78,8 +78,10 @@ def _importance(view: StudyView, s: Section) -> dict[str, float]:
     except Exception as exc:  # noqa: BLE001 - e.g. no parameter varies
         s.paragraphs.append(f"Importance could not be computed: {exc}")
         return {}
+    # Two significant digits: fANOVA's forest moves the third with its seed.
     s.tables.append(("Hyperparameter importance",
-                     Table(["parameter", "importance"], [[k, v] for k, v in scores.items()])))
+                     Table(["parameter", "importance"],
+                           [[k, float(f"{v:.2g}")] for k, v in scores.items()])))
     s.paragraphs.append(f"Importance evaluator: {IMPORTANCE_EVALUATOR}. Parameters sampled only "
                         "for some trials (momentum, nesterov) and the seed index `repeat` are "
                         "left out" + (f", and so are those that took one value in every "
