@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from tuning import outage, pause, runner
-from tuning.errors import UsageError
+from tuning.errors import EXIT_TRIALS_FAILING, UsageError
 from tuning.launcher import Launcher, plan_workers, visible_gpus
 from tuning.outage import LOST_TO_A_PAUSE_S, outages_of, transient
 from tuning.pause import PAUSE_S, TICK_S, PauseWatch
@@ -1188,6 +1188,34 @@ def test_a_crashed_worker_is_restarted_unless_the_target_is_met(tmp_path, finish
     assert launcher.run() == 0
     assert len(starts) == (2 if finished < 5 else 1)
 
+
+def test_a_search_whose_every_worker_died_too_often_does_not_exit_as_if_done(tmp_path, capsys):
+    """Killed again and again (an out-of-memory killer): once no worker is left the target is
+    not met, and the run says so with a status a script sees."""
+    from tuning.launcher import MAX_RESTARTS_PER_WORKER
+
+    study = optuna.create_study(study_name="s",
+                                storage=open_storage(f"sqlite:///{tmp_path}/s.db", create=True))
+    study.set_user_attr("target_trials", 5)
+    specs = plan_workers([], 1, 2, 2)
+    launcher = Launcher(study, f"sqlite:///{tmp_path}/s.db", specs, None, None, None,
+                        on_trial=lambda s, t: None)
+    starts = []
+
+    def killed(spec):
+        starts.append(spec.index)
+        launcher.procs[spec.index] = subprocess.Popen(
+            [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+
+    launcher._start = killed
+    assert launcher.run() == EXIT_TRIALS_FAILING
+    assert len(starts) == 2 * (MAX_RESTARTS_PER_WORKER + 1)
+    err = capsys.readouterr().err
+    assert "not restarting it again, the other workers go on" in err  # the first given up
+    assert err.rstrip().endswith(
+        "the target is not met: 2 of the workers died 4 times each (the last: killed by signal "
+        "9) and were not restarted; the same command goes on, running the failed trials again "
+        "first")
 
 
 def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():

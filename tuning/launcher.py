@@ -321,6 +321,10 @@ class Launcher:
     def _watch(self) -> int:
         specs = {spec.index: spec for spec in self.specs}
         status = 0
+        given_up: list[str] = []
+        """How the workers that died too often to restart died, the last time."""
+        ended = 0
+        """Workers that exited 0: done with the target, a --timeout, --budget or --patience."""
         while self.procs:
             time.sleep(POLL_S)
             self._poll_study()
@@ -329,6 +333,7 @@ class Launcher:
                 if code is None:
                     continue
                 del self.procs[index]
+                ended += code == 0
                 if self.stopping_signal is not None or code == 0:
                     continue
                 if code == EXIT_USAGE:  # the worker's own one-line error is already on stderr
@@ -352,14 +357,23 @@ class Launcher:
                               f"({self.restarts[index]}/{MAX_RESTARTS_PER_WORKER})")
                     self._start(specs[index])
                 else:
+                    given_up.append(how)
                     self._say(f"worker w{index} (pid {proc.pid}) {how}; not restarting it "
-                              "again, the other workers go on")
+                              "again" + (", the other workers go on" if self.procs else ""))
             if self.stopping_signal is not None:
                 self._wait_for_stop()
                 break
         self._poll_study()  # not waiting out an outage: a stopped run must not hang on one
         if self.stopping_signal is not None:
             return 128 + self.stopping_signal
+        if status == 0 and given_up and not ended and not self._target_met():
+            # Every worker died too often: the target is not met, and a script must not take
+            # the run for a success.
+            self._say(f"the target is not met: {len(given_up)} of the workers died "
+                      f"{MAX_RESTARTS_PER_WORKER + 1} times each (the last: {given_up[-1]}) and "
+                      "were not restarted; the same command goes on, running the failed "
+                      "trials again first")
+            return EXIT_TRIALS_FAILING
         return status
 
     def _wait_for_stop(self) -> None:
