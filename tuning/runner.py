@@ -270,6 +270,7 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
         finished, running = _counts(trials)
         target, patience = current_goal(study, target, patience)
         if finished >= target:
+            _fail_unneeded_places(study, trials)
             return NoTrial.TARGET_MET
         if out_of_patience(trials, patience) is not None:
             # Stop once no trial runs: one of them may still beat the best, and the search
@@ -300,6 +301,23 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
             with contextlib.suppress(Exception):
                 cast("BaseHeartbeat", study._storage).record_heartbeat(trial._trial_id)
         return trial
+
+
+UNNEEDED_PLACE = ("never run: a place in the target, given back by a worker paused as it took "
+                  "it, and not needed once the target was met")
+
+
+def _fail_unneeded_places(study: optuna.Study,
+                          trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Fail the trials a worker created and gave back, waiting (no configuration of their own:
+    not a queued one or a retry), once the target is met: none would take them, and a study
+    would keep them waiting for ever. Not retried; the lock is held."""
+    for t in trials:
+        if t.state == TrialState.WAITING and not t.params and \
+                "fixed_params" not in t.system_attrs:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", UNNEEDED_PLACE)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
 def fail_stale_trials(study: optuna.Study, announce: bool = False) -> None:
