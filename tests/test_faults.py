@@ -237,14 +237,17 @@ def test_a_place_given_back_by_a_paused_worker_does_not_wait_for_ever_once_the_t
     """A worker paused between its lock's last check and `ask` gives its new trial back as
     waiting when it resumes; were the target met meanwhile, no worker would take it. Queued
     configurations (the study file's, retries) wait on: a higher target runs them."""
-    from tuning.runner import UNNEEDED_PLACE
+    from tuning.runner import GIVEN_BACK, UNNEEDED_PLACE
 
     url, study = _sqlite_study(tmp_path)
     for value in (0.3, 0.2):
         study.add_trial(optuna.create_trial(value=value))
     given_back = study.ask()
+    study._storage.set_trial_system_attr(given_back._trial_id, GIVEN_BACK, True)
     study._storage.set_trial_state_values(given_back._trial_id, TrialState.WAITING)
     study.enqueue_trial({"x": 0.5})
+    # The retry of a trial cut short before its first suggest: no parameters either.
+    study.enqueue_trial({}, user_attrs={"failed_trial": 0})
     lock = StudyLock(url, "s")
     try:
         assert take_trial(study, 2, lock) is NoTrial.TARGET_MET
@@ -254,7 +257,7 @@ def test_a_place_given_back_by_a_paused_worker_does_not_wait_for_ever_once_the_t
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == UNNEEDED_PLACE
     assert RETRY_DUE not in failed.system_attrs
-    assert [t.state for t in study.trials[3:]] == [TrialState.WAITING]  # the queued one
+    assert [t.state for t in study.trials[3:]] == [TrialState.WAITING] * 2  # the queued
 
 
 def test_a_worker_waiting_for_a_paused_holder_of_the_sqlite_lock_says_so_and_can_stop(

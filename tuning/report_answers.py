@@ -1,7 +1,7 @@
 """The report's answers in words: which optimizer and which learning rate, each only as far as
 the trials tell them apart. A leader is named with the tests of it against every other
-candidate (one-sided, Holm-adjusted over the comparisons), and candidates the trials do not
-separate from it are named beside it.
+candidate (two-sided, as the leader was chosen by the same losses; Holm-adjusted over the
+comparisons), and candidates the trials do not separate from it are named beside it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from tuning.errors import counted
 from tuning.report_render import fmt
-from tuning.report_stats import ALPHA, holm, lower_p, mean_interval, p_text
+from tuning.report_stats import ALPHA, differ_p, holm, mean_interval, p_text
 
-MIN_TO_COMPARE = 3
-"""Complete trials an optimizer needs to be compared: with 2 against 2 no ordering is rare
-enough to tell them apart (1 in 6)."""
+MIN_TO_COMPARE = 4
+"""Complete trials an optimizer needs to be compared: with 3 against 3 no ordering is rare
+enough to tell them apart (the most extreme, 2 in 20, two-sided)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,11 @@ class RepeatCell:
 
 
 def best_cells(cells: list[RepeatCell]) -> dict[str, RepeatCell]:
-    """Each optimizer's configuration with the lowest mean loss over its repeats."""
+    """Each optimizer's configuration with the lowest mean loss over its repeats: of those with
+    two or more complete repeats where it has any (one lucky repeat is no mean)."""
     best: dict[str, RepeatCell] = {}
-    for c in cells:
-        if c.optimizer not in best or c.mean < best[c.optimizer].mean:
-            best[c.optimizer] = c
+    for c in sorted(cells, key=lambda c: (c.n < 2, c.mean)):
+        best.setdefault(c.optimizer, c)
     return best
 
 
@@ -61,7 +61,7 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
         return "Which optimizer: " + too_few
     leader = min(comparable, key=lambda name: (statistics.median(comparable[name]), name))
     others = sorted(set(comparable) - {leader})
-    adjusted = dict(zip(others, holm([lower_p(comparable[leader], comparable[name])
+    adjusted = dict(zip(others, holm([differ_p(comparable[leader], comparable[name])
                                         for name in others]), strict=True))
     text = (f"Which optimizer: {leader} has the lowest median validation loss "
             f"({statistics.median(comparable[leader]):.4f} over "
@@ -88,7 +88,7 @@ def which_optimizer_at_its_best_lr(cells: list[RepeatCell]) -> str:
         return "Which optimizer, each at its best learning rate: " + too_few
     leader = min(comparable, key=lambda name: (comparable[name].mean, name))
     others = sorted(set(comparable) - {leader})
-    adjusted = dict(zip(others, holm([_welch_lower(comparable[leader], comparable[name])
+    adjusted = dict(zip(others, holm([_welch_p(comparable[leader], comparable[name])
                                         for name in others]), strict=True))
     ahead = comparable[leader]
     text = (f"Which optimizer, each at its best learning rate: {leader} at lr {fmt(ahead.lr)} "
@@ -120,11 +120,11 @@ def which_lr(cells: list[RepeatCell]) -> list[str]:
         if not overlapping:
             answers.append(text + "; no other learning rate's interval overlaps it.")
         elif len(overlapping) == 1:
-            answers.append(text + f"; the interval of lr {rates} overlaps it, so the repeats do "
-                                  "not separate them.")
+            answers.append(text + f"; the interval of lr {rates} overlaps it: the repeats do "
+                                  "not clearly separate them.")
         else:
-            answers.append(text + f"; the intervals of lr {rates} overlap it, so the repeats do "
-                                  "not separate them.")
+            answers.append(text + f"; the intervals of lr {rates} overlap it: the repeats do "
+                                  "not clearly separate them.")
     return answers
 
 
@@ -149,19 +149,18 @@ def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = 
         text = (f" {its} lower beyond chance than {listed(lower)}, but not than "
                 f"{listed(level)}: choose among {_and([leader, *level])}.")
     if len(adjusted) == 1:
-        return text + f" The p-value is a one-sided test of the difference ({test})."
-    return text + (f" The p-values are one-sided tests of the leader against each other "
+        return text + f" The p-value is a two-sided test of the difference ({test})."
+    return text + (f" The p-values are two-sided tests of the leader against each other "
                    f"optimizer ({test}), Holm-adjusted for the {len(adjusted)} comparisons.")
 
 
-def _welch_lower(these: RepeatCell, those: RepeatCell) -> float:
-    """One-sided p-value of `these`' mean loss being lower than `those`' by chance alone; 1
-    where neither varies over its repeats (no spread to test against)."""
+def _welch_p(these: RepeatCell, those: RepeatCell) -> float:
+    """Two-sided p-value of the two means differing by chance alone (Welch's t); 1 where
+    neither varies over its repeats (no spread to test against)."""
     from scipy.stats import ttest_ind_from_stats
 
     p = float(ttest_ind_from_stats(these.mean, these.sd or 0.0, these.n, those.mean,
-                                   those.sd or 0.0, those.n, equal_var=False,
-                                   alternative="less").pvalue)
+                                   those.sd or 0.0, those.n, equal_var=False).pvalue)
     return 1.0 if math.isnan(p) else p
 
 

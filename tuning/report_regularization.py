@@ -77,7 +77,8 @@ def regularization(view: StudyView) -> Section:
             m.with_gap[0] if m.with_gap else None,
             reading(m.judged, len(m.xs), m.with_gap, len(set(m.xs)),
                     by_accuracy=m.name in JUDGED_BY_ACCURACY, adjusted=adjusted.get(m.name),
-                    gap_adjusted=gap_adjusted.get(m.name), tested=len(judged))])
+                    gap_adjusted=gap_adjusted.get(m.name) if len(gapped) > 1 else None,
+                    tested=len(judged))])
     s.figures.append(_figure(view, measured))
     table.note = view.population()
     s.tables.append(("Effect of each regularizer", table))
@@ -108,8 +109,8 @@ def reading(test: tuple[float, float] | None, n: int, gap: tuple[float, float] |
     """A regularizer's rank correlation (rho, p) with validation loss (with accuracy where
     `by_accuracy`) over `n` trials that tried `values` distinct values of it, and with the gap,
     in words: an effect only where its p-value, Holm-adjusted over the `tested` regularizers
-    (`adjusted`; None: p as it is), is below ALPHA, since with few trials a strong-looking rho
-    is often chance."""
+    (`adjusted`, and the gap's `gap_adjusted`; None: p as it is), is below ALPHA, since with
+    few trials a strong-looking rho is often chance."""
     measure = "validation accuracy" if by_accuracy else "validation loss"
     if test is None:
         if n >= MIN_TRIALS and values < 2:
@@ -134,7 +135,7 @@ def reading(test: tuple[float, float] | None, n: int, gap: tuple[float, float] |
         gap_p = gap[1] if gap_adjusted is None else gap_adjusted
         if gap_p < ALPHA:
             effect += f"; narrows the gap ({p_text(gap_p)}" + (
-                "" if gap_adjusted is None or tested == 1 else ", adjusted") + ")"
+                "" if gap_adjusted is None else ", adjusted") + ")"
     return effect
 
 

@@ -301,13 +301,13 @@ def median_text(values: list[float]) -> str:
     return f"{fixed(interval[0])} .. {fixed(interval[1])}"
 
 
-def lower_p(these: list[float], those: list[float]) -> float:
-    """The one-sided p-value of `these` tending lower than `those` by chance alone (the
-    Mann-Whitney U test: ranks only, so a diverged trial's loss of 20 counts as one worse
-    rank, not as 20)."""
+def differ_p(these: list[float], those: list[float]) -> float:
+    """The two-sided p-value of `these` and `those` differing by chance alone (the Mann-Whitney
+    U test: ranks only, so a diverged trial's loss of 20 counts as one worse rank, not as 20).
+    Two-sided: the leader it is asked about was chosen by the same losses."""
     from scipy.stats import mannwhitneyu
 
-    return float(mannwhitneyu(these, those, alternative="less").pvalue)
+    return float(mannwhitneyu(these, those, alternative="two-sided").pvalue)
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -270,7 +270,8 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
         finished, running = _counts(trials)
         target, patience = current_goal(study, target, patience)
         if finished >= target:
-            _fail_unneeded_places(study, trials)
+            if lock.still_held():  # another worker may be raising the target and taking it
+                _fail_unneeded_places(study, trials)
             return NoTrial.TARGET_MET
         if out_of_patience(trials, patience) is not None:
             # Stop once no trial runs: one of them may still beat the best, and the search
@@ -292,6 +293,7 @@ def take_trial(study: optuna.Study, target: int, lock: StudyLock,
             # be taken by whoever has room for it, so the target is not overshot. Stalled past
             # the grace period, it may have been failed (and queued again) by another worker.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_system_attr(trial._trial_id, GIVEN_BACK, True)
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
             return NoTrial.WAIT
         # A first heartbeat at once, so that the trial of a worker killed before its heartbeat
@@ -307,14 +309,19 @@ UNNEEDED_PLACE = ("never run: a place in the target, given back by a worker paus
                   "it, and not needed once the target was met")
 
 
+GIVEN_BACK = "given_back"
+"""System attribute of a trial a worker created and gave back to wait (take_trial)."""
+
+
 def _fail_unneeded_places(study: optuna.Study,
                           trials: list[optuna.trial.FrozenTrial]) -> None:
-    """Fail the trials a worker created and gave back, waiting (no configuration of their own:
-    not a queued one or a retry), once the target is met: none would take them, and a study
-    would keep them waiting for ever. Not retried; the lock is held."""
+    """Fail the trials a worker created and gave back to wait, once the target is met: none
+    would take them, and a study would keep them waiting for ever. Not retried. Not a grid's:
+    a grid point of a failed trial counts as taken, and would not run when the target is
+    raised."""
     for t in trials:
-        if t.state == TrialState.WAITING and not t.params and \
-                "fixed_params" not in t.system_attrs:
+        if t.state == TrialState.WAITING and t.system_attrs.get(GIVEN_BACK) \
+                and "grid_id" not in t.system_attrs:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 study._storage.set_trial_user_attr(t._trial_id, "fail_reason", UNNEEDED_PLACE)
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
