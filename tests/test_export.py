@@ -916,7 +916,7 @@ def test_a_trial_the_budget_cut_short_exports_as_trained_that_far(tmp_path, caps
     assert config["trial"] == 1 and config["cut_by_budget"] == {"epochs_run": 1, "epochs": 2}
     weights = config["weights"]
     assert weights["source"] == "retrained" and weights["epochs"] == 1
-    assert "for the first 1 of 2 epochs" in weights["how"]
+    assert "for the first of 2 epochs" in weights["how"]
     assert config["trial_val_loss"] == whole.intermediate_values[1]
     assert weights["retrained_val_loss"] == pytest.approx(config["trial_val_loss"], rel=1e-5)
     card = (out / "README.md").read_text()

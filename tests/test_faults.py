@@ -1241,9 +1241,26 @@ def test_a_search_whose_every_worker_died_too_often_does_not_exit_as_if_done(tmp
     err = capsys.readouterr().err
     assert "not restarting it again, the other workers go on" in err  # the first given up
     assert err.rstrip().endswith(
-        "the target is not met: 2 of the workers died 4 times each (the last: killed by signal "
-        "9) and were not restarted; the same command goes on, running the failed trials again "
+        "the target is not met: all 2 workers died 4 times each (the last: killed by signal 9) "
+        "and were not restarted; the same command goes on, running the failed trials again "
         "first")
+
+
+def test_a_signal_ignored_under_nohup_stays_ignored():
+    """`nohup tuning search`: the terminal closing (SIGHUP) must not stop the search."""
+    from tuning.signals import GracefulStop
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        stop = GracefulStop().install()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)
+        stop.check()  # nothing asked for
+        assert stop.requested() is None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_a_stop_signal_delivered_twice_at_once_still_stops_at_a_safe_point():

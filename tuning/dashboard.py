@@ -101,7 +101,8 @@ def _server(host: str, port: int, family: socket.AddressFamily, app,
 
 
 def serve_until_stopped(server: WSGIServer) -> int | None:
-    """Serve until SIGINT or SIGTERM; the signal that stopped it (None if it ended by itself).
+    """Serve until SIGINT, SIGTERM or SIGHUP; the signal that stopped it (None if it ended by
+    itself).
 
     The signal is not raised as KeyboardInterrupt: one arriving while a request is handled
     would be caught by wsgiref's handler, which answers 500 and serves on. It asks the server
@@ -117,7 +118,10 @@ def serve_until_stopped(server: WSGIServer) -> int | None:
         # shutdown() waits for serve_forever to return: from another thread, not this one.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A closed terminal (SIGHUP) too, unless it is ignored (nohup).
+    previous = {sig: signal.signal(sig, on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

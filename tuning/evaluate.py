@@ -184,7 +184,8 @@ def trial_model(trial: optuna.trial.FrozenTrial, space: dict[str, Param], data: 
         model = retrain(trial.params, space, data, runtime, seed, epochs, network, stop_after)
         val_loss = evaluate(model, data.val, runtime)["loss"]
     trained = (counted(epochs, "epoch") if stop_after is None
-               else f"the first {stop_after} of {counted(epochs, 'epoch')}")
+               else f"the first {'' if stop_after == 1 else f'{stop_after} '}of "
+                    f"{counted(epochs, 'epoch')}")
     return TrialModel(model, f"retrained with seed {seed} for {trained}", val_loss, unused)
 
 

@@ -167,7 +167,7 @@ def _no_complete_trial(name: str, trials: list[FrozenTrial], settings: StudySett
         f"(validation loss {recorded_val_loss(cut):.4f}): --trial {cut.number} exports it as "
         "trained that far")
     return (f"study {name!r} has no complete trial{' yet' if pending else ''} ({shown}): "
-            f"nothing to export by default{instead}")
+            + (f"nothing to export by default{instead}" if cut else "nothing to export"))
 
 
 def _not_complete(trial: FrozenTrial, study: optuna.Study, default: FrozenTrial | None,

@@ -305,7 +305,9 @@ class Launcher:
         self.seen = {t.number for t in self.study.get_trials(deepcopy=False)
                      if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
         # A closed terminal (SIGHUP) stops the workers too: they run in sessions of their own.
-        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
+        # One it ignores (nohup's SIGHUP) stays ignored.
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS
+                    if signal.getsignal(s) != signal.SIG_IGN}
         try:
             for spec in self.specs:
                 self._start(spec)
@@ -369,10 +371,12 @@ class Launcher:
         if status == 0 and given_up and not ended and not self._target_met():
             # Every worker died too often: the target is not met, and a script must not take
             # the run for a success.
-            self._say(f"the target is not met: {len(given_up)} of the workers died "
-                      f"{MAX_RESTARTS_PER_WORKER + 1} times each (the last: {given_up[-1]}) and "
-                      "were not restarted; the same command goes on, running the failed "
-                      "trials again first")
+            one = len(given_up) == 1
+            every = "the worker" if one else f"all {len(given_up)} workers"
+            self._say(f"the target is not met: {every} died {MAX_RESTARTS_PER_WORKER + 1} "
+                      f"times{'' if one else ' each'} (the last: {given_up[-1]}) and "
+                      f"{'was' if one else 'were'} not restarted; the same command goes on, "
+                      "running the failed trials again first")
             return EXIT_TRIALS_FAILING
         return status
 

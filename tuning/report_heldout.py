@@ -15,7 +15,6 @@ default, so that its test accuracy is this section's.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -54,8 +53,9 @@ log = logging.getLogger(__name__)
 
 def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | None,
                  way_round: str | None = SKIP_TEST) -> Arrays:
-    """The study's data, read from `data_dir` (default ./data) and checked to be the study's,
-    with the normalization its trials trained with.
+    """The study's data, read from `data_dir` (default ./data; for a built-in data set not
+    there and no `data_dir`, from where the study's search read it) and checked to be the
+    study's, with the normalization its trials trained with.
 
     Only read: nothing is downloaded or created, and data not found or not the study's are a
     UsageError, never a stand-in. `way_round` ends both messages: the report's is to skip the
@@ -80,15 +80,13 @@ def study_arrays(study: optuna.Study, settings: StudySettings, data_dir: Path | 
     except UsageError as exc:
         # A built-in data set not where looked, without --data-dir: where the search read it
         # from, if it is still there (the fingerprint below says whether it is the same).
-        found = None
-        if data_dir is None and name in SOURCES and source and Path(source).is_dir():
-            with contextlib.suppress(UsageError):
-                found = load(Path(source))
-        if found is not None:
-            log.info("%s read from %s, where the study's search read it", name, source)
-            arrays = found
-        else:
+        if not (data_dir is None and name in SOURCES and source and Path(source).is_dir()):
             raise _not_found(exc, settings.dataset, source, data_dir, way_round) from None
+        try:
+            arrays = load(Path(source))
+        except UsageError as there:  # its own error: the hint would name that directory again
+            raise _not_found(there, settings.dataset, None, Path(source), way_round) from None
+        log.info("%s read from %s, where the study's search read it", name, source)
     remedy = point_at_data(study)
     check_data_matches(study, arrays.fingerprint(),
                        remedy=f"{remedy}, or {way_round}" if way_round else remedy)

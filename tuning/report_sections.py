@@ -236,7 +236,8 @@ def optimizers(view: StudyView) -> Section:
     # of 20 beside 0.3) decide a mean and stretch its t interval below 0.
     # Under repeats one trial's best is partly its seed's luck: the lr whose repeats' mean is
     # lowest stands for the optimizer.
-    best_of = best_cells(_repeat_cells(view)) if view.has_repeats else {}
+    cells = _repeat_cells(view) if view.has_repeats or view.is_grid else []
+    best_of = best_cells(cells) if view.has_repeats else {}
     table = Table(["optimizer", "complete trials", "pruned", "best val loss", "median val loss",
                    "median's 95% interval", "highest val acc", "median val acc",
                    "lr of the best mean" if view.has_repeats else "lr of the best"],
@@ -263,11 +264,10 @@ def optimizers(view: StudyView) -> Section:
     s.tables.append(("Per optimizer", table))
     if "optimizer" in view.tuned and len(groups) > 1:
         s.paragraphs.append(
-            which_optimizer_at_its_best_lr(_repeat_cells(view)) if view.has_repeats else
+            which_optimizer_at_its_best_lr(cells) if view.has_repeats else
             which_optimizer({name: objective_values(trials) for name, trials in groups.items()},
                             view.is_grid))
     if view.has_repeats or view.is_grid:
-        cells = _repeat_cells(view)
         others = [n for n in view.tuned if n not in ("optimizer", "lr")]
         # One line per configuration but lr: a line through cells of different batch sizes
         # (say) would zigzag between them.

@@ -59,7 +59,8 @@ def reproduction(study_name: str, trial: FrozenTrial, settings: StudySettings, p
     study = {"dataset": settings.dataset, "epochs": settings.epochs, "seed": settings.seed,
              "cv_folds": settings.cv_folds, "model": settings.model, "weights": settings.weights,
              # One configuration: nothing to sample, and nothing to stop it before its last
-             # epoch, where the original, a complete trial, ended.
+             # epoch (where a complete original ended; one the run's --budget cut short is
+             # said to have stopped earlier, below).
              "sampler": "random", "pruner": "none"}
     data_table = {"image_size": data.image_size, "channels": data.channels, "test": data.test,
                   # Only where it held test images out: beside a test folder it is refused.
@@ -70,9 +71,14 @@ def reproduction(study_name: str, trial: FrozenTrial, settings: StudySettings, p
     space = {k: v for k, v in sorted(params.items()) if not k.startswith(MODEL_PREFIX)}
     model_space = {k[len(MODEL_PREFIX):]: v for k, v in sorted(params.items())
                    if k.startswith(MODEL_PREFIX)}
+    from tuning.objective import epochs_run, stopped_by_budget  # noqa: PLC0415 - loads torch
+
     lines = [f"# Trains trial #{trial.number} of study {study_name!r} again, from scratch: every",
-             "# parameter fixed to the trial's, its seed (repeat), data split (seed) and epochs.",
-             "", "[study]", *_table(study), ""]
+             "# parameter fixed to the trial's, its seed (repeat), data split (seed) and epochs."]
+    if stopped_by_budget(trial):
+        lines.append(f"# The run's --budget stopped it after {epochs_run(trial, settings.epochs)} "
+                     f"of these {settings.epochs} epochs: this trains all of them.")
+    lines += ["", "[study]", *_table(study), ""]
     if is_path(settings.dataset):
         lines += ["[data]", *_table(data_table), ""]
     lines += ["[space]", *_table(space, typed=True), ""]

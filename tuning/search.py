@@ -197,13 +197,17 @@ def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"  {name} = {shown}", file=stream)
     storage_arg = _storage_arg(plan)
-    data_args = _data_args(study, plan, args)
-    print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}", file=stream)
-    print(f"report:    tuning report --study {plan.study}{storage_arg}{data_args}", file=stream)
+    # What the report and the export need to find: the data, and the trials' checkpoints.
+    artifacts = "" if args.artifacts is None else \
+        f" --artifacts {shlex.quote(str(args.artifacts))}"
+    found_by = _data_args(study, plan, args) + artifacts
+    print(f"dashboard: tuning dashboard --study {plan.study}{storage_arg}{artifacts}",
+          file=stream)
+    print(f"report:    tuning report --study {plan.study}{storage_arg}{found_by}", file=stream)
     cut = None if completed else best_cut_by_budget(trials, plan.settings.cv_folds)
     if completed or cut is not None:
         which = "" if cut is None else f" --trial {cut.number}"
-        print(f"export:    tuning export --study {plan.study}{which}{storage_arg}{data_args}"
+        print(f"export:    tuning export --study {plan.study}{which}{storage_arg}{found_by}"
               + ("" if cut is None else f"   (no trial completed: trial {cut.number}, the "
                  "best the --budget cut short, as trained that far)"), file=stream)
 
@@ -441,7 +445,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         print(f"stopped early: {stalled}")
     elif short is not None:
         print(short)
-    elif finished < args.trials and (args.budget is not None or args.timeout is not None):
+    elif finished < args.trials and status == EXIT_OK and (args.budget is not None
+                                                           or args.timeout is not None):
         limit = (f"--budget {args.budget:g} s" if args.budget is not None
                  else f"--timeout {args.timeout:g} s")
         print(f"stopped at the {limit}: {finished} of the target {args.trials} finished; "

@@ -64,7 +64,8 @@ class GracefulStop:
     def install(self) -> GracefulStop:
         global _installed
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self._handle)
+            if signal.getsignal(signum) != signal.SIG_IGN:  # ignored stays ignored (nohup)
+                signal.signal(signum, self._handle)
         _installed = self
         return self
 
