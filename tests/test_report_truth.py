@@ -769,9 +769,9 @@ def test_under_repeats_the_learning_rate_is_answered_from_means_not_one_lucky_se
     section = learning_rate(view)
     assert section.tables[0][1].columns[2] == "best trial's lr"
     answer, = [p for p in section.paragraphs if p.startswith("Which learning rate")]
-    assert "adam: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.2100, " \
+    assert "adam: lr 0.001 has the lowest mean validation loss (0.2100 over 3 repeats, " \
            "95% CI 0.1852..0.2348); no other learning rate's interval overlaps it." in answer
-    assert "sgd: lr 0.001 has the lowest mean validation loss over its 3 repeats (0.3400" in answer
+    assert "sgd: lr 0.001 has the lowest mean validation loss (0.3400 over 3 repeats" in answer
     assert "the interval of lr 0.01 overlaps it: the repeats do not clearly separate them." \
         in answer
 
@@ -800,7 +800,7 @@ def test_a_line_of_means_is_broken_at_a_learning_rate_it_did_not_run():
 
 
 def test_under_repeats_the_optimizers_are_compared_each_at_its_best_learning_rate():
-    from tuning.report_answers import RepeatCell, which_optimizer_at_its_best_lr
+    from tuning.report_answers import RepeatCell, which_optimizer_at_its_best
 
     def cell(optimizer: str, lr: float, mean: float, sd: float, n: int = 3) -> RepeatCell:
         return RepeatCell(optimizer, lr, {}, n, frozenset(range(n)), mean, sd, None, None, 0)
@@ -808,12 +808,45 @@ def test_under_repeats_the_optimizers_are_compared_each_at_its_best_learning_rat
     cells = [cell("adam", 1e-3, 0.20, 0.01), cell("adam", 1e-2, 0.90, 0.01),
              cell("sgd", 1e-2, 0.21, 0.01), cell("sgd", 1e-3, 0.50, 0.01),
              cell("rmsprop", 1e-3, 0.40, 0.01), cell("adamw", 1e-3, 0.10, 0.0, n=1)]
-    answer = which_optimizer_at_its_best_lr(cells)
+    answer = which_optimizer_at_its_best(cells)
     # adam's 0.90 at lr 0.01 does not count against it: each is taken at its best.
     assert answer.startswith(
-        "Which optimizer, each at its best learning rate: adam at lr 0.001 has the lowest mean "
-        "validation loss (0.2000 over 3 repeats). Its mean is lower beyond chance than rmsprop "
+        "Which optimizer, each at its best configuration: of the optimizers with 3 or more "
+        "repeats, adam at lr 0.001 has the lowest mean validation loss (0.2000 over 3 repeats). "
+        "Its mean is lower beyond chance than rmsprop "
         "(p < 0.0001), but not than sgd (p = 0.29)")
     assert "choose among adam and sgd." in answer
     assert "Holm-adjusted for the 2 comparisons" in answer
-    assert answer.endswith("Too few complete repeats to compare (adamw: 1; 2 needed).")
+    assert answer.endswith("Too few complete repeats to compare (adamw: 1; 3 needed).")
+
+
+def test_no_optimizer_is_advised_over_one_with_too_few_trials_to_compare():
+    """adam's 3 trials are too few to test, and lower than all: the leader of the others is
+    not "the one to use"."""
+    from tuning.report_answers import which_optimizer
+
+    answer = which_optimizer({"adam": [0.01] * 3, "sgd": [0.30, 0.31, 0.32, 0.33, 0.34],
+                              "rmsprop": [0.50, 0.51, 0.52, 0.53, 0.54]}, grid=False)
+    assert answer.startswith("Which optimizer: of the optimizers with 4 or more complete "
+                             "trials, sgd has the lowest median")
+    assert "lower than every other such optimizer's beyond chance" in answer
+    assert "use sgd" not in answer
+    assert answer.endswith("Too few complete trials to compare (adam: 3; 4 needed).")
+
+
+def test_repeats_without_spread_or_intervals_claim_nothing():
+    from tuning.report_answers import RepeatCell, which_lr, which_optimizer_at_its_best
+
+    def cell(optimizer: str, lr: float, mean: float, sd: float, n: int = 3) -> RepeatCell:
+        half = None if n < 2 else 4.303 * sd / n ** 0.5
+        return RepeatCell(optimizer, lr, {}, n, frozenset(range(n)), mean, sd, half, None, 0)
+
+    # Identical repeats: no spread to test a difference against.
+    flat = which_optimizer_at_its_best([cell("adam", 1e-3, 0.2, 0.0), cell("sgd", 1e-3, 0.3, 0.0)])
+    assert "No other optimizer's mean is higher beyond chance: sgd (p = 1)" in flat
+    # One repeat at a lower mean is no answer, and says why the others have no interval.
+    answer, = which_lr([cell("adam", 1e-3, 0.05, 0.0, n=1), cell("adam", 1e-2, 0.31, 0.01)])
+    assert answer == ("adam: lr 0.01 has the lowest mean validation loss of the rates with an "
+                      "interval (0.3100 over 3 repeats, 95% CI 0.2852..0.3348); no other "
+                      "learning rate's interval overlaps it (lr 0.001: too few repeats for an "
+                      "interval).")

@@ -616,3 +616,17 @@ def test_a_long_title_over_a_loss_of_0_is_fitted_and_the_margin_grows_with_its_l
     assert title.count("<br>") == 2  # the rest of the title, then the note on 0
     assert fig.layout.margin.t == TITLE_MARGIN + 2 * SUBTITLE_LINE
     assert fig.layout.height == short.layout.height + 2 * SUBTITLE_LINE  # the plot keeps its own
+
+
+def test_label_smoothings_reading_counts_the_trials_that_recorded_an_accuracy():
+    from optuna.distributions import CategoricalDistribution
+
+    space = parse_study({"space": {"label_smoothing": {"choices": [0.0, 0.05, 0.1]}}}).space
+    dists = {"label_smoothing": CategoricalDistribution([0.0, 0.05, 0.1])}
+    study = optuna.create_study()
+    for i in range(6):  # the last 3 recorded before accuracy was: no accuracy to read
+        study.add_trial(optuna.create_trial(
+            value=0.2 + 0.01 * i, params={"label_smoothing": (0.0, 0.05, 0.1)[i % 3]},
+            distributions=dists, user_attrs={"val_accuracy": 0.9 + 0.01 * i} if i < 3 else {}))
+    row, = regularization(StudyView(study, study.trials, StudySettings(), space)).tables[0][1].rows
+    assert row[-1] == "too few trials (n=3; 4 needed)"

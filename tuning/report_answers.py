@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from tuning.errors import counted
 from tuning.report_render import fmt
-from tuning.report_stats import ALPHA, differ_p, holm, mean_interval, p_text
+from tuning.report_stats import (
+    ALPHA,
+    MIN_FOR_INTERVAL,
+    differ_p,
+    holm,
+    mean_interval,
+    p_text,
+)
 
 MIN_TO_COMPARE = 4
 """Complete trials an optimizer needs to be compared: with 3 against 3 no ordering is rare
@@ -43,9 +50,10 @@ class RepeatCell:
 
 def best_cells(cells: list[RepeatCell]) -> dict[str, RepeatCell]:
     """Each optimizer's configuration with the lowest mean loss over its repeats: of those with
-    two or more complete repeats where it has any (one lucky repeat is no mean)."""
+    enough repeats for an interval (MIN_FOR_INTERVAL) where it has any (one lucky repeat is no
+    mean)."""
     best: dict[str, RepeatCell] = {}
-    for c in sorted(cells, key=lambda c: (c.n < 2, c.mean)):
+    for c in sorted(cells, key=lambda c: (c.n < MIN_FOR_INTERVAL, c.mean)):
         best.setdefault(c.optimizer, c)
     return best
 
@@ -63,10 +71,11 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
     others = sorted(set(comparable) - {leader})
     adjusted = dict(zip(others, holm([differ_p(comparable[leader], comparable[name])
                                         for name in others]), strict=True))
-    text = (f"Which optimizer: {leader} has the lowest median validation loss "
+    among = f"of the optimizers with {MIN_TO_COMPARE} or more complete trials, " if too_few else ""
+    text = (f"Which optimizer: {among}{leader} has the lowest median validation loss "
             f"({statistics.median(comparable[leader]):.4f} over "
             f"{counted(len(comparable[leader]), 'complete trial')}).")
-    text += _verdict(leader, adjusted, "Mann-Whitney U")
+    text += _verdict(leader, adjusted, "Mann-Whitney U", every=not too_few)
     if grid:
         text += (" Each optimizer's trials are over every learning rate the grid gave it, the "
                  "poor ones too: the means below compare them at each learning rate.")
@@ -77,60 +86,76 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
     return text + (f" {too_few[0].upper()}{too_few[1:]}" if too_few else "")
 
 
-def which_optimizer_at_its_best_lr(cells: list[RepeatCell]) -> str:
+def which_optimizer_at_its_best(cells: list[RepeatCell]) -> str:
     """From repeats: each optimizer at the configuration of its lowest mean loss, and which of
     the others' best the leader's is lower than beyond chance (Welch's t on the means, as the
     repeat table's intervals are Student's)."""
     best = best_cells(cells)
-    comparable = {name: c for name, c in best.items() if c.n >= 2 and c.sd is not None}
-    too_few = _too_few({name: c.n for name, c in best.items()}, "complete repeat", needed=2)
+    comparable = {name: c for name, c in best.items()
+                  if c.n >= MIN_FOR_INTERVAL and c.sd is not None}
+    too_few = _too_few({name: c.n for name, c in best.items()}, "complete repeat",
+                       needed=MIN_FOR_INTERVAL)
     if len(comparable) < 2:
-        return "Which optimizer, each at its best learning rate: " + too_few
+        return "Which optimizer, each at its best configuration: " + (
+            too_few or "no optimizer has repeats to compare.")
     leader = min(comparable, key=lambda name: (comparable[name].mean, name))
     others = sorted(set(comparable) - {leader})
     adjusted = dict(zip(others, holm([_welch_p(comparable[leader], comparable[name])
                                         for name in others]), strict=True))
     ahead = comparable[leader]
-    text = (f"Which optimizer, each at its best learning rate: {leader} at lr {fmt(ahead.lr)} "
-            f"has the lowest mean validation loss ({ahead.mean:.4f} over "
+    among = f"of the optimizers with {MIN_FOR_INTERVAL} or more repeats, " if too_few else ""
+    text = (f"Which optimizer, each at its best configuration: {among}{leader} at lr "
+            f"{fmt(ahead.lr)} has the lowest mean validation loss ({ahead.mean:.4f} over "
             f"{counted(ahead.n, 'repeat')}).")
     text += _verdict(leader, adjusted, "Welch's t on each one's best configuration's repeats",
-                     losses=False)
+                     losses=False, every=not too_few)
     return text + (f" {too_few[0].upper()}{too_few[1:]}" if too_few else "")
 
 
 def which_lr(cells: list[RepeatCell]) -> list[str]:
-    """Under repeats, per optimizer: the learning rate of the lowest mean loss, and the others
-    whose 95% interval overlaps its own (the repeats do not separate them)."""
+    """Under repeats, per optimizer: the learning rate of the lowest mean loss (of those with an
+    interval, where it has any), and the others whose 95% interval overlaps its own (the
+    repeats do not clearly separate them)."""
     answers = []
     for optimizer, best in sorted(best_cells(cells).items()):
+        own = [c for c in cells if c.optimizer == optimizer and c.lr != best.lr]
         interval = mean_interval(best.mean, best.half, best.n)
-        text = (f"{optimizer}: lr {fmt(best.lr)} has the lowest mean validation loss over its "
-                f"{counted(best.n, 'repeat')} ({best.mean:.4f}")
         if interval is None:
-            answers.append(text + "; too few repeats for an interval, so how far it is ahead of "
-                                  "the others is not known).")
+            answers.append(f"{optimizer}: lr {fmt(best.lr)} has the lowest mean validation loss "
+                           f"({best.mean:.4f} over {counted(best.n, 'repeat')}); too few repeats "
+                           "for an interval, so how far it is ahead of the others is not known.")
             continue
-        text += f", 95% CI {interval[0]:.4f}..{interval[1]:.4f})"
-        overlapping = sorted({c.lr for c in cells if c.optimizer == optimizer
-                              and c.lr != best.lr
-                              and (other := mean_interval(c.mean, c.half, c.n)) is not None
+        short = sorted({c.lr for c in own if c.n < MIN_FOR_INTERVAL})
+        lower_short = any(c.mean < best.mean for c in own if c.n < MIN_FOR_INTERVAL)
+        text = (f"{optimizer}: lr {fmt(best.lr)} has the lowest mean validation loss "
+                + ("of the rates with an interval " if lower_short else "")
+                + f"({best.mean:.4f} over {counted(best.n, 'repeat')}, 95% CI "
+                f"{interval[0]:.4f}..{interval[1]:.4f})")
+        overlapping = sorted({c.lr for c in own
+                              if (other := mean_interval(c.mean, c.half, c.n)) is not None
                               and other[0] <= interval[1] and interval[0] <= other[1]})
         rates = ", ".join(fmt(lr) for lr in overlapping)
         if not overlapping:
-            answers.append(text + "; no other learning rate's interval overlaps it.")
+            text += "; no other learning rate's interval overlaps it"
         elif len(overlapping) == 1:
-            answers.append(text + f"; the interval of lr {rates} overlaps it: the repeats do "
-                                  "not clearly separate them.")
+            text += f"; the interval of lr {rates} overlaps it: the repeats do not clearly " \
+                    "separate them"
         else:
-            answers.append(text + f"; the intervals of lr {rates} overlap it: the repeats do "
-                                  "not clearly separate them.")
+            text += f"; the intervals of lr {rates} overlap it: the repeats do not clearly " \
+                    "separate them"
+        if short:
+            text += (f" (lr {', '.join(fmt(lr) for lr in short)}: too few repeats for an "
+                     "interval)")
+        answers.append(text + ".")
     return answers
 
 
-def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = True) -> str:
+def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = True,
+             every: bool = True) -> str:
     """Which candidates the leader is ahead of beyond chance (`adjusted`: each one's p-value,
-    Holm-adjusted), which it is not, and the test; of their `losses`, else of their means."""
+    Holm-adjusted), which it is not, and the test; of their `losses`, else of their means.
+    `every`: whether the candidates are all the optimizers (else no advice to use the leader:
+    one with too few trials to compare may be better)."""
     its, others = ("Its losses are", "losses are") if losses else ("Its mean is", "mean is")
     lower = [name for name in adjusted if adjusted[name] < ALPHA]
     level = [name for name in adjusted if adjusted[name] >= ALPHA]
@@ -139,8 +164,8 @@ def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = 
         return ", ".join(f"{name} ({p_text(adjusted[name])})" for name in names)
 
     if not level:
-        text = (f" {its} lower than every other optimizer's beyond chance: {listed(lower)}. "
-                f"On these data, use {leader}.")
+        text = (f" {its} lower than every other {'' if every else 'such '}optimizer's beyond "
+                f"chance: {listed(lower)}." + (f" On these data, use {leader}." if every else ""))
     elif not lower:
         text = (f" No other optimizer's {others} higher beyond chance: {listed(level)}, so the "
                 f"trials do not tell {leader} apart from {_and(level)}; more trials would be "
@@ -159,6 +184,8 @@ def _welch_p(these: RepeatCell, those: RepeatCell) -> float:
     neither varies over its repeats (no spread to test against)."""
     from scipy.stats import ttest_ind_from_stats
 
+    if not these.sd and not those.sd:
+        return 1.0
     p = float(ttest_ind_from_stats(these.mean, these.sd or 0.0, these.n, those.mean,
                                    those.sd or 0.0, those.n, equal_var=False).pvalue)
     return 1.0 if math.isnan(p) else p

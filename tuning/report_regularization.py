@@ -39,15 +39,26 @@ class Measured:
     losses: list[float]
     gaps: list[tuple[float, float]]
     """(value, gap) of the trials whose gap was measured."""
+    accuracy_xs: list[float]
+    """The values of the trials that recorded a validation accuracy."""
     with_loss: tuple[float, float] | None
     with_accuracy: tuple[float, float] | None
     with_gap: tuple[float, float] | None
     """(rho, p) of each: None with too few trials or no spread."""
 
     @property
+    def by_accuracy(self) -> bool:
+        return self.name in JUDGED_BY_ACCURACY
+
+    @property
     def judged(self) -> tuple[float, float] | None:
         """The test its reading stands on: accuracy for label smoothing, else loss."""
-        return self.with_accuracy if self.name in JUDGED_BY_ACCURACY else self.with_loss
+        return self.with_accuracy if self.by_accuracy else self.with_loss
+
+    @property
+    def judged_xs(self) -> list[float]:
+        """The values of the trials that test counts."""
+        return self.accuracy_xs if self.by_accuracy else self.xs
 
 
 def regularization(view: StudyView) -> Section:
@@ -75,8 +86,8 @@ def regularization(view: StudyView) -> Section:
             m.with_loss[0] if m.with_loss else None,
             m.with_accuracy[0] if m.with_accuracy else None,
             m.with_gap[0] if m.with_gap else None,
-            reading(m.judged, len(m.xs), m.with_gap, len(set(m.xs)),
-                    by_accuracy=m.name in JUDGED_BY_ACCURACY, adjusted=adjusted.get(m.name),
+            reading(m.judged, len(m.judged_xs), m.with_gap, len(set(m.judged_xs)),
+                    by_accuracy=m.by_accuracy, adjusted=adjusted.get(m.name),
                     gap_adjusted=gap_adjusted.get(m.name) if len(gapped) > 1 else None,
                     tested=len(judged))])
     s.figures.append(_figure(view, measured))
@@ -97,7 +108,7 @@ def _measure(view: StudyView, name: str) -> Measured:
     with_acc = [(p[0], p[3]) for p in pts if p[3] is not None]
     gaps = [(p[0], p[2]) for p in pts if p[2] is not None]
     return Measured(
-        name, [p[0] for p in pts], [p[1] for p in pts], gaps,
+        name, [p[0] for p in pts], [p[1] for p in pts], gaps, [x for x, _ in with_acc],
         rank_correlation([p[0] for p in pts], [p[1] for p in pts]),
         rank_correlation([x for x, _ in with_acc], [a for _, a in with_acc]),
         rank_correlation([x for x, _ in gaps], [g for _, g in gaps]))

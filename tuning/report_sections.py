@@ -22,7 +22,7 @@ from tuning.report_answers import (
     best_cells,
     which_lr,
     which_optimizer,
-    which_optimizer_at_its_best_lr,
+    which_optimizer_at_its_best,
 )
 from tuning.report_render import Section, Table, fixed, fmt
 from tuning.report_stats import (
@@ -264,7 +264,7 @@ def optimizers(view: StudyView) -> Section:
     s.tables.append(("Per optimizer", table))
     if "optimizer" in view.tuned and len(groups) > 1:
         s.paragraphs.append(
-            which_optimizer_at_its_best_lr(cells) if view.has_repeats else
+            which_optimizer_at_its_best(cells) if view.has_repeats else
             which_optimizer({name: objective_values(trials) for name, trials in groups.items()},
                             view.is_grid))
     if view.has_repeats or view.is_grid:
@@ -347,17 +347,15 @@ def _repeat_cells(view: StudyView) -> list[RepeatCell]:
     def key(t: FrozenTrial) -> tuple:
         config = view.configuration(t)
         others = {k: v for k, v in config.items() if k not in ("optimizer", "lr")}
-        return view.optimizer(t), float(view.param(t, "lr")), tuple(sorted(others.items()))
+        return view.optimizer(t), view.lr(t), tuple(sorted(others.items()))
 
     grouped: dict[tuple, list[FrozenTrial]] = {}
     pruned: dict[tuple, int] = {}
     for t in view.completed:
-        if view.param(t, "lr") is not None:
-            grouped.setdefault(key(t), []).append(t)
+        grouped.setdefault(key(t), []).append(t)
     for t in view.pruned:
-        if view.param(t, "lr") is not None:
-            pruned_key = key(t)
-            pruned[pruned_key] = pruned.get(pruned_key, 0) + 1
+        pruned_key = key(t)
+        pruned[pruned_key] = pruned.get(pruned_key, 0) + 1
     cells = []
     # Values of one parameter may be of several types (an int and a float choice): ordered by
     # type first, then by value.

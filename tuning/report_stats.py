@@ -132,6 +132,11 @@ class StudyView:
         """The optimizer a trial trained with: the default one where the space has none."""
         return str(self.param(trial, "optimizer") or DEFAULT_OPTIMIZER)
 
+    def lr(self, trial: FrozenTrial) -> float:
+        """The learning rate a trial trained with: the default one where the space has none."""
+        value = self.param(trial, "lr")
+        return DEFAULT_LR if value is None else float(value)
+
     def configuration(self, trial: FrozenTrial) -> dict:
         """A trial's hyperparameters, fixed ones included, without the seed index `repeat`."""
         fixed = {n: p.value for n, p in self.space.items() if p.kind == "fixed"}
