@@ -768,7 +768,9 @@ def test_under_repeats_the_learning_rate_is_answered_from_means_not_one_lucky_se
     assert rows["sgd"]["lr of the best mean"] == 0.001 and rows["sgd"]["best val loss"] == 0.23
     section = learning_rate(view)
     assert section.tables[0][1].columns[2] == "best trial's lr"
-    answer, = [p for p in section.paragraphs if p.startswith("Which learning rate")]
+    first = next(i for i, p in enumerate(section.paragraphs) if p.startswith("Which learning"))
+    adam, sgd = section.paragraphs[first + 1:]  # one paragraph each
+    answer = adam + sgd
     assert "adam: lr 0.001 has the lowest mean validation loss (0.2100 over 3 repeats, " \
            "95% CI 0.1852..0.2348); no other learning rate's interval overlaps it." in answer
     assert "sgd: lr 0.001 has the lowest mean validation loss (0.3400 over 3 repeats" in answer

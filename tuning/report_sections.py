@@ -429,9 +429,9 @@ def learning_rate(view: StudyView) -> Section:
                   f"{MIN_TRIALS_FOR_RANGE} trials on.")
     s.tables.append(("Best learning rates per optimizer", table))
     if view.has_repeats:
-        s.paragraphs.append(
-            "Which learning rate, from the means over repeats (one trial's best is partly its "
-            "seed's luck): " + " ".join(which_lr(_repeat_cells(view))))
+        # One paragraph per optimizer: four in one block do not read.
+        s.paragraphs += ["Which learning rate, from the means over repeats (one trial's best "
+                         "is partly its seed's luck):", *which_lr(_repeat_cells(view))]
     return s
 
 
