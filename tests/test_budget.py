@@ -100,6 +100,39 @@ def test_a_trial_running_when_the_budget_ends_stops_after_its_epoch(tiny_data):
     assert objective(trial) > 0
 
 
+def test_a_planned_trial_the_budget_cuts_short_runs_again_instead_of_counting(tmp_path,
+                                                                            tiny_data):
+    """A grid's point or a repeat of a fixed configuration cut short is no measurement: it is
+    failed and queued to run first next time (spending none of its retries), and does not
+    count towards the target, so the same command goes on to measure it."""
+    from tuning.objective import planned
+    from tuning.storage import RETRY_DUE
+    from tuning.study_file import StudySettings, parse_study
+
+    fixed = parse_study({"space": {"optimizer": "adam", "lr": 0.01, "channels": 8,
+                                   "batch_size": 128, "repeat": {"choices": [0, 1, 2]}}}).space
+    assert planned(StudySettings(), fixed) and not planned(StudySettings(), small_space())
+    assert planned(StudySettings(sampler="grid"), small_space())
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
+    study.enqueue_trial({"repeat": 1})
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=fixed, epochs=3,
+                          seed=0, deadline=time.monotonic(), planned=True)
+    seen = []
+    lock = StudyLock(url, "s")
+    try:
+        stats = run_trials(study, objective, 3, lock, on_trial=lambda s, t: seen.append(t))
+    finally:
+        lock.close()
+    cut, again = study.trials
+    assert cut.state == TrialState.FAIL and seen == [cut] and stats.finished == 0
+    assert cut.user_attrs["fail_reason"] == ("the run's --budget ran out after epoch 1; it runs "
+                                             "again first when the run goes on")
+    assert list(cut.intermediate_values) == [1] and cut.system_attrs[RETRY_DUE] == []
+    assert again.state == TrialState.WAITING and again.params == {"repeat": 1}
+    assert again.system_attrs["failed_trial"] == cut.number
+
+
 def test_a_search_ends_within_its_budget(workdir, monkeypatch, capsys):
     """A budget shorter than a trial: the run ends at its first epoch end past the budget (or
     before any trial, if loading took it all), and exits 0 saying what it has."""

@@ -25,7 +25,7 @@ from tuning.launcher import worker_id
 from tuning.limits import Limits
 from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
-from tuning.space import REPEAT, Param, build_configs, sample
+from tuning.space import REPEAT, Param, build_configs, sample, tuned
 from tuning.train import EpochResult, fit, seed_everything
 from tuning.warm_start import WARM_START_ATTR
 
@@ -99,6 +99,11 @@ def over_limits(trial: optuna.trial.FrozenTrial) -> str | None:
     return str(trial.user_attrs["prune_reason"])[len(OVER_LIMITS):].lstrip(": ")
 
 
+class CutByBudget(Exception):  # noqa: N818 - what happened, as TrialPruned says
+    """A planned trial (Objective.planned) the run's --budget cut short: failed and queued to
+    run again first, as a trial stopped by Ctrl-C is, not counted towards the target."""
+
+
 class TrialFailed(Exception):
     """A trial that failed by itself (out of memory, a network that cannot train with its
     configuration): recorded as FAIL, not retried, and the worker goes on."""
@@ -123,6 +128,12 @@ def _failing_the_trial(trial: optuna.Trial, epochs: Iterator[EpochResult]
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason) from exc
         yield result
+
+
+def planned(settings, space: dict[str, Param]) -> bool:
+    """Whether a study's trials are planned measurements (Objective.planned): a grid's points,
+    or repeats of one configuration (every parameter fixed but the seed index)."""
+    return settings.sampler == "grid" or not tuned(space)
 
 
 def fixed_params(space: dict[str, Param]) -> dict:
@@ -177,6 +188,10 @@ class Objective:
     deadline: float | None = None
     """When the run's --budget ends (time.monotonic()): a trial still training then stops at
     the end of its epoch, pruned, with what it reached."""
+    planned: bool = False
+    """Whether each trial is a planned measurement (a grid's point, or a repeat of one fixed
+    configuration): one the --budget cuts short is then no measurement, and runs again
+    (CutByBudget) instead of being kept as pruned."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -253,6 +268,10 @@ class Objective:
                         self.on_epoch(trial, curves[-1])
                     if self._out_of_budget(fold, result.epoch):
                         self._record(trial, curves)
+                        if self.planned:
+                            trial.set_user_attr("fail_reason", f"{BUDGET_STOP} after {where}; "
+                                                "it runs again first when the run goes on")
+                            raise CutByBudget(where)
                         trial.set_user_attr("prune_reason",
                                             f"{BUDGET_STOP} after {where}")
                         raise optuna.TrialPruned("out of budget")

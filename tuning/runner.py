@@ -27,7 +27,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from tuning.cli import FINISHED, PATIENCE_ATTR, TARGET_ATTR
 from tuning.errors import counted, described, shorten
-from tuning.objective import TrialFailed, over_limits, stopped_by_budget
+from tuning.objective import CutByBudget, TrialFailed, over_limits, stopped_by_budget
 from tuning.outage import (
     Outages,
     call_with_retry,
@@ -381,6 +381,16 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
+def _rerun_later(study: optuna.Study, trial: optuna.Trial, lock: StudyLock) -> None:
+    """Fail a trial cut short by no fault of its configuration and queue it to run again
+    first, spending none of its retries."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        if fail_for_retry(study._storage, trial._trial_id, counts=False):
+            # Should queuing fail (the database lost), the next worker to take a trial does.
+            with contextlib.suppress(Exception), lock.hold():
+                queue_due_retries(study, still_held=lock.still_held)
+
+
 def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
                lock: StudyLock) -> None:
     """Record a trial that raised `exc` as FAIL, with why. One stopped from outside (Ctrl-C,
@@ -496,6 +506,12 @@ def run_trials(
                 state = TrialState.PRUNED
             except TrialFailed:
                 state = TrialState.FAIL
+            except CutByBudget:
+                stats.objective_seconds += time.perf_counter() - started
+                _rerun_later(study, trial, lock)
+                if on_trial is not None:
+                    on_trial(study, study._storage.get_trial(trial._trial_id))
+                break  # the budget is spent
             except optuna.exceptions.UpdateFinishedTrialError:
                 _taken_over(trial)
                 continue

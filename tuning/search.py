@@ -66,7 +66,7 @@ from tuning.errors import (
 )
 from tuning.folds import objective_data
 from tuning.launcher import Launcher, plan_workers, visible_gpus, worker_id
-from tuning.objective import Objective, best_cut_by_budget, over_limits
+from tuning.objective import Objective, best_cut_by_budget, over_limits, planned
 from tuning.outage import (
     StorageFull,
     outages_of,
@@ -519,7 +519,7 @@ def _run_here(study, plan: Plan, arrays, runtime, artifacts, args, progress,
                           seed=plan.settings.seed, artifacts=artifacts, stop=stop,
                           on_epoch=None if progress is None else progress.on_epoch,
                           network=plan.settings.network(), limits=plan.settings.limits(),
-                          deadline=deadline)
+                          deadline=deadline, planned=planned(plan.settings, plan.study_file.space))
     record_worker(study, worker_id())
     lock = StudyLock(plan.storage, plan.study, outages_of(study._storage))
     stats = run_trials(study, objective, args.trials, lock, run_timeout(args.timeout, deadline),

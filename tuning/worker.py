@@ -94,7 +94,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
     from tuning.data import check_data_dir, device_data_limit, load_arrays
     from tuning.device import resolve_device
     from tuning.folds import objective_data
-    from tuning.objective import Objective
+    from tuning.objective import Objective, planned
     from tuning.space import representative
     from tuning.storage import artifact_store, check_artifact_directory
     from tuning.study import (
@@ -136,7 +136,7 @@ def prepare(args: argparse.Namespace, storage_url: str):
                           epochs=settings.epochs, seed=settings.seed,
                           artifacts=artifacts,
                           stop=GracefulStop().install(), network=settings.network(),
-                          limits=settings.limits())
+                          limits=settings.limits(), planned=planned(settings, space))
     return study, objective, target
 
 
