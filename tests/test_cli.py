@@ -322,3 +322,11 @@ def test_every_password_in_a_url_is_masked_for_showing_and_left_out_for_copying(
     kept = make_url(url.replace("secret@with@", "secret%40with@"))  # as resolve_url asks
     assert (parsed.username, parsed.host, parsed.port, parsed.database) == (
         kept.username, kept.host, kept.port, kept.database)
+
+
+def test_a_diverged_loss_keeps_the_progress_line_in_its_columns():
+    from tuning.cli import loss_text
+
+    assert [loss_text(v) for v in (0.1234567, 9.99994, 12.3456, 61496.64)] == \
+        ["0.1235", "9.9999", "12.35", "6.15e+04"]
+    assert max(len(loss_text(10.0 ** k)) for k in range(1, 40)) <= 8

@@ -201,6 +201,19 @@ def test_npz_floats_without_test_split(workdir, digits):
     assert 0.08 < data["mean"][0] < 0.2
 
 
+def test_hflip_searched_on_data_that_are_not_flipped_is_warned_of(workdir, digits):
+    x, y = digit_arrays(digits, 3, 40)
+    np.savez(workdir / "scans.npz", x_train=x, y_train=y)
+    (workdir / "studies" / "scans.toml").write_text(
+        '[study]\ndataset = "scans.npz"\nepochs = 1\n\n[space]\nlr = 0.01\n'
+        'hflip = { choices = [true, false] }\n')
+    result = run_cli("--study", "scans", "--create-only", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING hflip is searched, but npz is not flipped (a flip may change what an image " \
+           "shows): the choice has no effect; [data] hflip = true in the study file allows it" \
+           in result.stderr
+
+
 @pytest.mark.slow
 def test_npz_with_test_split_class_names_and_three_leaked_test_images(workdir, digits,
                                                                       tmp_path):

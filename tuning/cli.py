@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn, TextIO, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -237,6 +237,12 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def loss_text(loss: float) -> str:
+    """A loss in a progress line: 4 decimals, or 4 significant digits from 10 on, so that a
+    diverged trial's 61496.6406 does not push the line's columns aside (6.15e+04)."""
+    return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.4g}"
+
+
 class Progress:
     """What a run prints as it goes: a line per finished trial (n/N, state, value, best so far,
     elapsed, ETA, why it was pruned or failed) and, within a trial, a line per epoch; on a
@@ -323,7 +329,7 @@ class Progress:
             self._show_status()
         else:
             self.write(f"{'':>10}{_who(worker)}trial {number:>4} epoch {epoch}/{self.epochs} "
-                       f"val_loss {val_loss:.4f}  ETA {self.eta()}")
+                       f"val_loss {loss_text(val_loss)}  ETA {self.eta()}")
 
     def trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
               worker: str | None = None, at_least: int = 0) -> None:
@@ -341,11 +347,12 @@ class Progress:
             count = f"{self.count:>4}"
         else:  # a failed trial does not count towards the target, so it takes no number
             count = f"{'-':>4}"
-        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        value = "-" if trial.value is None else loss_text(trial.value)
         reason = trial.user_attrs.get("prune_reason" if trial.state == TrialState.PRUNED
                                       else "fail_reason", "")
         best_trial = _best_when(study, trial)
-        best = "-" if best_trial is None else f"{best_trial.value:.4f} (#{best_trial.number})"
+        best = "-" if best_trial is None else \
+            f"{loss_text(cast(float, best_trial.value))} (#{best_trial.number})"
         elapsed = time.monotonic() - self.start
         self.write(f"[{count}/{self.target}] {_who(worker)}trial {trial.number:>4} "
                    f"{trial.state.name:<8} val_loss {value:<7} best {best}  elapsed "
@@ -396,7 +403,8 @@ class Progress:
             self._status_shown = False
 
     def _show_status(self) -> None:
-        parts = [f"{_who(worker)}trial {number} epoch {epoch}/{self.epochs} val_loss {loss:.4f}"
+        parts = [f"{_who(worker)}trial {number} epoch {epoch}/{self.epochs} val_loss "
+                 f"{loss_text(loss)}"
                  for number, (worker, epoch, loss) in sorted(self.running.items())]
         text = f"{' | '.join(parts)}  ETA {self.eta()}"
         width = shutil.get_terminal_size().columns - 1  # the last column would wrap the line

@@ -332,6 +332,11 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     plan = name_after_data(plan, args, arrays)
     plan.settings.network().check(representative(plan.study_file.space), arrays.input_shape,
                                   arrays.num_classes, plan.settings.limits())
+    flip = plan.study_file.space.get("hflip")
+    if flip is not None and flip.kind != "fixed" and not arrays.hflip_allowed:
+        log.warning("hflip is searched, but %s is not flipped (a flip may change what an image "
+                    "shows): the choice has no effect; [data] hflip = true in the study file "
+                    "allows it", arrays.name)
     if arrays.leaks:
         log.warning("%d of the %d test images %s of training or validation images: the test "
                     "accuracy will flatter the model", arrays.leaks, len(arrays.test_y),
