@@ -219,7 +219,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=duration, metavar="DURATION",
                         help="end the run within this wall time (300, 90s, 5m, 1h30m): no "
                              "trial starts after it, and a running trial stops at its first "
-                             "epoch end past it, kept as pruned with what it reached")
+                             "epoch end past it, kept as pruned with what it reached (in a "
+                             "grid or repeats of one configuration: run again next time)")
     parser.add_argument("--artifacts", type=Path,
                         help="where best trials' checkpoints go (default $TUNING_ARTIFACTS, "
                              "else ./artifacts; share it between hosts)")
