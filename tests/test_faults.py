@@ -1649,3 +1649,17 @@ def test_a_study_whose_creation_was_stopped_is_finished_by_the_next_search(workd
     assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
     assert search(argv) == 0  # complete now: resumed as any study is, nothing queued again
     assert len(load_study(url, "mnist").trials) == 2
+
+
+def test_a_host_that_does_not_resolve_is_waited_for_with_a_hint_to_check_its_name(caplog):
+    from tuning.outage import Outages
+
+    outages = Outages()
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        outages.failed(RuntimeError("failed to resolve host 'db-hots': [Errno -2] Name or "
+                                    "service not known"), 300)
+        outages.succeeded()
+        outages.failed(RuntimeError("connection refused"), 300)
+    assert caplog.messages[0].endswith("retrying for up to 300 s; if the host name is "
+                                       "mistyped, stop (Ctrl-C) and check the URL")
+    assert caplog.messages[2].endswith("retrying for up to 300 s")

@@ -172,8 +172,13 @@ class Outages:
                 # unanswered for long, and this worker did not answer while stopped.
                 where = ("lost while this worker was paused" if paused_within(LOST_TO_A_PAUSE_S)
                          else "unreachable")
-                log.warning("database %s (%s); retrying for up to %.0f s",
-                            where, self.reason, retry_s)
+                # A name that does not resolve may be a DNS entry not there yet (a cluster's
+                # service starting), or a typo, which waiting will not mend: say which to check.
+                hint = ("; if the host name is mistyped, stop (Ctrl-C) and check the URL"
+                        if "resolve host" in self.reason or "Name or service not known"
+                        in self.reason else "")
+                log.warning("database %s (%s); retrying for up to %.0f s%s",
+                            where, self.reason, retry_s, hint)
             _latest = self
 
     def succeeded(self) -> None:
