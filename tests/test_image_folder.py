@@ -636,3 +636,15 @@ def test_a_lock_file_found_is_left_as_found(tmp_path, digits, cache_dir, monkeyp
     with pytest.raises(UsageError, match="the disk went away"):
         read_image_folder(root, progress=False)
     assert [p.name for p in cache_dir.iterdir()] == [npz.with_suffix(".lock").name]
+
+
+def test_a_link_to_nothing_is_said_to_be_one_not_an_image_that_cannot_be_decoded(tmp_path,
+                                                                                 digits, caplog):
+    root = write_folder(tmp_path / "f", digits)
+    (root / "one" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        images = read_image_folder(root, progress=False)
+    assert set(images.skipped) == {"two/broken.png", "one/gone.png"}
+    assert "skipped 1 of 23 image files in" in caplog.text
+    assert "that cannot be decoded: two/broken.png" in caplog.text
+    assert "that are symbolic links to nothing: one/gone.png" in caplog.text

@@ -125,9 +125,16 @@ def read_image_folder(root: Path, *, image_size: int | None = None, channels: in
         return _decode(root, files, names, image_size, channels, progress)
 
     images = _cached(Path(cache_dir or default_cache_dir()), key, decode)
-    if images.skipped:
+    # A link whose target is gone is no image that failed to decode: said apart.
+    broken = tuple(rel for rel in images.skipped
+                   if (root / rel).is_symlink() and not (root / rel).exists())
+    undecoded = tuple(rel for rel in images.skipped if rel not in broken)
+    if undecoded:
         log.warning("skipped %d of %d image files in %s that cannot be decoded: %s",
-                    len(images.skipped), len(files), root, first_names(images.skipped))
+                    len(undecoded), len(files), root, first_names(undecoded))
+    if broken:
+        log.warning("skipped %d of %d image files in %s that are symbolic links to nothing: %s",
+                    len(broken), len(files), root, first_names(broken))
     if images.narrow_16bit:
         # The scaling stays: the exported model decodes a user's image the same way.
         levels = images.narrow_16bit_max // 257 + 1
