@@ -852,3 +852,19 @@ def test_repeats_without_spread_or_intervals_claim_nothing():
                       "interval (0.3100 over 3 repeats, 95% CI 0.2852..0.3348); no other "
                       "learning rate's interval overlaps it (lr 0.001: too few repeats for an "
                       "interval).")
+
+
+def test_with_three_or_more_optimizers_pairs_are_tested_only_once_all_of_them_differ():
+    """The leader is chosen by the same losses it is tested on: with no difference among them
+    all (Kruskal-Wallis), no pair is claimed to differ."""
+    from tuning.report_answers import which_optimizer
+
+    alike = {"adam": [0.30, 0.33, 0.36, 0.39, 0.42], "sgd": [0.31, 0.34, 0.37, 0.40, 0.43],
+             "rmsprop": [0.32, 0.35, 0.38, 0.41, 0.44]}
+    answer = which_optimizer(alike, grid=True)
+    assert "Taken together, the optimizers' losses do not differ beyond chance (Kruskal-" \
+           "Wallis, p = " in answer and "beyond chance than" not in answer
+    apart = {**alike, "sgd": [0.80, 0.81, 0.82, 0.83, 0.84]}
+    answer = which_optimizer(apart, grid=True)
+    assert "lower beyond chance than sgd" in answer
+    assert "They were tested once the optimizers' losses taken together differed" in answer

@@ -75,7 +75,18 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
     text = (f"Which optimizer: {among}{leader} has the lowest median validation loss "
             f"({statistics.median(comparable[leader]):.4f} over "
             f"{counted(len(comparable[leader]), 'complete trial')}).")
-    text += _verdict(leader, adjusted, "Mann-Whitney U", every=not too_few)
+    together = _kruskal_p(list(comparable.values())) if len(comparable) > 2 else None
+    if together is not None and together >= ALPHA:
+        # The leader is picked by the same losses it is then tested on: with 3 or more
+        # optimizers, pairs are tested only once all of them together differ.
+        text += (f" Taken together, the optimizers' losses do not differ beyond chance "
+                 f"(Kruskal-Wallis, {p_text(together)}), so the trials do not tell {leader} "
+                 f"apart from {_and(others)}; more trials would be needed to separate them.")
+    else:
+        text += _verdict(leader, adjusted, "Mann-Whitney U", every=not too_few)
+        if together is not None:
+            text += (f" They were tested once the optimizers' losses taken together differed "
+                     f"beyond chance (Kruskal-Wallis, {p_text(together)}).")
     if grid:
         text += (" Each optimizer's trials are over every learning rate the grid gave it, the "
                  "poor ones too: the means below compare them at each learning rate.")
@@ -177,6 +188,17 @@ def _verdict(leader: str, adjusted: dict[str, float], test: str, losses: bool = 
         return text + f" The p-value is a two-sided test of the difference ({test})."
     return text + (f" The p-values are two-sided tests of the leader against each other "
                    f"optimizer ({test}), Holm-adjusted for the {len(adjusted)} comparisons.")
+
+
+def _kruskal_p(groups: list[list[float]]) -> float:
+    """The p-value of the groups' losses differing by chance alone, all together (Kruskal-Wallis:
+    ranks, as Mann-Whitney U's); 1 where every loss is the same."""
+    from scipy.stats import kruskal
+
+    values = [v for group in groups for v in group]
+    if len(set(values)) < 2:
+        return 1.0
+    return float(kruskal(*groups).pvalue)
 
 
 def _welch_p(these: RepeatCell, those: RepeatCell) -> float:
