@@ -381,14 +381,15 @@ def _taken_over(trial: optuna.Trial) -> None:
                 "drops its result and goes on", trial.number)
 
 
-def _rerun_later(study: optuna.Study, trial: optuna.Trial, lock: StudyLock) -> None:
+def _rerun_later(study: optuna.Study, trial: optuna.Trial, lock: StudyLock,
+                 counts: bool = False) -> None:
     """Fail a trial cut short by no fault of its configuration and queue it to run again
-    first, spending none of its retries."""
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        if fail_for_retry(study._storage, trial._trial_id, counts=False):
-            # Should queuing fail (the database lost), the next worker to take a trial does.
-            with contextlib.suppress(Exception), lock.hold():
-                queue_due_retries(study, still_held=lock.still_held)
+    first; `counts`: whether this spends one of its retries (fail_for_retry)."""
+    if fail_for_retry(study._storage, trial._trial_id, counts=counts):
+        # Failed and marked: should queuing fail too (the database lost, a second Ctrl-C), the
+        # next worker to take a trial queues the retry.
+        with contextlib.suppress(Exception, Interrupted), lock.hold():
+            queue_due_retries(study, still_held=lock.still_held)
 
 
 def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
@@ -405,11 +406,7 @@ def _cut_short(study: optuna.Study, trial: optuna.Trial, exc: BaseException,
     if not (stopped or transient(exc)):
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         return
-    if fail_for_retry(study._storage, trial._trial_id, counts=not stopped):
-        # Failed and marked: should queuing fail too (the database lost, a second Ctrl-C), the
-        # next worker to take a trial queues the retry.
-        with contextlib.suppress(Exception, Interrupted), lock.hold():
-            queue_due_retries(study, still_held=lock.still_held)
+    _rerun_later(study, trial, lock, counts=not stopped)
 
 
 def _why_unrecorded(exc: BaseException) -> str:
