@@ -212,14 +212,6 @@ def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float] | No
     return rho, (as_strong + 1) / (RANDOM_ORDERINGS + 1)
 
 
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation alone (rank_correlation's, without the cost of its
-    p-value)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic) if _correlatable(x, y) else None
-
-
 def _correlatable(x: list[float], y: list[float]) -> bool:
     """At least 4 points, and spread in both."""
     return len(x) >= 4 and len(set(x)) >= 2 and len(set(y)) >= 2
