@@ -69,8 +69,6 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
         return "Which optimizer: " + too_few
     leader = min(comparable, key=lambda name: (statistics.median(comparable[name]), name))
     others = sorted(set(comparable) - {leader})
-    adjusted = dict(zip(others, holm([differ_p(comparable[leader], comparable[name])
-                                        for name in others]), strict=True))
     among = f"of the optimizers with {MIN_TO_COMPARE} or more complete trials, " if too_few else ""
     text = (f"Which optimizer: {among}{leader} has the lowest median validation loss "
             f"({statistics.median(comparable[leader]):.4f} over "
@@ -83,6 +81,8 @@ def which_optimizer(losses: dict[str, list[float]], grid: bool) -> str:
                  f"(Kruskal-Wallis, {p_text(together)}), so the trials do not tell {leader} "
                  f"apart from {_and(others)}; more trials would be needed to separate them.")
     else:
+        adjusted = dict(zip(others, holm([differ_p(comparable[leader], comparable[name])
+                                            for name in others]), strict=True))
         text += _verdict(leader, adjusted, "Mann-Whitney U", every=not too_few)
         if together is not None:
             text += (f" They were tested once the optimizers' losses taken together differed "
