@@ -26,6 +26,7 @@ from tuning.limits import Limits
 from tuning.networks import FAMILY_MODEL, ModelBuildError, ModelSpec
 from tuning.signals import GracefulStop, NoStop
 from tuning.space import REPEAT, Param, build_configs, sample, tuned
+from tuning.study_file import StudySettings
 from tuning.train import EpochResult, fit, seed_everything
 from tuning.warm_start import WARM_START_ATTR
 
@@ -130,7 +131,7 @@ def _failing_the_trial(trial: optuna.Trial, epochs: Iterator[EpochResult]
         yield result
 
 
-def planned(settings, space: dict[str, Param]) -> bool:
+def planned(settings: StudySettings, space: dict[str, Param]) -> bool:
     """Whether a study's trials are planned measurements (Objective.planned): a grid's points,
     or repeats of one configuration (every parameter fixed but the seed index)."""
     return settings.sampler == "grid" or not tuned(space)
