@@ -39,6 +39,7 @@ from tuning.exported import (
     Classifier,
     ExportError,
     NetworkChanged,
+    NotRebuilt,
     load_model,
     load_program,
     output_check_images,
@@ -611,6 +612,51 @@ def test_a_network_rebuilt_other_than_exported_is_refused_and_predict_runs_model
             load_model(bad)
         assert tuning_main(["predict", "--model", str(bad), str(image)]) == 2
         assert "output_check is not" in _one_line_error(capsys)
+
+
+def test_predict_runs_model_pt2_where_the_network_cannot_be_rebuilt_with_its_weights(
+        exported, arrays, tmp_path, capsys, monkeypatch):
+    """model.pt2 holds the network and its weights: a weights.pt missing, damaged or of
+    another network, or a builder that now fails, leaves it able to classify. Each is one
+    WARNING line naming what failed, and the predictions are the exported network's."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(arrays.test_x[0, ..., 0]).save(image)
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", str(image)]) == 0
+    expected = capsys.readouterr().out
+    missing = _copy(exported, tmp_path, "missing")
+    (missing / "weights.pt").unlink()
+    damaged = _copy(exported, tmp_path, "damaged")
+    (damaged / "weights.pt").write_bytes(b"not weights")
+    other = _copy(exported, tmp_path, "other")
+    state = torch.load(other / "weights.pt", weights_only=True)
+    first = next(iter(state))
+    torch.save({**state, first: torch.zeros(3, *state[first].shape[1:])}, other / "weights.pt")
+    for copy, why in ((missing, "has no weights.pt"),
+                      (damaged, "is not a torch weights file"),
+                      (other, "does not fit the network config.json describes")):
+        with pytest.raises(NotRebuilt, match=why):
+            load_model(copy)
+        assert tuning_main(["predict", "--model", str(copy), "--top", "3", str(image)]) == 0, why
+        captured = capsys.readouterr()
+        assert captured.out == expected, why
+        assert len(captured.err.strip().splitlines()) == 1, captured.err
+        assert "WARNING" in captured.err and why in captured.err, captured.err
+        assert "classifying with the export's model.pt2" in captured.err, captured.err
+
+    def fails(*args, **kwargs):
+        raise ModelBuildError("model builder mine:build raised KeyError: 'width'")
+
+    monkeypatch.setattr(ModelSpec, "build", fails)
+    assert tuning_main(["predict", "--model", str(exported), "--top", "3", str(image)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected
+    assert "cannot be rebuilt: model builder mine:build raised KeyError" in captured.err
+    monkeypatch.undo()
+    # Nor can the program stand in: both reasons, in one line.
+    (missing / "model.pt2").write_bytes(b"not a program")
+    assert tuning_main(["predict", "--quiet", "--model", str(missing), str(image)]) == 2
+    err = _one_line_error(capsys)
+    assert "has no weights.pt; nor can its model.pt2 run instead: " in err, err
 
 
 def test_the_exported_model_refuses_pixels_of_0_to_255_and_takes_float64(exported, arrays):

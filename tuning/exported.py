@@ -53,22 +53,27 @@ class ExportError(UsageError):
     cannot be read: one line for the user."""
 
 
-class BuilderUnavailable(ExportError):
+class NotRebuilt(ExportError):
+    """An export whose network cannot be rebuilt here with its weights: the builder cannot
+    be imported, fails or makes another network; weights.pt is missing, damaged or does not
+    fit. Its portable program, which holds the network and its weights and needs torch
+    alone, may still run it (load_program)."""
+
+
+class BuilderUnavailable(NotRebuilt):
     """An export whose network a user's builder makes, and that builder cannot be imported
-    here: its portable program may still run it (load_program). `not_installed`: its module
-    is not there at all (the expected case on a machine with torch alone), rather than there
-    and failing."""
+    here. `not_installed`: its module is not there at all (the expected case on a machine
+    with torch alone), rather than there and failing."""
 
     def __init__(self, message: str, not_installed: bool):
         super().__init__(message)
         self.not_installed = not_installed
 
 
-class NetworkChanged(ExportError):
+class NetworkChanged(NotRebuilt):
     """An export whose network, rebuilt here with its weights, does not give the logits the
     export recorded (config.json's `output_check`): its builder's code, or torch's or
-    torchvision's, differs from the export's. Its portable program still runs the exported
-    network (load_program)."""
+    torchvision's, differs from the export's."""
 
 
 OUTPUT_CHECK_IMAGES = 3
@@ -458,9 +463,10 @@ def _shape(tensor: torch.Tensor) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     """The model `tuning export` wrote into directory `path`, in eval mode on `device`.
-    BuilderUnavailable when its network is a builder's that cannot be imported here;
-    NetworkChanged when the network rebuilt here does not give the logits the export
-    recorded (its builder, torch or torchvision changed since)."""
+    NotRebuilt when its network cannot be rebuilt here with its weights: BuilderUnavailable
+    when its network is a builder's that cannot be imported here; NetworkChanged when the
+    network rebuilt here does not give the logits the export recorded (its builder, torch or
+    torchvision changed since)."""
     from tuning.networks import ModelBuildError, ModelSpec
 
     config = read_config(path)
@@ -479,20 +485,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Exported
     except UsageError:
         raise
     except (ModelBuildError, TypeError, ValueError) as exc:
-        raise ExportError(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
-                          f"{shorten(str(exc), 200)}") from None
+        raise NotRebuilt(f"the network of {shorten(str(path), 200)!r} cannot be rebuilt: "
+                         f"{shorten(str(exc), 200)}") from None
     weights = Path(path).expanduser() / WEIGHTS_FILE
-    state = _read_state(weights)
+    try:
+        state = _read_state(weights)
+    except ExportError as exc:
+        raise NotRebuilt(str(exc)) from None
+    # A builder's network that the weights do not fit is most likely the builder changed.
+    built_here = " rebuilt here" if spec.kind == "builder" else ""
     mismatch = _state_mismatch(network.state_dict(), state)
     if mismatch:
-        raise ExportError(f"{shorten(str(weights), 200)!r} does not fit the network "
-                          f"config.json describes: {mismatch}")
+        raise NotRebuilt(f"{shorten(str(weights), 200)!r} does not fit the network{built_here} "
+                         f"config.json describes: {mismatch}")
     try:
         network.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - what the comparison above cannot foresee
         reason = shorten(" ".join(str(exc).split()) or type(exc).__name__, 200)
-        raise ExportError(f"{shorten(str(weights), 200)!r} does not load into the network "
-                          f"config.json describes: {reason}") from None
+        raise NotRebuilt(f"{shorten(str(weights), 200)!r} does not load into the "
+                         f"network{built_here} config.json describes: {reason}") from None
     model = ExportedModel(network, config).eval()
     _check_outputs(model, config, path)
     return _placed(model, target, device)

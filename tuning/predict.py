@@ -11,9 +11,11 @@ reading a FIFO waits for a writer, forever if none comes) stops the command with
 stderr and exit status 2, before anything is printed, so that the output is all the images or
 none.
 
-A network made by the user's own builder needs the builder's module to be rebuilt. Where that
-module cannot be imported, the export's portable program (model.pt2, which needs torch alone)
-classifies the images instead, with the same logits: one INFO line says so.
+The network is rebuilt from config.json and weights.pt (a user's own builder needs its module
+for that). Where it cannot be rebuilt here (the builder's module is not installed: one INFO
+line; the builder fails or makes another network, or weights.pt is missing or damaged: one
+WARNING line), the export's portable program (model.pt2, which holds the network and its
+weights and needs torch alone) classifies the images instead, with the same logits.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tuning.cli import (
     fail,
     positive_int,
 )
-from tuning.errors import UsageError, one_line
+from tuning.errors import MESSAGE_CHARS, UsageError, one_line, shorten
 
 log = logging.getLogger("tuning")
 
@@ -56,14 +58,15 @@ def build_parser(prog: str = "python -m tuning.predict") -> OneLineParser:
 
 
 def load(directory: Path, device: str):
-    """The export's model: its network rebuilt (tuning.load_model), else, where the network's
-    builder cannot be imported or rebuilds another network than the exported one, its
-    portable program (tuning.exported.load_program)."""
+    """The export's model: its network rebuilt (tuning.load_model), else, where it cannot be
+    rebuilt here with its weights (the builder cannot be imported, fails or makes another
+    network; weights.pt missing or damaged), its portable program
+    (tuning.exported.load_program), which holds the network and its weights."""
     # Imported here: they import torch, which --help and a bad flag should not wait for.
     from tuning.exported import (  # noqa: PLC0415
         BuilderUnavailable,
         ExportError,
-        NetworkChanged,
+        NotRebuilt,
         load_model,
         load_program,
         program_file,
@@ -72,12 +75,17 @@ def load(directory: Path, device: str):
 
     try:
         return load_model(directory, device)
-    except (BuilderUnavailable, NetworkChanged) as exc:
+    except NotRebuilt as exc:
         config = read_config(directory)
         name = program_file(config)
         if name is None:
             raise ExportError(f"{exc} (the export has no model.pt2, nor a checked TorchScript "
                               "program, to classify with instead)") from None
+        try:
+            program = load_program(directory, device)
+        except ExportError as failed:
+            raise ExportError(shorten(f"{exc}; nor can its {name} run instead: {failed}",
+                                      MESSAGE_CHARS)) from None
         # A module that is not installed here is the expected case (a machine with torch
         # only); one that is there but broken, or builds another network, is worth a warning.
         quiet = isinstance(exc, BuilderUnavailable) and exc.not_installed
@@ -85,7 +93,7 @@ def load(directory: Path, device: str):
                 "%s: classifying with the export's %s, the same network as a torch program",
                 f"the network's builder {config['model']['model']!r} cannot be imported here"
                 if quiet else exc, name)
-        return load_program(directory, device)
+        return program
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") -> int:
