@@ -5,6 +5,7 @@ input as one line with exit status 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -657,6 +658,27 @@ def test_predict_runs_model_pt2_where_the_network_cannot_be_rebuilt_with_its_wei
     assert tuning_main(["predict", "--quiet", "--model", str(missing), str(image)]) == 2
     err = _one_line_error(capsys)
     assert "has no weights.pt; nor can its model.pt2 run instead: " in err, err
+
+
+def test_the_cards_code_reads_an_image_file_as_predict_does_with_torch_alone(exported,
+                                                                              arrays, tmp_path):
+    """A user without tuning reads their image as the card shows (Pillow, NumPy, model.pt2):
+    an image of another size and mode gets the logits tuning's own loader gives it."""
+    card = (exported / "README.md").read_text()
+    program, = (block.split("```")[0] for block in card.split("```python\n")[1:]
+                if block.startswith("import torch"))
+    assert "ImageOps.fit(image, (28, 28), Image.Resampling.BILINEAR)" in program
+    digit = Image.fromarray(arrays.test_x[0, ..., 0]).resize((41, 33)).convert("RGB")
+    digit.save(tmp_path / "image.png")
+    scope: dict = {}
+    with contextlib.chdir(tmp_path):
+        exec(program, scope)  # noqa: S102 - the card's own code, as a user runs it
+    with torch.no_grad():
+        expected = load_model(exported)(load_model(exported).preprocess(tmp_path /
+                                                                        "image.png")[None])
+    assert torch.allclose(scope["logits"], expected, atol=1e-5), (scope["logits"], expected)
+    config = json.loads((exported / "config.json").read_text())
+    assert "PIL.ImageOps.fit" in config["normalization"]["image_files"]
 
 
 def test_the_exported_model_refuses_pixels_of_0_to_255_and_takes_float64(exported, arrays):

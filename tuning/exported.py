@@ -46,6 +46,13 @@ PREDICT_BATCH = 256
 
 ImageInput = str | Path | Image.Image
 """What `preprocess` and `predict` take: a file's path or a PIL image."""
+IMAGE_FILES = ("decoded with Pillow to grayscale (L) or RGB as the model has 1 or 3 channels "
+               "(16-bit grayscale divided by 257, transparent pixels on black); where the size "
+               "differs from input_shape's, PIL.ImageOps.fit to its width x height with "
+               "bilinear resampling (the shorter side scaled to fit, the centre cropped); "
+               "pixels divided by 255")
+"""How `ExportedModel.pixels` reads an image file, as config.json records it for programs
+that read images without tuning."""
 
 
 class ExportError(UsageError):

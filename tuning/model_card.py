@@ -130,14 +130,24 @@ def model_card(config: dict, out: Path) -> str:
               f"logits = model(images)  # float images in [0, 1], (N, {c}, {h}, {w})", "```", ""]
     if "written" in (files["model.pt2"], files["model.torchscript.pt"]):
         lines += ["With torch alone, no tuning needed (the normalization is inside; any batch "
-                  "size; float32 images in [0, 1], (N, "f"{c}, {h}, {w})):", "", "```python",
+                  "size; float32 images in [0, 1], (N, "f"{c}, {h}, {w}))"
+                  + (", and Pillow and NumPy to read an image file" if c in (1, 3) else "")
+                  + ":", "", "```python",
                   "import torch"]
+        torchscript = f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
         if files["model.pt2"] == "written":
             lines.append(f"model = torch.export.load({str(out / 'model.pt2')!r}).module()")
-        if files["model.torchscript.pt"] == "written":
-            lines.append(f"model = torch.jit.load({str(out / 'model.torchscript.pt')!r})"
-                         "  # TorchScript: deprecated in torch")
-        lines += ["logits = model(images)", "```", ""]
+            if files["model.torchscript.pt"] == "written":
+                lines.append(f"# or, TorchScript (deprecated in torch): {torchscript}")
+        else:
+            lines.append(f"{torchscript}  # TorchScript: deprecated in torch")
+        lines += [*_image_recipe(c, h, w), "logits = model(images)", "```", ""]
+        if c in (1, 3):
+            lines += [f"The image is read as `tuning predict` reads it: converted to "
+                      f"{'grayscale' if c == 1 else 'RGB'}, and where its size is not "
+                      f"{w} x {h}, its shorter side scaled to fit (bilinear) and the centre "
+                      "cropped. (`tuning predict` also scales 16-bit images to 8 bits, where "
+                      "`convert` clips them, and puts transparent pixels on black.)", ""]
     fallback = (" Where the builder's module cannot be imported, it classifies with "
                 "`model.pt2` instead." if ":" in spec["model"] and files["model.pt2"] == "written"
                 else "")
@@ -156,6 +166,20 @@ def _cut_short(config: dict) -> list[str]:
     return [f"The run's --budget stopped this trial after {cut['epochs_run']} of its "
             f"{counted(cut['epochs'], 'epoch')}: it is exported as trained that far, not as "
             "the search would have trained it.", ""]
+
+
+def _image_recipe(c: int, h: int, w: int) -> list[str]:
+    """Code that turns an image file into `images` without tuning (Pillow and NumPy), as
+    `tuning predict` does (tuning.exported.ExportedModel.pixels); none for images of other
+    than 1 or 3 channels, which predict does not read from files either."""
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        return []
+    return ["", "import numpy as np", "from PIL import Image, ImageOps", "",
+            f"image = Image.open('image.png').convert({mode!r})",
+            f"image = ImageOps.fit(image, ({w}, {h}), Image.Resampling.BILINEAR)",
+            "pixels = np.asarray(image, dtype=np.float32) / 255",
+            f"images = torch.from_numpy(pixels).reshape(1, {h}, {w}, {c}).permute(0, 3, 1, 2)"]
 
 
 def _reproduce(config: dict, out: Path) -> list[str]:
