@@ -319,6 +319,10 @@ def test_a_class_without_test_images_shows_no_recall():
     metrics = classification_metrics(cm)
     rows = per_class_table(metrics, metrics, ["a", "b", "c"]).rows
     assert rows[0][2] == 5 / 6 and rows[2][2] is None and rows[2][5] == 0
+    # Nor precision (never predicted) or F1: "-", as null in test_metrics.json, not 0.
+    assert rows[2][1] is None and rows[2][3] is None and rows[2][4] is None
+    assert metrics["per_class"][2] == {"class": 2, "precision": None, "recall": None,
+                                       "f1": None, "support": 0}
 
 
 def test_for_a_study_of_its_own_files_the_remedy_is_never_the_other_flag(tmp_path):

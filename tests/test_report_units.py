@@ -238,8 +238,10 @@ def test_metrics_from_a_known_confusion_matrix():
     assert cm.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     m = classification_metrics(cm)
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert [c["precision"] for c in m["per_class"]] == pytest.approx([2 / 3, 2 / 3, 0.0])
+    assert [c["precision"] for c in m["per_class"]] == [pytest.approx(2 / 3),
+                                                        pytest.approx(2 / 3), None]
     assert [c["recall"] for c in m["per_class"]] == pytest.approx([2 / 3, 1.0, 0.0])
+    assert [c["f1"] for c in m["per_class"]] == pytest.approx([2 / 3, 0.8, 0.0])
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
 
 

@@ -91,9 +91,12 @@ def classification_metrics(cm: np.ndarray) -> dict:
         "macro_recall": float(recall[averaged].mean()),
         "macro_f1": float(f1[averaged].mean()),
         "macro_classes": int(averaged.sum()),
+        # Per class, a score with nothing to count is None, not 0: precision without a
+        # prediction of the class, recall and F1 without a test image of it.
         "per_class": [
-            {"class": i, "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "support": int(support[i])}
+            {"class": i, "precision": float(precision[i]) if predicted[i] else None,
+             "recall": float(recall[i]) if support[i] else None,
+             "f1": float(f1[i]) if support[i] else None, "support": int(support[i])}
             for i in range(len(tp))
         ],
         "confusion_matrix": cm.tolist(),

@@ -272,9 +272,8 @@ def per_class_table(best: dict, tutorial: dict, names: list[str], named: str = "
     scores = (f"precision ({named})", f"recall ({named})", f"F1 ({named})", "F1 (tutorial)")
     table = Table(["class", *scores, "support"], fixed_columns=scores)
     for ours, theirs in zip(best["per_class"], tutorial["per_class"], strict=True):
-        # A class without test images has no recall to show (none of its images was missed).
-        recall = ours["recall"] if ours["support"] else None
-        table.rows.append([names[ours["class"]], ours["precision"], recall, ours["f1"],
+        # A score with nothing to count is None (tuning.evaluate), shown as "-".
+        table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
                            theirs["f1"], ours["support"]])
     return table
 
