@@ -806,6 +806,18 @@ def test_the_loaded_model_refuses_a_tensor_of_another_shape_than_the_studys(expo
             model(torch.zeros(shape))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine lacks")
+def test_predict_on_a_missing_gpu_says_so_in_one_short_line(exported, tmp_path, capsys):
+    """torch's own error is a paragraph about drivers with a web address, cut mid-way."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    for device in ("cuda", "cuda:1"):
+        assert tuning_main(["predict", "--device", device, "--model", str(exported),
+                            str(image)]) == 2
+        assert _one_line_error(capsys) == (f"error: device {device!r}: no CUDA device is "
+                                           "available here")
+
+
 def test_predict_top_refuses_fewer_than_one_class(exported):
     model = load_model(exported)
     image = Image.fromarray(np.zeros((28, 28), np.uint8))

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from tuning.errors import UsageError, shorten
+from tuning.errors import UsageError, counted, shorten
 from tuning.folder_listing import special_kind
 from tuning.image_folder import convert_mode, open_image
 
@@ -553,10 +553,17 @@ Model = TypeVar("Model", bound=ExportedModel)
 
 def _device(device: str | torch.device) -> torch.device:
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except (RuntimeError, TypeError):
         raise ExportError(f"device {shorten(str(device))!r} is not a device (cpu, cuda, "
                           "cuda:N)") from None
+    # Asked here, before torch's own error (a paragraph about drivers, with a web address).
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError(f"device {shorten(str(device))!r}: no CUDA device is available here")
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        raise ExportError(f"device {shorten(str(device))!r}: only "
+                          f"{counted(torch.cuda.device_count(), 'GPU')} here")
+    return target
 
 
 def _placed(model: Model, target: torch.device, device: str | torch.device) -> Model:
