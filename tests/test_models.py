@@ -5,8 +5,10 @@ and the parser and sampler directly (tiers 1 and 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import sqlite3
 import sys
 import textwrap
 from pathlib import Path
@@ -345,6 +347,39 @@ def test_a_worker_that_cannot_import_the_builder_stops_with_one_line(builder_dir
     assert f"model builder '{module}:build' cannot be imported here" in error_line(
         worker.stderr)
     assert not [t for t in load_study(url, "own").trials]  # no trial started, none failed
+
+
+def _dump(database: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return list(connection.iterdump())
+
+
+def test_report_and_export_where_the_builder_cannot_be_imported_say_so_for_themselves(
+        builder_dir, tmp_path):
+    """The search's line speaks to workers; the report's offers --no-test, which needs no
+    network, and the export's names what it needs. Neither stores or writes anything."""
+    workdir, module = builder_dir
+    (workdir / "own.toml").write_text(study_toml(f"{module}:build"))
+    assert main(["--config", "own.toml", "--trials", "1", "--workers", "1", "-q"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url = f"sqlite:///{workdir}/studies/own.db"
+    before = _dump(workdir / "studies" / "own.db")
+    report = run_cli("--study", "own", "--storage", url, cwd=elsewhere, module="tuning.report")
+    line = error_line(report.stderr)
+    assert report.returncode == 2 and "every worker" not in line
+    assert line.endswith(f"model builder '{module}:build' cannot be imported here: "
+                         f"ModuleNotFoundError: No module named '{module}'; install its package "
+                         "or run from the directory that holds it; or skip the held-out test "
+                         "with --no-test"), line
+    export = run_cli("--study", "own", "--storage", url, cwd=elsewhere, module="tuning.export")
+    line = error_line(export.stderr)
+    assert export.returncode == 2 and line.endswith("run from the directory that holds it"), line
+    assert list(elsewhere.iterdir()) == []
+    assert _dump(workdir / "studies" / "own.db") == before
+    report = run_cli("--study", "own", "--storage", url, "--no-test", cwd=elsewhere,
+                     module="tuning.report")
+    assert report.returncode == 0, report.stderr
 
 
 @pytest.mark.parametrize("function, expected", [

@@ -88,7 +88,7 @@ from tuning.exported import (
     output_check_images,
 )
 from tuning.model_card import CARD_FILE, model_card
-from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec
+from tuning.networks import MODEL_PREFIX, ModelBuildError, ModelSpec, check_importable_here
 from tuning.objective import (
     OVER_LIMITS,
     best_cut_by_budget,
@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         settings, space = stored_definition(study)
         trial = choose_trial(study, settings, space, args.trial)
         settings = with_images_at(settings, args.dataset)
+        check_importable_here(settings.network())
         check_weights_match(study, settings)
         artifacts = existing_artifact_store(args.artifacts)
         runtime = resolve_device(args.device)

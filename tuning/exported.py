@@ -377,7 +377,7 @@ def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
     """Why the builder of `spec` (a ModelSpec of a user's "module:function") cannot be used
     here, in a line that fits loading an export (the import's own message speaks to workers);
     None when it imports, and for the built-in and torchvision models."""
-    from tuning.networks import BuilderNotInstalled, import_builder
+    from tuning.networks import EVERY_WORKER, BuilderNotInstalled, import_builder
 
     if spec.kind != "builder":
         return None
@@ -394,7 +394,7 @@ def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
     except UsageError as exc:
         # Its module is there but fails (a syntax error, an exception on import, a missing
         # dependency, no such function): the import's own line says what and where.
-        return BuilderUnavailable(str(exc).replace(" (every worker needs it)", ""),
+        return BuilderUnavailable(str(exc).replace(EVERY_WORKER, ""),
                                   not_installed=False)
     return None
 

@@ -108,6 +108,23 @@ class BuilderNotInstalled(UsageError):
         self.cause = cause
 
 
+EVERY_WORKER = " (every worker needs it)"
+"""How an import failure's line ends for a search: a command that imports the builder in one
+process only (report, export, predict) takes it off."""
+
+
+def check_importable_here(spec: ModelSpec) -> None:
+    """For a command that builds the network in its own process alone (report, export): a
+    UsageError where the study's builder cannot be imported here, before any work, in a line
+    without the search's note about workers."""
+    if spec.kind != "builder":
+        return
+    try:
+        import_builder(spec.model)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace(EVERY_WORKER, "")) from None
+
+
 def _not_installed(exc: BaseException, module_name: str) -> bool:
     """Whether `exc` says the module `module_name` (or its package) is not there at all."""
     missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
@@ -124,10 +141,10 @@ def _import_failure(reference: str, module_name: str, exc: BaseException) -> str
         if _not_installed(exc, module_name):
             return (f"model builder {shorten(reference)!r} cannot be imported here: "
                     f"ModuleNotFoundError: {shorten(_first_line(exc), 200)}; install its "
-                    "package or run from the directory that holds it (every worker needs it)")
+                    f"package or run from the directory that holds it{EVERY_WORKER}")
         return (f"model builder {shorten(reference)!r}: module {module_name!r} imports "
                 f"{shorten(missing)!r} ({_where(exc)}), which is not installed here; install "
-                "it (every worker needs it)")
+                f"it{EVERY_WORKER}")
     return (f"model builder {shorten(reference)!r}: module {module_name!r} failed to import: "
             f"{_what_happened(exc)} at {_where(exc)}")
 

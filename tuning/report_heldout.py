@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial
 
 from tuning.data import DATA_KEYS, Arrays, load_arrays
 from tuning.errors import UsageError, counted, shorten
+from tuning.networks import ModelSpec, check_importable_here
 from tuning.objective import best_cut_by_budget, epochs_run, recorded_val_loss
 from tuning.report_figures import confusion_heatmap
 from tuning.report_render import Section, Table
@@ -297,6 +298,15 @@ def _cut_instead(view: StudyView) -> str:
             "that far and tests it.")
 
 
+def _check_builder(network: ModelSpec) -> None:
+    """check_importable_here, its line offering the way round: the rest of the report does
+    not need the network."""
+    try:
+        check_importable_here(network)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; or {SKIP_TEST}") from None
+
+
 def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts,
                   seed_file: Path) -> Section:
     """The best configuration, once, on the test set; beside it the tutorial's, with the
@@ -309,6 +319,8 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     if not view.completed or arrays is None:
         s.paragraphs.append("No complete trial: nothing to evaluate." + _cut_instead(view))
         return s
+    network = view.settings.network()
+    _check_builder(network)
     runtime = resolve_device(device)
     data = to_device(arrays, runtime.device)
     best = reported_trial(view)
@@ -317,8 +329,7 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
     # split runs them once.
     epochs_run = view.settings.epochs if cross_validated else \
         best.user_attrs.get("epochs_run", view.settings.epochs)
-    obtained = trial_model(best, view.space, data, runtime, epochs_run, artifacts,
-                           view.settings.network())
+    obtained = trial_model(best, view.space, data, runtime, epochs_run, artifacts, network)
     best_metrics = held_out_metrics(obtained.model, data, runtime)
     seed_metrics, seed_how = baseline_metrics(view, seed_file, data, runtime)
     test = mcnemar(best_metrics["wrong"], seed_metrics["wrong"])
