@@ -806,6 +806,36 @@ def test_the_loaded_model_refuses_a_tensor_of_another_shape_than_the_studys(expo
             model(torch.zeros(shape))
 
 
+def test_predict_skips_unreadable_images_only_when_asked(exported, arrays, tmp_path, capsys):
+    good = []
+    for i in range(2):
+        good.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(arrays.test_x[i, ..., 0]).save(good[-1])
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[0].read_bytes()[:60])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    images = [str(good[0]), str(truncated), str(text), str(good[1]), str(tmp_path / "gone.png")]
+    assert tuning_main(["predict", "--model", str(exported), *images]) == 2
+    assert "truncated.png' cannot be decoded" in _one_line_error(capsys)  # nothing printed
+    assert tuning_main(["predict", "--model", str(exported), *map(str, good)]) == 0
+    expected = capsys.readouterr().out
+    assert tuning_main(["predict", "--skip-unreadable", "--model", str(exported), *images]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected  # the readable ones, in their order
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 3 and all("WARNING skipped: image '" in w for w in warnings), warnings
+    assert "truncated.png' cannot be decoded" in warnings[0] and "gone.png' does not exist" \
+        in warnings[2]
+    # None readable: each skipped, then an error, status 2.
+    assert tuning_main(["predict", "--skip-unreadable", "--model", str(exported),
+                        str(text), str(truncated)]) == 2
+    *skipped, err = capsys.readouterr().err.strip().splitlines()
+    assert len(skipped) == 2 and err.startswith("error: "), err
+    assert "none of the 2 images can be read (the last: image '" in err
+    assert "truncated.png' cannot be decoded" in err, err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine lacks")
 def test_predict_on_a_missing_gpu_says_so_in_one_short_line(exported, tmp_path, capsys):
     """torch's own error is a paragraph about drivers with a web address, cut mid-way."""

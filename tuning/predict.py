@@ -9,7 +9,8 @@ Every image is decoded before any is classified: a missing file, a directory, a 
 an image, or one that is not a regular file (a FIFO, a socket, a device: refused unopened, since
 reading a FIFO waits for a writer, forever if none comes) stops the command with one line on
 stderr and exit status 2, before anything is printed, so that the output is all the images or
-none.
+none. With --skip-unreadable each such image is named in a warning instead and the others are
+classified (exit status 2 only when none can be read).
 
 The network is rebuilt from config.json and weights.pt (a user's own builder needs its module
 for that). Where it cannot be rebuilt here (the builder's module is not installed: one INFO
@@ -52,6 +53,10 @@ def build_parser(prog: str = "python -m tuning.predict") -> OneLineParser:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     parser.add_argument("--top", type=positive_int, default=1, metavar="K",
                         help="print the K most likely classes of each image (default 1)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="classify the images that can be read, each one that cannot "
+                             "named in a warning (default: any such image stops the command "
+                             "before anything is printed)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     add_verbosity_arguments(parser)
     return parser
@@ -96,16 +101,39 @@ def load(directory: Path, device: str):
         return program
 
 
+def read_images(model, images: list[str], skip_unreadable: bool) -> tuple[list[str], list]:
+    """The images that can be read and their pixels. One that cannot raises ExportError,
+    unless `skip_unreadable`: then it is named in a warning and left out, and ExportError
+    comes only when none can be read."""
+    from tuning.exported import ExportError  # noqa: PLC0415 - as in load
+
+    read, pixels, skipped = [], [], []
+    for image in images:
+        try:
+            pixels.append(model.pixels(Path(image)))
+        except ExportError as exc:
+            if not skip_unreadable:
+                raise
+            log.warning("skipped: %s", exc)
+            skipped.append(exc)
+            continue
+        read.append(image)
+    if not read:
+        raise ExportError(f"none of the {len(images)} images can be read (the last: "
+                          f"{skipped[-1]})")
+    return read, pixels
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") -> int:
     args = build_parser(prog).parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
         model = load(args.model, args.device)
-        pixels = [model.pixels(Path(image)) for image in args.images]
+        images, pixels = read_images(model, args.images, args.skip_unreadable)
         results = model.top_classes(pixels, args.top)
     except UsageError as exc:
         return fail(str(exc))
-    for image, top in zip(args.images, results, strict=True):
+    for image, top in zip(images, results, strict=True):
         print("\t".join([one_line(image),
                          *(f"{one_line(name)}\t{p:.4f}" for name, p in top)]))
     return 0
