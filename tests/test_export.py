@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import warnings
 import subprocess
 import sys
 import textwrap
@@ -528,6 +529,24 @@ def test_programs_were_checked_on_varied_and_real_images(exported):
     assert {"all-zero images", "negative values", "test images"} <= set(config["program_checks"])
 
 
+def test_both_programs_refuse_images_of_another_shape(exported):
+    """A trace alone would take one channel for a colour model, or another size, and give
+    logits without a word: the saved TorchScript program checks the shape, as model.pt2's
+    guards do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation
+        programs = {"model.torchscript.pt": torch.jit.load(exported / "model.torchscript.pt"),
+                    "model.pt2": torch.export.load(exported / "model.pt2").module()}
+    for name, program in programs.items():
+        assert program(torch.rand(3, 1, 28, 28)).shape == (3, 10), name
+        for shape in ((2, 3, 28, 28), (2, 1, 29, 28), (1, 28, 28)):
+            with pytest.raises((torch.jit.Error, AssertionError, RuntimeError)):
+                program(torch.rand(*shape))  # the check's error, or a guard's
+    with pytest.raises(torch.jit.Error, match=r"takes float images \(N, 1, 28, 28\) in \[0, "
+                                              r"1\], got a tensor of shape \[2, 3, 28, 28\]"):
+        programs["model.torchscript.pt"](torch.rand(2, 3, 28, 28))
+
+
 def _copy(exported, tmp_path, name: str = "copy", **changes):
     """A copy of the export, its config.json changed by `changes` (None: the key removed)."""
     out = tmp_path / name
@@ -788,9 +807,10 @@ def test_broken_weights_say_what_is_wrong(exported, tmp_path, capsys):
     other = _copy(exported, tmp_path, "other")
     first = next(iter(state))
     torch.save({**state, first: torch.zeros(2, 2)}, other / "weights.pt")
-    assert tuning_main(["predict", "--model", str(other), "x.png"]) == 2
-    err = _one_line_error(capsys)
-    assert f"{first!r} is 2x2 in it, " in err and "of another shape" in err, err
+    with pytest.raises(ExportError) as caught:  # predict runs model.pt2 instead: says why
+        load_model(other)
+    assert f"{first!r} is 2x2 in it, " in str(caught.value), caught.value
+    assert "of another shape" in str(caught.value)
     renamed = {("renamed." + k if k == first else k): v for k, v in state.items()}
     torch.save(renamed, other / "weights.pt")
     with pytest.raises(ExportError, match=f"it lacks {first!r}"):

@@ -185,6 +185,25 @@ def _write_export(classifier: Classifier, example: torch.Tensor,
         return f"skipped: torch.export failed ({_reason(exc)})"
 
 
+class ShapeChecked(nn.Module):
+    """A traced program that refuses images of another shape than the study's, as model.pt2
+    does: the trace would take them (its normalization broadcasts one channel to three) and
+    give logits without a word. Scripted, so that the check runs in the saved program."""
+
+    def __init__(self, traced: nn.Module, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.traced = traced
+        self.channels, self.height, self.width = input_shape
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if (images.dim() != 4 or images.size(1) != self.channels
+                or images.size(2) != self.height or images.size(3) != self.width):
+            raise ValueError(f"the model takes float images (N, {self.channels}, "
+                             f"{self.height}, {self.width}) in [0, 1], got a tensor of shape "
+                             f"{images.shape}")
+        return self.traced(images)
+
+
 def _write_torchscript(classifier: Classifier, example: torch.Tensor,
                        inputs: dict[str, torch.Tensor], path: Path) -> str:
     """model.torchscript.pt: "written", else "skipped: " and why not.
@@ -200,8 +219,9 @@ def _write_torchscript(classifier: Classifier, example: torch.Tensor,
             problem = _tracer_problem(caught)
             if problem:
                 return f"skipped: the trace may not hold for other images ({problem})"
-            check_program(traced, classifier, inputs)
-            traced.save(str(path))
+            program = torch.jit.script(ShapeChecked(traced, tuple(example.shape[1:])))
+            check_program(program, classifier, inputs)
+            program.save(str(path))
         return "written"
     except ProgramRejected as exc:
         path.unlink(missing_ok=True)
