@@ -11,10 +11,10 @@ import logging
 import os
 import shlex
 import shutil
-import warnings
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
