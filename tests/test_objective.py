@@ -313,3 +313,26 @@ def test_a_last_batch_of_one_image_is_left_out_so_batch_norm_trains(tiny_data):
     generator = seed_everything(0, runtime.device)
     results = list(fit(model, tiny_data, TrainConfig(batch_size=batch), runtime, generator, 2))
     assert len(results) == 2 and all(math.isfinite(r.val["loss"]) for r in results)
+
+
+def test_a_gpu_that_is_not_there_is_named_in_words(monkeypatch):
+    """Asked before torch's own error, a paragraph about drivers; the same words for the
+    search's --device and an export's load_model."""
+    from tuning.device import missing_gpu
+    from tuning.exported import ExportError, _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert missing_gpu(torch.device("cpu")) is None
+    assert missing_gpu(torch.device("cuda")) == "no CUDA device is available here"
+    with pytest.raises(UsageError, match="^--device 'cuda:1': no CUDA device is available here$"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert missing_gpu(torch.device("cuda:1")) is None
+    with pytest.raises(UsageError,
+                       match=r"^--device 'cuda:2': only 2 GPUs here \(cuda:0..cuda:1\)$"):
+        resolve_device("cuda:2")
+    with pytest.raises(ExportError, match=r"^device 'cuda:5': only 2 GPUs here"):
+        _device("cuda:5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert missing_gpu(torch.device("cuda:1")) == "only 1 GPU here (cuda:0)"

@@ -323,6 +323,13 @@ def test_a_class_without_test_images_shows_no_recall():
     assert rows[2][1] is None and rows[2][3] is None and rows[2][4] is None
     assert metrics["per_class"][2] == {"class": 2, "precision": None, "recall": None,
                                        "f1": None, "support": 0}
+    assert "never predicted" in per_class_table(metrics, metrics, ["a", "b", "c"]).note
+    # Predicted once without a test image: precision 0 and F1 0 (as the macro F1 counts it).
+    predicted = classification_metrics(np.array([[5, 1, 1], [0, 4, 0], [0, 0, 0]]))
+    assert predicted["per_class"][2] == {"class": 2, "precision": 0.0, "recall": None,
+                                         "f1": 0.0, "support": 0}
+    assert predicted["macro_f1"] == pytest.approx(
+        np.mean([c["f1"] for c in predicted["per_class"]]))
 
 
 def test_for_a_study_of_its_own_files_the_remedy_is_never_the_other_flag(tmp_path):

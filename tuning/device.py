@@ -73,6 +73,20 @@ class Runtime:
         return str(self.device)
 
 
+def missing_gpu(device: torch.device) -> str | None:
+    """Why CUDA device `device` is not here, in words (torch's own error is a paragraph about
+    drivers); None when it is, or is not a CUDA device."""
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device is available here"
+    if (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        return ("only 1 GPU here (cuda:0)" if count == 1
+                else f"only {count} GPUs here (cuda:0..cuda:{count - 1})")
+    return None
+
+
 def resolve_device(requested: str = "auto", compile_mode: str = "off") -> Runtime:
     """'auto' picks CUDA when present, else the CPU; 'cpu', 'cuda' and 'cuda:N' are explicit."""
     if compile_mode not in COMPILE_MODES:
@@ -86,10 +100,9 @@ def resolve_device(requested: str = "auto", compile_mode: str = "off") -> Runtim
             f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N"
         ) from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {requested!r}: no CUDA device is available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested!r}: only {torch.cuda.device_count()} GPU(s)")
+        missing = missing_gpu(device)
+        if missing:
+            raise UsageError(f"--device {requested!r}: {missing}")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays for itself
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -92,11 +92,12 @@ def classification_metrics(cm: np.ndarray) -> dict:
         "macro_f1": float(f1[averaged].mean()),
         "macro_classes": int(averaged.sum()),
         # Per class, a score with nothing to count is None, not 0: precision without a
-        # prediction of the class, recall and F1 without a test image of it.
+        # prediction of the class, recall without a test image of it, F1 with neither (the
+        # classes the macro averages leave out).
         "per_class": [
             {"class": i, "precision": float(precision[i]) if predicted[i] else None,
              "recall": float(recall[i]) if support[i] else None,
-             "f1": float(f1[i]) if support[i] else None, "support": int(support[i])}
+             "f1": float(f1[i]) if averaged[i] else None, "support": int(support[i])}
             for i in range(len(tp))
         ],
         "confusion_matrix": cm.tolist(),

@@ -31,7 +31,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from tuning.errors import UsageError, counted, shorten
+from tuning.device import missing_gpu
+from tuning.errors import UsageError, shorten
 from tuning.folder_listing import special_kind
 from tuning.image_folder import convert_mode, open_image
 
@@ -47,7 +48,8 @@ PREDICT_BATCH = 256
 ImageInput = str | Path | Image.Image
 """What `preprocess` and `predict` take: a file's path or a PIL image."""
 IMAGE_FILES = ("decoded with Pillow to grayscale (L) or RGB as the model has 1 or 3 channels "
-               "(16-bit grayscale divided by 257, transparent pixels on black); where the size "
+               "(16-bit grayscale divided by 257, 32-bit float grayscale in 0..1 times 255, "
+               "transparent pixels on black); where the size "
                "differs from input_shape's, PIL.ImageOps.fit to its width x height with "
                "bilinear resampling (the shorter side scaled to fit, the centre cropped); "
                "pixels divided by 255")
@@ -63,8 +65,8 @@ class ExportError(UsageError):
 class NotRebuilt(ExportError):
     """An export whose network cannot be rebuilt here with its weights: the builder cannot
     be imported, fails or makes another network; weights.pt is missing, damaged or does not
-    fit. Its portable program, which holds the network and its weights and needs torch
-    alone, may still run it (load_program)."""
+    fit. Its portable program (program_file), which holds the network and its weights and
+    needs torch alone, may still run it: load_program, as `tuning predict` does."""
 
 
 class BuilderUnavailable(NotRebuilt):
@@ -164,15 +166,21 @@ class ExportedModel(Classifier):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def image_mode(self) -> str:
+        """The Pillow mode image files are converted to: "L" or "RGB". ExportError for a
+        network of other than 1 or 3 channels, which takes tensors only."""
+        channels = self.input_shape[0]
+        if channels not in (1, 3):
+            raise ExportError(f"the model takes {channels}-channel images: give them as "
+                              "tensors, not image files")
+        return "L" if channels == 1 else "RGB"
+
     def pixels(self, image: ImageInput) -> np.ndarray:
         """`image` decoded as the study's images were (tuning.image_folder): converted to
         grayscale or RGB, fitted to H x W (shorter side, then the centre, bilinear) when its
         size differs; uint8 (H, W, C). ExportError when it cannot be read."""
         channels, height, width = self.input_shape
-        mode = {1: "L", 3: "RGB"}.get(channels)
-        if mode is None:
-            raise ExportError(f"the model takes {channels}-channel images: give them as "
-                              "tensors, not image files")
+        mode = self.image_mode()
         if isinstance(image, Image.Image):
             img = convert_mode(image, mode)
         else:
@@ -375,14 +383,12 @@ def _finite(value: object) -> bool:
 
 def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
     """Why the builder of `spec` (a ModelSpec of a user's "module:function") cannot be used
-    here, in a line that fits loading an export (the import's own message speaks to workers);
-    None when it imports, and for the built-in and torchvision models."""
-    from tuning.networks import EVERY_WORKER, BuilderNotInstalled, import_builder
+    here, in a line that fits loading an export; None when it imports, and for the built-in
+    and torchvision models."""
+    from tuning.networks import BuilderNotInstalled, check_importable_here
 
-    if spec.kind != "builder":
-        return None
     try:
-        import_builder(spec.model)
+        check_importable_here(spec)
     except BuilderNotInstalled as exc:
         cause = exc.cause
         why = (f"{type(cause).__name__}: {shorten(str(cause).splitlines()[0], 120)}"
@@ -394,8 +400,7 @@ def _builder_problem(spec, path: str | Path) -> BuilderUnavailable | None:
     except UsageError as exc:
         # Its module is there but fails (a syntax error, an exception on import, a missing
         # dependency, no such function): the import's own line says what and where.
-        return BuilderUnavailable(str(exc).replace(EVERY_WORKER, ""),
-                                  not_installed=False)
+        return BuilderUnavailable(str(exc), not_installed=False)
     return None
 
 
@@ -537,15 +542,12 @@ def _check_outputs(model: ExportedModel, config: dict, path: str | Path) -> None
         return
     difference = ((got - recorded).abs().max().item() if tuple(got.shape) == shape
                   else f"shape {tuple(got.shape)}, not {shape}")
-    program = program_file(config)
     raise NetworkChanged(
         f"the network of {shorten(str(path), 200)!r} rebuilt here (model "
         f"{shorten(str(config['model'].get('model')))!r}) "
         f"does not give the logits recorded at its export (largest difference "
         f"{difference if isinstance(difference, str) else f'{difference:.3g}'}): its "
-        "builder, or torch or torchvision, differs from the export's"
-        + (f"; its {program} runs the exported network (tuning.exported.load_program)"
-           if program is not None else ""))
+        "builder, or torch or torchvision, differs from the export's")
 
 
 Model = TypeVar("Model", bound=ExportedModel)
@@ -557,12 +559,9 @@ def _device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ExportError(f"device {shorten(str(device))!r} is not a device (cpu, cuda, "
                           "cuda:N)") from None
-    # Asked here, before torch's own error (a paragraph about drivers, with a web address).
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError(f"device {shorten(str(device))!r}: no CUDA device is available here")
-    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
-        raise ExportError(f"device {shorten(str(device))!r}: only "
-                          f"{counted(torch.cuda.device_count(), 'GPU')} here")
+    missing = missing_gpu(target)
+    if missing:
+        raise ExportError(f"device {shorten(str(device))!r}: {missing}")
     return target
 
 

@@ -148,8 +148,9 @@ def model_card(config: dict, out: Path) -> str:
                       f"{w} x {h}, its shorter side scaled to fit (bilinear) and the centre "
                       "cropped. (`tuning predict` also scales 16-bit images to 8 bits, where "
                       "`convert` clips them, and puts transparent pixels on black.)", ""]
-    fallback = (" Where the builder's module cannot be imported, it classifies with "
-                "`model.pt2` instead." if ":" in spec["model"] and files["model.pt2"] == "written"
+    fallback = (" Where the network cannot be rebuilt here with `weights.pt` (the builder's "
+                "module not importable, or changed; the weights missing or damaged), it "
+                "classifies with `model.pt2` instead." if files["model.pt2"] == "written"
                 else "")
     lines += [f"From the command line: `tuning predict --model {shlex.quote(str(out))} "
               f"image.png`.{fallback}", "",

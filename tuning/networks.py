@@ -71,11 +71,12 @@ def model_problem(model: object) -> str | None:
             "\"package.module:function\"")
 
 
-def import_builder(reference: str) -> Callable[..., nn.Module]:
+def import_builder(reference: str, for_workers: bool = True) -> Callable[..., nn.Module]:
     """The function "package.module:function" names. The directory the command runs in is
     searched too (the `tuning` console script, unlike `python -m`, does not put it on the
     path), so a builder in ./models.py is found wherever a worker starts in that directory.
-    UsageError, one line, if it cannot be imported."""
+    UsageError, one line, if it cannot be imported; `for_workers`: the line says every
+    worker needs the module (a search's), not only this process (a report's, an export's)."""
     module_name, _, function = reference.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
@@ -84,7 +85,7 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
     # SystemExit too: a module that calls sys.exit() on import would end the command silently
     # with its own status. KeyboardInterrupt is the user's and goes on.
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own error on import
-        message = _import_failure(reference, module_name, exc)
+        message = _import_failure(reference, module_name, exc, for_workers)
         if _not_installed(exc, module_name):
             raise BuilderNotInstalled(message, exc) from None
         raise UsageError(message) from None
@@ -108,21 +109,12 @@ class BuilderNotInstalled(UsageError):
         self.cause = cause
 
 
-EVERY_WORKER = " (every worker needs it)"
-"""How an import failure's line ends for a search: a command that imports the builder in one
-process only (report, export, predict) takes it off."""
-
-
 def check_importable_here(spec: ModelSpec) -> None:
-    """For a command that builds the network in its own process alone (report, export): a
-    UsageError where the study's builder cannot be imported here, before any work, in a line
-    without the search's note about workers."""
-    if spec.kind != "builder":
-        return
-    try:
-        import_builder(spec.model)
-    except UsageError as exc:
-        raise UsageError(str(exc).replace(EVERY_WORKER, "")) from None
+    """For a command that builds the network in its own process alone (report, export,
+    predict): UsageError (BuilderNotInstalled where the module is not there at all) where the
+    study's builder cannot be imported here, before any work."""
+    if spec.kind == "builder":
+        import_builder(spec.model, for_workers=False)
 
 
 def _not_installed(exc: BaseException, module_name: str) -> bool:
@@ -132,19 +124,21 @@ def _not_installed(exc: BaseException, module_name: str) -> bool:
                                     or module_name.startswith(missing + "."))
 
 
-def _import_failure(reference: str, module_name: str, exc: BaseException) -> str:
+def _import_failure(reference: str, module_name: str, exc: BaseException,
+                    for_workers: bool) -> str:
     """Why the builder's module did not import, in one line. Only a module that is not there
     gets the advice to install it or run elsewhere: one that is there but fails (a syntax
     error, an exception at import) is named with the error and where it happened."""
+    every_worker = " (every worker needs it)" if for_workers else ""
     if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
         missing = exc.name
         if _not_installed(exc, module_name):
             return (f"model builder {shorten(reference)!r} cannot be imported here: "
                     f"ModuleNotFoundError: {shorten(_first_line(exc), 200)}; install its "
-                    f"package or run from the directory that holds it{EVERY_WORKER}")
+                    f"package or run from the directory that holds it{every_worker}")
         return (f"model builder {shorten(reference)!r}: module {module_name!r} imports "
                 f"{shorten(missing)!r} ({_where(exc)}), which is not installed here; install "
-                f"it{EVERY_WORKER}")
+                f"it{every_worker}")
     return (f"model builder {shorten(reference)!r}: module {module_name!r} failed to import: "
             f"{_what_happened(exc)} at {_where(exc)}")
 

@@ -226,9 +226,9 @@ def _write_torchscript(classifier: Classifier, example: torch.Tensor,
     except ProgramRejected as exc:
         path.unlink(missing_ok=True)
         return f"skipped: the traced program is wrong: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a network TorchScript cannot trace
+    except Exception as exc:  # noqa: BLE001 - a network TorchScript cannot trace or save
         path.unlink(missing_ok=True)
-        return f"skipped: TorchScript tracing failed ({_reason(exc)})"
+        return f"skipped: TorchScript failed ({_reason(exc)})"
 
 
 def _write_onnx(classifier: Classifier, example: torch.Tensor, path: Path) -> str:

@@ -40,7 +40,7 @@ from tuning.cli import (
     fail,
     positive_int,
 )
-from tuning.errors import MESSAGE_CHARS, UsageError, one_line, shorten
+from tuning.errors import UsageError, counted, one_line
 
 log = logging.getLogger("tuning")
 
@@ -89,8 +89,7 @@ def load(directory: Path, device: str):
         try:
             program = load_program(directory, device)
         except ExportError as failed:
-            raise ExportError(shorten(f"{exc}; nor can its {name} run instead: {failed}",
-                                      MESSAGE_CHARS)) from None
+            raise ExportError(f"{exc}; nor can its {name} run instead: {failed}") from None
         # A module that is not installed here is the expected case (a machine with torch
         # only); one that is there but broken, or builds another network, is worth a warning.
         quiet = isinstance(exc, BuilderUnavailable) and exc.not_installed
@@ -107,6 +106,7 @@ def read_images(model, images: list[str], skip_unreadable: bool) -> tuple[list[s
     comes only when none can be read."""
     from tuning.exported import ExportError  # noqa: PLC0415 - as in load
 
+    model.image_mode()  # a model that reads no image files: said once, not per image
     read, pixels, skipped = [], [], []
     for image in images:
         try:
@@ -118,9 +118,11 @@ def read_images(model, images: list[str], skip_unreadable: bool) -> tuple[list[s
             skipped.append(exc)
             continue
         read.append(image)
+    if len(skipped) == 1 and not read:
+        raise skipped[0]
     if not read:
-        raise ExportError(f"none of the {len(images)} images can be read (the last: "
-                          f"{skipped[-1]})")
+        raise ExportError(f"none of the {counted(len(images), 'image')} can be read (the "
+                          f"last: {skipped[-1]})")
     return read, pixels
 
 

@@ -41,7 +41,7 @@ from tuning.cli import (
 from tuning.data import check_data_dir
 from tuning.device import resolve_device
 from tuning.errors import UsageError, shorten
-from tuning.report_heldout import held_out_test, study_arrays
+from tuning.report_heldout import check_network_importable, held_out_test, study_arrays
 from tuning.report_history import importance
 from tuning.report_regularization import regularization
 from tuning.report_render import Section, render_html, render_markdown, trials_csv
@@ -68,8 +68,9 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     """Write the report files for `study` into `out` (created where missing); returns the
     held-out test metrics.
 
-    Bad input changes nothing stored: the test set (read from `data_dir`, default ./data),
-    which must be the study's images, and the test's device are checked before `out` is
+    Bad input changes nothing stored: a user's network builder importable here, the test set
+    (read from `data_dir`, default ./data), which must be the study's images, and the test's
+    device are checked before `out` is
     created, and the folders it created are removed again, while empty, when bad input, a
     failure or a stop ends the report later. The data come first, so that data not found stop
     the report before it spends time on the rest.
@@ -78,6 +79,8 @@ def build_report(study: optuna.Study, out: Path, device: str = "auto", artifacts
     settings = with_images_at(settings, dataset)
     check_weights_match(study, settings)
     view = StudyView(study, study.get_trials(deepcopy=False), settings, space)
+    if with_test and view.completed:
+        check_network_importable(settings.network())
     arrays = study_arrays(study, settings, data_dir) if with_test and view.completed else None
     if arrays is not None:
         resolve_device(device)  # the test's device: held_out_test resolves it again to use it

@@ -276,6 +276,10 @@ def per_class_table(best: dict, tutorial: dict, names: list[str], named: str = "
         # A score with nothing to count is None (tuning.evaluate), shown as "-".
         table.rows.append([names[ours["class"]], ours["precision"], ours["recall"], ours["f1"],
                            theirs["f1"], ours["support"]])
+    if any(c["precision"] is None for c in (*best["per_class"], *tutorial["per_class"])):
+        table.note = ("-: a score with nothing to count (the precision of a class never "
+                      "predicted, the recall of a class without test images). The macro "
+                      "averages count such a precision as 0, as scikit-learn's do.")
     return table
 
 
@@ -298,9 +302,9 @@ def _cut_instead(view: StudyView) -> str:
             "that far and tests it.")
 
 
-def _check_builder(network: ModelSpec) -> None:
+def check_network_importable(network: ModelSpec) -> None:
     """check_importable_here, its line offering the way round: the rest of the report does
-    not need the network."""
+    not need the network. Before the test's data are read."""
     try:
         check_importable_here(network)
     except UsageError as exc:
@@ -320,7 +324,6 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         s.paragraphs.append("No complete trial: nothing to evaluate." + _cut_instead(view))
         return s
     network = view.settings.network()
-    _check_builder(network)
     runtime = resolve_device(device)
     data = to_device(arrays, runtime.device)
     best = reported_trial(view)
@@ -394,8 +397,9 @@ def held_out_test(view: StudyView, arrays: Arrays | None, device: str, artifacts
         s.paragraphs.append(
             f"{len(untested)} of the {len(names)} classes have no test image "
             f"({shorten(', '.join(untested), 200)}): their rows show support 0 and no "
-            "recall, and the macro averages leave each of them out unless the network "
-            "predicted it, as scikit-learn's do.")
+            "recall (nor precision or F1 where the network never predicted them), and the "
+            "macro averages leave each of them out unless the network predicted it, as "
+            "scikit-learn's do.")
     for shown, metrics in ((label, best_metrics), ("tutorial", seed_metrics)):
         cm = metrics["confusion_matrix"]
         s.tables.append((f"Confusion matrix, {shown} (rows: true class, columns: predicted)",
