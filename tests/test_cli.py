@@ -16,6 +16,7 @@ from helpers import (
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from tuning.command import main as tuning_main
 from tuning.search import main
 from tuning.storage import mask_url, shareable_url
 
@@ -202,11 +203,6 @@ BAD_INPUTS = {
     "a driver unknown": (["--storage", "postgresql+nosuch://u:s3cret@127.0.0.1/x"],
                          "'postgresql+nosuch' is not a database and driver that SQLAlchemy "
                          "knows"),
-    "unreachable storage": (["--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
-                            "cannot open storage"),
-    "unreachable storage of a study resumed by name": (
-        ["--study", "mine", "--storage", "postgresql://u:s3cret@127.0.0.1:1/x"],
-        "cannot open storage"),
     "unwritable storage": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "storage is a directory": (["--storage", "sqlite:///studies"], "is a directory"),
     "missing data dir": (["--data-dir", "no/such/dir"], "--data-dir"),
@@ -236,6 +232,29 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(case, workdir, monke
     assert len(err.strip().splitlines()) == 1, err
     assert expected in err and "Traceback" not in err
     assert "s3cret" not in err
+    assert db_files(workdir) == []
+
+
+@pytest.mark.parametrize("command, args", [
+    ("search", ["--dataset", "mnist-sample"]), ("search", ["--study", "mine"]),
+    ("worker", ["--study", "mine"]),
+    ("report", ["--study", "mine"]), ("export", ["--study", "mine"]),
+    ("dashboard", ["--study", "mine"]), ("studies", [])])
+def test_a_server_that_does_not_answer_is_one_line_and_status_4_for_every_command(
+        command, args, workdir, monkeypatch, capsys):
+    """Not waited for by a command run by hand (a mistyped host should not take minutes), but
+    not a usage error either: the server may be restarting, and a script or scheduler tells
+    "run it again" (4) from "fix the command" (2). A worker waits, then ends with 4 too."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("TUNING_DB_RETRY_S", "1")
+    url = "postgresql://u:s3cret@127.0.0.1:1/x"  # nothing listens there
+    assert exit_status(tuning_main, [command, *args, "--storage", url]) == 4
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert "s3cret" not in err and "127.0.0.1:1" in lines[-1]
+    if command != "worker":
+        assert len(lines) == 1 and "is the server up and the URL right?" in err, err
     assert db_files(workdir) == []
 
 

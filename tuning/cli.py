@@ -190,11 +190,11 @@ def database_lost(url: str | None, exc: BaseException | None) -> int:
     return EXIT_DATABASE_LOST
 
 
-def fail(message: str) -> int:
-    """Print an error as one line of bounded length; return the usage-error exit status."""
-    print(f"error: {shorten(' '.join(str(message).split()), MESSAGE_CHARS)}",
-          file=sys.stderr)
-    return EXIT_USAGE
+def fail(error: str | Exception) -> int:
+    """Print an error as one line of bounded length; return its exit status: a UsageError's
+    own (exit_status), else the usage error's."""
+    print(f"error: {shorten(' '.join(str(error).split()), MESSAGE_CHARS)}", file=sys.stderr)
+    return error.exit_status if isinstance(error, UsageError) else EXIT_USAGE
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser, study_help: str,

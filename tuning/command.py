@@ -98,7 +98,7 @@ def list_studies(argv: list[str], prog: str = "tuning studies") -> int:
         try:
             in_storage = _studies_in(url)
         except UsageError as exc:
-            return fail(str(exc))
+            return fail(exc)
     rows += in_storage
     # Columns as wide as their longest entry (an image folder's path can be long).
     widths = [max(len(row[column]) for row in rows) for column in range(3)]

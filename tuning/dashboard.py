@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
     try:
         try:
             storage = open_storage(url, heartbeat=False)
-        except UsageError as exc:  # no database file
-            raise UsageError(f"{exc}{sample_study_hint(study, url)}") from None
+        except UsageError as exc:  # no database file, or a server that does not answer
+            raise type(exc)(f"{exc}{sample_study_hint(study, url)}") from None
         names = [s.study_name for s in storage.get_all_studies()]
         if args.study is not None and args.study not in names:
             raise UsageError(f"study {args.study!r} does not exist in {mask_url(url)}"
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.dashboard"
         store = existing_artifact_store(args.artifacts)
         family = check_can_listen(args.host, args.port)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(exc)
     from optuna_dashboard import wsgi
 
     try:

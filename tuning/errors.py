@@ -42,10 +42,22 @@ def described(exc: BaseException, limit: int = 200) -> str:
 
 
 class UsageError(Exception):
-    """Bad input from the user: the CLI prints the message on one line and exits with status 2.
+    """Bad input from the user: the CLI prints the message on one line and exits with status 2
+    (`exit_status`).
 
     Raised before anything is stored, so that a rejected command changes nothing.
     """
+
+    exit_status = EXIT_USAGE
+
+
+class ServerUnreachable(UsageError):
+    """The database server did not answer when the command opened its storage (the command
+    did not wait for it): it may be down or restarting, or the URL wrong. One line as for bad
+    input, but the status that says "run me again" (4), which a script or scheduler can tell
+    from a usage error."""
+
+    exit_status = EXIT_DATABASE_LOST
 
 
 class StudyNotFound(UsageError):

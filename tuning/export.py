@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
                                  f"{exc.strerror or exc}") from None
             raise
     except (UsageError, ModelBuildError) as exc:
-        return fail(str(exc))
+        return fail(exc)
     files = config["files"]
     written = [WEIGHTS_FILE, CONFIG_FILE, *(n for n, what in files.items() if what == "written"),
                CARD_FILE, REPRODUCE_FILE]

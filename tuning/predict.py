@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.predict") 
         images, pixels = read_images(model, args.images, args.skip_unreadable)
         results = model.top_classes(pixels, args.top)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(exc)
     for image, top in zip(images, results, strict=True):
         print("\t".join([one_line(image),
                          *(f"{one_line(name)}\t{p:.4f}" for name, p in top)]))

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.report") -
         metrics = build_report(study, out, args.device, artifacts, not args.no_test,
                                data_dir=args.data_dir, dataset=args.dataset)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(exc)
     also = "summary.md, trials.csv" + (f", {METRICS_FILE}" if metrics else "")
     print(f"report written to {out}/index.html (and {also})")
     if metrics:

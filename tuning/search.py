@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.search") -
     try:
         return _run(args, prog)
     except (UsageError, StorageFull) as exc:
-        return fail(str(exc))
+        return fail(exc)
     except Interrupted as stopped:  # after the trials: the search's last lines were cut short
         print(f"stopped by {stopped}", file=sys.stderr)
         return stopped.exit_status

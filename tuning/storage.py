@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from tuning.errors import StudyNotFound, UsageError, shorten
+from tuning.errors import ServerUnreachable, StudyNotFound, UsageError, shorten
 from tuning.outage import (
     Outages,
     ResilientStorage,
@@ -470,6 +470,10 @@ def open_storage(url: str, heartbeat: bool = True, create: bool = False,
         if disk_full(exc):
             raise UsageError(full_disk_message(str(path) if path else mask_url(url))) from None
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        if path is None and transient(exc):  # a server that may come back: exit status 4
+            raise ServerUnreachable(
+                f"cannot open storage {mask_url(url)}: {mask_url(reason)} (is the server up "
+                "and the URL right? Run the same command again once it answers)") from None
         raise UsageError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 
 

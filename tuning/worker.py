@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.worker") -
                 log.info("stopped at the --budget %g s: %d of the target %d finished",
                          args.budget, done, goal)
     except (UsageError, StorageFull) as exc:
-        return fail(str(exc))
+        return fail(exc)
     except Interrupted as stopped:
         if not args.launched:  # a launcher says it once for all its workers
             log.warning("%s", stopped.outcome())
