@@ -208,6 +208,26 @@ def test_a_worker_prints_its_epochs_and_trials_under_its_own_name(workdir, cheap
 
 # --- 2. reasons; several workers: worker ids, one ordered count, messages once --------------
 
+def test_a_launcher_does_not_replay_the_epochs_of_a_trial_running_before_it_started():
+    """A dead run's trial (or another host's) is still RUNNING when a search starts: its
+    earlier epochs are not this run's news, and printed they read as live."""
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.RUNNING, intermediate_values={1: 0.7, 2: 0.6},
+        user_attrs={"worker": "other-host:7"}))
+    out = io.StringIO()
+    launcher = Launcher(study, "sqlite:///unused.db", plan_workers([], 1, 2, 2), None, None, None,
+                        progress=Progress(4, 3, stream=out))
+    launcher._start_watching()
+    launcher._report_new_trials()
+    assert " epoch " not in out.getvalue()
+    trial_id = study.trials[0]._trial_id
+    study._storage.set_trial_intermediate_value(trial_id, 3, 0.5)
+    launcher._report_new_trials()
+    epochs = [line.strip() for line in out.getvalue().splitlines() if " epoch " in line]
+    assert len(epochs) == 1 and epochs[0].startswith("other-host:7 trial    0 epoch 3/3 "), epochs
+
+
 def test_launcher_lines_come_in_order_of_finishing_with_one_count_and_worker_ids():
     host, now = socket.gethostname(), datetime.now()
     study = optuna.create_study()

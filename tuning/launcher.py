@@ -300,10 +300,19 @@ class Launcher:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    def _start_watching(self) -> None:
+        """What is on record before this run: its trials are not this run's news. A trial
+        still running (another host's worker, or a dead run's whose heartbeat has not yet
+        gone stale) gets lines only for the epochs it reports from now on."""
+        trials = self.study.get_trials(deepcopy=False)
+        self.seen = {t.number for t in trials
+                     if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
+        self.epochs_seen = {t.number: max(t.intermediate_values) for t in trials
+                            if t.state == TrialState.RUNNING and t.intermediate_values}
+
     def run(self) -> int:
         """Run until every worker has exited; returns the exit status for the command."""
-        self.seen = {t.number for t in self.study.get_trials(deepcopy=False)
-                     if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
+        self._start_watching()
         # A closed terminal (SIGHUP) stops the workers too: they run in sessions of their own.
         # One it ignores (nohup's SIGHUP) stays ignored.
         previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS
