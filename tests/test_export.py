@@ -261,6 +261,24 @@ def test_an_export_of_another_trial_says_which_one_it_replaces(exported, study_d
     assert "replaces" not in capsys.readouterr().out
 
 
+def test_another_studys_export_is_written_over_only_with_replace(exported, study_dir, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "best"
+    shutil.copytree(exported, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "study": "pets", "trial": 7}))
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert _export(study_dir, "tiny", out) == 2
+    assert _one_line_error(capsys).endswith(
+        "best' holds the export of trial #7 of study 'pets': give another --out, or --replace "
+        "to write over it")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert _export(study_dir, "tiny", out, "--replace") == 0
+    assert ("it replaces the export of trial #7 of study 'pets' that was there"
+            in capsys.readouterr().out)
+    assert json.loads((out / "config.json").read_text())["study"] == "tiny"
+
+
 def test_a_failed_export_leaves_no_folders_behind(study_dir, tmp_path, capsys, monkeypatch):
     """The network cannot be had (a torchvision study's weights file gone, a builder that
     fails, a Ctrl-C) after --out was made: the folders the export created go again, and an

@@ -310,6 +310,18 @@ def _is_previous_export(out: Path) -> bool:
     return _previous_export(out) is not None
 
 
+def check_not_another_study(out: Path, study: str, replace: bool) -> None:
+    """Refuse an --out that holds another study's export, unless `replace`: a shared name
+    (exports/best) given twice by mistake would lose a model whose study may be gone. Its own
+    study's export is replaced (a better trial, a refit), as the export says."""
+    previous = _previous_export(out)
+    if replace or previous is None or previous.get("study") == study:
+        return
+    raise UsageError(f"--out {shorten(str(out), 200)!r} holds "
+                     f"{replaced(previous, study, -1)}: give another --out, or --replace to "
+                     "write over it")
+
+
 def replaced(previous: dict | None, study: str, trial: int) -> str | None:
     """What an export of `trial` of `study` replaces that a user may not expect: another
     trial's or study's export in the same directory."""
@@ -511,6 +523,9 @@ def build_parser(prog: str = "python -m tuning.export") -> OneLineParser:
                              "report tests: the best, or the first of repeats of one fixed "
                              "configuration)")
     parser.add_argument("--out", type=Path, help="output directory (default exports/<study>)")
+    parser.add_argument("--replace", action="store_true",
+                        help="write over another study's export in --out (refused without it; "
+                             "an export of the same study is replaced either way)")
     parser.add_argument("--refit", action="store_true",
                         help="retrain the configuration on training + validation images for "
                              "the trial's best epoch count, then test it")
@@ -537,6 +552,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         resolve_url(url)
         check_data_dir(args.data_dir)
         check_out(args.out)
+        check_not_another_study(args.out, args.study, args.replace)
         study = load_existing(args.study, url, heartbeat=False)
         settings, space = stored_definition(study)
         trial = choose_trial(study, settings, space, args.trial)
