@@ -170,6 +170,14 @@ def test_a_budget_spent_before_the_workers_start_starts_none(workdir, monkeypatc
     assert "stopped at the --budget 0.01 s: 0 of the target 4 finished" in out
 
 
+def test_given_both_the_limit_that_ended_the_run_is_named(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert main(["--trials", "4", "--dataset", "mnist-sample", "--workers", "1",
+                 "--budget", "10m", "--timeout", "0.01s"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"stopped at the --timeout 0.01 s: [01] of the target 4 finished", out), out
+
+
 def test_a_worker_stopped_by_its_budget_says_so(workdir, monkeypatch, capsys):
     from tuning.worker import main as worker
 

@@ -189,6 +189,8 @@ BAD_INPUTS = {
     "too many workers per gpu": (["--workers-per-gpu", "2000"], "--workers-per-gpu"),
     "an endless timeout": (["--timeout", "inf"], "--timeout: expected a duration"),
     "zero epochs": (["--epochs", "0"], "--epochs"),
+    "a negative duration": (["--budget", "-5s"], "argument --budget: expected a duration such "
+                                                "as 300, 90s, 5m or 1h30m, got '-5s'"),
     "a flag cut short": (["--trial", "3"], "unrecognized arguments: --trial 3"),
     "unknown dataset": (["--dataset", "cifar"], "unknown dataset 'cifar'"),
     "unknown sampler": (["--sampler", "bayes"], "'bayes'"),

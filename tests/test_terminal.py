@@ -344,6 +344,10 @@ def test_the_continue_command_names_what_the_study_needs_and_no_more():
     assert command(["--trials", "9", "--epochs", "2", "--workers", "2"], "mnist",
                    "sqlite:///studies/mnist.db") == \
         "tuning search --study mnist --trials 9 --epochs 2 --workers 2"
+    # The same limits, each counted afresh: a Ctrl-C'd budget run does not go on unbounded.
+    assert command(["--trials", "9", "--budget", "1m30s", "--timeout", "30"], "mnist",
+                   "sqlite:///studies/mnist.db") == \
+        "tuning search --study mnist --trials 9 --budget 90s --timeout 30s"
     # Named after the sample it fell back to: the same command without --study finds it.
     assert command(["--trials", "9"], "mnist-sample", "sqlite:///studies/mnist-sample.db") == \
         "tuning search --trials 9"

@@ -36,6 +36,10 @@ class OneLineParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # A value that begins like a negative number (`--budget -5s`) is taken as the flag's
+        # value, which its type refuses in words, not as an unknown flag ("expected one
+        # argument"); as Python 3.13's argparse does. No flag of ours begins with a digit.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")

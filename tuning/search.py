@@ -243,13 +243,20 @@ def _storage_arg(plan: Plan) -> str:
         f" --storage {shlex.quote(shareable_url(plan.storage))}"
 
 
+def _seconds(duration: float | None) -> str | None:
+    """A --budget or --timeout as the command line gives it (90s)."""
+    return None if duration is None else f"{duration:g}s"
+
+
 def continue_command(prog: str, plan: Plan, args: argparse.Namespace) -> str:
     """The command that goes on with this run: the same study, target and definition (a
-    study refuses other epochs, data or split), and the same workers."""
+    study refuses other epochs, data or split), the same workers, and the same --budget and
+    --timeout (each counted afresh)."""
     given = {"--patience": args.patience,
              "--config": args.config, "--dataset": args.dataset, "--epochs": args.epochs,
              "--sampler": args.sampler, "--pruner": args.pruner, "--seed": args.seed,
              "--data-dir": args.data_dir, "--workers": args.workers,
+             "--budget": _seconds(args.budget), "--timeout": _seconds(args.timeout),
              "--workers-per-gpu": args.workers_per_gpu, "--artifacts": args.artifacts,
              "--device": None if args.device == "auto" else args.device,
              "--compile": None if args.compile == "off" else args.compile}
@@ -415,10 +422,12 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     # Under cross-validation a trial's steps run through every fold's epochs.
     progress = None if args.quiet else Progress.for_study(
         study, args.trials, plan.settings.epochs * plan.settings.cv_folds)
+    # --timeout counts from about when the workers start; --budget from the command's start.
+    last_start = None if args.timeout is None else time.monotonic() + args.timeout
     if progress is not None:
+        progress.start = run_started()  # elapsed as the budget counts it, imports and all
         progress.deadline = deadline
-        if args.timeout is not None:  # from about when the workers start counting it
-            progress.last_start = time.monotonic() + args.timeout
+        progress.last_start = last_start
     try:
         if deadline is not None and time.monotonic() >= deadline:
             # Spent on reading the data: workers started now would each load it, then stop.
@@ -452,8 +461,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         print(short)
     elif finished < args.trials and status == EXIT_OK and (args.budget is not None
                                                            or args.timeout is not None):
-        limit = (f"--budget {args.budget:g} s" if args.budget is not None
-                 else f"--timeout {args.timeout:g} s")
+        # The one that ended first: both may be given.
+        by_budget = deadline is not None and (last_start is None or deadline <= last_start)
+        limit = f"--budget {args.budget:g} s" if by_budget else f"--timeout {args.timeout:g} s"
         print(f"stopped at the {limit}: {finished} of the target {args.trials} finished; "
               "the same command goes on")
     summarize(study, plan, args)
