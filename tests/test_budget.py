@@ -100,6 +100,18 @@ def test_a_trial_running_when_the_budget_ends_stops_after_its_epoch(tiny_data):
     assert objective(trial) > 0
 
 
+def test_a_trial_stops_when_another_epoch_would_end_past_the_budget(tiny_data):
+    """The run ends within its budget: a trial whose next epoch, as long as its last, would
+    end after the deadline stops now, not at the end of that epoch."""
+    objective = Objective(data=tiny_data, runtime=resolve_device("cpu"), space=small_space(),
+                          epochs=3, seed=0, deadline=time.monotonic() + 30)
+    assert objective._out_of_budget(fold=1, epoch=1, epoch_seconds=40)
+    assert not objective._out_of_budget(fold=1, epoch=1, epoch_seconds=5)
+    assert not objective._out_of_budget(fold=1, epoch=3, epoch_seconds=40)  # nothing left
+    objective.deadline = None
+    assert not objective._out_of_budget(fold=1, epoch=1, epoch_seconds=10 ** 6)
+
+
 def test_a_planned_trial_the_budget_cuts_short_runs_again_instead_of_counting(tmp_path,
                                                                             tiny_data):
     """A grid's point or a repeat of a fixed configuration cut short is no measurement: it is

@@ -187,8 +187,8 @@ class Objective:
     limits: Limits = field(default_factory=Limits)
     """Size and speed limits: a network over them is pruned before it trains."""
     deadline: float | None = None
-    """When the run's --budget ends (time.monotonic()): a trial still training then stops at
-    the end of its epoch, pruned, with what it reached."""
+    """When the run's --budget ends (time.monotonic()): a trial stops at the end of the last
+    epoch that fits before it (_out_of_budget), pruned, with what it reached."""
     planned: bool = False
     """Whether each trial is a planned measurement (a grid's point, or a repeat of one fixed
     configuration): one the --budget cuts short is then no measurement, and runs again
@@ -237,9 +237,12 @@ class Objective:
                     raise TrialFailed(str(exc)) from exc
                 if fold == 1:
                     self._check_limits(trial, model, data)
+                epoch_began = time.monotonic()
                 for result in _failing_the_trial(trial, fit(
                         model, data, cfg, self.runtime, generator, self.epochs,
                         on_step=self.stop.check)):
+                    # An epoch's wall time, its evaluations included: what the next one takes.
+                    epoch_seconds, epoch_began = time.monotonic() - epoch_began, time.monotonic()
                     step = (fold - 1) * self.epochs + result.epoch
                     where = (f"epoch {result.epoch} of fold {fold}" if cross_validated
                              else f"epoch {result.epoch}")
@@ -267,7 +270,7 @@ class Objective:
                     trial.report(result.val["loss"], step)
                     if self.on_epoch is not None:
                         self.on_epoch(trial, curves[-1])
-                    if self._out_of_budget(fold, result.epoch):
+                    if self._out_of_budget(fold, result.epoch, epoch_seconds):
                         self._record(trial, curves)
                         if self.planned:
                             trial.set_user_attr("fail_reason", f"{BUDGET_STOP} after {where}; "
@@ -299,10 +302,12 @@ class Objective:
         """Whether this is the trial's last epoch (of its last fold)."""
         return fold == len(self._splits()) and epoch == self.epochs
 
-    def _out_of_budget(self, fold: int, epoch: int) -> bool:
-        """Whether the budget has run out with epochs of this trial still to train."""
+    def _out_of_budget(self, fold: int, epoch: int, epoch_seconds: float) -> bool:
+        """Whether the budget runs out before another epoch of this trial, one as long as the
+        last (`epoch_seconds`), would end: the trial stops now, and the run ends within its
+        budget rather than up to an epoch past it."""
         return (self.deadline is not None and not self._last(fold, epoch)
-                and time.monotonic() >= self.deadline)
+                and time.monotonic() + epoch_seconds >= self.deadline)
 
     def _check_limits(self, trial: optuna.Trial, model: torch.nn.Module,
                       data: DeviceData) -> None:
