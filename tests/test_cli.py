@@ -351,3 +351,7 @@ def test_a_diverged_loss_keeps_the_progress_line_in_its_columns():
     assert [loss_text(v) for v in (0.1234567, 9.99994, 12.3456, 61496.64)] == \
         ["0.1235", "9.9999", "12.35", "6.15e+04"]
     assert max(len(loss_text(10.0 ** k)) for k in range(1, 40)) <= 8
+    # A near-perfect fit is not shown as 0.0000.
+    assert [loss_text(v) for v in (4.0494582e-05, 0.0012345, 0.0)] == \
+        ["4.049e-05", "0.0012", "0.0000"]
+    assert max(len(loss_text(10.0 ** -k)) for k in range(1, 40)) <= 9

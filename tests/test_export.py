@@ -158,6 +158,7 @@ def test_export_writes_weights_config_programs_and_card(exported, study_dir, cap
     assert f"{config['test']['accuracy']:.4f}" in card and "checkpoint artifact" in card
     assert "tuning export --study tiny --trial" in card and "torch.export.load" in card
     assert "model.onnx`: skipped" in card
+    assert "- `reproduce.toml`: a study file that trains this trial again" in card
 
 
 def test_loaded_model_reproduces_the_test_accuracy_of_the_study(exported, study_dir, arrays):

@@ -214,6 +214,22 @@ def test_hflip_searched_on_data_that_are_not_flipped_is_warned_of(workdir, digit
            in result.stderr
 
 
+def test_flips_allowed_but_fixed_off_are_warned_of_only_where_something_is_searched(workdir,
+                                                                                   digits):
+    """A search that allows flips and never tries them is likely an oversight; a file that
+    fixes every parameter (a reproduce.toml) measures hflip = false on purpose."""
+    x, y = digit_arrays(digits, 3, 40)
+    np.savez(workdir / "scans.npz", x_train=x, y_train=y)
+    for name, lr in (("searched", "{ low = 0.001, high = 0.1, log = true }"), ("fixed", "0.01")):
+        (workdir / "studies" / f"{name}.toml").write_text(
+            f'[study]\ndataset = "scans.npz"\nepochs = 1\n\n[data]\nhflip = true\n\n'
+            f'[space]\nlr = {lr}\nhflip = false\n')
+        result = run_cli("--study", name, "--create-only", cwd=workdir)
+        assert result.returncode == 0, result.stderr
+        warned = "[data] hflip = true allows flips, but its [space] fixes hflip = false"
+        assert (warned in result.stderr) == (name == "searched"), result.stderr
+
+
 @pytest.mark.slow
 def test_npz_with_test_split_class_names_and_three_leaked_test_images(workdir, digits,
                                                                       tmp_path):

@@ -244,8 +244,9 @@ def count_finished(study: optuna.Study) -> int:
 
 def loss_text(loss: float) -> str:
     """A loss in a progress line: 4 decimals, or 4 significant digits from 10 on, so that a
-    diverged trial's 61496.6406 does not push the line's columns aside (6.15e+04)."""
-    return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.4g}"
+    diverged trial's 61496.6406 does not push the line's columns aside (6.15e+04), and below
+    0.001, where 4 decimals would show a near-perfect fit as 0.0000 (4.049e-05)."""
+    return f"{loss:.4f}" if 0.001 <= abs(loss) < 10 or loss == 0 else f"{loss:.4g}"
 
 
 class Progress:

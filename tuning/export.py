@@ -70,6 +70,7 @@ from tuning.cli import (
     add_verbosity_arguments,
     configure_logging,
     fail,
+    loss_text,
     make_out_directory,
     remove_empty,
     storage_url,
@@ -599,7 +600,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         print(f"it replaces {other} that was there")
     print(f"weights: {config['weights']['how']}")
     print(f"test accuracy {test['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on "
-          f"{test['n']:,} held-out images, loss {test['loss']:.4f}")
+          f"{test['n']:,} held-out images, loss {loss_text(test['loss'])}")
     for name, what in files.items():
         if what != "written":
             print(f"{name} {what}")

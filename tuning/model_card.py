@@ -13,6 +13,7 @@ from pathlib import Path
 from tuning.errors import counted, one_line
 from tuning.exported import CONFIG_FILE, WEIGHTS_FILE
 from tuning.portable import PROGRAM_DESCRIPTIONS, PROGRAM_FILES
+from tuning.reproduce import REPRODUCE_FILE
 
 CARD_FILE = "README.md"
 
@@ -118,6 +119,8 @@ def model_card(config: dict, out: Path) -> str:
               *(f"- `{name}`: "
                 + (PROGRAM_DESCRIPTIONS[name] if files[name] == "written" else files[name])
                 for name in PROGRAM_FILES),
+              *([f"- `{REPRODUCE_FILE}`: a study file that trains this trial again from "
+                 "scratch (Reproduce, below)"] if config.get("reproduce") else []),
               f"- `{CARD_FILE}`: this card", "",
               "## Load it", "",
               "With tuning installed (the network rebuilt from `config.json`, its weights from "

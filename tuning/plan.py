@@ -81,7 +81,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     "the [space] of a built-in study (tuning studies lists them) to search",
                     shorten(str(config), 120))
     flip = study_file.space.get("hflip")
-    if study_file.data.hflip and flip is not None and flip.kind == "fixed" and not flip.value:
+    # Not in a file that fixes every parameter (a reproduce.toml): there, hflip = false is the
+    # measurement, not an oversight.
+    if (study_file.data.hflip and flip is not None and flip.kind == "fixed" and not flip.value
+            and tuned(study_file.space)):
         log.warning("study file %s: [data] hflip = true allows flips, but its [space] fixes "
                     "hflip = false, so no trial flips; search it with hflip = { choices = "
                     "[true, false] }", shorten(str(config), 120))

@@ -47,6 +47,7 @@ from tuning.cli import (
     count_finished,
     database_lost,
     fail,
+    loss_text,
     positive_int,
     positive_int_up_to,
     run_timeout,
@@ -80,7 +81,7 @@ from tuning.runner import StudyLock, out_of_patience, run_trials, why_grid_ended
 from tuning.settings import setting
 from tuning.signals import GracefulStop, Interrupted
 from tuning.sources import SOURCES, is_path
-from tuning.space import representative, tuned
+from tuning.space import REPEAT, representative, tuned
 from tuning.storage import (
     artifact_store,
     check_artifact_directory,
@@ -183,17 +184,18 @@ def summarize(study: optuna.Study, plan: Plan, args: argparse.Namespace,
         spread = f" ± {statistics.stdev(losses):.4f} (sd)" if len(losses) > 1 else ""
         print(f"every parameter is fixed: {counted(len(completed), 'complete repeat')} of "
               "one configuration, val_loss "
-              f"{statistics.fmean(losses):.4f}{spread}", file=stream)
+              f"{loss_text(statistics.fmean(losses))}{spread}", file=stream)
     elif completed:
         best = study.best_trial
         folds = plan.settings.cv_folds
         # Under cross-validation a trial's steps are its epochs of every fold, one after another.
         epochs = (f"{counted(plan.settings.epochs, 'epoch')} in each of {folds} folds"
                   if folds > 1 else f"epochs {best.user_attrs.get('epochs_run')}")
-        print(f"best trial #{best.number}: val_loss {best.value:.4f}, "
+        print(f"best trial #{best.number}: val_loss {loss_text(cast(float, best.value))}, "
               f"val_accuracy {best.user_attrs.get('val_accuracy', float('nan')):.4f}, "
               f"{epochs}", file=stream)
-        for name, value in best.params.items():
+        # A repeat is a seed index, not a hyperparameter to take away.
+        for name, value in ((n, v) for n, v in best.params.items() if n != REPEAT):
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"  {name} = {shown}", file=stream)
     storage_arg = _storage_arg(plan)
