@@ -788,6 +788,22 @@ def test_a_pruned_trials_huge_losses_do_not_squeeze_the_learning_curves():
     assert "Cut at 0.75: pruned trials' losses above it (up to 345)" in fig.layout.title.text
     mild = learning_curves([complete, Curve("trial 1", [1], [1.2], pruned=True)])
     assert mild.layout.yaxis.range is None and "Cut at" not in mild.layout.title.text
+    # A pruned trial wholly above the cut draws nothing: the legend leaves it out, the title
+    # counts it; one partly below stays in both.
+    partly = Curve("trial 2", [1, 2], [0.6, 50.0], pruned=True)
+    fig = learning_curves([complete, blown, partly])
+    assert [trace.showlegend for trace in fig.data] == [True, False, True]
+    assert "curves; 1 pruned trial lies wholly above it." in fig.layout.title.text
+
+
+def test_a_trial_has_one_colour_in_both_plots_of_curves():
+    from tuning.report_figures import Curve, learning_curves, train_and_val_curves
+
+    val = Curve("trial 3", [1, 2], [0.5, 0.4], colour="#123456")
+    curves = learning_curves([Curve("trial 1", [1], [0.9], colour="#abcdef"), val])
+    pairs = train_and_val_curves([(Curve("trial 3", [1, 2], [0.45, 0.3]), val)])
+    assert [t.line.color for t in curves.data] == ["#abcdef", "#123456"]
+    assert {t.line.color for t in pairs.data} == {"#123456"}
 
 
 def test_a_line_of_means_is_broken_at_a_learning_rate_it_did_not_run():

@@ -280,6 +280,8 @@ class Curve:
     epochs: list[int]
     losses: list[float | None]
     pruned: bool = False
+    colour: str | None = None
+    """The trial's colour, the same in every plot it is in (default: by its place in one)."""
 
 
 def learning_curves(curves: list[Curve], fold_epochs: int | None = None) -> go.Figure:
@@ -287,23 +289,30 @@ def learning_curves(curves: list[Curve], fold_epochs: int | None = None) -> go.F
     cross-validation (`fold_epochs`: the epochs of each fold) the folds follow one another,
     each line broken between them."""
     fig = go.Figure()
+    top = _top_of_complete(curves)
+    # A pruned trial whose every loss is above the cut draws nothing: not in the legend either.
+    hidden = [c for c in curves if c.pruned and top is not None
+              and all(v is None or v > top for v in c.losses)]
     for i, curve in enumerate(curves):
         x, y = _broken_at_folds(curve, fold_epochs)
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines+markers", name=curve.label,
-            line={"color": PRUNED_COLOUR if curve.pruned else colour(i), "width": 1},
-            marker={"size": 4}, showlegend=len(curves) <= 20))
+            line={"color": PRUNED_COLOUR if curve.pruned else curve.colour or colour(i),
+                  "width": 1},
+            marker={"size": 4}, showlegend=len(curves) <= 20 and curve not in hidden))
     _epoch_axis(fig, curves, fold_epochs)
     fig.update_yaxes(type="log", title_text=VAL_LOSS)
     title = "Learning curves: validation loss per epoch (pruned trials grey)"
-    top = _top_of_complete(curves)
     if top is not None:
         low = min(v for c in curves for v in c.losses if v is not None and v > 0)
         if any(v is not None and v <= 0 for c in curves for v in c.losses):
             low = 10.0 ** (math.floor(math.log10(low)) - 1)  # where finish draws a loss of 0
         fig.update_yaxes(range=[math.log10(low) - 0.05, math.log10(top)])
+        wholly = (f"; {len(hidden)} pruned trial{'s lie' if len(hidden) != 1 else ' lies'} "
+                  "wholly above it" if hidden else "")
         title += (f"<br><sup>Cut at {top:.3g}: pruned trials' losses above it (up to "
-                  f"{_highest(curves):.3g}) would squeeze the complete trials' curves.</sup>")
+                  f"{_highest(curves):.3g}) would squeeze the complete trials' curves{wholly}."
+                  "</sup>")
     return finish(fig, title)
 
 
@@ -332,12 +341,13 @@ def train_and_val_curves(pairs: list[tuple[Curve, Curve]],
     learning_curves."""
     fig = go.Figure()
     for i, (train, val) in enumerate(pairs):
+        shade = val.colour or colour(i)
         x, y = _broken_at_folds(val, fold_epochs)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
-                                 name=f"{val.label}: validation", line_color=colour(i)))
+                                 name=f"{val.label}: validation", line_color=shade))
         x, y = _broken_at_folds(train, fold_epochs)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
-                                 name=f"{train.label}: training", line_color=colour(i),
+                                 name=f"{train.label}: training", line_color=shade,
                                  line_dash="dash"))
     _epoch_axis(fig, [c for p in pairs for c in p], fold_epochs)
     fig.update_yaxes(type="log", title_text="loss (cross-entropy, eval mode)")

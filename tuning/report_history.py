@@ -36,7 +36,10 @@ def importance(view: StudyView) -> Section:
         s.figures.append(figures.history([t.number for t in complete],
                                          objective_values(complete)))
     # In the order of the trials' numbers, pruned ones among them: the legend lists them so.
-    curves = [_curve(t, pruned=t.state == TrialState.PRUNED)
+    # A complete trial has one colour in both plots of curves.
+    shades = {t.number: figures.colour(i)
+              for i, t in enumerate(sorted(complete, key=lambda t: t.number))}
+    curves = [_curve(t, pruned=t.state == TrialState.PRUNED, colour=shades.get(t.number))
               for t in sorted(complete + view.pruned, key=lambda t: t.number)
               if t.intermediate_values]
     # Under cross-validation a curve runs fold after fold, `epochs` steps each.
@@ -45,7 +48,8 @@ def importance(view: StudyView) -> Section:
         s.figures.append(figures.learning_curves(curves, fold_epochs))
     best = sorted(complete, key=objective_value)[:BEST_CURVES]
     pairs = [(figures.Curve(f"trial {t.number}", list(range(1, len(losses) + 1)), losses),
-              _curve(t)) for t in best if (losses := t.user_attrs.get("train_eval_losses"))]
+              _curve(t, colour=shades[t.number]))
+             for t in best if (losses := t.user_attrs.get("train_eval_losses"))]
     if pairs:
         s.figures.append(figures.train_and_val_curves(pairs, fold_epochs))
     if len(complete) >= 2 and view.tuned:
@@ -94,12 +98,13 @@ def _importance(view: StudyView, s: Section) -> dict[str, float]:
     return scores
 
 
-def _curve(trial: optuna.trial.FrozenTrial, pruned: bool = False) -> figures.Curve:
+def _curve(trial: optuna.trial.FrozenTrial, pruned: bool = False,
+           colour: str | None = None) -> figures.Curve:
     epochs = sorted(trial.intermediate_values)
     losses: list[float | None] = [trial.intermediate_values[e] for e in epochs]
     return figures.Curve(f"trial {trial.number}", epochs,
                          [v if v is not None and math.isfinite(v) else None for v in losses],
-                         pruned)
+                         pruned, colour)
 
 
 def _parallel(view: StudyView, scores: dict[str, float]):
