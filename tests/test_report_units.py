@@ -637,3 +637,20 @@ def test_label_smoothings_reading_counts_the_trials_that_recorded_an_accuracy():
             distributions=dists, user_attrs={"val_accuracy": 0.9 + 0.01 * i} if i < 3 else {}))
     row, = regularization(StudyView(study, study.trials, StudySettings(), space)).tables[0][1].rows
     assert row[-1] == "too few trials (n=3; 4 needed)"
+
+
+def test_a_configuration_is_listed_in_the_order_of_the_search_space():
+    """The study file's order (optimizer, lr first), not fixed parameters before searched ones."""
+    from tuning.study_file import StudySettings, parse_study
+
+    space = parse_study({"space": {"optimizer": {"choices": ["adam", "sgd"]},
+                                   "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+                                   "channels": 8, "repeat": {"choices": [0, 1]}}}).space
+    frozen = optuna.trial.create_trial(
+        params={"repeat": 1, "lr": 0.01, "optimizer": "sgd"},
+        distributions={"repeat": optuna.distributions.CategoricalDistribution([0, 1]),
+                       "lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+                       "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"])},
+        value=0.5)
+    view = StudyView(optuna.create_study(), [frozen], StudySettings(), space)
+    assert list(view.configuration(frozen)) == ["optimizer", "lr", "channels"]

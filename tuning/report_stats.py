@@ -138,9 +138,13 @@ class StudyView:
         return DEFAULT_LR if value is None else float(value)
 
     def configuration(self, trial: FrozenTrial) -> dict:
-        """A trial's hyperparameters, fixed ones included, without the seed index `repeat`."""
+        """A trial's hyperparameters, fixed ones included, without the seed index `repeat`,
+        in the order of the search space (the study file's)."""
         fixed = {n: p.value for n, p in self.space.items() if p.kind == "fixed"}
-        return {k: v for k, v in {**fixed, **trial.params}.items() if k != REPEAT}
+        merged = {**fixed, **trial.params}
+        ordered = [n for n in self.space if n in merged] + [n for n in merged
+                                                             if n not in self.space]
+        return {n: merged[n] for n in ordered if n != REPEAT}
 
     def final_loss(self, trial: FrozenTrial) -> float | None:
         """Best validation loss seen: the value of a complete trial, the best report of a
