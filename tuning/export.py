@@ -311,11 +311,12 @@ def _is_previous_export(out: Path) -> bool:
     return _previous_export(out) is not None
 
 
-def check_not_another_study(out: Path, study: str, replace: bool) -> None:
-    """Refuse an --out that holds another study's export, unless `replace`: a shared name
-    (exports/best) given twice by mistake would lose a model whose study may be gone. Its own
-    study's export is replaced (a better trial, a refit), as the export says."""
-    previous = _previous_export(out)
+def check_not_another_study(out: Path, previous: dict | None, study: str,
+                            replace: bool) -> None:
+    """Refuse an --out that holds another study's export (`previous`, its config.json),
+    unless `replace`: a shared name (exports/best) given twice by mistake would lose a model
+    whose study may be gone. Its own study's export is replaced (a better trial, a refit), as
+    the export says."""
     if replace or previous is None or previous.get("study") == study:
         return
     raise UsageError(f"--out {shorten(str(out), 200)!r} holds "
@@ -553,7 +554,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
         resolve_url(url)
         check_data_dir(args.data_dir)
         check_out(args.out)
-        check_not_another_study(args.out, args.study, args.replace)
+        previous = _previous_export(args.out)
+        check_not_another_study(args.out, previous, args.study, args.replace)
         study = load_existing(args.study, url, heartbeat=False)
         settings, space = stored_definition(study)
         trial = choose_trial(study, settings, space, args.trial)
@@ -567,7 +569,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m tuning.export") -
             args.study, trial, settings, {**fixed_params(space), **trial.params},
             stored_data_config(study, settings.dataset), args.out / REPRODUCE_FILE,
             args.data_dir, args.refit)
-        previous = _previous_export(args.out)
         created = make_out_directory(args.out)
         try:
             config = export(study, trial, settings, space, arrays, args.out, runtime,
